@@ -1,0 +1,1 @@
+//! Content-addressed artifact cache (keys, entries, locks, pruning). Filled in by the cache issue.

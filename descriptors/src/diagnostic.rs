@@ -1,0 +1,130 @@
+//! Compiler-style diagnostics for descriptors: severity, dotted field path, message, position.
+//!
+//! Rendering shows the offending source line with a caret under the column. This module only
+//! formats; it never decides what is wrong.
+
+use std::fmt::Write as _;
+
+use owo_colors::OwoColorize;
+use serde::{Deserialize, Serialize};
+
+/// How bad a problem is. Only `Error` makes a descriptor invalid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem found in a descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// Dotted path of the field (`runner.trivial.exec`, `triggers[1]`); null for syntax errors.
+    pub field: Option<String>,
+    pub message: String,
+    /// 1-based line, where the descriptor has one.
+    pub line: Option<usize>,
+    /// 1-based column (in characters), where the descriptor has one.
+    pub column: Option<usize>,
+}
+
+impl Diagnostic {
+    pub fn error(field: Option<String>, message: impl Into<String>, pos: Option<Pos>) -> Self {
+        Self::new(Severity::Error, field, message, pos)
+    }
+
+    pub fn warning(field: Option<String>, message: impl Into<String>, pos: Option<Pos>) -> Self {
+        Self::new(Severity::Warning, field, message, pos)
+    }
+
+    fn new(severity: Severity, field: Option<String>, message: impl Into<String>, pos: Option<Pos>) -> Self {
+        Diagnostic {
+            severity,
+            field,
+            message: message.into(),
+            line: pos.map(|p| p.line),
+            column: pos.map(|p| p.column),
+        }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// Renders the diagnostic like a compiler: headline, location, source line and caret.
+    ///
+    /// `file` names the descriptor; `source` is its text when available.
+    pub fn render(&self, file: &str, source: Option<&str>, color: bool) -> String {
+        let mut out = String::new();
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        let head = match &self.field {
+            Some(f) => format!("{label}: {f}: {}", self.message),
+            None => format!("{label}: {}", self.message),
+        };
+        if color {
+            match self.severity {
+                Severity::Error => {
+                    let _ = writeln!(out, "{}", head.red().bold());
+                }
+                Severity::Warning => {
+                    let _ = writeln!(out, "{}", head.yellow().bold());
+                }
+            }
+        } else {
+            let _ = writeln!(out, "{head}");
+        }
+        match (self.line, self.column) {
+            (Some(line), col) => {
+                let _ = writeln!(out, "  --> {file}:{line}:{}", col.unwrap_or(1));
+                if let Some(text) = source.and_then(|s| s.lines().nth(line.saturating_sub(1))) {
+                    let gutter = line.to_string().len();
+                    let pad = " ".repeat(gutter);
+                    let text = text.replace('\t', " ");
+                    let _ = writeln!(out, "{pad} |");
+                    let _ = writeln!(out, "{line} | {text}");
+                    let caret_pad = " ".repeat(col.unwrap_or(1).saturating_sub(1));
+                    let caret = if color { "^".red().bold().to_string() } else { "^".to_string() };
+                    let _ = writeln!(out, "{pad} | {caret_pad}{caret}");
+                }
+            }
+            (None, _) => {
+                let _ = writeln!(out, "  --> {file}");
+            }
+        }
+        out
+    }
+}
+
+/// A 1-based position in a descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_caret_under_column() {
+        let d = Diagnostic::error(
+            Some("meta.name".into()),
+            "must not contain whitespace",
+            Some(Pos { line: 2, column: 9 }),
+        );
+        let src = "meta:\n  name: \"a b\"\n";
+        let text = d.render("docspell-addon.yml", Some(src), false);
+        insta::assert_snapshot!(text, @r#"
+        error: meta.name: must not contain whitespace
+          --> docspell-addon.yml:2:9
+          |
+        2 |   name: "a b"
+          |         ^
+        "#);
+    }
+}

@@ -1,0 +1,168 @@
+//! Local addon sources: a directory, a zip file, or a descriptor file alone.
+//!
+//! Loading finds the descriptor, unpacks archives safely (see [`crate::archive`]), computes the
+//! content digest and validates. Downloading URLs is the executor's job; it hands the file here.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use fs_err as fs;
+
+use crate::archive::{self, ArchiveError, Limits};
+use crate::diagnostic::Diagnostic;
+use crate::digest::{digest_dir, ContentDigest};
+use crate::model::{Descriptor, DESCRIPTOR_FILES};
+use crate::parse::{parse_descriptor, Parsed};
+
+/// Descriptors larger than this are refused unread.
+const MAX_DESCRIPTOR_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("addon source {path} does not exist")]
+    NotFound { path: PathBuf },
+    #[error("addon source {path} is neither a directory, a .zip file nor a docspell-addon.(json|yaml|yml) file")]
+    Unsupported { path: PathBuf },
+    #[error("addon {path} has no descriptor: expected one of {}", DESCRIPTOR_FILES.join(", "))]
+    NoDescriptor { path: PathBuf },
+    #[error("descriptor {path} is larger than {MAX_DESCRIPTOR_BYTES} bytes")]
+    DescriptorTooLarge { path: PathBuf },
+    #[error("descriptor {path} is not UTF-8 text")]
+    NotText { path: PathBuf },
+    #[error(transparent)]
+    Archive(#[from] ArchiveError),
+    #[error("cannot read addon source: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl SourceError {
+    /// True when the source was read and judged bad (exit 1), false when it could not be read
+    /// at all (exit 2).
+    pub fn is_judgement(&self) -> bool {
+        match self {
+            SourceError::NoDescriptor { .. }
+            | SourceError::DescriptorTooLarge { .. }
+            | SourceError::NotText { .. } => true,
+            SourceError::Archive(e) => !matches!(e, ArchiveError::Io(_)),
+            _ => false,
+        }
+    }
+}
+
+/// What a local source path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Dir(PathBuf),
+    Zip(PathBuf),
+    DescriptorFile(PathBuf),
+}
+
+impl SourceKind {
+    pub fn classify(path: &Path) -> Result<SourceKind, SourceError> {
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => SourceError::NotFound { path: path.to_path_buf() },
+            _ => SourceError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+        })?;
+        if meta.is_dir() {
+            return Ok(SourceKind::Dir(path.to_path_buf()));
+        }
+        let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+        if name.ends_with(".zip") || is_zip_magic(path) {
+            Ok(SourceKind::Zip(path.to_path_buf()))
+        } else if DESCRIPTOR_FILES.contains(&name.as_str()) || name.ends_with(".yml") || name.ends_with(".yaml") || name.ends_with(".json") {
+            Ok(SourceKind::DescriptorFile(path.to_path_buf()))
+        } else {
+            Err(SourceError::Unsupported { path: path.to_path_buf() })
+        }
+    }
+}
+
+fn is_zip_magic(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && magic == *b"PK\x03\x04"
+}
+
+/// An addon read from a source: its files (when there are any), descriptor and digest.
+#[derive(Debug)]
+pub struct LoadedAddon {
+    /// The unpacked addon's root; None when only a descriptor file was given.
+    pub root: Option<PathBuf>,
+    pub descriptor_path: PathBuf,
+    pub descriptor_text: String,
+    pub parsed: Parsed,
+    /// Digest of the addon's content; for a descriptor alone, of that file.
+    pub digest: ContentDigest,
+    /// Holds an unpacked archive alive for as long as the addon is used.
+    _unpacked: Option<tempfile::TempDir>,
+}
+
+impl LoadedAddon {
+    /// The validated descriptor, when it is valid.
+    pub fn descriptor(&self) -> Option<&Descriptor> {
+        self.parsed.is_valid().then_some(self.parsed.descriptor.as_ref()).flatten()
+    }
+
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.parsed.diagnostics
+    }
+}
+
+/// Loads and validates a local source. Archives are unpacked into a temporary directory under
+/// `scratch` (default: the system temp dir) that lives as long as the returned value.
+pub fn load(path: &Path, limits: Limits, scratch: Option<&Path>) -> Result<LoadedAddon, SourceError> {
+    match SourceKind::classify(path)? {
+        SourceKind::Dir(dir) => load_dir(&dir, None),
+        SourceKind::Zip(zip) => {
+            let tmp = match scratch {
+                Some(s) => {
+                    fs::create_dir_all(s)?;
+                    tempfile::Builder::new().prefix("addon-zip-").tempdir_in(s)?
+                }
+                None => tempfile::Builder::new().prefix("addon-zip-").tempdir()?,
+            };
+            let root = archive::extract_zip(&zip, &tmp.path().join("addon"), limits)?;
+            load_dir(&root, Some(tmp))
+        }
+        SourceKind::DescriptorFile(file) => {
+            let text = read_descriptor(&file)?;
+            let parsed = parse_descriptor(&text, None);
+            let digest = digest_bytes(text.as_bytes());
+            Ok(LoadedAddon { root: None, descriptor_path: file, descriptor_text: text, parsed, digest, _unpacked: None })
+        }
+    }
+}
+
+/// Loads an unpacked addon directory.
+pub fn load_dir(root: &Path, unpacked: Option<tempfile::TempDir>) -> Result<LoadedAddon, SourceError> {
+    let descriptor_path = DESCRIPTOR_FILES
+        .iter()
+        .map(|n| root.join(n))
+        .find(|p| p.is_file())
+        .ok_or_else(|| SourceError::NoDescriptor { path: root.to_path_buf() })?;
+    let text = read_descriptor(&descriptor_path)?;
+    let parsed = parse_descriptor(&text, Some(root));
+    let digest = digest_dir(root)?;
+    Ok(LoadedAddon {
+        root: Some(root.to_path_buf()),
+        descriptor_path,
+        descriptor_text: text,
+        parsed,
+        digest,
+        _unpacked: unpacked,
+    })
+}
+
+fn read_descriptor(path: &Path) -> Result<String, SourceError> {
+    let len = fs::metadata(path)?.len();
+    if len > MAX_DESCRIPTOR_BYTES {
+        return Err(SourceError::DescriptorTooLarge { path: path.to_path_buf() });
+    }
+    let bytes = fs::read(path)?;
+    String::from_utf8(bytes).map_err(|_| SourceError::NotText { path: path.to_path_buf() })
+}
+
+fn digest_bytes(bytes: &[u8]) -> ContentDigest {
+    use sha2::{Digest, Sha256};
+    ContentDigest::parse(&format!("sha256:{}", hex::encode(Sha256::digest(bytes)))).expect("a sha256 is a digest")
+}

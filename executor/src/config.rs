@@ -1,0 +1,360 @@
+//! The engine configuration: a YAML file in kebab-case that mirrors Docspell's joex
+//! `addons.executor-config`. Unknown keys are errors that name the key, the file and the line.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use addon_descriptors::RunnerKind;
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Engine configuration. Every key is optional; absent keys take the defaults shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[schemars(title = "addon engine configuration")]
+pub struct Config {
+    /// Runner preference, first to last: a list or a comma-separated string.
+    pub runner: RunnerOrder,
+    /// After a failed addon, skip the rest of the run.
+    pub fail_fast: bool,
+    /// Per-addon run timeout (`500ms`, `30s`, `15m`).
+    pub run_timeout: HumanDuration,
+    /// false: impure addons (network, or side effects without collected output) are refused.
+    pub allow_impure: bool,
+    /// Sandbox for trivial and nix-flake runs.
+    pub sandbox: SandboxChoice,
+    /// Docspell-style nspawn settings; `enabled: true` means `sandbox: nspawn`.
+    pub nspawn: NspawnConfig,
+    pub nix_runner: NixRunnerConfig,
+    pub docker_runner: DockerRunnerConfig,
+    /// Where run directories are made.
+    pub working_dir: PathBuf,
+    /// The artifact cache and the addons' persistent CACHE_DIR data.
+    pub cache_dir: PathBuf,
+    /// Per-addon environment: `{ADDON_NAME: {KEY: VALUE}}`.
+    pub env: BTreeMap<String, BTreeMap<String, String>>,
+    pub archive: ArchiveConfig,
+    /// Most stdout collected from one addon; more is a failure.
+    pub max_stdout: ByteSize,
+    /// Time between SIGTERM and SIGKILL when a run is stopped.
+    pub kill_grace: HumanDuration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            runner: RunnerOrder(vec![RunnerKind::NixFlake, RunnerKind::Docker, RunnerKind::Trivial]),
+            fail_fast: true,
+            run_timeout: HumanDuration(Duration::from_secs(15 * 60)),
+            allow_impure: true,
+            sandbox: SandboxChoice::Auto,
+            nspawn: NspawnConfig::default(),
+            nix_runner: NixRunnerConfig::default(),
+            docker_runner: DockerRunnerConfig::default(),
+            working_dir: std::env::temp_dir().join("addon-work"),
+            cache_dir: dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("addon"),
+            env: BTreeMap::new(),
+            archive: ArchiveConfig::default(),
+            max_stdout: ByteSize(16 << 20),
+            kill_grace: HumanDuration(Duration::from_secs(2)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NspawnConfig {
+    pub enabled: bool,
+    /// Used when the engine is not root.
+    pub sudo_binary: String,
+    pub nspawn_binary: String,
+}
+
+impl Default for NspawnConfig {
+    fn default() -> Self {
+        NspawnConfig { enabled: false, sudo_binary: "sudo".into(), nspawn_binary: "systemd-nspawn".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NixRunnerConfig {
+    pub nix_binary: String,
+    pub build_timeout: HumanDuration,
+    /// Extra arguments for `nix build` (for example `--offline`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for NixRunnerConfig {
+    fn default() -> Self {
+        NixRunnerConfig {
+            nix_binary: "nix".into(),
+            build_timeout: HumanDuration(Duration::from_secs(15 * 60)),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DockerRunnerConfig {
+    /// Docker API address; null: `DOCKER_HOST`, else the local socket.
+    pub host: Option<String>,
+    pub build_timeout: HumanDuration,
+    /// User inside the container: null keeps the image's user; `engine` uses the engine's
+    /// uid:gid so output files stay readable; or an explicit `uid:gid`.
+    pub user: Option<String>,
+}
+
+impl Default for DockerRunnerConfig {
+    fn default() -> Self {
+        DockerRunnerConfig { host: None, build_timeout: HumanDuration(Duration::from_secs(15 * 60)), user: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ArchiveConfig {
+    pub max_size: ByteSize,
+    pub max_entries: usize,
+    pub download_timeout: HumanDuration,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            max_size: ByteSize(1 << 30),
+            max_entries: 100_000,
+            download_timeout: HumanDuration(Duration::from_secs(5 * 60)),
+        }
+    }
+}
+
+impl ArchiveConfig {
+    pub fn limits(&self) -> addon_descriptors::Limits {
+        addon_descriptors::Limits { max_size: self.max_size.0, max_entries: self.max_entries }
+    }
+}
+
+/// Which sandbox wraps trivial and nix-flake runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxChoice {
+    /// The strongest available of bwrap, netns; never none.
+    Auto,
+    Bwrap,
+    Nspawn,
+    Netns,
+    /// The bare host: only by explicit choice.
+    None,
+}
+
+/// The runner order; accepts `[nix-flake, docker]` or `"nix-flake, docker"` (and Docspell's `nix`).
+#[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "RunnerOrderSchema")]
+pub struct RunnerOrder(pub Vec<RunnerKind>);
+
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // only describes the accepted shapes for the schema
+enum RunnerOrderSchema {
+    List(Vec<RunnerKind>),
+    Text(String),
+}
+
+impl Serialize for RunnerOrder {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RunnerOrder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Text(String),
+        }
+        let names = match Raw::deserialize(d)? {
+            Raw::List(v) => v,
+            Raw::Text(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+        };
+        parse_runner_names(&names).map(RunnerOrder).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses runner names, refusing unknown ones and duplicates.
+pub fn parse_runner_names(names: &[String]) -> Result<Vec<RunnerKind>, String> {
+    let mut out = Vec::new();
+    for n in names {
+        let kind = RunnerKind::parse(n)
+            .ok_or_else(|| format!("unknown runner `{n}`; known runners: docker, nix-flake, trivial"))?;
+        if out.contains(&kind) {
+            return Err(format!("runner `{n}` is listed twice"));
+        }
+        out.push(kind);
+    }
+    Ok(out)
+}
+
+/// A duration written as `500ms`, `30s`, `15m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct HumanDuration(pub Duration);
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses `500ms`, `30s`, `15m`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}` ({e}); write e.g. 500ms, 30s, 15m"))
+}
+
+/// A size in bytes: a number, or text like `1GiB`, `500MB`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct ByteSize(pub u64);
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => parse_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("invalid size `{s}` ({e}); write e.g. 1048576, 500MB, 1GiB"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads a config file. Empty files give the defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Config::from_yaml(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+    }
+
+    pub fn from_yaml(text: &str) -> Result<Config, String> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        let mut config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        if config.nspawn.enabled && config.sandbox == SandboxChoice::Auto {
+            config.sandbox = SandboxChoice::Nspawn;
+        }
+        if config.runner.0.is_empty() {
+            return Err("runner: the runner list is empty; name at least one of docker, nix-flake, trivial".into());
+        }
+        Ok(config)
+    }
+
+    /// The config from `--config`, else `$ADDON_CONFIG`, else the defaults.
+    pub fn discover(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        match explicit {
+            Some(p) => Config::load(p),
+            None => match std::env::var_os("ADDON_CONFIG").filter(|v| !v.is_empty()) {
+                Some(p) => Config::load(Path::new(&p)),
+                None => Ok(Config::default()),
+            },
+        }
+    }
+}
+
+/// The JSON Schema of the configuration.
+pub fn config_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_example_parses() {
+        let c = Config::from_yaml(
+            r#"
+runner: "nix-flake, docker, trivial"
+fail-fast: false
+run-timeout: 90s
+allow-impure: false
+sandbox: netns
+nspawn: {enabled: false, sudo-binary: sudo, nspawn-binary: systemd-nspawn}
+nix-runner: {nix-binary: nix, build-timeout: 15m, extra-args: [--offline]}
+docker-runner: {host: null, build-timeout: 15m}
+working-dir: /tmp/w
+cache-dir: /tmp/c
+env: {my-addon: {TOKEN: abc}}
+archive: {max-size: 1GiB, max-entries: 100000, download-timeout: 5m}
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.runner.0, vec![RunnerKind::NixFlake, RunnerKind::Docker, RunnerKind::Trivial]);
+        assert_eq!(c.run_timeout.0, Duration::from_secs(90));
+        assert_eq!(c.archive.max_size.0, 1 << 30);
+        assert_eq!(c.sandbox, SandboxChoice::Netns);
+        assert_eq!(c.env["my-addon"]["TOKEN"], "abc");
+    }
+
+    #[test]
+    fn unknown_keys_name_key_and_line() {
+        let e = Config::from_yaml("fail-fast: true\nrun-timout: 5m\n").unwrap_err();
+        assert!(e.contains("run-timout") && e.contains("line 2"), "{e}");
+        let e = Config::from_yaml("runner: [trivial, podman]").unwrap_err();
+        assert!(e.contains("podman"), "{e}");
+        let e = Config::from_yaml("run-timeout: soon").unwrap_err();
+        assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn nspawn_enabled_selects_nspawn() {
+        let c = Config::from_yaml("nspawn: {enabled: true}").unwrap();
+        assert_eq!(c.sandbox, SandboxChoice::Nspawn);
+    }
+}

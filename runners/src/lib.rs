@@ -1,0 +1,1 @@
+//! Runners and sandboxes. Filled in by the executor issue.
