@@ -80,7 +80,10 @@ pub fn extract_zip(zip_path: &Path, target: &Path, limits: Limits) -> Result<Pat
                 return Err(refuse(&raw, "symlink target longer than 4096 bytes"));
             }
             let mut target = String::new();
-            (&mut f).take(4097).read_to_string(&mut target).map_err(|_| refuse(&raw, "symlink target is not UTF-8 text"))?;
+            (&mut f)
+                .take(4097)
+                .read_to_string(&mut target)
+                .map_err(|_| refuse(&raw, "symlink target is not UTF-8 text"))?;
             Kind::Symlink { target }
         } else if f.is_dir() {
             Kind::Dir

@@ -55,12 +55,8 @@ pub enum Trigger {
 }
 
 impl Trigger {
-    pub const ALL: [Trigger; 4] = [
-        Trigger::FinalProcessItem,
-        Trigger::FinalReprocessItem,
-        Trigger::Scheduled,
-        Trigger::ExistingItem,
-    ];
+    pub const ALL: [Trigger; 4] =
+        [Trigger::FinalProcessItem, Trigger::FinalReprocessItem, Trigger::Scheduled, Trigger::ExistingItem];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -192,7 +192,10 @@ impl AddonOutput {
         let de = &mut serde_json::Deserializer::from_str(&joined);
         serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            OutputError::Json { path: if path == "." { "(top level)".into() } else { path }, message: e.into_inner().to_string() }
+            OutputError::Json {
+                path: if path == "." { "(top level)".into() } else { path },
+                message: e.into_inner().to_string(),
+            }
         })
     }
 
@@ -225,7 +228,9 @@ impl AddonOutput {
         };
         for (i, f) in self.files.iter().enumerate() {
             check_id(&f.item_id, &format!("files[{i}].itemId"))?;
-            for (name, map) in [("textFiles", &f.text_files), ("pdfFiles", &f.pdf_files), ("previewImages", &f.preview_images)] {
+            for (name, map) in
+                [("textFiles", &f.text_files), ("pdfFiles", &f.pdf_files), ("previewImages", &f.preview_images)]
+            {
                 for (key, file) in map {
                     check_id(key, &format!("files[{i}].{name}.{key}"))?;
                     check_file(file, format!("files[{i}].{name}.{key}"))?;
@@ -333,8 +338,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_place() {
-        let e = AddonOutput::from_stdout(br#"{"commands":[{"command":"item-update","itemId":"i","actions":[{"action":"fly"}]}]}"#)
-            .unwrap_err();
+        let e = AddonOutput::from_stdout(
+            br#"{"commands":[{"command":"item-update","itemId":"i","actions":[{"action":"fly"}]}]}"#,
+        )
+        .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("commands[0].actions[0]"), "{msg}");
         assert!(msg.contains("fly"), "{msg}");
@@ -345,7 +352,9 @@ mod tests {
 
     #[test]
     fn ids_and_paths_are_checked() {
-        let bad_id = AddonOutput::from_stdout(br#"{"commands":[{"command":"item-update","itemId":"a b","actions":[]}]}"#).unwrap();
+        let bad_id =
+            AddonOutput::from_stdout(br#"{"commands":[{"command":"item-update","itemId":"a b","actions":[]}]}"#)
+                .unwrap();
         assert!(bad_id.check(None).unwrap_err().to_string().contains("commands[0].itemId"));
         let escape = AddonOutput::from_stdout(br#"{"newItems":[{"files":["../etc/passwd"]}]}"#).unwrap();
         assert!(escape.check(None).unwrap_err().to_string().contains("newItems[0].files[0]"));

@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use crate::diagnostic::{Diagnostic, Pos};
-use crate::model::{Descriptor, DockerRunner, Meta, NixRunner, Options, RunnerSection, TrivialRunner, Trigger};
+use crate::model::{Descriptor, DockerRunner, Meta, NixRunner, Options, RunnerSection, Trigger, TrivialRunner};
 
 /// The result of reading a descriptor: the model (absent when the text is not a descriptor at
 /// all) and every problem found.
@@ -135,12 +135,14 @@ impl<'s> Walker<'s> {
         };
         if docs.len() > 1 {
             let at = pos(&docs[1]);
-            self.error("", format!("the descriptor holds {} YAML documents; only one is allowed", docs.len()), Some(at));
+            self.error(
+                "",
+                format!("the descriptor holds {} YAML documents; only one is allowed", docs.len()),
+                Some(at),
+            );
         }
         let root = untag(root);
-        let Some(entries) = self.mapping(root, "", "the descriptor") else {
-            return None;
-        };
+        let entries = self.mapping(root, "", "the descriptor")?;
         self.unknown_keys(&entries, "", &ROOT_KEYS);
         let meta = self.meta(&entries);
         let triggers = self.triggers(&entries);
@@ -172,7 +174,11 @@ impl<'s> Walker<'s> {
     fn mapping<'n, 'a>(&mut self, node: &'n Node<'a>, field: &str, what: &str) -> Option<Entries<'n, 'a>> {
         let node = untag(node);
         let YamlData::Mapping(map) = &node.data else {
-            self.error(field, format!("{what} must be a mapping (key: value), found {}", kind_name(node)), Some(pos(node)));
+            self.error(
+                field,
+                format!("{what} must be a mapping (key: value), found {}", kind_name(node)),
+                Some(pos(node)),
+            );
             return None;
         };
         let mut items = Vec::with_capacity(map.len());
@@ -304,7 +310,9 @@ impl<'s> Walker<'s> {
                 let raw = self.raw(untag(node));
                 self.warning(
                     field,
-                    format!("is a YAML number; quote it (\"{raw}\") so it stays text. Docspell rejects it; read as `{raw}`"),
+                    format!(
+                        "is a YAML number; quote it (\"{raw}\") so it stays text. Docspell rejects it; read as `{raw}`"
+                    ),
                     at,
                 );
                 raw
@@ -452,7 +460,11 @@ impl<'s> Walker<'s> {
         let field = "runner.trivial.exec";
         let Some((_, node)) = entries.get("exec").filter(|(_, v)| !is_null(v)) else {
             if enable {
-                self.error(field, "missing `exec`: the path of the program to run, relative to the addon root", Some(parent_pos));
+                self.error(
+                    field,
+                    "missing `exec`: the path of the program to run, relative to the addon root",
+                    Some(parent_pos),
+                );
             } else {
                 self.warning(field, "missing `exec` (Docspell rejects a trivial section without it)", Some(parent_pos));
             }
@@ -512,9 +524,9 @@ impl<'s> Walker<'s> {
                     root_entries.get(key)
                 } else {
                     cur.and_then(|n| match &untag(n).data {
-                        YamlData::Mapping(m) => m.iter().find(|(k, _)| {
-                            matches!(&untag(k).data, YamlData::Value(Scalar::String(s)) if s == key)
-                        }),
+                        YamlData::Mapping(m) => m
+                            .iter()
+                            .find(|(k, _)| matches!(&untag(k).data, YamlData::Value(Scalar::String(s)) if s == key)),
                         _ => None,
                     })
                 };
@@ -591,7 +603,9 @@ pub fn normalise_relative(p: &str) -> Result<PathBuf, &'static str> {
     let mut depth = 0usize;
     for c in path.components() {
         match c {
-            Component::Prefix(_) | Component::RootDir => return Err("must be relative to the addon root, not absolute"),
+            Component::Prefix(_) | Component::RootDir => {
+                return Err("must be relative to the addon root, not absolute")
+            }
             Component::CurDir => {}
             Component::ParentDir => {
                 if depth == 0 {

@@ -40,9 +40,9 @@ impl SourceError {
     /// at all (exit 2).
     pub fn is_judgement(&self) -> bool {
         match self {
-            SourceError::NoDescriptor { .. }
-            | SourceError::DescriptorTooLarge { .. }
-            | SourceError::NotText { .. } => true,
+            SourceError::NoDescriptor { .. } | SourceError::DescriptorTooLarge { .. } | SourceError::NotText { .. } => {
+                true
+            }
             SourceError::Archive(e) => !matches!(e, ArchiveError::Io(_)),
             _ => false,
         }
@@ -69,7 +69,11 @@ impl SourceKind {
         let name = path.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
         if name.ends_with(".zip") || is_zip_magic(path) {
             Ok(SourceKind::Zip(path.to_path_buf()))
-        } else if DESCRIPTOR_FILES.contains(&name.as_str()) || name.ends_with(".yml") || name.ends_with(".yaml") || name.ends_with(".json") {
+        } else if DESCRIPTOR_FILES.contains(&name.as_str())
+            || name.ends_with(".yml")
+            || name.ends_with(".yaml")
+            || name.ends_with(".json")
+        {
             Ok(SourceKind::DescriptorFile(path.to_path_buf()))
         } else {
             Err(SourceError::Unsupported { path: path.to_path_buf() })
@@ -128,7 +132,14 @@ pub fn load(path: &Path, limits: Limits, scratch: Option<&Path>) -> Result<Loade
             let text = read_descriptor(&file)?;
             let parsed = parse_descriptor(&text, None);
             let digest = digest_bytes(text.as_bytes());
-            Ok(LoadedAddon { root: None, descriptor_path: file, descriptor_text: text, parsed, digest, _unpacked: None })
+            Ok(LoadedAddon {
+                root: None,
+                descriptor_path: file,
+                descriptor_text: text,
+                parsed,
+                digest,
+                _unpacked: None,
+            })
         }
     }
 }

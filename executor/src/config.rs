@@ -277,7 +277,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads a config file. Empty files give the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs_err::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            fs_err::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Config::from_yaml(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
     }
 

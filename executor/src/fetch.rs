@@ -26,26 +26,27 @@ pub fn is_url(source: &str) -> bool {
 }
 
 /// Downloads `url` into a new temporary file in `dir`. The file is removed when dropped.
-pub fn download(url: &str, dir: &Path, timeout: Duration, max_size: u64) -> Result<tempfile::NamedTempFile, FetchError> {
+pub fn download(
+    url: &str,
+    dir: &Path,
+    timeout: Duration,
+    max_size: u64,
+) -> Result<tempfile::NamedTempFile, FetchError> {
     let io_err = |source| FetchError::Io { url: url.to_string(), source };
     fs::create_dir_all(dir).map_err(io_err)?;
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .http_status_as_error(true)
-        .build()
-        .into();
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(true).build().into();
     let response = agent.get(url).call().map_err(|e| FetchError::Http {
         url: url.to_string(),
         message: match e {
-            ureq::Error::Timeout(_) => format!("timed out after {} (setting archive.download-timeout)", humanize(timeout)),
+            ureq::Error::Timeout(_) => {
+                format!("timed out after {} (setting archive.download-timeout)", humanize(timeout))
+            }
             other => other.to_string(),
         },
     })?;
-    let declared: Option<u64> = response
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
+    let declared: Option<u64> =
+        response.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     if declared.is_some_and(|n| n > max_size) {
         return Err(FetchError::TooLarge { url: url.to_string(), limit: max_size });
     }

@@ -47,7 +47,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Check descriptors: fields, types, files, runners; prints the digest and purity.
-    #[command(after_help = "Exit codes: 0 all valid (warnings allowed); 1 an error was found; 2 a source could not be read.")]
+    #[command(
+        after_help = "Exit codes: 0 all valid (warnings allowed); 1 an error was found; 2 a source could not be read."
+    )]
     Validate {
         /// Addon directories, zip files, URLs or descriptor files.
         #[arg(required = true, value_name = "SOURCE")]
@@ -133,7 +135,8 @@ fn print_json(value: &impl serde::Serialize, pretty: bool) -> anyhow::Result<()>
 }
 
 fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u8> {
-    let scratch = tempfile::Builder::new().prefix("addon-validate-").tempdir().context("creating a temporary directory")?;
+    let scratch =
+        tempfile::Builder::new().prefix("addon-validate-").tempdir().context("creating a temporary directory")?;
     let color = color_stderr();
     let mut code = 0u8;
     for src in sources {
