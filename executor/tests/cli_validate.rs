@@ -1,0 +1,149 @@
+//! `addon validate` and `addon schema` through the real binary: JSON Lines, exit codes, human
+//! output with the offending line and a caret.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn addon(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(args)
+        .env_remove("ADDON_CONFIG")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn fixtures() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../descriptors/tests/fixtures/docspell")
+}
+
+fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout.clone()).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn real_descriptors_as_json_lines() {
+    let dir = fixtures();
+    let files: Vec<String> =
+        ["rotate-pdf-addon.yml", "audio-files-addon.yml", "docspell-testfixture-minimal-addon.yml"]
+            .iter()
+            .map(|f| dir.join(f).display().to_string())
+            .collect();
+    let mut args = vec!["validate", "--json"];
+    args.extend(files.iter().map(String::as_str));
+    let out = addon(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines = json_lines(&out);
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["runners"], serde_json::json!(["docker", "nix-flake", "trivial"]));
+    assert_eq!(lines[0]["pure"], true);
+    assert_eq!(lines[1]["runners"], serde_json::json!(["nix-flake", "trivial"]));
+    assert_eq!(lines[1]["pure"], false);
+    assert_eq!(lines[1]["networking"], true);
+    assert_eq!(lines[2]["meta"]["name"], "minimal-addon");
+    for l in &lines {
+        assert_eq!(l["valid"], true);
+        assert!(l["digest"].as_str().unwrap().starts_with("sha256:"));
+        assert_eq!(l["collect_output"], true);
+        assert!(l["diagnostics"].as_array().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn invalid_descriptor_exit_1_with_field_and_position() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("docspell-addon.yml"),
+        "meta:\n  name: hello\n  version: \"1\"\nrunner:\n  trivial:\n    enable: true\n    exec: missing.sh\n",
+    )
+    .unwrap();
+    let out = addon(&["validate", "--json", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["valid"], false);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["severity"], "error");
+    assert_eq!(d["field"], "runner.trivial.exec");
+    assert_eq!(d["line"], 7);
+    assert_eq!(d["column"], 11);
+
+    // Human output shows the line with a caret under the column.
+    let out = addon(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap().replace(dir.path().to_str().unwrap(), "[DIR]");
+    insta::assert_snapshot!(stderr, @r"
+    error: runner.trivial.exec: `missing.sh` does not exist in the addon
+      --> [DIR]/docspell-addon.yml:7:11
+      |
+    7 |     exec: missing.sh
+      |           ^
+    invalid: hello 1 ([DIR]): 1 error(s), 0 warning(s)
+    ");
+}
+
+#[test]
+fn unreadable_source_exit_2_hostile_zip_exit_1() {
+    let out = addon(&["validate", "--json", "/nonexistent/addon"]);
+    assert_eq!(out.status.code(), Some(2));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["valid"], false);
+    assert!(v.get("digest").is_none());
+    assert!(v["error"].as_str().unwrap().contains("/nonexistent/addon"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("evil.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&zip).unwrap());
+    w.start_file("../../evil.sh", zip::write::SimpleFileOptions::default()).unwrap();
+    w.write_all(b"x").unwrap();
+    w.finish().unwrap();
+    let out = addon(&["validate", "--json", zip.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let v = &json_lines(&out)[0];
+    assert!(v["error"].as_str().unwrap().contains("../../evil.sh"), "{v}");
+    assert!(!dir.path().parent().unwrap().join("evil.sh").exists());
+}
+
+#[test]
+fn url_sources_are_downloaded() {
+    // A one-shot HTTP server on loopback serving a wrapped addon zip.
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("a.zip");
+    let mut w = zip::ZipWriter::new(std::fs::File::create(&zip).unwrap());
+    let o = zip::write::SimpleFileOptions::default().unix_permissions(0o755);
+    w.start_file("hello-main/docspell-addon.yml", o).unwrap();
+    w.write_all(b"meta: {name: u, version: \"1\"}\nrunner: {trivial: {enable: true, exec: run.sh}}\n").unwrap();
+    w.start_file("hello-main/run.sh", o).unwrap();
+    w.write_all(b"#!/bin/sh\n").unwrap();
+    w.finish().unwrap();
+    let body = std::fs::read(&zip).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+        s.write_all(&body).unwrap();
+    });
+    let url = format!("http://127.0.0.1:{port}/hello.zip");
+    let out = addon(&["validate", "--json", &url]);
+    server.join().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = &json_lines(&out)[0];
+    assert_eq!(v["meta"]["name"], "u");
+    assert_eq!(v["source"], url);
+}
+
+#[test]
+fn schemas_are_json_schemas() {
+    for which in ["descriptor", "output", "config"] {
+        let out = addon(&["schema", which, "--json"]);
+        assert_eq!(out.status.code(), Some(0));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["$schema"].as_str().unwrap().contains("json-schema.org"), "{which}");
+        assert!(v["properties"].is_object(), "{which}");
+    }
+    let out = addon(&["schema", "nothing"]);
+    assert_eq!(out.status.code(), Some(2));
+}
