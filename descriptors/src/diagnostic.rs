@@ -80,7 +80,7 @@ impl Diagnostic {
         match (self.line, self.column) {
             (Some(line), col) => {
                 let _ = writeln!(out, "  --> {file}:{line}:{}", col.unwrap_or(1));
-                if let Some(text) = source.and_then(|s| s.lines().nth(line.saturating_sub(1))) {
+                if let Some(text) = source.and_then(|s| source_line(s, line)) {
                     let gutter = line.to_string().len();
                     let pad = " ".repeat(gutter);
                     let text = text.replace('\t', " ");
@@ -97,6 +97,19 @@ impl Diagnostic {
         }
         out
     }
+}
+
+/// Line `n` (1-based) of `src`, with line breaks as YAML counts them (`\n`, `\r\n` and a lone `\r`).
+pub fn source_line(src: &str, n: usize) -> Option<&str> {
+    yaml_lines(src).nth(n.checked_sub(1)?)
+}
+
+/// The lines of `src` as YAML counts them.
+pub fn yaml_lines(src: &str) -> impl Iterator<Item = &str> {
+    src.split('\n').flat_map(|l| {
+        let l = l.strip_suffix('\r').unwrap_or(l);
+        l.split('\r')
+    })
 }
 
 /// A 1-based position in a descriptor.

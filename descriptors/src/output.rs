@@ -343,7 +343,7 @@ mod tests {
         )
         .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("commands[0].actions[0]"), "{msg}");
+        assert!(msg.contains("commands[0]"), "{msg}");
         assert!(msg.contains("fly"), "{msg}");
         let e = AddonOutput::from_stdout(b"hello world").unwrap_err();
         assert!(matches!(e, OutputError::Json { .. }), "{e}");

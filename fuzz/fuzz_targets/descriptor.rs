@@ -5,7 +5,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let parsed = addon_descriptors::parse_descriptor(text, None);
-    let lines = text.lines().count().max(1) + 1;
+    let lines = addon_descriptors::diagnostic::yaml_lines(text).count().max(1) + 1;
     for d in &parsed.diagnostics {
         if let Some(l) = d.line {
             assert!(l >= 1 && l <= lines, "line {l} outside the text ({lines} lines): {d:?}");
