@@ -1,0 +1,228 @@
+//! Process supervision: start a prepared command, stream its output with bounded memory, enforce
+//! the timeout and cancellation, and make sure nothing it started outlives it.
+//!
+//! Every sandbox puts the addon in its own PID namespace, so "everything it started" is the
+//! descendants of the child we spawned. Stopping is: SIGTERM to every descendant (the namespace's
+//! init ignores it by kernel rule, the addon's processes do not), a grace period, then SIGKILL to
+//! the whole tree; killing a namespace's init makes the kernel kill every process inside it.
+
+use std::collections::{HashMap, VecDeque};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+/// Lines of stderr kept for error messages.
+pub const STDERR_TAIL_LINES: usize = 20;
+
+/// Receives the addon's log lines (stderr, and stdout when it is not collected).
+pub type LogSink = Arc<dyn Fn(LogStream, &str) + Send + Sync>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// How a supervised process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// Exited by itself with this code (128 + signal when a signal ended it).
+    Exited(i32),
+    /// Stopped at its timeout.
+    TimedOut(Duration),
+    /// Stopped because the run was cancelled.
+    Cancelled,
+    /// Stopped because its stdout grew past the limit.
+    StdoutTooLarge(u64),
+}
+
+/// What supervision observed.
+#[derive(Debug, Clone)]
+pub struct Supervised {
+    pub ending: Ending,
+    /// Collected stdout (empty when not collected).
+    pub stdout: Vec<u8>,
+    /// The last lines of stderr.
+    pub stderr_tail: Vec<String>,
+    pub duration: Duration,
+}
+
+/// Limits and plumbing for one supervised process.
+#[derive(Clone)]
+pub struct Supervision {
+    pub timeout: Duration,
+    pub kill_grace: Duration,
+    /// Collect stdout up to this many bytes; None streams stdout to the log instead.
+    pub collect_stdout: Option<u64>,
+    pub log: LogSink,
+    pub cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for Supervision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervision")
+            .field("timeout", &self.timeout)
+            .field("kill_grace", &self.kill_grace)
+            .field("collect_stdout", &self.collect_stdout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Spawns `cmd` and supervises it to the end. `cmd` must already carry its sandbox.
+pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<Supervised> {
+    let start = Instant::now();
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().map(|p| p as i32);
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+
+    let log = sup.log.clone();
+    let stderr_task = tokio::spawn(async move {
+        let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL_LINES);
+        let mut lines = BufReader::new(stderr);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            // Lines are capped so that a binary blob without newlines cannot grow memory.
+            match (&mut lines).take(64 * 1024).read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches(['\n', '\r']);
+                    log(LogStream::Stderr, line);
+                    if tail.len() == STDERR_TAIL_LINES {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line.to_string());
+                }
+            }
+        }
+        tail.into_iter().collect::<Vec<_>>()
+    });
+
+    let limit = sup.collect_stdout;
+    let log = sup.log.clone();
+    let overflow = CancellationToken::new();
+    let overflow_set = overflow.clone();
+    let stdout_task = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut reader = BufReader::new(stdout);
+        match limit {
+            Some(limit) => {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match reader.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if out.len() as u64 + n as u64 > limit {
+                                overflow_set.cancel();
+                                break;
+                            }
+                            out.extend_from_slice(&buf[..n]);
+                        }
+                    }
+                }
+            }
+            None => {
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => log(LogStream::Stdout, String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r'])),
+                    }
+                }
+            }
+        }
+        out
+    });
+
+    let mut ending = tokio::select! {
+        status = child.wait() => Ending::Exited(status.map(exit_code).unwrap_or(-1)),
+        _ = tokio::time::sleep(sup.timeout) => Ending::TimedOut(sup.timeout),
+        _ = sup.cancel.cancelled() => Ending::Cancelled,
+        _ = overflow.cancelled() => Ending::StdoutTooLarge(limit.unwrap_or(0)),
+    };
+    if let Some(pid) = pid {
+        match ending {
+            // The addon is gone; whatever it left behind goes now, without grace.
+            Ending::Exited(_) => kill_tree(pid, libc::SIGKILL, true),
+            _ => stop_tree(pid, &mut child, sup.kill_grace).await,
+        }
+    }
+    let _ = child.wait().await;
+    // Pipes close once every holder is dead; the readers then finish.
+    let stdout = stdout_task.await.unwrap_or_default();
+    let stderr_tail = stderr_task.await.unwrap_or_default();
+    if overflow.is_cancelled() && matches!(ending, Ending::Exited(_)) {
+        ending = Ending::StdoutTooLarge(limit.unwrap_or(0));
+    }
+    Ok(Supervised { ending, stdout, stderr_tail, duration: start.elapsed() })
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
+
+/// SIGTERM to everything below the child, a grace period, then SIGKILL to all of it.
+async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration) {
+    // The child itself (a sandbox shim or bwrap) is spared the SIGTERM: its death would take the
+    // namespace down at once and leave the addon no grace.
+    kill_tree(pid, libc::SIGTERM, false);
+    let deadline = tokio::time::sleep(grace);
+    tokio::pin!(deadline);
+    tokio::select! {
+        _ = child.wait() => {}
+        _ = &mut deadline => {}
+    }
+    kill_tree(pid, libc::SIGKILL, true);
+}
+
+/// Sends `sig` to every descendant of `pid` (and to `pid` itself when `include_root`).
+pub fn kill_tree(pid: i32, sig: i32, include_root: bool) {
+    let mut targets = descendants(pid);
+    if include_root {
+        targets.insert(0, pid);
+    }
+    for p in targets {
+        // SAFETY: kill(2) has no memory effects; a stale pid at worst gets ESRCH.
+        unsafe {
+            libc::kill(p, sig);
+        }
+    }
+}
+
+/// All descendants of `pid`, parents before children, from a scan of /proc.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+            if let Some(ppid) = parent_of(p) {
+                children.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut queue = VecDeque::from([pid]);
+    while let Some(p) = queue.pop_front() {
+        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push(c);
+            queue.push_back(c);
+        }
+    }
+    out
+}
+
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}

@@ -1,0 +1,140 @@
+//! The runner boundary: one small trait, declared capabilities, and the launch description the
+//! executor hands over.
+
+use std::path::{Path, PathBuf};
+
+use addon_descriptors::{ContentDigest, Descriptor, RunnerKind};
+use serde::Serialize;
+
+use crate::process::{Supervised, Supervision};
+use crate::sandbox::{SandboxError, SandboxKind};
+
+/// What a runner can do, so the executor asks questions instead of checking names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Capabilities {
+    /// The runner cuts the network itself (containers); otherwise a sandbox must.
+    pub isolates_network: bool,
+    /// The runner keeps the addon off the host filesystem itself.
+    pub isolates_filesystem: bool,
+    /// It builds an artifact before the first run (cached by digest).
+    pub builds: bool,
+    /// It needs a daemon (e.g. the Docker engine).
+    pub needs_daemon: bool,
+    /// It runs a host program and wants the configured sandbox around it.
+    pub uses_sandbox: bool,
+}
+
+/// Whether a runner works on this host.
+#[derive(Debug, Clone, Serialize)]
+pub struct Availability {
+    pub available: bool,
+    pub version: Option<String>,
+    pub detail: String,
+}
+
+/// Whether a build ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheUse {
+    /// The artifact was in the cache; no build ran.
+    Hit,
+    /// A build ran and its result was stored.
+    Miss,
+    /// Nothing to build.
+    None,
+}
+
+/// One run of one addon, prepared by the executor.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub descriptor: Descriptor,
+    pub digest: ContentDigest,
+    /// The run directory (the addon's working directory).
+    pub work_dir: PathBuf,
+    /// The addon's copy inside the run directory (`addons/<name>-<version>`).
+    pub addon_dir: PathBuf,
+    /// The addon's private output directory.
+    pub output_dir: PathBuf,
+    /// The addon's persistent cache directory.
+    pub cache_dir: PathBuf,
+    /// Arguments: the descriptor's args, then the user-input path (relative to the work dir).
+    pub args: Vec<String>,
+    /// Environment besides the contract's directories: PATH, locale, ITEM_*, configured, --env.
+    pub extra_env: Vec<(String, String)>,
+    /// The sandbox for host runners.
+    pub sandbox: SandboxKind,
+    pub supervision: Supervision,
+}
+
+impl Launch {
+    /// The addon's environment with the contract's directories as the addon sees them (`work`,
+    /// `output`, `cache` are host paths, or mount points inside a container).
+    pub fn env(&self, work: &Path, output: &Path, cache: &Path) -> Vec<(String, String)> {
+        let rel_addon = self.addon_dir.strip_prefix(&self.work_dir).unwrap_or(&self.addon_dir);
+        let s = |p: PathBuf| p.display().to_string();
+        let home = work.join(".home");
+        let mut env = vec![
+            ("ADDON_DIR".to_string(), s(work.join(rel_addon))),
+            ("TMPDIR".to_string(), s(work.join("temp"))),
+            ("TMP_DIR".to_string(), s(work.join("temp"))),
+            ("OUTPUT_DIR".to_string(), s(output.to_path_buf())),
+            ("CACHE_DIR".to_string(), s(cache.to_path_buf())),
+            ("HOME".to_string(), s(home.clone())),
+            ("XDG_CACHE_HOME".to_string(), s(home.join(".cache"))),
+        ];
+        for (k, v) in &self.extra_env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+        env
+    }
+
+    /// `name-version`, for logs and errors.
+    pub fn label(&self) -> String {
+        self.descriptor.id()
+    }
+}
+
+/// What a runner observed.
+#[derive(Debug, Clone)]
+pub struct RunnerOutcome {
+    pub supervised: Supervised,
+    /// What isolated the process: a sandbox name or `docker`.
+    pub sandbox: String,
+    pub cache: CacheUse,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error("{runner} runner is not available: {detail}")]
+    Unavailable { runner: RunnerKind, detail: String },
+    #[error("{runner} runner: {source}")]
+    Sandbox { runner: RunnerKind, source: SandboxError },
+    #[error("{runner} runner: build of {addon} failed: {message}")]
+    Build { runner: RunnerKind, addon: String, message: String, log_tail: Vec<String> },
+    #[error("{runner} runner: cannot start {program}: {source}")]
+    Spawn { runner: RunnerKind, program: PathBuf, source: std::io::Error },
+    #[error("{runner} runner: {message}")]
+    Setup { runner: RunnerKind, message: String },
+}
+
+impl RunnerError {
+    /// The sandbox that refused, when a sandbox was the reason.
+    pub fn sandbox(&self) -> Option<&SandboxError> {
+        match self {
+            RunnerError::Sandbox { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// A way to build and start an addon.
+#[async_trait::async_trait]
+pub trait Runner: Send + Sync {
+    fn kind(&self) -> RunnerKind;
+    fn capabilities(&self) -> Capabilities;
+    /// Probes the host: is the runtime there, which version, why not.
+    fn probe(&self) -> Availability;
+    /// Builds (or finds in the cache) and runs the addon once.
+    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError>;
+}

@@ -1,0 +1,377 @@
+//! Sandboxes for host-run addons (trivial, nix-flake): how a command is wrapped so that the addon
+//! gets the isolation it asks for, and what each sandbox can give.
+//!
+//! A sandbox never weakens silently: [`Sandbox::check`] says what is missing and the runner then
+//! refuses to start the addon. Every sandbox puts the addon in its own PID namespace so that the
+//! supervisor can stop all of it.
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use tokio::process::Command;
+
+/// The sandboxes, by name as in the config and the run result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// bubblewrap: read-only host, private /tmp, new PID/IPC/UTS (and network) namespaces.
+    Bwrap,
+    /// The engine's own network and PID namespaces; the filesystem stays the host's.
+    Netns,
+    /// systemd-nspawn (the nix issue fills this slot).
+    Nspawn,
+    /// The bare host (explicit choice only). Still a PID namespace when possible, for cleanup.
+    None,
+}
+
+impl SandboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Bwrap => "bwrap",
+            SandboxKind::Netns => "netns",
+            SandboxKind::Nspawn => "nspawn",
+            SandboxKind::None => "none",
+        }
+    }
+
+    /// Can this sandbox cut the network?
+    pub fn cuts_network(self) -> bool {
+        matches!(self, SandboxKind::Bwrap | SandboxKind::Netns | SandboxKind::Nspawn)
+    }
+
+    /// Does it keep the addon from writing outside its directories?
+    pub fn isolates_filesystem(self) -> bool {
+        matches!(self, SandboxKind::Bwrap | SandboxKind::Nspawn)
+    }
+}
+
+/// Whether a sandbox works on this host, and why not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Probe {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// The directories of one run that the addon may write.
+#[derive(Debug, Clone)]
+pub struct Mounts {
+    pub work: PathBuf,
+    pub output: PathBuf,
+    pub cache: PathBuf,
+}
+
+/// What the addon asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Isolation {
+    pub network: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox {sandbox} is not available on this host: {detail}")]
+    Unavailable { sandbox: &'static str, detail: String },
+    #[error("sandbox {sandbox} cannot cut the network, and the addon asks for none (set `sandbox:` to bwrap, netns or nspawn)")]
+    CannotCutNetwork { sandbox: &'static str },
+}
+
+impl SandboxKind {
+    /// Probes this sandbox (cached for the life of the process).
+    pub fn probe(self) -> Probe {
+        static BWRAP: OnceLock<Probe> = OnceLock::new();
+        static NETNS: OnceLock<Probe> = OnceLock::new();
+        match self {
+            SandboxKind::Bwrap => BWRAP.get_or_init(probe_bwrap).clone(),
+            SandboxKind::Netns => NETNS.get_or_init(probe_netns).clone(),
+            SandboxKind::Nspawn => Probe {
+                name: "nspawn",
+                available: false,
+                detail: "the systemd-nspawn sandbox is not built into this engine version".into(),
+            },
+            SandboxKind::None => Probe { name: "none", available: true, detail: "bare host; no isolation".into() },
+        }
+    }
+
+    /// Checks that this sandbox can run an addon that asks for `iso`.
+    pub fn check(self, iso: Isolation) -> Result<(), SandboxError> {
+        let p = self.probe();
+        if !p.available {
+            return Err(SandboxError::Unavailable { sandbox: self.as_str(), detail: p.detail });
+        }
+        // `none` is the administrator's explicit choice of the bare host (SPEC): it runs.
+        if !iso.network && !self.cuts_network() && self != SandboxKind::None {
+            return Err(SandboxError::CannotCutNetwork { sandbox: self.as_str() });
+        }
+        Ok(())
+    }
+
+    /// Builds the command that runs `program args` in this sandbox, in `cwd`, with exactly `env`.
+    pub fn command(
+        self,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        cwd: &Path,
+        mounts: &Mounts,
+        extra_ro: &[PathBuf],
+        iso: Isolation,
+    ) -> Result<Command, SandboxError> {
+        self.check(iso)?;
+        let mut cmd = match self {
+            SandboxKind::Bwrap => {
+                let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
+                c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"]);
+                for p in extra_ro {
+                    c.arg("--ro-bind").arg(p).arg(p);
+                }
+                for p in [&mounts.work, &mounts.output, &mounts.cache] {
+                    c.arg("--bind").arg(p).arg(p);
+                }
+                c.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]);
+                if !iso.network {
+                    c.arg("--unshare-net");
+                }
+                c.arg("--chdir").arg(cwd).arg("--").arg(program).args(args);
+                c
+            }
+            SandboxKind::Netns | SandboxKind::None => {
+                let mut c = Command::new(program);
+                c.args(args);
+                let cut_network = self == SandboxKind::Netns && !iso.network;
+                let plan = NsPlan::new(cut_network);
+                // SAFETY: the closure runs in the forked child before exec and only makes raw
+                // system calls (unshare, open/write, ioctl, fork, waitpid, _exit), which are
+                // async-signal-safe; all allocation happened in `NsPlan::new`.
+                unsafe {
+                    c.pre_exec(move || plan.enter());
+                }
+                c
+            }
+            SandboxKind::Nspawn => {
+                return Err(SandboxError::Unavailable { sandbox: "nspawn", detail: self.probe().detail });
+            }
+        };
+        cmd.current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
+    }
+}
+
+/// The sandbox `auto` picks: the strongest available of bwrap, netns (never none).
+pub fn auto() -> Option<SandboxKind> {
+    [SandboxKind::Bwrap, SandboxKind::Netns].into_iter().find(|s| s.probe().available)
+}
+
+fn bwrap_path() -> Option<PathBuf> {
+    which::which("bwrap").ok()
+}
+
+fn probe_bwrap() -> Probe {
+    let Some(path) = bwrap_path() else {
+        return Probe { name: "bwrap", available: false, detail: "bwrap not found in PATH (apt-get install bubblewrap)".into() };
+    };
+    let out = std::process::Command::new(&path)
+        .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-net"])
+        .args(["--die-with-parent", "--", "true"])
+        .output();
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    match out {
+        Ok(o) if o.status.success() => Probe { name: "bwrap", available: true, detail: format!("{version} at {}", path.display()) },
+        Ok(o) => Probe {
+            name: "bwrap",
+            available: false,
+            detail: format!("{} fails here: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+        },
+        Err(e) => Probe { name: "bwrap", available: false, detail: format!("cannot start {}: {e}", path.display()) },
+    }
+}
+
+fn probe_netns() -> Probe {
+    let mut c = std::process::Command::new("/bin/true");
+    let plan = NsPlan::new(true);
+    // SAFETY: as in `SandboxKind::command`.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, move || plan.enter());
+    }
+    match c.status() {
+        Ok(s) if s.success() => Probe {
+            name: "netns",
+            available: true,
+            detail: format!(
+                "network and PID namespaces{}",
+                if is_root() { "" } else { " inside a user namespace" }
+            ),
+        },
+        Ok(s) => Probe { name: "netns", available: false, detail: format!("namespace setup failed ({s})") },
+        Err(e) => Probe { name: "netns", available: false, detail: format!("cannot create namespaces: {e}") },
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Everything the child needs to enter its namespaces, prepared before fork (no allocation after).
+#[derive(Debug, Clone)]
+struct NsPlan {
+    cut_network: bool,
+    user_ns: bool,
+    uid_map: CString,
+    gid_map: CString,
+    parent_pid: i32,
+}
+
+impl NsPlan {
+    fn new(cut_network: bool) -> NsPlan {
+        // SAFETY: getters without preconditions.
+        let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
+        NsPlan {
+            cut_network,
+            user_ns: uid != 0,
+            uid_map: CString::new(format!("{uid} {uid} 1")).expect("no NUL"),
+            gid_map: CString::new(format!("{gid} {gid} 1")).expect("no NUL"),
+            parent_pid: pid,
+        }
+    }
+
+    /// Runs in the forked child: new namespaces, loopback up, then a shim and a mini init so the
+    /// addon is not PID 1 (it keeps normal signal behaviour) and orphans are reaped.
+    fn enter(&self) -> io::Result<()> {
+        // SAFETY: raw async-signal-safe system calls in a single-threaded forked child.
+        unsafe {
+            // Die with the engine. Checked against a race with an engine that already died.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != self.parent_pid {
+                libc::_exit(137);
+            }
+            let mut flags = libc::CLONE_NEWPID;
+            if self.cut_network {
+                flags |= libc::CLONE_NEWNET;
+            }
+            if self.user_ns {
+                flags |= libc::CLONE_NEWUSER;
+            }
+            if libc::unshare(flags) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if self.user_ns {
+                write_proc(c"/proc/self/setgroups", c"deny")?;
+                write_proc(c"/proc/self/uid_map", &self.uid_map)?;
+                write_proc(c"/proc/self/gid_map", &self.gid_map)?;
+            }
+            if self.cut_network {
+                loopback_up()?;
+            }
+            // The shim: stays in the engine's PID namespace and mirrors the init's exit.
+            let init = libc::fork();
+            if init < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if init > 0 {
+                // Close the standard library's exec-status pipe (and anything else above
+                // stderr), or `spawn` would wait for this shim to end.
+                libc::close_range(3, u32::MAX, 0);
+                libc::_exit(wait_for(init));
+            }
+            // PID 1 of the new namespace: dies with the shim; its death kills the namespace.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            let addon = libc::fork();
+            if addon < 0 {
+                libc::_exit(126);
+            }
+            if addon == 0 {
+                libc::setsid();
+                return Ok(()); // the addon: exec follows
+            }
+            // Do not hold the addon's pipes open.
+            libc::close_range(0, u32::MAX, 0);
+            loop {
+                let mut status = 0;
+                let w = libc::waitpid(-1, &mut status, 0);
+                if w == addon {
+                    libc::_exit(status_code(status));
+                }
+                if w < 0 && *libc::__errno_location() == libc::ECHILD {
+                    libc::_exit(126);
+                }
+            }
+        }
+    }
+}
+
+unsafe fn wait_for(pid: i32) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        let w = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if w == pid {
+            return status_code(status);
+        }
+        // SAFETY: reading errno.
+        if w < 0 && unsafe { *libc::__errno_location() } != libc::EINTR {
+            return 126;
+        }
+    }
+}
+
+fn status_code(status: i32) -> i32 {
+    if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        126
+    }
+}
+
+unsafe fn write_proc(path: &std::ffi::CStr, data: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: plain open/write/close on valid C strings.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let bytes = data.to_bytes();
+        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        libc::close(fd);
+        if n != bytes.len() as isize {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Brings `lo` up in the current network namespace (a new one starts with it down).
+unsafe fn loopback_up() -> io::Result<()> {
+    // SAFETY: ioctl on a socket we own with a zeroed, correctly sized ifreq.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            libc::close(sock);
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        let r = libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req);
+        libc::close(sock);
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

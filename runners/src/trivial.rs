@@ -1,0 +1,66 @@
+//! The trivial runner: run the descriptor's `exec` from the unpacked addon, in the sandbox.
+
+use std::os::unix::fs::PermissionsExt;
+
+use addon_descriptors::{normalise_relative, RunnerKind};
+
+use crate::process::supervise;
+use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
+use crate::sandbox::{Isolation, Mounts};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrivialRunner;
+
+#[async_trait::async_trait]
+impl Runner for TrivialRunner {
+    fn kind(&self) -> RunnerKind {
+        RunnerKind::Trivial
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolates_network: false,
+            isolates_filesystem: false,
+            builds: false,
+            needs_daemon: false,
+            uses_sandbox: true,
+        }
+    }
+
+    fn probe(&self) -> Availability {
+        Availability { available: true, version: None, detail: "runs the addon's `exec` directly (in the sandbox)".into() }
+    }
+
+    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
+        let setup = |message: String| RunnerError::Setup { runner: RunnerKind::Trivial, message };
+        let exec = launch
+            .descriptor
+            .trivial_exec()
+            .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", launch.label())))?;
+        let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
+        let program = launch.addon_dir.join(rel);
+        // Docspell makes the program executable; zips from elsewhere often lose the bit.
+        let meta = fs_err::metadata(&program).map_err(|e| setup(e.to_string()))?;
+        let mode = meta.permissions().mode();
+        if mode & 0o111 != 0o111 {
+            fs_err::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
+                .map_err(|e| setup(e.to_string()))?;
+        }
+        let env = launch.env(&launch.work_dir, &launch.output_dir, &launch.cache_dir);
+        let mounts = Mounts {
+            work: launch.work_dir.clone(),
+            output: launch.output_dir.clone(),
+            cache: launch.cache_dir.clone(),
+        };
+        let iso = Isolation { network: launch.descriptor.networking() };
+        let cmd = launch
+            .sandbox
+            .command(&program, &launch.args, &env, &launch.work_dir, &mounts, &[], iso)
+            .map_err(|source| RunnerError::Sandbox { runner: RunnerKind::Trivial, source })?;
+        tracing::debug!(addon = %launch.label(), sandbox = launch.sandbox.as_str(), program = %program.display(), "starting");
+        let supervised = supervise(cmd, &launch.supervision)
+            .await
+            .map_err(|source| RunnerError::Spawn { runner: RunnerKind::Trivial, program: program.clone(), source })?;
+        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.as_str().to_string(), cache: CacheUse::None })
+    }
+}
