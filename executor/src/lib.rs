@@ -8,3 +8,10 @@ pub mod source;
 pub mod validate;
 
 pub use config::Config;
+pub mod engine;
+pub mod report;
+pub mod resolve;
+
+pub use engine::{Engine, EngineError, Event, RunRequest};
+pub use report::{AddonResult, RunReport};
+pub use tokio_util::sync::CancellationToken;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use addon_descriptors::schema;
 use addon_executor::config::{self, Config};
 use addon_executor::validate::ValidationReport;
+use addon_executor::{AddonResult, CancellationToken, Engine, RunRequest};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -55,11 +56,79 @@ enum Command {
         #[arg(required = true, value_name = "SOURCE")]
         sources: Vec<String>,
     },
+    /// Run addons in order as one run: they share the output directory and the user input.
+    #[command(after_help = "Exit codes: 0 every addon succeeded; 1 an addon failed or was refused; 2 the run could not start (bad source, config, usage).\n\nExamples:\n  addon run ./hello --args 'Ada'\n  addon run a.zip b.zip --timeout 30s --output-dir out --json\n  addon run ./my-addon --item ./fixtures/item --env TOKEN=abc --runner trivial")]
+    Run(RunArgs),
+    /// Explain runner resolution for an addon without running anything.
+    Plan {
+        #[arg(value_name = "SOURCE")]
+        source: String,
+        /// Replaces the configured runner order (repeatable).
+        #[arg(long = "runner", value_name = "NAME")]
+        runners: Vec<String>,
+    },
+    /// Probe this host: which runners and sandboxes work here, their versions, and why not.
+    Runners,
     /// Print a JSON Schema, for editors and tools.
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Addon directories, zip files or URLs, run in this order.
+    #[arg(required = true, value_name = "SOURCE")]
+    sources: Vec<String>,
+    /// Replaces the configured runner order for this run (repeatable: docker, nix-flake, trivial).
+    #[arg(long = "runner", value_name = "NAME")]
+    runners: Vec<String>,
+    /// Content of the user-input file handed to every addon (default: empty).
+    #[arg(long, value_name = "TEXT", conflicts_with = "args_file")]
+    args: Option<String>,
+    /// Read the user input from FILE.
+    #[arg(long, value_name = "FILE")]
+    args_file: Option<PathBuf>,
+    /// Extra environment for the addons (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Copy file or directory SRC into the run directory at relative path DEST (repeatable).
+    #[arg(long = "input", value_name = "DEST=SRC", value_parser = parse_key_value)]
+    inputs: Vec<(String, String)>,
+    /// A Docspell item fixture, laid out as item/ with the ITEM_* variables set.
+    #[arg(long, value_name = "DIR")]
+    item: Option<PathBuf>,
+    /// Where the addons' output files end up (default: a new directory, reported).
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
+    /// Per-addon run timeout (500ms, 30s, 15m); overrides run-timeout.
+    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// Skip the remaining addons after a failure (overrides fail-fast).
+    #[arg(long, overrides_with = "no_fail_fast")]
+    fail_fast: bool,
+    /// Run every addon even after a failure.
+    #[arg(long, overrides_with = "fail_fast")]
+    no_fail_fast: bool,
+    /// Keep the run directories for debugging (their paths are logged).
+    #[arg(long)]
+    keep_work: bool,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not KEY=VALUE")),
+    }
+}
+
+fn parse_runners(names: &[String]) -> anyhow::Result<Option<Vec<addon_descriptors::RunnerKind>>> {
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let split: Vec<String> = names.iter().flat_map(|n| n.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    config::parse_runner_names(&split).map(Some).map_err(|e| anyhow::anyhow!("--runner: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -110,6 +179,54 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Validate { sources } => {
             let config = Config::discover(cli.config.as_deref())?;
             validate(&sources, &config, cli.json)
+        }
+        Command::Run(args) => {
+            let config = Config::discover(cli.config.as_deref())?;
+            run_addons(args, config, cli.json)
+        }
+        Command::Plan { source, runners } => {
+            let config = Config::discover(cli.config.as_deref())?;
+            let runners = parse_runners(&runners)?;
+            let engine = Engine::new(config);
+            let plan = engine.plan(&source, runners.as_deref())?;
+            if cli.json {
+                print_json(&plan, false)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{} {} ({}; {})", plan.addon.name, plan.addon.version, if plan.pure { "pure" } else { "impure" }, plan.addon.digest)?;
+                for c in &plan.candidates {
+                    let mark = if c.enabled && c.configured && c.available { "+" } else { "-" };
+                    writeln!(
+                        out,
+                        "  {mark} {:<10} enabled={:<5} configured={:<5} available={:<5} {}",
+                        c.runner, c.enabled, c.configured, c.available, c.reason
+                    )?;
+                }
+                match &plan.selected {
+                    Some(s) => writeln!(out, "selected: {} (sandbox {})", s.runner, s.sandbox.as_deref().unwrap_or("-"))?,
+                    None => writeln!(out, "selected: none: {}", plan.reason.as_deref().unwrap_or(""))?,
+                }
+            }
+            Ok(if plan.selected.is_some() { 0 } else { EXIT_JUDGED })
+        }
+        Command::Runners => {
+            let config = Config::discover(cli.config.as_deref())?;
+            let report = Engine::new(config).probe();
+            if cli.json {
+                print_json(&report, false)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "runners:")?;
+                for r in &report.runners {
+                    let v = r.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+                    writeln!(out, "  {} {}{v}: {}", if r.available { "+" } else { "-" }, r.name, r.detail)?;
+                }
+                writeln!(out, "sandboxes:")?;
+                for s in &report.sandboxes {
+                    writeln!(out, "  {} {}: {}", if s.available { "+" } else { "-" }, s.name, s.detail)?;
+                }
+            }
+            Ok(0)
         }
         Command::Schema { which } => {
             let value = match which {
@@ -178,4 +295,72 @@ fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u
         }
     }
     Ok(code)
+}
+
+fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
+    let user_input = match (&args.args, &args.args_file) {
+        (Some(text), _) => text.clone(),
+        (None, Some(file)) => fs_err::read_to_string(file).context("--args-file")?,
+        (None, None) => String::new(),
+    };
+    let fail_fast = if args.fail_fast {
+        Some(true)
+    } else if args.no_fail_fast {
+        Some(false)
+    } else {
+        None
+    };
+    let request = RunRequest {
+        sources: args.sources,
+        runners: parse_runners(&args.runners)?,
+        user_input,
+        env: args.env,
+        inputs: args.inputs.into_iter().map(|(d, s)| (d, PathBuf::from(s))).collect(),
+        item: args.item,
+        output_dir: args.output_dir,
+        timeout: args.timeout,
+        fail_fast,
+        keep_work: args.keep_work,
+    };
+    for (_, src) in &request.inputs {
+        anyhow::ensure!(src.exists(), "--input: {} does not exist", src.display());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let engine = Engine::new(config);
+    let report = rt.block_on(async {
+        let cancel = CancellationToken::new();
+        let on_signal = cancel.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            tracing::warn!("cancelling the run: stopping the addons");
+            on_signal.cancel();
+        });
+        engine.run(request, None, cancel).await
+    })?;
+    if json {
+        print_json(&report, false)?;
+    } else {
+        let mut err = std::io::stderr().lock();
+        for a in &report.addons {
+            let how = match (&a.runner, &a.sandbox) {
+                (Some(r), Some(s)) => format!(" ({r} in {s}, cache {}, {} ms)", serde_json::to_value(a.cache)?.as_str().unwrap_or("-"), a.duration_ms),
+                (Some(r), None) => format!(" ({r}, {} ms)", a.duration_ms),
+                _ => String::new(),
+            };
+            let name = if a.name.is_empty() { a.source.clone() } else { format!("{}-{}", a.name, a.version) };
+            writeln!(err, "{name}: {}{how}", a.result.as_str())?;
+            if a.result != AddonResult::Success {
+                if let Some(e) = &a.error {
+                    writeln!(err, "  {e}")?;
+                }
+            }
+        }
+        writeln!(err, "output directory: {}", report.output_dir.display())?;
+        print_json(&report.output, true)?;
+    }
+    Ok(if report.success { 0 } else { EXIT_JUDGED })
 }

@@ -1,0 +1,763 @@
+//! The engine: opens sources, resolves runners, prepares run directories, runs each addon under
+//! supervision, judges its output and merges results in run order.
+//!
+//! Each addon writes into a private staging folder; its files join the shared output directory
+//! only when it succeeds, and a failed addon's files are set aside under `.rejected/`, never lost.
+//! Run directories are removed afterwards unless `keep_work` is set.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, RunnerKind};
+use addon_runners::{
+    CacheUse, Ending, Launch, LogStream, Runner, RunnerError, SandboxKind, Supervision,
+};
+use fs_err as fs;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::report::{
+    AddonReport, AddonResult, Attempt, Candidate, PlanAddon, PlanReport, RunReport, RunnerProbe,
+    RunnersReport, Selected,
+};
+use crate::resolve::{resolve, run_candidates};
+use crate::source::{self, OpenError};
+
+/// What to run, and how; the library form of `addon run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunRequest {
+    pub sources: Vec<String>,
+    /// Replaces the configured runner order.
+    pub runners: Option<Vec<RunnerKind>>,
+    /// Content of `arguments/user-input`.
+    pub user_input: String,
+    /// Extra environment for every addon.
+    pub env: Vec<(String, String)>,
+    /// `(DEST, SRC)`: SRC is copied into the run directory at relative DEST.
+    pub inputs: Vec<(String, PathBuf)>,
+    /// A Docspell item fixture laid out as `item/`.
+    pub item: Option<PathBuf>,
+    pub output_dir: Option<PathBuf>,
+    pub timeout: Option<Duration>,
+    pub fail_fast: Option<bool>,
+    /// Keep run directories for debugging.
+    pub keep_work: bool,
+}
+
+/// Progress of a run, for job servers that want to follow it.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Started { addon: String, runner: String, sandbox: Option<String> },
+    Log { addon: String, stream: LogStream, line: String },
+    Finished { addon: String, result: AddonResult },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("addon source {source_arg}: {error}")]
+    Source { source_arg: String, error: OpenError },
+    #[error("--input {dest}: {message}")]
+    Input { dest: String, message: String },
+    #[error("--item {path}: {message}")]
+    Item { path: PathBuf, message: String },
+    #[error("{context}: {error}")]
+    Io { context: String, error: std::io::Error },
+}
+
+fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
+    let context = context.into();
+    move |error| EngineError::Io { context, error }
+}
+
+/// The engine. Cheap to share; every run is independent.
+pub struct Engine {
+    config: Config,
+    runners: Vec<Box<dyn Runner>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<_> = self.runners.iter().map(|r| r.kind()).collect();
+        f.debug_struct("Engine").field("config", &self.config).field("runners", &kinds).finish()
+    }
+}
+
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn run_id() -> String {
+    let ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    format!("{ms}-{}-{}", std::process::id(), RUN_COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Engine {
+        Engine { config, runners: addon_runners::registry() }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Probes this host for every runner and sandbox.
+    pub fn probe(&self) -> RunnersReport {
+        let runners = RunnerKind::ALL
+            .iter()
+            .map(|kind| match self.runners.iter().find(|r| r.kind() == *kind) {
+                Some(r) => {
+                    let a = r.probe();
+                    RunnerProbe {
+                        name: kind.to_string(),
+                        available: a.available,
+                        version: a.version,
+                        detail: a.detail,
+                        capabilities: Some(r.capabilities()),
+                    }
+                }
+                None => RunnerProbe {
+                    name: kind.to_string(),
+                    available: false,
+                    version: None,
+                    detail: format!("the {kind} runner is not built into this engine"),
+                    capabilities: None,
+                },
+            })
+            .collect();
+        let sandboxes = [SandboxKind::Bwrap, SandboxKind::Netns, SandboxKind::Nspawn, SandboxKind::None]
+            .iter()
+            .map(|s| s.probe())
+            .collect();
+        RunnersReport { runners, sandboxes }
+    }
+
+    /// Explains runner resolution for one addon without running anything.
+    pub fn plan(&self, source: &str, runners: Option<&[RunnerKind]>) -> Result<PlanReport, EngineError> {
+        let scratch = self.scratch()?;
+        let addon = source::open(source, &self.config, scratch.path())
+            .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
+        let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
+        let order = runners.unwrap_or(&self.config.runner.0);
+        let resolved = resolve(&d, order, &self.runners, self.config.sandbox);
+        let candidates: Vec<Candidate> = resolved
+            .iter()
+            .map(|r| Candidate {
+                runner: r.kind.to_string(),
+                enabled: r.enabled,
+                configured: r.configured,
+                available: r.available,
+                sandbox: r.sandbox.map(|s| s.as_str().to_string()).or_else(|| {
+                    self.runners
+                        .iter()
+                        .find(|x| x.kind() == r.kind && !x.capabilities().uses_sandbox)
+                        .map(|_| r.kind.to_string())
+                }),
+                reason: r.reason.clone(),
+            })
+            .collect();
+        let mut reason = None;
+        let selected = if !addon.parsed.is_valid() {
+            reason = Some(format!("the descriptor is invalid: {}", first_error(&addon)));
+            None
+        } else if !self.config.allow_impure && !d.pure() {
+            reason = Some(impure_refusal(&d));
+            None
+        } else {
+            let first = resolved.iter().find(|r| r.enabled && r.configured && r.available);
+            if first.is_none() {
+                reason = Some(no_runner_reason(&resolved));
+            }
+            first.map(|r| Selected {
+                runner: r.kind.to_string(),
+                sandbox: candidates.iter().find(|c| c.runner == r.kind.as_str()).and_then(|c| c.sandbox.clone()),
+            })
+        };
+        Ok(PlanReport {
+            addon: PlanAddon { name: d.meta.name.clone(), version: d.meta.version.clone(), digest: addon.digest.to_string() },
+            pure: d.pure(),
+            networking: d.networking(),
+            candidates,
+            selected,
+            reason,
+        })
+    }
+
+    fn scratch(&self) -> Result<tempfile::TempDir, EngineError> {
+        let dir = &self.config.working_dir;
+        fs::create_dir_all(dir).map_err(io_ctx(format!("creating working-dir {}", dir.display())))?;
+        tempfile::Builder::new()
+            .prefix("sources-")
+            .tempdir_in(dir)
+            .map_err(io_ctx(format!("creating a directory in {}", dir.display())))
+    }
+
+    /// Runs the addons of `req` in order as one run.
+    pub async fn run(
+        &self,
+        req: RunRequest,
+        events: Option<UnboundedSender<Event>>,
+        cancel: CancellationToken,
+    ) -> Result<RunReport, EngineError> {
+        let id = run_id();
+        let scratch = self.scratch()?;
+        // Every source is opened before anything runs: a missing one fails the run up front.
+        let mut addons = Vec::new();
+        for src in &req.sources {
+            let addon = source::open(src, &self.config, scratch.path());
+            match addon {
+                Ok(a) => addons.push((src.clone(), Ok(a))),
+                Err(error) if error.is_judgement() => addons.push((src.clone(), Err(error.to_string()))),
+                Err(error) => return Err(EngineError::Source { source_arg: src.clone(), error }),
+            }
+        }
+        for (dest, _) in &req.inputs {
+            normalise_relative(dest).map_err(|why| EngineError::Input { dest: dest.clone(), message: why.into() })?;
+        }
+        if let Some(item) = &req.item {
+            if !item.is_dir() {
+                return Err(EngineError::Item { path: item.clone(), message: "is not a directory".into() });
+            }
+        }
+        let output_dir = match &req.output_dir {
+            Some(d) => d.clone(),
+            None => self.config.working_dir.join(format!("output-{id}")),
+        };
+        fs::create_dir_all(&output_dir).map_err(io_ctx(format!("creating output dir {}", output_dir.display())))?;
+        let output_dir = fs::canonicalize(&output_dir).map_err(io_ctx("output dir"))?;
+        let fail_fast = req.fail_fast.unwrap_or(self.config.fail_fast);
+
+        let mut reports = Vec::new();
+        let mut merged = AddonOutput::default();
+        let mut stop = false;
+        for (idx, (src, addon)) in addons.iter().enumerate() {
+            let report = if stop || cancel.is_cancelled() {
+                skipped(src, addon.as_ref().ok())
+            } else {
+                match addon {
+                    Ok(a) => self.run_one(&id, idx, src, a, &req, &output_dir, events.as_ref(), &cancel).await,
+                    Err(msg) => failed_source(src, msg),
+                }
+            };
+            if let Some(tx) = &events {
+                let _ = tx.send(Event::Finished { addon: label(&report), result: report.result });
+            }
+            if report.result == AddonResult::Success {
+                if let Some(out) = &report.output {
+                    merged.extend(out.clone());
+                }
+            } else if fail_fast && report.result != AddonResult::Skipped {
+                stop = true;
+            }
+            reports.push(report);
+        }
+        let _ = fs::remove_dir(output_dir.join(STAGING));
+        Ok(RunReport {
+            success: reports.iter().all(|r| r.result == AddonResult::Success),
+            output_dir,
+            addons: reports,
+            output: merged,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)] // the pieces of one run, kept explicit
+    async fn run_one(
+        &self,
+        run_id: &str,
+        idx: usize,
+        src: &str,
+        addon: &LoadedAddon,
+        req: &RunRequest,
+        output_dir: &Path,
+        events: Option<&UnboundedSender<Event>>,
+        cancel: &CancellationToken,
+    ) -> AddonReport {
+        let start = Instant::now();
+        let mut report = base_report(src, addon);
+        let Some(d) = addon.descriptor() else {
+            report.result = AddonResult::ExecutionFailed;
+            report.error = Some(format!("the descriptor is invalid: {}", first_error(addon)));
+            return report;
+        };
+        if !self.config.allow_impure && !d.pure() {
+            report.result = AddonResult::ExecutionFailed;
+            report.error = Some(impure_refusal(d));
+            return report;
+        }
+        let order = req.runners.as_deref().unwrap_or(&self.config.runner.0);
+        let resolved = resolve(d, order, &self.runners, self.config.sandbox);
+        let candidates = run_candidates(&resolved);
+        if candidates.is_empty() {
+            report.result = AddonResult::ExecutionFailed;
+            report.error = Some(no_runner_reason(&resolved));
+            return report;
+        }
+        for (attempt_no, cand) in candidates.iter().enumerate() {
+            let Some(runner) = self.runners.iter().find(|r| r.kind() == cand.kind) else { continue };
+            let attempt = self
+                .attempt(run_id, idx, attempt_no, d, addon, runner.as_ref(), cand.sandbox, req, output_dir, events, cancel)
+                .await;
+            report.runner = Some(cand.kind.to_string());
+            report.sandbox = attempt.sandbox.clone();
+            report.cache = attempt.cache;
+            report.result = attempt.result;
+            report.exit_code = attempt.exit_code;
+            report.error = attempt.error.clone();
+            report.output = attempt.output.clone();
+            report.stderr_tail = attempt.stderr_tail.clone();
+            report.rejected_files = attempt.rejected.clone();
+            report.attempts.push(Attempt {
+                runner: cand.kind.to_string(),
+                sandbox: attempt.sandbox.clone(),
+                result: attempt.result,
+                error: attempt.error.clone(),
+            });
+            let fall_through = d.pure() && attempt.result.may_fall_through() && !cancel.is_cancelled();
+            if !fall_through {
+                break;
+            }
+            if candidates.len() > attempt_no + 1 {
+                tracing::info!(addon = %d.id(), runner = %cand.kind, result = attempt.result.as_str(), "pure addon failed; trying the next runner");
+            }
+        }
+        report.duration_ms = start.elapsed().as_millis() as u64;
+        report
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn attempt(
+        &self,
+        run_id: &str,
+        idx: usize,
+        attempt_no: usize,
+        d: &Descriptor,
+        addon: &LoadedAddon,
+        runner: &dyn Runner,
+        sandbox: Option<SandboxKind>,
+        req: &RunRequest,
+        output_dir: &Path,
+        events: Option<&UnboundedSender<Event>>,
+        cancel: &CancellationToken,
+    ) -> AttemptOutcome {
+        let label = d.id();
+        let work_dir = self.config.working_dir.join(format!("run-{run_id}-{idx}-{attempt_no}"));
+        let staging = output_dir.join(STAGING).join(format!("{idx}-{label}-{attempt_no}"));
+        let mut outcome = AttemptOutcome::failed(sandbox.map(|s| s.as_str().to_string()), String::new());
+        let prepared = self.prepare(d, addon, req, &work_dir, &staging).await;
+        let launch = match prepared {
+            Ok(launch_dirs) => launch_dirs,
+            Err(e) => {
+                outcome.error = Some(format!("preparing the run of {label}: {e}"));
+                self.cleanup(&work_dir, req.keep_work);
+                let _ = fs::remove_dir_all(&staging);
+                return outcome;
+            }
+        };
+        let (addon_dir, cache_dir) = launch;
+        if let Some(tx) = events {
+            let _ = tx.send(Event::Started {
+                addon: label.clone(),
+                runner: runner.kind().to_string(),
+                sandbox: sandbox.map(|s| s.as_str().to_string()),
+            });
+        }
+        let log_label = label.clone();
+        let log_tx = events.cloned();
+        let log: addon_runners::LogSink = Arc::new(move |stream, line: &str| {
+            tracing::info!(target: "addon", "[{log_label}] {line}");
+            if let Some(tx) = &log_tx {
+                let _ = tx.send(Event::Log { addon: log_label.clone(), stream, line: line.to_string() });
+            }
+        });
+        let timeout = req.timeout.unwrap_or(self.config.run_timeout.0);
+        let mut args = d.args.clone();
+        args.push("arguments/user-input".to_string());
+        let launch = Launch {
+            descriptor: d.clone(),
+            digest: addon.digest.clone(),
+            work_dir: work_dir.clone(),
+            addon_dir,
+            output_dir: staging.clone(),
+            cache_dir,
+            args,
+            extra_env: self.extra_env(d, req),
+            sandbox: sandbox.unwrap_or(SandboxKind::None),
+            supervision: Supervision {
+                timeout,
+                kill_grace: self.config.kill_grace.0,
+                collect_stdout: d.collect_output().then_some(self.config.max_stdout.0),
+                log,
+                cancel: cancel.clone(),
+            },
+        };
+        match runner.run(&launch).await {
+            Err(e) => {
+                outcome.error = Some(error_with_tail(&e));
+                if let RunnerError::Build { log_tail, .. } = &e {
+                    outcome.stderr_tail = log_tail.clone();
+                }
+            }
+            Ok(ran) => {
+                outcome.sandbox = Some(ran.sandbox);
+                outcome.cache = ran.cache;
+                outcome.stderr_tail = ran.supervised.stderr_tail.clone();
+                judge(&mut outcome, &ran.supervised, d, &staging, timeout);
+            }
+        }
+        if outcome.result == AddonResult::Success {
+            if let Err(e) = merge_dir(&staging, output_dir) {
+                outcome.result = AddonResult::ExecutionFailed;
+                outcome.error = Some(format!("moving the output of {label} into {}: {e}", output_dir.display()));
+            }
+        }
+        if outcome.result != AddonResult::Success && dir_has_entries(&staging) {
+            let rejected = output_dir.join(".rejected").join(format!("{idx}-{label}-{attempt_no}"));
+            if fs::create_dir_all(rejected.parent().unwrap_or(output_dir)).is_ok() && fs::rename(&staging, &rejected).is_ok() {
+                tracing::warn!(addon = %label, "the addon failed; its output files were set aside in {}", rejected.display());
+                outcome.rejected = Some(rejected);
+            }
+        }
+        let _ = fs::remove_dir_all(&staging);
+        self.cleanup(&work_dir, req.keep_work);
+        outcome
+    }
+
+    /// Lays out the run directory (SPEC "What an addon sees"). Returns the addon copy and the
+    /// addon's persistent cache directory.
+    async fn prepare(
+        &self,
+        d: &Descriptor,
+        addon: &LoadedAddon,
+        req: &RunRequest,
+        work: &Path,
+        staging: &Path,
+    ) -> std::io::Result<(PathBuf, PathBuf)> {
+        let root = addon.root.clone().ok_or_else(|| std::io::Error::other("a descriptor file alone cannot be run"))?;
+        let addon_dir = work.join("addons").join(d.id());
+        let cache_dir = self.config.cache_dir.join("addon-data").join(&d.meta.name);
+        let work = work.to_path_buf();
+        let staging = staging.to_path_buf();
+        let user_input = req.user_input.clone();
+        let inputs = req.inputs.clone();
+        let item = req.item.clone();
+        let (addon_dir2, cache_dir2) = (addon_dir.clone(), cache_dir.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            fs::create_dir_all(&work)?;
+            copy_tree(&root, &addon_dir2)?;
+            fs::create_dir_all(work.join("arguments"))?;
+            fs::write(work.join("arguments/user-input"), user_input)?;
+            fs::create_dir_all(work.join("temp"))?;
+            fs::create_dir_all(work.join(".home/.cache"))?;
+            fs::create_dir_all(&staging)?;
+            fs::create_dir_all(&cache_dir2)?;
+            for (dest, src) in &inputs {
+                let rel = normalise_relative(dest).map_err(std::io::Error::other)?;
+                let target = work.join(rel);
+                if let Some(p) = target.parent() {
+                    fs::create_dir_all(p)?;
+                }
+                if src.is_dir() {
+                    copy_tree(src, &target)?;
+                } else {
+                    fs::copy(src, &target)?;
+                }
+            }
+            if let Some(item) = &item {
+                copy_tree(item, &work.join("item"))?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        Ok((addon_dir, cache_dir))
+    }
+
+    fn extra_env(&self, d: &Descriptor, req: &RunRequest) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = Vec::new();
+        let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
+        env.push(("PATH".into(), path));
+        for (k, v) in std::env::vars() {
+            if k == "LANG" || k == "LANGUAGE" || k.starts_with("LC_") {
+                env.push((k, v));
+            }
+        }
+        if req.item.is_some() {
+            for (k, v) in ITEM_ENV {
+                env.push((k.to_string(), v.to_string()));
+            }
+        }
+        if let Some(vars) = self.config.env.get(&d.meta.name) {
+            env.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        env.extend(req.env.iter().cloned());
+        env
+    }
+
+    fn cleanup(&self, work: &Path, keep: bool) {
+        if keep {
+            tracing::info!("keeping the run directory {}", work.display());
+            return;
+        }
+        if remove_tree(work).is_err() {
+            tracing::warn!("could not remove the run directory {}", work.display());
+        }
+    }
+}
+
+const STAGING: &str = ".addon-staging";
+
+/// The item variables, relative to the working directory, as Docspell sets them.
+const ITEM_ENV: [(&str, &str); 7] = [
+    ("ITEM_DIR", "item"),
+    ("ITEM_DATA_JSON", "item/item-data.json"),
+    ("ITEM_ARGS_JSON", "item/given-data.json"),
+    ("ITEM_PDF_DIR", "item/pdfs"),
+    ("ITEM_ORIGINAL_DIR", "item/originals"),
+    ("ITEM_ORIGINAL_JSON", "item/source-files.json"),
+    ("ITEM_PDF_JSON", "item/pdf-files.json"),
+];
+
+#[derive(Debug)]
+struct AttemptOutcome {
+    sandbox: Option<String>,
+    cache: CacheUse,
+    result: AddonResult,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    output: Option<AddonOutput>,
+    stderr_tail: Vec<String>,
+    rejected: Option<PathBuf>,
+}
+
+impl AttemptOutcome {
+    fn failed(sandbox: Option<String>, error: String) -> Self {
+        AttemptOutcome {
+            sandbox,
+            cache: CacheUse::None,
+            result: AddonResult::ExecutionFailed,
+            exit_code: None,
+            error: Some(error),
+            output: None,
+            stderr_tail: Vec::new(),
+            rejected: None,
+        }
+    }
+}
+
+/// Turns what supervision saw into a result (SPEC `addon run`).
+fn judge(o: &mut AttemptOutcome, s: &addon_runners::Supervised, d: &Descriptor, staging: &Path, timeout: Duration) {
+    let tail = s.stderr_tail.last().map(|l| format!("; last stderr line: {l}")).unwrap_or_default();
+    match &s.ending {
+        Ending::Exited(0) => {
+            o.exit_code = Some(0);
+            if !d.collect_output() {
+                o.result = AddonResult::Success;
+                o.error = None;
+                return;
+            }
+            match AddonOutput::from_stdout(&s.stdout).and_then(|out| out.check(Some(staging)).map(|()| out)) {
+                Ok(out) => {
+                    o.result = AddonResult::Success;
+                    o.error = None;
+                    o.output = Some(out);
+                }
+                Err(e) => {
+                    o.result = AddonResult::DecodingError;
+                    o.error = Some(e.to_string());
+                }
+            }
+        }
+        Ending::Exited(code) => {
+            o.result = AddonResult::ExecutionError;
+            o.exit_code = Some(*code);
+            o.error = Some(format!("{} exited with code {code}{tail}", d.id()));
+        }
+        Ending::TimedOut(_) => {
+            o.result = AddonResult::Timeout;
+            o.error = Some(format!(
+                "{} did not finish within {} (setting run-timeout, option --timeout); it was stopped",
+                d.id(),
+                humantime::format_duration(timeout)
+            ));
+        }
+        Ending::Cancelled => {
+            o.result = AddonResult::ExecutionFailed;
+            o.error = Some(format!("the run of {} was cancelled; it was stopped", d.id()));
+        }
+        Ending::StdoutTooLarge(limit) => {
+            o.result = AddonResult::DecodingError;
+            o.error = Some(format!("{} printed more than {limit} bytes on stdout (setting max-stdout); it was stopped", d.id()));
+        }
+    }
+}
+
+fn error_with_tail(e: &RunnerError) -> String {
+    match e {
+        RunnerError::Build { log_tail, .. } if !log_tail.is_empty() => {
+            format!("{e}\n{}", log_tail.join("\n"))
+        }
+        _ => e.to_string(),
+    }
+}
+
+fn label(r: &AddonReport) -> String {
+    format!("{}-{}", r.name, r.version)
+}
+
+fn empty_descriptor(source: &str) -> Descriptor {
+    Descriptor {
+        meta: addon_descriptors::model::Meta { name: source.to_string(), version: String::new(), description: None },
+        triggers: Vec::new(),
+        args: Vec::new(),
+        runner: Default::default(),
+        options: None,
+    }
+}
+
+fn first_error(addon: &LoadedAddon) -> String {
+    addon
+        .parsed
+        .diagnostics
+        .iter()
+        .find(|d| d.is_error())
+        .map(|d| match (&d.field, d.line) {
+            (Some(f), Some(l)) => format!("{f} (line {l}): {}", d.message),
+            (Some(f), None) => format!("{f}: {}", d.message),
+            (None, _) => d.message.clone(),
+        })
+        .unwrap_or_else(|| "unknown problem".into())
+}
+
+fn impure_refusal(d: &Descriptor) -> String {
+    let why = if d.networking() { "it asks for network (options.networking: true)" } else { "it does not collect its output (options.collectOutput: false)" };
+    format!("refused by policy: {} is impure ({why}) and allow-impure is false", d.id())
+}
+
+fn no_runner_reason(resolved: &[crate::resolve::Resolved]) -> String {
+    let parts: Vec<String> = resolved.iter().map(|r| format!("{}: {}", r.kind, r.reason)).collect();
+    format!("no runner can run this addon here ({})", parts.join("; "))
+}
+
+fn base_report(src: &str, addon: &LoadedAddon) -> AddonReport {
+    let d = addon.parsed.descriptor.as_ref();
+    AddonReport {
+        source: src.to_string(),
+        name: d.map(|d| d.meta.name.clone()).unwrap_or_default(),
+        version: d.map(|d| d.meta.version.clone()).unwrap_or_default(),
+        digest: Some(addon.digest.to_string()),
+        runner: None,
+        sandbox: None,
+        pure: d.is_some_and(|d| d.pure()),
+        cache: CacheUse::None,
+        result: AddonResult::ExecutionFailed,
+        exit_code: None,
+        error: None,
+        output: None,
+        duration_ms: 0,
+        attempts: Vec::new(),
+        stderr_tail: Vec::new(),
+        rejected_files: None,
+    }
+}
+
+fn skipped(src: &str, addon: Option<&LoadedAddon>) -> AddonReport {
+    let mut r = match addon {
+        Some(a) => base_report(src, a),
+        None => failed_source(src, ""),
+    };
+    r.result = AddonResult::Skipped;
+    r.error = Some("skipped: an earlier addon failed and fail-fast is on".into());
+    r
+}
+
+fn failed_source(src: &str, msg: &str) -> AddonReport {
+    AddonReport {
+        source: src.to_string(),
+        name: String::new(),
+        version: String::new(),
+        digest: None,
+        runner: None,
+        sandbox: None,
+        pure: false,
+        cache: CacheUse::None,
+        result: AddonResult::ExecutionFailed,
+        exit_code: None,
+        error: Some(msg.to_string()),
+        output: None,
+        duration_ms: 0,
+        attempts: Vec::new(),
+        stderr_tail: Vec::new(),
+        rejected_files: None,
+    }
+}
+
+/// Copies a tree, keeping modes and symlinks (as links).
+pub(crate) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = fs::symlink_metadata(src)?;
+    if meta.file_type().is_symlink() {
+        let target = fs::read_link(src)?;
+        fs::os::unix::fs::symlink(target, dst)?;
+    } else if meta.is_dir() {
+        fs::create_dir_all(dst)?;
+        for e in fs::read_dir(src)? {
+            let e = e?;
+            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+        }
+        fs::set_permissions(dst, meta.permissions())?;
+    } else if meta.is_file() {
+        fs::copy(src, dst)?;
+    }
+    Ok(())
+}
+
+/// Moves every entry of `from` into `to`, replacing what is there (a later addon wins).
+fn merge_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    if !from.exists() {
+        return Ok(());
+    }
+    for e in fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        let is_dir = e.file_type()?.is_dir();
+        match fs::symlink_metadata(&target) {
+            Ok(m) if m.is_dir() && is_dir => {
+                merge_dir(&e.path(), &target)?;
+                continue;
+            }
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&target)?,
+            Ok(_) => fs::remove_file(&target)?,
+            Err(_) => {}
+        }
+        fs::rename(e.path(), &target)?;
+    }
+    Ok(())
+}
+
+fn dir_has_entries(p: &Path) -> bool {
+    std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
+
+/// Removes a tree, first making directories writable (addons may chmod them).
+fn remove_tree(p: &Path) -> std::io::Result<()> {
+    if std::fs::remove_dir_all(p).is_ok() || !p.exists() {
+        return Ok(());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    for e in walk_dirs(p) {
+        let _ = std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o700));
+    }
+    fs::remove_dir_all(p)
+}
+
+fn walk_dirs(p: &Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                out.extend(walk_dirs(&e.path()));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,134 @@
+//! The typed results of `run`, `plan` and `runners`, serialised exactly as SPEC shows them.
+
+use std::path::PathBuf;
+
+use addon_descriptors::AddonOutput;
+use addon_runners::{CacheUse, Probe};
+use serde::Serialize;
+
+/// The result of a whole run.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub success: bool,
+    pub output_dir: PathBuf,
+    pub addons: Vec<AddonReport>,
+    /// All successful addons' outputs merged in run order.
+    pub output: AddonOutput,
+}
+
+/// How one addon's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AddonResult {
+    Success,
+    DecodingError,
+    ExecutionError,
+    ExecutionFailed,
+    Timeout,
+    Skipped,
+}
+
+impl AddonResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AddonResult::Success => "success",
+            AddonResult::DecodingError => "decoding-error",
+            AddonResult::ExecutionError => "execution-error",
+            AddonResult::ExecutionFailed => "execution-failed",
+            AddonResult::Timeout => "timeout",
+            AddonResult::Skipped => "skipped",
+        }
+    }
+
+    /// Docspell semantics: a pure addon whose run failed this way may try the next runner.
+    pub fn may_fall_through(self) -> bool {
+        matches!(self, AddonResult::ExecutionError | AddonResult::ExecutionFailed)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AddonReport {
+    pub source: String,
+    pub name: String,
+    pub version: String,
+    pub digest: Option<String>,
+    pub runner: Option<String>,
+    pub sandbox: Option<String>,
+    pub pure: bool,
+    pub cache: CacheUse,
+    pub result: AddonResult,
+    pub exit_code: Option<i32>,
+    pub error: Option<String>,
+    pub output: Option<AddonOutput>,
+    pub duration_ms: u64,
+    /// Every runner tried, in order (a pure addon falls through on failure).
+    pub attempts: Vec<Attempt>,
+    /// The last lines of the addon's stderr.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stderr_tail: Vec<String>,
+    /// Where the files of a failed addon were set aside, if it wrote any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rejected_files: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub runner: String,
+    pub sandbox: Option<String>,
+    pub result: AddonResult,
+    pub error: Option<String>,
+}
+
+/// `addon plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub addon: PlanAddon,
+    pub pure: bool,
+    pub networking: bool,
+    pub candidates: Vec<Candidate>,
+    pub selected: Option<Selected>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanAddon {
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Candidate {
+    pub runner: String,
+    /// The addon supports this runner.
+    pub enabled: bool,
+    /// The configuration (or --runner) lists it.
+    pub configured: bool,
+    /// It works on this host, with the sandbox the addon needs.
+    pub available: bool,
+    pub sandbox: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Selected {
+    pub runner: String,
+    pub sandbox: Option<String>,
+}
+
+/// `addon runners`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnersReport {
+    pub runners: Vec<RunnerProbe>,
+    pub sandboxes: Vec<Probe>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunnerProbe {
+    pub name: String,
+    pub available: bool,
+    pub version: Option<String>,
+    pub detail: String,
+    pub capabilities: Option<addon_runners::Capabilities>,
+}

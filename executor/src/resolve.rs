@@ -1,0 +1,101 @@
+//! Runner resolution: the configured order (or `--runner`), intersected with what the addon
+//! supports, skipping what this host cannot run. Every decision carries a reason, which is what
+//! `addon plan` prints.
+
+use addon_descriptors::{Descriptor, RunnerKind};
+use addon_runners::{sandbox, Isolation, Runner, SandboxKind};
+
+use crate::config::SandboxChoice;
+
+/// One runner considered for an addon.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub kind: RunnerKind,
+    pub enabled: bool,
+    pub configured: bool,
+    pub available: bool,
+    /// For host runners, the sandbox that would wrap it (even when it cannot be used).
+    pub sandbox: Option<SandboxKind>,
+    /// Why it is or is not usable.
+    pub reason: String,
+    /// The runner can be started; a sandbox refusal is reported at run time as execution-failed.
+    pub runnable: bool,
+}
+
+/// Which sandbox a host runner gets under `choice`, or why there is none.
+pub fn pick_sandbox(choice: SandboxChoice) -> Result<SandboxKind, String> {
+    match choice {
+        SandboxChoice::Auto => sandbox::auto().ok_or_else(|| {
+            let why: Vec<String> = [SandboxKind::Bwrap, SandboxKind::Netns]
+                .iter()
+                .map(|s| format!("{}: {}", s.as_str(), s.probe().detail))
+                .collect();
+            format!("sandbox auto found no usable sandbox ({}); `auto` never falls back to none", why.join("; "))
+        }),
+        SandboxChoice::Bwrap => Ok(SandboxKind::Bwrap),
+        SandboxChoice::Netns => Ok(SandboxKind::Netns),
+        SandboxChoice::Nspawn => Ok(SandboxKind::Nspawn),
+        SandboxChoice::None => Ok(SandboxKind::None),
+    }
+}
+
+/// Considers every runner that is configured or supported, configured ones first in order.
+pub fn resolve(
+    descriptor: &Descriptor,
+    order: &[RunnerKind],
+    runners: &[Box<dyn Runner>],
+    sandbox_choice: SandboxChoice,
+) -> Vec<Resolved> {
+    let mut kinds: Vec<RunnerKind> = order.to_vec();
+    for k in descriptor.runners() {
+        if !kinds.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    let iso = Isolation { network: descriptor.networking() };
+    kinds
+        .into_iter()
+        .map(|kind| {
+            let enabled = descriptor.supports(kind);
+            let configured = order.contains(&kind);
+            let runner = runners.iter().find(|r| r.kind() == kind);
+            let mut sandbox = None;
+            let (available, runnable, reason) = match runner {
+                None => (false, false, format!("the {kind} runner is not built into this engine")),
+                Some(r) => {
+                    let probe = r.probe();
+                    if !probe.available {
+                        (false, false, probe.detail)
+                    } else if r.capabilities().uses_sandbox {
+                        match pick_sandbox(sandbox_choice) {
+                            Err(why) => (false, true, why),
+                            Ok(s) => {
+                                sandbox = Some(s);
+                                match s.check(iso) {
+                                    Ok(()) if s == SandboxKind::None => {
+                                        (true, true, "sandbox none: runs on the bare host, with network (explicit choice)".into())
+                                    }
+                                    Ok(()) => (true, true, format!("sandbox {}: {}", s.as_str(), s.probe().detail)),
+                                    Err(e) => (false, true, e.to_string()),
+                                }
+                            }
+                        }
+                    } else {
+                        (true, true, probe.detail)
+                    }
+                }
+            };
+            let reason = match (enabled, configured) {
+                (false, _) => format!("the addon does not enable the {kind} runner"),
+                (true, false) => format!("not in the configured runner list; {reason}"),
+                _ => reason,
+            };
+            Resolved { kind, enabled, configured, available, sandbox, reason, runnable }
+        })
+        .collect()
+}
+
+/// The candidates a run tries, in order: enabled, configured and startable.
+pub fn run_candidates(resolved: &[Resolved]) -> Vec<&Resolved> {
+    resolved.iter().filter(|r| r.enabled && r.configured && r.runnable).collect()
+}
