@@ -1,0 +1,101 @@
+//! Helpers shared by the executor's integration tests: addons made on the fly, a private engine
+//! configuration per test, the `addon` binary, and the runtime gate.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Skips (or, with ADDON_TEST_REQUIRE_RUNTIMES=1 as in CI, fails) when a runtime is missing.
+pub fn require(sandbox: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = v["sandboxes"].as_array().unwrap().iter().any(|s| s["name"] == sandbox && s["available"] == true);
+    if !ok {
+        let msg = format!("sandbox {sandbox} is not available on this host: {v}");
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    ok
+}
+
+/// A test's private world: working dir, cache dir, config file.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl World {
+    pub fn new(sandbox: &str, extra: &str) -> World {
+        let dir = tempfile::Builder::new().prefix("addon-test-").tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "sandbox: {sandbox}\nworking-dir: {}\ncache-dir: {}\nkill-grace: 1s\n{extra}",
+                dir.path().join("work").display(),
+                dir.path().join("cache").display()
+            ),
+        )
+        .unwrap();
+        World { dir, config }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes an addon with a descriptor and a shell script `run.sh`.
+    pub fn addon(&self, name: &str, options: &str, script: &str) -> PathBuf {
+        let root = self.path().join("addons-src").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("docspell-addon.yml"),
+            format!(
+                "meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag, second]\nrunner:\n  trivial:\n    enable: true\n    exec: run.sh\n{options}"
+            ),
+        )
+        .unwrap();
+        let run = root.join("run.sh");
+        std::fs::write(&run, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+        root
+    }
+
+    /// Runs `addon run --json` with this world's config.
+    pub fn run(&self, args: &[&str]) -> (Output, serde_json::Value) {
+        self.run_env(args, &[])
+    }
+
+    pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_addon"));
+        cmd.arg("run").arg("--json").arg("--config").arg(&self.config).args(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!("no JSON on stdout ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        });
+        (out, v)
+    }
+}
+
+pub const PURE: &str = "options:\n  networking: false\n  collectOutput: true\n";
+pub const IMPURE: &str = "options:\n  networking: true\n  collectOutput: true\n";
+
+/// Processes whose command line contains `marker`.
+pub fn processes_with(marker: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(marker) && !cmd.contains("cargo") {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out
+}
