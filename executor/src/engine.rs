@@ -11,17 +11,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, RunnerKind};
-use addon_runners::{
-    CacheUse, Ending, Launch, LogStream, Runner, RunnerError, SandboxKind, Supervision,
-};
+use addon_runners::{CacheUse, Ending, Launch, LogStream, Runner, RunnerError, SandboxKind, Supervision};
 use fs_err as fs;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::report::{
-    AddonReport, AddonResult, Attempt, Candidate, PlanAddon, PlanReport, RunReport, RunnerProbe,
-    RunnersReport, Selected,
+    AddonReport, AddonResult, Attempt, Candidate, PlanAddon, PlanReport, RunReport, RunnerProbe, RunnersReport,
+    Selected,
 };
 use crate::resolve::{resolve, run_candidates};
 use crate::source::{self, OpenError};
@@ -174,7 +172,11 @@ impl Engine {
             })
         };
         Ok(PlanReport {
-            addon: PlanAddon { name: d.meta.name.clone(), version: d.meta.version.clone(), digest: addon.digest.to_string() },
+            addon: PlanAddon {
+                name: d.meta.name.clone(),
+                version: d.meta.version.clone(),
+                digest: addon.digest.to_string(),
+            },
             pure: d.pure(),
             networking: d.networking(),
             candidates,
@@ -295,7 +297,19 @@ impl Engine {
         for (attempt_no, cand) in candidates.iter().enumerate() {
             let Some(runner) = self.runners.iter().find(|r| r.kind() == cand.kind) else { continue };
             let attempt = self
-                .attempt(run_id, idx, attempt_no, d, addon, runner.as_ref(), cand.sandbox, req, output_dir, events, cancel)
+                .attempt(
+                    run_id,
+                    idx,
+                    attempt_no,
+                    d,
+                    addon,
+                    runner.as_ref(),
+                    cand.sandbox,
+                    req,
+                    output_dir,
+                    events,
+                    cancel,
+                )
                 .await;
             report.runner = Some(cand.kind.to_string());
             report.sandbox = attempt.sandbox.clone();
@@ -412,7 +426,9 @@ impl Engine {
         }
         if outcome.result != AddonResult::Success && dir_has_entries(&staging) {
             let rejected = output_dir.join(".rejected").join(format!("{idx}-{label}-{attempt_no}"));
-            if fs::create_dir_all(rejected.parent().unwrap_or(output_dir)).is_ok() && fs::rename(&staging, &rejected).is_ok() {
+            if fs::create_dir_all(rejected.parent().unwrap_or(output_dir)).is_ok()
+                && fs::rename(&staging, &rejected).is_ok()
+            {
                 tracing::warn!(addon = %label, "the addon failed; its output files were set aside in {}", rejected.display());
                 outcome.rejected = Some(rejected);
             }
@@ -586,7 +602,10 @@ fn judge(o: &mut AttemptOutcome, s: &addon_runners::Supervised, d: &Descriptor, 
         }
         Ending::StdoutTooLarge(limit) => {
             o.result = AddonResult::DecodingError;
-            o.error = Some(format!("{} printed more than {limit} bytes on stdout (setting max-stdout); it was stopped", d.id()));
+            o.error = Some(format!(
+                "{} printed more than {limit} bytes on stdout (setting max-stdout); it was stopped",
+                d.id()
+            ));
         }
     }
 }
@@ -629,7 +648,11 @@ fn first_error(addon: &LoadedAddon) -> String {
 }
 
 fn impure_refusal(d: &Descriptor) -> String {
-    let why = if d.networking() { "it asks for network (options.networking: true)" } else { "it does not collect its output (options.collectOutput: false)" };
+    let why = if d.networking() {
+        "it asks for network (options.networking: true)"
+    } else {
+        "it does not collect its output (options.collectOutput: false)"
+    };
     format!("refused by policy: {} is impure ({why}) and allow-impure is false", d.id())
 }
 

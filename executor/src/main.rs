@@ -57,7 +57,9 @@ enum Command {
         sources: Vec<String>,
     },
     /// Run addons in order as one run: they share the output directory and the user input.
-    #[command(after_help = "Exit codes: 0 every addon succeeded; 1 an addon failed or was refused; 2 the run could not start (bad source, config, usage).\n\nExamples:\n  addon run ./hello --args 'Ada'\n  addon run a.zip b.zip --timeout 30s --output-dir out --json\n  addon run ./my-addon --item ./fixtures/item --env TOKEN=abc --runner trivial")]
+    #[command(
+        after_help = "Exit codes: 0 every addon succeeded; 1 an addon failed or was refused; 2 the run could not start (bad source, config, usage).\n\nExamples:\n  addon run ./hello --args 'Ada'\n  addon run a.zip b.zip --timeout 30s --output-dir out --json\n  addon run ./my-addon --item ./fixtures/item --env TOKEN=abc --runner trivial"
+    )]
     Run(RunArgs),
     /// Explain runner resolution for an addon without running anything.
     Plan {
@@ -127,7 +129,8 @@ fn parse_runners(names: &[String]) -> anyhow::Result<Option<Vec<addon_descriptor
     if names.is_empty() {
         return Ok(None);
     }
-    let split: Vec<String> = names.iter().flat_map(|n| n.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let split: Vec<String> =
+        names.iter().flat_map(|n| n.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     config::parse_runner_names(&split).map(Some).map_err(|e| anyhow::anyhow!("--runner: {e}"))
 }
 
@@ -193,7 +196,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 print_json(&plan, false)?;
             } else {
                 let mut out = std::io::stdout().lock();
-                writeln!(out, "{} {} ({}; {})", plan.addon.name, plan.addon.version, if plan.pure { "pure" } else { "impure" }, plan.addon.digest)?;
+                writeln!(
+                    out,
+                    "{} {} ({}; {})",
+                    plan.addon.name,
+                    plan.addon.version,
+                    if plan.pure { "pure" } else { "impure" },
+                    plan.addon.digest
+                )?;
                 for c in &plan.candidates {
                     let mark = if c.enabled && c.configured && c.available { "+" } else { "-" };
                     writeln!(
@@ -203,7 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     )?;
                 }
                 match &plan.selected {
-                    Some(s) => writeln!(out, "selected: {} (sandbox {})", s.runner, s.sandbox.as_deref().unwrap_or("-"))?,
+                    Some(s) => {
+                        writeln!(out, "selected: {} (sandbox {})", s.runner, s.sandbox.as_deref().unwrap_or("-"))?
+                    }
                     None => writeln!(out, "selected: none: {}", plan.reason.as_deref().unwrap_or(""))?,
                 }
             }
@@ -347,7 +359,11 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
         let mut err = std::io::stderr().lock();
         for a in &report.addons {
             let how = match (&a.runner, &a.sandbox) {
-                (Some(r), Some(s)) => format!(" ({r} in {s}, cache {}, {} ms)", serde_json::to_value(a.cache)?.as_str().unwrap_or("-"), a.duration_ms),
+                (Some(r), Some(s)) => format!(
+                    " ({r} in {s}, cache {}, {} ms)",
+                    serde_json::to_value(a.cache)?.as_str().unwrap_or("-"),
+                    a.duration_ms
+                ),
                 (Some(r), None) => format!(" ({r}, {} ms)", a.duration_ms),
                 _ => String::new(),
             };

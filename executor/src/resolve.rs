@@ -72,9 +72,11 @@ pub fn resolve(
                             Ok(s) => {
                                 sandbox = Some(s);
                                 match s.check(iso) {
-                                    Ok(()) if s == SandboxKind::None => {
-                                        (true, true, "sandbox none: runs on the bare host, with network (explicit choice)".into())
-                                    }
+                                    Ok(()) if s == SandboxKind::None => (
+                                        true,
+                                        true,
+                                        "sandbox none: runs on the bare host, with network (explicit choice)".into(),
+                                    ),
                                     Ok(()) => (true, true, format!("sandbox {}: {}", s.as_str(), s.probe().detail)),
                                     Err(e) => (false, true, e.to_string()),
                                 }

@@ -140,9 +140,7 @@ fn timeout_kills_everything(sandbox: &str) {
     }
     let w = World::new(sandbox, "");
     let marker = format!("{}{}", 31_000 + (std::process::id() % 1000), sandbox.bytes().map(u32::from).sum::<u32>());
-    let script = format!(
-        "trap '' TERM\n( setsid sh -c \"trap '' TERM; exec sleep {marker}\" & )\nsleep {marker}\n"
-    );
+    let script = format!("trap '' TERM\n( setsid sh -c \"trap '' TERM; exec sleep {marker}\" & )\nsleep {marker}\n");
     let addon = w.addon("stubborn", PURE, &script);
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "2s"]);
     assert_eq!(out.status.code(), Some(1));

@@ -64,6 +64,19 @@ pub struct Mounts {
     pub cache: PathBuf,
 }
 
+/// One program to start in a sandbox, with exactly `env`, in `cwd`.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub env: &'a [(String, String)],
+    pub cwd: &'a Path,
+    pub mounts: &'a Mounts,
+    /// Extra host paths made readable (e.g. /nix/store).
+    pub extra_ro: &'a [PathBuf],
+    pub iso: Isolation,
+}
+
 /// What the addon asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct Isolation {
@@ -108,17 +121,9 @@ impl SandboxKind {
         Ok(())
     }
 
-    /// Builds the command that runs `program args` in this sandbox, in `cwd`, with exactly `env`.
-    pub fn command(
-        self,
-        program: &Path,
-        args: &[String],
-        env: &[(String, String)],
-        cwd: &Path,
-        mounts: &Mounts,
-        extra_ro: &[PathBuf],
-        iso: Isolation,
-    ) -> Result<Command, SandboxError> {
+    /// Builds the command that runs `spec` in this sandbox.
+    pub fn command(self, spec: &Spec<'_>) -> Result<Command, SandboxError> {
+        let Spec { program, args, env, cwd, mounts, extra_ro, iso } = *spec;
         self.check(iso)?;
         let mut cmd = match self {
             SandboxKind::Bwrap => {
@@ -170,7 +175,11 @@ fn bwrap_path() -> Option<PathBuf> {
 
 fn probe_bwrap() -> Probe {
     let Some(path) = bwrap_path() else {
-        return Probe { name: "bwrap", available: false, detail: "bwrap not found in PATH (apt-get install bubblewrap)".into() };
+        return Probe {
+            name: "bwrap",
+            available: false,
+            detail: "bwrap not found in PATH (apt-get install bubblewrap)".into(),
+        };
     };
     let out = std::process::Command::new(&path)
         .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-net"])
@@ -183,7 +192,9 @@ fn probe_bwrap() -> Probe {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     match out {
-        Ok(o) if o.status.success() => Probe { name: "bwrap", available: true, detail: format!("{version} at {}", path.display()) },
+        Ok(o) if o.status.success() => {
+            Probe { name: "bwrap", available: true, detail: format!("{version} at {}", path.display()) }
+        }
         Ok(o) => Probe {
             name: "bwrap",
             available: false,
@@ -204,10 +215,7 @@ fn probe_netns() -> Probe {
         Ok(s) if s.success() => Probe {
             name: "netns",
             available: true,
-            detail: format!(
-                "network and PID namespaces{}",
-                if is_root() { "" } else { " inside a user namespace" }
-            ),
+            detail: format!("network and PID namespaces{}", if is_root() { "" } else { " inside a user namespace" }),
         },
         Ok(s) => Probe { name: "netns", available: false, detail: format!("namespace setup failed ({s})") },
         Err(e) => Probe { name: "netns", available: false, detail: format!("cannot create namespaces: {e}") },

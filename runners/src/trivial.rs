@@ -6,7 +6,7 @@ use addon_descriptors::{normalise_relative, RunnerKind};
 
 use crate::process::supervise;
 use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
-use crate::sandbox::{Isolation, Mounts};
+use crate::sandbox::{Isolation, Mounts, Spec};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TrivialRunner;
@@ -28,7 +28,11 @@ impl Runner for TrivialRunner {
     }
 
     fn probe(&self) -> Availability {
-        Availability { available: true, version: None, detail: "runs the addon's `exec` directly (in the sandbox)".into() }
+        Availability {
+            available: true,
+            version: None,
+            detail: "runs the addon's `exec` directly (in the sandbox)".into(),
+        }
     }
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
@@ -55,12 +59,22 @@ impl Runner for TrivialRunner {
         let iso = Isolation { network: launch.descriptor.networking() };
         let cmd = launch
             .sandbox
-            .command(&program, &launch.args, &env, &launch.work_dir, &mounts, &[], iso)
+            .command(&Spec {
+                program: &program,
+                args: &launch.args,
+                env: &env,
+                cwd: &launch.work_dir,
+                mounts: &mounts,
+                extra_ro: &[],
+                iso,
+            })
             .map_err(|source| RunnerError::Sandbox { runner: RunnerKind::Trivial, source })?;
         tracing::debug!(addon = %launch.label(), sandbox = launch.sandbox.as_str(), program = %program.display(), "starting");
-        let supervised = supervise(cmd, &launch.supervision)
-            .await
-            .map_err(|source| RunnerError::Spawn { runner: RunnerKind::Trivial, program: program.clone(), source })?;
+        let supervised = supervise(cmd, &launch.supervision).await.map_err(|source| RunnerError::Spawn {
+            runner: RunnerKind::Trivial,
+            program: program.clone(),
+            source,
+        })?;
         Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.as_str().to_string(), cache: CacheUse::None })
     }
 }

@@ -77,7 +77,11 @@ impl World {
         }
         let out = cmd.output().unwrap();
         let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!("no JSON on stdout ({e}): {}\nstderr: {}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "no JSON on stdout ({e}): {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         (out, v)
     }

@@ -1,0 +1,265 @@
+//! `addon run` results: decoding and execution errors, policy, fail-fast, merge order, archives,
+//! filesystem isolation, and the library API with events and cancellation.
+
+mod common;
+
+use std::io::Write;
+
+use common::*;
+
+fn sandbox() -> &'static str {
+    if require("bwrap") {
+        "bwrap"
+    } else {
+        "netns"
+    }
+}
+
+#[test]
+fn bad_json_is_a_decoding_error_and_files_are_set_aside() {
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("bad", PURE, "echo partial > \"$OUTPUT_DIR/p.txt\"\necho 'this is not json'");
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "decoding-error");
+    assert_eq!(a["exit_code"], 0);
+    assert!(a["error"].as_str().unwrap().contains("not a valid addon output"), "{a}");
+    assert_eq!(v["success"], false);
+    assert!(!out_dir.join("p.txt").exists(), "a failed addon's files must not look like output");
+    let rejected = a["rejected_files"].as_str().unwrap();
+    assert!(std::path::Path::new(rejected).join("p.txt").exists());
+    // A file named in the output must exist in OUTPUT_DIR.
+    let addon = w.addon("ghost", PURE, r#"echo '{"newItems": [{"files": ["missing.pdf"]}]}'"#);
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "decoding-error");
+    assert!(v["addons"][0]["error"].as_str().unwrap().contains("missing.pdf"));
+}
+
+#[test]
+fn non_zero_exit_is_an_execution_error() {
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("fails", PURE, "echo 'something broke' >&2\nexit 3");
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-error");
+    assert_eq!(a["exit_code"], 3);
+    assert!(a["error"].as_str().unwrap().contains("something broke"), "{a}");
+    assert_eq!(a["output"], serde_json::Value::Null);
+}
+
+#[test]
+fn impure_addons_are_refused_by_policy() {
+    let w = World::new(sandbox(), "allow-impure: false\n");
+    let marker = w.path().join("ran");
+    let addon = w.addon("impure", IMPURE, &format!("touch {}\necho '{{}}'", marker.display()));
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed");
+    assert!(a["error"].as_str().unwrap().contains("allow-impure"), "{a}");
+    assert_eq!(a["runner"], serde_json::Value::Null);
+    assert!(!marker.exists(), "nothing may run");
+}
+
+#[test]
+fn fail_fast_skips_and_no_fail_fast_runs_the_rest() {
+    let w = World::new(sandbox(), "");
+    let bad = w.addon("first", PURE, "exit 1");
+    let good = w.addon("second", PURE, "echo '{}'");
+    let (_, v) = w.run(&[bad.to_str().unwrap(), good.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "execution-error");
+    assert_eq!(v["addons"][1]["result"], "skipped");
+    assert_eq!(v["addons"][1]["name"], "second");
+    let (_, v) = w.run(&[bad.to_str().unwrap(), good.to_str().unwrap(), "--no-fail-fast"]);
+    assert_eq!(v["addons"][1]["result"], "success");
+    assert_eq!(v["success"], false);
+}
+
+#[test]
+fn outputs_merge_in_run_order() {
+    let w = World::new(sandbox(), "");
+    let tag = |t: &str| {
+        format!(
+            r#"echo "{t}" > "$OUTPUT_DIR/{t}.txt"
+echo '{{"commands": [{{"command": "item-update", "itemId": "i1", "actions": [{{"action": "add-tags", "tags": ["{t}"]}}]}}], "newItems": [{{"files": ["{t}.txt"]}}]}}'"#
+        )
+    };
+    let a = w.addon("a", PURE, &tag("alpha"));
+    let b = w.addon("b", PURE, &tag("beta"));
+    let c = w.addon("c", PURE, &tag("gamma"));
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&[
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        c.to_str().unwrap(),
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let tags: Vec<&str> = v["output"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["actions"][0]["tags"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(tags, ["alpha", "beta", "gamma"]);
+    for t in ["alpha", "beta", "gamma"] {
+        assert!(out_dir.join(format!("{t}.txt")).exists());
+    }
+    assert_eq!(v["addons"][1]["output"]["commands"][0]["actions"][0]["tags"][0], "beta");
+}
+
+fn zip_dir(dir: &std::path::Path, zip: &std::path::Path, prefix: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let mut w = zip::ZipWriter::new(std::fs::File::create(zip).unwrap());
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let mode = e.metadata().unwrap().permissions().mode();
+        let o = zip::write::SimpleFileOptions::default().unix_permissions(mode);
+        w.start_file(format!("{prefix}{}", e.file_name().to_string_lossy()), o).unwrap();
+        w.write_all(&std::fs::read(e.path()).unwrap()).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+#[test]
+fn zips_wrapped_in_a_top_folder_run_and_hostile_zips_do_not() {
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("zipped", PURE, "echo '{}'");
+    let zip = w.path().join("zipped.zip");
+    zip_dir(&addon, &zip, "zipped-main/");
+    let (out, v) = w.run(&[zip.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(v["addons"][0]["name"], "zipped");
+
+    let evil = w.path().join("evil.zip");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
+    z.start_file("../../escaped.txt", zip::write::SimpleFileOptions::default()).unwrap();
+    z.write_all(b"x").unwrap();
+    z.finish().unwrap();
+    let (out, v) = w.run(&[evil.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(v["addons"][0]["result"], "execution-failed");
+    assert!(v["addons"][0]["error"].as_str().unwrap().contains("../../escaped.txt"));
+    assert!(!w.path().join("escaped.txt").exists() && !w.path().parent().unwrap().join("escaped.txt").exists());
+}
+
+#[test]
+fn missing_sources_and_bad_flags_exit_2() {
+    let w = World::new(sandbox(), "");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--json", "--config", w.config.to_str().unwrap(), "/no/such/addon"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/no/such/addon"));
+    let addon = w.addon("x", PURE, "echo '{}'");
+    for bad in [["--timeout", "soon"], ["--env", "NOEQUALS"], ["--runner", "podman"]] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+            .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap(), bad[0], bad[1]])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(bad[1]),
+            "{bad:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(&w.config, "sandbox: bwrap\nrun-timout: 5m\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("run-timout") && err.contains("line 2") && err.contains("config.yml"), "{err}");
+}
+
+#[test]
+fn bwrap_keeps_the_addon_inside_its_directories() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = World::new("bwrap", "");
+    let outside = w.path().join("outside.txt");
+    let script = format!(
+        "if echo x > {o}; then echo wrote=outside >&2; fi\nif echo x > /etc/addon-evil; then echo wrote=etc >&2; fi\necho '{{}}'",
+        o = outside.display()
+    );
+    let addon = w.addon("escaper", PURE, &script);
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert!(!outside.exists() && !std::path::Path::new("/etc/addon-evil").exists());
+    // /tmp inside bwrap is a private tmpfs: a write there lands nowhere on the host; /etc is read-only.
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("wrote=etc"));
+}
+
+#[test]
+fn an_unusable_sandbox_is_execution_failed_never_a_downgrade() {
+    // nspawn is not part of this build yet: configured, it must refuse, not run elsewhere.
+    let w = World::new("nspawn", "");
+    let marker = w.path().join("ran");
+    let addon = w.addon("careful", PURE, &format!("touch {}\necho '{{}}'", marker.display()));
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed");
+    assert!(a["error"].as_str().unwrap().contains("nspawn"), "{a}");
+    assert!(!marker.exists());
+    // An explicit `sandbox: none` runs on the bare host and says so.
+    let w = World::new("none", "");
+    let addon = w.addon("bare", PURE, "echo '{}'");
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success");
+    assert_eq!(v["addons"][0]["sandbox"], "none");
+}
+
+#[test]
+fn invalid_descriptors_do_not_run() {
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("broken", PURE, "echo '{}'");
+    std::fs::write(
+        addon.join("docspell-addon.yml"),
+        "meta:\n  name: broken\n  version: \"1\"\nrunner:\n  trivial:\n    enable: true\n    exec: nope.sh\n",
+    )
+    .unwrap();
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(v["addons"][0]["result"], "execution-failed");
+    assert!(v["addons"][0]["error"].as_str().unwrap().contains("runner.trivial.exec"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn library_api_streams_events_and_cancels() {
+    use addon_executor::{CancellationToken, Config, Engine, Event, RunRequest};
+    let w = World::new(sandbox(), "");
+    let marker = format!("{}", 33_000 + std::process::id() % 1000);
+    let addon = w.addon("slow", PURE, &format!("echo starting >&2\nexec sleep {marker}"));
+    let config = Config::load(&w.config).unwrap();
+    let engine = Engine::new(config);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+    let stopper = cancel.clone();
+    let run = tokio::spawn(async move { engine.run(req, Some(tx), cancel).await });
+    let mut saw_log = false;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Log { line, .. } if line == "starting" => {
+                saw_log = true;
+                stopper.cancel();
+            }
+            Event::Finished { result, .. } => {
+                assert_eq!(result, addon_executor::AddonResult::ExecutionFailed);
+            }
+            _ => {}
+        }
+    }
+    let report = run.await.unwrap().unwrap();
+    assert!(saw_log);
+    assert!(report.addons[0].error.as_deref().unwrap().contains("cancelled"));
+    assert!(processes_with(&format!("sleep {marker}")).is_empty());
+}
