@@ -66,7 +66,8 @@ impl<'n, 'a> Entries<'n, 'a> {
 }
 
 fn pos(node: &Node<'_>) -> Pos {
-    Pos { line: node.span.start.line(), column: node.span.start.col() + 1 }
+    // Synthetic nodes (an empty document) carry line 0; clamp to the first line.
+    Pos { line: node.span.start.line().max(1), column: node.span.start.col() + 1 }
 }
 
 /// Tags (`!!str`) are looked through; the value underneath is what counts.
