@@ -92,6 +92,7 @@ fn run_id() -> String {
 
 impl Engine {
     pub fn new(config: Config) -> Engine {
+        addon_runners::sandbox::set_probe_cache(&config.cache_dir.join("probes-v1"));
         Engine { config, runners: addon_runners::registry() }
     }
 

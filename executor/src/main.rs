@@ -337,7 +337,8 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
     for (_, src) in &request.inputs {
         anyhow::ensure!(src.exists(), "--input: {} does not exist", src.display());
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    // One thread is plenty: the engine waits on its addons and does little work of its own.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let engine = Engine::new(config);
     let report = rt.block_on(async {
         let cancel = CancellationToken::new();

@@ -148,12 +148,10 @@ pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<S
         _ = sup.cancel.cancelled() => Ending::Cancelled,
         _ = overflow.cancelled() => Ending::StdoutTooLarge(limit.unwrap_or(0)),
     };
-    if let Some(pid) = pid {
-        match ending {
-            // The addon is gone; whatever it left behind goes now, without grace.
-            Ending::Exited(_) => kill_tree(pid, libc::SIGKILL, true),
-            _ => stop_tree(pid, &mut child, sup.kill_grace).await,
-        }
+    // After a normal exit nothing is left to stop: every sandbox runs the addon in its own PID
+    // namespace, whose init ended with the addon and took every leftover process with it.
+    if let (Some(pid), false) = (pid, matches!(ending, Ending::Exited(_))) {
+        stop_tree(pid, &mut child, sup.kill_grace).await;
     }
     let _ = child.wait().await;
     // Pipes close once every holder is dead; the readers then finish.

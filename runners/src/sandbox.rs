@@ -92,13 +92,14 @@ pub enum SandboxError {
 }
 
 impl SandboxKind {
-    /// Probes this sandbox (cached for the life of the process).
+    /// Probes this sandbox (cached for the life of the process, and on disk when
+    /// [`set_probe_cache`] named a directory).
     pub fn probe(self) -> Probe {
         static BWRAP: OnceLock<Probe> = OnceLock::new();
         static NETNS: OnceLock<Probe> = OnceLock::new();
         match self {
-            SandboxKind::Bwrap => BWRAP.get_or_init(probe_bwrap).clone(),
-            SandboxKind::Netns => NETNS.get_or_init(probe_netns).clone(),
+            SandboxKind::Bwrap => BWRAP.get_or_init(|| cached_probe("bwrap", bwrap_path().as_deref(), probe_bwrap)).clone(),
+            SandboxKind::Netns => NETNS.get_or_init(|| cached_probe("netns", None, probe_netns)).clone(),
             SandboxKind::Nspawn => Probe {
                 name: "nspawn",
                 available: false,
@@ -162,6 +163,46 @@ impl SandboxKind {
         cmd.current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         Ok(cmd)
     }
+}
+
+static PROBE_CACHE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Keeps probe results in `dir` so that each run does not start a trial sandbox. A result is
+/// reused only while the tool binary (path, size, mtime), the kernel and the user are unchanged.
+pub fn set_probe_cache(dir: &Path) {
+    let _ = PROBE_CACHE.set(dir.to_path_buf());
+}
+
+fn cached_probe(name: &'static str, tool: Option<&Path>, probe: fn() -> Probe) -> Probe {
+    let Some(dir) = PROBE_CACHE.get() else { return probe() };
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let tool_id = tool
+        .and_then(|t| std::fs::metadata(t).ok().map(|m| (t, m)))
+        .map(|(t, m)| {
+            use std::os::unix::fs::MetadataExt;
+            format!("{}:{}:{}", t.display(), m.size(), m.mtime())
+        })
+        .unwrap_or_default();
+    // SAFETY: geteuid has no preconditions.
+    let key = format!("{name}|{tool_id}|{}|{}", kernel.trim(), unsafe { libc::geteuid() });
+    let file = dir.join(format!("probe-{name}.json"));
+    if let Ok(text) = std::fs::read_to_string(&file) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+            if v["key"] == key.as_str() && v["available"] == true {
+                return Probe { name, available: true, detail: v["detail"].as_str().unwrap_or_default().to_string() };
+            }
+        }
+    }
+    let p = probe();
+    if p.available {
+        // Only successes are kept: a failure is probed again next time (it may be fixed).
+        let v = serde_json::json!({"key": key, "available": true, "detail": p.detail});
+        let tmp = dir.join(format!(".probe-{name}.{}.tmp", std::process::id()));
+        if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, v.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+    }
+    p
 }
 
 /// The sandbox `auto` picks: the strongest available of bwrap, netns (never none).
