@@ -42,7 +42,11 @@ fn main() {
         let config = dir.path().join(format!("{sandbox}.yml"));
         std::fs::write(
             &config,
-            format!("sandbox: {sandbox}\nworking-dir: {}\ncache-dir: {}\n", work.display(), dir.path().join("cache").display()),
+            format!(
+                "sandbox: {sandbox}\nworking-dir: {}\ncache-dir: {}\n",
+                work.display(),
+                dir.path().join("cache").display()
+            ),
         )
         .expect("write");
         let engine = || {

@@ -263,3 +263,13 @@ async fn library_api_streams_events_and_cancels() {
     assert!(report.addons[0].error.as_deref().unwrap().contains("cancelled"));
     assert!(processes_with(&format!("sleep {marker}")).is_empty());
 }
+
+#[test]
+fn stdout_is_capped() {
+    let w = World::new(sandbox(), "max-stdout: 64KiB\n");
+    let addon = w.addon("chatty", PURE, "yes '{\"commands\": []}' | head -c 10000000");
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "decoding-error", "{a}");
+    assert!(a["error"].as_str().unwrap().contains("max-stdout"), "{a}");
+}

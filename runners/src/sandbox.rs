@@ -98,7 +98,9 @@ impl SandboxKind {
         static BWRAP: OnceLock<Probe> = OnceLock::new();
         static NETNS: OnceLock<Probe> = OnceLock::new();
         match self {
-            SandboxKind::Bwrap => BWRAP.get_or_init(|| cached_probe("bwrap", bwrap_path().as_deref(), probe_bwrap)).clone(),
+            SandboxKind::Bwrap => {
+                BWRAP.get_or_init(|| cached_probe("bwrap", bwrap_path().as_deref(), probe_bwrap)).clone()
+            }
             SandboxKind::Netns => NETNS.get_or_init(|| cached_probe("netns", None, probe_netns)).clone(),
             SandboxKind::Nspawn => Probe {
                 name: "nspawn",
