@@ -96,6 +96,11 @@ impl Engine {
         Engine { config, runners: addon_runners::registry() }
     }
 
+    /// An engine with a chosen set of runners (tests, or embedders that compile some out).
+    pub fn with_runners(config: Config, runners: Vec<Box<dyn Runner>>) -> Engine {
+        Engine { config, runners }
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -784,4 +789,95 @@ fn walk_dirs(p: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    //! Resolution and fall-through decisions, with test doubles in place of real runtimes.
+    use super::*;
+    use addon_runners::{Availability, Capabilities, RunnerOutcome, Supervised};
+
+    struct Fake {
+        kind: RunnerKind,
+        exit: i32,
+        calls: Arc<std::sync::Mutex<Vec<RunnerKind>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Runner for Fake {
+        fn kind(&self) -> RunnerKind {
+            self.kind
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                isolates_network: true,
+                isolates_filesystem: true,
+                builds: false,
+                needs_daemon: false,
+                uses_sandbox: false,
+            }
+        }
+        fn probe(&self) -> Availability {
+            Availability { available: true, version: None, detail: "fake".into() }
+        }
+        async fn run(&self, _launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
+            self.calls.lock().unwrap().push(self.kind);
+            Ok(RunnerOutcome {
+                supervised: Supervised {
+                    ending: Ending::Exited(self.exit),
+                    stdout: b"{}".to_vec(),
+                    stderr_tail: vec![],
+                    duration: Duration::ZERO,
+                },
+                sandbox: "fake".into(),
+                cache: CacheUse::None,
+            })
+        }
+    }
+
+    async fn run_with(options: &str) -> (RunReport, Vec<RunnerKind>) {
+        let dir = tempfile::tempdir().unwrap();
+        let addon = dir.path().join("a");
+        std::fs::create_dir(&addon).unwrap();
+        std::fs::write(addon.join("Dockerfile"), "FROM scratch").unwrap();
+        std::fs::write(addon.join("run.sh"), "#!/bin/sh").unwrap();
+        std::fs::write(
+            addon.join("docspell-addon.yml"),
+            format!("meta: {{name: a, version: \"1\"}}\nrunner: {{docker: {{enable: true}}, trivial: {{enable: true, exec: run.sh}}}}\n{options}"),
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.working_dir = dir.path().join("work");
+        config.cache_dir = dir.path().join("cache");
+        config.runner = crate::config::RunnerOrder(vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let runners: Vec<Box<dyn Runner>> = vec![
+            Box::new(Fake { kind: RunnerKind::Docker, exit: 1, calls: calls.clone() }),
+            Box::new(Fake { kind: RunnerKind::Trivial, exit: 0, calls: calls.clone() }),
+        ];
+        let engine = Engine::with_runners(config, runners);
+        let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+        let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
+        let calls = calls.lock().unwrap().clone();
+        (report, calls)
+    }
+
+    #[tokio::test]
+    async fn a_pure_addon_falls_through_to_the_next_runner() {
+        let (report, calls) = run_with("options: {networking: false, collectOutput: true}").await;
+        assert_eq!(calls, vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        let a = &report.addons[0];
+        assert_eq!(a.result, AddonResult::Success);
+        assert_eq!(a.runner.as_deref(), Some("trivial"));
+        assert_eq!(a.attempts.len(), 2);
+        assert_eq!(a.attempts[0].result, AddonResult::ExecutionError);
+    }
+
+    #[tokio::test]
+    async fn an_impure_addon_stops_at_the_first_failure() {
+        let (report, calls) = run_with("options: {networking: true, collectOutput: true}").await;
+        assert_eq!(calls, vec![RunnerKind::Docker]);
+        assert_eq!(report.addons[0].result, AddonResult::ExecutionError);
+        assert_eq!(report.addons[0].exit_code, Some(1));
+    }
 }

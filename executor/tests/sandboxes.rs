@@ -165,6 +165,37 @@ fn exit_leftovers_are_killed(sandbox: &str) {
     assert!(left.is_empty(), "a background process outlived its addon: {left:?}");
 }
 
+fn engine_killed_takes_the_sandbox_along(sandbox: &str) {
+    if !require(sandbox) {
+        return;
+    }
+    let w = World::new(sandbox, "");
+    let marker = format!("{}{}", 34_000 + (std::process::id() % 1000), sandbox.bytes().map(u32::from).sum::<u32>());
+    let script = format!("( setsid sleep {marker} & )\necho started >&2\nexec sleep {marker}\n");
+    let addon = w.addon("orphan", PURE, &script);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the addon runs, then kill the engine without warning.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 && !line.contains("started") {
+        line.clear();
+    }
+    assert!(!processes_with(&format!("sleep {marker}")).is_empty(), "the addon should be running");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_with(&format!("sleep {marker}")).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let left = processes_with(&format!("sleep {marker}"));
+    assert!(left.is_empty(), "the sandbox outlived the killed engine: {left:?}");
+}
+
 macro_rules! conformance {
     ($($sandbox:ident),*) => {$(
         mod $sandbox {
@@ -176,6 +207,8 @@ macro_rules! conformance {
             fn timeout_kills_the_whole_tree() { super::timeout_kills_everything(stringify!($sandbox)); }
             #[test]
             fn leftovers_die_with_the_addon() { super::exit_leftovers_are_killed(stringify!($sandbox)); }
+            #[test]
+            fn killed_engine_kills_the_sandbox() { super::engine_killed_takes_the_sandbox_along(stringify!($sandbox)); }
         }
     )*};
 }
