@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, RunnerKind};
 use addon_runners::{CacheUse, Ending, Launch, LogStream, Runner, RunnerError, SandboxKind, Supervision};
+use addon_cache::Cache;
 use fs_err as fs;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -63,6 +64,8 @@ pub enum EngineError {
     Item { path: PathBuf, message: String },
     #[error("{context}: {error}")]
     Io { context: String, error: std::io::Error },
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -93,7 +96,15 @@ fn run_id() -> String {
 impl Engine {
     pub fn new(config: Config) -> Engine {
         addon_runners::sandbox::set_probe_cache(&config.cache_dir.join("probes-v1"));
-        Engine { config, runners: addon_runners::registry() }
+        let settings = addon_runners::Settings {
+            docker: addon_runners::docker::DockerSettings {
+                host: config.docker_runner.host.clone(),
+                build_timeout: config.docker_runner.build_timeout.0,
+                user: config.docker_runner.user.clone(),
+            },
+        };
+        let runners = addon_runners::registry(&settings);
+        Engine { config, runners }
     }
 
     /// An engine with a chosen set of runners (tests, or embedders that compile some out).
@@ -106,12 +117,12 @@ impl Engine {
     }
 
     /// Probes this host for every runner and sandbox.
-    pub fn probe(&self) -> RunnersReport {
-        let runners = RunnerKind::ALL
-            .iter()
-            .map(|kind| match self.runners.iter().find(|r| r.kind() == *kind) {
+    pub async fn probe(&self) -> RunnersReport {
+        let mut runners = Vec::new();
+        for kind in RunnerKind::ALL.iter() {
+            runners.push(match self.runners.iter().find(|r| r.kind() == *kind) {
                 Some(r) => {
-                    let a = r.probe();
+                    let a = r.probe().await;
                     RunnerProbe {
                         name: kind.to_string(),
                         available: a.available,
@@ -127,8 +138,8 @@ impl Engine {
                     detail: format!("the {kind} runner is not built into this engine"),
                     capabilities: None,
                 },
-            })
-            .collect();
+            });
+        }
         let sandboxes = [SandboxKind::Bwrap, SandboxKind::Netns, SandboxKind::Nspawn, SandboxKind::None]
             .iter()
             .map(|s| s.probe())
@@ -137,13 +148,13 @@ impl Engine {
     }
 
     /// Explains runner resolution for one addon without running anything.
-    pub fn plan(&self, source: &str, runners: Option<&[RunnerKind]>) -> Result<PlanReport, EngineError> {
+    pub async fn plan(&self, source: &str, runners: Option<&[RunnerKind]>) -> Result<PlanReport, EngineError> {
         let scratch = self.scratch()?;
         let addon = source::open(source, &self.config, scratch.path())
             .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
         let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
         let order = runners.unwrap_or(&self.config.runner.0);
-        let resolved = resolve(&d, order, &self.runners, self.config.sandbox);
+        let resolved = resolve(&d, order, &self.runners, self.config.sandbox).await;
         let candidates: Vec<Candidate> = resolved
             .iter()
             .map(|r| Candidate {
@@ -208,6 +219,7 @@ impl Engine {
         cancel: CancellationToken,
     ) -> Result<RunReport, EngineError> {
         let id = run_id();
+        let cache = self.cache()?;
         let scratch = self.scratch()?;
         // Every source is opened before anything runs: a missing one fails the run up front.
         let mut addons = Vec::new();
@@ -243,7 +255,10 @@ impl Engine {
                 skipped(src, addon.as_ref().ok())
             } else {
                 match addon {
-                    Ok(a) => self.run_one(&id, idx, src, a, &req, &output_dir, events.as_ref(), &cancel).await,
+                    Ok(a) => {
+                        let ctx = RunCtx { run_id: &id, req: &req, output_dir: &output_dir, events: events.as_ref(), cancel: &cancel, cache: &cache };
+                        self.run_one(&ctx, idx, src, a).await
+                    }
                     Err(msg) => failed_source(src, msg),
                 }
             };
@@ -268,18 +283,42 @@ impl Engine {
         })
     }
 
-    #[allow(clippy::too_many_arguments)] // the pieces of one run, kept explicit
-    async fn run_one(
-        &self,
-        run_id: &str,
-        idx: usize,
-        src: &str,
-        addon: &LoadedAddon,
-        req: &RunRequest,
-        output_dir: &Path,
-        events: Option<&UnboundedSender<Event>>,
-        cancel: &CancellationToken,
-    ) -> AddonReport {
+    /// Opens the artifact cache under `cache-dir`.
+    pub fn cache(&self) -> Result<Cache, EngineError> {
+        Cache::open(&self.config.cache_dir)
+            .map(|c| c.with_lock_timeout(self.config.docker_runner.build_timeout.0.max(self.config.nix_runner.build_timeout.0) + std::time::Duration::from_secs(60)))
+            .map_err(|e| EngineError::Cache(e.to_string()))
+    }
+
+    /// `addon cache ls`.
+    pub fn cache_ls(&self) -> Result<CacheListing, EngineError> {
+        let entries = self.cache()?.list();
+        let total_size = entries.iter().map(|e| e.size).sum();
+        Ok(CacheListing { entries, total_size })
+    }
+
+    /// `addon cache prune`: LRU first, entries in use kept; docker images of removed entries go too.
+    pub async fn cache_prune(&self, max_size: Option<u64>, older_than: Option<Duration>) -> Result<PruneReport, EngineError> {
+        let cache = self.cache()?;
+        let docker = self.runners.iter().find(|r| r.kind() == RunnerKind::Docker);
+        // Images to remove are collected under the entry locks, then removed through the API.
+        let removed = tokio::task::spawn_blocking(move || cache.prune(max_size, older_than, |_| {}))
+            .await
+            .map_err(|e| EngineError::Cache(e.to_string()))?;
+        for e in &removed {
+            let image = e.meta.as_ref().and_then(|m| m.data.get("id").or_else(|| m.data.get("image")));
+            if let (addon_cache::Kind::DockerImage, Some(image), Some(runner)) = (e.kind, image, docker) {
+                if let Err(err) = runner.release(image).await {
+                    tracing::warn!("removing image {image} of pruned entry {}: {err}", e.key);
+                }
+            }
+        }
+        let total_size = self.cache()?.list().iter().map(|e| e.size).sum();
+        Ok(PruneReport { removed, total_size })
+    }
+
+    async fn run_one(&self, ctx: &RunCtx<'_>, idx: usize, src: &str, addon: &LoadedAddon) -> AddonReport {
+        let (req, cancel) = (ctx.req, ctx.cancel);
         let start = Instant::now();
         let mut report = base_report(src, addon);
         let Some(d) = addon.descriptor() else {
@@ -293,7 +332,7 @@ impl Engine {
             return report;
         }
         let order = req.runners.as_deref().unwrap_or(&self.config.runner.0);
-        let resolved = resolve(d, order, &self.runners, self.config.sandbox);
+        let resolved = resolve(d, order, &self.runners, self.config.sandbox).await;
         let candidates = run_candidates(&resolved);
         if candidates.is_empty() {
             report.result = AddonResult::ExecutionFailed;
@@ -302,21 +341,7 @@ impl Engine {
         }
         for (attempt_no, cand) in candidates.iter().enumerate() {
             let Some(runner) = self.runners.iter().find(|r| r.kind() == cand.kind) else { continue };
-            let attempt = self
-                .attempt(
-                    run_id,
-                    idx,
-                    attempt_no,
-                    d,
-                    addon,
-                    runner.as_ref(),
-                    cand.sandbox,
-                    req,
-                    output_dir,
-                    events,
-                    cancel,
-                )
-                .await;
+            let attempt = self.attempt(ctx, idx, attempt_no, d, addon, runner.as_ref(), cand.sandbox).await;
             report.runner = Some(cand.kind.to_string());
             report.sandbox = attempt.sandbox.clone();
             report.cache = attempt.cache;
@@ -344,26 +369,38 @@ impl Engine {
         report
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one attempt: which addon, which runner, which try
     async fn attempt(
         &self,
-        run_id: &str,
+        ctx: &RunCtx<'_>,
         idx: usize,
         attempt_no: usize,
         d: &Descriptor,
         addon: &LoadedAddon,
         runner: &dyn Runner,
         sandbox: Option<SandboxKind>,
-        req: &RunRequest,
-        output_dir: &Path,
-        events: Option<&UnboundedSender<Event>>,
-        cancel: &CancellationToken,
     ) -> AttemptOutcome {
+        let RunCtx { run_id, req, output_dir, events, cancel, cache } = *ctx;
         let label = d.id();
         let work_dir = self.config.working_dir.join(format!("run-{run_id}-{idx}-{attempt_no}"));
         let staging = output_dir.join(STAGING).join(format!("{idx}-{label}-{attempt_no}"));
         let mut outcome = AttemptOutcome::failed(sandbox.map(|s| s.as_str().to_string()), String::new());
-        let prepared = self.prepare(d, addon, req, &work_dir, &staging).await;
+        // The addon's persistent CACHE_DIR is a cache entry, held (shared) for the whole run.
+        let data_key = addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name);
+        let cache2 = cache.clone();
+        let name = d.meta.name.clone();
+        let data = tokio::task::spawn_blocking(move || cache2.get_or_build(&data_key, &name, |_, _| true, |_| Ok(Default::default())))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let data = match data {
+            Ok(d) => d,
+            Err(e) => {
+                outcome.error = Some(format!("the CACHE_DIR of {label}: {e}"));
+                return outcome;
+            }
+        };
+        let prepared = self.prepare(d, addon, req, &work_dir, &staging, data.content()).await;
         let launch = match prepared {
             Ok(launch_dirs) => launch_dirs,
             Err(e) => {
@@ -409,6 +446,7 @@ impl Engine {
                 log,
                 cancel: cancel.clone(),
             },
+            cache: cache.clone(),
         };
         match runner.run(&launch).await {
             Err(e) => {
@@ -441,6 +479,7 @@ impl Engine {
         }
         let _ = fs::remove_dir_all(&staging);
         self.cleanup(&work_dir, req.keep_work);
+        drop(data);
         outcome
     }
 
@@ -453,10 +492,10 @@ impl Engine {
         req: &RunRequest,
         work: &Path,
         staging: &Path,
+        cache_dir: PathBuf,
     ) -> std::io::Result<(PathBuf, PathBuf)> {
         let root = addon.root.clone().ok_or_else(|| std::io::Error::other("a descriptor file alone cannot be run"))?;
         let addon_dir = work.join("addons").join(d.id());
-        let cache_dir = self.config.cache_dir.join("addon-data").join(&d.meta.name);
         let work = work.to_path_buf();
         let staging = staging.to_path_buf();
         let user_input = req.user_input.clone();
@@ -527,6 +566,31 @@ impl Engine {
 }
 
 const STAGING: &str = ".addon-staging";
+
+/// `addon cache ls`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CacheListing {
+    pub entries: Vec<addon_cache::EntryInfo>,
+    pub total_size: u64,
+}
+
+/// `addon cache prune`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PruneReport {
+    pub removed: Vec<addon_cache::EntryInfo>,
+    pub total_size: u64,
+}
+
+/// What every addon of one run shares.
+#[derive(Clone, Copy)]
+struct RunCtx<'a> {
+    run_id: &'a str,
+    req: &'a RunRequest,
+    output_dir: &'a Path,
+    events: Option<&'a UnboundedSender<Event>>,
+    cancel: &'a CancellationToken,
+    cache: &'a Cache,
+}
 
 /// The item variables, relative to the working directory, as Docspell sets them.
 const ITEM_ENV: [(&str, &str); 7] = [
@@ -817,7 +881,7 @@ mod tests {
                 uses_sandbox: false,
             }
         }
-        fn probe(&self) -> Availability {
+        async fn probe(&self) -> Availability {
             Availability { available: true, version: None, detail: "fake".into() }
         }
         async fn run(&self, _launch: &Launch) -> Result<RunnerOutcome, RunnerError> {

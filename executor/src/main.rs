@@ -71,10 +71,29 @@ enum Command {
     },
     /// Probe this host: which runners and sandboxes work here, their versions, and why not.
     Runners,
+    /// Inspect and prune the artifact cache (built images, unpacked archives, CACHE_DIR data).
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Print a JSON Schema, for editors and tools.
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CacheCommand {
+    /// List entries, least recently used first.
+    Ls,
+    /// Remove least recently used entries until the limits hold; entries in use are kept.
+    #[command(after_help = "Examples:\n  addon cache prune --max-size 10GiB\n  addon cache prune --older-than 30d\n  addon cache prune --max-size 0   # everything not in use")]
+    Prune {
+        /// Keep at most this much (bytes, or 500MB, 10GiB).
+        #[arg(long, value_name = "BYTES", value_parser = config::parse_size)]
+        max_size: Option<u64>,
+        /// Remove entries not used for this long (30d, 12h).
+        #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+        older_than: Option<std::time::Duration>,
     },
 }
 
@@ -191,7 +210,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let config = Config::discover(cli.config.as_deref())?;
             let runners = parse_runners(&runners)?;
             let engine = Engine::new(config);
-            let plan = engine.plan(&source, runners.as_deref())?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let plan = rt.block_on(engine.plan(&source, runners.as_deref()))?;
             if cli.json {
                 print_json(&plan, false)?;
             } else {
@@ -223,7 +243,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Runners => {
             let config = Config::discover(cli.config.as_deref())?;
-            let report = Engine::new(config).probe();
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let report = rt.block_on(Engine::new(config).probe());
             if cli.json {
                 print_json(&report, false)?;
             } else {
@@ -237,6 +258,31 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 for s in &report.sandboxes {
                     writeln!(out, "  {} {}: {}", if s.available { "+" } else { "-" }, s.name, s.detail)?;
                 }
+            }
+            Ok(0)
+        }
+        Command::Cache(cmd) => {
+            let config = Config::discover(cli.config.as_deref())?;
+            let engine = Engine::new(config);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let value = match cmd {
+                CacheCommand::Ls => serde_json::to_value(engine.cache_ls()?)?,
+                CacheCommand::Prune { max_size, older_than } => {
+                    anyhow::ensure!(max_size.is_some() || older_than.is_some(), "cache prune: give --max-size and/or --older-than");
+                    serde_json::to_value(rt.block_on(engine.cache_prune(max_size, older_than))?)?
+                }
+            };
+            if cli.json {
+                print_json(&value, false)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                let list = value.get("entries").or_else(|| value.get("removed")).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+                let verb = if value.get("removed").is_some() { "removed" } else { "entries" };
+                writeln!(out, "{verb}: {}", list.len())?;
+                for e in &list {
+                    writeln!(out, "  {:<13} {:>12} bytes  {}  {}", e["kind"].as_str().unwrap_or(""), e["size"], e["addon"].as_str().unwrap_or(""), e["key"].as_str().unwrap_or(""))?;
+                }
+                writeln!(out, "total size: {} bytes", value["total_size"])?;
             }
             Ok(0)
         }

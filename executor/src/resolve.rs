@@ -40,7 +40,7 @@ pub fn pick_sandbox(choice: SandboxChoice) -> Result<SandboxKind, String> {
 }
 
 /// Considers every runner that is configured or supported, configured ones first in order.
-pub fn resolve(
+pub async fn resolve(
     descriptor: &Descriptor,
     order: &[RunnerKind],
     runners: &[Box<dyn Runner>],
@@ -53,9 +53,9 @@ pub fn resolve(
         }
     }
     let iso = Isolation { network: descriptor.networking() };
-    kinds
-        .into_iter()
-        .map(|kind| {
+    let mut out = Vec::new();
+    for kind in kinds {
+        out.push({
             let enabled = descriptor.supports(kind);
             let configured = order.contains(&kind);
             let runner = runners.iter().find(|r| r.kind() == kind);
@@ -63,7 +63,7 @@ pub fn resolve(
             let (available, runnable, reason) = match runner {
                 None => (false, false, format!("the {kind} runner is not built into this engine")),
                 Some(r) => {
-                    let probe = r.probe();
+                    let probe = r.probe().await;
                     if !probe.available {
                         (false, false, probe.detail)
                     } else if r.capabilities().uses_sandbox {
@@ -93,8 +93,9 @@ pub fn resolve(
                 _ => reason,
             };
             Resolved { kind, enabled, configured, available, sandbox, reason, runnable }
-        })
-        .collect()
+        });
+    }
+    out
 }
 
 /// The candidates a run tries, in order: enabled, configured and startable.

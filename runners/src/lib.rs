@@ -3,6 +3,8 @@
 //!
 //! Adding a runner is one new module implementing [`Runner`] and one line in [`registry`].
 
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod process;
 pub mod runner;
 pub mod sandbox;
@@ -12,7 +14,19 @@ pub use process::{Ending, LogSink, LogStream, Supervised, Supervision};
 pub use runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
 pub use sandbox::{Isolation, Mounts, Probe, SandboxError, SandboxKind};
 
+/// Settings of the runners that have any.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    #[cfg(feature = "docker")]
+    pub docker: docker::DockerSettings,
+}
+
 /// Every runner compiled into this engine.
-pub fn registry() -> Vec<Box<dyn Runner>> {
-    vec![Box::new(trivial::TrivialRunner)]
+pub fn registry(settings: &Settings) -> Vec<Box<dyn Runner>> {
+    let _ = settings;
+    vec![
+        #[cfg(feature = "docker")]
+        Box::new(docker::DockerRunner::new(settings.docker.clone())),
+        Box::new(trivial::TrivialRunner),
+    ]
 }

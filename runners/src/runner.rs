@@ -64,6 +64,8 @@ pub struct Launch {
     /// The sandbox for host runners.
     pub sandbox: SandboxKind,
     pub supervision: Supervision,
+    /// The artifact cache (built images, nix results).
+    pub cache: addon_cache::Cache,
 }
 
 impl Launch {
@@ -134,7 +136,13 @@ pub trait Runner: Send + Sync {
     fn kind(&self) -> RunnerKind;
     fn capabilities(&self) -> Capabilities;
     /// Probes the host: is the runtime there, which version, why not.
-    fn probe(&self) -> Availability;
+    async fn probe(&self) -> Availability;
     /// Builds (or finds in the cache) and runs the addon once.
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError>;
+
+    /// Releases what a pruned cache entry owned outside the cache (an image, a GC root).
+    async fn release(&self, artifact: &str) -> Result<(), String> {
+        let _ = artifact;
+        Ok(())
+    }
 }

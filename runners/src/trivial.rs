@@ -27,7 +27,7 @@ impl Runner for TrivialRunner {
         }
     }
 
-    fn probe(&self) -> Availability {
+    async fn probe(&self) -> Availability {
         Availability {
             available: true,
             version: None,

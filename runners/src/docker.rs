@@ -1,0 +1,463 @@
+//! The docker runner, through the Docker Engine API (bollard); Podman's compatible API works too.
+//!
+//! Images are either the descriptor's `image` (pulled only when absent) or built once from the
+//! addon's Dockerfile, tagged and labelled by the addon's content digest, and recorded in the
+//! cache: a second run of the same content does not call the build. Containers carry labels
+//! (engine, run, addon) and are removed after every run, on timeout and on cancel; containers of
+//! an engine that died are reaped when the next engine connects.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use addon_cache::{Key, Kind};
+use addon_descriptors::{normalise_relative, RunnerKind};
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    BuildImageOptions, CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
+    RemoveImageOptions, StopContainerOptions,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+use tokio::sync::OnceCell;
+
+use crate::process::{Ending, LogStream, Supervised, STDERR_TAIL_LINES};
+use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
+
+/// Label on everything the engine creates in docker.
+pub const LABEL_MANAGED: &str = "org.addon-engine.managed";
+const LABEL_ENGINE_PID: &str = "org.addon-engine.engine-pid";
+const LABEL_ENGINE_START: &str = "org.addon-engine.engine-start";
+const LABEL_RUN: &str = "org.addon-engine.run";
+const LABEL_ADDON: &str = "org.addon-engine.addon";
+const LABEL_DIGEST: &str = "org.addon-engine.digest";
+
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// API address; None: DOCKER_HOST, else the local socket.
+    pub host: Option<String>,
+    pub build_timeout: Duration,
+    /// `engine` for the engine's uid:gid, or an explicit user; None keeps the image's user.
+    pub user: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct DockerRunner {
+    settings: DockerSettings,
+    client: OnceCell<Result<(Docker, String), String>>,
+}
+
+const KIND: RunnerKind = RunnerKind::Docker;
+
+fn setup(message: impl Into<String>) -> RunnerError {
+    RunnerError::Setup { runner: KIND, message: message.into() }
+}
+
+impl DockerRunner {
+    pub fn new(settings: DockerSettings) -> DockerRunner {
+        DockerRunner { settings, client: OnceCell::new() }
+    }
+
+    /// The address used: setting, then DOCKER_HOST, then the local socket.
+    pub fn address(&self) -> String {
+        self.settings
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()))
+            .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+    }
+
+    /// Connects once (negotiating the API version) and reaps containers of dead engines.
+    pub async fn client(&self) -> Result<&Docker, String> {
+        let r = self
+            .client
+            .get_or_init(|| async {
+                let addr = self.address();
+                let docker = connect(&addr).map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
+                let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+                    .await
+                    .map_err(|_| format!("no Docker daemon at {addr}: no answer within 10s"))?
+                    .map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
+                let v = docker.version().await.map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
+                let version = format!(
+                    "{} {} (API {})",
+                    v.platform.map(|p| p.name).filter(|n| !n.trim().is_empty()).unwrap_or_else(|| "Docker Engine".into()),
+                    v.version.unwrap_or_default(),
+                    v.api_version.unwrap_or_default()
+                );
+                reap(&docker).await;
+                Ok((docker, version))
+            })
+            .await;
+        r.as_ref().map(|(d, _)| d).map_err(Clone::clone)
+    }
+
+    async fn image_for(&self, docker: &Docker, launch: &Launch) -> Result<(String, CacheUse), RunnerError> {
+        let label = launch.label();
+        if let Some(image) = launch.descriptor.docker_image() {
+            if docker.inspect_image(image).await.is_err() {
+                tracing::info!(addon = %label, "pulling image {image}");
+                let opts = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+                let mut pull = docker.create_image(Some(opts), None, None);
+                while let Some(step) = pull.next().await {
+                    step.map_err(|e| {
+                        setup(format!("image {image} is not present here and pulling it failed (offline?): {e}"))
+                    })?;
+                }
+            }
+            return Ok((image.to_string(), CacheUse::None));
+        }
+        let dockerfile = launch.descriptor.dockerfile().to_string();
+        normalise_relative(&dockerfile).map_err(|why| setup(format!("runner.docker.build `{dockerfile}` {why}")))?;
+        let key = Key::new(Kind::DockerImage)
+            .with("digest", launch.digest.as_str())
+            .with("dockerfile", &dockerfile)
+            .with("docker-host", self.address());
+        let tag = image_tag(&launch.descriptor.meta.name, launch.digest.short());
+        let cache = launch.cache.clone();
+        let handle = tokio::runtime::Handle::current();
+        let docker2 = docker.clone();
+        let addon_dir = launch.addon_dir.clone();
+        let log = launch.supervision.log.clone();
+        let timeout = self.settings.build_timeout;
+        let digest = launch.digest.to_string();
+        let label2 = label.clone();
+        let tag2 = tag.clone();
+        let entry = tokio::task::spawn_blocking(move || {
+            let valid = |meta: &addon_cache::EntryMeta, _: &Path| {
+                let Some(id) = meta.data.get("id") else { return false };
+                handle.block_on(docker2.inspect_image(id)).is_ok()
+            };
+            cache.get_or_build(&key, &label2, valid, |_content| {
+                handle.block_on(build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log))
+            })
+        })
+        .await
+        .map_err(|e| setup(format!("build task failed: {e}")))?;
+        match entry {
+            Ok(e) => {
+                let id = e.meta.data.get("id").cloned().unwrap_or(tag);
+                let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
+                // The entry stays locked (shared) while the image is in use by this run.
+                drop(e);
+                Ok((id, used))
+            }
+            Err(addon_cache::CacheError::Build { message, .. }) => {
+                let (message, tail) = message.split_once("\n--- log ---\n").unwrap_or((&message, ""));
+                Err(RunnerError::Build {
+                    runner: KIND,
+                    addon: label,
+                    message: message.to_string(),
+                    log_tail: tail.lines().map(str::to_string).collect(),
+                })
+            }
+            Err(e) => Err(setup(e.to_string())),
+        }
+    }
+}
+
+fn connect(addr: &str) -> Result<Docker, bollard::errors::Error> {
+    if let Some(path) = addr.strip_prefix("unix://") {
+        Docker::connect_with_unix(path, 600, bollard::API_DEFAULT_VERSION)
+    } else if let Some(rest) = addr.strip_prefix("tcp://") {
+        Docker::connect_with_http(&format!("http://{rest}"), 600, bollard::API_DEFAULT_VERSION)
+    } else if addr.starts_with('/') {
+        Docker::connect_with_unix(addr, 600, bollard::API_DEFAULT_VERSION)
+    } else {
+        Docker::connect_with_http(addr, 600, bollard::API_DEFAULT_VERSION)
+    }
+}
+
+/// Image names must be lowercase `[a-z0-9._-]`.
+fn image_tag(name: &str, short_digest: &str) -> String {
+    let clean: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect();
+    format!("addon-{}:{short_digest}", clean.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
+}
+
+#[allow(clippy::too_many_arguments)] // one build, all of its inputs
+async fn build(
+    docker: &Docker,
+    addon_dir: &Path,
+    dockerfile: &str,
+    tag: &str,
+    digest: &str,
+    label: &str,
+    timeout: Duration,
+    log: &crate::process::LogSink,
+) -> Result<BTreeMap<String, String>, String> {
+    let context = tar_dir(addon_dir).map_err(|e| format!("packing the build context {}: {e}", addon_dir.display()))?;
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_DIGEST.to_string(), digest.to_string()),
+        (LABEL_ADDON.to_string(), label.to_string()),
+    ]);
+    let opts = BuildImageOptions {
+        dockerfile: dockerfile.to_string(),
+        t: Some(tag.to_string()),
+        rm: true,
+        forcerm: true,
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let mut tail: Vec<String> = Vec::new();
+    let mut step = String::new();
+    let started = Instant::now();
+    let run = async {
+        let mut stream = docker.build_image(opts, None, Some(bollard::body_full(bytes::Bytes::from(context))));
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| e.to_string())?;
+            if let Some(text) = info.stream.as_deref() {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    if line.starts_with("Step ") {
+                        step = line.to_string();
+                    }
+                    log(LogStream::Stderr, &format!("build: {line}"));
+                    tail.push(line.to_string());
+                    if tail.len() > STDERR_TAIL_LINES {
+                        tail.remove(0);
+                    }
+                }
+            }
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(err);
+            }
+        }
+        Ok(())
+    };
+    let result = match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("did not finish within {timeout:?} (setting docker-runner.build-timeout)")),
+    };
+    if let Err(e) = result {
+        let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
+        return Err(format!("docker build{at}: {e}\n--- log ---\n{}", tail.join("\n")));
+    }
+    let id = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?.id;
+    tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());
+    Ok(BTreeMap::from([("image".to_string(), tag.to_string()), ("id".to_string(), id.unwrap_or_else(|| tag.to_string()))]))
+}
+
+fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", dir)?;
+    b.into_inner()
+}
+
+/// Removes containers whose engine is gone (labelled with a pid that no longer runs the same
+/// engine start).
+async fn reap(docker: &Docker) {
+    let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
+    let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
+    let Ok(list) = docker.list_containers(Some(opts)).await else { return };
+    for c in list {
+        let labels = c.labels.unwrap_or_default();
+        let pid: i32 = labels.get(LABEL_ENGINE_PID).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let start = labels.get(LABEL_ENGINE_START).cloned().unwrap_or_default();
+        if pid > 0 && process_start(pid).is_some_and(|s| s == start) {
+            continue; // its engine is alive
+        }
+        if let Some(id) = c.id {
+            tracing::warn!("removing container {id} left by a dead engine (pid {pid})");
+            let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        }
+    }
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.
+fn process_start(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19).map(str::to_string)
+}
+
+/// Removes the images of pruned cache entries.
+pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), String> {
+    docker
+        .remove_image(id, Some(RemoveImageOptions { force: true, ..Default::default() }), None)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[async_trait::async_trait]
+impl Runner for DockerRunner {
+    fn kind(&self) -> RunnerKind {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolates_network: true,
+            isolates_filesystem: true,
+            builds: true,
+            needs_daemon: true,
+            uses_sandbox: false,
+        }
+    }
+
+    async fn probe(&self) -> Availability {
+        match self.client().await {
+            Ok(_) => {
+                let version = self.client.get().and_then(|r| r.as_ref().ok()).map(|(_, v)| v.clone());
+                Availability { available: true, version, detail: format!("Docker API at {}", self.address()) }
+            }
+            Err(e) => Availability { available: false, version: None, detail: e },
+        }
+    }
+
+    async fn release(&self, image: &str) -> Result<(), String> {
+        let docker = self.client().await?;
+        remove_image(docker, image).await
+    }
+
+    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
+        let docker = self.client().await.map_err(|detail| RunnerError::Unavailable { runner: KIND, detail })?;
+        let (image, cache) = self.image_for(docker, launch).await?;
+        let started = Instant::now();
+        let (work, output, cache_dir) = (Path::new("/mnt/work"), Path::new("/mnt/output"), Path::new("/mnt/cache"));
+        let env: Vec<String> = launch
+            .env(work, output, cache_dir)
+            .into_iter()
+            .filter(|(k, _)| k != "PATH") // the image's PATH, not the host's
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let user = match self.settings.user.as_deref() {
+            Some("engine") => {
+                // SAFETY: getters without preconditions.
+                let (u, g) = unsafe { (libc::geteuid(), libc::getegid()) };
+                Some(format!("{u}:{g}"))
+            }
+            other => other.map(str::to_string),
+        };
+        let me = std::process::id() as i32;
+        let labels = HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_ENGINE_PID.to_string(), me.to_string()),
+            (LABEL_ENGINE_START.to_string(), process_start(me).unwrap_or_default()),
+            (LABEL_RUN.to_string(), launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()),
+            (LABEL_ADDON.to_string(), launch.label()),
+        ]);
+        let bind = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: Some(launch.args.clone()),
+            env: Some(env),
+            working_dir: Some("/mnt/work".into()),
+            user,
+            labels: Some(labels),
+            host_config: Some(HostConfig {
+                binds: Some(vec![
+                    bind(&launch.work_dir, "/mnt/work"),
+                    bind(&launch.output_dir, "/mnt/output"),
+                    bind(&launch.cache_dir, "/mnt/cache"),
+                ]),
+                network_mode: Some(if launch.descriptor.networking() { "host" } else { "none" }.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+            .await
+            .map_err(|e| setup(format!("creating a container from {image}: {e}")))?;
+        let id = created.id;
+        let result = supervise_container(docker, &id, launch, started).await;
+        // Removed on every path: success, failure, timeout, cancel.
+        let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        let supervised = result?;
+        Ok(RunnerOutcome { supervised, sandbox: "docker".into(), cache })
+    }
+}
+
+async fn supervise_container(docker: &Docker, id: &str, launch: &Launch, started: Instant) -> Result<Supervised, RunnerError> {
+    let sup = &launch.supervision;
+    docker
+        .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+        .await
+        .map_err(|e| setup(format!("starting container {id}: {e}")))?;
+    let logs_opts = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
+    let mut logs = docker.logs(id, Some(logs_opts));
+    let mut stdout = Vec::new();
+    let mut tail: Vec<String> = Vec::new();
+    let mut partial = String::new();
+    let limit = sup.collect_stdout;
+    let mut overflow = false;
+    let read_logs = async {
+        while let Some(item) = logs.next().await {
+            let Ok(item) = item else { break };
+            match item {
+                bollard::container::LogOutput::StdOut { message } => match limit {
+                    Some(l) => {
+                        if stdout.len() as u64 + message.len() as u64 > l {
+                            overflow = true;
+                            break;
+                        }
+                        stdout.extend_from_slice(&message);
+                    }
+                    None => {
+                        for line in String::from_utf8_lossy(&message).lines() {
+                            (sup.log)(LogStream::Stdout, line);
+                        }
+                    }
+                },
+                bollard::container::LogOutput::StdErr { message } => {
+                    partial.push_str(&String::from_utf8_lossy(&message));
+                    while let Some(pos) = partial.find('\n') {
+                        let line: String = partial.drain(..=pos).collect();
+                        let line = line.trim_end_matches(['\n', '\r']).to_string();
+                        (sup.log)(LogStream::Stderr, &line);
+                        tail.push(line);
+                        if tail.len() > STDERR_TAIL_LINES {
+                            tail.remove(0);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let mut ending = None;
+    tokio::select! {
+        _ = read_logs => {}
+        _ = tokio::time::sleep(sup.timeout) => ending = Some(Ending::TimedOut(sup.timeout)),
+        _ = sup.cancel.cancelled() => ending = Some(Ending::Cancelled),
+    }
+    if overflow {
+        ending = Some(Ending::StdoutTooLarge(limit.unwrap_or(0)));
+    }
+    if let Some(e) = ending {
+        let grace = sup.kill_grace.as_secs().max(1) as i32;
+        let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(grace), ..Default::default() })).await;
+        return Ok(Supervised { ending: e, stdout, stderr_tail: tail, duration: started.elapsed() });
+    }
+    if !partial.trim().is_empty() {
+        (sup.log)(LogStream::Stderr, partial.trim_end());
+        tail.push(partial.trim_end().to_string());
+    }
+    // The log stream ends when the container stops; wait for it, then read its exit code.
+    let _ = docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await;
+    let code = docker
+        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|c| c.state)
+        .and_then(|s| s.exit_code)
+        .unwrap_or(-1);
+    Ok(Supervised { ending: Ending::Exited(code as i32), stdout, stderr_tail: tail, duration: started.elapsed() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_valid_image_names() {
+        assert_eq!(image_tag("My Addon", "0123456789ab"), "addon-my-addon:0123456789ab");
+        assert_eq!(image_tag("rotate-pdf-addon", "abc"), "addon-rotate-pdf-addon:abc");
+    }
+}
