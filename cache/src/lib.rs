@@ -255,7 +255,13 @@ impl Cache {
                     key: name,
                     kind,
                     addon: meta.as_ref().map(|m| m.label.clone()).unwrap_or_else(|| "(damaged)".into()),
-                    size: dir_size(&e.path()),
+                    // Artifacts that live elsewhere (a docker image) report their size in the record.
+                    size: dir_size(&e.path())
+                        + meta
+                            .as_ref()
+                            .and_then(|m| m.data.get("external-size"))
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(0),
                     last_used: last_used(&e.path()),
                     path: e.path(),
                     meta,
@@ -393,11 +399,16 @@ mod tests {
         let mut builds = 0;
         for expect_hit in [false, true] {
             let e = cache
-                .get_or_build(&key("a"), "a-1", |_, _| true, |c| {
-                    builds += 1;
-                    std::fs::write(c.join("f"), b"x").map_err(|e| e.to_string())?;
-                    Ok(BTreeMap::new())
-                })
+                .get_or_build(
+                    &key("a"),
+                    "a-1",
+                    |_, _| true,
+                    |c| {
+                        builds += 1;
+                        std::fs::write(c.join("f"), b"x").map_err(|e| e.to_string())?;
+                        Ok(BTreeMap::new())
+                    },
+                )
                 .unwrap();
             assert_eq!(e.hit, expect_hit);
             assert!(e.content().join("f").exists());
@@ -418,7 +429,8 @@ mod tests {
     fn prune_skips_entries_in_use_and_goes_lru_first() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let fill = |c: &Path| std::fs::write(c.join("f"), vec![0u8; 1000]).map(|_| BTreeMap::new()).map_err(|e| e.to_string());
+        let fill =
+            |c: &Path| std::fs::write(c.join("f"), vec![0u8; 1000]).map(|_| BTreeMap::new()).map_err(|e| e.to_string());
         let held = cache.get_or_build(&key("held"), "held", |_, _| true, fill).unwrap();
         drop(cache.get_or_build(&key("old"), "old", |_, _| true, fill).unwrap());
         drop(cache.get_or_build(&key("new"), "new", |_, _| true, fill).unwrap());
@@ -448,11 +460,16 @@ mod tests {
                 std::thread::spawn(move || {
                     let cache = Cache::open(&root).unwrap();
                     let e = cache
-                        .get_or_build(&key("same"), "same", |_, _| true, |_| {
-                            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            std::thread::sleep(Duration::from_millis(200));
-                            Ok(BTreeMap::new())
-                        })
+                        .get_or_build(
+                            &key("same"),
+                            "same",
+                            |_, _| true,
+                            |_| {
+                                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                std::thread::sleep(Duration::from_millis(200));
+                                Ok(BTreeMap::new())
+                            },
+                        )
                         .unwrap();
                     e.hit
                 })

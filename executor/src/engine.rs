@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use addon_cache::Cache;
 use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, RunnerKind};
 use addon_runners::{CacheUse, Ending, Launch, LogStream, Runner, RunnerError, SandboxKind, Supervision};
-use addon_cache::Cache;
 use fs_err as fs;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
@@ -256,7 +256,14 @@ impl Engine {
             } else {
                 match addon {
                     Ok(a) => {
-                        let ctx = RunCtx { run_id: &id, req: &req, output_dir: &output_dir, events: events.as_ref(), cancel: &cancel, cache: &cache };
+                        let ctx = RunCtx {
+                            run_id: &id,
+                            req: &req,
+                            output_dir: &output_dir,
+                            events: events.as_ref(),
+                            cancel: &cancel,
+                            cache: &cache,
+                        };
                         self.run_one(&ctx, idx, src, a).await
                     }
                     Err(msg) => failed_source(src, msg),
@@ -286,7 +293,12 @@ impl Engine {
     /// Opens the artifact cache under `cache-dir`.
     pub fn cache(&self) -> Result<Cache, EngineError> {
         Cache::open(&self.config.cache_dir)
-            .map(|c| c.with_lock_timeout(self.config.docker_runner.build_timeout.0.max(self.config.nix_runner.build_timeout.0) + std::time::Duration::from_secs(60)))
+            .map(|c| {
+                c.with_lock_timeout(
+                    self.config.docker_runner.build_timeout.0.max(self.config.nix_runner.build_timeout.0)
+                        + std::time::Duration::from_secs(60),
+                )
+            })
             .map_err(|e| EngineError::Cache(e.to_string()))
     }
 
@@ -298,7 +310,11 @@ impl Engine {
     }
 
     /// `addon cache prune`: LRU first, entries in use kept; docker images of removed entries go too.
-    pub async fn cache_prune(&self, max_size: Option<u64>, older_than: Option<Duration>) -> Result<PruneReport, EngineError> {
+    pub async fn cache_prune(
+        &self,
+        max_size: Option<u64>,
+        older_than: Option<Duration>,
+    ) -> Result<PruneReport, EngineError> {
         let cache = self.cache()?;
         let docker = self.runners.iter().find(|r| r.kind() == RunnerKind::Docker);
         // Images to remove are collected under the entry locks, then removed through the API.
@@ -389,10 +405,12 @@ impl Engine {
         let data_key = addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name);
         let cache2 = cache.clone();
         let name = d.meta.name.clone();
-        let data = tokio::task::spawn_blocking(move || cache2.get_or_build(&data_key, &name, |_, _| true, |_| Ok(Default::default())))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let data = tokio::task::spawn_blocking(move || {
+            cache2.get_or_build(&data_key, &name, |_, _| true, |_| Ok(Default::default()))
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         let data = match data {
             Ok(d) => d,
             Err(e) => {

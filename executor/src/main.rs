@@ -86,7 +86,9 @@ enum CacheCommand {
     /// List entries, least recently used first.
     Ls,
     /// Remove least recently used entries until the limits hold; entries in use are kept.
-    #[command(after_help = "Examples:\n  addon cache prune --max-size 10GiB\n  addon cache prune --older-than 30d\n  addon cache prune --max-size 0   # everything not in use")]
+    #[command(
+        after_help = "Examples:\n  addon cache prune --max-size 10GiB\n  addon cache prune --older-than 30d\n  addon cache prune --max-size 0   # everything not in use"
+    )]
     Prune {
         /// Keep at most this much (bytes, or 500MB, 10GiB).
         #[arg(long, value_name = "BYTES", value_parser = config::parse_size)]
@@ -268,7 +270,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let value = match cmd {
                 CacheCommand::Ls => serde_json::to_value(engine.cache_ls()?)?,
                 CacheCommand::Prune { max_size, older_than } => {
-                    anyhow::ensure!(max_size.is_some() || older_than.is_some(), "cache prune: give --max-size and/or --older-than");
+                    anyhow::ensure!(
+                        max_size.is_some() || older_than.is_some(),
+                        "cache prune: give --max-size and/or --older-than"
+                    );
                     serde_json::to_value(rt.block_on(engine.cache_prune(max_size, older_than))?)?
                 }
             };
@@ -276,11 +281,23 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 print_json(&value, false)?;
             } else {
                 let mut out = std::io::stdout().lock();
-                let list = value.get("entries").or_else(|| value.get("removed")).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+                let list = value
+                    .get("entries")
+                    .or_else(|| value.get("removed"))
+                    .and_then(|v| v.as_array())
+                    .cloned()
+                    .unwrap_or_default();
                 let verb = if value.get("removed").is_some() { "removed" } else { "entries" };
                 writeln!(out, "{verb}: {}", list.len())?;
                 for e in &list {
-                    writeln!(out, "  {:<13} {:>12} bytes  {}  {}", e["kind"].as_str().unwrap_or(""), e["size"], e["addon"].as_str().unwrap_or(""), e["key"].as_str().unwrap_or(""))?;
+                    writeln!(
+                        out,
+                        "  {:<13} {:>12} bytes  {}  {}",
+                        e["kind"].as_str().unwrap_or(""),
+                        e["size"],
+                        e["addon"].as_str().unwrap_or(""),
+                        e["key"].as_str().unwrap_or("")
+                    )?;
                 }
                 writeln!(out, "total size: {} bytes", value["total_size"])?;
             }

@@ -44,7 +44,8 @@ pub struct DockerSettings {
 #[derive(Debug)]
 pub struct DockerRunner {
     settings: DockerSettings,
-    client: OnceCell<Result<(Docker, String), String>>,
+    client: OnceCell<Result<Docker, String>>,
+    reaped: OnceCell<()>,
 }
 
 const KIND: RunnerKind = RunnerKind::Docker;
@@ -55,7 +56,7 @@ fn setup(message: impl Into<String>) -> RunnerError {
 
 impl DockerRunner {
     pub fn new(settings: DockerSettings) -> DockerRunner {
-        DockerRunner { settings, client: OnceCell::new() }
+        DockerRunner { settings, client: OnceCell::new(), reaped: OnceCell::new() }
     }
 
     /// The address used: setting, then DOCKER_HOST, then the local socket.
@@ -67,29 +68,25 @@ impl DockerRunner {
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
     }
 
-    /// Connects once (negotiating the API version) and reaps containers of dead engines.
+    /// Connects once, negotiating the API version.
     pub async fn client(&self) -> Result<&Docker, String> {
         let r = self
             .client
             .get_or_init(|| async {
                 let addr = self.address();
                 let docker = connect(&addr).map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
-                let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+                tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
                     .await
                     .map_err(|_| format!("no Docker daemon at {addr}: no answer within 10s"))?
-                    .map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
-                let v = docker.version().await.map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
-                let version = format!(
-                    "{} {} (API {})",
-                    v.platform.map(|p| p.name).filter(|n| !n.trim().is_empty()).unwrap_or_else(|| "Docker Engine".into()),
-                    v.version.unwrap_or_default(),
-                    v.api_version.unwrap_or_default()
-                );
-                reap(&docker).await;
-                Ok((docker, version))
+                    .map_err(|e| format!("no Docker daemon at {addr}: {e}"))
             })
             .await;
-        r.as_ref().map(|(d, _)| d).map_err(Clone::clone)
+        r.as_ref().map_err(Clone::clone)
+    }
+
+    /// Removes containers left by dead engines, once per runner instance.
+    pub async fn reap_once(&self, docker: &Docker) {
+        self.reaped.get_or_init(|| reap(docker)).await;
     }
 
     async fn image_for(&self, docker: &Docker, launch: &Launch) -> Result<(String, CacheUse), RunnerError> {
@@ -236,9 +233,13 @@ async fn build(
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
         return Err(format!("docker build{at}: {e}\n--- log ---\n{}", tail.join("\n")));
     }
-    let id = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?.id;
+    let inspect = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?;
     tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());
-    Ok(BTreeMap::from([("image".to_string(), tag.to_string()), ("id".to_string(), id.unwrap_or_else(|| tag.to_string()))]))
+    Ok(BTreeMap::from([
+        ("image".to_string(), tag.to_string()),
+        ("id".to_string(), inspect.id.unwrap_or_else(|| tag.to_string())),
+        ("external-size".to_string(), inspect.size.unwrap_or(0).to_string()),
+    ]))
 }
 
 fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
@@ -263,7 +264,8 @@ async fn reap(docker: &Docker) {
         }
         if let Some(id) = c.id {
             tracing::warn!("removing container {id} left by a dead engine (pid {pid})");
-            let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+            let _ =
+                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
         }
     }
 }
@@ -301,12 +303,28 @@ impl Runner for DockerRunner {
     }
 
     async fn probe(&self) -> Availability {
-        match self.client().await {
-            Ok(_) => {
-                let version = self.client.get().and_then(|r| r.as_ref().ok()).map(|(_, v)| v.clone());
-                Availability { available: true, version, detail: format!("Docker API at {}", self.address()) }
+        let addr = self.address();
+        let docker = match self.client().await {
+            Ok(d) => d,
+            Err(e) => return Availability { available: false, version: None, detail: e },
+        };
+        self.reap_once(docker).await;
+        match docker.version().await {
+            Ok(v) => {
+                let version = format!(
+                    "{} {} (API {})",
+                    v.platform
+                        .map(|p| p.name)
+                        .filter(|n| !n.trim().is_empty())
+                        .unwrap_or_else(|| "Docker Engine".into()),
+                    v.version.unwrap_or_default(),
+                    v.api_version.unwrap_or_default()
+                );
+                Availability { available: true, version: Some(version), detail: format!("Docker API at {addr}") }
             }
-            Err(e) => Availability { available: false, version: None, detail: e },
+            Err(e) => {
+                Availability { available: false, version: None, detail: format!("no Docker daemon at {addr}: {e}") }
+            }
         }
     }
 
@@ -317,7 +335,8 @@ impl Runner for DockerRunner {
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
         let docker = self.client().await.map_err(|detail| RunnerError::Unavailable { runner: KIND, detail })?;
-        let (image, cache) = self.image_for(docker, launch).await?;
+        let (image, _) = tokio::join!(self.image_for(docker, launch), self.reap_once(docker));
+        let (image, cache) = image?;
         let started = Instant::now();
         let (work, output, cache_dir) = (Path::new("/mnt/work"), Path::new("/mnt/output"), Path::new("/mnt/cache"));
         let env: Vec<String> = launch
@@ -339,7 +358,10 @@ impl Runner for DockerRunner {
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_ENGINE_PID.to_string(), me.to_string()),
             (LABEL_ENGINE_START.to_string(), process_start(me).unwrap_or_default()),
-            (LABEL_RUN.to_string(), launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()),
+            (
+                LABEL_RUN.to_string(),
+                launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+            ),
             (LABEL_ADDON.to_string(), launch.label()),
         ]);
         let bind = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
@@ -357,6 +379,8 @@ impl Runner for DockerRunner {
                     bind(&launch.cache_dir, "/mnt/cache"),
                 ]),
                 network_mode: Some(if launch.descriptor.networking() { "host" } else { "none" }.into()),
+                // The daemon removes the container when it exits; stop paths remove it explicitly.
+                auto_remove: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -367,14 +391,23 @@ impl Runner for DockerRunner {
             .map_err(|e| setup(format!("creating a container from {image}: {e}")))?;
         let id = created.id;
         let result = supervise_container(docker, &id, launch, started).await;
-        // Removed on every path: success, failure, timeout, cancel.
-        let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        // Removed on every path: the daemon does it after a normal exit (auto-remove); after a
+        // stop, a failure to start, or an error we remove it ourselves.
+        if !matches!(result, Ok(Supervised { ending: Ending::Exited(_), .. })) {
+            let _ =
+                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        }
         let supervised = result?;
         Ok(RunnerOutcome { supervised, sandbox: "docker".into(), cache })
     }
 }
 
-async fn supervise_container(docker: &Docker, id: &str, launch: &Launch, started: Instant) -> Result<Supervised, RunnerError> {
+async fn supervise_container(
+    docker: &Docker,
+    id: &str,
+    launch: &Launch,
+    started: Instant,
+) -> Result<Supervised, RunnerError> {
     let sup = &launch.supervision;
     docker
         .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
@@ -439,15 +472,12 @@ async fn supervise_container(docker: &Docker, id: &str, launch: &Launch, started
         (sup.log)(LogStream::Stderr, partial.trim_end());
         tail.push(partial.trim_end().to_string());
     }
-    // The log stream ends when the container stops; wait for it, then read its exit code.
-    let _ = docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await;
-    let code = docker
-        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
-        .await
-        .ok()
-        .and_then(|c| c.state)
-        .and_then(|s| s.exit_code)
-        .unwrap_or(-1);
+    // The log stream ends when the container stops; its wait gives the exit code.
+    let code = match docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await {
+        Some(Ok(r)) => r.status_code,
+        Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+        _ => -1,
+    };
     Ok(Supervised { ending: Ending::Exited(code as i32), stdout, stderr_tail: tail, duration: started.elapsed() })
 }
 

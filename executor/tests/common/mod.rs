@@ -21,6 +21,21 @@ pub fn require(sandbox: &str) -> bool {
     ok
 }
 
+/// Skips (or fails in CI) when the Docker daemon is missing.
+pub fn require_docker() -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = v["runners"].as_array().unwrap().iter().any(|s| s["name"] == "docker" && s["available"] == true);
+    if !ok {
+        let msg = format!("the docker runner is not available: {v}");
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    ok
+}
+
 /// A test's private world: working dir, cache dir, config file.
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -64,6 +79,26 @@ impl World {
         root
     }
 
+    /// Writes a docker addon: a FROM-scratch image with the host's static busybox and `run.sh` as
+    /// entrypoint. `marker` goes into the Dockerfile so each test builds its own image.
+    pub fn docker_addon(&self, name: &str, options: &str, script: &str, marker: &str) -> PathBuf {
+        let root = self.path().join("addons-src").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("docspell-addon.yml"),
+            format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag]\nrunner:\n  docker:\n    enable: true\n{options}"),
+        )
+        .unwrap();
+        std::fs::copy("/bin/busybox", root.join("busybox")).expect("static busybox at /bin/busybox (busybox-static)");
+        std::fs::write(
+            root.join("Dockerfile"),
+            format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nLABEL test.marker={marker}\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n"),
+        )
+        .unwrap();
+        std::fs::write(root.join("run.sh"), script).unwrap();
+        root
+    }
+
     /// Runs `addon run --json` with this world's config.
     pub fn run(&self, args: &[&str]) -> (Output, serde_json::Value) {
         self.run_env(args, &[])
@@ -102,4 +137,13 @@ pub fn processes_with(marker: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Containers (any state) labelled with this addon label, from the docker CLI.
+pub fn containers_of(addon_label: &str) -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-a", "-q", "--filter", &format!("label=org.addon-engine.addon={addon_label}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }

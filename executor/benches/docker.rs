@@ -1,0 +1,84 @@
+//! A cache-hit docker run through the engine against (a) Docspell's per-run sequence, `docker
+//! build` with a warm layer cache then `docker run --rm` through the CLI, and (b) a bare
+//! `docker run --rm --network none` of the same image, interleaved in the same run.
+//!
+//! `cargo bench -p addon-executor --bench docker` (needs a Docker daemon; BENCH_RUNS to change).
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn time(cmd: &mut Command) -> Duration {
+    let t = Instant::now();
+    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("spawn");
+    let d = t.elapsed();
+    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    d
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addon = dir.path().join("noop");
+    std::fs::create_dir(&addon).expect("mkdir");
+    std::fs::copy("/bin/busybox", addon.join("busybox")).expect("static busybox");
+    std::fs::write(
+        addon.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n",
+    )
+    .expect("write");
+    std::fs::write(addon.join("run.sh"), "echo '{}'\n").expect("write");
+    std::fs::write(
+        addon.join("docspell-addon.yml"),
+        "meta: {name: bench-noop, version: \"1\"}\nrunner: {docker: {enable: true}}\noptions: {networking: false, collectOutput: true}\n",
+    )
+    .expect("write");
+    let config = dir.path().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "runner: [docker]\nworking-dir: {}\ncache-dir: {}\n",
+            dir.path().join("work").display(),
+            dir.path().join("cache").display()
+        ),
+    )
+    .expect("write");
+    let engine = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_addon"));
+        c.args(["run", "--json", "--config"]).arg(&config).arg(&addon);
+        c
+    };
+    let tag = "addon-bench-docspell:latest";
+    let docspell = |addon: &std::path::Path| {
+        // Docspell: build (warm layer cache) then run, every time.
+        let t = Instant::now();
+        time(Command::new("docker").env("DOCKER_BUILDKIT", "0").args(["build", "-q", "-t", tag]).arg(addon));
+        time(Command::new("docker").args(["run", "--rm", "--network", "none", tag]));
+        t.elapsed()
+    };
+    let bare = || {
+        let mut c = Command::new("docker");
+        c.args(["run", "--rm", "--network", "none", tag]);
+        c
+    };
+    // Warm up: the engine builds and caches its image; docker's layer cache gets warm.
+    time(&mut engine());
+    docspell(&addon);
+    let (mut e, mut a, mut b) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        e.push(time(&mut engine()));
+        a.push(docspell(&addon));
+        b.push(time(&mut bare()));
+    }
+    let (e, a, b) = (median(e), median(a), median(b));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("docker benchmark: median of {runs} runs each, interleaved");
+    println!("  engine, cache hit (addon run)          {:>8.1} ms", ms(e));
+    println!("  (a) docker build (warm) + docker run   {:>8.1} ms   ratio engine/(a) {:.2}x", ms(a), ms(e) / ms(a));
+    println!("  (b) docker run --rm --network none     {:>8.1} ms   ratio engine/(b) {:.2}x", ms(b), ms(e) / ms(b));
+    let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
+}

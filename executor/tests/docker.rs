@@ -1,0 +1,297 @@
+//! The docker runner against the real Docker daemon: the contract inside a container, network
+//! isolation, build once by digest, failing builds, timeouts, no leftovers, concurrent engines,
+//! prune, and Podman's compatible API.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+const CONTRACT: &str = r#"
+echo "args=$*" >&2
+echo "cwd=$(pwd)" >&2
+echo "ADDON_DIR=$ADDON_DIR" >&2
+echo "OUTPUT_DIR=$OUTPUT_DIR" >&2
+echo "CACHE_DIR=$CACHE_DIR" >&2
+echo "TMPDIR=$TMPDIR" >&2
+echo "SECRET=${SECRET_TOKEN-unset}" >&2
+echo "FROM_CLI=$FROM_CLI" >&2
+echo "input=$(cat arguments/user-input)" >&2
+echo "ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' ')" >&2
+if echo hi | nc -w 2 127.0.0.1 "$PORT" >/dev/null 2>&1; then echo "reached=yes" >&2; else echo "reached=no" >&2; fi
+echo done > "$OUTPUT_DIR/out.txt"
+echo '{"newItems": [{"files": ["out.txt"]}]}'
+"#;
+
+fn map(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|(_, r)| r))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
+}
+
+fn listener() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            drop(s);
+        }
+    });
+    format!("PORT={port}")
+}
+
+#[test]
+fn contract_network_and_build_once() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker, trivial]\n");
+    let marker = format!("contract-{}", std::process::id());
+    let addon = w.docker_addon("dcontract", PURE, CONTRACT, &marker);
+    let port = listener();
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run_env(
+        &[
+            addon.to_str().unwrap(),
+            "--args",
+            "hello",
+            "--env",
+            "FROM_CLI=cli",
+            "--env",
+            &port,
+            "--output-dir",
+            out_dir.to_str().unwrap(),
+        ],
+        &[("SECRET_TOKEN", "hunter2")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    let a = &v["addons"][0];
+    assert_eq!(a["runner"], "docker");
+    assert_eq!(a["sandbox"], "docker");
+    assert_eq!(a["cache"], "miss");
+    let m = map(&out);
+    assert_eq!(m["args"], "--flag arguments/user-input");
+    assert_eq!(m["cwd"], "/mnt/work");
+    assert_eq!(m["ADDON_DIR"], "/mnt/work/addons/dcontract-1.0");
+    assert_eq!(m["OUTPUT_DIR"], "/mnt/output");
+    assert_eq!(m["CACHE_DIR"], "/mnt/cache");
+    assert_eq!(m["TMPDIR"], "/mnt/work/temp");
+    assert_eq!(m["SECRET"], "unset");
+    assert_eq!(m["FROM_CLI"], "cli");
+    assert_eq!(m["input"], "hello");
+    assert_eq!(m["ifaces"].trim(), "lo", "pure: only loopback");
+    assert_eq!(m["reached"], "no");
+    assert_eq!(std::fs::read_to_string(out_dir.join("out.txt")).unwrap(), "done\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("build: Step"));
+
+    // Second run: a cache hit that does not call the build.
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--env", &port]);
+    assert_eq!(v["addons"][0]["cache"], "hit", "{v}");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("build: Step"), "no build on a hit");
+
+    // Changed content: a new image.
+    std::fs::write(addon.join("extra.txt"), "changed").unwrap();
+    let (_, v2) = w.run(&[addon.to_str().unwrap(), "--env", &port]);
+    assert_eq!(v2["addons"][0]["cache"], "miss");
+    assert_ne!(v2["addons"][0]["digest"], v["addons"][0]["digest"]);
+    assert!(containers_of("dcontract-1.0").is_empty(), "containers must be removed");
+
+    // Impure: host network, reaches the host's loopback listener.
+    let impure = w.docker_addon("dimpure", IMPURE, CONTRACT, &marker);
+    let (out, v) = w.run(&[impure.to_str().unwrap(), "--env", &port]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert_eq!(map(&out)["reached"], "yes");
+    assert!(containers_of("dimpure-1.0").is_empty());
+}
+
+#[test]
+fn a_failing_build_is_execution_failed_with_the_step() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let addon = w.docker_addon("dfail", PURE, "echo '{}'", "fail");
+    let df = std::fs::read_to_string(addon.join("Dockerfile")).unwrap();
+    std::fs::write(
+        addon.join("Dockerfile"),
+        df.replace("ENV PATH=/bin", "ENV PATH=/bin\nRUN echo broken-step >&2 && exit 7"),
+    )
+    .unwrap();
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{a}");
+    let err = a["error"].as_str().unwrap();
+    assert!(err.contains("exit 7") || err.contains("non-zero code"), "{err}");
+    assert!(err.contains("Step"), "names the failing step: {err}");
+    // Nothing was cached: the next run builds (and fails) again rather than claiming success.
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "execution-failed");
+    assert!(containers_of("dfail-1.0").is_empty());
+}
+
+#[test]
+fn a_container_ignoring_sigterm_is_killed_at_its_timeout() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let addon = w.docker_addon("dstubborn", PURE, "trap '' TERM\nwhile true; do sleep 1; done\n", "stubborn");
+    let started = std::time::Instant::now();
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "2s"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(v["addons"][0]["result"], "timeout", "{v}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(120));
+    assert!(containers_of("dstubborn-1.0").is_empty(), "the container must be gone");
+}
+
+#[test]
+fn two_engines_build_a_new_addon_once() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let addon = w.docker_addon("dtwice", PURE, "echo '{}'", &format!("twice-{}", std::process::id()));
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_addon"))
+            .args(["run", "--json", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(spawn);
+        let b = s.spawn(spawn);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let mut caches: Vec<String> = [a, b]
+        .iter()
+        .map(|o| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["addons"][0]["result"], "success", "{v}");
+            v["addons"][0]["cache"].as_str().unwrap().to_string()
+        })
+        .collect();
+    caches.sort();
+    assert_eq!(caches, ["hit", "miss"], "exactly one engine builds");
+}
+
+#[test]
+fn prune_removes_entries_and_their_images() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let addon = w.docker_addon("dprune", PURE, "echo '{}'", &format!("prune-{}", std::process::id()));
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["cache"], "miss");
+    let cfg = w.config.to_str().unwrap();
+    let ls =
+        Command::new(env!("CARGO_BIN_EXE_addon")).args(["cache", "ls", "--json", "--config", cfg]).output().unwrap();
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let entries = ls["entries"].as_array().unwrap();
+    let image_entry = entries.iter().find(|e| e["kind"] == "docker-image").expect("an image entry");
+    assert_eq!(image_entry["addon"], "dprune-1.0");
+    assert!(image_entry["size"].as_u64().unwrap() > 1_000_000, "the image size counts: {image_entry}");
+    assert!(entries.iter().any(|e| e["kind"] == "data"));
+    let tag = format!("addon-dprune:{}", &v["addons"][0]["digest"].as_str().unwrap()[7..19]);
+    assert!(Command::new("docker").args(["image", "inspect", &tag]).output().unwrap().status.success());
+    let pr = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["cache", "prune", "--max-size", "0", "--json", "--config", cfg])
+        .output()
+        .unwrap();
+    assert_eq!(pr.status.code(), Some(0), "{}", String::from_utf8_lossy(&pr.stderr));
+    let pr: serde_json::Value = serde_json::from_slice(&pr.stdout).unwrap();
+    assert_eq!(pr["removed"].as_array().unwrap().len(), entries.len());
+    assert_eq!(pr["total_size"], 0);
+    assert!(
+        !Command::new("docker").args(["image", "inspect", &tag]).output().unwrap().status.success(),
+        "the image is removed"
+    );
+    // After pruning, the next run builds again.
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["cache"], "miss");
+}
+
+#[test]
+fn podman_compatible_api() {
+    if !require_docker() {
+        return;
+    }
+    let have_podman = Command::new("podman").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have_podman {
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("podman is not installed (ADDON_TEST_REQUIRE_RUNTIMES=1)");
+        }
+        eprintln!("SKIPPED: podman is not installed");
+        return;
+    }
+    let w = World::new("auto", "");
+    let sock = w.path().join("podman.sock");
+    let conf = w.path().join("containers.conf");
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n").unwrap();
+    let mut service = Command::new("podman")
+        .args(["system", "service", "--time=0", &format!("unix://{}", sock.display())])
+        .env("CONTAINERS_CONF", &conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::write(
+        &w.config,
+        format!(
+            "runner: [docker]\nworking-dir: {}\ncache-dir: {}\ndocker-runner: {{host: \"unix://{}\"}}\n",
+            w.path().join("work").display(),
+            w.path().join("cache").display(),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let addon = w.docker_addon("dpodman", PURE, CONTRACT, "podman");
+    let port = listener();
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--env", &port]);
+    let _ = service.kill();
+    let _ = service.wait();
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    let m = map(&out);
+    assert_eq!(m["ifaces"].trim(), "lo");
+    assert_eq!(m["cwd"], "/mnt/work");
+}
+
+#[test]
+fn containers_of_a_dead_engine_are_reaped_by_the_next() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let addon = w.docker_addon("dorphan", PURE, "echo started >&2\nsleep 300\n", "orphan");
+    let mut engine = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(engine.stderr.take().unwrap());
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 && !line.contains("started") {
+        line.clear();
+    }
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert_eq!(containers_of("dorphan-1.0").len(), 1, "the daemon keeps the container of a killed engine");
+    // The next engine that talks to docker removes it.
+    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["runners", "--config", w.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(containers_of("dorphan-1.0").is_empty(), "reaped");
+}
