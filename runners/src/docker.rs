@@ -379,8 +379,6 @@ impl Runner for DockerRunner {
                     bind(&launch.cache_dir, "/mnt/cache"),
                 ]),
                 network_mode: Some(if launch.descriptor.networking() { "host" } else { "none" }.into()),
-                // The daemon removes the container when it exits; stop paths remove it explicitly.
-                auto_remove: Some(true),
                 ..Default::default()
             }),
             ..Default::default()
