@@ -389,11 +389,12 @@ impl Runner for DockerRunner {
             .map_err(|e| setup(format!("creating a container from {image}: {e}")))?;
         let id = created.id;
         let result = supervise_container(docker, &id, launch, started).await;
-        // Removed on every path: the daemon does it after a normal exit (auto-remove); after a
-        // stop, a failure to start, or an error we remove it ourselves.
-        if !matches!(result, Ok(Supervised { ending: Ending::Exited(_), .. })) {
-            let _ =
-                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        // Removed on every path: success, failure, timeout, cancel. (Not auto-remove: Podman
+        // removes such a container before its exit code can be read.)
+        if let Err(e) =
+            docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await
+        {
+            tracing::warn!(addon = %launch.label(), "removing container {id}: {e}");
         }
         let supervised = result?;
         Ok(RunnerOutcome { supervised, sandbox: "docker".into(), cache })
