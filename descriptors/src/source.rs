@@ -97,8 +97,8 @@ pub struct LoadedAddon {
     pub parsed: Parsed,
     /// Digest of the addon's content; for a descriptor alone, of that file.
     pub digest: ContentDigest,
-    /// Holds an unpacked archive alive for as long as the addon is used.
-    _unpacked: Option<tempfile::TempDir>,
+    /// Keeps the unpacked files alive (a temp dir, a locked cache entry) while the addon is used.
+    _keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl LoadedAddon {
@@ -126,26 +126,19 @@ pub fn load(path: &Path, limits: Limits, scratch: Option<&Path>) -> Result<Loade
                 None => tempfile::Builder::new().prefix("addon-zip-").tempdir()?,
             };
             let root = archive::extract_zip(&zip, &tmp.path().join("addon"), limits)?;
-            load_dir(&root, Some(tmp))
+            load_dir(&root, Some(Box::new(tmp)))
         }
         SourceKind::DescriptorFile(file) => {
             let text = read_descriptor(&file)?;
             let parsed = parse_descriptor(&text, None);
             let digest = digest_bytes(text.as_bytes());
-            Ok(LoadedAddon {
-                root: None,
-                descriptor_path: file,
-                descriptor_text: text,
-                parsed,
-                digest,
-                _unpacked: None,
-            })
+            Ok(LoadedAddon { root: None, descriptor_path: file, descriptor_text: text, parsed, digest, _keep: None })
         }
     }
 }
 
 /// Loads an unpacked addon directory.
-pub fn load_dir(root: &Path, unpacked: Option<tempfile::TempDir>) -> Result<LoadedAddon, SourceError> {
+pub fn load_dir(root: &Path, keep: Option<Box<dyn std::any::Any + Send + Sync>>) -> Result<LoadedAddon, SourceError> {
     let descriptor_path = DESCRIPTOR_FILES
         .iter()
         .map(|n| root.join(n))
@@ -160,7 +153,7 @@ pub fn load_dir(root: &Path, unpacked: Option<tempfile::TempDir>) -> Result<Load
         descriptor_text: text,
         parsed,
         digest,
-        _unpacked: unpacked,
+        _keep: keep,
     })
 }
 

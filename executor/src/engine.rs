@@ -150,7 +150,7 @@ impl Engine {
     /// Explains runner resolution for one addon without running anything.
     pub async fn plan(&self, source: &str, runners: Option<&[RunnerKind]>) -> Result<PlanReport, EngineError> {
         let scratch = self.scratch()?;
-        let addon = source::open(source, &self.config, scratch.path())
+        let addon = source::open(source, &self.config, scratch.path(), None)
             .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
         let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
         let order = runners.unwrap_or(&self.config.runner.0);
@@ -224,7 +224,7 @@ impl Engine {
         // Every source is opened before anything runs: a missing one fails the run up front.
         let mut addons = Vec::new();
         for src in &req.sources {
-            let addon = source::open(src, &self.config, scratch.path());
+            let addon = source::open(src, &self.config, scratch.path(), Some(&cache));
             match addon {
                 Ok(a) => addons.push((src.clone(), Ok(a))),
                 Err(error) if error.is_judgement() => addons.push((src.clone(), Err(error.to_string()))),

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use addon_descriptors::{source, LoadedAddon, SourceError};
+use addon_cache::{Cache, Key, Kind};
+use addon_descriptors::{archive, source, LoadedAddon, SourceError, SourceKind};
 
 use crate::config::Config;
 use crate::fetch::{self, FetchError};
@@ -13,6 +14,11 @@ pub enum OpenError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// The archive was refused while unpacking into the cache.
+    #[error("{0}")]
+    Archive(String),
+    #[error("cache: {0}")]
+    Cache(String),
 }
 
 impl OpenError {
@@ -22,16 +28,65 @@ impl OpenError {
             OpenError::Source(e) => e.is_judgement(),
             OpenError::Fetch(FetchError::TooLarge { .. }) => true,
             OpenError::Fetch(_) => false,
+            OpenError::Archive(_) => true,
+            OpenError::Cache(_) => false,
         }
     }
 }
 
-/// Opens a source. Archives (downloaded or local) are unpacked below `scratch`.
-pub fn open(source: &str, config: &Config, scratch: &Path) -> Result<LoadedAddon, OpenError> {
+/// Opens a source. Archives (downloaded or local) are unpacked below `scratch`, or, with a
+/// cache, into a cache entry keyed by the archive's sha256 so the same zip is unpacked once.
+pub fn open(source: &str, config: &Config, scratch: &Path, cache: Option<&Cache>) -> Result<LoadedAddon, OpenError> {
     let limits = config.archive.limits();
-    if fetch::is_url(source) {
-        let file = fetch::download(source, scratch, config.archive.download_timeout.0, limits.max_size)?;
-        return Ok(source::load(file.path(), limits, Some(scratch))?);
+    let downloaded;
+    let path = if fetch::is_url(source) {
+        downloaded = fetch::download(source, scratch, config.archive.download_timeout.0, limits.max_size)?;
+        downloaded.path()
+    } else {
+        Path::new(source)
+    };
+    match (cache, SourceKind::classify(path)?) {
+        (Some(cache), SourceKind::Zip(zip)) => {
+            let sha = file_sha256(&zip).map_err(SourceError::Io)?;
+            let key = Key::new(Kind::Archive)
+                .with("zip-sha256", sha)
+                .with("max-size", limits.max_size.to_string())
+                .with("max-entries", limits.max_entries.to_string());
+            let label = zip.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let entry = cache
+                .get_or_build(
+                    &key,
+                    &label,
+                    |_, c| c.join("addon").is_dir(),
+                    |content| {
+                        archive::extract_zip(&zip, &content.join("addon"), limits)
+                            .map(|_| Default::default())
+                            .map_err(|e| e.to_string())
+                    },
+                )
+                .map_err(|e| match e {
+                    addon_cache::CacheError::Build { message, .. } => OpenError::Archive(message),
+                    other => OpenError::Cache(other.to_string()),
+                })?;
+            let root = entry.content().join("addon");
+            Ok(source::load_dir(&root, Some(Box::new(entry)))?)
+        }
+        _ => Ok(source::load(path, limits, Some(scratch))?),
     }
-    Ok(source::load(Path::new(source), limits, Some(scratch))?)
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = fs_err::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }

@@ -133,6 +133,29 @@ fn zips_wrapped_in_a_top_folder_run_and_hostile_zips_do_not() {
     let (out, v) = w.run(&[zip.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{v}");
     assert_eq!(v["addons"][0]["name"], "zipped");
+    // The unpacked archive is a cache entry: a second run does not unpack again.
+    let entry_dir = |w: &World| {
+        let ls = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+            .args(["cache", "ls", "--json", "--config", w.config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+        ls["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["kind"] == "archive")
+            .map(|e| e["key"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let first = entry_dir(&w);
+    assert_eq!(first.len(), 1);
+    let marker = w.path().join("cache/archives-v1").join(&first[0]).join("content/addon/marker");
+    std::fs::write(&marker, "kept").unwrap();
+    let (_, v) = w.run(&[zip.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success");
+    assert_eq!(entry_dir(&w), first);
+    assert!(marker.exists(), "the entry was reused, not unpacked again");
 
     let evil = w.path().join("evil.zip");
     let mut z = zip::ZipWriter::new(std::fs::File::create(&evil).unwrap());
