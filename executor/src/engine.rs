@@ -102,7 +102,16 @@ impl Engine {
                 build_timeout: config.docker_runner.build_timeout.0,
                 user: config.docker_runner.user.clone(),
             },
+            nix: addon_runners::nix::NixSettings {
+                nix_binary: config.nix_runner.nix_binary.clone(),
+                build_timeout: config.nix_runner.build_timeout.0,
+                extra_args: config.nix_runner.extra_args.clone(),
+            },
         };
+        addon_runners::sandbox::configure_nspawn(addon_runners::sandbox::NspawnSettings {
+            binary: config.nspawn.nspawn_binary.clone(),
+            sudo: config.nspawn.sudo_binary.clone(),
+        });
         let runners = addon_runners::registry(&settings);
         Engine { config, runners }
     }

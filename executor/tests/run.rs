@@ -203,10 +203,19 @@ fn missing_sources_and_bad_flags_exit_2() {
 
 #[test]
 fn bwrap_keeps_the_addon_inside_its_directories() {
-    if !require("bwrap") {
+    keeps_inside("bwrap");
+}
+
+#[test]
+fn nspawn_keeps_the_addon_inside_its_directories() {
+    keeps_inside("nspawn");
+}
+
+fn keeps_inside(sandbox: &str) {
+    if !require(sandbox) {
         return;
     }
-    let w = World::new("bwrap", "");
+    let w = World::new(sandbox, "");
     let outside = w.path().join("outside.txt");
     let script = format!(
         "if echo x > {o}; then echo wrote=outside >&2; fi\nif echo x > /etc/addon-evil; then echo wrote=etc >&2; fi\necho '{{}}'",
@@ -216,14 +225,17 @@ fn bwrap_keeps_the_addon_inside_its_directories() {
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
     assert!(!outside.exists() && !std::path::Path::new("/etc/addon-evil").exists());
-    // /tmp inside bwrap is a private tmpfs: a write there lands nowhere on the host; /etc is read-only.
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("wrote=etc"));
+    // /tmp inside bwrap (and all of / under nspawn's volatile root) is a private tmpfs: a write
+    // there lands nowhere on the host.
+    if sandbox == "bwrap" {
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("wrote=etc"), "/etc is read-only under bwrap");
+    }
 }
 
 #[test]
 fn an_unusable_sandbox_is_execution_failed_never_a_downgrade() {
-    // nspawn is not part of this build yet: configured, it must refuse, not run elsewhere.
-    let w = World::new("nspawn", "");
+    // nspawn configured but unusable (its binary is missing): refuse, never run elsewhere.
+    let w = World::new("nspawn", "nspawn: {nspawn-binary: /nonexistent/systemd-nspawn}\n");
     let marker = w.path().join("ran");
     let addon = w.addon("careful", PURE, &format!("touch {}\necho '{{}}'", marker.display()));
     let (out, v) = w.run(&[addon.to_str().unwrap()]);

@@ -213,4 +213,4 @@ macro_rules! conformance {
     )*};
 }
 
-conformance!(bwrap, netns);
+conformance!(bwrap, netns, nspawn);

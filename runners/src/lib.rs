@@ -5,6 +5,8 @@
 
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "nix")]
+pub mod nix;
 pub mod process;
 pub mod runner;
 pub mod sandbox;
@@ -19,6 +21,8 @@ pub use sandbox::{Isolation, Mounts, Probe, SandboxError, SandboxKind};
 pub struct Settings {
     #[cfg(feature = "docker")]
     pub docker: docker::DockerSettings,
+    #[cfg(feature = "nix")]
+    pub nix: nix::NixSettings,
 }
 
 /// Every runner compiled into this engine.
@@ -27,6 +31,8 @@ pub fn registry(settings: &Settings) -> Vec<Box<dyn Runner>> {
     vec![
         #[cfg(feature = "docker")]
         Box::new(docker::DockerRunner::new(settings.docker.clone())),
+        #[cfg(feature = "nix")]
+        Box::new(nix::NixRunner::new(settings.nix.clone())),
         Box::new(trivial::TrivialRunner),
     ]
 }

@@ -102,12 +102,19 @@ impl SandboxKind {
                 BWRAP.get_or_init(|| cached_probe("bwrap", bwrap_path().as_deref(), probe_bwrap)).clone()
             }
             SandboxKind::Netns => NETNS.get_or_init(|| cached_probe("netns", None, probe_netns)).clone(),
-            SandboxKind::Nspawn => Probe {
-                name: "nspawn",
-                available: false,
-                detail: "the systemd-nspawn sandbox is not built into this engine version".into(),
-            },
+            SandboxKind::Nspawn => {
+                static NSPAWN: OnceLock<Probe> = OnceLock::new();
+                NSPAWN.get_or_init(|| cached_probe("nspawn", nspawn_path().as_deref(), probe_nspawn)).clone()
+            }
             SandboxKind::None => Probe { name: "none", available: true, detail: "bare host; no isolation".into() },
+        }
+    }
+
+    /// Where the run's work, output and cache directories appear inside this sandbox.
+    pub fn view(self, mounts: &Mounts) -> (PathBuf, PathBuf, PathBuf) {
+        match self {
+            SandboxKind::Nspawn => ("/mnt/work".into(), "/mnt/output".into(), "/mnt/cache".into()),
+            _ => (mounts.work.clone(), mounts.output.clone(), mounts.cache.clone()),
         }
     }
 
@@ -159,7 +166,50 @@ impl SandboxKind {
                 c
             }
             SandboxKind::Nspawn => {
-                return Err(SandboxError::Unavailable { sandbox: "nspawn", detail: self.probe().detail });
+                let nspawn = nspawn_path().unwrap_or_else(|| PathBuf::from("systemd-nspawn"));
+                let mut c = match (is_root(), nspawn_settings()) {
+                    (false, settings) => {
+                        let mut c = Command::new(&settings.sudo);
+                        c.arg("-n").arg(&nspawn);
+                        c
+                    }
+                    (true, _) => Command::new(&nspawn),
+                };
+                c.args(["--quiet", "--directory=/", "--volatile=yes", "--as-pid2", "--console=pipe"]);
+                c.args(nspawn_host_flags());
+                if !iso.network {
+                    c.arg("--private-network");
+                }
+                for (host, inside) in
+                    [(&mounts.work, "/mnt/work"), (&mounts.output, "/mnt/output"), (&mounts.cache, "/mnt/cache")]
+                {
+                    c.arg(format!("--bind={}:{inside}", host.display()));
+                }
+                for p in extra_ro.iter().filter(|p| p.exists()) {
+                    c.arg(format!("--bind-ro={}", p.display()));
+                }
+                c.arg("--chdir=/mnt/work");
+                for (k, v) in env {
+                    c.arg(format!("--setenv={k}={v}"));
+                }
+                let inside = match program.strip_prefix(&mounts.work) {
+                    Ok(rel) => Path::new("/mnt/work").join(rel),
+                    Err(_) => program.to_path_buf(),
+                };
+                c.arg("--").arg(inside).args(args);
+                // A container outlives a killed nspawn, so nspawn itself runs in a PID namespace
+                // of ours whose init dies with the engine: the kernel then kills everything in it,
+                // the container's nested namespace included.
+                let plan = NsPlan::new(false);
+                // SAFETY: as for netns above.
+                unsafe {
+                    c.pre_exec(move || plan.enter());
+                }
+                c.env_clear();
+                if let Some(path) = std::env::var_os("PATH") {
+                    c.env("PATH", path);
+                }
+                return Ok(c);
             }
         };
         cmd.current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
@@ -205,6 +255,81 @@ fn cached_probe(name: &'static str, tool: Option<&Path>, probe: fn() -> Probe) -
         }
     }
     p
+}
+
+/// Settings of the nspawn sandbox (from the engine configuration).
+#[derive(Debug, Clone)]
+pub struct NspawnSettings {
+    pub binary: String,
+    /// Used when the engine is not root.
+    pub sudo: String,
+}
+
+static NSPAWN_SETTINGS: OnceLock<NspawnSettings> = OnceLock::new();
+
+/// Sets the nspawn binary and sudo (once per process; later calls are ignored).
+pub fn configure_nspawn(settings: NspawnSettings) {
+    let _ = NSPAWN_SETTINGS.set(settings);
+}
+
+fn nspawn_settings() -> NspawnSettings {
+    NSPAWN_SETTINGS.get().cloned().unwrap_or(NspawnSettings { binary: "systemd-nspawn".into(), sudo: "sudo".into() })
+}
+
+fn nspawn_path() -> Option<PathBuf> {
+    which::which(nspawn_settings().binary).ok()
+}
+
+/// What this host needs: without systemd as PID 1 there is no machined to register with and no
+/// unit to move into, so nspawn must be told `--register=no --keep-unit`.
+fn nspawn_host_flags() -> &'static [&'static str] {
+    if Path::new("/run/systemd/system").is_dir() {
+        &[]
+    } else {
+        &["--register=no", "--keep-unit"]
+    }
+}
+
+fn probe_nspawn() -> Probe {
+    let Some(path) = nspawn_path() else {
+        return Probe {
+            name: "nspawn",
+            available: false,
+            detail: format!("{} not found in PATH (apt-get install systemd-container)", nspawn_settings().binary),
+        };
+    };
+    let version = std::process::Command::new(&path)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_string))
+        .unwrap_or_default();
+    let mut c = if is_root() {
+        std::process::Command::new(&path)
+    } else {
+        let mut c = std::process::Command::new(nspawn_settings().sudo);
+        c.arg("-n").arg(&path);
+        c
+    };
+    c.args(["--quiet", "--directory=/", "--volatile=yes", "--as-pid2", "--console=pipe", "--private-network"]);
+    c.args(nspawn_host_flags()).args(["--", "/bin/true"]);
+    match c.output() {
+        Ok(o) if o.status.success() => Probe {
+            name: "nspawn",
+            available: true,
+            detail: format!(
+                "{version} at {} (volatile host root{})",
+                path.display(),
+                if nspawn_host_flags().is_empty() { "" } else { "; --register=no --keep-unit: no systemd here" }
+            ),
+        },
+        Ok(o) => Probe {
+            name: "nspawn",
+            available: false,
+            detail: format!("{} fails here: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+        },
+        Err(e) => Probe { name: "nspawn", available: false, detail: format!("cannot start {}: {e}", path.display()) },
+    }
 }
 
 /// The sandbox `auto` picks: the strongest available of bwrap, netns (never none).

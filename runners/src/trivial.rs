@@ -50,12 +50,13 @@ impl Runner for TrivialRunner {
             fs_err::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
                 .map_err(|e| setup(e.to_string()))?;
         }
-        let env = launch.env(&launch.work_dir, &launch.output_dir, &launch.cache_dir);
         let mounts = Mounts {
             work: launch.work_dir.clone(),
             output: launch.output_dir.clone(),
             cache: launch.cache_dir.clone(),
         };
+        let (work, output, cache) = launch.sandbox.view(&mounts);
+        let env = launch.env(&work, &output, &cache);
         let iso = Isolation { network: launch.descriptor.networking() };
         let cmd = launch
             .sandbox

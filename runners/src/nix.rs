@@ -1,0 +1,283 @@
+//! The nix-flake runner: `nix build` the addon's flake once per content digest, keep the result
+//! alive with a GC root inside its cache entry, and run the first program of `result/bin` with
+//! the trivial contract inside the configured sandbox.
+//!
+//! Docspell evaluates the flake on every run and ignores a failed build; here a cache hit does not
+//! call nix at all, and a failed build is `execution-failed` with the tail of its log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use addon_cache::{Key, Kind};
+use addon_descriptors::RunnerKind;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::OnceCell;
+
+use crate::process::{supervise, LogStream, STDERR_TAIL_LINES};
+use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
+use crate::sandbox::{Isolation, Mounts, Spec};
+
+const KIND: RunnerKind = RunnerKind::NixFlake;
+const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
+
+#[derive(Debug, Clone)]
+pub struct NixSettings {
+    pub nix_binary: String,
+    pub build_timeout: Duration,
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct NixRunner {
+    settings: NixSettings,
+    probed: OnceCell<Availability>,
+}
+
+fn setup(message: impl Into<String>) -> RunnerError {
+    RunnerError::Setup { runner: KIND, message: message.into() }
+}
+
+impl NixRunner {
+    pub fn new(settings: NixSettings) -> NixRunner {
+        NixRunner { settings, probed: OnceCell::new() }
+    }
+
+    async fn probe_once(&self) -> Availability {
+        let nix = &self.settings.nix_binary;
+        let Ok(path) = which::which(nix) else {
+            return Availability {
+                available: false,
+                version: None,
+                detail: format!("`{nix}` not found in PATH (apt-get install nix-bin; setting nix-runner.nix-binary)"),
+            };
+        };
+        let out = tokio::process::Command::new(&path).arg("--version").output().await;
+        let version = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            Ok(o) => {
+                return Availability {
+                    available: false,
+                    version: None,
+                    detail: format!(
+                        "`{} --version` failed: {}",
+                        path.display(),
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ),
+                }
+            }
+            Err(e) => {
+                return Availability {
+                    available: false,
+                    version: None,
+                    detail: format!("cannot run {}: {e}", path.display()),
+                }
+            }
+        };
+        // Flakes arrived in 2.4 (behind the experimental flag, which we pass).
+        let numbers: Vec<u32> =
+            version.rsplit(' ').next().unwrap_or("").split('.').take(2).filter_map(|p| p.parse().ok()).collect();
+        if numbers.len() == 2 && (numbers[0], numbers[1]) < (2, 4) {
+            return Availability {
+                available: false,
+                version: Some(version.clone()),
+                detail: format!("{version} has no flake support (needs nix 2.4 or later)"),
+            };
+        }
+        Availability { available: true, version: Some(version), detail: format!("{} with flakes", path.display()) }
+    }
+
+    /// Builds the flake, or finds its result in the cache. Returns the store path and cache use.
+    async fn realise(&self, launch: &Launch) -> Result<(PathBuf, CacheUse, addon_cache::Entry), RunnerError> {
+        let s = &self.settings;
+        let key = Key::new(Kind::NixBuild)
+            .with("digest", launch.digest.as_str())
+            .with("nix-binary", &s.nix_binary)
+            .with("extra-args", s.extra_args.join("\u{1f}"));
+        let cache = launch.cache.clone();
+        let handle = tokio::runtime::Handle::current();
+        let settings = s.clone();
+        let addon_dir = launch.addon_dir.clone();
+        let label = launch.label();
+        let log = launch.supervision.log.clone();
+        let entry = tokio::task::spawn_blocking(move || {
+            let valid = |meta: &addon_cache::EntryMeta, content: &Path| {
+                meta.data.get("out").is_some_and(|out| Path::new(out).is_dir() && content.join("result").exists())
+            };
+            cache.get_or_build(&key, &label, valid, |content| {
+                handle.block_on(build(&settings, &addon_dir, content, &log))
+            })
+        })
+        .await
+        .map_err(|e| setup(format!("build task failed: {e}")))?;
+        match entry {
+            Ok(e) => {
+                let out = PathBuf::from(e.meta.data.get("out").cloned().unwrap_or_default());
+                let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
+                Ok((out, used, e))
+            }
+            Err(addon_cache::CacheError::Build { message, .. }) => {
+                let (message, tail) = message.split_once("\n--- log ---\n").unwrap_or((&message, ""));
+                Err(RunnerError::Build {
+                    runner: KIND,
+                    addon: launch.label(),
+                    message: message.to_string(),
+                    log_tail: tail.lines().map(str::to_string).collect(),
+                })
+            }
+            Err(e) => Err(setup(e.to_string())),
+        }
+    }
+}
+
+/// `nix build path:<addon>#default --no-link --json`, then a GC root in the entry's content.
+async fn build(
+    s: &NixSettings,
+    addon_dir: &Path,
+    content: &Path,
+    log: &crate::process::LogSink,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut cmd = tokio::process::Command::new(&s.nix_binary);
+    cmd.args(FEATURES)
+        .arg("build")
+        .arg(format!("path:{}#default", addon_dir.display()))
+        .args(["--no-link", "--json"])
+        .args(&s.extra_args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", s.nix_binary))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let log2 = log.clone();
+    let tail_task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        let mut tail: Vec<String> = Vec::new();
+        while let Ok(Some(line)) = lines.next_line().await {
+            log2(LogStream::Stderr, &format!("nix: {line}"));
+            tail.push(line);
+            if tail.len() > STDERR_TAIL_LINES {
+                tail.remove(0);
+            }
+        }
+        tail
+    });
+    let run = async {
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out).await;
+        let status = child.wait().await;
+        (out, status)
+    };
+    let (out, status) = match tokio::time::timeout(s.build_timeout, run).await {
+        Ok(r) => r,
+        Err(_) => {
+            let tail = tail_task.await.unwrap_or_default();
+            return Err(format!(
+                "nix build did not finish within {:?} (setting nix-runner.build-timeout)\n--- log ---\n{}",
+                s.build_timeout,
+                tail.join("\n")
+            ));
+        }
+    };
+    let tail = tail_task.await.unwrap_or_default();
+    match status {
+        Ok(st) if st.success() => {}
+        Ok(st) => return Err(format!("nix build failed ({st})\n--- log ---\n{}", tail.join("\n"))),
+        Err(e) => return Err(format!("nix build: {e}")),
+    }
+    let parsed: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("nix build printed no JSON ({e}): {out}"))?;
+    let store_path = parsed[0]["outputs"]["out"]
+        .as_str()
+        .ok_or_else(|| format!("nix build JSON names no `out` output: {out}"))?
+        .to_string();
+    // The GC root: an indirect root pointing at `content/result`; pruning the entry removes it.
+    let nix_store = Path::new(&s.nix_binary).with_file_name("nix-store");
+    let nix_store = if nix_store.is_file() { nix_store } else { PathBuf::from("nix-store") };
+    let root = tokio::process::Command::new(&nix_store)
+        .arg("--add-root")
+        .arg(content.join("result"))
+        .arg("--indirect")
+        .arg("--realise")
+        .arg(&store_path)
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", nix_store.display()))?;
+    if !root.status.success() {
+        return Err(format!(
+            "registering the GC root for {store_path}: {}",
+            String::from_utf8_lossy(&root.stderr).trim()
+        ));
+    }
+    Ok(BTreeMap::from([("out".to_string(), store_path)]))
+}
+
+/// The first file of `<out>/bin` in name order, as Docspell takes the first.
+fn program_of(out: &Path) -> Result<PathBuf, String> {
+    let bin = out.join("bin");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&bin)
+        .map_err(|e| format!("the build result {} has no bin/ folder: {e}", out.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files.into_iter().next().ok_or_else(|| format!("{} holds no program", bin.display()))
+}
+
+#[async_trait::async_trait]
+impl Runner for NixRunner {
+    fn kind(&self) -> RunnerKind {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            isolates_network: false,
+            isolates_filesystem: false,
+            builds: true,
+            needs_daemon: false,
+            uses_sandbox: true,
+        }
+    }
+
+    async fn probe(&self) -> Availability {
+        self.probed.get_or_init(|| self.probe_once()).await.clone()
+    }
+
+    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
+        let (out, cache, entry) = self.realise(launch).await?;
+        let program = program_of(&out).map_err(setup)?;
+        tracing::info!(addon = %launch.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
+        let mounts = Mounts {
+            work: launch.work_dir.clone(),
+            output: launch.output_dir.clone(),
+            cache: launch.cache_dir.clone(),
+        };
+        let (work, output, cache_dir) = launch.sandbox.view(&mounts);
+        let env = launch.env(&work, &output, &cache_dir);
+        let iso = Isolation { network: launch.descriptor.networking() };
+        let store = [PathBuf::from("/nix/store")];
+        let cmd = launch
+            .sandbox
+            .command(&Spec {
+                program: &program,
+                args: &launch.args,
+                env: &env,
+                cwd: &launch.work_dir,
+                mounts: &mounts,
+                extra_ro: &store,
+                iso,
+            })
+            .map_err(|source| RunnerError::Sandbox { runner: KIND, source })?;
+        let supervised = supervise(cmd, &launch.supervision).await.map_err(|source| RunnerError::Spawn {
+            runner: KIND,
+            program: program.clone(),
+            source,
+        })?;
+        drop(entry); // the store path stays protected by the GC root; the entry lock ends here
+        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.as_str().to_string(), cache })
+    }
+}
