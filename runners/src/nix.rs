@@ -102,8 +102,8 @@ impl NixRunner {
         let label = launch.label();
         let log = launch.supervision.log.clone();
         let entry = tokio::task::spawn_blocking(move || {
-            let valid = |meta: &addon_cache::EntryMeta, content: &Path| {
-                meta.data.get("out").is_some_and(|out| Path::new(out).is_dir() && content.join("result").exists())
+            let valid = |meta: &addon_cache::EntryMeta, _: &Path| {
+                meta.data.get("out").is_some_and(|out| Path::new(out).is_dir())
             };
             cache.get_or_build(&key, &label, valid, |content| {
                 handle.block_on(build(&settings, &addon_dir, content, &log))
@@ -115,6 +115,13 @@ impl NixRunner {
             Ok(e) => {
                 let out = PathBuf::from(e.meta.data.get("out").cloned().unwrap_or_default());
                 let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
+                // `result` is the GC root. It must point at the entry's final place (the build ran
+                // in a temporary folder that was renamed), so it is added here, and re-added if an
+                // earlier engine died before adding it.
+                let link = e.content().join("result");
+                if std::fs::symlink_metadata(&link).is_err() {
+                    add_gc_root(&self.settings, &link, &out).await.map_err(setup)?;
+                }
                 Ok((out, used, e))
             }
             Err(addon_cache::CacheError::Build { message, .. }) => {
@@ -131,11 +138,11 @@ impl NixRunner {
     }
 }
 
-/// `nix build path:<addon>#default --no-link --json`, then a GC root in the entry's content.
+/// `nix build path:<addon>#default --no-link --json`; returns the output store path.
 async fn build(
     s: &NixSettings,
     addon_dir: &Path,
-    content: &Path,
+    _content: &Path,
     log: &crate::process::LogSink,
 ) -> Result<BTreeMap<String, String>, String> {
     let mut cmd = tokio::process::Command::new(&s.nix_binary);
@@ -193,25 +200,35 @@ async fn build(
         .as_str()
         .ok_or_else(|| format!("nix build JSON names no `out` output: {out}"))?
         .to_string();
-    // The GC root: an indirect root pointing at `content/result`; pruning the entry removes it.
-    let nix_store = Path::new(&s.nix_binary).with_file_name("nix-store");
-    let nix_store = if nix_store.is_file() { nix_store } else { PathBuf::from("nix-store") };
-    let root = tokio::process::Command::new(&nix_store)
+    Ok(BTreeMap::from([("out".to_string(), store_path)]))
+}
+
+/// Registers `link` (inside a cache entry) as an indirect GC root for `store_path`. Pruning the
+/// entry removes the link, and with it the protection.
+async fn add_gc_root(s: &NixSettings, link: &Path, store_path: &Path) -> Result<(), String> {
+    let nix_store = which::which(&s.nix_binary)
+        .ok()
+        .map(|p| p.with_file_name("nix-store"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("nix-store"));
+    let out = tokio::process::Command::new(&nix_store)
         .arg("--add-root")
-        .arg(content.join("result"))
+        .arg(link)
         .arg("--indirect")
         .arg("--realise")
-        .arg(&store_path)
+        .arg(store_path)
         .output()
         .await
         .map_err(|e| format!("cannot run {}: {e}", nix_store.display()))?;
-    if !root.status.success() {
-        return Err(format!(
-            "registering the GC root for {store_path}: {}",
-            String::from_utf8_lossy(&root.stderr).trim()
-        ));
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "registering the GC root for {}: {}",
+            store_path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
-    Ok(BTreeMap::from([("out".to_string(), store_path)]))
 }
 
 /// The first file of `<out>/bin` in name order, as Docspell takes the first.

@@ -139,6 +139,54 @@ pub fn processes_with(marker: &str) -> Vec<String> {
     out
 }
 
+/// Skips (or fails in CI) when nix is missing.
+pub fn require_nix() -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ok = v["runners"].as_array().unwrap().iter().any(|s| s["name"] == "nix-flake" && s["available"] == true);
+    if !ok {
+        let msg = format!("the nix-flake runner is not available: {v}");
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    ok
+}
+
+impl World {
+    /// Writes a nix-flake addon whose default package installs `script` as `bin/run`, built
+    /// offline with the host's static busybox as builder. `marker` makes its store path unique.
+    pub fn nix_addon(&self, name: &str, options: &str, script: &str, marker: &str) -> PathBuf {
+        let root = self.path().join("addons-src").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("docspell-addon.yml"),
+            format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag]\nrunner:\n  nix:\n    enable: true\n{options}"),
+        )
+        .unwrap();
+        std::fs::write(root.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::write(
+            root.join("flake.nix"),
+            format!(
+                r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "{name}-{marker}";
+      system = "x86_64-linux";
+      builder = "/bin/busybox";
+      args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./run.sh}} $out/bin/run && /bin/busybox chmod 555 $out/bin/run" ];
+    }};
+  }};
+}}
+"#
+            ),
+        )
+        .unwrap();
+        root
+    }
+}
+
 /// Containers (any state) labelled with this addon label, from the docker CLI.
 pub fn containers_of(addon_label: &str) -> Vec<String> {
     let out = Command::new("docker")
