@@ -21,7 +21,7 @@ fn time(cmd: &mut Command) -> Duration {
 }
 
 fn main() {
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let dir = tempfile::tempdir().expect("tempdir");
     let addon = dir.path().join("noop");
     std::fs::create_dir(&addon).expect("mkdir");
@@ -38,7 +38,7 @@ fn main() {
     let out = dir.path().join("out");
 
     let mut table = Vec::new();
-    for sandbox in ["bwrap", "netns"] {
+    for sandbox in ["bwrap", "netns", "nspawn"] {
         let config = dir.path().join(format!("{sandbox}.yml"));
         std::fs::write(
             &config,
@@ -62,6 +62,11 @@ fn main() {
                 c.arg("--bind").arg(dir.path()).arg(dir.path());
                 c.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--die-with-parent"]);
                 c.arg("--").arg(&script);
+            } else if sandbox == "nspawn" {
+                c = Command::new("systemd-nspawn");
+                c.args(["--quiet", "--register=no", "--keep-unit", "--directory=/", "--volatile=yes", "--as-pid2"]);
+                c.args(["--console=pipe", "--private-network"]).arg(format!("--bind={}", dir.path().display()));
+                c.arg("--").arg(&script);
             } else {
                 c = Command::new("unshare");
                 c.args(["--net", "--pid", "--fork", "--kill-child"]).arg(&script);
@@ -81,9 +86,13 @@ fn main() {
     println!("engine benchmark: no-op pure addon, median of {runs} runs each, interleaved");
     for (sandbox, e, b) in table {
         println!(
-            "  {sandbox:<6} addon run {:>7.2} ms | bare {:<22} {:>7.2} ms | ratio {:.2}x",
+            "  {sandbox:<6} addon run {:>7.2} ms | bare {:<26} {:>7.2} ms | ratio {:.2}x",
             e.as_secs_f64() * 1e3,
-            if sandbox == "bwrap" { "bwrap ... run.sh" } else { "unshare -n -p -f run.sh" },
+            match sandbox {
+                "bwrap" => "bwrap ... run.sh",
+                "nspawn" => "systemd-nspawn ... run.sh",
+                _ => "unshare -n -p -f run.sh",
+            },
             b.as_secs_f64() * 1e3,
             e.as_secs_f64() / b.as_secs_f64()
         );

@@ -22,7 +22,7 @@ use crate::report::{
     AddonReport, AddonResult, Attempt, Candidate, PlanAddon, PlanReport, RunReport, RunnerProbe, RunnersReport,
     Selected,
 };
-use crate::resolve::{resolve, run_candidates};
+use crate::resolve::{resolve, resolve_where, run_candidates};
 use crate::source::{self, OpenError};
 
 /// What to run, and how; the library form of `addon run`.
@@ -357,16 +357,18 @@ impl Engine {
             return report;
         }
         let order = req.runners.as_deref().unwrap_or(&self.config.runner.0);
-        let resolved = resolve(d, order, &self.runners, self.config.sandbox).await;
-        let candidates = run_candidates(&resolved);
-        if candidates.is_empty() {
-            report.result = AddonResult::ExecutionFailed;
-            report.error = Some(no_runner_reason(&resolved));
-            return report;
-        }
-        for (attempt_no, cand) in candidates.iter().enumerate() {
+        // Candidates are resolved one at a time, so a run probes only the runtimes it reaches.
+        let kinds: Vec<RunnerKind> = order.iter().copied().filter(|k| d.supports(*k)).collect();
+        let mut seen = Vec::new();
+        let mut attempt_no = 0;
+        for kind in kinds {
+            let resolved = resolve_where(d, order, &self.runners, self.config.sandbox, |k| k == kind).await;
+            seen.extend(resolved.iter().cloned());
+            let Some(cand) = run_candidates(&resolved).first().copied().cloned() else { continue };
+            let cand = &cand;
             let Some(runner) = self.runners.iter().find(|r| r.kind() == cand.kind) else { continue };
             let attempt = self.attempt(ctx, idx, attempt_no, d, addon, runner.as_ref(), cand.sandbox).await;
+            attempt_no += 1;
             report.runner = Some(cand.kind.to_string());
             report.sandbox = attempt.sandbox.clone();
             report.cache = attempt.cache;
@@ -386,9 +388,15 @@ impl Engine {
             if !fall_through {
                 break;
             }
-            if candidates.len() > attempt_no + 1 {
-                tracing::info!(addon = %d.id(), runner = %cand.kind, result = attempt.result.as_str(), "pure addon failed; trying the next runner");
+            tracing::info!(addon = %d.id(), runner = %cand.kind, result = attempt.result.as_str(), "pure addon failed; trying the next runner, if any");
+        }
+        if attempt_no == 0 {
+            if seen.is_empty() {
+                // Nothing the addon supports is configured: explain with the full picture.
+                seen = resolve(d, order, &self.runners, self.config.sandbox).await;
             }
+            report.result = AddonResult::ExecutionFailed;
+            report.error = Some(no_runner_reason(&seen));
         }
         report.duration_ms = start.elapsed().as_millis() as u64;
         report

@@ -46,6 +46,17 @@ pub async fn resolve(
     runners: &[Box<dyn Runner>],
     sandbox_choice: SandboxChoice,
 ) -> Vec<Resolved> {
+    resolve_where(descriptor, order, runners, sandbox_choice, |_| true).await
+}
+
+/// Resolves only the kinds `want` accepts (the others are left out).
+pub async fn resolve_where(
+    descriptor: &Descriptor,
+    order: &[RunnerKind],
+    runners: &[Box<dyn Runner>],
+    sandbox_choice: SandboxChoice,
+    want: impl Fn(RunnerKind) -> bool,
+) -> Vec<Resolved> {
     let mut kinds: Vec<RunnerKind> = order.to_vec();
     for k in descriptor.runners() {
         if !kinds.contains(&k) {
@@ -54,7 +65,7 @@ pub async fn resolve(
     }
     let iso = Isolation { network: descriptor.networking() };
     let mut out = Vec::new();
-    for kind in kinds {
+    for kind in kinds.into_iter().filter(|k| want(*k)) {
         out.push({
             let enabled = descriptor.supports(kind);
             let configured = order.contains(&kind);

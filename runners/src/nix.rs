@@ -44,48 +44,12 @@ impl NixRunner {
         NixRunner { settings, probed: OnceCell::new() }
     }
 
-    async fn probe_once(&self) -> Availability {
-        let nix = &self.settings.nix_binary;
-        let Ok(path) = which::which(nix) else {
-            return Availability {
-                available: false,
-                version: None,
-                detail: format!("`{nix}` not found in PATH (apt-get install nix-bin; setting nix-runner.nix-binary)"),
-            };
-        };
-        let out = tokio::process::Command::new(&path).arg("--version").output().await;
-        let version = match out {
-            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            Ok(o) => {
-                return Availability {
-                    available: false,
-                    version: None,
-                    detail: format!(
-                        "`{} --version` failed: {}",
-                        path.display(),
-                        String::from_utf8_lossy(&o.stderr).trim()
-                    ),
-                }
-            }
-            Err(e) => {
-                return Availability {
-                    available: false,
-                    version: None,
-                    detail: format!("cannot run {}: {e}", path.display()),
-                }
-            }
-        };
-        // Flakes arrived in 2.4 (behind the experimental flag, which we pass).
-        let numbers: Vec<u32> =
-            version.rsplit(' ').next().unwrap_or("").split('.').take(2).filter_map(|p| p.parse().ok()).collect();
-        if numbers.len() == 2 && (numbers[0], numbers[1]) < (2, 4) {
-            return Availability {
-                available: false,
-                version: Some(version.clone()),
-                detail: format!("{version} has no flake support (needs nix 2.4 or later)"),
-            };
-        }
-        Availability { available: true, version: Some(version), detail: format!("{} with flakes", path.display()) }
+    /// Probes nix (cached on disk with the sandbox probes, keyed by the binary).
+    fn probe_once(&self) -> Availability {
+        let nix = self.settings.nix_binary.clone();
+        let path = which::which(&nix).ok();
+        let p = crate::sandbox::cached_probe("nix", path.as_deref(), || probe_nix(&nix, path.as_deref()));
+        Availability { available: p.available, version: p.version, detail: p.detail }
     }
 
     /// Builds the flake, or finds its result in the cache. Returns the store path and cache use.
@@ -135,6 +99,43 @@ impl NixRunner {
             }
             Err(e) => Err(setup(e.to_string())),
         }
+    }
+}
+
+fn probe_nix(nix: &str, path: Option<&Path>) -> crate::sandbox::Probe {
+    let fail = |detail: String, version: Option<String>| crate::sandbox::Probe {
+        name: "nix",
+        available: false,
+        detail,
+        version,
+    };
+    let Some(path) = path else {
+        return fail(
+            format!("`{nix}` not found in PATH (apt-get install nix-bin; setting nix-runner.nix-binary)"),
+            None,
+        );
+    };
+    let version = match std::process::Command::new(path).arg("--version").output() {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Ok(o) => {
+            return fail(
+                format!("`{} --version` failed: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+                None,
+            )
+        }
+        Err(e) => return fail(format!("cannot run {}: {e}", path.display()), None),
+    };
+    // Flakes arrived in 2.4 (behind the experimental flag, which we pass).
+    let numbers: Vec<u32> =
+        version.rsplit(' ').next().unwrap_or("").split('.').take(2).filter_map(|p| p.parse().ok()).collect();
+    if numbers.len() == 2 && (numbers[0], numbers[1]) < (2, 4) {
+        return fail(format!("{version} has no flake support (needs nix 2.4 or later)"), Some(version.clone()));
+    }
+    crate::sandbox::Probe {
+        name: "nix",
+        available: true,
+        detail: format!("{} with flakes", path.display()),
+        version: Some(version),
     }
 }
 
@@ -261,7 +262,7 @@ impl Runner for NixRunner {
     }
 
     async fn probe(&self) -> Availability {
-        self.probed.get_or_init(|| self.probe_once()).await.clone()
+        self.probed.get_or_init(|| async { self.probe_once() }).await.clone()
     }
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {

@@ -54,6 +54,8 @@ pub struct Probe {
     pub name: &'static str,
     pub available: bool,
     pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// The directories of one run that the addon may write.
@@ -106,7 +108,9 @@ impl SandboxKind {
                 static NSPAWN: OnceLock<Probe> = OnceLock::new();
                 NSPAWN.get_or_init(|| cached_probe("nspawn", nspawn_path().as_deref(), probe_nspawn)).clone()
             }
-            SandboxKind::None => Probe { name: "none", available: true, detail: "bare host; no isolation".into() },
+            SandboxKind::None => {
+                Probe { name: "none", available: true, detail: "bare host; no isolation".into(), version: None }
+            }
         }
     }
 
@@ -225,7 +229,7 @@ pub fn set_probe_cache(dir: &Path) {
     let _ = PROBE_CACHE.set(dir.to_path_buf());
 }
 
-fn cached_probe(name: &'static str, tool: Option<&Path>, probe: fn() -> Probe) -> Probe {
+pub(crate) fn cached_probe(name: &'static str, tool: Option<&Path>, probe: impl FnOnce() -> Probe) -> Probe {
     let Some(dir) = PROBE_CACHE.get() else { return probe() };
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let tool_id = tool
@@ -241,14 +245,20 @@ fn cached_probe(name: &'static str, tool: Option<&Path>, probe: fn() -> Probe) -
     if let Ok(text) = std::fs::read_to_string(&file) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
             if v["key"] == key.as_str() && v["available"] == true {
-                return Probe { name, available: true, detail: v["detail"].as_str().unwrap_or_default().to_string() };
+                let version = v["version"].as_str().map(str::to_string);
+                return Probe {
+                    name,
+                    available: true,
+                    detail: v["detail"].as_str().unwrap_or_default().to_string(),
+                    version,
+                };
             }
         }
     }
     let p = probe();
     if p.available {
         // Only successes are kept: a failure is probed again next time (it may be fixed).
-        let v = serde_json::json!({"key": key, "available": true, "detail": p.detail});
+        let v = serde_json::json!({"key": key, "available": true, "detail": p.detail, "version": p.version});
         let tmp = dir.join(format!(".probe-{name}.{}.tmp", std::process::id()));
         if std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, v.to_string()).is_ok() {
             let _ = std::fs::rename(&tmp, &file);
@@ -296,6 +306,7 @@ fn probe_nspawn() -> Probe {
             name: "nspawn",
             available: false,
             detail: format!("{} not found in PATH (apt-get install systemd-container)", nspawn_settings().binary),
+            version: None,
         };
     };
     let version = std::process::Command::new(&path)
@@ -322,13 +333,20 @@ fn probe_nspawn() -> Probe {
                 path.display(),
                 if nspawn_host_flags().is_empty() { "" } else { "; --register=no --keep-unit: no systemd here" }
             ),
+            version: None,
         },
         Ok(o) => Probe {
             name: "nspawn",
             available: false,
             detail: format!("{} fails here: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+            version: None,
         },
-        Err(e) => Probe { name: "nspawn", available: false, detail: format!("cannot start {}: {e}", path.display()) },
+        Err(e) => Probe {
+            name: "nspawn",
+            available: false,
+            detail: format!("cannot start {}: {e}", path.display()),
+            version: None,
+        },
     }
 }
 
@@ -347,6 +365,7 @@ fn probe_bwrap() -> Probe {
             name: "bwrap",
             available: false,
             detail: "bwrap not found in PATH (apt-get install bubblewrap)".into(),
+            version: None,
         };
     };
     let out = std::process::Command::new(&path)
@@ -361,14 +380,20 @@ fn probe_bwrap() -> Probe {
         .unwrap_or_default();
     match out {
         Ok(o) if o.status.success() => {
-            Probe { name: "bwrap", available: true, detail: format!("{version} at {}", path.display()) }
+            Probe { name: "bwrap", available: true, detail: format!("{version} at {}", path.display()), version: None }
         }
         Ok(o) => Probe {
             name: "bwrap",
             available: false,
             detail: format!("{} fails here: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+            version: None,
         },
-        Err(e) => Probe { name: "bwrap", available: false, detail: format!("cannot start {}: {e}", path.display()) },
+        Err(e) => Probe {
+            name: "bwrap",
+            available: false,
+            detail: format!("cannot start {}: {e}", path.display()),
+            version: None,
+        },
     }
 }
 
@@ -384,9 +409,14 @@ fn probe_netns() -> Probe {
             name: "netns",
             available: true,
             detail: format!("network and PID namespaces{}", if is_root() { "" } else { " inside a user namespace" }),
+            version: None,
         },
-        Ok(s) => Probe { name: "netns", available: false, detail: format!("namespace setup failed ({s})") },
-        Err(e) => Probe { name: "netns", available: false, detail: format!("cannot create namespaces: {e}") },
+        Ok(s) => {
+            Probe { name: "netns", available: false, detail: format!("namespace setup failed ({s})"), version: None }
+        }
+        Err(e) => {
+            Probe { name: "netns", available: false, detail: format!("cannot create namespaces: {e}"), version: None }
+        }
     }
 }
 
