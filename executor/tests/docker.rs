@@ -24,14 +24,6 @@ echo done > "$OUTPUT_DIR/out.txt"
 echo '{"newItems": [{"files": ["out.txt"]}]}'
 "#;
 
-fn map(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| l.split_once("] ").map(|(_, r)| r))
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
 fn listener() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -72,7 +64,7 @@ fn contract_network_and_build_once() {
     assert_eq!(a["runner"], "docker");
     assert_eq!(a["sandbox"], "docker");
     assert_eq!(a["cache"], "miss");
-    let m = map(&out);
+    let m = stderr_map(&out);
     assert_eq!(m["args"], "--flag arguments/user-input");
     assert_eq!(m["cwd"], "/mnt/work");
     assert_eq!(m["ADDON_DIR"], "/mnt/work/addons/dcontract-1.0");
@@ -103,7 +95,7 @@ fn contract_network_and_build_once() {
     let impure = w.docker_addon("dimpure", IMPURE, CONTRACT, &marker);
     let (out, v) = w.run(&[impure.to_str().unwrap(), "--env", &port]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
-    assert_eq!(map(&out)["reached"], "yes");
+    assert_eq!(stderr_map(&out)["reached"], "yes");
     assert!(containers_of("dimpure-1.0").is_empty());
 }
 
@@ -261,7 +253,7 @@ fn podman_compatible_api() {
     let _ = service.kill();
     let _ = service.wait();
     assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
-    let m = map(&out);
+    let m = stderr_map(&out);
     assert_eq!(m["ifaces"].trim(), "lo");
     assert_eq!(m["cwd"], "/mnt/work");
 }

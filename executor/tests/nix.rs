@@ -19,14 +19,6 @@ echo nix > "$OUTPUT_DIR/nix.txt"
 echo '{"newItems": [{"files": ["nix.txt"]}]}'
 "#;
 
-fn map(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| l.split_once("] ").map(|(_, r)| r))
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
 fn store_path_of(w: &World) -> String {
     let bucket = w.path().join("cache/nix-v1");
     let entry = std::fs::read_dir(&bucket)
@@ -57,7 +49,7 @@ fn nix_flake_runner() {
         assert_eq!(a["runner"], "nix-flake");
         assert_eq!(a["sandbox"], sandbox);
         assert_eq!(a["cache"], "miss");
-        let m = map(&out);
+        let m = stderr_map(&out);
         assert_eq!(m["args"], "--flag arguments/user-input", "{sandbox}");
         assert_eq!(m["SECRET"], "unset");
         assert_eq!(m["ifaces"].trim(), "lo", "{sandbox}: pure means loopback only");

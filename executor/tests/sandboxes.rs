@@ -24,14 +24,6 @@ echo "result" > "$OUTPUT_DIR/result.txt"
 echo '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"}}]}'
 "#;
 
-fn stderr_map(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
-    String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter_map(|l| l.split_once("] ").map(|(_, rest)| rest))
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect()
-}
-
 fn contract(sandbox: &str) {
     if !require(sandbox) {
         return;

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use crate::process::{Ending, LogStream, Supervised, STDERR_TAIL_LINES};
-use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
+use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome, BUILD_LOG_MARK};
 
 /// Label on everything the engine creates in docker.
 pub const LABEL_MANAGED: &str = "org.addon-engine.managed";
@@ -139,16 +139,7 @@ impl DockerRunner {
                 drop(e);
                 Ok((id, used))
             }
-            Err(addon_cache::CacheError::Build { message, .. }) => {
-                let (message, tail) = message.split_once("\n--- log ---\n").unwrap_or((&message, ""));
-                Err(RunnerError::Build {
-                    runner: KIND,
-                    addon: label,
-                    message: message.to_string(),
-                    log_tail: tail.lines().map(str::to_string).collect(),
-                })
-            }
-            Err(e) => Err(setup(e.to_string())),
+            Err(e) => Err(RunnerError::from_cache(KIND, label, e)),
         }
     }
 }
@@ -231,7 +222,7 @@ async fn build(
     };
     if let Err(e) = result {
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
-        return Err(format!("docker build{at}: {e}\n--- log ---\n{}", tail.join("\n")));
+        return Err(format!("docker build{at}: {e}{BUILD_LOG_MARK}{}", tail.join("\n")));
     }
     let inspect = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?;
     tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());

@@ -15,9 +15,10 @@ use addon_descriptors::RunnerKind;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::sync::OnceCell;
 
-use crate::process::{supervise, LogStream, STDERR_TAIL_LINES};
-use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
-use crate::sandbox::{Isolation, Mounts, Spec};
+use crate::process::{LogStream, STDERR_TAIL_LINES};
+use crate::runner::{
+    run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome, BUILD_LOG_MARK,
+};
 
 const KIND: RunnerKind = RunnerKind::NixFlake;
 const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
@@ -88,16 +89,7 @@ impl NixRunner {
                 }
                 Ok((out, used, e))
             }
-            Err(addon_cache::CacheError::Build { message, .. }) => {
-                let (message, tail) = message.split_once("\n--- log ---\n").unwrap_or((&message, ""));
-                Err(RunnerError::Build {
-                    runner: KIND,
-                    addon: launch.label(),
-                    message: message.to_string(),
-                    log_tail: tail.lines().map(str::to_string).collect(),
-                })
-            }
-            Err(e) => Err(setup(e.to_string())),
+            Err(e) => Err(RunnerError::from_cache(KIND, launch.label(), e)),
         }
     }
 }
@@ -183,7 +175,7 @@ async fn build(
         Err(_) => {
             let tail = tail_task.await.unwrap_or_default();
             return Err(format!(
-                "nix build did not finish within {:?} (setting nix-runner.build-timeout)\n--- log ---\n{}",
+                "nix build did not finish within {:?} (setting nix-runner.build-timeout){BUILD_LOG_MARK}{}",
                 s.build_timeout,
                 tail.join("\n")
             ));
@@ -192,7 +184,7 @@ async fn build(
     let tail = tail_task.await.unwrap_or_default();
     match status {
         Ok(st) if st.success() => {}
-        Ok(st) => return Err(format!("nix build failed ({st})\n--- log ---\n{}", tail.join("\n"))),
+        Ok(st) => return Err(format!("nix build failed ({st}){BUILD_LOG_MARK}{}", tail.join("\n"))),
         Err(e) => return Err(format!("nix build: {e}")),
     }
     let parsed: serde_json::Value =
@@ -269,32 +261,7 @@ impl Runner for NixRunner {
         let (out, cache, entry) = self.realise(launch).await?;
         let program = program_of(&out).map_err(setup)?;
         tracing::info!(addon = %launch.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
-        let mounts = Mounts {
-            work: launch.work_dir.clone(),
-            output: launch.output_dir.clone(),
-            cache: launch.cache_dir.clone(),
-        };
-        let (work, output, cache_dir) = launch.sandbox.view(&mounts);
-        let env = launch.env(&work, &output, &cache_dir);
-        let iso = Isolation { network: launch.descriptor.networking() };
-        let store = [PathBuf::from("/nix/store")];
-        let cmd = launch
-            .sandbox
-            .command(&Spec {
-                program: &program,
-                args: &launch.args,
-                env: &env,
-                cwd: &launch.work_dir,
-                mounts: &mounts,
-                extra_ro: &store,
-                iso,
-            })
-            .map_err(|source| RunnerError::Sandbox { runner: KIND, source })?;
-        let supervised = supervise(cmd, &launch.supervision).await.map_err(|source| RunnerError::Spawn {
-            runner: KIND,
-            program: program.clone(),
-            source,
-        })?;
+        let supervised = run_sandboxed(KIND, launch, &program, &[PathBuf::from("/nix/store")]).await?;
         drop(entry); // the store path stays protected by the GC root; the entry lock ends here
         Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.as_str().to_string(), cache })
     }

@@ -120,7 +120,26 @@ pub enum RunnerError {
     Setup { runner: RunnerKind, message: String },
 }
 
+/// Separates a build failure's message from its log tail (joined by [`BUILD_LOG_MARK`]).
+pub const BUILD_LOG_MARK: &str = "\n--- log ---\n";
+
 impl RunnerError {
+    /// Turns a cache entry's failed build into a typed build error with the log's tail.
+    pub fn from_cache(runner: RunnerKind, addon: String, e: addon_cache::CacheError) -> RunnerError {
+        match e {
+            addon_cache::CacheError::Build { message, .. } => {
+                let (message, tail) = message.split_once(BUILD_LOG_MARK).unwrap_or((&message, ""));
+                RunnerError::Build {
+                    runner,
+                    addon,
+                    message: message.to_string(),
+                    log_tail: tail.lines().map(str::to_string).collect(),
+                }
+            }
+            other => RunnerError::Setup { runner, message: other.to_string() },
+        }
+    }
+
     /// The sandbox that refused, when a sandbox was the reason.
     pub fn sandbox(&self) -> Option<&SandboxError> {
         match self {
@@ -128,6 +147,42 @@ impl RunnerError {
             _ => None,
         }
     }
+}
+
+/// Starts `program` for `launch` in its sandbox with the contract's environment (as the sandbox
+/// sees the run's directories) and supervises it. Shared by the host runners.
+pub async fn run_sandboxed(
+    runner: RunnerKind,
+    launch: &Launch,
+    program: &Path,
+    extra_ro: &[PathBuf],
+) -> Result<Supervised, RunnerError> {
+    let mounts = crate::sandbox::Mounts {
+        work: launch.work_dir.clone(),
+        output: launch.output_dir.clone(),
+        cache: launch.cache_dir.clone(),
+    };
+    let (work, output, cache) = launch.sandbox.view(&mounts);
+    let env = launch.env(&work, &output, &cache);
+    let iso = crate::sandbox::Isolation { network: launch.descriptor.networking() };
+    let cmd = launch
+        .sandbox
+        .command(&crate::sandbox::Spec {
+            program,
+            args: &launch.args,
+            env: &env,
+            cwd: &launch.work_dir,
+            mounts: &mounts,
+            extra_ro,
+            iso,
+        })
+        .map_err(|source| RunnerError::Sandbox { runner, source })?;
+    tracing::debug!(addon = %launch.label(), sandbox = launch.sandbox.as_str(), program = %program.display(), "starting");
+    crate::process::supervise(cmd, &launch.supervision).await.map_err(|source| RunnerError::Spawn {
+        runner,
+        program: program.to_path_buf(),
+        source,
+    })
 }
 
 /// A way to build and start an addon.

@@ -4,9 +4,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use addon_descriptors::{normalise_relative, RunnerKind};
 
-use crate::process::supervise;
-use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
-use crate::sandbox::{Isolation, Mounts, Spec};
+use crate::runner::{run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TrivialRunner;
@@ -50,32 +48,7 @@ impl Runner for TrivialRunner {
             fs_err::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
                 .map_err(|e| setup(e.to_string()))?;
         }
-        let mounts = Mounts {
-            work: launch.work_dir.clone(),
-            output: launch.output_dir.clone(),
-            cache: launch.cache_dir.clone(),
-        };
-        let (work, output, cache) = launch.sandbox.view(&mounts);
-        let env = launch.env(&work, &output, &cache);
-        let iso = Isolation { network: launch.descriptor.networking() };
-        let cmd = launch
-            .sandbox
-            .command(&Spec {
-                program: &program,
-                args: &launch.args,
-                env: &env,
-                cwd: &launch.work_dir,
-                mounts: &mounts,
-                extra_ro: &[],
-                iso,
-            })
-            .map_err(|source| RunnerError::Sandbox { runner: RunnerKind::Trivial, source })?;
-        tracing::debug!(addon = %launch.label(), sandbox = launch.sandbox.as_str(), program = %program.display(), "starting");
-        let supervised = supervise(cmd, &launch.supervision).await.map_err(|source| RunnerError::Spawn {
-            runner: RunnerKind::Trivial,
-            program: program.clone(),
-            source,
-        })?;
+        let supervised = run_sandboxed(RunnerKind::Trivial, launch, &program, &[]).await?;
         Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.as_str().to_string(), cache: CacheUse::None })
     }
 }

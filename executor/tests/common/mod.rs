@@ -6,13 +6,14 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// Skips (or, with ADDON_TEST_REQUIRE_RUNTIMES=1 as in CI, fails) when a runtime is missing.
-pub fn require(sandbox: &str) -> bool {
+/// What `addon runners --json` says about `name` in `section` ("runners" or "sandboxes").
+/// Skips (or, with ADDON_TEST_REQUIRE_RUNTIMES=1 as in CI, fails) when it is not available.
+fn gate(section: &str, name: &str) -> bool {
     let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ok = v["sandboxes"].as_array().unwrap().iter().any(|s| s["name"] == sandbox && s["available"] == true);
+    let ok = v[section].as_array().unwrap().iter().any(|s| s["name"] == name && s["available"] == true);
     if !ok {
-        let msg = format!("sandbox {sandbox} is not available on this host: {v}");
+        let msg = format!("{name} is not available on this host: {v}");
         if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
             panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
         }
@@ -21,19 +22,28 @@ pub fn require(sandbox: &str) -> bool {
     ok
 }
 
-/// Skips (or fails in CI) when the Docker daemon is missing.
+/// Gate for a sandbox (bwrap, netns, nspawn).
+pub fn require(sandbox: &str) -> bool {
+    gate("sandboxes", sandbox)
+}
+
+/// Gate for the Docker daemon.
 pub fn require_docker() -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ok = v["runners"].as_array().unwrap().iter().any(|s| s["name"] == "docker" && s["available"] == true);
-    if !ok {
-        let msg = format!("the docker runner is not available: {v}");
-        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
-            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    ok
+    gate("runners", "docker")
+}
+
+/// Gate for nix with flakes.
+pub fn require_nix() -> bool {
+    gate("runners", "nix-flake")
+}
+
+/// The `key=value` lines an addon printed on stderr (as logged `[addon] key=value`).
+pub fn stderr_map(out: &Output) -> std::collections::BTreeMap<String, String> {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.split_once("] ").map(|(_, rest)| rest))
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect()
 }
 
 /// A test's private world: working dir, cache dir, config file.
@@ -137,21 +147,6 @@ pub fn processes_with(marker: &str) -> Vec<String> {
         }
     }
     out
-}
-
-/// Skips (or fails in CI) when nix is missing.
-pub fn require_nix() -> bool {
-    let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let ok = v["runners"].as_array().unwrap().iter().any(|s| s["name"] == "nix-flake" && s["available"] == true);
-    if !ok {
-        let msg = format!("the nix-flake runner is not available: {v}");
-        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
-            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    ok
 }
 
 impl World {
