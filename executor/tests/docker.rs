@@ -287,3 +287,50 @@ fn containers_of_a_dead_engine_are_reaped_by_the_next() {
     assert!(out.status.success());
     assert!(containers_of("dorphan-1.0").is_empty(), "reaped");
 }
+
+#[test]
+fn a_named_image_is_used_as_is_and_a_missing_one_fails_clearly() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    // Build an image outside the engine, as an admin would provide one.
+    let src = w.docker_addon(
+        "dnamedsrc",
+        PURE,
+        "echo named-image-ran >&2\necho '{}'\n",
+        &format!("named-{}", std::process::id()),
+    );
+    let tag = format!("addon-test-named:{}", std::process::id());
+    let built = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &tag])
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let addon = w.path().join("named");
+    std::fs::create_dir_all(&addon).unwrap();
+    std::fs::write(
+        addon.join("docspell-addon.yml"),
+        format!(
+            "meta: {{name: dnamed, version: \"1\"}}\nrunner: {{docker: {{enable: true, image: \"{tag}\"}}}}\n{PURE}"
+        ),
+    )
+    .unwrap();
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert_eq!(v["addons"][0]["cache"], "none", "nothing was built");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("named-image-ran"));
+
+    std::fs::write(
+        addon.join("docspell-addon.yml"),
+        format!("meta: {{name: dnamed, version: \"1\"}}\nrunner: {{docker: {{enable: true, image: \"addon-test-absent/none:{}\"}}}}\n{PURE}", std::process::id()),
+    )
+    .unwrap();
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{a}");
+    assert!(a["error"].as_str().unwrap().contains("not present here and pulling it failed"), "{a}");
+}
