@@ -58,6 +58,8 @@ pub enum Event {
 pub enum EngineError {
     #[error("addon source {source_arg}: {error}")]
     Source { source_arg: String, error: OpenError },
+    #[error("addon source {source_arg} is a descriptor file alone; `run` needs the addon (a directory, zip or URL). `addon validate` checks a descriptor alone")]
+    DescriptorOnly { source_arg: String },
     #[error("--input {dest}: {message}")]
     Input { dest: String, message: String },
     #[error("--item {path}: {message}")]
@@ -235,6 +237,9 @@ impl Engine {
         for src in &req.sources {
             let addon = source::open(src, &self.config, scratch.path(), Some(&cache));
             match addon {
+                Ok(a) if a.root.is_none() => {
+                    return Err(EngineError::DescriptorOnly { source_arg: src.clone() });
+                }
                 Ok(a) => addons.push((src.clone(), Ok(a))),
                 Err(error) if error.is_judgement() => addons.push((src.clone(), Err(error.to_string()))),
                 Err(error) => return Err(EngineError::Source { source_arg: src.clone(), error }),
