@@ -440,9 +440,9 @@ impl Engine {
                 return outcome;
             }
         };
-        let prepared = self.prepare(d, addon, req, &work_dir, &staging, data.content()).await;
-        let launch = match prepared {
-            Ok(launch_dirs) => launch_dirs,
+        let cache_dir = data.content();
+        let addon_dir = match self.prepare(d, addon, req, &work_dir, &staging, &cache_dir).await {
+            Ok(dir) => dir,
             Err(e) => {
                 outcome.error = Some(format!("preparing the run of {label}: {e}"));
                 self.cleanup(&work_dir, req.keep_work);
@@ -450,7 +450,6 @@ impl Engine {
                 return outcome;
             }
         };
-        let (addon_dir, cache_dir) = launch;
         if let Some(tx) = events {
             let _ = tx.send(Event::Started {
                 addon: label.clone(),
@@ -523,8 +522,7 @@ impl Engine {
         outcome
     }
 
-    /// Lays out the run directory (SPEC "What an addon sees"). Returns the addon copy and the
-    /// addon's persistent cache directory.
+    /// Lays out the run directory (SPEC "What an addon sees"). Returns the addon's copy.
     async fn prepare(
         &self,
         d: &Descriptor,
@@ -532,8 +530,8 @@ impl Engine {
         req: &RunRequest,
         work: &Path,
         staging: &Path,
-        cache_dir: PathBuf,
-    ) -> std::io::Result<(PathBuf, PathBuf)> {
+        cache_dir: &Path,
+    ) -> std::io::Result<PathBuf> {
         let root = addon.root.clone().ok_or_else(|| std::io::Error::other("a descriptor file alone cannot be run"))?;
         let addon_dir = work.join("addons").join(d.id());
         let work = work.to_path_buf();
@@ -541,7 +539,7 @@ impl Engine {
         let user_input = req.user_input.clone();
         let inputs = req.inputs.clone();
         let item = req.item.clone();
-        let (addon_dir2, cache_dir2) = (addon_dir.clone(), cache_dir.clone());
+        let (addon_dir2, cache_dir2) = (addon_dir.clone(), cache_dir.to_path_buf());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             fs::create_dir_all(&work)?;
             copy_tree(&root, &addon_dir2)?;
@@ -570,7 +568,7 @@ impl Engine {
         })
         .await
         .map_err(std::io::Error::other)??;
-        Ok((addon_dir, cache_dir))
+        Ok(addon_dir)
     }
 
     fn extra_env(&self, d: &Descriptor, req: &RunRequest) -> Vec<(String, String)> {
