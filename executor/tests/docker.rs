@@ -334,3 +334,20 @@ fn a_named_image_is_used_as_is_and_a_missing_one_fails_clearly() {
     assert_eq!(a["result"], "execution-failed", "{a}");
     assert!(a["error"].as_str().unwrap().contains("not present here and pulling it failed"), "{a}");
 }
+
+#[test]
+fn a_build_over_build_timeout_is_execution_failed() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\ndocker-runner: {build-timeout: 2s}\n");
+    let addon = w.docker_addon("dslowbuild", PURE, "echo '{}'", &format!("slow-{}", std::process::id()));
+    let df = std::fs::read_to_string(addon.join("Dockerfile")).unwrap();
+    std::fs::write(addon.join("Dockerfile"), df.replace("ENV PATH=/bin", "ENV PATH=/bin\nRUN sleep 60")).unwrap();
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{a}");
+    assert!(a["error"].as_str().unwrap().contains("build-timeout"), "{a}");
+    assert!(containers_of("dslowbuild-1.0").is_empty());
+}
