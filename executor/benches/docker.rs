@@ -4,21 +4,12 @@
 //!
 //! `cargo bench -p addon-executor --bench docker` (needs a Docker daemon; BENCH_RUNS to change).
 
-use std::process::{Command, Stdio};
+mod common;
+
+use common::{median, time};
+
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time(cmd: &mut Command) -> Duration {
-    let t = Instant::now();
-    let out = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output().expect("spawn");
-    let d = t.elapsed();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    d
-}
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);

@@ -3,22 +3,12 @@
 //!
 //! `cargo bench -p addon-executor --bench engine` (BENCH_RUNS to change the number of runs).
 
+mod common;
+
+use common::{median, time};
+
 use std::os::unix::fs::PermissionsExt;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn time(cmd: &mut Command) -> Duration {
-    let t = Instant::now();
-    let st = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().expect("spawn");
-    let d = t.elapsed();
-    assert!(st.success(), "{cmd:?} failed");
-    d
-}
+use std::process::Command;
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);

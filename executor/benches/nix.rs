@@ -3,21 +3,12 @@
 //!
 //! `cargo bench -p addon-executor --bench nix` (needs nix and bwrap; BENCH_RUNS to change).
 
+mod common;
+
+use common::{median, run};
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn run(cmd: &mut Command) -> (Duration, Vec<u8>) {
-    let t = Instant::now();
-    let out = cmd.stderr(Stdio::piped()).output().expect("spawn");
-    let d = t.elapsed();
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    (d, out.stdout)
-}
+use std::time::Instant;
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);

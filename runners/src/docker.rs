@@ -28,6 +28,7 @@ use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, Runner
 pub const LABEL_MANAGED: &str = "org.addon-engine.managed";
 const LABEL_ENGINE_PID: &str = "org.addon-engine.engine-pid";
 const LABEL_ENGINE_START: &str = "org.addon-engine.engine-start";
+const LABEL_ENGINE_HOST: &str = "org.addon-engine.engine-host";
 const LABEL_RUN: &str = "org.addon-engine.run";
 const LABEL_ADDON: &str = "org.addon-engine.addon";
 const LABEL_DIGEST: &str = "org.addon-engine.digest";
@@ -269,6 +270,10 @@ async fn reap(docker: &Docker) {
     let Ok(list) = docker.list_containers(Some(opts)).await else { return };
     for c in list {
         let labels = c.labels.unwrap_or_default();
+        // A daemon may serve engines on other hosts; their pids mean nothing here.
+        if labels.get(LABEL_ENGINE_HOST).is_some_and(|h| *h != hostname()) {
+            continue;
+        }
         let pid: i32 = labels.get(LABEL_ENGINE_PID).and_then(|p| p.parse().ok()).unwrap_or(0);
         let start = labels.get(LABEL_ENGINE_START).cloned().unwrap_or_default();
         if pid > 0 && process_start(pid).is_some_and(|s| s == start) {
@@ -280,6 +285,10 @@ async fn reap(docker: &Docker) {
                 docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.
@@ -370,6 +379,7 @@ impl Runner for DockerRunner {
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_ENGINE_PID.to_string(), me.to_string()),
             (LABEL_ENGINE_START.to_string(), process_start(me).unwrap_or_default()),
+            (LABEL_ENGINE_HOST.to_string(), hostname()),
             (
                 LABEL_RUN.to_string(),
                 launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
