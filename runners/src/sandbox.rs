@@ -137,8 +137,14 @@ impl SandboxKind {
 
     /// Builds the command that runs `spec` in this sandbox.
     pub fn command(self, spec: &Spec<'_>) -> Result<Command, SandboxError> {
+        self.check(spec.iso)?;
+        Ok(self.build(spec))
+    }
+
+    /// The command for `spec`, without checking that this sandbox works here (the decision
+    /// logic, testable without the runtimes).
+    fn build(self, spec: &Spec<'_>) -> Command {
         let Spec { program, args, env, cwd, mounts, extra_ro, iso } = *spec;
-        self.check(iso)?;
         let mut cmd = match self {
             SandboxKind::Bwrap => {
                 let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
@@ -213,11 +219,11 @@ impl SandboxKind {
                 if let Some(path) = std::env::var_os("PATH") {
                     c.env("PATH", path);
                 }
-                return Ok(c);
+                return c;
             }
         };
         cmd.current_dir(cwd).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-        Ok(cmd)
+        cmd
     }
 }
 
@@ -580,4 +586,69 @@ unsafe fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(kind: SandboxKind, network: bool) -> Vec<String> {
+        let mounts = Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/data".into() };
+        let env = vec![("OUTPUT_DIR".to_string(), "/mnt/output".to_string())];
+        let args = vec!["arguments/user-input".to_string()];
+        let store = [PathBuf::from("/")];
+        let spec = Spec {
+            program: Path::new("/w/run/addons/a-1/run.sh"),
+            args: &args,
+            env: &env,
+            cwd: Path::new("/w/run"),
+            mounts: &mounts,
+            extra_ro: &store,
+            iso: Isolation { network },
+        };
+        let cmd = kind.build(&spec);
+        let std = cmd.as_std();
+        std::iter::once(std.get_program()).chain(std.get_args()).map(|a| a.to_string_lossy().to_string()).collect()
+    }
+
+    #[test]
+    fn bwrap_cuts_the_network_only_when_asked_and_binds_the_run_dirs() {
+        let pure = argv(SandboxKind::Bwrap, false);
+        assert!(pure.contains(&"--unshare-net".to_string()));
+        assert!(pure.contains(&"--unshare-pid".to_string()) && pure.contains(&"--die-with-parent".to_string()));
+        assert!(pure.windows(3).any(|w| w == ["--bind", "/w/out", "/w/out"]));
+        assert!(pure.windows(3).any(|w| w == ["--bind", "/c/data", "/c/data"]));
+        assert!(pure.windows(4).any(|w| w == ["--ro-bind", "/", "/", "--dev"]), "host read-only first: {pure:?}");
+        assert!(pure.ends_with(&["--".into(), "/w/run/addons/a-1/run.sh".into(), "arguments/user-input".into()]));
+        let impure = argv(SandboxKind::Bwrap, true);
+        assert!(!impure.contains(&"--unshare-net".to_string()));
+        assert!(impure.contains(&"--unshare-pid".to_string()), "a PID namespace even with network");
+    }
+
+    #[test]
+    fn nspawn_mounts_at_mnt_and_translates_the_program() {
+        let pure = argv(SandboxKind::Nspawn, false);
+        assert!(pure.contains(&"--private-network".to_string()));
+        assert!(pure.contains(&"--volatile=yes".to_string()) && pure.contains(&"--directory=/".to_string()));
+        assert!(!pure.iter().any(|a| a == "--ephemeral"), "never copies a whole tree");
+        for b in
+            ["--bind=/w/run:/mnt/work", "--bind=/w/out:/mnt/output", "--bind=/c/data:/mnt/cache", "--chdir=/mnt/work"]
+        {
+            assert!(pure.contains(&b.to_string()), "{b} in {pure:?}");
+        }
+        assert!(pure.contains(&"--setenv=OUTPUT_DIR=/mnt/output".to_string()));
+        assert!(pure.ends_with(&["--".into(), "/mnt/work/addons/a-1/run.sh".into(), "arguments/user-input".into()]));
+        assert!(!argv(SandboxKind::Nspawn, true).contains(&"--private-network".to_string()));
+    }
+
+    #[test]
+    fn only_none_may_run_a_pure_addon_without_cutting_the_network() {
+        assert!(
+            SandboxKind::Bwrap.cuts_network()
+                && SandboxKind::Netns.cuts_network()
+                && SandboxKind::Nspawn.cuts_network()
+        );
+        assert!(!SandboxKind::None.cuts_network());
+        assert!(SandboxKind::None.check(Isolation { network: false }).is_ok(), "explicit `none` runs, and says so");
+    }
 }
