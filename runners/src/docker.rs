@@ -119,6 +119,7 @@ impl DockerRunner {
         let log = launch.supervision.log.clone();
         let timeout = self.settings.build_timeout;
         let digest = launch.digest.to_string();
+        let cancel = launch.supervision.cancel.clone();
         let label2 = label.clone();
         let tag2 = tag.clone();
         let entry = tokio::task::spawn_blocking(move || {
@@ -127,7 +128,13 @@ impl DockerRunner {
                 handle.block_on(docker2.inspect_image(id)).is_ok()
             };
             cache.get_or_build(&key, &label2, valid, |_content| {
-                handle.block_on(build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log))
+                handle.block_on(async {
+                    tokio::select! {
+                        r = build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log) => r,
+                        // Dropping the build closes its API stream; the daemon then stops it.
+                        _ = cancel.cancelled() => Err("the run was cancelled during the image build".to_string()),
+                    }
+                })
             })
         })
         .await

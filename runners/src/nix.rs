@@ -66,12 +66,19 @@ impl NixRunner {
         let addon_dir = launch.addon_dir.clone();
         let label = launch.label();
         let log = launch.supervision.log.clone();
+        let cancel = launch.supervision.cancel.clone();
         let entry = tokio::task::spawn_blocking(move || {
             let valid = |meta: &addon_cache::EntryMeta, _: &Path| {
                 meta.data.get("out").is_some_and(|out| Path::new(out).is_dir())
             };
             cache.get_or_build(&key, &label, valid, |content| {
-                handle.block_on(build(&settings, &addon_dir, content, &log))
+                handle.block_on(async {
+                    tokio::select! {
+                        r = build(&settings, &addon_dir, content, &log) => r,
+                        // Dropping the build kills `nix build` (kill_on_drop).
+                        _ = cancel.cancelled() => Err("the run was cancelled during nix build".to_string()),
+                    }
+                })
             })
         })
         .await
