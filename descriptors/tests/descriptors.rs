@@ -191,3 +191,19 @@ fn auto_detection_as_docspell_does() {
     let a = load(dir.path(), Limits::default(), None).unwrap();
     assert_eq!(a.parsed.descriptor.unwrap().runners(), vec![Docker]);
 }
+
+/// Inputs the fuzzer found; each once produced a position outside the text.
+#[test]
+fn fuzz_regressions_keep_positions_inside_the_text() {
+    for text in ["!1", "meta:\r  name: x\r\r\rtexecers:\n  - a\n", "meta: {name: x, version: \"1\"}\r\r\rfoo: 1\n"] {
+        let p = parse_descriptor(text, None);
+        let lines = addon_descriptors::diagnostic::yaml_lines(text).count().max(1);
+        for d in &p.diagnostics {
+            if let Some(l) = d.line {
+                assert!(l >= 1 && l <= lines + 1, "{text:?}: {d:?}");
+                let shown = d.render("f.yml", Some(text), false);
+                assert!(!shown.is_empty());
+            }
+        }
+    }
+}
