@@ -139,6 +139,16 @@ pub fn load(path: &Path, limits: Limits, scratch: Option<&Path>) -> Result<Loade
 
 /// Loads an unpacked addon directory.
 pub fn load_dir(root: &Path, keep: Option<Box<dyn std::any::Any + Send + Sync>>) -> Result<LoadedAddon, SourceError> {
+    load_dir_with_digest(root, None, keep)
+}
+
+/// Loads an unpacked addon whose digest is already known (an unpacked archive in the cache
+/// records it), skipping the walk over its content.
+pub fn load_dir_with_digest(
+    root: &Path,
+    digest: Option<ContentDigest>,
+    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+) -> Result<LoadedAddon, SourceError> {
     let descriptor_path = DESCRIPTOR_FILES
         .iter()
         .map(|n| root.join(n))
@@ -146,7 +156,10 @@ pub fn load_dir(root: &Path, keep: Option<Box<dyn std::any::Any + Send + Sync>>)
         .ok_or_else(|| SourceError::NoDescriptor { path: root.to_path_buf() })?;
     let text = read_descriptor(&descriptor_path)?;
     let parsed = parse_descriptor(&text, Some(root));
-    let digest = digest_dir(root)?;
+    let digest = match digest {
+        Some(d) => d,
+        None => digest_dir(root)?,
+    };
     Ok(LoadedAddon {
         root: Some(root.to_path_buf()),
         descriptor_path,

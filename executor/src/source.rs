@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use addon_cache::{Cache, Key, Kind};
-use addon_descriptors::{archive, source, LoadedAddon, SourceError, SourceKind};
+use addon_descriptors::{archive, source, ContentDigest, LoadedAddon, SourceError, SourceKind};
 
 use crate::config::Config;
 use crate::fetch::{self, FetchError};
@@ -69,7 +69,8 @@ pub fn open(source: &str, config: &Config, scratch: &Path, cache: Option<&Cache>
                     other => OpenError::Cache(other.to_string()),
                 })?;
             let root = entry.content().join("addon");
-            Ok(source::load_dir(&root, Some(Box::new(entry)))?)
+            let digest = entry.meta.data.get("digest").and_then(|d| ContentDigest::parse(d));
+            Ok(source::load_dir_with_digest(&root, digest, Some(Box::new(entry)))?)
         }
         _ => Ok(source::load(path, limits, Some(scratch))?),
     }
