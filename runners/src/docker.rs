@@ -79,7 +79,12 @@ impl DockerRunner {
                 tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
                     .await
                     .map_err(|_| format!("no Docker daemon at {addr}: no answer within 10s"))?
-                    .map_err(|e| format!("no Docker daemon at {addr}: {e}"))
+                    .map_err(|e| {
+                        format!(
+                            "no Docker daemon at {addr}: {}",
+                            socket_problem(&addr).unwrap_or_else(|| e.to_string())
+                        )
+                    })
             })
             .await;
         r.as_ref().map_err(Clone::clone)
@@ -161,6 +166,19 @@ fn connect(addr: &str) -> Result<Docker, bollard::errors::Error> {
         Docker::connect_with_unix(addr, 600, bollard::API_DEFAULT_VERSION)
     } else {
         Docker::connect_with_http(addr, 600, bollard::API_DEFAULT_VERSION)
+    }
+}
+
+/// The plain reason a unix socket cannot be used (missing, permission denied), which the HTTP
+/// client's error hides.
+fn socket_problem(addr: &str) -> Option<String> {
+    let path = addr.strip_prefix("unix://").or_else(|| addr.starts_with('/').then_some(addr))?;
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            Some(format!("{path}: {e} (run as root or as a member of the docker group)"))
+        }
+        Err(e) => Some(format!("{path}: {e}")),
     }
 }
 

@@ -330,6 +330,11 @@ fn probe_nspawn() -> Probe {
     };
     c.args(["--quiet", "--directory=/", "--volatile=yes", "--as-pid2", "--console=pipe", "--private-network"]);
     c.args(nspawn_host_flags()).args(["--", "/bin/true"]);
+    let how = if is_root() {
+        path.display().to_string()
+    } else {
+        format!("{} -n {} (not root; setting nspawn.sudo-binary)", nspawn_settings().sudo, path.display())
+    };
     match c.output() {
         Ok(o) if o.status.success() => Probe {
             name: "nspawn",
@@ -344,15 +349,10 @@ fn probe_nspawn() -> Probe {
         Ok(o) => Probe {
             name: "nspawn",
             available: false,
-            detail: format!("{} fails here: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
+            detail: format!("{how} fails here: {}", String::from_utf8_lossy(&o.stderr).trim()),
             version: None,
         },
-        Err(e) => Probe {
-            name: "nspawn",
-            available: false,
-            detail: format!("cannot start {}: {e}", path.display()),
-            version: None,
-        },
+        Err(e) => Probe { name: "nspawn", available: false, detail: format!("cannot start {how}: {e}"), version: None },
     }
 }
 
