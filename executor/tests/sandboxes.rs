@@ -206,3 +206,59 @@ macro_rules! conformance {
 }
 
 conformance!(bwrap, netns, nspawn);
+
+/// The engine as an unprivileged user: netns then needs a user namespace, and bwrap runs
+/// without privileges. Run as root, this test drops to `nobody` with runuser.
+#[test]
+fn unprivileged_engine_isolates_too() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: not root, so the other tests already ran unprivileged");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let w = World::new("netns", "");
+    let open =
+        |p: &std::path::Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    open(w.path(), 0o777);
+    let bin = w.path().join("addon");
+    std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
+    open(&bin, 0o755);
+    let addon = w.addon("unpriv", PURE, NET);
+    for p in [w.path().join("addons-src"), addon.clone()] {
+        open(&p, 0o755);
+    }
+    open(&addon.join("docspell-addon.yml"), 0o644);
+    for sandbox in ["netns", "bwrap"] {
+        if !require(sandbox) {
+            continue;
+        }
+        let config = w.path().join(format!("{sandbox}.yml"));
+        std::fs::write(
+            &config,
+            format!(
+                "sandbox: {sandbox}\nworking-dir: {}/work-{sandbox}\ncache-dir: {}/cache-{sandbox}\n",
+                w.path().display(),
+                w.path().display()
+            ),
+        )
+        .unwrap();
+        open(&config, 0o644);
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&bin)
+            .args(["run", "--json", "--config"])
+            .arg(&config)
+            .arg(&addon)
+            .args(["--env", "PORT=9"])
+            .current_dir(w.path())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{sandbox}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["addons"][0]["result"], "success", "{sandbox}: {v}");
+        assert_eq!(v["addons"][0]["sandbox"], sandbox);
+        let m = stderr_map(&out);
+        assert_eq!(m["ifaces"].trim(), "lo", "{sandbox} as nobody: {m:?}");
+    }
+}
