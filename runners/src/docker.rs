@@ -22,7 +22,9 @@ use futures_util::StreamExt;
 use tokio::sync::OnceCell;
 
 use crate::process::{Ending, LogStream, Supervised, STDERR_TAIL_LINES};
-use crate::runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome, BUILD_LOG_MARK};
+use crate::runner::{
+    cached_build, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome, BUILD_LOG_MARK,
+};
 
 /// Label on everything the engine creates in docker.
 pub const LABEL_MANAGED: &str = "org.addon-engine.managed";
@@ -117,43 +119,24 @@ impl DockerRunner {
             .with("dockerfile", &dockerfile)
             .with("docker-host", self.address());
         let tag = image_tag(&launch.descriptor.meta.name, launch.digest.short());
-        let cache = launch.cache.clone();
-        let handle = tokio::runtime::Handle::current();
         let docker2 = docker.clone();
         let addon_dir = launch.addon_dir.clone();
         let log = launch.supervision.log.clone();
         let timeout = self.settings.build_timeout;
         let digest = launch.digest.to_string();
-        let cancel = launch.supervision.cancel.clone();
-        let label2 = label.clone();
-        let tag2 = tag.clone();
-        let entry = tokio::task::spawn_blocking(move || {
-            let valid = |meta: &addon_cache::EntryMeta, _: &Path| {
-                let Some(id) = meta.data.get("id") else { return false };
-                handle.block_on(docker2.inspect_image(id)).is_ok()
-            };
-            cache.get_or_build(&key, &label2, valid, |_content| {
-                handle.block_on(async {
-                    tokio::select! {
-                        r = build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log) => r,
-                        // Dropping the build closes its API stream; the daemon then stops it.
-                        _ = cancel.cancelled() => Err("the run was cancelled during the image build".to_string()),
-                    }
-                })
-            })
+        let (label2, tag2) = (label.clone(), tag.clone());
+        let valid_docker = docker.clone();
+        let valid = move |meta: &addon_cache::EntryMeta, _: &Path| {
+            let Some(id) = meta.data.get("id") else { return false };
+            tokio::runtime::Handle::current().block_on(valid_docker.inspect_image(id)).is_ok()
+        };
+        let entry = cached_build(KIND, launch, key, valid, move |_content| async move {
+            build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log).await
         })
-        .await
-        .map_err(|e| setup(format!("build task failed: {e}")))?;
-        match entry {
-            Ok(e) => {
-                let id = e.meta.data.get("id").cloned().unwrap_or(tag);
-                let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
-                // The entry stays locked (shared) while the image is in use by this run.
-                drop(e);
-                Ok((id, used))
-            }
-            Err(e) => Err(RunnerError::from_cache(KIND, label, e)),
-        }
+        .await?;
+        let id = entry.meta.data.get("id").cloned().unwrap_or(tag);
+        let used = if entry.hit { CacheUse::Hit } else { CacheUse::Miss };
+        Ok((id, used))
     }
 }
 

@@ -17,7 +17,8 @@ use tokio::sync::OnceCell;
 
 use crate::process::{LogStream, STDERR_TAIL_LINES};
 use crate::runner::{
-    run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome, BUILD_LOG_MARK,
+    cached_build, run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome,
+    BUILD_LOG_MARK,
 };
 
 const KIND: RunnerKind = RunnerKind::NixFlake;
@@ -60,44 +61,30 @@ impl NixRunner {
             .with("digest", launch.digest.as_str())
             .with("nix-binary", &s.nix_binary)
             .with("extra-args", s.extra_args.join("\u{1f}"));
-        let cache = launch.cache.clone();
-        let handle = tokio::runtime::Handle::current();
         let settings = s.clone();
         let addon_dir = launch.addon_dir.clone();
-        let label = launch.label();
         let log = launch.supervision.log.clone();
-        let cancel = launch.supervision.cancel.clone();
-        let entry = tokio::task::spawn_blocking(move || {
-            let valid = |meta: &addon_cache::EntryMeta, _: &Path| {
-                meta.data.get("out").is_some_and(|out| Path::new(out).is_dir())
-            };
-            cache.get_or_build(&key, &label, valid, |content| {
-                handle.block_on(async {
-                    tokio::select! {
-                        r = build(&settings, &addon_dir, content, &log) => r,
-                        // Dropping the build kills `nix build` (kill_on_drop).
-                        _ = cancel.cancelled() => Err("the run was cancelled during nix build".to_string()),
-                    }
-                })
-            })
-        })
-        .await
-        .map_err(|e| setup(format!("build task failed: {e}")))?;
-        match entry {
-            Ok(e) => {
-                let out = PathBuf::from(e.meta.data.get("out").cloned().unwrap_or_default());
-                let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
-                // `result` is the GC root. It must point at the entry's final place (the build ran
-                // in a temporary folder that was renamed), so it is added here, and re-added if an
-                // earlier engine died before adding it.
-                let link = e.content().join("result");
-                if std::fs::symlink_metadata(&link).is_err() {
-                    add_gc_root(&self.settings, &link, &out).await.map_err(setup)?;
-                }
-                Ok((out, used, e))
-            }
-            Err(e) => Err(RunnerError::from_cache(KIND, launch.label(), e)),
+        let valid =
+            |meta: &addon_cache::EntryMeta, _: &Path| meta.data.get("out").is_some_and(|out| Path::new(out).is_dir());
+        let e =
+            cached_build(
+                KIND,
+                launch,
+                key,
+                valid,
+                move |_content| async move { build(&settings, &addon_dir, &log).await },
+            )
+            .await?;
+        let out = PathBuf::from(e.meta.data.get("out").cloned().unwrap_or_default());
+        let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
+        // `result` is the GC root. It must point at the entry's final place (the build ran in a
+        // temporary folder that was renamed), so it is added here, and re-added if an earlier
+        // engine died before adding it.
+        let link = e.content().join("result");
+        if std::fs::symlink_metadata(&link).is_err() {
+            add_gc_root(&self.settings, &link, &out).await.map_err(setup)?;
         }
+        Ok((out, used, e))
     }
 }
 
@@ -142,7 +129,6 @@ fn probe_nix(nix: &str, path: Option<&Path>) -> crate::sandbox::Probe {
 async fn build(
     s: &NixSettings,
     addon_dir: &Path,
-    _content: &Path,
     log: &crate::process::LogSink,
 ) -> Result<BTreeMap<String, String>, String> {
     let mut cmd = tokio::process::Command::new(&s.nix_binary);

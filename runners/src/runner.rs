@@ -185,6 +185,42 @@ pub async fn run_sandboxed(
     })
 }
 
+/// Returns the cache entry for `key`, building it with `build` when missing or damaged. The
+/// build runs on a blocking thread that holds the entry's lock (so concurrent engines build once)
+/// and is dropped when the run is cancelled. Failures become [`RunnerError::Build`].
+pub async fn cached_build<V, F, Fut>(
+    runner: RunnerKind,
+    launch: &Launch,
+    key: addon_cache::Key,
+    valid: V,
+    build: F,
+) -> Result<addon_cache::Entry, RunnerError>
+where
+    V: Fn(&addon_cache::EntryMeta, &Path) -> bool + Send + 'static,
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<std::collections::BTreeMap<String, String>, String>>,
+{
+    let cache = launch.cache.clone();
+    let label = launch.label();
+    let cancel = launch.supervision.cancel.clone();
+    let handle = tokio::runtime::Handle::current();
+    let label2 = label.clone();
+    let entry = tokio::task::spawn_blocking(move || {
+        cache.get_or_build(&key, &label2, valid, |content| {
+            handle.block_on(async {
+                tokio::select! {
+                    r = build(content.to_path_buf()) => r,
+                    // Dropping the build stops it (the process is killed, the API stream closed).
+                    _ = cancel.cancelled() => Err(format!("the run was cancelled during the {runner} build")),
+                }
+            })
+        })
+    })
+    .await
+    .map_err(|e| RunnerError::Setup { runner, message: format!("build task failed: {e}") })?;
+    entry.map_err(|e| RunnerError::from_cache(runner, label, e))
+}
+
 /// A way to build and start an addon.
 #[async_trait::async_trait]
 pub trait Runner: Send + Sync {
