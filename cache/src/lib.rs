@@ -273,15 +273,9 @@ impl Cache {
     }
 
     /// Removes least recently used entries until the total size is at most `max_size` and no
-    /// entry is older than `older_than`. Entries in use are skipped. `before_remove` lets the
-    /// owner release what lives outside the cache (docker images, nix GC roots); returns what was
-    /// removed.
-    pub fn prune(
-        &self,
-        max_size: Option<u64>,
-        older_than: Option<Duration>,
-        mut before_remove: impl FnMut(&EntryInfo),
-    ) -> Vec<EntryInfo> {
+    /// entry is older than `older_than`. Entries in use are skipped. Returns what was removed, so
+    /// the owner can release what lives outside the cache (docker images).
+    pub fn prune(&self, max_size: Option<u64>, older_than: Option<Duration>) -> Vec<EntryInfo> {
         let entries = self.list();
         let mut total: u64 = entries.iter().map(|e| e.size).sum();
         let cutoff = older_than.map(|d| now().saturating_sub(d.as_secs()));
@@ -298,7 +292,6 @@ impl Cache {
                 tracing::info!("cache entry {} ({}) is in use; kept", e.key, e.addon);
                 continue;
             }
-            before_remove(&e);
             if std::fs::remove_dir_all(&e.path).is_ok() {
                 let _ = std::fs::remove_file(&lock_path);
                 total = total.saturating_sub(e.size);
@@ -438,14 +431,14 @@ mod tests {
         let old = cache.list().into_iter().find(|e| e.addon == "old").unwrap();
         let f = std::fs::OpenOptions::new().append(true).open(old.path.join("entry.json")).unwrap();
         f.set_modified(SystemTime::now() - Duration::from_secs(3600)).unwrap();
-        let removed = cache.prune(Some(2500), None, |_| {});
+        let removed = cache.prune(Some(2500), None);
         let names: Vec<_> = removed.iter().map(|e| e.addon.clone()).collect();
         assert_eq!(names, vec!["old".to_string()], "LRU first, then stop when under the limit");
-        let removed = cache.prune(Some(0), None, |_| {});
+        let removed = cache.prune(Some(0), None);
         let names: Vec<_> = removed.iter().map(|e| e.addon.clone()).collect();
         assert_eq!(names, vec!["new".to_string()], "the held entry is in use");
         drop(held);
-        assert_eq!(cache.prune(Some(0), None, |_| {}).len(), 1);
+        assert_eq!(cache.prune(Some(0), None).len(), 1);
         assert!(cache.list().is_empty());
     }
 

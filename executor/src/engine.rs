@@ -331,8 +331,9 @@ impl Engine {
     ) -> Result<PruneReport, EngineError> {
         let cache = self.cache()?;
         let docker = self.runners.iter().find(|r| r.kind() == RunnerKind::Docker);
-        // Images to remove are collected under the entry locks, then removed through the API.
-        let removed = tokio::task::spawn_blocking(move || cache.prune(max_size, older_than, |_| {}))
+        // Entries are removed under their locks; their images are then removed through the API.
+        let pruner = cache.clone();
+        let removed = tokio::task::spawn_blocking(move || pruner.prune(max_size, older_than))
             .await
             .map_err(|e| EngineError::Cache(e.to_string()))?;
         for e in &removed {
@@ -343,7 +344,7 @@ impl Engine {
                 }
             }
         }
-        let total_size = self.cache()?.list().iter().map(|e| e.size).sum();
+        let total_size = cache.list().iter().map(|e| e.size).sum();
         Ok(PruneReport { removed, total_size })
     }
 
@@ -772,22 +773,12 @@ fn no_runner_reason(resolved: &[crate::resolve::Resolved]) -> String {
 fn base_report(src: &str, addon: &LoadedAddon) -> AddonReport {
     let d = addon.parsed.descriptor.as_ref();
     AddonReport {
-        source: src.to_string(),
         name: d.map(|d| d.meta.name.clone()).unwrap_or_default(),
         version: d.map(|d| d.meta.version.clone()).unwrap_or_default(),
         digest: Some(addon.digest.to_string()),
-        runner: None,
-        sandbox: None,
         pure: d.is_some_and(|d| d.pure()),
-        cache: CacheUse::None,
-        result: AddonResult::ExecutionFailed,
-        exit_code: None,
         error: None,
-        output: None,
-        duration_ms: 0,
-        attempts: Vec::new(),
-        stderr_tail: Vec::new(),
-        rejected_files: None,
+        ..failed_source(src, "")
     }
 }
 
