@@ -265,17 +265,7 @@ fn containers_of_a_dead_engine_are_reaped_by_the_next() {
     }
     let w = World::new("auto", "runner: [docker]\n");
     let addon = w.docker_addon("dorphan", PURE, "echo started >&2\nsleep 300\n", "orphan");
-    let mut engine = Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(engine.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 && !line.contains("started") {
-        line.clear();
-    }
+    let mut engine = w.spawn_until(&addon, "started");
     engine.kill().unwrap();
     engine.wait().unwrap();
     assert_eq!(containers_of("dorphan-1.0").len(), 1, "the daemon keeps the container of a killed engine");

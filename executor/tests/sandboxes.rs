@@ -131,7 +131,7 @@ fn timeout_kills_everything(sandbox: &str) {
         return;
     }
     let w = World::new(sandbox, "");
-    let marker = format!("{}{}", 31_000 + (std::process::id() % 1000), sandbox.bytes().map(u32::from).sum::<u32>());
+    let marker = marker(31_000, sandbox);
     let script = format!("trap '' TERM\n( setsid sh -c \"trap '' TERM; exec sleep {marker}\" & )\nsleep {marker}\n");
     let addon = w.addon("stubborn", PURE, &script);
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "2s"]);
@@ -148,7 +148,7 @@ fn exit_leftovers_are_killed(sandbox: &str) {
         return;
     }
     let w = World::new(sandbox, "");
-    let marker = format!("{}{}", 32_000 + (std::process::id() % 1000), sandbox.bytes().map(u32::from).sum::<u32>());
+    let marker = marker(32_000, sandbox);
     let script = format!("( setsid sleep {marker} & )\necho '{{}}'\n");
     let addon = w.addon("leaver", PURE, &script);
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
@@ -157,26 +157,22 @@ fn exit_leftovers_are_killed(sandbox: &str) {
     assert!(left.is_empty(), "a background process outlived its addon: {left:?}");
 }
 
+/// A number for `sleep` that is unique per test, process and sandbox (tests run in parallel and
+/// look for their own leftovers by command line).
+fn marker(base: u32, sandbox: &str) -> String {
+    format!("{}{}", base + std::process::id() % 1000, sandbox.bytes().map(u32::from).sum::<u32>())
+}
+
 fn engine_killed_takes_the_sandbox_along(sandbox: &str) {
     if !require(sandbox) {
         return;
     }
     let w = World::new(sandbox, "");
-    let marker = format!("{}{}", 34_000 + (std::process::id() % 1000), sandbox.bytes().map(u32::from).sum::<u32>());
+    let marker = marker(34_000, sandbox);
     let script = format!("( setsid sleep {marker} & )\necho started >&2\nexec sleep {marker}\n");
     let addon = w.addon("orphan", PURE, &script);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
     // Wait until the addon runs, then kill the engine without warning.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 && !line.contains("started") {
-        line.clear();
-    }
+    let mut child = w.spawn_until(&addon, "started");
     assert!(!processes_with(&format!("sleep {marker}")).is_empty(), "the addon should be running");
     child.kill().unwrap();
     child.wait().unwrap();

@@ -109,6 +109,24 @@ impl World {
         root
     }
 
+    /// Starts `addon run` on `addon` in the background and returns once the addon has printed a
+    /// stderr line containing `needle` (the rest of stderr is drained).
+    pub fn spawn_until(&self, addon: &Path, needle: &str) -> std::process::Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_addon"))
+            .args(["run", "--config", self.config.to_str().unwrap(), addon.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 && !line.contains(needle) {
+            line.clear();
+        }
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        child
+    }
+
     /// Runs `addon run --json` with this world's config.
     pub fn run(&self, args: &[&str]) -> (Output, serde_json::Value) {
         self.run_env(args, &[])
