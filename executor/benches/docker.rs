@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{median, time};
+use common::{addon_run, config_file, median, time};
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,21 +28,8 @@ fn main() {
         "meta: {name: bench-noop, version: \"1\"}\nrunner: {docker: {enable: true}}\noptions: {networking: false, collectOutput: true}\n",
     )
     .expect("write");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "runner: [docker]\nworking-dir: {}\ncache-dir: {}\n",
-            dir.path().join("work").display(),
-            dir.path().join("cache").display()
-        ),
-    )
-    .expect("write");
-    let engine = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_addon"));
-        c.args(["run", "--json", "--config"]).arg(&config).arg(&addon);
-        c
-    };
+    let config = config_file(dir.path(), "config", "runner: [docker]\n");
+    let engine = || addon_run(&config, &addon);
     let tag = "addon-bench-docspell:latest";
     let docspell = |addon: &std::path::Path| {
         // Docspell: build (warm layer cache) then run, every time.

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{median, time};
+use common::{addon_run, config_file, median, time};
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -23,25 +23,14 @@ fn main() {
     let script = addon.join("run.sh");
     std::fs::write(&script, "#!/bin/sh\necho '{}'\n").expect("write");
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let work = dir.path().join("work");
-    std::fs::create_dir(&work).expect("mkdir");
     let out = dir.path().join("out");
 
     let mut table = Vec::new();
     for sandbox in ["bwrap", "netns", "nspawn"] {
-        let config = dir.path().join(format!("{sandbox}.yml"));
-        std::fs::write(
-            &config,
-            format!(
-                "sandbox: {sandbox}\nworking-dir: {}\ncache-dir: {}\n",
-                work.display(),
-                dir.path().join("cache").display()
-            ),
-        )
-        .expect("write");
+        let config = config_file(dir.path(), sandbox, &format!("sandbox: {sandbox}\n"));
         let engine = || {
-            let mut c = Command::new(env!("CARGO_BIN_EXE_addon"));
-            c.args(["run", "--json", "--config"]).arg(&config).arg(&addon).arg("--output-dir").arg(&out);
+            let mut c = addon_run(&config, &addon);
+            c.arg("--output-dir").arg(&out);
             c
         };
         let bare = || {

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{median, run};
+use common::{addon_run, config_file, median, run};
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -29,21 +29,12 @@ fn main() {
         "meta: {name: bench-nix, version: \"1\"}\nrunner: {nix: {enable: true}}\noptions: {networking: false, collectOutput: true}\n",
     )
     .expect("write");
-    let config = dir.path().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "runner: [nix-flake]\nsandbox: bwrap\nnix-runner: {{extra-args: [--offline]}}\nworking-dir: {}\ncache-dir: {}\n",
-            dir.path().join("work").display(),
-            dir.path().join("cache").display()
-        ),
-    )
-    .expect("write");
-    let engine = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_addon"));
-        c.args(["run", "--json", "--config"]).arg(&config).arg(&addon);
-        c
-    };
+    let config = config_file(
+        dir.path(),
+        "config",
+        "runner: [nix-flake]\nsandbox: bwrap\nnix-runner: {extra-args: [--offline]}\n",
+    );
+    let engine = || addon_run(&config, &addon);
     let flake = format!("path:{}#default", addon.display());
     let docspell = || {
         // Docspell: nix build (evaluation each time, build cached in the store), then exec.

@@ -1,6 +1,7 @@
 //! Timing helpers shared by the benchmarks.
 #![allow(dead_code)] // each bench uses a part
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,4 +23,20 @@ pub fn run(cmd: &mut Command) -> (Duration, Vec<u8>) {
 /// The wall time of a command that must succeed.
 pub fn time(cmd: &mut Command) -> Duration {
     run(cmd.stdout(Stdio::piped())).0
+}
+
+/// Writes the engine config `<dir>/<name>.yml`: working and cache dirs inside `dir`, then `extra`.
+pub fn config_file(dir: &Path, name: &str, extra: &str) -> PathBuf {
+    let config = dir.join(format!("{name}.yml"));
+    let text =
+        format!("working-dir: {}\ncache-dir: {}\n{extra}", dir.join("work").display(), dir.join("cache").display());
+    std::fs::write(&config, text).expect("write config");
+    config
+}
+
+/// `addon run --json --config CONFIG ADDON` through the engine's binary.
+pub fn addon_run(config: &Path, addon: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_addon"));
+    c.args(["run", "--json", "--config"]).arg(config).arg(addon);
+    c
 }
