@@ -3,18 +3,26 @@
 //!
 //! Layout: `<root>/CACHEDIR.TAG`, and one bucket per kind with a format version
 //! (`images-v1/`, `archives-v1/`, `nix-v1/`, `data-v1/`). An entry is `<bucket>/<hash>/` with
-//! `entry.json` (key, kind, label, creation) and `content/`, plus the lock file
-//! `<bucket>/<hash>.lock` beside it. Entries are built in a temporary folder of the bucket and
-//! renamed into place, under an exclusive lock, so two engines build the same entry once. A user
-//! holds a shared lock for as long as it uses the entry; pruning takes the exclusive lock without
-//! waiting and skips entries in use. A damaged entry is a miss with a warning, never an error.
+//! `entry.json` (key, kind, label, creation and the owner's typed data, see [`EntryData`]) and
+//! `content/`, plus the lock file `<bucket>/<hash>.lock` beside it. Entries are built in a
+//! temporary folder of the bucket and renamed into place, under an exclusive lock, so two engines
+//! build the same entry once. A user holds a shared lock for as long as it uses the entry; pruning
+//! takes the exclusive lock without waiting and skips entries in use. A damaged entry is a miss
+//! with a warning, never an error.
+//!
+//! Lock files are never deleted: another process may hold one open or wait on it, and a deleted
+//! lock file would let two processes lock different files. Entries are removed by renaming them out
+//! of their place first (`.trash-*`), then deleting, so a crash mid-removal never leaves a
+//! half-removed entry that reads as valid.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use fs_err as fs;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -35,10 +43,12 @@ pub enum Kind {
     NixBuild,
     /// An addon's persistent CACHE_DIR.
     Data,
+    /// An addon's private HOME, kept between its runs.
+    Home,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Archive, Kind::DockerImage, Kind::NixBuild, Kind::Data];
+    pub const ALL: [Kind; 5] = [Kind::Archive, Kind::DockerImage, Kind::NixBuild, Kind::Data, Kind::Home];
 
     fn bucket(self) -> String {
         let name = match self {
@@ -46,6 +56,7 @@ impl Kind {
             Kind::DockerImage => "images",
             Kind::NixBuild => "nix",
             Kind::Data => "data",
+            Kind::Home => "home",
         };
         format!("{name}-{FORMAT}")
     }
@@ -56,6 +67,7 @@ impl Kind {
             Kind::DockerImage => "docker-image",
             Kind::NixBuild => "nix-build",
             Kind::Data => "data",
+            Kind::Home => "home",
         }
     }
 }
@@ -107,16 +119,31 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
 }
 
+/// What an entry's owner records beside its content: one serde type per kind of entry (an image
+/// id, a store path, a digest), so that a missing or misnamed field is a compile error, not a
+/// silently absent map key.
+pub trait EntryData: Serialize + DeserializeOwned + Send + 'static {
+    /// Bytes the artifact takes outside the cache (a docker image), counted by `ls` and `prune`.
+    fn external_size(&self) -> u64 {
+        0
+    }
+}
+
+/// Entries that record nothing but their content.
+impl EntryData for () {}
+
 /// The record stored beside an entry's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EntryMeta {
+pub struct EntryMeta<D = serde_json::Value> {
     pub key: Key,
     /// What the entry is for, for people (`hello-1.0.0`).
     pub label: String,
     pub created: u64,
-    /// Free-form data of the entry's owner (an image id, a store path).
+    /// See [`EntryData::external_size`].
     #[serde(default)]
-    pub data: BTreeMap<String, String>,
+    pub external_size: u64,
+    /// The owner's data.
+    pub data: D,
 }
 
 /// One entry as `addon cache ls` shows it.
@@ -134,20 +161,32 @@ pub struct EntryInfo {
     pub meta: Option<EntryMeta>,
 }
 
+impl EntryInfo {
+    /// The owner's data, read as `D` (None when the entry is damaged or of another kind).
+    pub fn data<D: EntryData>(&self) -> Option<D> {
+        serde_json::from_value(self.meta.as_ref()?.data.clone()).ok()
+    }
+}
+
 /// An entry in use: its content stays until this is dropped (a shared lock is held).
 #[derive(Debug)]
-pub struct Entry {
+pub struct Entry<D = ()> {
     pub path: PathBuf,
-    pub meta: EntryMeta,
+    pub meta: EntryMeta<D>,
     /// True when the entry was already there (no build ran).
     pub hit: bool,
     _lock: File,
 }
 
-impl Entry {
+impl<D> Entry<D> {
     /// The entry's content folder.
     pub fn content(&self) -> PathBuf {
         self.path.join("content")
+    }
+
+    /// What the owner recorded.
+    pub fn data(&self) -> &D {
+        &self.meta.data
     }
 }
 
@@ -187,20 +226,21 @@ impl Cache {
 
     /// Returns the entry for `key`, building it with `build` when it is missing or damaged.
     ///
-    /// `build` fills the given (empty) content folder and may return owner data to record.
+    /// `build` fills the given (empty) content folder and returns the owner data to record.
     /// `valid` tells whether an existing entry is still usable (e.g. its image still exists).
-    pub fn get_or_build<F, V>(&self, key: &Key, label: &str, valid: V, build: F) -> Result<Entry, CacheError>
+    pub fn get_or_build<D, F, V>(&self, key: &Key, label: &str, valid: V, build: F) -> Result<Entry<D>, CacheError>
     where
-        F: FnOnce(&Path) -> Result<BTreeMap<String, String>, String>,
-        V: Fn(&EntryMeta, &Path) -> bool,
+        D: EntryData,
+        F: FnOnce(&Path) -> Result<D, String>,
+        V: Fn(&D, &Path) -> bool,
     {
         let (dir, lock_path, bucket) = self.paths(key);
         fs::create_dir_all(&bucket).map_err(io(&bucket))?;
         // Fast path: a shared lock and a sound entry.
         let lock = open_lock(&lock_path)?;
         lock_with_timeout(&lock, &lock_path, label, self.lock_timeout, false)?;
-        if let Some(meta) = read_meta(&dir) {
-            if valid(&meta, &dir.join("content")) {
+        if let Some(meta) = read_meta::<D>(&dir) {
+            if valid(&meta.data, &dir.join("content")) {
                 touch(&dir);
                 return Ok(Entry { path: dir, meta, hit: true, _lock: lock });
             }
@@ -208,8 +248,8 @@ impl Cache {
         let _ = lock.unlock();
         // Slow path: exclusive, check again (someone may have built it meanwhile), build.
         lock_with_timeout(&lock, &lock_path, label, self.lock_timeout, true)?;
-        if let Some(meta) = read_meta(&dir) {
-            if valid(&meta, &dir.join("content")) {
+        if let Some(meta) = read_meta::<D>(&dir) {
+            if valid(&meta.data, &dir.join("content")) {
                 downgrade(&lock, &lock_path)?;
                 touch(&dir);
                 return Ok(Entry { path: dir, meta, hit: true, _lock: lock });
@@ -219,7 +259,7 @@ impl Cache {
             tracing::warn!("cache entry {} for {label} has no readable record; rebuilding", dir.display());
         }
         if dir.exists() {
-            fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            retire(&dir, &bucket, &key.hash())?;
         }
         let tmp = bucket.join(format!(".tmp-{}-{}", key.hash(), std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
@@ -231,7 +271,13 @@ impl Cache {
                 return Err(CacheError::Build { label: label.to_string(), message });
             }
         };
-        let meta = EntryMeta { key: key.clone(), label: label.to_string(), created: now(), data };
+        let meta = EntryMeta {
+            key: key.clone(),
+            label: label.to_string(),
+            created: now(),
+            external_size: data.external_size(),
+            data,
+        };
         let record = tmp.join("entry.json");
         fs::write(&record, serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io(&record))?;
         fs::rename(&tmp, &dir).map_err(io(&dir))?;
@@ -250,18 +296,13 @@ impl Cache {
                 if name.starts_with('.') || name.ends_with(".lock") || !e.path().is_dir() {
                     continue;
                 }
-                let meta = read_meta(&e.path());
+                let meta = read_meta::<serde_json::Value>(&e.path());
                 out.push(EntryInfo {
                     key: name,
                     kind,
                     addon: meta.as_ref().map(|m| m.label.clone()).unwrap_or_else(|| "(damaged)".into()),
                     // Artifacts that live elsewhere (a docker image) report their size in the record.
-                    size: dir_size(&e.path())
-                        + meta
-                            .as_ref()
-                            .and_then(|m| m.data.get("external-size"))
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .unwrap_or(0),
+                    size: dir_size(&e.path()) + meta.as_ref().map_or(0, |m| m.external_size),
                     last_used: last_used(&e.path()),
                     path: e.path(),
                     meta,
@@ -276,6 +317,17 @@ impl Cache {
     /// entry is older than `older_than`. Entries in use are skipped. Returns what was removed, so
     /// the owner can release what lives outside the cache (docker images).
     pub fn prune(&self, max_size: Option<u64>, older_than: Option<Duration>) -> Vec<EntryInfo> {
+        self.prune_with(max_size, older_than, |p| std::fs::remove_dir_all(p))
+    }
+
+    /// [`Cache::prune`] with the final deletion given (tests make it fail, as a crash would).
+    fn prune_with(
+        &self,
+        max_size: Option<u64>,
+        older_than: Option<Duration>,
+        remove: impl Fn(&Path) -> std::io::Result<()>,
+    ) -> Vec<EntryInfo> {
+        self.sweep(&remove);
         let entries = self.list();
         let mut total: u64 = entries.iter().map(|e| e.size).sum();
         let cutoff = older_than.map(|d| now().saturating_sub(d.as_secs()));
@@ -292,14 +344,63 @@ impl Cache {
                 tracing::info!("cache entry {} ({}) is in use; kept", e.key, e.addon);
                 continue;
             }
-            if std::fs::remove_dir_all(&e.path).is_ok() {
-                let _ = std::fs::remove_file(&lock_path);
-                total = total.saturating_sub(e.size);
-                removed.push(e);
+            let Some(bucket) = e.path.parent() else { continue };
+            // Out of its place first (under the lock), so that it never reads as valid again.
+            match retire_with(&e.path, bucket, &e.key, &remove) {
+                Ok(()) => {
+                    total = total.saturating_sub(e.size);
+                    removed.push(e);
+                }
+                Err(err) => tracing::warn!("removing cache entry {}: {err}", e.path.display()),
             }
         }
         removed
     }
+
+    /// Deletes what earlier removals and builds left behind: retired entries (`.trash-*`) and
+    /// temporary build folders whose entry is not being built.
+    fn sweep(&self, remove: &impl Fn(&Path) -> std::io::Result<()>) {
+        for kind in Kind::ALL {
+            let bucket = self.root.join(kind.bucket());
+            let Ok(rd) = std::fs::read_dir(&bucket) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(".trash-") {
+                    let _ = remove(&e.path());
+                } else if let Some(rest) = name.strip_prefix(".tmp-") {
+                    let hash = rest.split('-').next().unwrap_or_default();
+                    let Ok(lock) = open_lock(&bucket.join(format!("{hash}.lock"))) else { continue };
+                    if lock.try_lock().is_ok() {
+                        let _ = remove(&e.path());
+                    }
+                }
+            }
+        }
+    }
+}
+
+static TRASH_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Renames an entry out of its place, then deletes it. The caller holds its exclusive lock.
+fn retire(dir: &Path, bucket: &Path, hash: &str) -> Result<(), CacheError> {
+    retire_with(dir, bucket, hash, &|p| std::fs::remove_dir_all(p))
+        .map_err(|source| CacheError::Io { path: dir.to_path_buf(), source })
+}
+
+fn retire_with(
+    dir: &Path,
+    bucket: &Path,
+    hash: &str,
+    remove: &impl Fn(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let n = TRASH_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let trash = bucket.join(format!(".trash-{hash}-{}-{n}", std::process::id()));
+    std::fs::rename(dir, &trash)?;
+    if let Err(e) = remove(&trash) {
+        // Out of place already: the next prune finishes the job.
+        tracing::warn!("deleting {} (retired cache entry): {e}; the next prune retries", trash.display());
+    }
+    Ok(())
 }
 
 fn open_lock(path: &Path) -> Result<File, CacheError> {
@@ -332,9 +433,9 @@ fn downgrade(f: &File, path: &Path) -> Result<(), CacheError> {
     f.lock_shared().map_err(io(path))
 }
 
-fn read_meta(dir: &Path) -> Option<EntryMeta> {
+fn read_meta<D: DeserializeOwned>(dir: &Path) -> Option<EntryMeta<D>> {
     let text = std::fs::read(dir.join("entry.json")).ok()?;
-    let meta: EntryMeta = serde_json::from_slice(&text).ok()?;
+    let meta: EntryMeta<D> = serde_json::from_slice(&text).ok()?;
     dir.join("content").is_dir().then_some(meta)
 }
 
@@ -399,7 +500,7 @@ mod tests {
                     |c| {
                         builds += 1;
                         std::fs::write(c.join("f"), b"x").map_err(|e| e.to_string())?;
-                        Ok(BTreeMap::new())
+                        Ok(())
                     },
                 )
                 .unwrap();
@@ -410,10 +511,10 @@ mod tests {
         // Damage the record: a miss with a rebuild, never an error.
         let entry = cache.list().pop().unwrap();
         std::fs::write(entry.path.join("entry.json"), b"{not json").unwrap();
-        let e = cache.get_or_build(&key("a"), "a-1", |_, _| true, |_| Ok(BTreeMap::new())).unwrap();
+        let e = cache.get_or_build(&key("a"), "a-1", |_, _| true, |_| Ok(())).unwrap();
         assert!(!e.hit);
         // A failed build leaves nothing behind.
-        let err = cache.get_or_build(&key("b"), "b-1", |_, _| true, |_| Err("boom".into())).unwrap_err();
+        let err = cache.get_or_build(&key("b"), "b-1", |_: &(), _| true, |_| Err("boom".into())).unwrap_err();
         assert!(err.to_string().contains("boom"));
         assert_eq!(cache.list().len(), 1);
     }
@@ -422,8 +523,7 @@ mod tests {
     fn prune_skips_entries_in_use_and_goes_lru_first() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let fill =
-            |c: &Path| std::fs::write(c.join("f"), vec![0u8; 1000]).map(|_| BTreeMap::new()).map_err(|e| e.to_string());
+        let fill = |c: &Path| std::fs::write(c.join("f"), vec![0u8; 1000]).map(|_| ()).map_err(|e| e.to_string());
         let held = cache.get_or_build(&key("held"), "held", |_, _| true, fill).unwrap();
         drop(cache.get_or_build(&key("old"), "old", |_, _| true, fill).unwrap());
         drop(cache.get_or_build(&key("new"), "new", |_, _| true, fill).unwrap());
@@ -460,7 +560,7 @@ mod tests {
                             |_| {
                                 builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 std::thread::sleep(Duration::from_millis(200));
-                                Ok(BTreeMap::new())
+                                Ok(())
                             },
                         )
                         .unwrap();
@@ -474,6 +574,97 @@ mod tests {
     }
 
     #[test]
+    fn typed_data_round_trips_and_a_wrong_shape_is_a_miss() {
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        struct Image {
+            id: String,
+            size: u64,
+        }
+        impl EntryData for Image {
+            fn external_size(&self) -> u64 {
+                self.size
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let img = || Ok(Image { id: "sha256:1".into(), size: 5000 });
+        let e = cache.get_or_build(&key("img"), "img", |_, _| true, |_| img()).unwrap();
+        assert!(!e.hit);
+        drop(e);
+        let e = cache.get_or_build(&key("img"), "img", |d: &Image, _| d.id == "sha256:1", |_| img()).unwrap();
+        assert!(e.hit);
+        assert_eq!(e.data(), &Image { id: "sha256:1".into(), size: 5000 });
+        drop(e);
+        let listed = cache.list();
+        assert!((5000..10_000).contains(&listed[0].size), "external size counts: {}", listed[0].size);
+        assert_eq!(listed[0].data::<Image>().unwrap().id, "sha256:1");
+        // Read back as another shape: damaged for this owner, so a miss and a rebuild.
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Other {
+            out: String,
+        }
+        impl EntryData for Other {}
+        let e = cache.get_or_build(&key("img"), "img", |_, _| true, |_| Ok(Other { out: "x".into() })).unwrap();
+        assert!(!e.hit);
+    }
+
+    #[test]
+    fn prune_never_deletes_a_lock_file() {
+        // A process waiting on (or holding) a lock file keeps its inode; if prune deleted and a
+        // third process recreated the file, the two would lock different files.
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, |_| Ok(())).unwrap());
+        let (_, lock_path, _) = cache.paths(&key("a"));
+        let inode = std::fs::metadata(&lock_path).unwrap().ino();
+        let waiter = open_lock(&lock_path).unwrap();
+        assert_eq!(cache.prune(Some(0), None).len(), 1);
+        assert!(lock_path.exists(), "the lock file stays");
+        assert_eq!(std::fs::metadata(&lock_path).unwrap().ino(), inode, "and is the same file");
+        // The waiter's lock and a new opener's lock exclude each other.
+        waiter.lock().unwrap();
+        assert!(open_lock(&lock_path).unwrap().try_lock_shared().is_err());
+    }
+
+    #[test]
+    fn a_crash_mid_prune_never_leaves_a_valid_looking_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let fill = |c: &Path| {
+            for i in 0..20 {
+                std::fs::write(c.join(format!("f{i}")), b"data").map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, fill).unwrap());
+        // The deletion dies halfway (a crash, a full disk): half of the files are gone.
+        let removed = cache.prune_with(Some(0), None, |p| {
+            for e in std::fs::read_dir(p.join("content"))?.flatten().take(10) {
+                std::fs::remove_file(e.path())?;
+            }
+            Err(std::io::Error::other("crashed"))
+        });
+        assert_eq!(removed.len(), 1);
+        assert!(cache.list().is_empty(), "nothing half-removed is listed");
+        let e = cache.get_or_build(&key("a"), "a", |_: &(), c| c.join("f0").exists(), fill).unwrap();
+        assert!(!e.hit, "a fresh build, not a hit on a half-removed entry");
+        assert_eq!(std::fs::read_dir(e.content()).unwrap().count(), 20);
+        drop(e);
+        // The next prune finishes the removal.
+        let bucket = dir.path().join(Kind::Archive.bucket());
+        assert!(std::fs::read_dir(&bucket)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".trash-")));
+        cache.prune(None, None);
+        assert!(!std::fs::read_dir(&bucket)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".trash-")));
+    }
+
+    #[test]
     fn lock_timeout_names_the_lock() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap().with_lock_timeout(Duration::from_millis(200));
@@ -481,7 +672,7 @@ mod tests {
         std::fs::create_dir_all(bucket).unwrap();
         let other = open_lock(&lock_path).unwrap();
         other.lock().unwrap();
-        let err = cache.get_or_build(&key("x"), "x-1", |_, _| true, |_| Ok(BTreeMap::new())).unwrap_err();
+        let err = cache.get_or_build(&key("x"), "x-1", |_, _| true, |_| Ok(())).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(".lock") && msg.contains("x-1"), "{msg}");
     }

@@ -32,7 +32,7 @@ fn main() {
     let config = config_file(
         dir.path(),
         "config",
-        "runner: [nix-flake]\nsandbox: bwrap\nnix-runner: {extra-args: [--offline]}\n",
+        "runner: [nix-flake]\nsandbox: bwrap\nnix-runner: {extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}\n",
     );
     let engine = || addon_run(&config, &addon);
     let flake = format!("path:{}#default", addon.display());
@@ -47,6 +47,9 @@ fn main() {
             "--no-link",
             "--json",
             "--offline",
+            "--option",
+            "extra-sandbox-paths",
+            "/bin/busybox",
         ]));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
         let path = format!("{}/bin/run", v[0]["outputs"]["out"].as_str().expect("out"));

@@ -14,7 +14,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let engine = Engine::new(Config::discover(None)?);
     let request = RunRequest { sources, user_input: "job server".into(), ..Default::default() };
-    let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (events, mut rx) = tokio::sync::mpsc::channel(1024);
     let cancel = CancellationToken::new();
     let on_ctrl_c = cancel.clone();
     tokio::spawn(async move {

@@ -53,7 +53,7 @@ impl Default for Config {
             nspawn: NspawnConfig::default(),
             nix_runner: NixRunnerConfig::default(),
             docker_runner: DockerRunnerConfig::default(),
-            working_dir: std::env::temp_dir().join("addon-work"),
+            working_dir: Config::default_working_dir(),
             cache_dir: dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("addon"),
             env: BTreeMap::new(),
             archive: ArchiveConfig::default(),
@@ -275,6 +275,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// `<system temp>/addon-work-<uid>`: private to the user, so that a job server and an addon
+    /// author on one host do not trip over each other's directory.
+    pub fn default_working_dir() -> PathBuf {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        std::env::temp_dir().join(format!("addon-work-{uid}"))
+    }
+
     /// Reads a config file. Empty files give the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =

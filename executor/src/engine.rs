@@ -10,11 +10,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use addon_cache::Cache;
+use addon_cache::{Cache, Entry};
 use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, RunnerKind};
-use addon_runners::{CacheUse, Ending, Launch, LogStream, Runner, RunnerError, SandboxKind, Supervision};
+use addon_runners::{
+    CacheUse, Ending, Launch, LogStream, ProbeCache, Runner, RunnerError, SandboxKind, Sandboxes, Supervision,
+};
 use fs_err as fs;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::Sender;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -68,6 +70,8 @@ pub enum EngineError {
     Io { context: String, error: std::io::Error },
     #[error("cache: {0}")]
     Cache(String),
+    #[error("setting `{setting}`: {message}")]
+    Setting { setting: &'static str, message: String },
 }
 
 fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineError {
@@ -75,10 +79,12 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineEr
     move |error| EngineError::Io { context, error }
 }
 
-/// The engine. Cheap to share; every run is independent.
+/// The engine. Cheap to share; every run is independent. Its settings (sandboxes, runners) are
+/// its own: two engines in one process do not share them.
 pub struct Engine {
     config: Config,
     runners: Vec<Box<dyn Runner>>,
+    sandboxes: Sandboxes,
 }
 
 impl std::fmt::Debug for Engine {
@@ -97,30 +103,32 @@ fn run_id() -> String {
 
 impl Engine {
     pub fn new(config: Config) -> Engine {
-        addon_runners::sandbox::set_probe_cache(&config.cache_dir.join("probes-v1"));
+        let probes = Arc::new(ProbeCache::new(Some(config.cache_dir.join("probes-v1"))));
         let settings = addon_runners::Settings {
+            probes: probes.clone(),
+            #[cfg(feature = "docker")]
             docker: addon_runners::docker::DockerSettings {
                 host: config.docker_runner.host.clone(),
                 build_timeout: config.docker_runner.build_timeout.0,
                 user: config.docker_runner.user.clone(),
             },
+            #[cfg(feature = "nix")]
             nix: addon_runners::nix::NixSettings {
                 nix_binary: config.nix_runner.nix_binary.clone(),
                 build_timeout: config.nix_runner.build_timeout.0,
                 extra_args: config.nix_runner.extra_args.clone(),
             },
         };
-        addon_runners::sandbox::configure_nspawn(addon_runners::sandbox::NspawnSettings {
-            binary: config.nspawn.nspawn_binary.clone(),
-            sudo: config.nspawn.sudo_binary.clone(),
-        });
         let runners = addon_runners::registry(&settings);
-        Engine { config, runners }
+        let sandboxes = Sandboxes::new(&sandbox_settings(&config), probes);
+        Engine { config, runners, sandboxes }
     }
 
     /// An engine with a chosen set of runners (tests, or embedders that compile some out).
     pub fn with_runners(config: Config, runners: Vec<Box<dyn Runner>>) -> Engine {
-        Engine { config, runners }
+        let probes = Arc::new(ProbeCache::new(Some(config.cache_dir.join("probes-v1"))));
+        let sandboxes = Sandboxes::new(&sandbox_settings(&config), probes);
+        Engine { config, runners, sandboxes }
     }
 
     pub fn config(&self) -> &Config {
@@ -151,10 +159,7 @@ impl Engine {
                 },
             });
         }
-        let sandboxes = [SandboxKind::Bwrap, SandboxKind::Netns, SandboxKind::Nspawn, SandboxKind::None]
-            .iter()
-            .map(|s| s.probe())
-            .collect();
+        let sandboxes = self.sandboxes.all().iter().map(|s| s.probe()).collect();
         RunnersReport { runners, sandboxes }
     }
 
@@ -165,7 +170,7 @@ impl Engine {
             .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
         let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
         let order = runners.unwrap_or(&self.config.runner.0);
-        let resolved = resolve(&d, order, &self.runners, self.config.sandbox).await;
+        let resolved = resolve(&d, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
         let candidates: Vec<Candidate> = resolved
             .iter()
             .map(|r| Candidate {
@@ -214,19 +219,47 @@ impl Engine {
     }
 
     fn scratch(&self) -> Result<tempfile::TempDir, EngineError> {
+        let dir = self.working_dir()?;
+        tempfile::Builder::new().prefix("sources-").tempdir_in(dir).map_err(|e| EngineError::Setting {
+            setting: "working-dir",
+            message: format!("{} is not usable: cannot create a directory in it: {e}", dir.display()),
+        })
+    }
+
+    /// The working directory, created private to this user. The default one
+    /// (`<temp>/addon-work-<uid>`) must belong to this user: a directory of that name made by
+    /// someone else in a shared temp directory is refused, not used.
+    fn working_dir(&self) -> Result<&Path, EngineError> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
         let dir = &self.config.working_dir;
-        fs::create_dir_all(dir).map_err(io_ctx(format!("creating working-dir {}", dir.display())))?;
-        tempfile::Builder::new()
-            .prefix("sources-")
-            .tempdir_in(dir)
-            .map_err(io_ctx(format!("creating a directory in {}", dir.display())))
+        let setting = |message: String| EngineError::Setting { setting: "working-dir", message };
+        if let Err(e) = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir) {
+            return Err(setting(format!("cannot create {}: {e}", dir.display())));
+        }
+        if *dir == Config::default_working_dir() {
+            let meta = fs::symlink_metadata(dir).map_err(|e| setting(e.to_string()))?;
+            // SAFETY: geteuid has no preconditions.
+            let me = unsafe { libc::geteuid() };
+            if !meta.is_dir() || meta.uid() != me {
+                return Err(setting(format!(
+                    "the default {} belongs to uid {}, not to this user (uid {me}); set `working-dir` to a \
+                     directory of your own",
+                    dir.display(),
+                    meta.uid()
+                )));
+            }
+            if meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| setting(e.to_string()))?;
+            }
+        }
+        Ok(dir)
     }
 
     /// Runs the addons of `req` in order as one run.
     pub async fn run(
         &self,
         req: RunRequest,
-        events: Option<UnboundedSender<Event>>,
+        events: Option<Sender<Event>>,
         cancel: CancellationToken,
     ) -> Result<RunReport, EngineError> {
         let id = run_id();
@@ -255,7 +288,7 @@ impl Engine {
         }
         let output_dir = match &req.output_dir {
             Some(d) => d.clone(),
-            None => self.config.working_dir.join(format!("output-{id}")),
+            None => self.working_dir()?.join(format!("output-{id}")),
         };
         fs::create_dir_all(&output_dir).map_err(io_ctx(format!("creating output dir {}", output_dir.display())))?;
         let output_dir = fs::canonicalize(&output_dir).map_err(io_ctx("output dir"))?;
@@ -284,7 +317,7 @@ impl Engine {
                 }
             };
             if let Some(tx) = &events {
-                let _ = tx.send(Event::Finished { addon: label(&report), result: report.result });
+                let _ = tx.send(Event::Finished { addon: label(&report), result: report.result }).await;
             }
             if report.result == AddonResult::Success {
                 if let Some(out) = &report.output {
@@ -330,17 +363,16 @@ impl Engine {
         older_than: Option<Duration>,
     ) -> Result<PruneReport, EngineError> {
         let cache = self.cache()?;
-        let docker = self.runners.iter().find(|r| r.kind() == RunnerKind::Docker);
-        // Entries are removed under their locks; their images are then removed through the API.
+        // Entries are removed under their locks; what they owned outside the cache (a docker
+        // image) is then released by the runner that made it.
         let pruner = cache.clone();
         let removed = tokio::task::spawn_blocking(move || pruner.prune(max_size, older_than))
             .await
             .map_err(|e| EngineError::Cache(e.to_string()))?;
         for e in &removed {
-            let image = e.meta.as_ref().and_then(|m| m.data.get("id").or_else(|| m.data.get("image")));
-            if let (addon_cache::Kind::DockerImage, Some(image), Some(runner)) = (e.kind, image, docker) {
-                if let Err(err) = runner.release(image).await {
-                    tracing::warn!("removing image {image} of pruned entry {}: {err}", e.key);
+            for runner in &self.runners {
+                if let Err(err) = runner.release(e).await {
+                    tracing::warn!("{} runner: releasing what pruned entry {} owned: {err}", runner.kind(), e.key);
                 }
             }
         }
@@ -368,7 +400,8 @@ impl Engine {
         let mut seen = Vec::new();
         let mut attempt_no = 0;
         for kind in kinds {
-            let resolved = resolve_where(d, order, &self.runners, self.config.sandbox, |k| k == kind).await;
+            let resolved =
+                resolve_where(d, order, &self.runners, &self.sandboxes, self.config.sandbox, |k| k == kind).await;
             seen.extend(resolved.iter().cloned());
             let Some(cand) = run_candidates(&resolved).first().copied().cloned() else { continue };
             let cand = &cand;
@@ -384,6 +417,7 @@ impl Engine {
             report.output = attempt.output.clone();
             report.stderr_tail = attempt.stderr_tail.clone();
             report.rejected_files = attempt.rejected.clone();
+            report.log_lines_dropped += attempt.log_lines_dropped;
             report.attempts.push(Attempt {
                 runner: cand.kind.to_string(),
                 sandbox: attempt.sandbox.clone(),
@@ -399,7 +433,7 @@ impl Engine {
         if attempt_no == 0 {
             if seen.is_empty() {
                 // Nothing the addon supports is configured: explain with the full picture.
-                seen = resolve(d, order, &self.runners, self.config.sandbox).await;
+                seen = resolve(d, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
             }
             report.result = AddonResult::ExecutionFailed;
             report.error = Some(no_runner_reason(&seen));
@@ -424,20 +458,12 @@ impl Engine {
         let work_dir = self.config.working_dir.join(format!("run-{run_id}-{idx}-{attempt_no}"));
         let staging = output_dir.join(STAGING).join(format!("{idx}-{label}-{attempt_no}"));
         let mut outcome = AttemptOutcome::failed(sandbox.map(|s| s.as_str().to_string()), String::new());
-        // The addon's persistent CACHE_DIR is a cache entry, held (shared) for the whole run.
-        let data_key = addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name);
-        let cache2 = cache.clone();
-        let name = d.meta.name.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            cache2.get_or_build(&data_key, &name, |_, _| true, |_| Ok(Default::default()))
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
-        let data = match data {
-            Ok(d) => d,
+        // The addon's persistent CACHE_DIR (by name) and HOME (by name and version) are cache
+        // entries, held (shared) for the whole run.
+        let (data, home) = match self.persistent_dirs(cache, d).await {
+            Ok(dirs) => dirs,
             Err(e) => {
-                outcome.error = Some(format!("the CACHE_DIR of {label}: {e}"));
+                outcome.error = Some(format!("the CACHE_DIR or HOME of {label}: {e}"));
                 return outcome;
             }
         };
@@ -452,20 +478,16 @@ impl Engine {
             }
         };
         if let Some(tx) = events {
-            let _ = tx.send(Event::Started {
-                addon: label.clone(),
-                runner: runner.kind().to_string(),
-                sandbox: sandbox.map(|s| s.as_str().to_string()),
-            });
+            let _ = tx
+                .send(Event::Started {
+                    addon: label.clone(),
+                    runner: runner.kind().to_string(),
+                    sandbox: sandbox.map(|s| s.as_str().to_string()),
+                })
+                .await;
         }
-        let log_label = label.clone();
-        let log_tx = events.cloned();
-        let log: addon_runners::LogSink = Arc::new(move |stream, line: &str| {
-            tracing::info!(target: "addon", "[{log_label}] {line}");
-            if let Some(tx) = &log_tx {
-                let _ = tx.send(Event::Log { addon: log_label.clone(), stream, line: line.to_string() });
-            }
-        });
+        let dropped = Arc::new(AtomicU64::new(0));
+        let log = log_sink(&label, events.cloned(), dropped.clone());
         let timeout = req.timeout.unwrap_or(self.config.run_timeout.0);
         let mut args = d.args.clone();
         args.push("arguments/user-input".to_string());
@@ -476,15 +498,17 @@ impl Engine {
             addon_dir,
             output_dir: staging.clone(),
             cache_dir,
+            home_dir: home.content(),
             args,
             extra_env: self.extra_env(d, req),
-            sandbox: sandbox.unwrap_or(SandboxKind::None),
+            sandbox: self.sandboxes.get(sandbox.unwrap_or(SandboxKind::None)),
             supervision: Supervision {
                 timeout,
                 kill_grace: self.config.kill_grace.0,
                 collect_stdout: d.collect_output().then_some(self.config.max_stdout.0),
                 log,
                 cancel: cancel.clone(),
+                noise: None,
             },
             cache: cache.clone(),
         };
@@ -519,8 +543,35 @@ impl Engine {
         }
         let _ = fs::remove_dir_all(&staging);
         self.cleanup(&work_dir, req.keep_work);
-        drop(data);
+        drop((data, home));
+        outcome.log_lines_dropped = dropped.load(Ordering::Relaxed);
+        if outcome.log_lines_dropped > 0 {
+            tracing::warn!(addon = %label, "{} log lines were not delivered to the event channel: it was full (the receiver did not keep up)", outcome.log_lines_dropped);
+        }
         outcome
+    }
+
+    /// The addon's CACHE_DIR (kept by name, as Docspell does) and HOME (kept by name and
+    /// version, so an interpreter's compile cache stays warm between runs of the same code).
+    async fn persistent_dirs(&self, cache: &Cache, d: &Descriptor) -> Result<(Entry<()>, Entry<()>), String> {
+        let data_key = addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name);
+        let home_key =
+            addon_cache::Key::new(addon_cache::Kind::Home).with("addon", &d.meta.name).with("version", &d.meta.version);
+        let (cache, name, id) = (cache.clone(), d.meta.name.clone(), d.id());
+        tokio::task::spawn_blocking(move || {
+            let data = cache.get_or_build(&data_key, &name, |_, _| true, |_| Ok(())).map_err(|e| e.to_string())?;
+            let home = cache
+                .get_or_build(
+                    &home_key,
+                    &id,
+                    |_, _| true,
+                    |c| fs::create_dir_all(c.join(".cache")).map_err(|e| e.to_string()),
+                )
+                .map_err(|e| e.to_string())?;
+            Ok((data, home))
+        })
+        .await
+        .map_err(|e| e.to_string())?
     }
 
     /// Lays out the run directory (SPEC "What an addon sees"). Returns the addon's copy.
@@ -547,7 +598,6 @@ impl Engine {
             fs::create_dir_all(work.join("arguments"))?;
             fs::write(work.join("arguments/user-input"), user_input)?;
             fs::create_dir_all(work.join("temp"))?;
-            fs::create_dir_all(work.join(".home/.cache"))?;
             fs::create_dir_all(&staging)?;
             fs::create_dir_all(&cache_dir2)?;
             for (dest, src) in &inputs {
@@ -606,6 +656,13 @@ impl Engine {
 
 const STAGING: &str = ".addon-staging";
 
+fn sandbox_settings(config: &Config) -> addon_runners::SandboxSettings {
+    addon_runners::SandboxSettings {
+        nspawn_binary: config.nspawn.nspawn_binary.clone(),
+        sudo_binary: config.nspawn.sudo_binary.clone(),
+    }
+}
+
 /// `addon cache ls`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CacheListing {
@@ -626,7 +683,7 @@ struct RunCtx<'a> {
     run_id: &'a str,
     req: &'a RunRequest,
     output_dir: &'a Path,
-    events: Option<&'a UnboundedSender<Event>>,
+    events: Option<&'a Sender<Event>>,
     cancel: &'a CancellationToken,
     cache: &'a Cache,
 }
@@ -642,6 +699,21 @@ const ITEM_ENV: [(&str, &str); 7] = [
     ("ITEM_PDF_JSON", "item/pdf-files.json"),
 ];
 
+/// The log callback of one addon: every line goes to `tracing`; to the job server's event channel
+/// when there is room, else it is counted in `dropped`.
+fn log_sink(label: &str, events: Option<Sender<Event>>, dropped: Arc<AtomicU64>) -> addon_runners::LogSink {
+    let label = label.to_string();
+    Arc::new(move |stream, line: &str| {
+        tracing::info!(target: "addon", "[{label}] {line}");
+        if let Some(tx) = &events {
+            let event = Event::Log { addon: label.clone(), stream, line: line.to_string() };
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {
+                dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    })
+}
+
 #[derive(Debug)]
 struct AttemptOutcome {
     sandbox: Option<String>,
@@ -652,6 +724,7 @@ struct AttemptOutcome {
     output: Option<AddonOutput>,
     stderr_tail: Vec<String>,
     rejected: Option<PathBuf>,
+    log_lines_dropped: u64,
 }
 
 impl AttemptOutcome {
@@ -665,6 +738,7 @@ impl AttemptOutcome {
             output: None,
             stderr_tail: Vec::new(),
             rejected: None,
+            log_lines_dropped: 0,
         }
     }
 }
@@ -810,10 +884,13 @@ fn failed_source(src: &str, msg: &str) -> AddonReport {
         attempts: Vec::new(),
         stderr_tail: Vec::new(),
         rejected_files: None,
+        log_lines_dropped: 0,
     }
 }
 
-/// Copies a tree, keeping modes and symlinks (as links).
+/// Copies a tree, keeping modes, modification times and symlinks (as links). Times matter:
+/// interpreters (Guile, Python) judge a compiled file fresh when it is newer than its source, so a
+/// copy stamped "now" would make every run compile again.
 pub(crate) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(src)?;
     if meta.file_type().is_symlink() {
@@ -828,6 +905,10 @@ pub(crate) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
         fs::set_permissions(dst, meta.permissions())?;
     } else if meta.is_file() {
         fs::copy(src, dst)?;
+        if let Ok(mtime) = meta.modified() {
+            // futimens needs ownership, not write access: read-only files keep their time too.
+            std::fs::File::open(dst)?.set_modified(mtime)?;
+        }
     }
     Ok(())
 }

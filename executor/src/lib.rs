@@ -7,7 +7,9 @@
 //!
 //! # async fn job() -> Result<(), Box<dyn std::error::Error>> {
 //! let engine = Engine::new(Config::load("/etc/addon/config.yml".as_ref())?);
-//! let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+//! // Bounded: log lines the receiver falls behind on are dropped and counted, never buffered
+//! // without end. Started/Finished events wait for room, so keep receiving until the channel closes.
+//! let (events, mut rx) = tokio::sync::mpsc::channel(1024);
 //! let cancel = CancellationToken::new(); // cancel() stops every addon of the run
 //! let request = RunRequest {
 //!     sources: vec!["https://example.org/rotate-pdf-addon.zip".into()],

@@ -69,6 +69,14 @@ pub struct AddonReport {
     /// Where the files of a failed addon were set aside, if it wrote any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rejected_files: Option<PathBuf>,
+    /// Log lines not delivered to the library caller's event channel because it was full (they
+    /// still went to the engine's log).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub log_lines_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, Serialize)]

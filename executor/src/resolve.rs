@@ -3,7 +3,7 @@
 //! `addon plan` prints.
 
 use addon_descriptors::{Descriptor, RunnerKind};
-use addon_runners::{sandbox, Isolation, Runner, SandboxKind};
+use addon_runners::{Isolation, Runner, SandboxKind, Sandboxes};
 
 use crate::config::SandboxChoice;
 
@@ -23,12 +23,12 @@ pub struct Resolved {
 }
 
 /// Which sandbox a host runner gets under `choice`, or why there is none.
-pub fn pick_sandbox(choice: SandboxChoice) -> Result<SandboxKind, String> {
+pub fn pick_sandbox(sandboxes: &Sandboxes, choice: SandboxChoice) -> Result<SandboxKind, String> {
     match choice {
-        SandboxChoice::Auto => sandbox::auto().ok_or_else(|| {
-            let why: Vec<String> = [SandboxKind::Bwrap, SandboxKind::Netns]
+        SandboxChoice::Auto => sandboxes.auto().ok_or_else(|| {
+            let why: Vec<String> = Sandboxes::AUTO
                 .iter()
-                .map(|s| format!("{}: {}", s.as_str(), s.probe().detail))
+                .map(|s| format!("{}: {}", s.as_str(), sandboxes.get(*s).probe().detail))
                 .collect();
             format!("sandbox auto found no usable sandbox ({}); `auto` never falls back to none", why.join("; "))
         }),
@@ -44,9 +44,10 @@ pub async fn resolve(
     descriptor: &Descriptor,
     order: &[RunnerKind],
     runners: &[Box<dyn Runner>],
+    sandboxes: &Sandboxes,
     sandbox_choice: SandboxChoice,
 ) -> Vec<Resolved> {
-    resolve_where(descriptor, order, runners, sandbox_choice, |_| true).await
+    resolve_where(descriptor, order, runners, sandboxes, sandbox_choice, |_| true).await
 }
 
 /// Resolves only the kinds `want` accepts (the others are left out).
@@ -54,6 +55,7 @@ pub async fn resolve_where(
     descriptor: &Descriptor,
     order: &[RunnerKind],
     runners: &[Box<dyn Runner>],
+    sandboxes: &Sandboxes,
     sandbox_choice: SandboxChoice,
     want: impl Fn(RunnerKind) -> bool,
 ) -> Vec<Resolved> {
@@ -78,17 +80,18 @@ pub async fn resolve_where(
                     if !probe.available {
                         (false, false, probe.detail)
                     } else if r.capabilities().uses_sandbox {
-                        match pick_sandbox(sandbox_choice) {
+                        match pick_sandbox(sandboxes, sandbox_choice) {
                             Err(why) => (false, true, why),
-                            Ok(s) => {
-                                sandbox = Some(s);
+                            Ok(kind) => {
+                                sandbox = Some(kind);
+                                let s = sandboxes.get(kind);
                                 match s.check(iso) {
-                                    Ok(()) if s == SandboxKind::None => (
+                                    Ok(()) if kind == SandboxKind::None => (
                                         true,
                                         true,
                                         "sandbox none: runs on the bare host, with network (explicit choice)".into(),
                                     ),
-                                    Ok(()) => (true, true, format!("sandbox {}: {}", s.as_str(), s.probe().detail)),
+                                    Ok(()) => (true, true, format!("sandbox {}: {}", s.name(), s.probe().detail)),
                                     Err(e) => (false, true, e.to_string()),
                                 }
                             }

@@ -57,11 +57,13 @@ pub fn open(source: &str, config: &Config, scratch: &Path, cache: Option<&Cache>
                 .get_or_build(
                     &key,
                     &label,
-                    |_, c| c.join("addon").is_dir(),
+                    |_: &ArchiveMeta, c| c.join("addon").is_dir(),
                     |content| {
-                        archive::extract_zip(&zip, &content.join("addon"), limits)
-                            .map(|_| Default::default())
-                            .map_err(|e| e.to_string())
+                        let root =
+                            archive::extract_zip(&zip, &content.join("addon"), limits).map_err(|e| e.to_string())?;
+                        // Recorded, so that a later run of the same zip does not walk its content.
+                        let digest = addon_descriptors::digest_dir(&root).map_err(|e| e.to_string())?;
+                        Ok(ArchiveMeta { digest: digest.to_string() })
                     },
                 )
                 .map_err(|e| match e {
@@ -69,12 +71,27 @@ pub fn open(source: &str, config: &Config, scratch: &Path, cache: Option<&Cache>
                     other => OpenError::Cache(other.to_string()),
                 })?;
             let root = entry.content().join("addon");
-            let digest = entry.meta.data.get("digest").and_then(|d| ContentDigest::parse(d));
+            let digest = ContentDigest::parse(&entry.data().digest);
+            if digest.is_none() {
+                tracing::warn!(
+                    "cache entry {} records no valid digest; digesting the addon again",
+                    entry.path.display()
+                );
+            }
             Ok(source::load_dir_with_digest(&root, digest, Some(Box::new(entry)))?)
         }
         _ => Ok(source::load(path, limits, Some(scratch))?),
     }
 }
+
+/// What an unpacked-archive cache entry records.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveMeta {
+    /// The content digest of the unpacked addon (`sha256:...`).
+    pub digest: String,
+}
+
+impl addon_cache::EntryData for ArchiveMeta {}
 
 fn file_sha256(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};

@@ -41,7 +41,7 @@ fn nix_flake_runner() {
         if !require(sandbox) {
             continue;
         }
-        let w = World::new(sandbox, "runner: [nix-flake]\nnix-runner: {extra-args: [--offline]}\n");
+        let w = World::new(sandbox, NIX_CONFIG);
         let addon = w.nix_addon("nixa", PURE, CONTRACT, &format!("{marker}-{sandbox}"));
         let (out, v) = w.run_env(&[addon.to_str().unwrap()], &[("SECRET_TOKEN", "hunter2")]);
         assert_eq!(out.status.code(), Some(0), "{sandbox}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -89,7 +89,7 @@ fn nix_flake_runner() {
     }
 
     // A failing flake is execution-failed with the log's tail, and nothing is cached.
-    let w = World::new("auto", "runner: [nix-flake]\nnix-runner: {extra-args: [--offline]}\n");
+    let w = World::new("auto", NIX_CONFIG);
     let addon = w.nix_addon("nixbad", PURE, "echo '{}'", &format!("{marker}-bad"));
     let flake = std::fs::read_to_string(addon.join("flake.nix")).unwrap();
     std::fs::write(

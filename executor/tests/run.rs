@@ -275,7 +275,7 @@ async fn library_api_streams_events_and_cancels() {
     let addon = w.addon("slow", PURE, &format!("echo starting >&2\nexec sleep {marker}"));
     let config = Config::load(&w.config).unwrap();
     let engine = Engine::new(config);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let cancel = CancellationToken::new();
     let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
     let stopper = cancel.clone();

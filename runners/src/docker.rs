@@ -6,7 +6,7 @@
 //! (engine, run, addon) and are removed after every run, on timeout and on cancel; containers of
 //! an engine that died are reaped when the next engine connects.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,12 @@ use addon_cache::{Key, Kind};
 use addon_descriptors::{normalise_relative, RunnerKind};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    BuildImageOptions, CreateImageOptions, ListContainersOptions, LogsOptions, RemoveContainerOptions,
-    RemoveImageOptions, StopContainerOptions,
+    AttachContainerOptions, BuildImageOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, RemoveImageOptions, StopContainerOptions,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use crate::process::{Ending, LogStream, Supervised, STDERR_TAIL_LINES};
@@ -97,7 +98,14 @@ impl DockerRunner {
         self.reaped.get_or_init(|| reap(docker)).await;
     }
 
-    async fn image_for(&self, docker: &Docker, launch: &Launch) -> Result<(String, CacheUse), RunnerError> {
+    /// The image to run: the descriptor's, or the one built from the addon's Dockerfile. A built
+    /// image's cache entry is returned too: the caller holds it for the whole run, so that a
+    /// concurrent prune cannot remove the image of a run in progress.
+    async fn image_for(
+        &self,
+        docker: &Docker,
+        launch: &Launch,
+    ) -> Result<(String, CacheUse, Option<addon_cache::Entry<DockerImageMeta>>), RunnerError> {
         let label = launch.label();
         if let Some(image) = launch.descriptor.docker_image() {
             if docker.inspect_image(image).await.is_err() {
@@ -110,7 +118,7 @@ impl DockerRunner {
                     })?;
                 }
             }
-            return Ok((image.to_string(), CacheUse::None));
+            return Ok((image.to_string(), CacheUse::None, None));
         }
         let dockerfile = launch.descriptor.dockerfile().to_string();
         normalise_relative(&dockerfile).map_err(|why| setup(format!("runner.docker.build `{dockerfile}` {why}")))?;
@@ -126,17 +134,32 @@ impl DockerRunner {
         let digest = launch.digest.to_string();
         let (label2, tag2) = (label.clone(), tag.clone());
         let valid_docker = docker.clone();
-        let valid = move |meta: &addon_cache::EntryMeta, _: &Path| {
-            let Some(id) = meta.data.get("id") else { return false };
-            tokio::runtime::Handle::current().block_on(valid_docker.inspect_image(id)).is_ok()
+        let valid = move |meta: &DockerImageMeta, _: &Path| {
+            tokio::runtime::Handle::current().block_on(valid_docker.inspect_image(&meta.id)).is_ok()
         };
         let entry = cached_build(KIND, launch, key, valid, move |_content| async move {
             build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log).await
         })
         .await?;
-        let id = entry.meta.data.get("id").cloned().unwrap_or(tag);
         let used = if entry.hit { CacheUse::Hit } else { CacheUse::Miss };
-        Ok((id, used))
+        Ok((entry.data().id.clone(), used, Some(entry)))
+    }
+}
+
+/// What a docker image cache entry records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerImageMeta {
+    /// The tag it was built under.
+    pub image: String,
+    /// The image id (what runs and what prune removes).
+    pub id: String,
+    /// Its size in the daemon's storage.
+    pub size: u64,
+}
+
+impl addon_cache::EntryData for DockerImageMeta {
+    fn external_size(&self) -> u64 {
+        self.size
     }
 }
 
@@ -185,7 +208,7 @@ async fn build(
     label: &str,
     timeout: Duration,
     log: &crate::process::LogSink,
-) -> Result<BTreeMap<String, String>, String> {
+) -> Result<DockerImageMeta, String> {
     let context = tar_dir(addon_dir).map_err(|e| format!("packing the build context {}: {e}", addon_dir.display()))?;
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -256,11 +279,11 @@ async fn build(
     }
     let inspect = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?;
     tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());
-    Ok(BTreeMap::from([
-        ("image".to_string(), tag.to_string()),
-        ("id".to_string(), inspect.id.unwrap_or_else(|| tag.to_string())),
-        ("external-size".to_string(), inspect.size.unwrap_or(0).to_string()),
-    ]))
+    Ok(DockerImageMeta {
+        image: tag.to_string(),
+        id: inspect.id.unwrap_or_else(|| tag.to_string()),
+        size: inspect.size.unwrap_or(0).max(0) as u64,
+    })
 }
 
 fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
@@ -357,19 +380,23 @@ impl Runner for DockerRunner {
         }
     }
 
-    async fn release(&self, image: &str) -> Result<(), String> {
+    async fn release(&self, entry: &addon_cache::EntryInfo) -> Result<(), String> {
+        if entry.kind != Kind::DockerImage {
+            return Ok(());
+        }
+        let meta = entry.data::<DockerImageMeta>().ok_or("the entry's record is damaged; its image is left")?;
         let docker = self.client().await?;
-        remove_image(docker, image).await
+        remove_image(docker, &meta.id).await
     }
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
         let docker = self.client().await.map_err(|detail| RunnerError::Unavailable { runner: KIND, detail })?;
         let (image, _) = tokio::join!(self.image_for(docker, launch), self.reap_once(docker));
-        let (image, cache) = image?;
+        let (image, cache, _image_entry) = image?;
         let started = Instant::now();
-        let (work, output, cache_dir) = (Path::new("/mnt/work"), Path::new("/mnt/output"), Path::new("/mnt/cache"));
+        // The image's own HOME is kept, as Docspell does: images often pre-compile into it.
         let env: Vec<String> = launch
-            .env(work, output, cache_dir)
+            .env(&crate::sandbox::Mounts::mnt(), true)
             .into_iter()
             .filter(|(k, _)| k != "PATH") // the image's PATH, not the host's
             .map(|(k, v)| format!("{k}={v}"))
@@ -431,6 +458,13 @@ impl Runner for DockerRunner {
     }
 }
 
+/// Attaches to the container's output, starts it and follows it to the end.
+///
+/// The streams are attached before the container starts, as the docker CLI does: following the
+/// logs after `start` misses the last unterminated writes of a short-lived container on Docker
+/// 20.10 (an addon's JSON, printed without a newline just before it exits). Should the attached
+/// stream break anyway, the output is read again in full from the logs after the exit: a run is
+/// never judged on a stream that may be cut.
 async fn supervise_container(
     docker: &Docker,
     id: &str,
@@ -438,76 +472,158 @@ async fn supervise_container(
     started: Instant,
 ) -> Result<Supervised, RunnerError> {
     let sup = &launch.supervision;
+    let attach = AttachContainerOptions { stdout: true, stderr: true, stream: true, logs: false, ..Default::default() };
+    let mut output = docker
+        .attach_container(id, Some(attach))
+        .await
+        .map_err(|e| setup(format!("attaching to container {id}: {e}")))?
+        .output;
     docker
         .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
         .await
         .map_err(|e| setup(format!("starting container {id}: {e}")))?;
-    let logs_opts = LogsOptions { follow: true, stdout: true, stderr: true, ..Default::default() };
-    let mut logs = docker.logs(id, Some(logs_opts));
-    let mut stdout = Vec::new();
-    let mut tail: Vec<String> = Vec::new();
-    let mut partial = String::new();
-    let limit = sup.collect_stdout;
-    let mut overflow = false;
-    let read_logs = async {
-        while let Some(item) = logs.next().await {
-            let Ok(item) = item else { break };
+    let mut collected = Collected::new(sup.collect_stdout);
+    let mut broken = None;
+    let read = async {
+        while let Some(item) = output.next().await {
             match item {
-                bollard::container::LogOutput::StdOut { message } => match limit {
-                    Some(l) => {
-                        if stdout.len() as u64 + message.len() as u64 > l {
-                            overflow = true;
-                            break;
-                        }
-                        stdout.extend_from_slice(&message);
-                    }
-                    None => {
-                        for line in String::from_utf8_lossy(&message).lines() {
-                            (sup.log)(LogStream::Stdout, line);
-                        }
-                    }
-                },
-                bollard::container::LogOutput::StdErr { message } => {
-                    partial.push_str(&String::from_utf8_lossy(&message));
-                    while let Some(pos) = partial.find('\n') {
-                        let line: String = partial.drain(..=pos).collect();
-                        let line = line.trim_end_matches(['\n', '\r']).to_string();
-                        (sup.log)(LogStream::Stderr, &line);
-                        tail.push(line);
-                        if tail.len() > STDERR_TAIL_LINES {
-                            tail.remove(0);
-                        }
+                Ok(chunk) => {
+                    if !collected.take(chunk, sup) {
+                        break; // over the stdout limit
                     }
                 }
-                _ => {}
+                Err(e) => {
+                    broken = Some(e.to_string());
+                    break;
+                }
             }
         }
     };
     let mut ending = None;
     tokio::select! {
-        _ = read_logs => {}
+        _ = read => {}
         _ = tokio::time::sleep(sup.timeout) => ending = Some(Ending::TimedOut(sup.timeout)),
         _ = sup.cancel.cancelled() => ending = Some(Ending::Cancelled),
     }
-    if overflow {
-        ending = Some(Ending::StdoutTooLarge(limit.unwrap_or(0)));
+    if collected.overflow {
+        ending = Some(Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0)));
     }
     if let Some(e) = ending {
         let grace = sup.kill_grace.as_secs().max(1) as i32;
         let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(grace), ..Default::default() })).await;
+        let (stdout, tail) = collected.finish(sup);
         return Ok(Supervised { ending: e, stdout, stderr_tail: tail, duration: started.elapsed() });
     }
-    if !partial.trim().is_empty() {
-        (sup.log)(LogStream::Stderr, partial.trim_end());
-        tail.push(partial.trim_end().to_string());
-    }
-    // The log stream ends when the container stops; its wait gives the exit code.
     let code = match docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await {
         Some(Ok(r)) => r.status_code,
         Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
         _ => -1,
     };
+    if let Some(why) = broken {
+        tracing::warn!(addon = %launch.label(), "the attached output stream of container {id} broke ({why}); reading its logs in full");
+        collected = Collected::new(sup.collect_stdout);
+        let opts = LogsOptions { follow: false, stdout: true, stderr: true, ..Default::default() };
+        let mut logs = docker.logs(id, Some(opts));
+        while let Some(item) = logs.next().await {
+            let chunk = item.map_err(|e| setup(format!("reading the logs of container {id}: {e}")))?;
+            if !collected.take(chunk, sup) {
+                break;
+            }
+        }
+        if collected.overflow {
+            let (stdout, tail) = collected.finish(sup);
+            let ending = Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0));
+            return Ok(Supervised { ending, stdout, stderr_tail: tail, duration: started.elapsed() });
+        }
+    }
+    let (stdout, tail) = collected.finish(sup);
     Ok(Supervised { ending: Ending::Exited(code as i32), stdout, stderr_tail: tail, duration: started.elapsed() })
+}
+
+/// A container's output as it arrives: stdout collected (up to the limit) or logged, stderr
+/// logged line by line with its tail kept.
+struct Collected {
+    limit: Option<u64>,
+    stdout: Vec<u8>,
+    stdout_partial: Vec<u8>,
+    stderr_partial: Vec<u8>,
+    tail: std::collections::VecDeque<String>,
+    overflow: bool,
+}
+
+impl Collected {
+    fn new(limit: Option<u64>) -> Collected {
+        Collected {
+            limit,
+            stdout: Vec::new(),
+            stdout_partial: Vec::new(),
+            stderr_partial: Vec::new(),
+            tail: Default::default(),
+            overflow: false,
+        }
+    }
+
+    /// Takes one chunk; false once stdout went over the limit.
+    fn take(&mut self, chunk: bollard::container::LogOutput, sup: &crate::process::Supervision) -> bool {
+        use bollard::container::LogOutput;
+        match chunk {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => match self.limit {
+                Some(l) => {
+                    if self.stdout.len() as u64 + message.len() as u64 > l {
+                        self.overflow = true;
+                        return false;
+                    }
+                    self.stdout.extend_from_slice(&message);
+                }
+                None => {
+                    self.stdout_partial.extend_from_slice(&message);
+                    for line in drain_lines(&mut self.stdout_partial) {
+                        (sup.log)(LogStream::Stdout, &line);
+                    }
+                }
+            },
+            LogOutput::StdErr { message } => {
+                self.stderr_partial.extend_from_slice(&message);
+                for line in drain_lines(&mut self.stderr_partial) {
+                    self.stderr_line(line, sup);
+                }
+            }
+            LogOutput::StdIn { .. } => {}
+        }
+        true
+    }
+
+    fn stderr_line(&mut self, line: String, sup: &crate::process::Supervision) {
+        (sup.log)(LogStream::Stderr, &line);
+        if self.tail.len() == STDERR_TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    /// The collected stdout and stderr tail, with unterminated last lines flushed.
+    fn finish(mut self, sup: &crate::process::Supervision) -> (Vec<u8>, Vec<String>) {
+        let rest = String::from_utf8_lossy(&std::mem::take(&mut self.stderr_partial)).trim_end().to_string();
+        if !rest.trim().is_empty() {
+            self.stderr_line(rest, sup);
+        }
+        let rest = String::from_utf8_lossy(&self.stdout_partial);
+        if !rest.trim().is_empty() {
+            (sup.log)(LogStream::Stdout, rest.trim_end());
+        }
+        (self.stdout, self.tail.into_iter().collect())
+    }
+}
+
+/// Removes and returns the complete lines at the front of `buf` (bytes, so that a character
+/// split between two chunks stays whole).
+fn drain_lines(buf: &mut Vec<u8>) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        out.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
+    }
+    out
 }
 
 #[cfg(test)]

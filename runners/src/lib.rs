@@ -7,18 +7,22 @@
 pub mod docker;
 #[cfg(feature = "nix")]
 pub mod nix;
+pub mod probe;
 pub mod process;
 pub mod runner;
 pub mod sandbox;
 pub mod trivial;
 
-pub use process::{Ending, LogSink, LogStream, Supervised, Supervision};
+pub use probe::{Probe, ProbeCache};
+pub use process::{Ending, LogSink, LogStream, NoiseFilter, Supervised, Supervision};
 pub use runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
-pub use sandbox::{Isolation, Mounts, Probe, SandboxError, SandboxKind};
+pub use sandbox::{Isolation, Mounts, Sandbox, SandboxError, SandboxKind, SandboxSettings, Sandboxes};
 
 /// Settings of the runners that have any.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Remembered probe results, shared by the engine's runners and sandboxes.
+    pub probes: std::sync::Arc<ProbeCache>,
     #[cfg(feature = "docker")]
     pub docker: docker::DockerSettings,
     #[cfg(feature = "nix")]
@@ -32,7 +36,7 @@ pub fn registry(settings: &Settings) -> Vec<Box<dyn Runner>> {
         #[cfg(feature = "docker")]
         Box::new(docker::DockerRunner::new(settings.docker.clone())),
         #[cfg(feature = "nix")]
-        Box::new(nix::NixRunner::new(settings.nix.clone())),
+        Box::new(nix::NixRunner::new(settings.nix.clone(), settings.probes.clone())),
         Box::new(trivial::TrivialRunner),
     ]
 }

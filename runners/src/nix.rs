@@ -5,21 +5,21 @@
 //! Docspell evaluates the flake on every run and ignores a failed build; here a cache hit does not
 //! call nix at all, and a failed build is `execution-failed` with the tail of its log.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use addon_cache::{Key, Kind};
 use addon_descriptors::RunnerKind;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::sync::OnceCell;
+use serde::{Deserialize, Serialize};
 
-use crate::process::{LogStream, STDERR_TAIL_LINES};
+use crate::probe::{Probe, ProbeCache};
+use crate::process::{supervise, Ending, Supervision};
 use crate::runner::{
     cached_build, run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome,
     BUILD_LOG_MARK,
 };
+use crate::sandbox::ns::NsPlan;
 
 const KIND: RunnerKind = RunnerKind::NixFlake;
 const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
@@ -34,28 +34,32 @@ pub struct NixSettings {
 #[derive(Debug)]
 pub struct NixRunner {
     settings: NixSettings,
-    probed: OnceCell<Availability>,
+    probes: Arc<ProbeCache>,
 }
 
 fn setup(message: impl Into<String>) -> RunnerError {
     RunnerError::Setup { runner: KIND, message: message.into() }
 }
 
-impl NixRunner {
-    pub fn new(settings: NixSettings) -> NixRunner {
-        NixRunner { settings, probed: OnceCell::new() }
-    }
+/// What the nix cache entry records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NixBuildMeta {
+    /// The output store path.
+    pub out: PathBuf,
+}
 
-    /// Probes nix (cached on disk with the sandbox probes, keyed by the binary).
-    fn probe_once(&self) -> Availability {
-        let nix = self.settings.nix_binary.clone();
-        let path = which::which(&nix).ok();
-        let p = crate::sandbox::cached_probe("nix", path.as_deref(), || probe_nix(&nix, path.as_deref()));
-        Availability { available: p.available, version: p.version, detail: p.detail }
+impl addon_cache::EntryData for NixBuildMeta {}
+
+impl NixRunner {
+    pub fn new(settings: NixSettings, probes: Arc<ProbeCache>) -> NixRunner {
+        NixRunner { settings, probes }
     }
 
     /// Builds the flake, or finds its result in the cache. Returns the store path and cache use.
-    async fn realise(&self, launch: &Launch) -> Result<(PathBuf, CacheUse, addon_cache::Entry), RunnerError> {
+    async fn realise(
+        &self,
+        launch: &Launch,
+    ) -> Result<(PathBuf, CacheUse, addon_cache::Entry<NixBuildMeta>), RunnerError> {
         let s = &self.settings;
         let key = Key::new(Kind::NixBuild)
             .with("digest", launch.digest.as_str())
@@ -63,19 +67,13 @@ impl NixRunner {
             .with("extra-args", s.extra_args.join("\u{1f}"));
         let settings = s.clone();
         let addon_dir = launch.addon_dir.clone();
-        let log = launch.supervision.log.clone();
-        let valid =
-            |meta: &addon_cache::EntryMeta, _: &Path| meta.data.get("out").is_some_and(|out| Path::new(out).is_dir());
-        let e =
-            cached_build(
-                KIND,
-                launch,
-                key,
-                valid,
-                move |_content| async move { build(&settings, &addon_dir, &log).await },
-            )
-            .await?;
-        let out = PathBuf::from(e.meta.data.get("out").cloned().unwrap_or_default());
+        let supervision = launch.supervision.clone();
+        let valid = |meta: &NixBuildMeta, _: &Path| meta.out.is_dir();
+        let e = cached_build(KIND, launch, key, valid, move |_content| async move {
+            build(&settings, &addon_dir, &supervision).await
+        })
+        .await?;
+        let out = e.data().out.clone();
         let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
         // `result` is the GC root. It must point at the entry's final place (the build ran in a
         // temporary folder that was renamed), so it is added here, and re-added if an earlier
@@ -88,105 +86,116 @@ impl NixRunner {
     }
 }
 
-fn probe_nix(nix: &str, path: Option<&Path>) -> crate::sandbox::Probe {
-    let fail = |detail: String, version: Option<String>| crate::sandbox::Probe {
-        name: "nix",
-        available: false,
-        detail,
-        version,
-    };
+fn probe_nix(nix: &str, path: Option<&Path>) -> Probe {
     let Some(path) = path else {
-        return fail(
+        return Probe::missing(
+            "nix",
             format!("`{nix}` not found in PATH (apt-get install nix-bin; setting nix-runner.nix-binary)"),
-            None,
         );
     };
     let version = match std::process::Command::new(path).arg("--version").output() {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
         Ok(o) => {
-            return fail(
+            return Probe::missing(
+                "nix",
                 format!("`{} --version` failed: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
-                None,
             )
         }
-        Err(e) => return fail(format!("cannot run {}: {e}", path.display()), None),
+        Err(e) => return Probe::missing("nix", format!("cannot run {}: {e}", path.display())),
     };
     // Flakes arrived in 2.4 (behind the experimental flag, which we pass).
     let numbers: Vec<u32> =
         version.rsplit(' ').next().unwrap_or("").split('.').take(2).filter_map(|p| p.parse().ok()).collect();
     if numbers.len() == 2 && (numbers[0], numbers[1]) < (2, 4) {
-        return fail(format!("{version} has no flake support (needs nix 2.4 or later)"), Some(version.clone()));
+        let mut p = Probe::missing("nix", format!("{version} has no flake support (needs nix 2.4 or later)"));
+        p.version = Some(version);
+        return p;
     }
-    crate::sandbox::Probe {
-        name: "nix",
-        available: true,
-        detail: format!("{} with flakes", path.display()),
-        version: Some(version),
+    if let Some(why) = build_users_problem(path) {
+        let mut p = Probe::missing("nix", why);
+        p.version = Some(version);
+        return p;
     }
+    Probe::ok("nix", format!("{} with flakes", path.display()), Some(version))
 }
 
-/// `nix build path:<addon>#default --no-link --json`; returns the output store path.
-async fn build(
-    s: &NixSettings,
-    addon_dir: &Path,
-    log: &crate::process::LogSink,
-) -> Result<BTreeMap<String, String>, String> {
+/// As root without a daemon, nix builds as the users of `build-users-group`; when that group does
+/// not exist every build fails ("the group 'nixbld' specified in 'build-users-group' does not
+/// exist"). Debian creates it in the recommended package nix-setup-systemd, so an install with
+/// `--no-install-recommends` lacks it.
+fn build_users_problem(nix: &Path) -> Option<String> {
+    if !crate::sandbox::is_root() || std::env::var("NIX_REMOTE").is_ok_and(|v| !v.is_empty()) {
+        return None; // builds go through the daemon, whose configuration is its own
+    }
+    let out = std::process::Command::new(nix).args(FEATURES).arg("show-config").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let group = text.lines().find_map(|l| l.strip_prefix("build-users-group = ")).map(str::trim)?;
+    if group.is_empty() || group_exists(group) {
+        return None;
+    }
+    Some(format!(
+        "nix is configured with build-users-group = {group}, but the group `{group}` does not exist, so every \
+         build fails. Create Nix's build users (groupadd --system {group}; then for i in 1..10: useradd --system \
+         --gid {group} --groups {group} --home-dir /var/empty --shell /usr/sbin/nologin {group}$i), install \
+         Debian's nix-setup-systemd, or set `build-users-group =` in /etc/nix/nix.conf to build as root"
+    ))
+}
+
+fn group_exists(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: getgrnam with a valid C string; only the null-ness of the result is read.
+    unsafe { !libc::getgrnam(c.as_ptr()).is_null() }
+}
+
+/// `nix build path:<addon>#default --no-link --json`, supervised like an addon (timeout, cancel,
+/// the whole process tree stopped); returns the output store path.
+async fn build(s: &NixSettings, addon_dir: &Path, run: &Supervision) -> Result<NixBuildMeta, String> {
     let mut cmd = tokio::process::Command::new(&s.nix_binary);
     cmd.args(FEATURES)
         .arg("build")
         .arg(format!("path:{}#default", addon_dir.display()))
         .args(["--no-link", "--json"])
-        .args(&s.extra_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", s.nix_binary))?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let log2 = log.clone();
-    let tail_task = tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        let mut tail: Vec<String> = Vec::new();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log2(LogStream::Stderr, &format!("nix: {line}"));
-            tail.push(line);
-            if tail.len() > STDERR_TAIL_LINES {
-                tail.remove(0);
-            }
-        }
-        tail
-    });
-    let run = async {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out).await;
-        let status = child.wait().await;
-        (out, status)
+        .args(&s.extra_args);
+    // Its own PID namespace: a timeout or cancel kills nix and every builder it started.
+    // nix reads /proc/<pid> of its builders, so the namespace gets a /proc of its own.
+    NsPlan::pid_only().with_fresh_proc().install(&mut cmd);
+    let log = run.log.clone();
+    let supervision = Supervision {
+        timeout: s.build_timeout,
+        collect_stdout: Some(1 << 20),
+        log: Arc::new(move |stream, line: &str| log(stream, &format!("nix: {line}"))),
+        noise: None,
+        ..run.clone()
     };
-    let (out, status) = match tokio::time::timeout(s.build_timeout, run).await {
-        Ok(r) => r,
-        Err(_) => {
-            let tail = tail_task.await.unwrap_or_default();
+    let done = supervise(cmd, &supervision).await.map_err(|e| format!("cannot start {}: {e}", s.nix_binary))?;
+    let tail = done.stderr_tail.join("\n");
+    match done.ending {
+        Ending::Exited(0) => {}
+        Ending::Exited(code) => return Err(format!("nix build failed (exit code {code}){BUILD_LOG_MARK}{tail}")),
+        Ending::TimedOut(t) => {
             return Err(format!(
-                "nix build did not finish within {:?} (setting nix-runner.build-timeout){BUILD_LOG_MARK}{}",
-                s.build_timeout,
-                tail.join("\n")
-            ));
+                "nix build timed out: it did not finish within {} (setting nix-runner.build-timeout) and was \
+                 stopped{BUILD_LOG_MARK}{tail}",
+                humantime_secs(t)
+            ))
         }
-    };
-    let tail = tail_task.await.unwrap_or_default();
-    match status {
-        Ok(st) if st.success() => {}
-        Ok(st) => return Err(format!("nix build failed ({st}){BUILD_LOG_MARK}{}", tail.join("\n"))),
-        Err(e) => return Err(format!("nix build: {e}")),
+        Ending::Cancelled => return Err("the run was cancelled during the nix build; it was stopped".into()),
+        Ending::StdoutTooLarge(n) => return Err(format!("nix build printed more than {n} bytes of JSON")),
     }
+    let out = String::from_utf8_lossy(&done.stdout);
     let parsed: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| format!("nix build printed no JSON ({e}): {out}"))?;
-    let store_path = parsed[0]["outputs"]["out"]
-        .as_str()
-        .ok_or_else(|| format!("nix build JSON names no `out` output: {out}"))?
-        .to_string();
-    Ok(BTreeMap::from([("out".to_string(), store_path)]))
+    let store_path =
+        parsed[0]["outputs"]["out"].as_str().ok_or_else(|| format!("nix build JSON names no `out` output: {out}"))?;
+    Ok(NixBuildMeta { out: PathBuf::from(store_path) })
+}
+
+fn humantime_secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 /// Registers `link` (inside a cache entry) as an indirect GC root for `store_path`. Pruning the
@@ -247,7 +256,10 @@ impl Runner for NixRunner {
     }
 
     async fn probe(&self) -> Availability {
-        self.probed.get_or_init(|| async { self.probe_once() }).await.clone()
+        let nix = self.settings.nix_binary.clone();
+        let path = which::which(&nix).ok();
+        let p = self.probes.get("nix", &nix, path.as_deref(), || probe_nix(&nix, path.as_deref()));
+        Availability { available: p.available, version: p.version, detail: p.detail }
     }
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
@@ -255,7 +267,7 @@ impl Runner for NixRunner {
         let program = program_of(&out).map_err(setup)?;
         tracing::info!(addon = %launch.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
         let supervised = run_sandboxed(KIND, launch, &program, &[PathBuf::from("/nix/store")]).await?;
-        drop(entry); // the store path stays protected by the GC root; the entry lock ends here
-        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.as_str().to_string(), cache })
+        drop(entry); // held for the whole run, so that a concurrent prune cannot remove it
+        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.name().to_string(), cache })
     }
 }

@@ -21,6 +21,9 @@ pub const STDERR_TAIL_LINES: usize = 20;
 /// Receives the addon's log lines (stderr, and stdout when it is not collected).
 pub type LogSink = Arc<dyn Fn(LogStream, &str) + Send + Sync>;
 
+/// Tells the lines a sandbox tool printed itself apart from the addon's.
+pub type NoiseFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStream {
     Stdout,
@@ -60,6 +63,8 @@ pub struct Supervision {
     pub collect_stdout: Option<u64>,
     pub log: LogSink,
     pub cancel: CancellationToken,
+    /// Lines on stderr that are not the addon's (logged at debug level, kept out of the tail).
+    pub noise: Option<NoiseFilter>,
 }
 
 impl std::fmt::Debug for Supervision {
@@ -82,6 +87,7 @@ pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<S
     let stderr = child.stderr.take().expect("stderr is piped");
 
     let log = sup.log.clone();
+    let noise = sup.noise.clone();
     let stderr_task = tokio::spawn(async move {
         let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL_LINES);
         let mut lines = BufReader::new(stderr);
@@ -94,6 +100,10 @@ pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<S
                 Ok(_) => {
                     let line = String::from_utf8_lossy(&buf);
                     let line = line.trim_end_matches(['\n', '\r']);
+                    if noise.as_ref().is_some_and(|is_noise| is_noise(line)) {
+                        tracing::debug!("sandbox: {line}");
+                        continue;
+                    }
                     log(LogStream::Stderr, line);
                     if tail.len() == STDERR_TAIL_LINES {
                         tail.pop_front();

@@ -7,7 +7,7 @@ use addon_descriptors::{ContentDigest, Descriptor, RunnerKind};
 use serde::Serialize;
 
 use crate::process::{Supervised, Supervision};
-use crate::sandbox::{SandboxError, SandboxKind};
+use crate::sandbox::{Mounts, Sandbox, SandboxError};
 
 /// What a runner can do, so the executor asks questions instead of checking names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -57,33 +57,49 @@ pub struct Launch {
     pub output_dir: PathBuf,
     /// The addon's persistent cache directory.
     pub cache_dir: PathBuf,
+    /// The addon's private HOME, kept between its runs (host runners; containers keep the
+    /// image's own).
+    pub home_dir: PathBuf,
     /// Arguments: the descriptor's args, then the user-input path (relative to the work dir).
     pub args: Vec<String>,
     /// Environment besides the contract's directories: PATH, locale, ITEM_*, configured, --env.
     pub extra_env: Vec<(String, String)>,
     /// The sandbox for host runners.
-    pub sandbox: SandboxKind,
+    pub sandbox: std::sync::Arc<dyn Sandbox>,
     pub supervision: Supervision,
     /// The artifact cache (built images, nix results).
     pub cache: addon_cache::Cache,
 }
 
 impl Launch {
-    /// The addon's environment with the contract's directories as the addon sees them (`work`,
-    /// `output`, `cache` are host paths, or mount points inside a container).
-    pub fn env(&self, work: &Path, output: &Path, cache: &Path) -> Vec<(String, String)> {
+    /// The run's directories as host paths.
+    pub fn mounts(&self) -> Mounts {
+        Mounts {
+            work: self.work_dir.clone(),
+            output: self.output_dir.clone(),
+            cache: self.cache_dir.clone(),
+            home: self.home_dir.clone(),
+        }
+    }
+
+    /// The addon's environment with the contract's directories as the addon sees them (`view`:
+    /// host paths, or mount points inside a sandbox or container). `HOME` (and
+    /// `XDG_CACHE_HOME`) point into the addon's private home unless `keep_home` (a container's
+    /// image brings its own, often with pre-compiled code in it).
+    pub fn env(&self, view: &Mounts, keep_home: bool) -> Vec<(String, String)> {
         let rel_addon = self.addon_dir.strip_prefix(&self.work_dir).unwrap_or(&self.addon_dir);
-        let s = |p: PathBuf| p.display().to_string();
-        let home = work.join(".home");
+        let s = |p: &Path| p.display().to_string();
         let mut env = vec![
-            ("ADDON_DIR".to_string(), s(work.join(rel_addon))),
-            ("TMPDIR".to_string(), s(work.join("temp"))),
-            ("TMP_DIR".to_string(), s(work.join("temp"))),
-            ("OUTPUT_DIR".to_string(), s(output.to_path_buf())),
-            ("CACHE_DIR".to_string(), s(cache.to_path_buf())),
-            ("HOME".to_string(), s(home.clone())),
-            ("XDG_CACHE_HOME".to_string(), s(home.join(".cache"))),
+            ("ADDON_DIR".to_string(), s(&view.work.join(rel_addon))),
+            ("TMPDIR".to_string(), s(&view.work.join("temp"))),
+            ("TMP_DIR".to_string(), s(&view.work.join("temp"))),
+            ("OUTPUT_DIR".to_string(), s(&view.output)),
+            ("CACHE_DIR".to_string(), s(&view.cache)),
         ];
+        if !keep_home {
+            env.push(("HOME".to_string(), s(&view.home)));
+            env.push(("XDG_CACHE_HOME".to_string(), s(&view.home.join(".cache"))));
+        }
         for (k, v) in &self.extra_env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
@@ -157,28 +173,20 @@ pub async fn run_sandboxed(
     program: &Path,
     extra_ro: &[PathBuf],
 ) -> Result<Supervised, RunnerError> {
-    let mounts = crate::sandbox::Mounts {
-        work: launch.work_dir.clone(),
-        output: launch.output_dir.clone(),
-        cache: launch.cache_dir.clone(),
-    };
-    let (work, output, cache) = launch.sandbox.view(&mounts);
-    let env = launch.env(&work, &output, &cache);
+    let mounts = launch.mounts();
+    let sandbox = &launch.sandbox;
+    let env = launch.env(&sandbox.view(&mounts), false);
     let iso = crate::sandbox::Isolation { network: launch.descriptor.networking() };
-    let cmd = launch
-        .sandbox
-        .command(&crate::sandbox::Spec {
-            program,
-            args: &launch.args,
-            env: &env,
-            cwd: &launch.work_dir,
-            mounts: &mounts,
-            extra_ro,
-            iso,
-        })
+    let cmd = sandbox
+        .command(&crate::sandbox::Spec { program, args: &launch.args, env: &env, mounts: &mounts, extra_ro, iso })
         .map_err(|source| RunnerError::Sandbox { runner, source })?;
-    tracing::debug!(addon = %launch.label(), sandbox = launch.sandbox.as_str(), program = %program.display(), "starting");
-    crate::process::supervise(cmd, &launch.supervision).await.map_err(|source| RunnerError::Spawn {
+    tracing::debug!(addon = %launch.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
+    let own = sandbox.clone();
+    let supervision = Supervision {
+        noise: Some(std::sync::Arc::new(move |l: &str| own.is_own_message(l))),
+        ..launch.supervision.clone()
+    };
+    crate::process::supervise(cmd, &supervision).await.map_err(|source| RunnerError::Spawn {
         runner,
         program: program.to_path_buf(),
         source,
@@ -188,17 +196,18 @@ pub async fn run_sandboxed(
 /// Returns the cache entry for `key`, building it with `build` when missing or damaged. The
 /// build runs on a blocking thread that holds the entry's lock (so concurrent engines build once)
 /// and is dropped when the run is cancelled. Failures become [`RunnerError::Build`].
-pub async fn cached_build<V, F, Fut>(
+pub async fn cached_build<D, V, F, Fut>(
     runner: RunnerKind,
     launch: &Launch,
     key: addon_cache::Key,
     valid: V,
     build: F,
-) -> Result<addon_cache::Entry, RunnerError>
+) -> Result<addon_cache::Entry<D>, RunnerError>
 where
-    V: Fn(&addon_cache::EntryMeta, &Path) -> bool + Send + 'static,
+    D: addon_cache::EntryData,
+    V: Fn(&D, &Path) -> bool + Send + 'static,
     F: FnOnce(PathBuf) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<std::collections::BTreeMap<String, String>, String>>,
+    Fut: std::future::Future<Output = Result<D, String>>,
 {
     let cache = launch.cache.clone();
     let label = launch.label();
@@ -231,9 +240,10 @@ pub trait Runner: Send + Sync {
     /// Builds (or finds in the cache) and runs the addon once.
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError>;
 
-    /// Releases what a pruned cache entry owned outside the cache (an image, a GC root).
-    async fn release(&self, artifact: &str) -> Result<(), String> {
-        let _ = artifact;
+    /// Releases what a pruned cache entry of this runner owned outside the cache (an image).
+    /// Called for every removed entry; a runner ignores entries that are not its own.
+    async fn release(&self, entry: &addon_cache::EntryInfo) -> Result<(), String> {
+        let _ = entry;
         Ok(())
     }
 }

@@ -1,0 +1,360 @@
+//! Sandboxes for host-run addons (trivial, nix-flake): how a command is wrapped so that the addon
+//! gets the isolation it asks for, and what each sandbox can give.
+//!
+//! One trait, [`Sandbox`], one module per sandbox (`bwrap`, `netns`, `nspawn`, `none`), and
+//! [`Sandboxes`], the set an engine owns with its settings and probe cache. A fifth sandbox is one
+//! more module and one line in [`Sandboxes::new`].
+//!
+//! A sandbox never weakens silently: [`Sandbox::check`] says what is missing and the runner then
+//! refuses to start the addon. Every sandbox puts the addon in its own PID namespace so that the
+//! supervisor can stop all of it.
+
+mod bwrap;
+mod netns;
+pub mod ns;
+mod nspawn;
+mod plain;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::process::Command;
+
+pub use crate::probe::{Probe, ProbeCache};
+
+/// The sandboxes, by name as in the config and the run result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// bubblewrap: read-only host, private /tmp, new PID/IPC/UTS (and network) namespaces.
+    Bwrap,
+    /// The engine's own network, PID and mount namespaces; the host filesystem, read-write.
+    Netns,
+    /// systemd-nspawn with a volatile root built from the host.
+    Nspawn,
+    /// The bare host (explicit choice only). Still a PID namespace, for cleanup.
+    None,
+}
+
+impl SandboxKind {
+    pub const ALL: [SandboxKind; 4] = [SandboxKind::Bwrap, SandboxKind::Netns, SandboxKind::Nspawn, SandboxKind::None];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Bwrap => "bwrap",
+            SandboxKind::Netns => "netns",
+            SandboxKind::Nspawn => "nspawn",
+            SandboxKind::None => "none",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The directories of one run that the addon may write, as host paths or as the addon sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounts {
+    pub work: PathBuf,
+    pub output: PathBuf,
+    pub cache: PathBuf,
+    /// The addon's private HOME, kept between its runs.
+    pub home: PathBuf,
+}
+
+impl Mounts {
+    /// The layout inside sandboxes with their own mount namespace (as docker and Docspell's
+    /// nspawn mount them). Stable paths also keep interpreters' compile caches valid: they are
+    /// keyed by the source file's absolute path, and the run directory's host path is new each run.
+    pub fn mnt() -> Mounts {
+        Mounts {
+            work: "/mnt/work".into(),
+            output: "/mnt/output".into(),
+            cache: "/mnt/cache".into(),
+            home: "/mnt/home".into(),
+        }
+    }
+
+    /// `path` (a host path inside one of these directories) as seen through `view`.
+    pub fn translate(&self, path: &Path, view: &Mounts) -> PathBuf {
+        for (host, inside) in self.pairs(view) {
+            if let Ok(rel) = path.strip_prefix(host) {
+                return inside.join(rel);
+            }
+        }
+        path.to_path_buf()
+    }
+
+    /// `(host, inside)` for each directory.
+    pub fn pairs<'a>(&'a self, view: &'a Mounts) -> [(&'a Path, &'a Path); 4] {
+        [(&self.work, &view.work), (&self.output, &view.output), (&self.cache, &view.cache), (&self.home, &view.home)]
+    }
+}
+
+/// One program to start in a sandbox, with exactly `env`, in the work directory.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    /// The program as a host path (translated by the sandbox when it lies in a run directory).
+    pub program: &'a Path,
+    pub args: &'a [String],
+    /// The environment, already in the sandbox's view (see [`Sandbox::view`]).
+    pub env: &'a [(String, String)],
+    /// The run's directories as host paths.
+    pub mounts: &'a Mounts,
+    /// Extra host paths made readable at the same place (e.g. /nix/store).
+    pub extra_ro: &'a [PathBuf],
+    pub iso: Isolation,
+}
+
+/// What the addon asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Isolation {
+    pub network: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox {sandbox} is not available on this host: {detail}")]
+    Unavailable { sandbox: &'static str, detail: String },
+    #[error("sandbox {sandbox} cannot cut the network, and the addon asks for none (set `sandbox:` to bwrap, netns or nspawn)")]
+    CannotCutNetwork { sandbox: &'static str },
+}
+
+/// A way to wrap a host program so that it sees only what it may.
+pub trait Sandbox: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> SandboxKind;
+
+    /// Can this sandbox cut the network?
+    fn cuts_network(&self) -> bool;
+
+    /// Does it keep the addon from writing outside its directories?
+    fn isolates_filesystem(&self) -> bool;
+
+    /// Whether it works here (remembered by the engine's probe cache).
+    fn probe(&self) -> Probe;
+
+    /// Where the run's directories appear inside this sandbox.
+    fn view(&self, host: &Mounts) -> Mounts;
+
+    /// The command that runs `spec` in this sandbox, without checking that it works here (the
+    /// decision logic, testable without the runtimes).
+    fn build(&self, spec: &Spec<'_>) -> Command;
+
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
+
+    /// True for a stderr line the sandbox tool printed itself (not the addon): it is logged at
+    /// debug level and kept out of the stderr tail that errors quote.
+    fn is_own_message(&self, line: &str) -> bool {
+        let _ = line;
+        false
+    }
+
+    /// Checks that this sandbox can run an addon that asks for `iso`.
+    fn check(&self, iso: Isolation) -> Result<(), SandboxError> {
+        let p = self.probe();
+        if !p.available {
+            return Err(SandboxError::Unavailable { sandbox: self.name(), detail: p.detail });
+        }
+        // `none` is the administrator's explicit choice of the bare host (SPEC): it runs.
+        if !iso.network && !self.cuts_network() && self.kind() != SandboxKind::None {
+            return Err(SandboxError::CannotCutNetwork { sandbox: self.name() });
+        }
+        Ok(())
+    }
+
+    /// Builds the command that runs `spec` in this sandbox, after checking it works here.
+    fn command(&self, spec: &Spec<'_>) -> Result<Command, SandboxError> {
+        self.check(spec.iso)?;
+        Ok(self.build(spec))
+    }
+}
+
+/// Settings of the sandboxes (from the engine configuration).
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    pub nspawn_binary: String,
+    /// Used to start nspawn when the engine is not root.
+    pub sudo_binary: String,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings { nspawn_binary: "systemd-nspawn".into(), sudo_binary: "sudo".into() }
+    }
+}
+
+/// The sandboxes of one engine, with its settings and its probe cache.
+#[derive(Debug, Clone)]
+pub struct Sandboxes {
+    all: Vec<Arc<dyn Sandbox>>,
+}
+
+impl Sandboxes {
+    pub fn new(settings: &SandboxSettings, probes: Arc<ProbeCache>) -> Sandboxes {
+        Sandboxes {
+            all: vec![
+                Arc::new(bwrap::Bwrap::new(probes.clone())),
+                Arc::new(netns::Netns::new(probes.clone())),
+                Arc::new(nspawn::Nspawn::new(settings, probes)),
+                Arc::new(plain::Plain),
+            ],
+        }
+    }
+
+    /// The sandbox of this kind.
+    pub fn get(&self, kind: SandboxKind) -> Arc<dyn Sandbox> {
+        self.all.iter().find(|s| s.kind() == kind).cloned().expect("every kind has a sandbox")
+    }
+
+    pub fn all(&self) -> &[Arc<dyn Sandbox>] {
+        &self.all
+    }
+
+    /// The sandbox `auto` picks: the strongest available of bwrap, netns (never none).
+    pub fn auto(&self) -> Option<SandboxKind> {
+        Self::AUTO.into_iter().find(|k| self.get(*k).probe().available)
+    }
+
+    /// What `auto` considers, strongest first.
+    pub const AUTO: [SandboxKind; 2] = [SandboxKind::Bwrap, SandboxKind::Netns];
+}
+
+impl Default for Sandboxes {
+    fn default() -> Self {
+        Sandboxes::new(&SandboxSettings::default(), Arc::new(ProbeCache::default()))
+    }
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The first line a tool prints for `--version`.
+pub(crate) fn version_of(path: &Path) -> Option<String> {
+    let out = std::process::Command::new(path).arg("--version").output().ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().next().map(|l| l.trim().to_string()).filter(|l| !l.is_empty())
+}
+
+/// Host files under `/etc` that programs need besides `/usr`: the dynamic loader's cache, name
+/// service switch, time zone, TLS certificates and, because Debian reaches many programs through
+/// them (`guile`, `awk`, `pager`), the alternatives links. Bound read-only where the sandbox
+/// builds its own root.
+pub const HOST_ETC: [&str; 9] = [
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+    "/etc/ld.so.conf",
+    "/etc/ld.so.conf.d",
+    "/etc/nsswitch.conf",
+    "/etc/localtime",
+    "/etc/timezone",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+];
+
+/// Host files an addon with network also needs, to resolve names.
+pub const HOST_ETC_NETWORK: [&str; 3] = ["/etc/resolv.conf", "/etc/hosts", "/etc/host.conf"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn argv(kind: SandboxKind, network: bool) -> Vec<String> {
+        let mounts =
+            Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/data".into(), home: "/c/home".into() };
+        let env = vec![("OUTPUT_DIR".to_string(), "/mnt/output".to_string())];
+        let args = vec!["arguments/user-input".to_string()];
+        let store = [PathBuf::from("/")];
+        let spec = Spec {
+            program: Path::new("/w/run/addons/a-1/run.sh"),
+            args: &args,
+            env: &env,
+            mounts: &mounts,
+            extra_ro: &store,
+            iso: Isolation { network },
+        };
+        let cmd = Sandboxes::default().get(kind).build(&spec);
+        let std = cmd.as_std();
+        std::iter::once(std.get_program()).chain(std.get_args()).map(|a| a.to_string_lossy().to_string()).collect()
+    }
+
+    #[test]
+    fn bwrap_cuts_the_network_only_when_asked_and_binds_the_run_dirs_at_mnt() {
+        let pure = argv(SandboxKind::Bwrap, false);
+        assert!(pure.contains(&"--unshare-net".to_string()));
+        assert!(pure.contains(&"--unshare-pid".to_string()) && pure.contains(&"--die-with-parent".to_string()));
+        for (host, inside) in
+            [("/w/run", "/mnt/work"), ("/w/out", "/mnt/output"), ("/c/data", "/mnt/cache"), ("/c/home", "/mnt/home")]
+        {
+            assert!(pure.windows(3).any(|w| w == ["--bind", host, inside]), "{host}: {pure:?}");
+        }
+        assert!(pure.windows(4).any(|w| w == ["--chdir", "/mnt/work", "--", "/mnt/work/addons/a-1/run.sh"]));
+        assert!(pure.ends_with(&["arguments/user-input".into()]));
+        let impure = argv(SandboxKind::Bwrap, true);
+        assert!(!impure.contains(&"--unshare-net".to_string()));
+        assert!(impure.contains(&"--unshare-pid".to_string()), "a PID namespace even with network");
+    }
+
+    #[test]
+    fn nspawn_mounts_at_mnt_brings_alternatives_and_translates_the_program() {
+        let pure = argv(SandboxKind::Nspawn, false);
+        assert!(pure.contains(&"--private-network".to_string()));
+        assert!(pure.contains(&"--volatile=yes".to_string()) && pure.contains(&"--directory=/".to_string()));
+        assert!(!pure.iter().any(|a| a == "--ephemeral"), "never copies a whole tree");
+        for b in [
+            "--bind=/w/run:/mnt/work",
+            "--bind=/w/out:/mnt/output",
+            "--bind=/c/data:/mnt/cache",
+            "--bind=/c/home:/mnt/home",
+            "--chdir=/mnt/work",
+        ] {
+            assert!(pure.contains(&b.to_string()), "{b} in {pure:?}");
+        }
+        if Path::new("/etc/alternatives").exists() {
+            assert!(pure.contains(&"--bind-ro=/etc/alternatives".to_string()), "{pure:?}");
+        }
+        assert!(pure.contains(&"--setenv=OUTPUT_DIR=/mnt/output".to_string()));
+        assert!(pure.ends_with(&["--".into(), "/mnt/work/addons/a-1/run.sh".into(), "arguments/user-input".into()]));
+        assert!(!argv(SandboxKind::Nspawn, true).contains(&"--private-network".to_string()));
+    }
+
+    #[test]
+    fn only_none_may_run_a_pure_addon_without_cutting_the_network() {
+        let s = Sandboxes::default();
+        assert!(s.get(SandboxKind::Bwrap).cuts_network() && s.get(SandboxKind::Netns).cuts_network());
+        assert!(s.get(SandboxKind::Nspawn).cuts_network());
+        let none = s.get(SandboxKind::None);
+        assert!(!none.cuts_network());
+        assert!(none.check(Isolation { network: false }).is_ok(), "explicit `none` runs, and says so");
+    }
+
+    #[test]
+    fn two_engines_keep_their_own_settings() {
+        let probes = Arc::new(ProbeCache::default());
+        let a = Sandboxes::new(
+            &SandboxSettings { nspawn_binary: "/opt/a/systemd-nspawn".into(), sudo_binary: "sudo".into() },
+            probes.clone(),
+        );
+        let b = Sandboxes::new(
+            &SandboxSettings { nspawn_binary: "/opt/b/systemd-nspawn".into(), sudo_binary: "sudo".into() },
+            probes,
+        );
+        let pa = a.get(SandboxKind::Nspawn).probe();
+        let pb = b.get(SandboxKind::Nspawn).probe();
+        assert!(pa.detail.contains("/opt/a/") && pb.detail.contains("/opt/b/"), "{pa:?} {pb:?}");
+    }
+
+    #[test]
+    fn translate_maps_host_paths_into_the_view() {
+        let host = Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c".into(), home: "/h".into() };
+        let view = Mounts::mnt();
+        assert_eq!(host.translate(Path::new("/w/run/addons/x/run"), &view), Path::new("/mnt/work/addons/x/run"));
+        assert_eq!(host.translate(Path::new("/nix/store/abc/bin/x"), &view), Path::new("/nix/store/abc/bin/x"));
+    }
+}
