@@ -53,8 +53,13 @@ pub struct World {
 }
 
 impl World {
+    /// A new world; `ADDON_TEST_KEEP=1` keeps its directory for a look afterwards.
     pub fn new(sandbox: &str, extra: &str) -> World {
-        let dir = tempfile::Builder::new().prefix("addon-test-").tempdir().unwrap();
+        let mut dir = tempfile::Builder::new().prefix("addon-test-").tempdir().unwrap();
+        if std::env::var("ADDON_TEST_KEEP").is_ok_and(|v| v == "1") {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
@@ -212,4 +217,88 @@ pub fn containers_of(addon_label: &str) -> Vec<String> {
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// The Guile test addon (tests/fixtures/guile-addon), copied into this world. With `docker`, its
+/// image's root filesystem is assembled from the host's guile and busybox (no registry here).
+impl World {
+    pub fn guile_addon(&self, docker: bool) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guile-addon");
+        let root = self.path().join("addons-src/guile-test");
+        std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+        let ok = Command::new("cp").arg("-a").arg(&src).arg(&root).status().unwrap();
+        assert!(ok.success());
+        if docker {
+            host_rootfs(
+                &root.join("rootfs"),
+                &["/usr/bin/busybox", "/usr/bin/guile"],
+                &[
+                    "/usr/lib/x86_64-linux-gnu/guile/3.0",
+                    "/usr/share/guile/3.0",
+                    // glibc loads iconv modules for Guile's port encodings.
+                    "/usr/lib/x86_64-linux-gnu/gconv",
+                ],
+            );
+        }
+        root
+    }
+}
+
+/// Copies host programs (with the libraries `ldd` names and every symlink on the way, so
+/// `/usr/bin/guile -> /etc/alternatives/guile -> ...` stays as it is) and whole directories into
+/// `root`, keeping the host's merged-/usr links.
+pub fn host_rootfs(root: &Path, programs: &[&str], dirs: &[&str]) {
+    std::fs::create_dir_all(root.join("usr")).unwrap();
+    for top in ["bin", "lib", "lib64", "sbin"] {
+        if let Ok(target) = std::fs::read_link(Path::new("/").join(top)) {
+            std::os::unix::fs::symlink(target, root.join(top)).unwrap();
+        }
+    }
+    let mut paths: Vec<PathBuf> = programs.iter().map(PathBuf::from).collect();
+    for p in programs {
+        let real = std::fs::canonicalize(p).unwrap();
+        let out = Command::new("ldd").arg(&real).output().unwrap();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let lib = line.split("=>").last().unwrap_or("").trim().split(' ').next().unwrap_or("");
+            if lib.starts_with('/') {
+                paths.push(PathBuf::from(lib));
+            }
+        }
+    }
+    paths.extend(dirs.iter().map(PathBuf::from));
+    for p in paths {
+        copy_with_links(&p, root);
+    }
+}
+
+/// Copies `path` into `root` at the same place, following (and recreating) symlinks hop by hop.
+fn copy_with_links(path: &Path, root: &Path) {
+    let mut p = path.to_path_buf();
+    for _ in 0..16 {
+        let parent = std::fs::canonicalize(p.parent().unwrap()).unwrap();
+        let at = parent.join(p.file_name().unwrap());
+        let dest = root.join(at.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        match std::fs::read_link(&at) {
+            Ok(target) => {
+                if std::fs::symlink_metadata(&dest).is_err() {
+                    std::os::unix::fs::symlink(&target, &dest).unwrap();
+                }
+                p = if target.is_absolute() { target } else { parent.join(target) };
+            }
+            Err(_) => {
+                // Directories merge into what earlier copies made of them.
+                let (from, to) = if at.is_dir() {
+                    std::fs::create_dir_all(&dest).unwrap();
+                    (at.join("."), dest)
+                } else {
+                    (at, dest)
+                };
+                let ok = Command::new("cp").arg("-a").arg(&from).arg(&to).status().unwrap();
+                assert!(ok.success(), "copying {}", from.display());
+                return;
+            }
+        }
+    }
+    panic!("too many symlinks from {}", path.display());
 }
