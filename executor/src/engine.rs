@@ -743,9 +743,15 @@ impl AttemptOutcome {
     }
 }
 
+/// Lines of the addon's stderr quoted in an execution error.
+const ERROR_TAIL_LINES: usize = 5;
+
 /// Turns what supervision saw into a result (SPEC `addon run`).
 fn judge(o: &mut AttemptOutcome, s: &addon_runners::Supervised, d: &Descriptor, staging: &Path, timeout: Duration) {
-    let tail = s.stderr_tail.last().map(|l| format!("; last stderr line: {l}")).unwrap_or_default();
+    // The end of the addon's own stderr (a sandbox tool's messages are already filtered out)
+    // usually says why it failed.
+    let last: Vec<&str> = s.stderr_tail.iter().rev().take(ERROR_TAIL_LINES).rev().map(String::as_str).collect();
+    let tail = if last.is_empty() { String::new() } else { format!("; its stderr ended with:\n{}", last.join("\n")) };
     match &s.ending {
         Ending::Exited(0) => {
             o.exit_code = Some(0);
@@ -1053,5 +1059,34 @@ mod tests {
         assert_eq!(calls, vec![RunnerKind::Docker]);
         assert_eq!(report.addons[0].result, AddonResult::ExecutionError);
         assert_eq!(report.addons[0].exit_code, Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_runner_compiled_out_is_explained_not_hidden() {
+        // An engine built without the docker and nix features has only the trivial runner.
+        let dir = tempfile::tempdir().unwrap();
+        let addon = dir.path().join("a");
+        std::fs::create_dir(&addon).unwrap();
+        std::fs::write(addon.join("Dockerfile"), "FROM scratch").unwrap();
+        std::fs::write(addon.join("run.sh"), "#!/bin/sh").unwrap();
+        std::fs::write(
+            addon.join("docspell-addon.yml"),
+            "meta: {name: a, version: \"1\"}\nrunner: {docker: {enable: true}, trivial: {enable: true, exec: run.sh}}\n",
+        )
+        .unwrap();
+        let mut config = Config::default();
+        config.working_dir = dir.path().join("work");
+        config.cache_dir = dir.path().join("cache");
+        config.runner = crate::config::RunnerOrder(vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        config.sandbox = crate::config::SandboxChoice::None;
+        let engine = Engine::with_runners(config, vec![Box::new(addon_runners::trivial::TrivialRunner)]);
+        let plan = engine.plan(addon.to_str().unwrap(), None).await.unwrap();
+        let docker = plan.candidates.iter().find(|c| c.runner == "docker").unwrap();
+        assert!(!docker.available);
+        assert_eq!(docker.reason, "the docker runner is not built into this engine");
+        assert_eq!(plan.selected.as_ref().map(|s| s.runner.as_str()), Some("trivial"));
+        let probe = engine.probe().await;
+        let docker = probe.runners.iter().find(|r| r.name == "docker").unwrap();
+        assert!(!docker.available && docker.detail.contains("not built into this engine"), "{docker:?}");
     }
 }

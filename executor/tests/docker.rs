@@ -395,3 +395,30 @@ fn a_build_over_build_timeout_is_execution_failed() {
     assert!(a["error"].as_str().unwrap().contains("build-timeout"), "{a}");
     assert!(containers_of("dslowbuild-1.0").is_empty());
 }
+
+/// A prune during a run keeps the image that the run's container uses (its cache entry is held
+/// for the whole run, not only while the image is looked up).
+#[test]
+fn a_prune_during_a_run_keeps_its_image() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let marker = format!("inuse-{}", std::process::id());
+    let addon = w.docker_addon("dinuse", PURE, "echo started >&2\nsleep 3\necho '{}'\n", &marker);
+    let engine = w.spawn_until(&addon, "started");
+    let cfg = w.config.to_str().unwrap();
+    let pr = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["cache", "prune", "--max-size", "0", "--json", "--config", cfg])
+        .output()
+        .unwrap();
+    let pr: serde_json::Value = serde_json::from_slice(&pr.stdout).unwrap();
+    let removed: Vec<&str> = pr["removed"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert!(!removed.contains(&"docker-image"), "the image of a running addon was pruned: {pr}");
+    let out = engine.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let ls =
+        Command::new(env!("CARGO_BIN_EXE_addon")).args(["cache", "ls", "--json", "--config", cfg]).output().unwrap();
+    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "docker-image"), "{ls}");
+}

@@ -308,3 +308,77 @@ fn stdout_is_capped() {
     assert_eq!(a["result"], "decoding-error", "{a}");
     assert!(a["error"].as_str().unwrap().contains("max-stdout"), "{a}");
 }
+
+/// A zip's unpacked content is digested once, when it enters the cache; the digest is recorded in
+/// the entry, and later runs of the same zip take it from there instead of walking 200 MB again.
+#[test]
+fn a_cached_archive_is_not_digested_again() {
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("bigzip", PURE, "echo '{}'");
+    let big = addon.join("model.bin");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(200 << 20).unwrap();
+    let zip = w.path().join("bigzip.zip");
+    zip_dir(&addon, &zip, "");
+    std::fs::remove_dir_all(&addon).unwrap();
+    let t = std::time::Instant::now();
+    let (_, v) = w.run(&[zip.to_str().unwrap()]);
+    let first = t.elapsed();
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    let digest = v["addons"][0]["digest"].as_str().unwrap().to_string();
+    let bucket = w.path().join("cache/archives-v1");
+    let entry = std::fs::read_dir(&bucket)
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("entry.json").exists())
+        .expect("an archive entry")
+        .path();
+    let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.join("entry.json")).unwrap()).unwrap();
+    assert_eq!(meta["data"]["digest"], digest.as_str(), "the entry records the digest");
+    // Change the unpacked content behind the engine's back: a run that walked it would report
+    // another digest; one that trusts its record reports the recorded one.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(entry.join("content/addon/model.bin"))
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let (_, v) = w.run(&[zip.to_str().unwrap()]);
+    let second = t.elapsed();
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert_eq!(v["addons"][0]["digest"], digest.as_str(), "the second run must not digest the content again");
+    eprintln!("200 MB zip: first run {first:?} (unpack + digest), second run {second:?}");
+}
+
+/// Log events go through the caller's bounded channel: an addon that prints without end cannot
+/// grow the engine's memory through a receiver that falls behind. Lines that find the channel
+/// full are dropped and counted; the run and its result are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_event_receiver_drops_log_lines_and_counts_them() {
+    use addon_executor::{CancellationToken, Config, Engine, Event, RunRequest};
+    let w = World::new(sandbox(), "");
+    let addon =
+        w.addon("loud", PURE, "i=0; while [ $i -lt 20000 ]; do echo \"line $i\" >&2; i=$((i+1)); done\necho '{}'");
+    let engine = Engine::new(Config::load(&w.config).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+    let run = tokio::spawn(async move { engine.run(req, Some(tx), CancellationToken::new()).await });
+    // A receiver that looks away for a while, then reads everything.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut logs = 0;
+    let mut finished = false;
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Log { .. } => logs += 1,
+            Event::Finished { .. } => finished = true,
+            _ => {}
+        }
+    }
+    let report = run.await.unwrap().unwrap();
+    let a = &report.addons[0];
+    assert_eq!(a.result, addon_executor::AddonResult::Success, "{a:?}");
+    assert!(finished);
+    assert!(a.log_lines_dropped > 0, "the channel of 16 could not hold 20000 lines");
+    assert_eq!(logs as u64 + a.log_lines_dropped, 20000, "every line was either delivered or counted");
+}

@@ -155,10 +155,14 @@ impl World {
     }
 }
 
+/// The config of a nix test: `settings` are more `nix-runner` keys (`"build-timeout: 3s, "`).
 /// Test flakes build offline with the host's static busybox as builder: Nix's build sandbox (on by
 /// default once its build users exist) must be given that one file.
-pub const NIX_CONFIG: &str =
-    "runner: [nix-flake]\nnix-runner: {extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}\n";
+pub fn nix_config(settings: &str) -> String {
+    format!(
+        "runner: [nix-flake]\nnix-runner: {{{settings}extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}}\n"
+    )
+}
 
 pub const PURE: &str = "options:\n  networking: false\n  collectOutput: true\n";
 pub const IMPURE: &str = "options:\n  networking: true\n  collectOutput: true\n";
