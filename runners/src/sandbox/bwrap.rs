@@ -1,12 +1,15 @@
-//! bubblewrap: the host read-only, a private `/tmp` and `/mnt` with the run's directories, new
-//! PID, IPC and UTS namespaces, and a network namespace with only `lo` unless the addon asks for
-//! network.
+//! bubblewrap: a root built from what a program needs (see [`View`]), the run's directories at
+//! `/mnt`, new PID, IPC and UTS namespaces, and a network namespace with only `lo` unless the
+//! addon asks for network.
 
+use std::io::{Seek, SeekFrom, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::process::Command;
 
+use super::view::{Inside, Step, View};
 use super::{Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
 
 #[derive(Debug)]
@@ -48,23 +51,85 @@ impl Sandbox for Bwrap {
 
     fn build(&self, spec: &Spec<'_>) -> Command {
         let Spec { program, args, env, mounts, extra_ro, iso } = *spec;
-        let view = self.view(mounts);
+        let inside = self.view(mounts);
+        // SAFETY: getters without preconditions.
+        let who = unsafe { Inside { uid: libc::geteuid(), gid: libc::getegid() } };
+        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who);
         let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
-        c.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/mnt"]);
-        for p in extra_ro {
-            c.arg("--ro-bind").arg(p).arg(p);
+        // Engine-made files reach bwrap as inherited memory files (`--ro-bind-data FD`).
+        let mut data = Vec::new();
+        for step in &view.steps {
+            match step {
+                Step::RoBind(p) => {
+                    c.arg("--ro-bind").arg(p).arg(p);
+                }
+                Step::Bind { src, at } => {
+                    c.arg("--bind").arg(src).arg(at);
+                }
+                Step::Symlink { target, at } => {
+                    c.arg("--symlink").arg(target).arg(at);
+                }
+                Step::Dir(p) => {
+                    c.arg("--dir").arg(p);
+                }
+                Step::Tmpfs(p) => {
+                    c.arg("--tmpfs").arg(p);
+                }
+                Step::Dev => {
+                    c.args(["--dev", "/dev"]);
+                }
+                Step::Proc => {
+                    c.args(["--proc", "/proc"]);
+                }
+                Step::File { at, contents } => match memfd(contents) {
+                    Ok(fd) => {
+                        c.arg("--ro-bind-data").arg(fd.as_raw_fd().to_string()).arg(at);
+                        data.push(fd);
+                    }
+                    // Without the file the program still runs; user lookups fail.
+                    Err(e) => tracing::warn!("bwrap: cannot make {}: {e}", at.display()),
+                },
+            }
         }
-        for (host, inside) in mounts.pairs(&view) {
-            c.arg("--bind").arg(host).arg(inside);
-        }
+        // The root itself (a tmpfs holding the mount points) becomes read-only: only /tmp,
+        // /var/tmp and the run's directories are writable.
+        c.args(["--remount-ro", "/"]);
         c.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]);
         if !iso.network {
             c.arg("--unshare-net");
         }
-        c.arg("--chdir").arg(&view.work).arg("--").arg(mounts.translate(program, &view)).args(args);
+        c.arg("--chdir").arg(&inside.work).arg("--").arg(mounts.translate(program, &inside)).args(args);
         c.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
+        let fds: Vec<i32> = data.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: fcntl on descriptors this closure keeps open (it owns `data`); async-signal-safe.
+        unsafe {
+            c.pre_exec(move || {
+                let _keep = &data;
+                for fd in &fds {
+                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
         c
     }
+}
+
+/// A sealed-in-memory file with `contents`, closed on exec unless a child clears that.
+fn memfd(contents: &str) -> std::io::Result<OwnedFd> {
+    // SAFETY: memfd_create with a valid name; the fd is owned by the returned OwnedFd.
+    let fd = unsafe { libc::memfd_create(c"addon-etc".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = std::fs::File::from(fd);
+    f.write_all(contents.as_bytes())?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(f.into())
 }
 
 fn probe(path: Option<PathBuf>) -> Probe {

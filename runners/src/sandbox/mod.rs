@@ -14,6 +14,7 @@ mod netns;
 pub mod ns;
 mod nspawn;
 mod plain;
+pub mod view;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -246,7 +247,7 @@ pub(crate) fn version_of(path: &Path) -> Option<String> {
 /// service switch, time zone, TLS certificates and, because Debian reaches many programs through
 /// them (`guile`, `awk`, `pager`), the alternatives links. Bound read-only where the sandbox
 /// builds its own root.
-pub const HOST_ETC: [&str; 9] = [
+pub const HOST_ETC: [&str; 11] = [
     "/etc/alternatives",
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
@@ -254,8 +255,10 @@ pub const HOST_ETC: [&str; 9] = [
     "/etc/nsswitch.conf",
     "/etc/localtime",
     "/etc/timezone",
-    "/etc/ssl",
-    "/etc/ca-certificates",
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
+    "/etc/os-release",
+    "/etc/debian_version",
 ];
 
 /// Host files an addon with network also needs, to resolve names.

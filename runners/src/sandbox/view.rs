@@ -1,0 +1,158 @@
+//! The filesystem an addon sees in a sandbox that builds its own root (bwrap, netns): what a
+//! program needs from the host, read-only, plus the run's directories, and nothing else. No
+//! `/run`, `/var`, `/home`, `/root`, host `/tmp` or `/sys`: daemon sockets, other users' files and
+//! the engine's secrets are not hidden by permissions but absent.
+//!
+//! A [`View`] is a list of steps in order; each sandbox turns it into its own mechanism (bwrap
+//! arguments, or mount calls in the engine's own namespaces).
+
+use std::path::{Path, PathBuf};
+
+use super::{Mounts, HOST_ETC, HOST_ETC_NETWORK};
+
+/// One step in building the root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Bind a host path read-only at the same place.
+    RoBind(PathBuf),
+    /// Bind a host directory read-write at `at`.
+    Bind { src: PathBuf, at: PathBuf },
+    /// A symlink `at -> target` (the merged-/usr links).
+    Symlink { target: PathBuf, at: PathBuf },
+    /// An empty directory.
+    Dir(PathBuf),
+    /// A read-only file made by the engine.
+    File { at: PathBuf, contents: String },
+    /// A private, writable tmpfs.
+    Tmpfs(PathBuf),
+    /// A minimal /dev (null, zero, full, random, urandom, tty, pts, shm).
+    Dev,
+    /// A /proc of the sandbox's PID namespace.
+    Proc,
+}
+
+/// The root filesystem of a sandboxed addon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    pub steps: Vec<Step>,
+}
+
+/// Top-level directories that hold programs and libraries: bound read-only, or recreated as the
+/// symlinks they are on a merged-/usr host.
+const SYSTEM: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+
+/// Configuration that common programs read (fonts, interpreters, JVM, ImageMagick, file(1)):
+/// system settings, never secrets. Bound read-only when present.
+const PROGRAM_ETC: [&str; 14] = [
+    "/etc/fonts",
+    "/etc/ImageMagick-6",
+    "/etc/ImageMagick-7",
+    "/etc/ghostscript",
+    "/etc/java-17-openjdk",
+    "/etc/java-21-openjdk",
+    "/etc/perl",
+    "/etc/python3",
+    "/etc/python3.11",
+    "/etc/mime.types",
+    "/etc/magic",
+    "/etc/protocols",
+    "/etc/services",
+    "/etc/papersize",
+];
+
+/// Who the addon is inside the sandbox, for the engine-made `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inside {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl View {
+    /// The view for a host program: the system directories, a minimal `/etc`, `/dev`, `/proc`,
+    /// a private `/tmp`, `extra_ro` (e.g. `/nix/store`) and the run's directories at `view`.
+    pub fn host_program(host: &Mounts, view: &Mounts, network: bool, extra_ro: &[PathBuf], who: Inside) -> View {
+        let mut steps = Vec::new();
+        for dir in SYSTEM.iter().map(Path::new) {
+            match std::fs::read_link(dir) {
+                Ok(target) => steps.push(Step::Symlink { target, at: dir.to_path_buf() }),
+                Err(_) if dir.is_dir() => steps.push(Step::RoBind(dir.to_path_buf())),
+                Err(_) => {}
+            }
+        }
+        steps.push(Step::Dir("/etc".into()));
+        let etc = HOST_ETC.iter().chain(PROGRAM_ETC.iter()).chain(if network { &HOST_ETC_NETWORK[..] } else { &[] });
+        steps.extend(etc.map(Path::new).filter(|p| p.exists()).map(|p| Step::RoBind(p.to_path_buf())));
+        steps.push(Step::File { at: "/etc/passwd".into(), contents: passwd(who) });
+        steps.push(Step::File { at: "/etc/group".into(), contents: group(who) });
+        steps.push(Step::Dev);
+        steps.push(Step::Proc);
+        steps.push(Step::Tmpfs("/tmp".into()));
+        steps.push(Step::Tmpfs("/var/tmp".into()));
+        steps.extend(extra_ro.iter().filter(|p| p.exists()).map(|p| Step::RoBind(p.clone())));
+        steps.push(Step::Dir("/mnt".into()));
+        for (src, at) in host.pairs(view) {
+            steps.push(Step::Bind { src: src.to_path_buf(), at: at.to_path_buf() });
+        }
+        View { steps }
+    }
+}
+
+fn passwd(who: Inside) -> String {
+    let mut s = String::from("root:x:0:0:root:/root:/usr/sbin/nologin\n");
+    if who.uid != 0 && who.uid != 65534 {
+        s.push_str(&format!("addon:x:{}:{}:addon:/mnt/home:/bin/sh\n", who.uid, who.gid));
+    }
+    s.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
+    s
+}
+
+fn group(who: Inside) -> String {
+    let mut s = String::from("root:x:0:\n");
+    if who.gid != 0 && who.gid != 65534 {
+        s.push_str(&format!("addon:x:{}:\n", who.gid));
+    }
+    s.push_str("nogroup:x:65534:\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(network: bool) -> View {
+        let host = Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/d".into(), home: "/c/h".into() };
+        View::host_program(&host, &Mounts::mnt(), network, &[], Inside { uid: 1000, gid: 1000 })
+    }
+
+    #[test]
+    fn only_what_programs_need_is_there() {
+        let v = view(false);
+        let bound: Vec<&Path> = v
+            .steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::RoBind(p) => Some(p.as_path()),
+                Step::Bind { src, .. } => Some(src.as_path()),
+                _ => None,
+            })
+            .collect();
+        assert!(bound.contains(&Path::new("/usr")));
+        for secret in ["/", "/etc", "/run", "/var", "/home", "/root", "/tmp", "/sys", "/etc/shadow", "/etc/ssl/private"]
+        {
+            assert!(!bound.contains(&Path::new(secret)), "{secret} must not be in the view: {bound:?}");
+        }
+        assert!(!bound.contains(&Path::new("/etc/resolv.conf")), "no name resolution without network");
+        if Path::new("/etc/resolv.conf").exists() {
+            assert!(view(true).steps.contains(&Step::RoBind("/etc/resolv.conf".into())));
+        }
+        if Path::new("/etc/alternatives").exists() {
+            assert!(bound.contains(&Path::new("/etc/alternatives")));
+        }
+        let passwd = v.steps.iter().find_map(|s| match s {
+            Step::File { at, contents } if at == Path::new("/etc/passwd") => Some(contents.clone()),
+            _ => None,
+        });
+        assert!(passwd.unwrap().contains("addon:x:1000:1000:addon:/mnt/home"));
+        assert!(v.steps.contains(&Step::Bind { src: "/w/out".into(), at: "/mnt/output".into() }));
+    }
+}
