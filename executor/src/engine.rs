@@ -1015,9 +1015,9 @@ mod tests {
         }
     }
 
-    async fn run_with(options: &str) -> (RunReport, Vec<RunnerKind>) {
-        let dir = tempfile::tempdir().unwrap();
-        let addon = dir.path().join("a");
+    /// An addon enabling docker and trivial, and a config preferring docker, inside `dir`.
+    fn docker_and_trivial(dir: &Path, options: &str) -> (PathBuf, Config) {
+        let addon = dir.join("a");
         std::fs::create_dir(&addon).unwrap();
         std::fs::write(addon.join("Dockerfile"), "FROM scratch").unwrap();
         std::fs::write(addon.join("run.sh"), "#!/bin/sh").unwrap();
@@ -1027,9 +1027,15 @@ mod tests {
         )
         .unwrap();
         let mut config = Config::default();
-        config.working_dir = dir.path().join("work");
-        config.cache_dir = dir.path().join("cache");
+        config.working_dir = dir.join("work");
+        config.cache_dir = dir.join("cache");
         config.runner = crate::config::RunnerOrder(vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        (addon, config)
+    }
+
+    async fn run_with(options: &str) -> (RunReport, Vec<RunnerKind>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (addon, config) = docker_and_trivial(dir.path(), options);
         let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let runners: Vec<Box<dyn Runner>> = vec![
             Box::new(Fake { kind: RunnerKind::Docker, exit: 1, calls: calls.clone() }),
@@ -1065,19 +1071,7 @@ mod tests {
     async fn a_runner_compiled_out_is_explained_not_hidden() {
         // An engine built without the docker and nix features has only the trivial runner.
         let dir = tempfile::tempdir().unwrap();
-        let addon = dir.path().join("a");
-        std::fs::create_dir(&addon).unwrap();
-        std::fs::write(addon.join("Dockerfile"), "FROM scratch").unwrap();
-        std::fs::write(addon.join("run.sh"), "#!/bin/sh").unwrap();
-        std::fs::write(
-            addon.join("docspell-addon.yml"),
-            "meta: {name: a, version: \"1\"}\nrunner: {docker: {enable: true}, trivial: {enable: true, exec: run.sh}}\n",
-        )
-        .unwrap();
-        let mut config = Config::default();
-        config.working_dir = dir.path().join("work");
-        config.cache_dir = dir.path().join("cache");
-        config.runner = crate::config::RunnerOrder(vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        let (addon, mut config) = docker_and_trivial(dir.path(), "");
         config.sandbox = crate::config::SandboxChoice::None;
         let engine = Engine::with_runners(config, vec![Box::new(addon_runners::trivial::TrivialRunner)]);
         let plan = engine.plan(addon.to_str().unwrap(), None).await.unwrap();
