@@ -40,6 +40,24 @@ pub struct Config {
     pub max_stdout: ByteSize,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub kill_grace: HumanDuration,
+    /// Who addons run as when the engine is root (bwrap and netns): an unprivileged uid and gid
+    /// of their own, without supplementary groups. No account should use them.
+    pub sandbox_user: SandboxUser,
+}
+
+/// A host uid and gid for addons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for SandboxUser {
+    fn default() -> Self {
+        let id = addon_runners::sandbox::DEFAULT_IDENTITY;
+        SandboxUser { uid: id.uid, gid: id.gid }
+    }
 }
 
 impl Default for Config {
@@ -59,6 +77,7 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             max_stdout: ByteSize(16 << 20),
             kill_grace: HumanDuration(Duration::from_secs(2)),
+            sandbox_user: SandboxUser::default(),
         }
     }
 }
@@ -297,6 +316,11 @@ impl Config {
         let mut config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         if config.nspawn.enabled && config.sandbox == SandboxChoice::Auto {
             config.sandbox = SandboxChoice::Nspawn;
+        }
+        if config.sandbox_user.uid == 0 || config.sandbox_user.gid == 0 {
+            return Err(
+                "sandbox-user: uid and gid must not be 0 (root); give an unprivileged identity no account uses".into(),
+            );
         }
         if config.runner.0.is_empty() {
             return Err("runner: the runner list is empty; name at least one of docker, nix-flake, trivial".into());

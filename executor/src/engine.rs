@@ -526,6 +526,11 @@ impl Engine {
                 judge(&mut outcome, &ran.supervised, d, &staging, timeout);
             }
         }
+        // What the addon wrote belongs to the engine's user again (a root engine ran it as its
+        // own identity).
+        if let Err(e) = addon_runners::sandbox::claim(&[&staging], addon_runners::sandbox::Identity::current()) {
+            tracing::warn!(addon = %label, "taking back the output files: {e}");
+        }
         if outcome.result == AddonResult::Success {
             if let Err(e) = merge_dir(&staging, output_dir) {
                 outcome.result = AddonResult::ExecutionFailed;
@@ -594,6 +599,7 @@ impl Engine {
         let (addon_dir2, cache_dir2) = (addon_dir.clone(), cache_dir.to_path_buf());
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             fs::create_dir_all(&work)?;
+            fs::create_dir_all(work.with_extension("root"))?;
             copy_tree(&root, &addon_dir2)?;
             fs::create_dir_all(work.join("arguments"))?;
             fs::write(work.join("arguments/user-input"), user_input)?;
@@ -644,6 +650,7 @@ impl Engine {
     }
 
     fn cleanup(&self, work: &Path, keep: bool) {
+        let _ = std::fs::remove_dir(work.with_extension("root"));
         if keep {
             tracing::info!("keeping the run directory {}", work.display());
             return;
@@ -660,6 +667,7 @@ fn sandbox_settings(config: &Config) -> addon_runners::SandboxSettings {
     addon_runners::SandboxSettings {
         nspawn_binary: config.nspawn.nspawn_binary.clone(),
         sudo_binary: config.nspawn.sudo_binary.clone(),
+        identity: addon_runners::sandbox::Identity { uid: config.sandbox_user.uid, gid: config.sandbox_user.gid },
     }
 }
 

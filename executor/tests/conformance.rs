@@ -248,7 +248,12 @@ fn engine_killed_takes_the_sandbox_along(t: Target) {
     let addon = t.addon(&w, "orphan", PURE, &script);
     // Wait until the addon runs, then kill the engine without warning.
     let mut child = w.spawn_until(&addon, "started");
-    assert!(!processes_with(&format!("sleep {marker}")).is_empty(), "the addon should be running");
+    // "started" comes just before `exec sleep`: wait until the sleeps have been exec'd.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while processes_with(&format!("sleep {marker}")).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(processes_with(&format!("sleep {marker}")).len(), 2, "the addon should be running");
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);

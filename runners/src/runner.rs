@@ -107,6 +107,12 @@ impl Launch {
         env
     }
 
+    /// An empty directory beside the run directory on which a sandbox may build the addon's
+    /// root (made and removed by the executor).
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.work_dir.with_extension("root")
+    }
+
     /// `name-version`, for logs and errors.
     pub fn label(&self) -> String {
         self.descriptor.id()
@@ -177,9 +183,25 @@ pub async fn run_sandboxed(
     let sandbox = &launch.sandbox;
     let env = launch.env(&sandbox.view(&mounts), false);
     let iso = crate::sandbox::Isolation { network: launch.descriptor.networking() };
-    let cmd = sandbox
-        .command(&crate::sandbox::Spec { program, args: &launch.args, env: &env, mounts: &mounts, extra_ro, iso })
-        .map_err(|source| RunnerError::Sandbox { runner, source })?;
+    let scratch = launch.scratch_dir();
+    let spec = crate::sandbox::Spec {
+        program,
+        args: &launch.args,
+        env: &env,
+        mounts: &mounts,
+        extra_ro,
+        iso,
+        scratch: &scratch,
+    };
+    sandbox.check(iso).map_err(|source| RunnerError::Sandbox { runner, source })?;
+    if let Some(owner) = sandbox.owner() {
+        let dirs = [&mounts.work, &mounts.output, &mounts.cache, &mounts.home].map(PathBuf::as_path);
+        crate::sandbox::claim(&dirs, owner).map_err(|e| RunnerError::Setup {
+            runner,
+            message: format!("giving the run's directories to uid {}: {e}", owner.uid),
+        })?;
+    }
+    let cmd = sandbox.command(&spec).map_err(|source| RunnerError::Sandbox { runner, source })?;
     tracing::debug!(addon = %launch.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
     let own = sandbox.clone();
     let supervision = Supervision {

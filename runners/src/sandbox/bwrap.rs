@@ -4,22 +4,25 @@
 
 use std::io::{Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::process::Command;
 
+use super::ns::{MountPlan, NsPlan};
 use super::view::{Inside, Step, View};
-use super::{Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
+use super::{is_root, Identity, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
 
 #[derive(Debug)]
 pub struct Bwrap {
+    /// Who the addon is when the engine is root.
+    identity: Identity,
     probes: Arc<ProbeCache>,
 }
 
 impl Bwrap {
-    pub fn new(probes: Arc<ProbeCache>) -> Bwrap {
-        Bwrap { probes }
+    pub fn new(identity: Identity, probes: Arc<ProbeCache>) -> Bwrap {
+        Bwrap { identity, probes }
     }
 }
 
@@ -42,22 +45,45 @@ impl Sandbox for Bwrap {
 
     fn probe(&self) -> Probe {
         let path = bwrap_path();
-        self.probes.get("bwrap", "", path.as_deref(), || probe(path.clone()))
+        self.probes.get("bwrap", &format!("{:?}", self.identity), path.as_deref(), || self.probe_now(path.clone()))
     }
 
     fn view(&self, _host: &Mounts) -> Mounts {
         Mounts::mnt()
     }
 
+    fn owner(&self) -> Option<Identity> {
+        is_root().then_some(self.identity)
+    }
+
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, .. } = *spec;
         let inside = self.view(mounts);
-        // SAFETY: getters without preconditions.
-        let who = unsafe { Inside { uid: libc::geteuid(), gid: libc::getegid() } };
-        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who);
+        // A root engine first binds the run's directories at /mnt in a mount namespace of its
+        // own (it can reach them; the addon's identity could not, through the engine's private
+        // directories), then becomes the addon's identity and starts bwrap unprivileged, which
+        // binds them from there.
+        let root = is_root();
+        let who = if root { self.identity } else { Identity::current() };
+        let sources = if root { inside.clone() } else { mounts.clone() };
+        let view = View::host_program(&sources, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid });
         let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
-        // Engine-made files reach bwrap as inherited memory files (`--ro-bind-data FD`).
+        // Engine-made files and the seccomp programs reach bwrap as inherited memory files.
         let mut data = Vec::new();
+        let mut memfd_arg = |c: &mut Command, flag: &str, bytes: &[u8], at: Option<&Path>| match memfd(bytes) {
+            Ok(fd) => {
+                c.arg(flag).arg(fd.as_raw_fd().to_string());
+                if let Some(at) = at {
+                    c.arg(at);
+                }
+                data.push(fd);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("bwrap: cannot make a memory file for {flag}: {e}");
+                false
+            }
+        };
         for step in &view.steps {
             match step {
                 Step::RoBind(p) => {
@@ -81,22 +107,33 @@ impl Sandbox for Bwrap {
                 Step::Proc => {
                     c.args(["--proc", "/proc"]);
                 }
-                Step::File { at, contents } => match memfd(contents) {
-                    Ok(fd) => {
-                        c.arg("--ro-bind-data").arg(fd.as_raw_fd().to_string()).arg(at);
-                        data.push(fd);
-                    }
+                Step::File { at, contents } => {
                     // Without the file the program still runs; user lookups fail.
-                    Err(e) => tracing::warn!("bwrap: cannot make {}: {e}", at.display()),
-                },
+                    memfd_arg(&mut c, "--ro-bind-data", contents.as_bytes(), Some(at));
+                }
             }
         }
         // The root itself (a tmpfs holding the mount points) becomes read-only: only /tmp,
         // /var/tmp and the run's directories are writable.
         c.args(["--remount-ro", "/"]);
-        c.args(["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--die-with-parent", "--new-session"]);
+        c.args(["--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
+        c.args(["--unshare-cgroup-try", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]);
         if !iso.network {
             c.arg("--unshare-net");
+        }
+        match super::seccomp::filters() {
+            Ok(f) => {
+                for program in [&f.deny, &f.no_clone3] {
+                    if !memfd_arg(&mut c, "--add-seccomp-fd", &super::seccomp::to_bytes(program), None) {
+                        // Never start without the filter: an impossible option makes bwrap fail.
+                        c.arg("--seccomp-filter-missing");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                c.arg("--seccomp-filter-missing");
+            }
         }
         c.arg("--chdir").arg(&inside.work).arg("--").arg(mounts.translate(program, &inside)).args(args);
         c.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
@@ -113,12 +150,19 @@ impl Sandbox for Bwrap {
                 Ok(())
             });
         }
+        if root {
+            let mut prep = MountPlan::default();
+            for (host, at) in mounts.pairs(&inside) {
+                prep = prep.bind(host, at);
+            }
+            NsPlan::prepare_only().with_mounts(prep).drop_to(Some(self.identity)).install(&mut c);
+        }
         c
     }
 }
 
-/// A sealed-in-memory file with `contents`, closed on exec unless a child clears that.
-fn memfd(contents: &str) -> std::io::Result<OwnedFd> {
+/// A memory file with `contents`, closed on exec unless a child clears that.
+fn memfd(contents: &[u8]) -> std::io::Result<OwnedFd> {
     // SAFETY: memfd_create with a valid name; the fd is owned by the returned OwnedFd.
     let fd = unsafe { libc::memfd_create(c"addon-etc".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -127,26 +171,49 @@ fn memfd(contents: &str) -> std::io::Result<OwnedFd> {
     // SAFETY: a fresh descriptor we own.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut f = std::fs::File::from(fd);
-    f.write_all(contents.as_bytes())?;
+    f.write_all(contents)?;
     f.seek(SeekFrom::Start(0))?;
     Ok(f.into())
 }
 
-fn probe(path: Option<PathBuf>) -> Probe {
-    let Some(path) = path else {
-        return Probe::missing("bwrap", "bwrap not found in PATH (apt-get install bubblewrap)");
-    };
-    let out = std::process::Command::new(&path)
-        .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-pid", "--unshare-net"])
-        .args(["--die-with-parent", "--", "true"])
-        .output();
-    let version = super::version_of(&path).unwrap_or_default();
-    match out {
-        Ok(o) if o.status.success() => Probe::ok("bwrap", format!("{version} at {}", path.display()), None),
-        Ok(o) => Probe::missing(
-            "bwrap",
-            format!("{} fails here: {}", path.display(), String::from_utf8_lossy(&o.stderr).trim()),
-        ),
-        Err(e) => Probe::missing("bwrap", format!("cannot start {}: {e}", path.display())),
+impl Bwrap {
+    /// Starts `/bin/true` in the real configuration (as the addon's identity, with the filters),
+    /// so that a host where unprivileged user namespaces are off says so here, not at run time.
+    fn probe_now(&self, path: Option<PathBuf>) -> Probe {
+        let Some(path) = path else {
+            return Probe::missing("bwrap", "bwrap not found in PATH (apt-get install bubblewrap)");
+        };
+        let version = super::version_of(&path).unwrap_or_default();
+        let dir = match tempfile::Builder::new().prefix("addon-bwrap-probe-").tempdir() {
+            Ok(d) => d,
+            Err(e) => return Probe::missing("bwrap", format!("cannot make a probe directory: {e}")),
+        };
+        let d = dir.path().to_path_buf();
+        let _ = std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let mounts = Mounts { work: d.clone(), output: d.clone(), cache: d.clone(), home: d.clone() };
+        let spec = Spec {
+            program: Path::new("/bin/true"),
+            args: &[],
+            env: &[],
+            mounts: &mounts,
+            extra_ro: &[],
+            iso: super::Isolation { network: false },
+            scratch: &d,
+        };
+        let how =
+            if is_root() { format!("as uid {} (setting sandbox-user)", self.identity.uid) } else { String::new() };
+        let mut c = self.build(&spec);
+        match c.as_std_mut().output() {
+            Ok(o) if o.status.success() => Probe::ok("bwrap", format!("{version} at {} {how}", path.display()), None),
+            Ok(o) => Probe::missing(
+                "bwrap",
+                format!(
+                    "{} fails here {how}: {} (bubblewrap 0.8 or later is needed, with unprivileged user namespaces)",
+                    path.display(),
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            ),
+            Err(e) => Probe::missing("bwrap", format!("cannot start {}: {e}", path.display())),
+        }
     }
 }

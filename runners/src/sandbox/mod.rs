@@ -14,6 +14,7 @@ mod netns;
 pub mod ns;
 mod nspawn;
 mod plain;
+pub mod seccomp;
 pub mod view;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +24,7 @@ use serde::Serialize;
 use tokio::process::Command;
 
 pub use crate::probe::{Probe, ProbeCache};
+pub use ns::Identity;
 
 /// The sandboxes, by name as in the config and the run result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -109,6 +111,9 @@ pub struct Spec<'a> {
     /// Extra host paths made readable at the same place (e.g. /nix/store).
     pub extra_ro: &'a [PathBuf],
     pub iso: Isolation,
+    /// An empty host directory, private to this run and outliving the process, on which a
+    /// sandbox may build the addon's root.
+    pub scratch: &'a Path,
 }
 
 /// What the addon asks for.
@@ -140,6 +145,12 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
 
     /// Where the run's directories appear inside this sandbox.
     fn view(&self, host: &Mounts) -> Mounts;
+
+    /// Who must own the run's writable directories for the addon to use them (None: the
+    /// engine's user, as they are made).
+    fn owner(&self) -> Option<Identity> {
+        None
+    }
 
     /// The command that runs `spec` in this sandbox, without checking that it works here (the
     /// decision logic, testable without the runtimes).
@@ -182,12 +193,40 @@ pub struct SandboxSettings {
     pub nspawn_binary: String,
     /// Used to start nspawn when the engine is not root.
     pub sudo_binary: String,
+    /// Who addons run as when the engine is root (bwrap, netns): an unprivileged identity of
+    /// their own, with no supplementary groups.
+    pub identity: Identity,
 }
+
+/// The default identity of addons under a root engine: a uid and gid no account uses, outside
+/// the ranges Debian, systemd (dynamic users, nspawn's private users) and subuid allocate.
+pub const DEFAULT_IDENTITY: Identity = Identity { uid: 2_147_000_000, gid: 2_147_000_000 };
 
 impl Default for SandboxSettings {
     fn default() -> Self {
-        SandboxSettings { nspawn_binary: "systemd-nspawn".into(), sudo_binary: "sudo".into() }
+        SandboxSettings {
+            nspawn_binary: "systemd-nspawn".into(),
+            sudo_binary: "sudo".into(),
+            identity: DEFAULT_IDENTITY,
+        }
     }
+}
+
+/// Gives `dirs` (recursively) to `who`, changing only what differs. Used when a root engine
+/// runs the addon as its own identity, and to take the output back afterwards.
+pub fn claim(dirs: &[&Path], who: Identity) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in dirs {
+        for entry in walkdir::WalkDir::new(dir).follow_links(false) {
+            let entry = entry.map_err(std::io::Error::other)?;
+            let meta = entry.metadata().map_err(std::io::Error::other)?;
+            if meta.uid() != who.uid || meta.gid() != who.gid {
+                std::os::unix::fs::lchown(entry.path(), Some(who.uid), Some(who.gid))
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", entry.path().display())))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The sandboxes of one engine, with its settings and its probe cache.
@@ -200,8 +239,8 @@ impl Sandboxes {
     pub fn new(settings: &SandboxSettings, probes: Arc<ProbeCache>) -> Sandboxes {
         Sandboxes {
             all: vec![
-                Arc::new(bwrap::Bwrap::new(probes.clone())),
-                Arc::new(netns::Netns::new(probes.clone())),
+                Arc::new(bwrap::Bwrap::new(settings.identity, probes.clone())),
+                Arc::new(netns::Netns::new(settings.identity, probes.clone())),
                 Arc::new(nspawn::Nspawn::new(settings, probes)),
                 Arc::new(plain::Plain),
             ],
@@ -281,6 +320,7 @@ mod tests {
             mounts: &mounts,
             extra_ro: &store,
             iso: Isolation { network },
+            scratch: Path::new("/w/run.root"),
         };
         let cmd = Sandboxes::default().get(kind).build(&spec);
         let std = cmd.as_std();
@@ -295,8 +335,15 @@ mod tests {
         for (host, inside) in
             [("/w/run", "/mnt/work"), ("/w/out", "/mnt/output"), ("/c/data", "/mnt/cache"), ("/c/home", "/mnt/home")]
         {
-            assert!(pure.windows(3).any(|w| w == ["--bind", host, inside]), "{host}: {pure:?}");
+            // A root engine binds the run's directories at /mnt itself before bwrap starts.
+            let src = if is_root() { inside } else { host };
+            assert!(pure.windows(3).any(|w| w == ["--bind", src, inside]), "{host}: {pure:?}");
         }
+        for hardening in ["--disable-userns", "--unshare-user", "--remount-ro"] {
+            assert!(pure.contains(&hardening.to_string()), "{hardening}: {pure:?}");
+        }
+        assert!(pure.windows(2).any(|w| w == ["--cap-drop", "ALL"]));
+        assert_eq!(pure.iter().filter(|a| *a == "--add-seccomp-fd").count(), 2, "both filters");
         assert!(pure.windows(4).any(|w| w == ["--chdir", "/mnt/work", "--", "/mnt/work/addons/a-1/run.sh"]));
         assert!(pure.ends_with(&["arguments/user-input".into()]));
         let impure = argv(SandboxKind::Bwrap, true);
@@ -340,14 +387,9 @@ mod tests {
     #[test]
     fn two_engines_keep_their_own_settings() {
         let probes = Arc::new(ProbeCache::default());
-        let a = Sandboxes::new(
-            &SandboxSettings { nspawn_binary: "/opt/a/systemd-nspawn".into(), sudo_binary: "sudo".into() },
-            probes.clone(),
-        );
-        let b = Sandboxes::new(
-            &SandboxSettings { nspawn_binary: "/opt/b/systemd-nspawn".into(), sudo_binary: "sudo".into() },
-            probes,
-        );
+        let settings = |bin: &str| SandboxSettings { nspawn_binary: bin.into(), ..SandboxSettings::default() };
+        let a = Sandboxes::new(&settings("/opt/a/systemd-nspawn"), probes.clone());
+        let b = Sandboxes::new(&settings("/opt/b/systemd-nspawn"), probes);
         let pa = a.get(SandboxKind::Nspawn).probe();
         let pb = b.get(SandboxKind::Nspawn).probe();
         assert!(pa.detail.contains("/opt/a/") && pb.detail.contains("/opt/b/"), "{pa:?} {pb:?}");

@@ -1,24 +1,42 @@
-//! netns: the engine's own namespaces, made with system calls and no external tool: a network
-//! namespace with only `lo` (unless the addon asks for network), a PID namespace, and a mount
-//! namespace whose private `/mnt` holds the run's directories. Unprivileged, a user namespace
-//! mapping the engine's user makes this possible.
+//! netns: the engine's own sandbox, made with system calls and no external tool. The addon gets
+//! the same guarantees as under bwrap: network (only `lo` unless it asks for network), PID, mount,
+//! IPC and UTS namespaces, a root built from what a program needs (see [`View`]) entered with
+//! `pivot_root`, a `/proc` of its own, no capabilities, `no_new_privs` and the seccomp filter. A
+//! root engine runs the addon as its own unprivileged identity; otherwise a user namespace maps
+//! the engine's user.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::process::Command;
 
-use super::ns::{MountPlan, NsPlan};
-use super::{is_root, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
+use super::ns::{NsPlan, RootPlan};
+use super::view::{Inside, View};
+use super::{is_root, Identity, Isolation, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
 
 #[derive(Debug)]
 pub struct Netns {
+    /// Who the addon is when the engine is root.
+    identity: Identity,
     probes: Arc<ProbeCache>,
 }
 
 impl Netns {
-    pub fn new(probes: Arc<ProbeCache>) -> Netns {
-        Netns { probes }
+    pub fn new(identity: Identity, probes: Arc<ProbeCache>) -> Netns {
+        Netns { identity, probes }
+    }
+
+    fn plan(&self, spec: &Spec<'_>) -> Result<NsPlan, String> {
+        let Spec { mounts, extra_ro, iso, scratch, .. } = *spec;
+        let inside = self.view(mounts);
+        let who = if is_root() { self.identity } else { Identity::current() };
+        let view = View::host_program(mounts, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid });
+        let filters = super::seccomp::filters()?;
+        Ok(NsPlan::new(!iso.network)
+            .with_ipc_uts()
+            .with_root(RootPlan::new(&view, scratch, &inside.work))
+            .drop_to(Some(self.identity))
+            .with_seccomp(filters))
     }
 }
 
@@ -32,47 +50,86 @@ impl Sandbox for Netns {
     }
 
     fn isolates_filesystem(&self) -> bool {
-        false
+        true
     }
 
     fn probe(&self) -> Probe {
-        self.probes.get("netns", "", None, probe)
+        self.probes.get("netns", &format!("{:?}", self.identity), None, || self.probe_now())
     }
 
     fn view(&self, _host: &Mounts) -> Mounts {
         Mounts::mnt()
     }
 
+    fn owner(&self) -> Option<Identity> {
+        is_root().then_some(self.identity)
+    }
+
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, iso, .. } = *spec;
-        let view = self.view(mounts);
-        let mut c = Command::new(mounts.translate(program, &view));
+        let Spec { program, args, env, mounts, .. } = *spec;
+        let inside = self.view(mounts);
+        let mut c = Command::new(mounts.translate(program, &inside));
         c.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-        mount_plan(mounts, &view, NsPlan::new(!iso.network)).install(&mut c);
+        match self.plan(spec) {
+            Ok(plan) => plan.install(&mut c),
+            Err(e) => {
+                // Never run unfiltered: a command that cannot start, saying why.
+                tracing::error!("netns: {e}");
+                c = Command::new(format!("/nonexistent/netns-cannot-start: {e}"));
+            }
+        }
         c
     }
 }
 
-fn mount_plan(mounts: &Mounts, view: &Mounts, plan: NsPlan) -> NsPlan {
-    let mut m = MountPlan::default();
-    for (host, inside) in mounts.pairs(view) {
-        m = m.bind(host, inside, false);
-    }
-    plan.with_mounts(m.chdir(&view.work)).with_fresh_proc()
-}
-
-fn probe() -> Probe {
-    let dir = std::env::temp_dir();
-    let host = Mounts { work: dir.clone(), output: dir.clone(), cache: dir.clone(), home: dir };
-    let mut c = std::process::Command::new("/bin/true");
-    mount_plan(&host, &Mounts::mnt(), NsPlan::new(true)).install_std(&mut c);
-    let how = if is_root() { "" } else { " inside a user namespace" };
-    if !Path::new("/mnt").is_dir() {
-        return Probe::missing("netns", "the host has no /mnt directory to mount the run's directories on");
-    }
-    match c.status() {
-        Ok(s) if s.success() => Probe::ok("netns", format!("network, PID and mount namespaces{how}"), None),
-        Ok(s) => Probe::missing("netns", format!("namespace setup failed ({s})")),
-        Err(e) => Probe::missing("netns", format!("cannot create namespaces{how}: {e}")),
+impl Netns {
+    /// Starts `/bin/true` in the real sandbox, as a run would.
+    fn probe_now(&self) -> Probe {
+        let how = if is_root() {
+            format!("running as uid {} (setting sandbox-user)", self.identity.uid)
+        } else {
+            "inside a user namespace".to_string()
+        };
+        if !Path::new("/proc/self/ns/net").exists() {
+            return Probe::missing("netns", "this kernel has no network namespaces");
+        }
+        let dir = match tempfile::Builder::new().prefix("addon-netns-probe-").tempdir() {
+            Ok(d) => d,
+            Err(e) => return Probe::missing("netns", format!("cannot make a probe directory: {e}")),
+        };
+        let d = dir.path().to_path_buf();
+        let _ = std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let scratch = d.join("root");
+        if let Err(e) = std::fs::create_dir(&scratch) {
+            return Probe::missing("netns", format!("cannot make a probe directory: {e}"));
+        }
+        let mounts = Mounts { work: d.clone(), output: d.clone(), cache: d.clone(), home: d };
+        let spec = Spec {
+            program: Path::new("/bin/true"),
+            args: &[],
+            env: &[],
+            mounts: &mounts,
+            extra_ro: &[] as &[PathBuf],
+            iso: Isolation { network: false },
+            scratch: &scratch,
+        };
+        let plan = match self.plan(&spec) {
+            Ok(p) => p,
+            Err(e) => return Probe::missing("netns", e),
+        };
+        let mut c = std::process::Command::new("/bin/true");
+        plan.install_std(&mut c);
+        match c.output() {
+            Ok(o) if o.status.success() => Probe::ok(
+                "netns",
+                format!("network, PID, mount, IPC and UTS namespaces, own root, seccomp; {how}"),
+                None,
+            ),
+            Ok(o) if o.status.code() == Some(125) => {
+                Probe::missing("netns", format!("building the addon's root failed here ({how})"))
+            }
+            Ok(o) => Probe::missing("netns", format!("namespace setup failed ({}; {how})", o.status)),
+            Err(e) => Probe::missing("netns", format!("cannot create namespaces ({how}): {e}")),
+        }
     }
 }

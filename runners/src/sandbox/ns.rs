@@ -1,21 +1,46 @@
-//! Entering namespaces in the forked child, before exec: the engine's own sandbox primitive,
-//! used by `netns` (network, PID, mount and, unprivileged, user namespaces), by `none` and by
-//! the nspawn wrapper and nix builds (a PID namespace only, so that the whole tree can be killed).
+//! Entering namespaces in the forked child, before exec: the engine's own sandbox primitive.
 //!
-//! Everything the child needs is prepared in [`NsPlan::new`]; [`NsPlan::enter`] runs between fork
-//! and exec and makes only raw, async-signal-safe system calls (no allocation, no locks).
+//! - `netns` uses all of it: network (only `lo`), PID, mount, IPC and UTS namespaces (and a user
+//!   namespace when the engine is not root), a new root built from a [`View`] and entered with
+//!   `pivot_root`, a `/proc` of its own, then the addon's identity, `no_new_privs` and the seccomp
+//!   filter.
+//! - bwrap started by a root engine uses the preparation only: the run's directories bound at
+//!   `/mnt` while still root (so bwrap need not reach them through the engine's private
+//!   directories), then the drop to the addon's identity.
+//! - `none`, the nspawn wrapper and nix builds use a PID namespace only, so that the whole tree
+//!   can be killed.
+//!
+//! Everything the child needs is prepared in the builder methods; [`NsPlan::enter`] runs between
+//! fork and exec and makes only raw, async-signal-safe system calls (no allocation, no locks).
 
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// One bind mount inside the new mount namespace.
+use super::seccomp::Filters;
+use super::view::{Step, View};
+
+/// Who the addon runs as on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Identity {
+    /// The engine's own user.
+    pub fn current() -> Identity {
+        // SAFETY: getters without preconditions.
+        unsafe { Identity { uid: libc::geteuid(), gid: libc::getegid() } }
+    }
+}
+
+/// One bind mount below a private `/mnt`.
 #[derive(Debug, Clone)]
 struct Bind {
     src: CString,
     dst: CString,
-    read_only: bool,
 }
 
 /// A private `/mnt` (a tmpfs) with the run's directories bound into it, then `chdir`.
@@ -27,14 +52,111 @@ pub struct MountPlan {
 
 impl MountPlan {
     /// Binds host `src` at `dst` (which must lie below `/mnt`).
-    pub fn bind(mut self, src: &Path, dst: &Path, read_only: bool) -> MountPlan {
-        self.binds.push(Bind { src: cstring(src), dst: cstring(dst), read_only });
+    pub fn bind(mut self, src: &Path, dst: &Path) -> MountPlan {
+        self.binds.push(Bind { src: cstring(src), dst: cstring(dst) });
         self
     }
 
     pub fn chdir(mut self, dir: &Path) -> MountPlan {
         self.chdir = Some(cstring(dir));
         self
+    }
+}
+
+/// One operation of building a new root, with paths already below the root's mount point.
+#[derive(Debug, Clone)]
+enum Op {
+    Bind { src: CString, dst: CString, dir: bool, read_only: bool, device: bool },
+    Symlink { target: CString, dst: CString },
+    Dir { dst: CString, mode: libc::mode_t },
+    File { dst: CString, data: Vec<u8> },
+    Tmpfs { dst: CString, options: CString },
+    DevPts { dst: CString },
+}
+
+/// A new root built from a [`View`] on an empty host directory, entered with `pivot_root`.
+#[derive(Debug, Clone)]
+pub struct RootPlan {
+    root: CString,
+    old: CString,
+    proc_at: CString,
+    ops: Vec<Op>,
+    chdir: CString,
+}
+
+impl RootPlan {
+    /// Lays out `view` on `root` (an empty directory that outlives the sandbox); the addon starts
+    /// in `chdir` (a path inside the new root).
+    pub fn new(view: &View, root: &Path, chdir: &Path) -> RootPlan {
+        let at = |p: &Path| cstring(&root.join(p.strip_prefix("/").unwrap_or(p)));
+        let mut ops = Vec::new();
+        // Parents first (`/etc/ssl` before `/etc/ssl/certs`), each once.
+        let mut made = std::collections::BTreeSet::new();
+        let parents = |p: &Path, ops: &mut Vec<Op>, made: &mut std::collections::BTreeSet<PathBuf>| {
+            let mut todo: Vec<&Path> = p.ancestors().skip(1).take_while(|a| *a != Path::new("/")).collect();
+            todo.reverse();
+            for a in todo {
+                if made.insert(a.to_path_buf()) {
+                    ops.push(Op::Dir { dst: at(a), mode: 0o755 });
+                }
+            }
+        };
+        for step in &view.steps {
+            let target = match step {
+                Step::RoBind(p) | Step::Dir(p) | Step::Tmpfs(p) => Some(p.as_path()),
+                Step::Bind { at, .. } | Step::Symlink { at, .. } | Step::File { at, .. } => Some(at.as_path()),
+                Step::Dev | Step::Proc => None,
+            };
+            if let Some(t) = target {
+                parents(t, &mut ops, &mut made);
+            }
+            match step {
+                Step::RoBind(p) => {
+                    ops.push(Op::Bind { src: cstring(p), dst: at(p), dir: p.is_dir(), read_only: true, device: false })
+                }
+                Step::Bind { src, at: to } => {
+                    ops.push(Op::Bind { src: cstring(src), dst: at(to), dir: true, read_only: false, device: false })
+                }
+                Step::Symlink { target, at: to } => ops.push(Op::Symlink { target: cstring(target), dst: at(to) }),
+                Step::Dir(p) => {
+                    if made.insert(p.clone()) {
+                        ops.push(Op::Dir { dst: at(p), mode: 0o755 })
+                    }
+                }
+                Step::File { at: to, contents } => {
+                    ops.push(Op::File { dst: at(to), data: contents.as_bytes().to_vec() })
+                }
+                Step::Tmpfs(p) => ops.push(Op::Tmpfs { dst: at(p), options: c"mode=1777".into() }),
+                Step::Dev => {
+                    let dev = Path::new("/dev");
+                    ops.push(Op::Tmpfs { dst: at(dev), options: c"mode=0755".into() });
+                    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+                        let host = dev.join(node);
+                        let dst = at(&host);
+                        ops.push(Op::Bind { src: cstring(&host), dst, dir: false, read_only: false, device: true });
+                    }
+                    ops.push(Op::DevPts { dst: at(&dev.join("pts")) });
+                    ops.push(Op::Symlink { target: c"pts/ptmx".into(), dst: at(&dev.join("ptmx")) });
+                    ops.push(Op::Tmpfs { dst: at(&dev.join("shm")), options: c"mode=1777".into() });
+                    for (link, target) in [
+                        ("fd", "/proc/self/fd"),
+                        ("stdin", "/proc/self/fd/0"),
+                        ("stdout", "/proc/self/fd/1"),
+                        ("stderr", "/proc/self/fd/2"),
+                    ] {
+                        ops.push(Op::Symlink { target: cstring(Path::new(target)), dst: at(&dev.join(link)) });
+                    }
+                }
+                Step::Proc => ops.push(Op::Dir { dst: at(Path::new("/proc")), mode: 0o555 }),
+            }
+        }
+        RootPlan {
+            root: cstring(root),
+            old: cstring(&root.join(".oldroot")),
+            proc_at: at(Path::new("/proc")),
+            ops,
+            chdir: cstring(chdir),
+        }
     }
 }
 
@@ -47,11 +169,21 @@ fn cstring(p: &Path) -> CString {
 #[derive(Debug, Clone)]
 pub struct NsPlan {
     cut_network: bool,
+    pid_ns: bool,
+    /// IPC and UTS namespaces too.
+    ipc_uts: bool,
     user_ns: bool,
     mounts: Option<MountPlan>,
+    root: Option<RootPlan>,
     /// Mount a /proc of the new PID namespace (programs that read /proc/<pid> of their own
     /// children, such as nix, need it; it also hides the host's processes).
     fresh_proc: bool,
+    /// Root only: become this identity (no supplementary groups) before exec.
+    drop_to: Option<Identity>,
+    seccomp: Option<&'static Filters>,
+    /// `cgroup.procs` files to join before anything else (while still privileged).
+    cgroups: Vec<CString>,
+    rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     uid_map: CString,
     gid_map: CString,
     parent_pid: i32,
@@ -61,15 +193,23 @@ impl NsPlan {
     /// A new PID namespace (and user namespace when not root), plus a network namespace with only
     /// `lo` when `cut_network`.
     pub fn new(cut_network: bool) -> NsPlan {
-        // SAFETY: getters without preconditions.
-        let (uid, gid, pid) = unsafe { (libc::geteuid(), libc::getegid(), libc::getpid()) };
+        let me = Identity::current();
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
         NsPlan {
             cut_network,
-            user_ns: uid != 0,
+            pid_ns: true,
+            ipc_uts: false,
+            user_ns: me.uid != 0,
             mounts: None,
+            root: None,
             fresh_proc: false,
-            uid_map: CString::new(format!("{uid} {uid} 1")).unwrap_or_default(),
-            gid_map: CString::new(format!("{gid} {gid} 1")).unwrap_or_default(),
+            drop_to: None,
+            seccomp: None,
+            cgroups: Vec::new(),
+            rlimits: Vec::new(),
+            uid_map: CString::new(format!("{0} {0} 1", me.uid)).unwrap_or_default(),
+            gid_map: CString::new(format!("{0} {0} 1", me.gid)).unwrap_or_default(),
             parent_pid: pid,
         }
     }
@@ -79,9 +219,28 @@ impl NsPlan {
         NsPlan::new(false)
     }
 
+    /// Preparation for a sandbox tool that makes its own namespaces (bwrap): no PID namespace
+    /// and no user namespace here, only what `with_mounts`, `drop_to`, `join_cgroups` add.
+    pub fn prepare_only() -> NsPlan {
+        NsPlan { pid_ns: false, user_ns: false, ..NsPlan::new(false) }
+    }
+
+    /// IPC and UTS namespaces too.
+    pub fn with_ipc_uts(mut self) -> NsPlan {
+        self.ipc_uts = true;
+        self
+    }
+
     /// Also a private mount namespace laid out by `mounts`.
     pub fn with_mounts(mut self, mounts: MountPlan) -> NsPlan {
         self.mounts = Some(mounts);
+        self
+    }
+
+    /// Also a private mount namespace with a new root (implies a /proc of its own).
+    pub fn with_root(mut self, root: RootPlan) -> NsPlan {
+        self.root = Some(root);
+        self.fresh_proc = true;
         self
     }
 
@@ -91,10 +250,34 @@ impl NsPlan {
         self
     }
 
+    /// Become `who` (without supplementary groups) before exec, when the engine is root.
+    pub fn drop_to(mut self, who: Option<Identity>) -> NsPlan {
+        self.drop_to = who.filter(|w| w.uid != 0 && Identity::current().uid == 0);
+        self
+    }
+
+    /// Install the seccomp filters (and `no_new_privs`) right before exec.
+    pub fn with_seccomp(mut self, filters: &'static Filters) -> NsPlan {
+        self.seccomp = Some(filters);
+        self
+    }
+
+    /// Join these cgroups (their `cgroup.procs` files) first.
+    pub fn join_cgroups(mut self, procs_files: &[PathBuf]) -> NsPlan {
+        self.cgroups = procs_files.iter().map(|p| cstring(p)).collect();
+        self
+    }
+
+    /// Set these resource limits (soft and hard).
+    pub fn with_rlimits(mut self, limits: &[(libc::__rlimit_resource_t, u64)]) -> NsPlan {
+        self.rlimits = limits.to_vec();
+        self
+    }
+
     /// Installs the plan on `cmd` (runs in the child between fork and exec).
     pub fn install(self, cmd: &mut tokio::process::Command) {
-        // SAFETY: `enter` makes only raw async-signal-safe system calls (unshare, open/write,
-        // mount, mkdir, ioctl, fork, waitpid, _exit); everything it needs was allocated before.
+        // SAFETY: `enter` makes only raw async-signal-safe system calls; everything it needs was
+        // allocated before.
         unsafe {
             cmd.pre_exec(move || self.enter());
         }
@@ -108,8 +291,9 @@ impl NsPlan {
         }
     }
 
-    /// Runs in the forked child: new namespaces, loopback up, mounts, then a shim and a mini init
-    /// so the addon is not PID 1 (it keeps normal signal behaviour) and orphans are reaped.
+    /// Runs in the forked child: cgroups, limits, namespaces, mounts, then (with a PID namespace)
+    /// a shim and a mini init so the addon is not PID 1 (it keeps normal signal behaviour) and
+    /// orphans are reaped, then the addon's identity and filters.
     fn enter(&self) -> io::Result<()> {
         // SAFETY: raw async-signal-safe system calls in a single-threaded forked child.
         unsafe {
@@ -120,36 +304,51 @@ impl NsPlan {
             if libc::getppid() != self.parent_pid {
                 libc::_exit(137);
             }
-            let mut flags = libc::CLONE_NEWPID;
+            for procs in &self.cgroups {
+                write_file(procs, b"0")?;
+            }
+            for (resource, value) in &self.rlimits {
+                let lim = libc::rlimit { rlim_cur: *value, rlim_max: *value };
+                check(libc::setrlimit(*resource, &lim))?;
+            }
+            let mut flags = 0;
+            if self.pid_ns {
+                flags |= libc::CLONE_NEWPID;
+            }
             if self.cut_network {
                 flags |= libc::CLONE_NEWNET;
+            }
+            if self.ipc_uts {
+                flags |= libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
             }
             if self.user_ns {
                 flags |= libc::CLONE_NEWUSER;
             }
-            if self.mounts.is_some() || self.fresh_proc {
+            let mount_ns = self.mounts.is_some() || self.root.is_some() || self.fresh_proc;
+            if mount_ns {
                 flags |= libc::CLONE_NEWNS;
             }
-            if libc::unshare(flags) != 0 {
-                return Err(io::Error::last_os_error());
+            if flags != 0 {
+                check(libc::unshare(flags))?;
             }
             if self.user_ns {
-                write_proc(c"/proc/self/setgroups", c"deny")?;
-                write_proc(c"/proc/self/uid_map", &self.uid_map)?;
-                write_proc(c"/proc/self/gid_map", &self.gid_map)?;
+                write_file(c"/proc/self/setgroups", b"deny")?;
+                write_file(c"/proc/self/uid_map", self.uid_map.to_bytes())?;
+                write_file(c"/proc/self/gid_map", self.gid_map.to_bytes())?;
             }
             if self.cut_network {
                 loopback_up()?;
             }
-            if self.mounts.is_some() || self.fresh_proc {
+            if mount_ns {
                 // Nothing done here may propagate back to the host.
                 let private = libc::MS_REC | libc::MS_PRIVATE;
-                if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()))?;
             }
             if let Some(m) = &self.mounts {
                 mount_plan(m)?;
+            }
+            if !self.pid_ns {
+                return self.become_addon();
             }
             // The shim: stays in the engine's PID namespace and mirrors the init's exit.
             let init = libc::fork();
@@ -164,7 +363,12 @@ impl NsPlan {
             }
             // PID 1 of the new namespace: dies with the shim; its death kills the namespace.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if self.fresh_proc {
+            if let Some(root) = &self.root {
+                if enter_root(root).is_err() {
+                    // The reason is lost across the fork; 125 tells the engine setup failed.
+                    libc::_exit(125);
+                }
+            } else if self.fresh_proc {
                 let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
                 if libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
                     libc::_exit(125);
@@ -176,7 +380,7 @@ impl NsPlan {
             }
             if addon == 0 {
                 libc::setsid();
-                return Ok(()); // the addon: exec follows
+                return self.become_addon(); // exec follows
             }
             // Do not hold the addon's pipes open.
             libc::close_range(0, u32::MAX, 0);
@@ -192,11 +396,38 @@ impl NsPlan {
             }
         }
     }
+
+    /// The last steps before exec: the addon's identity, its directory, its filters.
+    unsafe fn become_addon(&self) -> io::Result<()> {
+        // SAFETY: raw system calls in the forked child.
+        unsafe {
+            if let Some(who) = self.drop_to {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setresgid(who.gid, who.gid, who.gid))?;
+                check(libc::setresuid(who.uid, who.uid, who.uid))?;
+            }
+            if let Some(root) = &self.root {
+                check(libc::chdir(root.chdir.as_ptr()))?;
+            }
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            if let Some(filters) = self.seccomp {
+                super::seccomp::install(filters)?;
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Makes the mount namespace private, puts a tmpfs on `/mnt` and binds the run's directories.
+fn check(r: libc::c_int) -> io::Result<()> {
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Puts a tmpfs on `/mnt` and binds the run's directories.
 unsafe fn mount_plan(m: &MountPlan) -> io::Result<()> {
-    let check = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
     // SAFETY: mount/mkdir/chdir with valid NUL-terminated strings.
     unsafe {
         check(libc::mount(
@@ -207,24 +438,150 @@ unsafe fn mount_plan(m: &MountPlan) -> io::Result<()> {
             c"mode=0755".as_ptr().cast(),
         ))?;
         for b in &m.binds {
-            if libc::mkdir(b.dst.as_ptr(), 0o755) != 0 && *libc::__errno_location() != libc::EEXIST {
-                return Err(io::Error::last_os_error());
-            }
-            check(libc::mount(
-                b.src.as_ptr(),
-                b.dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            ))?;
-            if b.read_only {
-                let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-                check(libc::mount(std::ptr::null(), b.dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
-            }
+            mkdir(&b.dst, 0o755)?;
+            bind(&b.src, &b.dst, false, false)?;
         }
         if let Some(dir) = &m.chdir {
             check(libc::chdir(dir.as_ptr()))?;
         }
+    }
+    Ok(())
+}
+
+/// Builds the new root, mounts /proc (this is PID 1 of the new namespace), pivots into it and
+/// makes it read-only.
+unsafe fn enter_root(r: &RootPlan) -> io::Result<()> {
+    // SAFETY: mount/mkdir/symlink/open/pivot_root with valid NUL-terminated strings.
+    unsafe {
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            r.root.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=0755".as_ptr().cast(),
+        ))?;
+        for op in &r.ops {
+            match op {
+                Op::Dir { dst, mode } => mkdir(dst, *mode)?,
+                Op::Bind { src, dst, dir, read_only, device } => {
+                    if *dir {
+                        mkdir(dst, 0o755)?;
+                    } else {
+                        touch(dst)?;
+                    }
+                    bind(src, dst, *read_only, *device)?;
+                }
+                Op::Symlink { target, dst } => check(libc::symlink(target.as_ptr(), dst.as_ptr()))?,
+                Op::File { dst, data } => {
+                    let fd = libc::open(dst.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
+                    if fd < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, data.as_ptr().cast(), data.len());
+                    libc::close(fd);
+                    if n != data.len() as isize {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Op::Tmpfs { dst, options } => {
+                    mkdir(dst, 0o755)?;
+                    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+                    check(libc::mount(
+                        c"tmpfs".as_ptr(),
+                        dst.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        flags,
+                        options.as_ptr().cast(),
+                    ))?;
+                }
+                Op::DevPts { dst } => {
+                    mkdir(dst, 0o755)?;
+                    let flags = libc::MS_NOSUID | libc::MS_NOEXEC;
+                    let opts = c"newinstance,ptmxmode=0666,mode=620";
+                    check(libc::mount(
+                        c"devpts".as_ptr(),
+                        dst.as_ptr(),
+                        c"devpts".as_ptr(),
+                        flags,
+                        opts.as_ptr().cast(),
+                    ))?;
+                }
+            }
+        }
+        // /proc of this PID namespace, mounted while the host's is still visible (a user
+        // namespace may mount proc only then).
+        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        check(libc::mount(c"proc".as_ptr(), r.proc_at.as_ptr(), c"proc".as_ptr(), flags, std::ptr::null()))?;
+        mkdir(&r.old, 0o700)?;
+        check(libc::syscall(libc::SYS_pivot_root, r.root.as_ptr(), r.old.as_ptr()) as libc::c_int)?;
+        check(libc::chdir(c"/".as_ptr()))?;
+        check(libc::umount2(c"/.oldroot".as_ptr(), libc::MNT_DETACH))?;
+        check(libc::rmdir(c"/.oldroot".as_ptr()))?;
+        // The root (a tmpfs of mount points and engine-made files) becomes read-only.
+        let ro = libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+        check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), ro, std::ptr::null()))?;
+    }
+    Ok(())
+}
+
+unsafe fn mkdir(path: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: mkdir with a valid C string.
+    unsafe {
+        if libc::mkdir(path.as_ptr(), mode) != 0 && *libc::__errno_location() != libc::EEXIST {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+unsafe fn touch(path: &CStr) -> io::Result<()> {
+    // SAFETY: open/close with a valid C string.
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::close(fd);
+    }
+    Ok(())
+}
+
+/// Binds `src` on `dst`, then remounts it `nosuid` and, unless it is a device node, `nodev` (and
+/// read-only when asked), keeping the flags the source mount already has (a user namespace may
+/// not clear locked ones).
+unsafe fn bind(src: &CStr, dst: &CStr, read_only: bool, device: bool) -> io::Result<()> {
+    // SAFETY: mount/statvfs with valid C strings and a zeroed, correctly sized statvfs.
+    unsafe {
+        check(libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND | libc::MS_REC,
+            std::ptr::null(),
+        ))?;
+        // glibc's statvfs takes the flags from the statfs system call (no /proc/mounts walk).
+        let mut st: libc::statvfs = std::mem::zeroed();
+        check(libc::statvfs(dst.as_ptr(), &mut st))?;
+        let have = st.f_flag;
+        let mut flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_NOSUID;
+        if !device || have & libc::ST_NODEV != 0 {
+            flags |= libc::MS_NODEV;
+        }
+        for (st_flag, ms_flag) in [
+            (libc::ST_NOEXEC, libc::MS_NOEXEC),
+            (libc::ST_NOATIME, libc::MS_NOATIME),
+            (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+            (libc::ST_RELATIME, libc::MS_RELATIME),
+            (libc::ST_RDONLY, libc::MS_RDONLY),
+        ] {
+            if have & st_flag != 0 {
+                flags |= ms_flag;
+            }
+        }
+        if read_only {
+            flags |= libc::MS_RDONLY;
+        }
+        check(libc::mount(std::ptr::null(), dst.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
     }
     Ok(())
 }
@@ -254,17 +611,16 @@ fn status_code(status: i32) -> i32 {
     }
 }
 
-unsafe fn write_proc(path: &CStr, data: &CStr) -> io::Result<()> {
-    // SAFETY: plain open/write/close on valid C strings.
+unsafe fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: plain open/write/close on a valid C string.
     unsafe {
         let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
-        let bytes = data.to_bytes();
-        let n = libc::write(fd, bytes.as_ptr().cast(), bytes.len());
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
         libc::close(fd);
-        if n != bytes.len() as isize {
+        if n != data.len() as isize {
             return Err(io::Error::last_os_error());
         }
     }

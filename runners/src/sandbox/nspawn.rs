@@ -130,7 +130,7 @@ impl Sandbox for Nspawn {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, .. } = *spec;
         let view = self.view(mounts);
         let nspawn = self.path().unwrap_or_else(|| PathBuf::from(&self.binary));
         let (mut c, _) = self.launcher(&nspawn);

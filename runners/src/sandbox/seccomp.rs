@@ -1,0 +1,205 @@
+//! The system-call filter of every host sandbox, in the spirit of Docker's default profile: the
+//! calls that reach into the kernel's most privileged or least audited corners are refused with
+//! `EPERM` (mounting, tracing other processes, the kernel keyring, eBPF, perf events,
+//! userfaultfd, io_uring, kernel modules, kexec, reboot, clock and swap control, namespaces),
+//! `clone` with a namespace flag is refused, and `clone3` (whose flags a filter cannot read)
+//! answers `ENOSYS`, so the C library falls back to `clone`.
+//!
+//! The programs are compiled with `seccompiler` (rust-vmm) into classic BPF: bwrap loads them
+//! from memory files (`--add-seccomp-fd`), the engine's own sandbox installs them before exec.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
+};
+
+/// Refused outright.
+const DENIED: &[i64] = &[
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_chroot,
+    libc::SYS_move_mount,
+    libc::SYS_open_tree,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_pidfd_getfd,
+    libc::SYS_kcmp,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_userfaultfd,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_quotactl,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_syslog,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_vhangup,
+    libc::SYS_uselib,
+];
+
+/// Namespace flags `clone` may not carry.
+const NAMESPACE_FLAGS: [i32; 7] = [
+    libc::CLONE_NEWUSER,
+    libc::CLONE_NEWNS,
+    libc::CLONE_NEWPID,
+    libc::CLONE_NEWNET,
+    libc::CLONE_NEWUTS,
+    libc::CLONE_NEWIPC,
+    libc::CLONE_NEWCGROUP,
+];
+
+/// The x32 ABI reaches the same calls under these numbers; refused too, where a kernel has it.
+const X32: i64 = 0x4000_0000;
+
+/// The compiled filters, applied in this order.
+#[derive(Debug)]
+pub struct Filters {
+    /// `EPERM` for [`DENIED`] and namespace-creating `clone`.
+    pub deny: BpfProgram,
+    /// `ENOSYS` for `clone3`.
+    pub no_clone3: BpfProgram,
+}
+
+/// The filters, compiled once per process (they depend on nothing but this file).
+pub fn filters() -> Result<&'static Filters, String> {
+    static FILTERS: OnceLock<Result<Filters, String>> = OnceLock::new();
+    FILTERS.get_or_init(compile).as_ref().map_err(Clone::clone)
+}
+
+fn compile() -> Result<Filters, String> {
+    let err = |e: seccompiler::BackendError| format!("compiling the seccomp filter: {e}");
+    let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for nr in DENIED {
+        deny.insert(*nr, Vec::new());
+        deny.insert(nr | X32, Vec::new());
+    }
+    let mut clone_rules = Vec::new();
+    for flag in NAMESPACE_FLAGS {
+        let flag = flag as u64;
+        let cond =
+            SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag).map_err(err)?;
+        clone_rules.push(SeccompRule::new(vec![cond]).map_err(err)?);
+    }
+    deny.insert(libc::SYS_clone, clone_rules.clone());
+    deny.insert(libc::SYS_clone | X32, clone_rules);
+    let program = |rules, action| -> Result<BpfProgram, String> {
+        let f = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()).map_err(err)?;
+        BpfProgram::try_from(f).map_err(|e| format!("compiling the seccomp filter: {e}"))
+    };
+    let nosys = BTreeMap::from([(libc::SYS_clone3, Vec::new()), (libc::SYS_clone3 | X32, Vec::new())]);
+    Ok(Filters {
+        deny: program(deny, SeccompAction::Errno(libc::EPERM as u32))?,
+        no_clone3: program(nosys, SeccompAction::Errno(libc::ENOSYS as u32))?,
+    })
+}
+
+fn arch() -> TargetArch {
+    #[cfg(target_arch = "aarch64")]
+    return TargetArch::aarch64;
+    #[cfg(not(target_arch = "aarch64"))]
+    TargetArch::x86_64
+}
+
+/// A program as the bytes bwrap reads from `--add-seccomp-fd` (struct sock_filter, native endian).
+pub fn to_bytes(program: &BpfProgram) -> Vec<u8> {
+    let mut out = Vec::with_capacity(program.len() * 8);
+    for f in program {
+        out.extend_from_slice(&f.code.to_ne_bytes());
+        out.push(f.jt);
+        out.push(f.jf);
+        out.extend_from_slice(&f.k.to_ne_bytes());
+    }
+    out
+}
+
+/// Installs the filters on the calling thread (and `no_new_privs`). Async-signal-safe: meant for
+/// the child between fork and exec.
+pub fn install(filters: &Filters) -> std::io::Result<()> {
+    for p in [&filters.deny, &filters.no_clone3] {
+        seccompiler::apply_filter(p).map_err(|e| std::io::Error::other(e.to_string()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filters_compile_and_serialise() {
+        let f = filters().unwrap();
+        assert!(f.deny.len() > DENIED.len(), "one jump per call at least");
+        assert_eq!(to_bytes(&f.no_clone3).len(), f.no_clone3.len() * 8);
+    }
+
+    #[test]
+    fn a_filtered_child_cannot_mount_trace_or_make_namespaces() {
+        // Fork a child, install the filters there, and report what it could do.
+        // SAFETY: the child only makes raw system calls and exits with _exit.
+        unsafe {
+            let f = filters().unwrap();
+            let pid = libc::fork();
+            assert!(pid >= 0);
+            if pid == 0 {
+                if install(f).is_err() {
+                    libc::_exit(10);
+                }
+                let mut code = 0;
+                if libc::unshare(libc::CLONE_NEWUSER) == 0 || *libc::__errno_location() != libc::EPERM {
+                    code |= 1;
+                }
+                let r = libc::syscall(libc::SYS_keyctl, 0, 0, 0, 0, 0);
+                if r >= 0 || *libc::__errno_location() != libc::EPERM {
+                    code |= 2;
+                }
+                if libc::syscall(libc::SYS_clone3, 0, 0) >= 0 || *libc::__errno_location() != libc::ENOSYS {
+                    code |= 4;
+                }
+                let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong;
+                let r = libc::syscall(libc::SYS_clone, flags, 0, 0, 0, 0);
+                if r == 0 {
+                    libc::_exit(0);
+                }
+                if r > 0 || *libc::__errno_location() != libc::EPERM {
+                    code |= 8;
+                }
+                libc::_exit(code);
+            }
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+            assert!(libc::WIFEXITED(status), "{status}");
+            assert_eq!(libc::WEXITSTATUS(status), 0, "bitmask of what was not refused");
+        }
+    }
+}
