@@ -89,12 +89,37 @@ pub struct NspawnConfig {
     /// Used when the engine is not root.
     pub sudo_binary: String,
     pub nspawn_binary: String,
+    /// The `addon` binary, run inside each container to install the seccomp filter nspawn cannot
+    /// express; null: this program when it is `addon`, else `addon` in PATH.
+    pub helper: Option<PathBuf>,
 }
 
 impl Default for NspawnConfig {
     fn default() -> Self {
-        NspawnConfig { enabled: false, sudo_binary: "sudo".into(), nspawn_binary: "systemd-nspawn".into() }
+        NspawnConfig {
+            enabled: false,
+            sudo_binary: "sudo".into(),
+            nspawn_binary: "systemd-nspawn".into(),
+            helper: None,
+        }
     }
+}
+
+impl NspawnConfig {
+    /// The helper binary: the setting, else this program when it is `addon`, else `addon` in
+    /// PATH.
+    pub fn helper(&self) -> Option<PathBuf> {
+        self.helper.clone().or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .filter(|p| p.file_name().is_some_and(|n| n == "addon"))
+                .or_else(which_addon)
+        })
+    }
+}
+
+fn which_addon() -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("addon")).find(|p| p.is_file())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -650,7 +650,7 @@ impl Engine {
     }
 
     fn cleanup(&self, work: &Path, keep: bool) {
-        let _ = std::fs::remove_dir(work.with_extension("root"));
+        let _ = remove_tree(&work.with_extension("root"));
         if keep {
             tracing::info!("keeping the run directory {}", work.display());
             return;
@@ -668,6 +668,7 @@ fn sandbox_settings(config: &Config) -> addon_runners::SandboxSettings {
         nspawn_binary: config.nspawn.nspawn_binary.clone(),
         sudo_binary: config.nspawn.sudo_binary.clone(),
         identity: addon_runners::sandbox::Identity { uid: config.sandbox_user.uid, gid: config.sandbox_user.gid },
+        helper: config.nspawn.helper(),
     }
 }
 

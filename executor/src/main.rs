@@ -166,6 +166,12 @@ enum SchemaKind {
 }
 
 fn main() -> ExitCode {
+    // Inside an nspawn container, before the addon: install the engine's seccomp filter, then
+    // become the addon (see addon_runners::sandbox::nspawn). Not a user-facing command.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == addon_runners::sandbox::nspawn::HELPER_COMMAND) {
+        return sandbox_exec(&argv[2..]);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match run(cli) {
@@ -175,6 +181,25 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_TROUBLE)
         }
     }
+}
+
+/// `addon __sandbox-exec PROGRAM ARGS...`: filter, then exec. Returns only on failure (127).
+fn sandbox_exec(rest: &[std::ffi::OsString]) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = rest.split_first() else {
+        eprintln!("addon: {}: no program given", addon_runners::sandbox::nspawn::HELPER_COMMAND);
+        return ExitCode::from(127);
+    };
+    let installed = addon_runners::sandbox::seccomp::filters()
+        .map_err(std::io::Error::other)
+        .and_then(addon_runners::sandbox::seccomp::install);
+    if let Err(e) = installed {
+        eprintln!("addon: cannot install the seccomp filter, not starting {}: {e}", program.to_string_lossy());
+        return ExitCode::from(127);
+    }
+    let e = std::process::Command::new(program).args(args).exec();
+    eprintln!("addon: cannot start {}: {e}", program.to_string_lossy());
+    ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
 }
 
 fn init_logging(verbose: u8) {

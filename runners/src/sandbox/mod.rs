@@ -12,7 +12,7 @@
 mod bwrap;
 mod netns;
 pub mod ns;
-mod nspawn;
+pub mod nspawn;
 mod plain;
 pub mod seccomp;
 pub mod view;
@@ -196,6 +196,8 @@ pub struct SandboxSettings {
     /// Who addons run as when the engine is root (bwrap, netns): an unprivileged identity of
     /// their own, with no supplementary groups.
     pub identity: Identity,
+    /// The `addon` binary, run inside nspawn containers to install the seccomp filter.
+    pub helper: Option<PathBuf>,
 }
 
 /// The default identity of addons under a root engine: a uid and gid no account uses, outside
@@ -208,6 +210,7 @@ impl Default for SandboxSettings {
             nspawn_binary: "systemd-nspawn".into(),
             sudo_binary: "sudo".into(),
             identity: DEFAULT_IDENTITY,
+            helper: None,
         }
     }
 }
@@ -358,11 +361,14 @@ mod tests {
         assert!(pure.contains(&"--volatile=yes".to_string()) && pure.contains(&"--directory=/".to_string()));
         assert!(!pure.iter().any(|a| a == "--ephemeral"), "never copies a whole tree");
         for b in [
-            "--bind=/w/run:/mnt/work",
-            "--bind=/w/out:/mnt/output",
-            "--bind=/c/data:/mnt/cache",
-            "--bind=/c/home:/mnt/home",
+            "--bind=/w/run:/mnt/work:idmap",
+            "--bind=/w/out:/mnt/output:idmap",
+            "--bind=/c/data:/mnt/cache:idmap",
+            "--bind=/c/home:/mnt/home:idmap",
             "--chdir=/mnt/work",
+            "--private-users=pick",
+            "--drop-capability=all",
+            "--no-new-privileges=yes",
         ] {
             assert!(pure.contains(&b.to_string()), "{b} in {pure:?}");
         }
@@ -370,7 +376,14 @@ mod tests {
             assert!(pure.contains(&"--bind-ro=/etc/alternatives".to_string()), "{pure:?}");
         }
         assert!(pure.contains(&"--setenv=OUTPUT_DIR=/mnt/output".to_string()));
-        assert!(pure.ends_with(&["--".into(), "/mnt/work/addons/a-1/run.sh".into(), "arguments/user-input".into()]));
+        assert!(pure.ends_with(&[
+            "--".into(),
+            nspawn::HELPER_AT.into(),
+            nspawn::HELPER_COMMAND.into(),
+            "/mnt/work/addons/a-1/run.sh".into(),
+            "arguments/user-input".into()
+        ]));
+        assert!(pure.iter().any(|a| a.starts_with("--system-call-filter=~") && a.contains("@mount")));
         assert!(!argv(SandboxKind::Nspawn, true).contains(&"--private-network".to_string()));
     }
 

@@ -1,6 +1,13 @@
 //! systemd-nspawn: a volatile root built from the host (`--directory=/ --volatile=yes`: a tmpfs
-//! root with the host's `/usr` read-only), the host's `/etc` essentials (see [`HOST_ETC`]), the
-//! run's directories at `/mnt/...`, `--private-network` for a pure addon.
+//! root with the host's `/usr` read-only), the `/etc` of the shared [`View`] (engine-made
+//! `passwd`/`group`, the host's essentials), the run's directories at `/mnt/...` (id-mapped, so
+//! the container's root owns them), `--private-network` for a pure addon.
+//!
+//! Least privilege: user namespacing (`--private-users=pick`: the container's root is an
+//! unprivileged host uid), no capabilities, `no_new_privs`, nspawn's own system-call filter with
+//! the dangerous groups removed, and, because nspawn cannot filter `clone`'s namespace flags, the
+//! engine's seccomp filter installed inside the container by a helper (the `addon` binary bound
+//! read-only at [`HELPER_AT`], run as `addon __sandbox-exec PROGRAM ARGS`) before the addon.
 //!
 //! nspawn prints messages of its own on the addon's stderr; those are recognised by
 //! [`is_own_message`] so that errors name the addon's output, not nspawn's chatter.
@@ -11,20 +18,35 @@ use std::sync::Arc;
 use tokio::process::Command;
 
 use super::ns::NsPlan;
-use super::{
-    is_root, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, SandboxSettings, Spec, HOST_ETC, HOST_ETC_NETWORK,
-};
+use super::view::{Inside, Step, View};
+use super::{is_root, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, SandboxSettings, Spec};
 
 #[derive(Debug)]
 pub struct Nspawn {
     binary: String,
     sudo: String,
+    helper: Option<PathBuf>,
     probes: Arc<ProbeCache>,
 }
 
+/// Where the helper binary appears inside the container.
+pub const HELPER_AT: &str = "/run/addon-sandbox-exec";
+
+/// The helper's subcommand: install the engine's seccomp filter, then exec the rest.
+pub const HELPER_COMMAND: &str = "__sandbox-exec";
+
+/// System-call groups and calls nspawn's own filter refuses on top of its defaults.
+const DENIED_SYSCALLS: &str = "~@clock @cpu-emulation @debug @keyring @module @mount @obsolete @raw-io @reboot \
+     @swap bpf perf_event_open userfaultfd io_uring_setup io_uring_enter io_uring_register unshare setns";
+
 impl Nspawn {
     pub fn new(settings: &SandboxSettings, probes: Arc<ProbeCache>) -> Nspawn {
-        Nspawn { binary: settings.nspawn_binary.clone(), sudo: settings.sudo_binary.clone(), probes }
+        Nspawn {
+            binary: settings.nspawn_binary.clone(),
+            sudo: settings.sudo_binary.clone(),
+            helper: settings.helper.clone(),
+            probes,
+        }
     }
 
     fn path(&self) -> Option<PathBuf> {
@@ -51,9 +73,18 @@ impl Nspawn {
                 format!("{} not found in PATH (apt-get install systemd-container)", self.binary),
             );
         };
+        let Some(helper) = self.helper.as_ref().filter(|h| h.is_file()) else {
+            return Probe::missing(
+                "nspawn",
+                "nspawn needs the `addon` binary as its in-container helper (it installs the seccomp filter \
+                 nspawn cannot express), and none was found (setting nspawn.helper)",
+            );
+        };
         let version = super::version_of(&path).unwrap_or_default();
         let (_, mut c) = self.launcher(&path);
-        c.args(BASE).args(["--private-network"]).args(host_flags()).args(["--", "/bin/true"]);
+        c.args(BASE).args(hardening()).args(["--private-network"]).args(host_flags());
+        c.arg(format!("--bind-ro={}:{HELPER_AT}", helper.display()));
+        c.args(["--", HELPER_AT, HELPER_COMMAND, "/bin/true"]);
         let how = if is_root() {
             path.display().to_string()
         } else {
@@ -77,6 +108,17 @@ impl Nspawn {
 
 /// The flags every nspawn run gets.
 const BASE: [&str; 5] = ["--quiet", "--directory=/", "--volatile=yes", "--as-pid2", "--console=pipe"];
+
+/// Least privilege: the container's root is an unprivileged host uid, without capabilities.
+fn hardening() -> [String; 5] {
+    [
+        "--private-users=pick".into(),
+        "--private-users-ownership=off".into(),
+        "--drop-capability=all".into(),
+        "--no-new-privileges=yes".into(),
+        format!("--system-call-filter={DENIED_SYSCALLS}"),
+    ]
+}
 
 /// What this host needs: without systemd as PID 1 there is no machined to register with and no
 /// unit to move into, so nspawn must be told `--register=no --keep-unit`.
@@ -130,30 +172,53 @@ impl Sandbox for Nspawn {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso, .. } = *spec;
-        let view = self.view(mounts);
+        let Spec { program, args, env, mounts, extra_ro, iso, scratch } = *spec;
+        let inside = self.view(mounts);
+        // Container root: uid 0 inside an unprivileged user namespace.
+        let who = Inside { uid: 0, gid: 0 };
+        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who);
         let nspawn = self.path().unwrap_or_else(|| PathBuf::from(&self.binary));
         let (mut c, _) = self.launcher(&nspawn);
-        c.args(BASE).args(host_flags());
+        c.args(BASE).args(hardening()).args(host_flags());
         if !iso.network {
             c.arg("--private-network");
         }
-        for (host, inside) in mounts.pairs(&view) {
-            c.arg(format!("--bind={}:{}", host.display(), inside.display()));
+        for step in &view.steps {
+            match step {
+                // The run's directories, id-mapped: owned by the engine on the host, by the
+                // container's root inside.
+                Step::Bind { src, at } => {
+                    c.arg(format!("--bind={}:{}:idmap", src.display(), at.display()));
+                }
+                // /usr (and the merged-/usr links) come with the volatile root.
+                Step::RoBind(p) if !p.starts_with("/usr") && p.exists() => {
+                    c.arg(format!("--bind-ro={}", p.display()));
+                }
+                Step::File { at, contents } => {
+                    let file = scratch.join(at.file_name().unwrap_or_default());
+                    match std::fs::write(&file, contents) {
+                        Ok(()) => {
+                            c.arg(format!("--bind-ro={}:{}", file.display(), at.display()));
+                        }
+                        Err(e) => tracing::warn!("nspawn: cannot make {}: {e}", file.display()),
+                    }
+                }
+                _ => {}
+            }
         }
-        let etc = HOST_ETC.iter().chain(if iso.network { &HOST_ETC_NETWORK[..] } else { &[] });
-        for p in etc.map(Path::new).chain(extra_ro.iter().map(PathBuf::as_path)).filter(|p| p.exists()) {
-            c.arg(format!("--bind-ro={}", p.display()));
+        if let Some(helper) = &self.helper {
+            c.arg(format!("--bind-ro={}:{HELPER_AT}", helper.display()));
         }
-        c.arg(format!("--chdir={}", view.work.display()));
+        c.arg(format!("--chdir={}", inside.work.display()));
         for (k, v) in env {
             c.arg(format!("--setenv={k}={v}"));
         }
-        c.arg("--").arg(mounts.translate(program, &view)).args(args);
+        c.args(["--", HELPER_AT, HELPER_COMMAND]).arg(mounts.translate(program, &inside)).args(args);
         // A container outlives a killed nspawn, so nspawn itself runs in a PID namespace of ours
         // whose init dies with the engine: the kernel then kills everything in it, the
-        // container's nested namespace included.
-        NsPlan::pid_only().install(&mut c);
+        // container's nested namespace included. nspawn writes /proc/<pid>/uid_map of its own
+        // children (user namespacing, id-mapped binds), so that namespace gets its own /proc.
+        NsPlan::pid_only().with_fresh_proc().install(&mut c);
         c.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             c.env("PATH", path);
