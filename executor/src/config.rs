@@ -43,6 +43,79 @@ pub struct Config {
     /// Who addons run as when the engine is root (bwrap and netns): an unprivileged uid and gid
     /// of their own, without supplementary groups. No account should use them.
     pub sandbox_user: SandboxUser,
+    /// The resource envelope of every run, every runner (`null` for no limit).
+    pub limits: LimitsConfig,
+    /// Per-addon overrides of `limits`: `{ADDON_NAME: {memory: 4GiB}}`.
+    pub addon_limits: BTreeMap<String, LimitsOverride>,
+}
+
+/// Limits of one run. Defaults protect a job server: 1 GiB of memory, 512 processes, 1 CPU,
+/// 1 GiB written.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsConfig {
+    /// Memory (RAM, no swap beyond it): `1GiB`, `512MiB`.
+    pub memory: Option<ByteSize>,
+    /// Processes and threads at once.
+    pub pids: Option<u64>,
+    /// CPUs' worth of time: `1`, `0.5`, `2`.
+    pub cpus: Option<f64>,
+    /// What one run may add to its directories (output, work, CACHE_DIR, HOME).
+    pub output_size: Option<ByteSize>,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            memory: Some(ByteSize(1 << 30)),
+            pids: Some(512),
+            cpus: Some(1.0),
+            output_size: Some(ByteSize(1 << 30)),
+        }
+    }
+}
+
+/// Some limits set anew (for one addon, or one run); the others are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct LimitsOverride {
+    pub memory: Option<ByteSize>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    pub output_size: Option<ByteSize>,
+}
+
+impl LimitsConfig {
+    /// These limits with `o`'s values where it has some.
+    pub fn with(mut self, o: &LimitsOverride) -> LimitsConfig {
+        self.memory = o.memory.or(self.memory);
+        self.pids = o.pids.or(self.pids);
+        self.cpus = o.cpus.or(self.cpus);
+        self.output_size = o.output_size.or(self.output_size);
+        self
+    }
+
+    pub fn to_limits(self) -> addon_runners::Limits {
+        addon_runners::Limits {
+            memory: self.memory.map(|b| b.0),
+            pids: self.pids,
+            cpus: self.cpus,
+            output_size: self.output_size.map(|b| b.0),
+        }
+    }
+
+    fn check(&self, at: &str) -> Result<(), String> {
+        if self.cpus.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
+            return Err(format!("{at}.cpus must be a positive number of CPUs, like 1 or 0.5"));
+        }
+        if self.pids == Some(0) {
+            return Err(format!("{at}.pids must be at least 1"));
+        }
+        if self.memory.is_some_and(|m| m.0 < (4 << 20)) {
+            return Err(format!("{at}.memory must be at least 4MiB"));
+        }
+        Ok(())
+    }
 }
 
 /// A host uid and gid for addons.
@@ -78,6 +151,8 @@ impl Default for Config {
             max_stdout: ByteSize(16 << 20),
             kill_grace: HumanDuration(Duration::from_secs(2)),
             sandbox_user: SandboxUser::default(),
+            limits: LimitsConfig::default(),
+            addon_limits: BTreeMap::new(),
         }
     }
 }
@@ -110,10 +185,7 @@ impl NspawnConfig {
     /// PATH.
     pub fn helper(&self) -> Option<PathBuf> {
         self.helper.clone().or_else(|| {
-            std::env::current_exe()
-                .ok()
-                .filter(|p| p.file_name().is_some_and(|n| n == "addon"))
-                .or_else(which_addon)
+            std::env::current_exe().ok().filter(|p| p.file_name().is_some_and(|n| n == "addon")).or_else(which_addon)
         })
     }
 }
@@ -278,7 +350,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A size in bytes: a number, or text like `1GiB`, `500MB`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[schemars(with = "String")]
 pub struct ByteSize(pub u64);
 
@@ -347,6 +419,10 @@ impl Config {
                 "sandbox-user: uid and gid must not be 0 (root); give an unprivileged identity no account uses".into(),
             );
         }
+        config.limits.check("limits")?;
+        for (name, o) in &config.addon_limits {
+            config.limits.with(o).check(&format!("addon-limits.{name}"))?;
+        }
         if config.runner.0.is_empty() {
             return Err("runner: the runner list is empty; name at least one of docker, nix-flake, trivial".into());
         }
@@ -390,9 +466,15 @@ working-dir: /tmp/w
 cache-dir: /tmp/c
 env: {my-addon: {TOKEN: abc}}
 archive: {max-size: 1GiB, max-entries: 100000, download-timeout: 5m}
+limits: {memory: 1GiB, pids: 512, cpus: 1, output-size: 1GiB}
+addon-limits: {big-addon: {memory: 4GiB}}
 "#,
         )
         .unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        let big = c.limits.with(&c.addon_limits["big-addon"]).to_limits();
+        assert_eq!(big.memory, Some(4 << 30));
+        assert_eq!(big.pids, Some(512));
         assert_eq!(c.runner.0, vec![RunnerKind::NixFlake, RunnerKind::Docker, RunnerKind::Trivial]);
         assert_eq!(c.run_timeout.0, Duration::from_secs(90));
         assert_eq!(c.archive.max_size.0, 1 << 30);
@@ -408,6 +490,20 @@ archive: {max-size: 1GiB, max-entries: 100000, download-timeout: 5m}
         assert!(e.contains("podman"), "{e}");
         let e = Config::from_yaml("run-timeout: soon").unwrap_err();
         assert!(e.contains("soon"), "{e}");
+    }
+
+    #[test]
+    fn limits_can_be_lifted_and_bad_ones_are_named() {
+        let c = Config::from_yaml("limits: {memory: null, cpus: 0.5}").unwrap();
+        assert_eq!(c.limits.memory, None);
+        assert_eq!(c.limits.cpus, Some(0.5));
+        assert_eq!(c.limits.pids, Some(512), "unnamed limits keep their defaults");
+        let e = Config::from_yaml("limits: {cpus: 0}").unwrap_err();
+        assert!(e.contains("limits.cpus"), "{e}");
+        let e = Config::from_yaml("addon-limits: {x: {pids: 0}}").unwrap_err();
+        assert!(e.contains("addon-limits.x.pids"), "{e}");
+        let e = Config::from_yaml("limits: {memroy: 1GiB}").unwrap_err();
+        assert!(e.contains("memroy"), "{e}");
     }
 
     #[test]

@@ -21,11 +21,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::report::{
-    AddonReport, AddonResult, Attempt, Candidate, PlanAddon, PlanReport, RunReport, RunnerProbe, RunnersReport,
-    Selected,
+    AddonReport, AddonResult, Attempt, Candidate, Phases, PlanAddon, PlanReport, Resources, RunReport, RunnerProbe,
+    RunnersReport, Selected, Termination,
 };
 use crate::resolve::{resolve, resolve_where, run_candidates};
 use crate::source::{self, OpenError};
+use tracing::Instrument;
 
 /// What to run, and how; the library form of `addon run`.
 #[derive(Debug, Clone, Default)]
@@ -46,6 +47,8 @@ pub struct RunRequest {
     pub fail_fast: Option<bool>,
     /// Keep run directories for debugging.
     pub keep_work: bool,
+    /// Limits set for this run (over the configured `limits` and `addon-limits`).
+    pub limits: crate::config::LimitsOverride,
 }
 
 /// Progress of a run, for job servers that want to follow it.
@@ -159,7 +162,13 @@ impl Engine {
                 },
             });
         }
-        let sandboxes = self.sandboxes.all().iter().map(|s| s.probe()).collect();
+        let enforcement = self.sandboxes.enforcement().describe();
+        let sandboxes = self
+            .sandboxes
+            .all()
+            .iter()
+            .map(|s| crate::report::SandboxProbe { probe: s.probe(), limits: enforcement.clone() })
+            .collect();
         RunnersReport { runners, sandboxes }
     }
 
@@ -267,8 +276,12 @@ impl Engine {
         let scratch = self.scratch()?;
         // Every source is opened before anything runs: a missing one fails the run up front.
         let mut addons = Vec::new();
+        let mut opening = Vec::new();
         for src in &req.sources {
-            let addon = source::open(src, &self.config, scratch.path(), Some(&cache));
+            let started = Instant::now();
+            let addon = tracing::info_span!("open", source = %src)
+                .in_scope(|| source::open(src, &self.config, scratch.path(), Some(&cache)));
+            opening.push(started.elapsed());
             match addon {
                 Ok(a) if a.root.is_none() => {
                     return Err(EngineError::DescriptorOnly { source_arg: src.clone() });
@@ -311,7 +324,9 @@ impl Engine {
                             cancel: &cancel,
                             cache: &cache,
                         };
-                        self.run_one(&ctx, idx, src, a).await
+                        let mut r = self.run_one(&ctx, idx, src, a).await;
+                        r.phases_ms.prepare += opening[idx].as_millis() as u64;
+                        r
                     }
                     Err(msg) => failed_source(src, msg),
                 }
@@ -418,6 +433,12 @@ impl Engine {
             report.stderr_tail = attempt.stderr_tail.clone();
             report.rejected_files = attempt.rejected.clone();
             report.log_lines_dropped += attempt.log_lines_dropped;
+            report.termination = attempt.termination;
+            report.resources = attempt.resources;
+            report.limits = Some(attempt.limits);
+            let (p, a) = (&mut report.phases_ms, &attempt.phases);
+            (p.prepare, p.build, p.run, p.collect, p.cleanup) =
+                (p.prepare + a.prepare, p.build + a.build, p.run + a.run, p.collect + a.collect, p.cleanup + a.cleanup);
             report.attempts.push(Attempt {
                 runner: cand.kind.to_string(),
                 sandbox: attempt.sandbox.clone(),
@@ -458,9 +479,13 @@ impl Engine {
         let work_dir = self.config.working_dir.join(format!("run-{run_id}-{idx}-{attempt_no}"));
         let staging = output_dir.join(STAGING).join(format!("{idx}-{label}-{attempt_no}"));
         let mut outcome = AttemptOutcome::failed(sandbox.map(|s| s.as_str().to_string()), String::new());
+        let limits = self.limits_for(d, req);
+        outcome.limits = limits;
+        let started = Instant::now();
+        let prepare_span = tracing::info_span!("prepare", addon = %label);
         // The addon's persistent CACHE_DIR (by name) and HOME (by name and version) are cache
         // entries, held (shared) for the whole run.
-        let (data, home) = match self.persistent_dirs(cache, d).await {
+        let (data, home) = match self.persistent_dirs(cache, d).instrument(prepare_span.clone()).await {
             Ok(dirs) => dirs,
             Err(e) => {
                 outcome.error = Some(format!("the CACHE_DIR or HOME of {label}: {e}"));
@@ -468,15 +493,16 @@ impl Engine {
             }
         };
         let cache_dir = data.content();
-        let addon_dir = match self.prepare(d, addon, req, &work_dir, &staging, &cache_dir).await {
-            Ok(dir) => dir,
-            Err(e) => {
-                outcome.error = Some(format!("preparing the run of {label}: {e}"));
-                self.cleanup(&work_dir, req.keep_work);
-                let _ = fs::remove_dir_all(&staging);
-                return outcome;
-            }
-        };
+        let addon_dir =
+            match self.prepare(d, addon, req, &work_dir, &staging, &cache_dir).instrument(prepare_span).await {
+                Ok(dir) => dir,
+                Err(e) => {
+                    outcome.error = Some(format!("preparing the run of {label}: {e}"));
+                    self.cleanup(&work_dir, req.keep_work);
+                    let _ = fs::remove_dir_all(&staging);
+                    return outcome;
+                }
+            };
         if let Some(tx) = events {
             let _ = tx
                 .send(Event::Started {
@@ -486,6 +512,7 @@ impl Engine {
                 })
                 .await;
         }
+        outcome.phases.prepare = started.elapsed().as_millis() as u64;
         let dropped = Arc::new(AtomicU64::new(0));
         let log = log_sink(&label, events.cloned(), dropped.clone());
         let timeout = req.timeout.unwrap_or(self.config.run_timeout.0);
@@ -511,10 +538,18 @@ impl Engine {
                 noise: None,
             },
             cache: cache.clone(),
+            limits,
+            enforcement: self.sandboxes.enforcement(),
         };
-        match runner.run(&launch).await {
+        let running = Instant::now();
+        let ran =
+            runner.run(&launch).instrument(tracing::info_span!("run", addon = %label, runner = %runner.kind())).await;
+        let collecting = Instant::now();
+        let collect_span = tracing::info_span!("collect", addon = %label).entered();
+        match ran {
             Err(e) => {
                 outcome.error = Some(error_with_tail(&e));
+                outcome.phases.build = running.elapsed().as_millis() as u64;
                 if let RunnerError::Build { log_tail, .. } = &e {
                     outcome.stderr_tail = log_tail.clone();
                 }
@@ -523,7 +558,18 @@ impl Engine {
                 outcome.sandbox = Some(ran.sandbox);
                 outcome.cache = ran.cache;
                 outcome.stderr_tail = ran.supervised.stderr_tail.clone();
-                judge(&mut outcome, &ran.supervised, d, &staging, timeout);
+                outcome.phases.build = ran.build.as_millis() as u64;
+                outcome.phases.run = ran.supervised.duration.as_millis() as u64;
+                let usage = ran.supervised.usage;
+                outcome.resources = Resources {
+                    peak_memory_bytes: usage.peak_memory_bytes,
+                    cpu_ms: usage.cpu_ms,
+                    wall_ms: Some(ran.supervised.duration.as_millis() as u64),
+                };
+                if usage.peak_memory_bytes.is_none() || usage.cpu_ms.is_none() {
+                    tracing::debug!(addon = %label, "peak memory or CPU time not measured here: {}", launch.enforcement.describe());
+                }
+                judge(&mut outcome, &ran.supervised, d, &staging, timeout, &limits);
             }
         }
         // What the addon wrote belongs to the engine's user again (a root engine ran it as its
@@ -546,14 +592,29 @@ impl Engine {
                 outcome.rejected = Some(rejected);
             }
         }
-        let _ = fs::remove_dir_all(&staging);
-        self.cleanup(&work_dir, req.keep_work);
+        outcome.phases.collect = collecting.elapsed().as_millis() as u64;
+        drop(collect_span);
+        let cleaning = Instant::now();
+        tracing::info_span!("cleanup", addon = %label).in_scope(|| {
+            let _ = fs::remove_dir_all(&staging);
+            self.cleanup(&work_dir, req.keep_work);
+        });
         drop((data, home));
+        outcome.phases.cleanup = cleaning.elapsed().as_millis() as u64;
         outcome.log_lines_dropped = dropped.load(Ordering::Relaxed);
         if outcome.log_lines_dropped > 0 {
             tracing::warn!(addon = %label, "{} log lines were not delivered to the event channel: it was full (the receiver did not keep up)", outcome.log_lines_dropped);
         }
         outcome
+    }
+
+    /// The limits of one addon's run: configured, then per addon, then per request.
+    fn limits_for(&self, d: &Descriptor, req: &RunRequest) -> addon_runners::Limits {
+        let mut l = self.config.limits;
+        if let Some(o) = self.config.addon_limits.get(&d.meta.name) {
+            l = l.with(o);
+        }
+        l.with(&req.limits).to_limits()
     }
 
     /// The addon's CACHE_DIR (kept by name, as Docspell does) and HOME (kept by name and
@@ -734,6 +795,10 @@ struct AttemptOutcome {
     stderr_tail: Vec<String>,
     rejected: Option<PathBuf>,
     log_lines_dropped: u64,
+    termination: Option<Termination>,
+    resources: Resources,
+    phases: Phases,
+    limits: addon_runners::Limits,
 }
 
 impl AttemptOutcome {
@@ -748,6 +813,10 @@ impl AttemptOutcome {
             stderr_tail: Vec::new(),
             rejected: None,
             log_lines_dropped: 0,
+            termination: None,
+            resources: Resources::default(),
+            phases: Phases::default(),
+            limits: addon_runners::Limits::default(),
         }
     }
 }
@@ -756,11 +825,19 @@ impl AttemptOutcome {
 const ERROR_TAIL_LINES: usize = 5;
 
 /// Turns what supervision saw into a result (SPEC `addon run`).
-fn judge(o: &mut AttemptOutcome, s: &addon_runners::Supervised, d: &Descriptor, staging: &Path, timeout: Duration) {
+fn judge(
+    o: &mut AttemptOutcome,
+    s: &addon_runners::Supervised,
+    d: &Descriptor,
+    staging: &Path,
+    timeout: Duration,
+    limits: &addon_runners::Limits,
+) {
     // The end of the addon's own stderr (a sandbox tool's messages are already filtered out)
     // usually says why it failed.
     let last: Vec<&str> = s.stderr_tail.iter().rev().take(ERROR_TAIL_LINES).rev().map(String::as_str).collect();
     let tail = if last.is_empty() { String::new() } else { format!("; its stderr ended with:\n{}", last.join("\n")) };
+    o.termination = Some(termination(&s.ending, &s.usage));
     match &s.ending {
         Ending::Exited(0) => {
             o.exit_code = Some(0);
@@ -784,7 +861,16 @@ fn judge(o: &mut AttemptOutcome, s: &addon_runners::Supervised, d: &Descriptor, 
         Ending::Exited(code) => {
             o.result = AddonResult::ExecutionError;
             o.exit_code = Some(*code);
-            o.error = Some(format!("{} exited with code {code}{tail}", d.id()));
+            o.error = Some(if o.termination == Some(Termination::Oom) {
+                let limit = limits.memory.map(|m| format!(" of {}", bytesize::ByteSize(m))).unwrap_or_default();
+                format!(
+                    "{} was killed by the kernel's OOM killer: it needed more than its memory limit{limit} (setting \
+                     limits.memory, option --memory); exit code {code}{tail}",
+                    d.id()
+                )
+            } else {
+                format!("{} exited with code {code}{tail}", d.id())
+            });
         }
         Ending::TimedOut(_) => {
             o.result = AddonResult::Timeout;
@@ -805,6 +891,24 @@ fn judge(o: &mut AttemptOutcome, s: &addon_runners::Supervised, d: &Descriptor, 
                 d.id()
             ));
         }
+        Ending::Limit(why) => {
+            o.result = AddonResult::ExecutionError;
+            o.error = Some(format!("{}: {why}{tail}", d.id()));
+        }
+    }
+}
+
+/// How the process ended, from how supervision saw it and what the envelope counted.
+fn termination(ending: &Ending, usage: &addon_runners::Usage) -> Termination {
+    match ending {
+        Ending::Exited(0) => Termination::Exited,
+        Ending::Exited(_) if usage.oom_kills > 0 => Termination::Oom,
+        // Sandboxes and runtimes report a child ended by signal N as 128 + N.
+        Ending::Exited(code) if (129..=128 + 64).contains(code) => Termination::Signaled,
+        Ending::Exited(_) => Termination::Exited,
+        Ending::TimedOut(_) => Termination::Timeout,
+        Ending::Cancelled => Termination::Cancelled,
+        Ending::StdoutTooLarge(_) | Ending::Limit(_) => Termination::Limit,
     }
 }
 
@@ -900,6 +1004,10 @@ fn failed_source(src: &str, msg: &str) -> AddonReport {
         stderr_tail: Vec::new(),
         rejected_files: None,
         log_lines_dropped: 0,
+        termination: None,
+        resources: Resources::default(),
+        phases_ms: Phases::default(),
+        limits: None,
     }
 }
 
@@ -1017,9 +1125,11 @@ mod tests {
                     stdout: b"{}".to_vec(),
                     stderr_tail: vec![],
                     duration: Duration::ZERO,
+                    usage: Default::default(),
                 },
                 sandbox: "fake".into(),
                 cache: CacheUse::None,
+                build: Duration::ZERO,
             })
         }
     }

@@ -60,7 +60,7 @@ enum Command {
     #[command(
         after_help = "Exit codes: 0 every addon succeeded; 1 an addon failed or was refused; 2 the run could not start (bad source, config, usage).\n\nExamples:\n  addon run ./hello --args 'Ada'\n  addon run a.zip b.zip --timeout 30s --output-dir out --json\n  addon run ./my-addon --item ./fixtures/item --env TOKEN=abc --runner trivial"
     )]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Explain runner resolution for an addon without running anything.
     Plan {
         #[arg(value_name = "SOURCE")]
@@ -137,6 +137,22 @@ struct RunArgs {
     /// Keep the run directories for debugging (their paths are logged).
     #[arg(long)]
     keep_work: bool,
+    /// Memory limit for each addon of this run (512MiB, 2GiB); overrides limits.memory.
+    #[arg(long, value_name = "SIZE", value_parser = config::parse_size)]
+    memory: Option<u64>,
+    /// Most processes and threads for each addon at once; overrides limits.pids.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pids: Option<u64>,
+    /// CPUs' worth of time for each addon (1, 0.5, 2); overrides limits.cpus.
+    #[arg(long, value_name = "N", value_parser = parse_cpus)]
+    cpus: Option<f64>,
+}
+
+fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
+        _ => Err(format!("`{s}` is not a positive number of CPUs (1, 0.5, 2)")),
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -231,7 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Run(args) => {
             let config = Config::discover(cli.config.as_deref())?;
-            run_addons(args, config, cli.json)
+            run_addons(*args, config, cli.json)
         }
         Command::Plan { source, runners } => {
             let config = Config::discover(cli.config.as_deref())?;
@@ -283,7 +299,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 }
                 writeln!(out, "sandboxes:")?;
                 for s in &report.sandboxes {
-                    writeln!(out, "  {} {}: {}", if s.available { "+" } else { "-" }, s.name, s.detail)?;
+                    let p = &s.probe;
+                    writeln!(out, "  {} {}: {}", if p.available { "+" } else { "-" }, p.name, p.detail)?;
+                    writeln!(out, "      {}", s.limits)?;
                 }
             }
             Ok(0)
@@ -421,6 +439,12 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
         timeout: args.timeout,
         fail_fast,
         keep_work: args.keep_work,
+        limits: config::LimitsOverride {
+            memory: args.memory.map(config::ByteSize),
+            pids: args.pids,
+            cpus: args.cpus,
+            output_size: None,
+        },
     };
     for (_, src) in &request.inputs {
         anyhow::ensure!(src.exists(), "--input: {} does not exist", src.display());

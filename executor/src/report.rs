@@ -73,6 +73,55 @@ pub struct AddonReport {
     /// still went to the engine's log).
     #[serde(skip_serializing_if = "is_zero")]
     pub log_lines_dropped: u64,
+    /// How the addon's process ended (null when nothing ran).
+    pub termination: Option<Termination>,
+    /// What it used (a field is null where the runner cannot measure it).
+    pub resources: Resources,
+    /// Where the time went, in milliseconds.
+    pub phases_ms: Phases,
+    /// The limits it ran under.
+    pub limits: Option<addon_runners::Limits>,
+}
+
+/// How a run's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Termination {
+    /// It exited by itself (with any code).
+    Exited,
+    /// A signal ended it (an exit code of 128 + N from a sandbox or runtime).
+    Signaled,
+    /// It ran past its timeout and was stopped.
+    Timeout,
+    /// The kernel's OOM killer ended it at its memory limit.
+    Oom,
+    /// It ran into another limit (processes, output size, stdout) and was stopped.
+    Limit,
+    /// The run was cancelled and it was stopped.
+    Cancelled,
+}
+
+/// What a run used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Resources {
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub wall_ms: Option<u64>,
+}
+
+/// Milliseconds per phase of one addon's run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Phases {
+    /// Opening the source, the addon's persistent directories, the run directory.
+    pub prepare: u64,
+    /// Building or finding the artifact (image, nix result).
+    pub build: u64,
+    /// The addon's process, from start to end.
+    pub run: u64,
+    /// Judging its output and moving its files.
+    pub collect: u64,
+    /// Removing the run directory.
+    pub cleanup: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -129,7 +178,16 @@ pub struct Selected {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunnersReport {
     pub runners: Vec<RunnerProbe>,
-    pub sandboxes: Vec<Probe>,
+    pub sandboxes: Vec<SandboxProbe>,
+}
+
+/// One sandbox in `addon runners`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxProbe {
+    #[serde(flatten)]
+    pub probe: Probe,
+    /// How it enforces the resource envelope here.
+    pub limits: String,
 }
 
 #[derive(Debug, Clone, Serialize)]

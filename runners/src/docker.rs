@@ -376,7 +376,15 @@ impl Runner for DockerRunner {
                     v.version.unwrap_or_default(),
                     v.api_version.unwrap_or_default()
                 );
-                Availability { available: true, version: Some(version), detail: format!("Docker API at {addr}") }
+                Availability {
+                    available: true,
+                    version: Some(version),
+                    detail: format!(
+                        "Docker API at {addr}; limits through the API (memory, pids, cpus; output size watched); \
+                         no-new-privileges, capabilities {}",
+                        CAPABILITIES.join(",")
+                    ),
+                }
             }
             Err(e) => {
                 Availability { available: false, version: None, detail: format!("no Docker daemon at {addr}: {e}") }
@@ -395,8 +403,10 @@ impl Runner for DockerRunner {
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
         let docker = self.client().await.map_err(|detail| RunnerError::Unavailable { runner: KIND, detail })?;
+        let building = Instant::now();
         let (image, _) = tokio::join!(self.image_for(docker, launch), self.reap_once(docker));
         let (image, cache, _image_entry) = image?;
+        let build = building.elapsed();
         let started = Instant::now();
         // The image's own HOME is kept, as Docspell does: images often pre-compile into it.
         let env: Vec<String> = launch
@@ -447,6 +457,13 @@ impl Runner for DockerRunner {
                 security_opt: Some(vec!["no-new-privileges:true".into()]),
                 cap_drop: Some(vec!["ALL".into()]),
                 cap_add: Some(CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+                // The envelope, through the runtime: memory without swap beyond it, processes and
+                // CPU. (No ulimits: naming one makes Podman replace its configured defaults with
+                // values the host refuses; the output size is watched on the mounts instead.)
+                memory: launch.limits.memory.map(|m| m as i64),
+                memory_swap: launch.limits.memory.map(|m| m as i64),
+                pids_limit: launch.limits.pids.map(|p| p as i64),
+                nano_cpus: launch.limits.cpus.map(|c| (c * 1e9) as i64),
                 ..Default::default()
             }),
             ..Default::default()
@@ -465,7 +482,7 @@ impl Runner for DockerRunner {
             tracing::warn!(addon = %launch.label(), "removing container {id}: {e}");
         }
         let supervised = result?;
-        Ok(RunnerOutcome { supervised, sandbox: "docker".into(), cache })
+        Ok(RunnerOutcome { supervised, sandbox: "docker".into(), cache, build })
     }
 }
 
@@ -495,6 +512,15 @@ async fn supervise_container(
         .map_err(|e| setup(format!("starting container {id}: {e}")))?;
     let mut collected = Collected::new(sup.collect_stdout);
     let mut broken = None;
+    // The output limit is watched on the mounted directories, as for host sandboxes; memory,
+    // processes and CPU are sampled from the runtime's statistics.
+    let watched = [&launch.work_dir, &launch.output_dir, &launch.cache_dir].map(|p| p.to_path_buf()).to_vec();
+    let only_output = crate::limits::Limits { output_size: launch.limits.output_size, ..Default::default() };
+    let no_cgroup = crate::limits::Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
+    let mut envelope = crate::limits::Envelope::new(id, only_output, &no_cgroup, watched).map_err(setup)?;
+    let mut sampled = Sampled::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let read = async {
         while let Some(item) = output.next().await {
             match item {
@@ -510,11 +536,24 @@ async fn supervise_container(
             }
         }
     };
+    tokio::pin!(read);
+    let deadline = tokio::time::sleep(sup.timeout);
+    tokio::pin!(deadline);
     let mut ending = None;
-    tokio::select! {
-        _ = read => {}
-        _ = tokio::time::sleep(sup.timeout) => ending = Some(Ending::TimedOut(sup.timeout)),
-        _ = sup.cancel.cancelled() => ending = Some(Ending::Cancelled),
+    loop {
+        tokio::select! {
+            _ = &mut read => break,
+            _ = &mut deadline => { ending = Some(Ending::TimedOut(sup.timeout)); break }
+            _ = sup.cancel.cancelled() => { ending = Some(Ending::Cancelled); break }
+            _ = tick.tick() => {
+                sampled.sample(docker, id).await;
+                let breach = envelope.check().map(|b| b.to_string()).or_else(|| sampled.pids_breach(launch.limits.pids));
+                if let Some(why) = breach {
+                    ending = Some(Ending::Limit(why));
+                    break;
+                }
+            }
+        }
     }
     if collected.overflow {
         ending = Some(Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0)));
@@ -523,7 +562,8 @@ async fn supervise_container(
         let grace = sup.kill_grace.as_secs().max(1) as i32;
         let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(grace), ..Default::default() })).await;
         let (stdout, tail) = collected.finish(sup);
-        return Ok(Supervised { ending: e, stdout, stderr_tail: tail, duration: started.elapsed() });
+        let usage = sampled.usage(false);
+        return Ok(Supervised { ending: e, stdout, stderr_tail: tail, duration: started.elapsed(), usage });
     }
     let code = match docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await {
         Some(Ok(r)) => r.status_code,
@@ -544,11 +584,68 @@ async fn supervise_container(
         if collected.overflow {
             let (stdout, tail) = collected.finish(sup);
             let ending = Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0));
-            return Ok(Supervised { ending, stdout, stderr_tail: tail, duration: started.elapsed() });
+            let usage = sampled.usage(false);
+            return Ok(Supervised { ending, stdout, stderr_tail: tail, duration: started.elapsed(), usage });
         }
     }
+    // The kernel's OOM killer ended it when the runtime says so (read before removal).
+    let oom = docker
+        .inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>)
+        .await
+        .ok()
+        .and_then(|c| c.state)
+        .and_then(|s| s.oom_killed)
+        .unwrap_or(false);
     let (stdout, tail) = collected.finish(sup);
-    Ok(Supervised { ending: Ending::Exited(code as i32), stdout, stderr_tail: tail, duration: started.elapsed() })
+    let usage = sampled.usage(oom);
+    Ok(Supervised {
+        ending: Ending::Exited(code as i32),
+        stdout,
+        stderr_tail: tail,
+        duration: started.elapsed(),
+        usage,
+    })
+}
+
+/// What the runtime's statistics said while the container ran (a container's statistics are
+/// gone once it exits, so a very short run has none).
+#[derive(Debug, Default)]
+struct Sampled {
+    peak_memory: Option<u64>,
+    cpu_ns: Option<u64>,
+    pids: Option<u64>,
+}
+
+impl Sampled {
+    async fn sample(&mut self, docker: &Docker, id: &str) {
+        let opts = bollard::query_parameters::StatsOptions { stream: false, one_shot: true };
+        let Some(Ok(stats)) = docker.stats(id, Some(opts)).next().await else { return };
+        if let Some(m) = stats.memory_stats {
+            let now = m.max_usage.or(m.usage);
+            if now.is_some_and(|n| n > 0) {
+                self.peak_memory = self.peak_memory.max(now);
+            }
+        }
+        if let Some(total) = stats.cpu_stats.and_then(|c| c.cpu_usage).and_then(|u| u.total_usage).filter(|t| *t > 0) {
+            self.cpu_ns = Some(total);
+        }
+        self.pids = stats.pids_stats.and_then(|p| p.current);
+    }
+
+    /// A fork bomb holds the process count at its limit: stop it there.
+    fn pids_breach(&self, limit: Option<u64>) -> Option<String> {
+        let (Some(now), Some(max)) = (self.pids, limit) else { return None };
+        (now >= max).then(|| crate::limits::Breach::Pids(max).to_string())
+    }
+
+    fn usage(&self, oom: bool) -> crate::limits::Usage {
+        crate::limits::Usage {
+            peak_memory_bytes: self.peak_memory,
+            cpu_ms: self.cpu_ns.map(|ns| ns / 1_000_000),
+            oom_kills: u64::from(oom),
+            pids_refused: 0,
+        }
+    }
 }
 
 /// A container's output as it arrives: stdout collected (up to the limit) or logged, stderr

@@ -5,6 +5,7 @@
 
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod limits;
 #[cfg(feature = "nix")]
 pub mod nix;
 pub mod probe;
@@ -13,6 +14,7 @@ pub mod runner;
 pub mod sandbox;
 pub mod trivial;
 
+pub use limits::{Breach, Enforcement, Limits, Usage};
 pub use probe::{Probe, ProbeCache};
 pub use process::{Ending, LogSink, LogStream, NoiseFilter, Supervised, Supervision};
 pub use runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};

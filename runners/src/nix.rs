@@ -181,6 +181,7 @@ async fn build(s: &NixSettings, addon_dir: &Path, run: &Supervision) -> Result<N
         }
         Ending::Cancelled => return Err("the run was cancelled during the nix build; it was stopped".into()),
         Ending::StdoutTooLarge(n) => return Err(format!("nix build printed more than {n} bytes of JSON")),
+        Ending::Limit(why) => return Err(format!("nix build stopped: {why}")),
     }
     let out = String::from_utf8_lossy(&done.stdout);
     let parsed: serde_json::Value =
@@ -263,11 +264,13 @@ impl Runner for NixRunner {
     }
 
     async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
+        let building = std::time::Instant::now();
         let (out, cache, entry) = self.realise(launch).await?;
+        let build = building.elapsed();
         let program = program_of(&out).map_err(setup)?;
         tracing::info!(addon = %launch.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
         let supervised = run_sandboxed(KIND, launch, &program, &[PathBuf::from("/nix/store")]).await?;
         drop(entry); // held for the whole run, so that a concurrent prune cannot remove it
-        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.name().to_string(), cache })
+        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.name().to_string(), cache, build })
     }
 }

@@ -41,6 +41,8 @@ pub enum Ending {
     Cancelled,
     /// Stopped because its stdout grew past the limit.
     StdoutTooLarge(u64),
+    /// Stopped because it ran into a limit of its envelope (the reason, for people).
+    Limit(String),
 }
 
 /// What supervision observed.
@@ -52,6 +54,8 @@ pub struct Supervised {
     /// The last lines of stderr.
     pub stderr_tail: Vec<String>,
     pub duration: Duration,
+    /// What the run used, where the sandbox or runtime measures it.
+    pub usage: crate::limits::Usage,
 }
 
 /// Limits and plumbing for one supervised process.
@@ -77,8 +81,23 @@ impl std::fmt::Debug for Supervision {
     }
 }
 
+/// Called a few times a second while a process runs; a breach stops it.
+pub type Watch<'a> = &'a mut (dyn FnMut() -> Option<crate::limits::Breach> + Send);
+
+/// How often a [`Watch`] is asked.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
 /// Spawns `cmd` and supervises it to the end. `cmd` must already carry its sandbox.
-pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<Supervised> {
+pub async fn supervise(cmd: Command, sup: &Supervision) -> std::io::Result<Supervised> {
+    supervise_watched(cmd, sup, None).await
+}
+
+/// [`supervise`], also stopping the process when `watch` reports a breach of its limits.
+pub async fn supervise_watched(
+    mut cmd: Command,
+    sup: &Supervision,
+    mut watch: Option<Watch<'_>>,
+) -> std::io::Result<Supervised> {
     let start = Instant::now();
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn()?;
@@ -152,11 +171,22 @@ pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<S
         out
     });
 
-    let mut ending = tokio::select! {
-        status = child.wait() => Ending::Exited(status.map(exit_code).unwrap_or(-1)),
-        _ = tokio::time::sleep(sup.timeout) => Ending::TimedOut(sup.timeout),
-        _ = sup.cancel.cancelled() => Ending::Cancelled,
-        _ = overflow.cancelled() => Ending::StdoutTooLarge(limit.unwrap_or(0)),
+    let deadline = tokio::time::sleep(sup.timeout);
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ending = loop {
+        tokio::select! {
+            status = child.wait() => break Ending::Exited(status.map(exit_code).unwrap_or(-1)),
+            _ = &mut deadline => break Ending::TimedOut(sup.timeout),
+            _ = sup.cancel.cancelled() => break Ending::Cancelled,
+            _ = overflow.cancelled() => break Ending::StdoutTooLarge(limit.unwrap_or(0)),
+            _ = tick.tick(), if watch.is_some() => {
+                if let Some(breach) = watch.as_mut().and_then(|w| w()) {
+                    break Ending::Limit(breach.to_string());
+                }
+            }
+        }
     };
     // After a normal exit nothing is left to stop: every sandbox runs the addon in its own PID
     // namespace, whose init ended with the addon and took every leftover process with it.
@@ -170,7 +200,7 @@ pub async fn supervise(mut cmd: Command, sup: &Supervision) -> std::io::Result<S
     if overflow.is_cancelled() && matches!(ending, Ending::Exited(_)) {
         ending = Ending::StdoutTooLarge(limit.unwrap_or(0));
     }
-    Ok(Supervised { ending, stdout, stderr_tail, duration: start.elapsed() })
+    Ok(Supervised { ending, stdout, stderr_tail, duration: start.elapsed(), usage: Default::default() })
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

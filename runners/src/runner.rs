@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use addon_descriptors::{ContentDigest, Descriptor, RunnerKind};
 use serde::Serialize;
 
+use crate::limits::{Enforcement, Envelope, Limits};
 use crate::process::{Supervised, Supervision};
 use crate::sandbox::{Mounts, Sandbox, SandboxError};
 
@@ -69,6 +70,10 @@ pub struct Launch {
     pub supervision: Supervision,
     /// The artifact cache (built images, nix results).
     pub cache: addon_cache::Cache,
+    /// What the run may use.
+    pub limits: Limits,
+    /// How host sandboxes enforce `limits` here.
+    pub enforcement: Enforcement,
 }
 
 impl Launch {
@@ -126,6 +131,8 @@ pub struct RunnerOutcome {
     /// What isolated the process: a sandbox name or `docker`.
     pub sandbox: String,
     pub cache: CacheUse,
+    /// Time spent building or finding the artifact before the process started.
+    pub build: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -184,15 +191,6 @@ pub async fn run_sandboxed(
     let env = launch.env(&sandbox.view(&mounts), false);
     let iso = crate::sandbox::Isolation { network: launch.descriptor.networking() };
     let scratch = launch.scratch_dir();
-    let spec = crate::sandbox::Spec {
-        program,
-        args: &launch.args,
-        env: &env,
-        mounts: &mounts,
-        extra_ro,
-        iso,
-        scratch: &scratch,
-    };
     sandbox.check(iso).map_err(|source| RunnerError::Sandbox { runner, source })?;
     if let Some(owner) = sandbox.owner() {
         let dirs = [&mounts.work, &mounts.output, &mounts.cache, &mounts.home].map(PathBuf::as_path);
@@ -201,6 +199,26 @@ pub async fn run_sandboxed(
             message: format!("giving the run's directories to uid {}: {e}", owner.uid),
         })?;
     }
+    // The envelope: a control group (or rlimits) for this run, watched while it runs.
+    let run_name = launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let watched = vec![mounts.work.clone(), mounts.output.clone(), mounts.cache.clone(), mounts.home.clone()];
+    let mut envelope = Envelope::new(&run_name, launch.limits, &launch.enforcement, watched)
+        .map_err(|message| RunnerError::Setup { runner, message })?;
+    if !envelope.measures() {
+        tracing::debug!(addon = %launch.label(), "resource usage is not measured: {}", launch.enforcement.describe());
+    }
+    let (cgroups, rlimits) = (envelope.cgroup_procs(), envelope.rlimits());
+    let spec = crate::sandbox::Spec {
+        program,
+        args: &launch.args,
+        env: &env,
+        mounts: &mounts,
+        extra_ro,
+        iso,
+        scratch: &scratch,
+        cgroups: &cgroups,
+        rlimits: &rlimits,
+    };
     let cmd = sandbox.command(&spec).map_err(|source| RunnerError::Sandbox { runner, source })?;
     tracing::debug!(addon = %launch.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
     let own = sandbox.clone();
@@ -208,11 +226,12 @@ pub async fn run_sandboxed(
         noise: Some(std::sync::Arc::new(move |l: &str| own.is_own_message(l))),
         ..launch.supervision.clone()
     };
-    crate::process::supervise(cmd, &supervision).await.map_err(|source| RunnerError::Spawn {
-        runner,
-        program: program.to_path_buf(),
-        source,
-    })
+    let mut watch = || envelope.check();
+    let mut done = crate::process::supervise_watched(cmd, &supervision, Some(&mut watch))
+        .await
+        .map_err(|source| RunnerError::Spawn { runner, program: program.to_path_buf(), source })?;
+    done.usage = envelope.finish();
+    Ok(done)
 }
 
 /// Returns the cache entry for `key`, building it with `build` when missing or damaged. The

@@ -49,6 +49,11 @@ impl Runner for TrivialRunner {
                 .map_err(|e| setup(e.to_string()))?;
         }
         let supervised = run_sandboxed(RunnerKind::Trivial, launch, &program, &[]).await?;
-        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.name().to_string(), cache: CacheUse::None })
+        Ok(RunnerOutcome {
+            supervised,
+            sandbox: launch.sandbox.name().to_string(),
+            cache: CacheUse::None,
+            build: std::time::Duration::ZERO,
+        })
     }
 }

@@ -57,7 +57,7 @@ impl Sandbox for Bwrap {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso, .. } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, cgroups, rlimits, .. } = *spec;
         let inside = self.view(mounts);
         // A root engine first binds the run's directories at /mnt in a mount namespace of its
         // own (it can reach them; the addon's identity could not, through the engine's private
@@ -150,13 +150,15 @@ impl Sandbox for Bwrap {
                 Ok(())
             });
         }
+        let mut prep = NsPlan::prepare_only().join_cgroups(cgroups).with_rlimits(rlimits);
         if root {
-            let mut prep = MountPlan::default();
+            let mut binds = MountPlan::default();
             for (host, at) in mounts.pairs(&inside) {
-                prep = prep.bind(host, at);
+                binds = binds.bind(host, at);
             }
-            NsPlan::prepare_only().with_mounts(prep).drop_to(Some(self.identity)).install(&mut c);
+            prep = prep.with_mounts(binds).drop_to(Some(self.identity));
         }
+        prep.install(&mut c);
         c
     }
 }
@@ -199,6 +201,8 @@ impl Bwrap {
             extra_ro: &[],
             iso: super::Isolation { network: false },
             scratch: &d,
+            cgroups: &[],
+            rlimits: &[],
         };
         let how =
             if is_root() { format!("as uid {} (setting sandbox-user)", self.identity.uid) } else { String::new() };

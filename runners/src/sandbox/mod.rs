@@ -114,6 +114,10 @@ pub struct Spec<'a> {
     /// An empty host directory, private to this run and outliving the process, on which a
     /// sandbox may build the addon's root.
     pub scratch: &'a Path,
+    /// Control groups the process joins first (`cgroup.procs` files of the run's envelope).
+    pub cgroups: &'a [PathBuf],
+    /// Resource limits the process gets.
+    pub rlimits: &'a [(libc::__rlimit_resource_t, u64)],
 }
 
 /// What the addon asks for.
@@ -236,6 +240,7 @@ pub fn claim(dirs: &[&Path], who: Identity) -> std::io::Result<()> {
 #[derive(Debug, Clone)]
 pub struct Sandboxes {
     all: Vec<Arc<dyn Sandbox>>,
+    probes: Arc<ProbeCache>,
 }
 
 impl Sandboxes {
@@ -244,9 +249,10 @@ impl Sandboxes {
             all: vec![
                 Arc::new(bwrap::Bwrap::new(settings.identity, probes.clone())),
                 Arc::new(netns::Netns::new(settings.identity, probes.clone())),
-                Arc::new(nspawn::Nspawn::new(settings, probes)),
+                Arc::new(nspawn::Nspawn::new(settings, probes.clone())),
                 Arc::new(plain::Plain),
             ],
+            probes,
         }
     }
 
@@ -266,6 +272,24 @@ impl Sandboxes {
 
     /// What `auto` considers, strongest first.
     pub const AUTO: [SandboxKind; 2] = [SandboxKind::Bwrap, SandboxKind::Netns];
+
+    /// How host sandboxes enforce limits here (remembered like the other probes).
+    pub fn enforcement(&self) -> crate::limits::Enforcement {
+        let p = self.probes.get("limits", "", None, || {
+            let e = crate::limits::Enforcement::probe();
+            match &e {
+                crate::limits::Enforcement::Cgroups { version } => {
+                    Probe::ok("limits", e.describe(), Some(version.to_string()))
+                }
+                crate::limits::Enforcement::Rlimits { .. } => Probe::missing("limits", e.describe()),
+            }
+        });
+        match (p.available, p.version.as_deref()) {
+            (true, Some("2")) => crate::limits::Enforcement::Cgroups { version: 2 },
+            (true, _) => crate::limits::Enforcement::Cgroups { version: 1 },
+            (false, _) => crate::limits::Enforcement::Rlimits { why: p.detail },
+        }
+    }
 }
 
 impl Default for Sandboxes {
@@ -324,6 +348,8 @@ mod tests {
             extra_ro: &store,
             iso: Isolation { network },
             scratch: Path::new("/w/run.root"),
+            cgroups: &[],
+            rlimits: &[],
         };
         let cmd = Sandboxes::default().get(kind).build(&spec);
         let std = cmd.as_std();

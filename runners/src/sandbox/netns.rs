@@ -27,7 +27,7 @@ impl Netns {
     }
 
     fn plan(&self, spec: &Spec<'_>) -> Result<NsPlan, String> {
-        let Spec { mounts, extra_ro, iso, scratch, .. } = *spec;
+        let Spec { mounts, extra_ro, iso, scratch, cgroups, rlimits, .. } = *spec;
         let inside = self.view(mounts);
         let who = if is_root() { self.identity } else { Identity::current() };
         let view = View::host_program(mounts, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid });
@@ -36,7 +36,9 @@ impl Netns {
             .with_ipc_uts()
             .with_root(RootPlan::new(&view, scratch, &inside.work))
             .drop_to(Some(self.identity))
-            .with_seccomp(filters))
+            .with_seccomp(filters)
+            .join_cgroups(cgroups)
+            .with_rlimits(rlimits))
     }
 }
 
@@ -112,6 +114,8 @@ impl Netns {
             extra_ro: &[] as &[PathBuf],
             iso: Isolation { network: false },
             scratch: &scratch,
+            cgroups: &[],
+            rlimits: &[],
         };
         let plan = match self.plan(&spec) {
             Ok(p) => p,

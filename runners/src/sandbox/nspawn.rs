@@ -172,7 +172,7 @@ impl Sandbox for Nspawn {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso, scratch } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits } = *spec;
         let inside = self.view(mounts);
         // Container root: uid 0 inside an unprivileged user namespace.
         let who = Inside { uid: 0, gid: 0 };
@@ -218,7 +218,7 @@ impl Sandbox for Nspawn {
         // whose init dies with the engine: the kernel then kills everything in it, the
         // container's nested namespace included. nspawn writes /proc/<pid>/uid_map of its own
         // children (user namespacing, id-mapped binds), so that namespace gets its own /proc.
-        NsPlan::pid_only().with_fresh_proc().install(&mut c);
+        NsPlan::pid_only().with_fresh_proc().join_cgroups(cgroups).with_rlimits(rlimits).install(&mut c);
         c.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             c.env("PATH", path);

@@ -32,10 +32,10 @@ impl Sandbox for Plain {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, .. } = *spec;
+        let Spec { program, args, env, mounts, cgroups, rlimits, .. } = *spec;
         let mut c = Command::new(program);
         c.args(args).current_dir(&mounts.work).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
-        NsPlan::pid_only().install(&mut c);
+        NsPlan::pid_only().join_cgroups(cgroups).with_rlimits(rlimits).install(&mut c);
         c
     }
 }

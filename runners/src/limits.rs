@@ -1,0 +1,341 @@
+//! The resource envelope of a run: memory, processes, CPU and what the addon may write.
+//!
+//! Host sandboxes enforce it with a control group per run (cgroup v1 or v2, through the
+//! `cgroups-rs` crate) when the engine may create one (root), else with resource limits of the
+//! process (rlimits: address space, processes of the user, file size; CPU share is then not
+//! enforced). The envelope also watches the run while it goes (a refused fork, the output size)
+//! and measures it afterwards (peak memory, CPU time, OOM kills). Containers get the same limits
+//! from their runtime (see the docker runner).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cgroups_rs::cgroup_builder::CgroupBuilder;
+use cgroups_rs::{Cgroup, MaxValue};
+use serde::Serialize;
+
+/// What one run may use. `None`: unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Limits {
+    /// Bytes of memory (RAM; no swap beyond it).
+    pub memory: Option<u64>,
+    /// Processes and threads at once.
+    pub pids: Option<u64>,
+    /// CPUs' worth of time per period (1.5 = one and a half CPUs).
+    pub cpus: Option<f64>,
+    /// Bytes the addon may add to its directories (output, work, CACHE_DIR, HOME) in one run.
+    pub output_size: Option<u64>,
+}
+
+/// What a run used, as far as it could be measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub peak_memory_bytes: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    /// Processes the kernel's OOM killer ended.
+    pub oom_kills: u64,
+    /// Forks refused because of the process limit.
+    pub pids_refused: u64,
+}
+
+/// A limit the addon ran into while it ran; the run is stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Breach {
+    /// The process limit refused a fork.
+    Pids(u64),
+    /// The addon wrote more than the output size allows.
+    OutputSize { limit: u64, written: u64 },
+}
+
+impl std::fmt::Display for Breach {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Breach::Pids(n) => write!(f, "it reached its process limit ({n} processes and threads; setting limits.pids, option --pids) and was stopped"),
+            Breach::OutputSize { limit, written } => write!(
+                f,
+                "it wrote {written} bytes, more than its output limit of {limit} bytes (setting limits.output-size) and was stopped"
+            ),
+        }
+    }
+}
+
+/// How host sandboxes enforce limits on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum Enforcement {
+    /// A control group per run: memory, pids and CPU are enforced and measured.
+    Cgroups { version: u8 },
+    /// Process resource limits: memory as address space, processes per user, file size; CPU share
+    /// is not enforced and usage is not measured.
+    Rlimits { why: String },
+}
+
+impl Enforcement {
+    /// Probes whether this process may create control groups here.
+    pub fn probe() -> Enforcement {
+        if !crate::sandbox::is_root() {
+            return Enforcement::Rlimits { why: "the engine is not root, so it cannot create control groups".into() };
+        }
+        let name = format!("addon-engine/probe-{}", std::process::id());
+        match RunCgroup::create(&name, &Limits { pids: Some(64), ..Limits::default() }) {
+            Ok(cg) => {
+                let version = if cg.cgroup.v2() { 2 } else { 1 };
+                cg.delete();
+                Enforcement::Cgroups { version }
+            }
+            Err(e) => Enforcement::Rlimits { why: e },
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Enforcement::Cgroups { version } => {
+                format!("limits by cgroup v{version} per run (memory, pids, cpus; usage measured)")
+            }
+            Enforcement::Rlimits { why } => format!(
+                "limits by rlimits ({why}): memory as address space, pids per user, file size; cpus not enforced, usage not measured"
+            ),
+        }
+    }
+}
+
+/// The control group of one run.
+#[derive(Debug)]
+struct RunCgroup {
+    cgroup: Cgroup,
+}
+
+const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
+
+impl RunCgroup {
+    fn create(name: &str, limits: &Limits) -> Result<RunCgroup, String> {
+        let hier = cgroups_rs::hierarchies::auto();
+        let mut b = CgroupBuilder::new(name).set_specified_controllers(CONTROLLERS.map(String::from).to_vec());
+        if let Some(m) = limits.memory {
+            b = b.memory().memory_hard_limit(m as i64).done();
+        }
+        if let Some(p) = limits.pids {
+            b = b.pid().maximum_number_of_processes(MaxValue::Value(p as i64)).done();
+        }
+        if let Some(c) = limits.cpus {
+            let period = 100_000u64;
+            b = b.cpu().period(period).quota(((c * period as f64) as i64).max(1000)).done();
+        }
+        let cgroup = b.build(hier).map_err(|e| format!("creating control group {name}: {e}"))?;
+        let cg = RunCgroup { cgroup };
+        // The crate only warns when a directory cannot be made: check that each one exists.
+        let procs = cg.procs_files();
+        if procs.is_empty() || procs.iter().any(|p| !p.exists()) {
+            cg.delete();
+            return Err(format!("control group {name} could not be created under /sys/fs/cgroup"));
+        }
+        if let Some(m) = limits.memory {
+            // No swap beyond the memory limit, where swap is accounted.
+            if let Some(mem) = cg.cgroup.controller_of::<cgroups_rs::memory::MemController>() {
+                let _ = mem.set_memswap_limit(m as i64);
+            }
+        }
+        Ok(cg)
+    }
+
+    /// The `cgroup.procs` file of each controller: writing "0" there moves the writer in.
+    fn procs_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> =
+            self.cgroup.subsystems().iter().map(|s| s.to_controller().path().join("cgroup.procs")).collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    fn controller_path(&self, name: &str) -> Option<PathBuf> {
+        self.cgroup
+            .subsystems()
+            .iter()
+            .find(|s| s.controller_name() == name)
+            .map(|s| s.to_controller().path().to_path_buf())
+    }
+
+    fn pids_refused(&self) -> u64 {
+        self.cgroup.controller_of::<cgroups_rs::pid::PidController>().and_then(|p| p.get_pid_events().ok()).unwrap_or(0)
+    }
+
+    fn usage(&self) -> Usage {
+        let read = |ctl: &str, file: &str| -> Option<String> {
+            std::fs::read_to_string(self.controller_path(ctl)?.join(file)).ok()
+        };
+        let field = |text: &str, key: &str| -> Option<u64> {
+            text.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        };
+        let (peak, oom) = if self.cgroup.v2() {
+            let events = read("memory", "memory.events").unwrap_or_default();
+            (read("memory", "memory.peak").and_then(|s| s.trim().parse().ok()), field(&events, "oom_kill "))
+        } else {
+            let oom = read("memory", "memory.oom_control").unwrap_or_default();
+            (read("memory", "memory.max_usage_in_bytes").and_then(|s| s.trim().parse().ok()), field(&oom, "oom_kill "))
+        };
+        let cpu_ns = if self.cgroup.v2() {
+            read("cpu", "cpu.stat").and_then(|s| field(&s, "usage_usec ")).map(|us| us * 1000)
+        } else {
+            read("cpuacct", "cpuacct.usage").and_then(|s| s.trim().parse().ok())
+        };
+        Usage {
+            peak_memory_bytes: peak,
+            cpu_ms: cpu_ns.map(|ns: u64| ns / 1_000_000),
+            oom_kills: oom.unwrap_or(0),
+            pids_refused: self.pids_refused(),
+        }
+    }
+
+    /// Kills whatever is left and removes the group (a few tries: a dying task lingers).
+    fn delete(&self) {
+        let _ = self.cgroup.kill();
+        for _ in 0..50 {
+            if self.cgroup.delete().is_ok() && self.procs_files().iter().all(|p| !p.exists()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        tracing::warn!("control group {} could not be removed", self.cgroup.path());
+    }
+}
+
+/// The envelope of one run: created before the addon starts, watched while it runs, measured and
+/// removed when it ends.
+#[derive(Debug)]
+pub struct Envelope {
+    limits: Limits,
+    cgroup: Option<RunCgroup>,
+    /// Directories whose growth counts against `output_size`, with their size at the start.
+    watched: Vec<PathBuf>,
+    start_size: u64,
+    last_size_check: Option<Instant>,
+}
+
+impl Envelope {
+    /// An envelope for `limits`: a control group named after `run` when `enforcement` says so.
+    pub fn new(
+        run: &str,
+        limits: Limits,
+        enforcement: &Enforcement,
+        watched: Vec<PathBuf>,
+    ) -> Result<Envelope, String> {
+        let cgroup = match enforcement {
+            Enforcement::Cgroups { .. } => Some(RunCgroup::create(&format!("addon-engine/{run}"), &limits)?),
+            Enforcement::Rlimits { .. } => None,
+        };
+        let start_size = watched.iter().map(|d| tree_size(d)).sum();
+        Ok(Envelope { limits, cgroup, watched, start_size, last_size_check: None })
+    }
+
+    /// The `cgroup.procs` files the sandboxed process must join before it does anything else.
+    pub fn cgroup_procs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(RunCgroup::procs_files).unwrap_or_default()
+    }
+
+    /// The rlimits to set in the sandboxed process.
+    pub fn rlimits(&self) -> Vec<(libc::__rlimit_resource_t, u64)> {
+        let mut out = Vec::new();
+        if let Some(size) = self.limits.output_size {
+            out.push((libc::RLIMIT_FSIZE, size));
+        }
+        if self.cgroup.is_none() {
+            if let Some(m) = self.limits.memory {
+                out.push((libc::RLIMIT_AS, m));
+            }
+            if let Some(p) = self.limits.pids {
+                out.push((libc::RLIMIT_NPROC, p));
+            }
+        }
+        out
+    }
+
+    /// Checks the running addon against its limits (called a few times a second).
+    pub fn check(&mut self) -> Option<Breach> {
+        if let (Some(cg), Some(max)) = (&self.cgroup, self.limits.pids) {
+            if cg.pids_refused() > 0 {
+                return Some(Breach::Pids(max));
+            }
+        }
+        if let Some(limit) = self.limits.output_size {
+            // Walking the directories costs; once a second is enough next to RLIMIT_FSIZE,
+            // which stops any single file at once.
+            if self.last_size_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                self.last_size_check = Some(Instant::now());
+                let now: u64 = self.watched.iter().map(|d| tree_size(d)).sum();
+                let written = now.saturating_sub(self.start_size);
+                if written > limit {
+                    return Some(Breach::OutputSize { limit, written });
+                }
+            }
+        }
+        None
+    }
+
+    /// What the run used; the control group is removed.
+    pub fn finish(self) -> Usage {
+        match &self.cgroup {
+            Some(cg) => {
+                let usage = cg.usage();
+                cg.delete();
+                usage
+            }
+            None => Usage::default(),
+        }
+    }
+
+    /// Whether usage is measured (else `finish` reports nothing).
+    pub fn measures(&self) -> bool {
+        self.cgroup.is_some()
+    }
+}
+
+impl Drop for Envelope {
+    fn drop(&mut self) {
+        if let Some(cg) = self.cgroup.take() {
+            cg.delete();
+        }
+    }
+}
+
+/// Bytes in files below `dir` (allocated size, so sparse files count for what they take).
+fn tree_size(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .filter(|m| m.is_file())
+        .map(|m| m.blocks() * 512)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rlimits_stand_in_for_a_missing_cgroup() {
+        let limits = Limits { memory: Some(1 << 30), pids: Some(512), cpus: Some(1.0), output_size: Some(1 << 20) };
+        let e = Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![]).unwrap();
+        let r = e.rlimits();
+        assert!(r.contains(&(libc::RLIMIT_AS, 1 << 30)));
+        assert!(r.contains(&(libc::RLIMIT_NPROC, 512)));
+        assert!(r.contains(&(libc::RLIMIT_FSIZE, 1 << 20)));
+        assert!(e.cgroup_procs().is_empty());
+        assert!(!e.measures());
+    }
+
+    #[test]
+    fn output_growth_is_a_breach() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("before"), vec![1u8; 8192]).unwrap();
+        let limits = Limits { output_size: Some(10_000), ..Limits::default() };
+        let mut e =
+            Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![dir.path().into()]).unwrap();
+        assert_eq!(e.check(), None, "what was there before does not count");
+        std::fs::write(dir.path().join("after"), vec![1u8; 20_000]).unwrap();
+        e.last_size_check = None;
+        assert!(matches!(e.check(), Some(Breach::OutputSize { limit: 10_000, .. })));
+    }
+}
