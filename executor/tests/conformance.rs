@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
 use common::*;
@@ -283,6 +284,352 @@ fn failure_names_the_real_cause(t: Target) {
     assert!(!err.contains("Attempted to remove") && !tail.contains("Attempted to remove"), "{a}");
 }
 
+// ---------------------------------------------------------------------------------------------
+// The hostile-addon kit: a probe (tests/fixtures/hostile/probe.c, static) that tries to get out.
+// ---------------------------------------------------------------------------------------------
+
+/// The probe, compiled once per test process.
+fn probe_binary() -> PathBuf {
+    static PROBE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            let dir = std::env::temp_dir().join(format!("addon-kit-probe-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let out = dir.join("probe");
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/probe.c");
+            let cc = std::process::Command::new("gcc")
+                .args(["-static", "-O2", "-o"])
+                .arg(&out)
+                .arg(&src)
+                .output()
+                .expect("gcc (apt-get install gcc libc6-dev)");
+            assert!(cc.status.success(), "compiling the probe: {}", String::from_utf8_lossy(&cc.stderr));
+            out
+        })
+        .clone()
+}
+
+impl Target {
+    /// An addon whose program is the static probe.
+    fn probe_addon(&self, w: &World, name: &str, options: &str) -> PathBuf {
+        let root = self.addon(w, name, options, "exit 99");
+        std::fs::copy(probe_binary(), root.join("run.sh")).unwrap();
+        if self.runner == "docker" {
+            std::fs::write(
+                root.join("Dockerfile"),
+                format!(
+                    "FROM scratch\nLABEL test.marker={name}-{}\nCOPY run.sh /probe\nENTRYPOINT [\"/probe\"]\n",
+                    std::process::id()
+                ),
+            )
+            .unwrap();
+        }
+        root
+    }
+}
+
+/// Host-side bait for the probe: listeners on loopback (TCP, UDP, abstract unix), a marked host
+/// process, files it must not read, a secret in the engine's environment.
+struct Bait {
+    tcp_port: u16,
+    udp_port: u16,
+    udp_got: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    abstract_name: String,
+    marker: String,
+    host_process: std::process::Child,
+    secret_file: PathBuf,
+    other_file: PathBuf,
+    secret_value: String,
+}
+
+impl Bait {
+    fn new(w: &World, t: Target) -> Bait {
+        use std::os::linux::net::SocketAddrExt;
+        let marker = marker(36_000, t);
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let tcp_port = tcp.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for s in tcp.incoming().flatten() {
+                drop(s);
+            }
+        });
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let udp_port = udp.local_addr().unwrap().port();
+        let udp_got = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let got = udp_got.clone();
+        let want = marker.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = udp.recv(&mut buf) {
+                if buf[..n] == *want.as_bytes() {
+                    got.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        let abstract_name = format!("addon-kit-{marker}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        let abs = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
+        std::thread::spawn(move || {
+            for s in abs.incoming().flatten() {
+                drop(s);
+            }
+        });
+        let host_process = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("sleep 600; : host-process {marker}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let secret_file = w.path().join("root-only-secret");
+        std::fs::write(&secret_file, "top secret").unwrap();
+        std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let other_file = w.path().join("other-users-file");
+        std::fs::write(&other_file, "private").unwrap();
+        std::fs::set_permissions(&other_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&other_file, Some(4242), Some(4242)).unwrap();
+        }
+        Bait {
+            tcp_port,
+            udp_port,
+            udp_got,
+            abstract_name,
+            marker,
+            host_process,
+            secret_file,
+            other_file,
+            secret_value: format!("kit-secret-{}", std::process::id()),
+        }
+    }
+
+    fn args(&self, w: &World) -> Vec<String> {
+        let kv = [
+            ("HOST_PORT", self.tcp_port.to_string()),
+            ("HOST_UDP_PORT", self.udp_port.to_string()),
+            ("ABSTRACT_NAME", self.abstract_name.clone()),
+            ("MARKER", self.marker.clone()),
+            ("SECRET_FILE", self.secret_file.display().to_string()),
+            ("OTHER_FILE", self.other_file.display().to_string()),
+            ("ENGINE_CONFIG", w.config.display().to_string()),
+            ("OUTSIDE_DIR", w.path().display().to_string()),
+            ("SECRET_VALUE", self.secret_value.chars().rev().collect()),
+        ];
+        kv.iter().flat_map(|(k, v)| ["--env".to_string(), format!("{k}={v}")]).collect()
+    }
+
+    /// Files the probe tried to leave outside its directories.
+    fn escaped_writes(&self, w: &World) -> Vec<PathBuf> {
+        ["/etc", "/root", "/var/tmp", "/tmp", "/usr", "/home", "/var/lib"]
+            .iter()
+            .map(PathBuf::from)
+            .chain([w.path().to_path_buf()])
+            .map(|d| d.join(format!("addon-kit-{}", self.marker)))
+            .filter(|p| p.exists())
+            .collect()
+    }
+}
+
+impl Drop for Bait {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the process group this test started.
+        unsafe { libc::kill(-(self.host_process.id() as i32), libc::SIGKILL) };
+        let _ = self.host_process.wait();
+        for d in ["/etc", "/root", "/var/tmp", "/tmp", "/usr", "/home", "/var/lib"] {
+            let _ = std::fs::remove_file(PathBuf::from(d).join(format!("addon-kit-{}", self.marker)));
+        }
+    }
+}
+
+/// Capabilities a docker container keeps (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID).
+const DOCKER_CAPS: u64 = 0b1101_1011;
+
+/// What the probe found, judged for the target: every check must find nothing. A container
+/// without a user namespace is uid 0 of the host by design; there it must hold no more than the
+/// runner's minimal capabilities, with no_new_privs, and Docker's default seccomp profile lets a
+/// process trace its own children inside the container.
+fn judge_probe(t: Target, stderr: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let lines: Vec<&str> = stderr.lines().filter_map(|l| l.split_once("kit ").map(|(_, r)| r)).collect();
+    assert!(lines.len() > 20, "the probe ran all its checks: {stderr}");
+    for l in lines {
+        let Some((check, rest)) = l.split_once(" found=") else { continue };
+        if !rest.starts_with("yes") {
+            continue;
+        }
+        let detail = rest.trim_start_matches("yes").trim();
+        let allowed = t.runner == "docker"
+            && match check {
+                "host-root" | "ptrace-child" => true,
+                "capabilities" => u64::from_str_radix(detail, 16).is_ok_and(|caps| caps & !DOCKER_CAPS == 0),
+                _ => false,
+            };
+        if !allowed {
+            found.push(format!("{check}: {detail}"));
+        }
+    }
+    found
+}
+
+fn hostile_kit_finds_nothing(t: Target) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("");
+    let bait = Bait::new(&w, t);
+    let addon = t.probe_addon(&w, "hostile", PURE);
+    let mut args = vec![addon.display().to_string(), "--args".into(), "probe".into()];
+    args.extend(bait.args(&w));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, v) = w.run_env(&args, &[("SECRET_TOKEN", &bait.secret_value)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{t:?}: {v}\n{stderr}");
+    let found = judge_probe(t, &stderr);
+    assert!(found.is_empty(), "{t:?}: the hostile addon got out: {found:#?}");
+    let escaped = bait.escaped_writes(&w);
+    assert!(escaped.is_empty(), "{t:?}: writes landed outside the addon's directories: {escaped:?}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(!bait.udp_got.load(std::sync::atomic::Ordering::SeqCst), "{t:?}: a pure addon reached the host over UDP");
+}
+
+fn fork_bomb_ends_as_limit(t: Target) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("");
+    let addon = t.probe_addon(&w, "forkbomb", PURE);
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--args", "forkbomb", "--pids", "64", "--timeout", "60s"]);
+    let a = &v["addons"][0];
+    assert_eq!(a["termination"], "limit", "{t:?}: {a}");
+    assert_eq!(a["result"], "execution-error");
+    assert!(a["error"].as_str().unwrap().contains("process limit"), "{a}");
+    let host = std::process::Command::new("/bin/true").status().unwrap();
+    assert!(host.success(), "the host can still start processes");
+}
+
+fn memory_hog_ends_as_oom(t: Target) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("");
+    let addon = t.probe_addon(&w, "memhog", PURE);
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--args", "memhog", "--memory", "64MiB"]);
+    let a = &v["addons"][0];
+    assert_eq!(a["termination"], "oom", "{t:?}: {a}");
+    assert_eq!(a["result"], "execution-error");
+    assert!(a["error"].as_str().unwrap().contains("OOM"), "{a}");
+    assert_eq!(a["limits"]["memory"], 64 << 20);
+}
+
+fn disk_fill_is_bounded(t: Target) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("limits: {output-size: 64MiB}\n");
+    let addon = t.probe_addon(&w, "diskfill", PURE);
+    let out_dir = w.path().join("out");
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--args", "diskfill", "--output-dir", out_dir.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_ne!(a["result"], "success", "{t:?}: {a}");
+    assert_eq!(a["termination"], "limit", "{t:?}: {a}");
+    let written: u64 = walk_size(&out_dir);
+    assert!(written < 1 << 30, "{t:?}: {written} bytes landed on the host disk");
+    eprintln!("{t:?}: disk fill stopped after {written} bytes (limit 64 MiB)");
+}
+
+fn walk_size(p: &std::path::Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk_size(&e.path())).sum()).unwrap_or(0)
+}
+
+fn double_fork_does_not_outlive_the_run(t: Target) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("");
+    let marker = marker(37_000, t);
+    let addon = t.probe_addon(&w, "doublefork", PURE);
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--args", "doublefork", "--env", &format!("MARKER={marker}")]);
+    assert_eq!(v["addons"][0]["result"], "success", "{t:?}: {v}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !processes_with(&format!("sleep {marker}")).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = processes_with(&format!("sleep {marker}"));
+    assert!(left.is_empty(), "{t:?}: a double-forked grandchild outlived the run: {left:?}");
+}
+
+/// The unprivileged engine user of the kit: in the `docker` group, as Docspell tells
+/// administrators to set up its job server (scripts/test-all creates it).
+const KIT_USER: &str = "addon-kit";
+
+fn kit_user() -> Option<(u32, u32)> {
+    let out = std::process::Command::new("id").args(["-u", KIT_USER]).output().ok()?;
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let out = std::process::Command::new("id").args(["-g", KIT_USER]).output().ok()?;
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().ok()?;
+    let groups = std::process::Command::new("id").args(["-nG", KIT_USER]).output().ok()?;
+    String::from_utf8_lossy(&groups.stdout).split_whitespace().any(|g| g == "docker").then_some((uid, gid))
+}
+
+/// The kit with the engine as an unprivileged user in the `docker` group: the daemon's socket is
+/// reachable by the engine, and must not be by the addon. A sandbox that needs root it does not
+/// have (nspawn without sudo, nix without its daemon) must refuse and say why.
+fn hostile_kit_as_docker_group_user(t: Target) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to act as {KIT_USER}");
+        return;
+    }
+    let Some((uid, gid)) = kit_user() else {
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("user {KIT_USER} (in group docker) is missing; scripts/test-all creates it");
+        }
+        eprintln!("SKIPPED: user {KIT_USER} in group docker is missing");
+        return;
+    };
+    if t.runner == "docker" && !require_docker() {
+        return;
+    }
+    let w = t.world("");
+    let bin = w.path().join("addon");
+    std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
+    let addon = t.probe_addon(&w, "hostile-user", PURE);
+    // The engine's own directories belong to it, as a job server's would.
+    let chown =
+        std::process::Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(w.path()).status().unwrap();
+    assert!(chown.success());
+    let bait = Bait::new(&w, t);
+    let mut cmd = std::process::Command::new("runuser");
+    cmd.args(["-u", KIT_USER, "--"]).arg(&bin).args(["run", "--json", "--config"]).arg(&w.config).arg(&addon);
+    cmd.args(["--args", "probe"]).args(bait.args(&w)).env("SECRET_TOKEN", &bait.secret_value).current_dir(w.path());
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{t:?} as {KIT_USER}: {e}: {stderr}"));
+    let a = &v["addons"][0];
+    if a["result"] == "execution-failed" {
+        // Refused: fine, when it says why.
+        let err = a["error"].as_str().unwrap_or_default();
+        assert!(
+            err.contains("not available") || err.contains("no runner can run"),
+            "{t:?} as {KIT_USER}: refused without a reason: {a}"
+        );
+        assert!(!stderr.contains("kit "), "a refused addon must not have run: {stderr}");
+        eprintln!("{t:?} as {KIT_USER}: refused: {err}");
+        return;
+    }
+    assert_eq!(a["result"], "success", "{t:?} as {KIT_USER}: {v}\n{stderr}");
+    let found = judge_probe(t, &stderr);
+    assert!(found.is_empty(), "{t:?} as {KIT_USER}: the hostile addon got out: {found:#?}");
+    assert!(bait.escaped_writes(&w).is_empty(), "{t:?} as {KIT_USER}: writes landed outside");
+}
+
 macro_rules! conformance {
     ($($name:ident => $runner:literal in $sandbox:literal),* $(,)?) => {$(
         mod $name {
@@ -300,6 +647,18 @@ macro_rules! conformance {
             fn killed_engine_kills_the_sandbox() { engine_killed_takes_the_sandbox_along(T); }
             #[test]
             fn failure_names_the_real_cause() { super::failure_names_the_real_cause(T); }
+            #[test]
+            fn hostile_kit_finds_nothing() { super::hostile_kit_finds_nothing(T); }
+            #[test]
+            fn fork_bomb_ends_as_limit() { super::fork_bomb_ends_as_limit(T); }
+            #[test]
+            fn memory_hog_ends_as_oom() { super::memory_hog_ends_as_oom(T); }
+            #[test]
+            fn disk_fill_is_bounded() { super::disk_fill_is_bounded(T); }
+            #[test]
+            fn double_fork_does_not_outlive_the_run() { super::double_fork_does_not_outlive_the_run(T); }
+            #[test]
+            fn hostile_kit_as_docker_group_user() { super::hostile_kit_as_docker_group_user(T); }
         }
     )*};
 }

@@ -519,7 +519,9 @@ async fn supervise_container(
     let no_cgroup = crate::limits::Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
     let mut envelope = crate::limits::Envelope::new(id, only_output, &no_cgroup, watched).map_err(setup)?;
     let mut sampled = Sampled::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // The runtime streams statistics about once a second; the limits are checked more often.
+    let mut stats = docker.stats(id, Some(bollard::query_parameters::StatsOptions { stream: true, one_shot: false }));
+    let mut tick = tokio::time::interval(Duration::from_millis(150));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let read = async {
         while let Some(item) = output.next().await {
@@ -545,8 +547,8 @@ async fn supervise_container(
             _ = &mut read => break,
             _ = &mut deadline => { ending = Some(Ending::TimedOut(sup.timeout)); break }
             _ = sup.cancel.cancelled() => { ending = Some(Ending::Cancelled); break }
+            Some(Ok(s)) = stats.next() => sampled.take(s),
             _ = tick.tick() => {
-                sampled.sample(docker, id).await;
                 let breach = envelope.check().map(|b| b.to_string()).or_else(|| sampled.pids_breach(launch.limits.pids));
                 if let Some(why) = breach {
                     ending = Some(Ending::Limit(why));
@@ -559,7 +561,8 @@ async fn supervise_container(
         ending = Some(Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0)));
     }
     if let Some(e) = ending {
-        let grace = sup.kill_grace.as_secs().max(1) as i32;
+        // A breached limit gets no grace: the addon would go on filling the disk or forking.
+        let grace = if matches!(e, Ending::Limit(_)) { 0 } else { sup.kill_grace.as_secs().max(1) as i32 };
         let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(grace), ..Default::default() })).await;
         let (stdout, tail) = collected.finish(sup);
         let usage = sampled.usage(false);
@@ -617,9 +620,7 @@ struct Sampled {
 }
 
 impl Sampled {
-    async fn sample(&mut self, docker: &Docker, id: &str) {
-        let opts = bollard::query_parameters::StatsOptions { stream: false, one_shot: true };
-        let Some(Ok(stats)) = docker.stats(id, Some(opts)).next().await else { return };
+    fn take(&mut self, stats: bollard::models::ContainerStatsResponse) {
         if let Some(m) = stats.memory_stats {
             let now = m.max_usage.or(m.usage);
             if now.is_some_and(|n| n > 0) {

@@ -209,6 +209,8 @@ pub struct Envelope {
     watched: Vec<PathBuf>,
     start_size: u64,
     last_size_check: Option<Instant>,
+    /// How long the last walk of the watched directories took (the next waits ten times that).
+    last_walk: Duration,
 }
 
 impl Envelope {
@@ -224,7 +226,7 @@ impl Envelope {
             Enforcement::Rlimits { .. } => None,
         };
         let start_size = watched.iter().map(|d| tree_size(d)).sum();
-        Ok(Envelope { limits, cgroup, watched, start_size, last_size_check: None })
+        Ok(Envelope { limits, cgroup, watched, start_size, last_size_check: None, last_walk: Duration::ZERO })
     }
 
     /// The `cgroup.procs` files the sandboxed process must join before it does anything else.
@@ -257,11 +259,14 @@ impl Envelope {
             }
         }
         if let Some(limit) = self.limits.output_size {
-            // Walking the directories costs; once a second is enough next to RLIMIT_FSIZE,
-            // which stops any single file at once.
-            if self.last_size_check.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                self.last_size_check = Some(Instant::now());
+            // Walking the directories costs: at most a tenth of the time goes to it (RLIMIT_FSIZE
+            // stops any single file at once, where the sandbox sets it).
+            let every = (self.last_walk * 10).max(Duration::from_millis(150));
+            if self.last_size_check.is_none_or(|t| t.elapsed() >= every) {
+                let walk = Instant::now();
+                self.last_size_check = Some(walk);
                 let now: u64 = self.watched.iter().map(|d| tree_size(d)).sum();
+                self.last_walk = walk.elapsed();
                 let written = now.saturating_sub(self.start_size);
                 if written > limit {
                     return Some(Breach::OutputSize { limit, written });

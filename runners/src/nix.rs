@@ -111,12 +111,33 @@ fn probe_nix(nix: &str, path: Option<&Path>) -> Probe {
         p.version = Some(version);
         return p;
     }
+    if let Some(why) = daemon_problem() {
+        let mut p = Probe::missing("nix", why);
+        p.version = Some(version);
+        return p;
+    }
     if let Some(why) = build_users_problem(path) {
         let mut p = Probe::missing("nix", why);
         p.version = Some(version);
         return p;
     }
     Probe::ok("nix", format!("{} with flakes", path.display()), Some(version))
+}
+
+/// Not root, nix builds through its daemon; without one every build fails on the store's
+/// permissions ("could not set permissions on '/nix/var/nix/profiles/per-user'").
+fn daemon_problem() -> Option<String> {
+    if crate::sandbox::is_root() {
+        return None;
+    }
+    let socket = std::env::var("NIX_DAEMON_SOCKET_PATH").unwrap_or_else(|_| "/nix/var/nix/daemon-socket/socket".into());
+    match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "the engine is not root, so nix must build through its daemon, and there is none at {socket} ({e}); \
+             start nix-daemon, or run the engine as root"
+        )),
+    }
 }
 
 /// As root without a daemon, nix builds as the users of `build-users-group`; when that group does

@@ -190,8 +190,10 @@ pub async fn supervise_watched(
     };
     // After a normal exit nothing is left to stop: every sandbox runs the addon in its own PID
     // namespace, whose init ended with the addon and took every leftover process with it.
+    // A breached limit gets no grace: the addon would go on filling the disk or forking.
+    let grace = if matches!(ending, Ending::Limit(_)) { Duration::ZERO } else { sup.kill_grace };
     if let (Some(pid), false) = (pid, matches!(ending, Ending::Exited(_))) {
-        stop_tree(pid, &mut child, sup.kill_grace).await;
+        stop_tree(pid, &mut child, grace).await;
     }
     let _ = child.wait().await;
     // Pipes close once every holder is dead; the readers then finish.
@@ -210,6 +212,10 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
 
 /// SIGTERM to everything below the child, a grace period, then SIGKILL to all of it.
 async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration) {
+    if grace.is_zero() {
+        kill_tree(pid, libc::SIGKILL, true);
+        return;
+    }
     // The child itself (a sandbox shim or bwrap) is spared the SIGTERM: its death would take the
     // namespace down at once and leave the addon no grace.
     kill_tree(pid, libc::SIGTERM, false);

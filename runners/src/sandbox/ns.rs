@@ -361,8 +361,11 @@ impl NsPlan {
                 libc::close_range(3, u32::MAX, 0);
                 libc::_exit(wait_for(init));
             }
-            // PID 1 of the new namespace: dies with the shim; its death kills the namespace.
+            // PID 1 of the new namespace: dies with the shim; its death kills the namespace. Its
+            // memory (the engine's environment, copied by fork) is not the addon's to read
+            // through /proc/1: not dumpable.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            libc::prctl(libc::PR_SET_DUMPABLE, 0);
             if let Some(root) = &self.root {
                 if enter_root(root).is_err() {
                     // The reason is lost across the fork; 125 tells the engine setup failed.
