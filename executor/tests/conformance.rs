@@ -672,3 +672,37 @@ conformance! {
     nix_nspawn => "nix-flake" in "nspawn",
     docker => "docker" in "docker",
 }
+
+/// The kit is not blind: on the bare host (`sandbox: none`, an explicit choice that isolates
+/// nothing) it finds what it looks for.
+#[test]
+fn the_kit_sees_through_no_sandbox() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: the bare host's secrets are root's");
+        return;
+    }
+    let t = Target { runner: "trivial", sandbox: "none" };
+    let w = t.world("");
+    let bait = Bait::new(&w, t);
+    let addon = t.probe_addon(&w, "seeing", IMPURE);
+    let mut args = vec![addon.display().to_string(), "--args".into(), "probe".into()];
+    args.extend(bait.args(&w));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (out, v) = w.run_env(&args, &[("SECRET_TOKEN", &bait.secret_value)]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    let found = judge_probe(t, &String::from_utf8_lossy(&out.stderr)).join("\n");
+    for check in [
+        "shadow:",
+        "secret-file:",
+        "engine-config:",
+        "capabilities:",
+        "host-root:",
+        "host-loopback-tcp:",
+        "abstract-unix:",
+    ] {
+        assert!(found.contains(check), "the probe should find {check} on the bare host; it found:\n{found}");
+    }
+    let escaped = bait.escaped_writes(&w);
+    assert!(!escaped.is_empty(), "the probe writes outside on the bare host");
+}
