@@ -217,6 +217,23 @@ impl AddonOutput {
                 Err(why) => return bad(path, format!("file `{file}` {why}")),
             };
             if let Some(dir) = output_dir {
+                // No component may be a symlink: `sub/x` with `sub -> /etc` would name a host file.
+                let mut at = dir.to_path_buf();
+                for part in rel.parent().into_iter().flat_map(|p| p.components()) {
+                    at.push(part);
+                    match std::fs::symlink_metadata(&at) {
+                        Ok(m) if m.is_dir() => {}
+                        _ => {
+                            return bad(
+                                path,
+                                format!(
+                                    "`{file}`: `{}` is not a directory in the output directory",
+                                    at.strip_prefix(dir).unwrap_or(&at).display()
+                                ),
+                            )
+                        }
+                    }
+                }
                 let full = dir.join(&rel);
                 match std::fs::symlink_metadata(&full) {
                     Ok(m) if m.is_file() => {}
@@ -306,6 +323,19 @@ mod tests {
       ],
       "newItems": [{"metadata": {"language": "eng", "direction": "incoming", "tags": ["t"]}, "files": ["n.pdf"]}]
     }"#;
+
+    #[test]
+    fn files_behind_a_symlinked_directory_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("sub")).unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::fs::write(dir.path().join("real/ok.txt"), "x").unwrap();
+        let out = AddonOutput::from_stdout(br#"{"newItems": [{"files": ["sub/hostname"]}]}"#).unwrap();
+        let e = out.check(Some(dir.path())).unwrap_err().to_string();
+        assert!(e.contains("sub") && e.contains("not a directory"), "{e}");
+        let ok = AddonOutput::from_stdout(br#"{"newItems": [{"files": ["real/ok.txt"]}]}"#).unwrap();
+        ok.check(Some(dir.path())).unwrap();
+    }
 
     #[test]
     fn every_action_round_trips() {

@@ -546,6 +546,11 @@ impl Engine {
             runner.run(&launch).instrument(tracing::info_span!("run", addon = %label, runner = %runner.kind())).await;
         let collecting = Instant::now();
         let collect_span = tracing::info_span!("collect", addon = %label).entered();
+        // Only files and directories leave an addon's output: a symlink there (`x -> /etc/shadow`)
+        // would name a host file to whoever reads the output next.
+        for removed in keep_only_files(&staging) {
+            tracing::warn!(addon = %label, "removed {} from its output: only files and directories are kept", removed.display());
+        }
         match ran {
             Err(e) => {
                 outcome.error = Some(error_with_tail(&e));
@@ -1057,6 +1062,22 @@ fn merge_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         fs::rename(e.path(), &target)?;
     }
     Ok(())
+}
+
+/// Removes everything below `dir` that is neither a regular file nor a directory (symlinks,
+/// fifos, sockets, devices), without following links. Returns what was removed.
+fn keep_only_files(dir: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return removed };
+    for e in rd.flatten() {
+        let Ok(kind) = e.file_type() else { continue };
+        if kind.is_dir() {
+            removed.extend(keep_only_files(&e.path()));
+        } else if !kind.is_file() && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
 }
 
 fn dir_has_entries(p: &Path) -> bool {

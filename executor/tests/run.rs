@@ -382,3 +382,23 @@ async fn a_slow_event_receiver_drops_log_lines_and_counts_them() {
     assert!(a.log_lines_dropped > 0, "the channel of 16 could not hold 20000 lines");
     assert_eq!(logs as u64 + a.log_lines_dropped, 20000, "every line was either delivered or counted");
 }
+
+/// An addon that leaves symlinks in its output (to a host secret, or a directory pointing out)
+/// does not get them into the output directory, and cannot name files behind them.
+#[test]
+fn symlinks_never_leave_an_addons_output() {
+    let w = World::new(sandbox(), "");
+    let script = "ln -s /etc/shadow \"$OUTPUT_DIR/secret.txt\"\nln -s /etc \"$OUTPUT_DIR/etc\"\necho ok > \"$OUTPUT_DIR/real.txt\"\necho '{\"newItems\": [{\"files\": [\"real.txt\"]}]}'";
+    let addon = w.addon("linker", PURE, script);
+    let out_dir = w.path().join("out");
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert!(out_dir.join("real.txt").is_file());
+    for link in ["secret.txt", "etc"] {
+        assert!(std::fs::symlink_metadata(out_dir.join(link)).is_err(), "{link} must not reach the output");
+    }
+    let script = "ln -s /etc \"$OUTPUT_DIR/sub\"\necho '{\"newItems\": [{\"files\": [\"sub/hostname\"]}]}'";
+    let addon = w.addon("linker2", PURE, script);
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "decoding-error", "{v}");
+}
