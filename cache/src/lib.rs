@@ -198,9 +198,20 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// Opens (creating) the cache at `root`, with `CACHEDIR.TAG`.
+    /// Opens (creating) the cache at `root`, with `CACHEDIR.TAG`. A root it creates is private
+    /// to its user (0700): addons' CACHE_DIR and HOME live in it.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
-        fs::create_dir_all(root).map_err(io(root))?;
+        use std::os::unix::fs::DirBuilderExt;
+        if !root.is_dir() {
+            if let Some(parent) = root.parent() {
+                fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(root)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })
+                .map_err(io(root))?;
+        }
         let tag = root.join("CACHEDIR.TAG");
         if !tag.exists() {
             fs::write(&tag, TAG).map_err(io(&tag))?;

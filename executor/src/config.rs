@@ -222,11 +222,20 @@ pub struct DockerRunnerConfig {
     /// User inside the container: null keeps the image's user; `engine` uses the engine's
     /// uid:gid so output files stay readable; or an explicit `uid:gid`.
     pub user: Option<String>,
+    /// Network of image builds: null for the daemon's default (builds that fetch packages, as
+    /// Docspell's), `none` to build without network (a Dockerfile's RUN steps are the addon's
+    /// code too).
+    pub build_network: Option<String>,
 }
 
 impl Default for DockerRunnerConfig {
     fn default() -> Self {
-        DockerRunnerConfig { host: None, build_timeout: HumanDuration(Duration::from_secs(15 * 60)), user: None }
+        DockerRunnerConfig {
+            host: None,
+            build_timeout: HumanDuration(Duration::from_secs(15 * 60)),
+            user: None,
+            build_network: None,
+        }
     }
 }
 

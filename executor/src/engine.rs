@@ -114,6 +114,7 @@ impl Engine {
                 host: config.docker_runner.host.clone(),
                 build_timeout: config.docker_runner.build_timeout.0,
                 user: config.docker_runner.user.clone(),
+                build_network: config.docker_runner.build_network.clone(),
             },
             #[cfg(feature = "nix")]
             nix: addon_runners::nix::NixSettings {
@@ -577,8 +578,15 @@ impl Engine {
                 judge(&mut outcome, &ran.supervised, d, &staging, timeout, &limits);
             }
         }
-        // What the addon wrote belongs to the engine's user again (a root engine ran it as its
-        // own identity).
+        // Nothing the addon leaves behind may carry privileges on the host (a setuid file made
+        // by a container's root), and its output belongs to the engine's user again.
+        match addon_runners::sandbox::defuse(&[&staging, &launch.cache_dir, &launch.home_dir]) {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(addon = %label, "removed setuid/setgid bits or file capabilities from {n} of its files")
+            }
+            Err(e) => tracing::warn!(addon = %label, "removing setuid bits from its files: {e}"),
+        }
         if let Err(e) = addon_runners::sandbox::claim(&[&staging], addon_runners::sandbox::Identity::current()) {
             tracing::warn!(addon = %label, "taking back the output files: {e}");
         }

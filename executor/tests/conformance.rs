@@ -483,7 +483,14 @@ fn hostile_kit_finds_nothing(t: Target) {
     let mut args = vec![addon.display().to_string(), "--args".into(), "probe".into()];
     args.extend(bait.args(&w));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The engine is started with a descriptor it did not open (as a job server or a wrapper
+    // leaves them): a root-only file, open for writing.
+    let leaked = std::fs::OpenOptions::new().append(true).open(&bait.secret_file).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&leaked);
+    // SAFETY: clearing close-on-exec on a descriptor this test owns, so the engine inherits it.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
     let (out, v) = w.run_env(&args, &[("SECRET_TOKEN", &bait.secret_value)]);
+    drop(leaked);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(v["addons"][0]["result"], "success", "{t:?}: {v}\n{stderr}");
     let found = judge_probe(t, &stderr);
@@ -529,14 +536,62 @@ fn disk_fill_is_bounded(t: Target) {
     }
     let w = t.world("limits: {output-size: 64MiB}\n");
     let addon = t.probe_addon(&w, "diskfill", PURE);
+    // In plain files, and in files it unlinks while holding them open (no directory walk sees
+    // those; the disk fills all the same).
+    for mode in ["diskfill", "unlinkfill"] {
+        let out_dir = w.path().join(format!("out-{mode}"));
+        let (_, v) = w.run(&[
+            addon.to_str().unwrap(),
+            "--args",
+            mode,
+            "--output-dir",
+            out_dir.to_str().unwrap(),
+            "--timeout",
+            "120s",
+        ]);
+        let a = &v["addons"][0];
+        assert_ne!(a["result"], "success", "{t:?} {mode}: {a}");
+        assert_eq!(a["termination"], "limit", "{t:?} {mode}: {a}");
+        let written: u64 = walk_size(&out_dir);
+        assert!(written < 1 << 30, "{t:?} {mode}: {written} bytes landed on the host disk");
+        eprintln!("{t:?}: {mode} stopped; {written} bytes left in the output (limit 64 MiB)");
+    }
+}
+
+/// Setuid and setgid files an addon leaves in its output, CACHE_DIR or HOME lose those bits (a
+/// container's root, or nspawn's id-mapped root, makes them owned by the host's root).
+fn leaves_no_setuid_files(t: Target) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("");
+    let addon = t.probe_addon(&w, "setuider", PURE);
     let out_dir = w.path().join("out");
-    let (_, v) = w.run(&[addon.to_str().unwrap(), "--args", "diskfill", "--output-dir", out_dir.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_ne!(a["result"], "success", "{t:?}: {a}");
-    assert_eq!(a["termination"], "limit", "{t:?}: {a}");
-    let written: u64 = walk_size(&out_dir);
-    assert!(written < 1 << 30, "{t:?}: {written} bytes landed on the host disk");
-    eprintln!("{t:?}: disk fill stopped after {written} bytes (limit 64 MiB)");
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--args", "setuid", "--output-dir", out_dir.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{t:?}: {v}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("made"), "the probe made setuid copies");
+    use std::os::unix::fs::PermissionsExt;
+    let mut setuid = Vec::new();
+    for dir in [out_dir, w.path().join("cache")] {
+        for e in walk(&dir) {
+            if let Ok(m) = std::fs::symlink_metadata(&e) {
+                if m.is_file() && m.permissions().mode() & 0o6000 != 0 {
+                    setuid.push(format!("{} {:o}", e.display(), m.permissions().mode()));
+                }
+            }
+        }
+    }
+    assert!(setuid.is_empty(), "{t:?}: setuid files left on the host: {setuid:?}");
+}
+
+fn walk(p: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            out.extend(walk(&e.path()));
+        }
+    }
+    out
 }
 
 fn walk_size(p: &std::path::Path) -> u64 {
@@ -657,6 +712,8 @@ macro_rules! conformance {
             fn disk_fill_is_bounded() { super::disk_fill_is_bounded(T); }
             #[test]
             fn double_fork_does_not_outlive_the_run() { super::double_fork_does_not_outlive_the_run(T); }
+            #[test]
+            fn leaves_no_setuid_files() { super::leaves_no_setuid_files(T); }
             #[test]
             fn hostile_kit_as_docker_group_user() { super::hostile_kit_as_docker_group_user(T); }
         }

@@ -47,6 +47,8 @@ pub struct DockerSettings {
     pub build_timeout: Duration,
     /// `engine` for the engine's uid:gid, or an explicit user; None keeps the image's user.
     pub user: Option<String>,
+    /// Network of image builds (`none` to cut it); None: the daemon's default, as Docspell builds.
+    pub build_network: Option<String>,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,7 @@ impl DockerRunner {
         let addon_dir = launch.addon_dir.clone();
         let log = launch.supervision.log.clone();
         let timeout = self.settings.build_timeout;
+        let network = self.settings.build_network.clone();
         let digest = launch.digest.to_string();
         let (label2, tag2) = (label.clone(), tag.clone());
         let valid_docker = docker.clone();
@@ -142,7 +145,7 @@ impl DockerRunner {
             tokio::runtime::Handle::current().block_on(valid_docker.inspect_image(&meta.id)).is_ok()
         };
         let entry = cached_build(KIND, launch, key, valid, move |_content| async move {
-            build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, &log).await
+            build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, network, &log).await
         })
         .await?;
         let used = if entry.hit { CacheUse::Hit } else { CacheUse::Miss };
@@ -211,6 +214,7 @@ async fn build(
     digest: &str,
     label: &str,
     timeout: Duration,
+    network: Option<String>,
     log: &crate::process::LogSink,
 ) -> Result<DockerImageMeta, String> {
     let context = tar_dir(addon_dir).map_err(|e| format!("packing the build context {}: {e}", addon_dir.display()))?;
@@ -225,6 +229,7 @@ async fn build(
         rm: true,
         forcerm: true,
         labels: Some(labels),
+        networkmode: network,
         ..Default::default()
     };
     let mut tail: Vec<String> = Vec::new();
@@ -518,6 +523,11 @@ async fn supervise_container(
     let only_output = crate::limits::Limits { output_size: launch.limits.output_size, ..Default::default() };
     let no_cgroup = crate::limits::Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
     let mut envelope = crate::limits::Envelope::new(id, only_output, &no_cgroup, watched).map_err(setup)?;
+    // Files the container's processes hold open after unlinking them count too.
+    let inspected = docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await;
+    if let Some(pid) = inspected.ok().and_then(|c| c.state).and_then(|s| s.pid).filter(|p| *p > 0) {
+        envelope.set_root_pid(pid as i32);
+    }
     let mut sampled = Sampled::default();
     // The runtime streams statistics about once a second; the limits are checked more often.
     let mut stats = docker.stats(id, Some(bollard::query_parameters::StatsOptions { stream: true, one_shot: false }));

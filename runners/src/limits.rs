@@ -211,6 +211,8 @@ pub struct Envelope {
     last_size_check: Option<Instant>,
     /// How long the last walk of the watched directories took (the next waits ten times that).
     last_walk: Duration,
+    /// The process the run's tree hangs from (for files it holds open after unlinking them).
+    root_pid: Option<i32>,
 }
 
 impl Envelope {
@@ -226,7 +228,33 @@ impl Envelope {
             Enforcement::Rlimits { .. } => None,
         };
         let start_size = watched.iter().map(|d| tree_size(d)).sum();
-        Ok(Envelope { limits, cgroup, watched, start_size, last_size_check: None, last_walk: Duration::ZERO })
+        Ok(Envelope {
+            limits,
+            cgroup,
+            watched,
+            start_size,
+            last_size_check: None,
+            last_walk: Duration::ZERO,
+            root_pid: None,
+        })
+    }
+
+    /// The process the run hangs from, once started: files its tree holds open after unlinking
+    /// them count against the output size too.
+    pub fn set_root_pid(&mut self, pid: i32) {
+        self.root_pid = Some(pid);
+    }
+
+    /// The processes of the run: its control group's, else the root process's tree.
+    fn pids(&self) -> Vec<i32> {
+        if let Some(cg) = &self.cgroup {
+            if let Some(procs) = cg.procs_files().first() {
+                if let Ok(text) = std::fs::read_to_string(procs) {
+                    return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+                }
+            }
+        }
+        self.root_pid.map(|p| std::iter::once(p).chain(crate::process::descendants(p)).collect()).unwrap_or_default()
     }
 
     /// The `cgroup.procs` files the sandboxed process must join before it does anything else.
@@ -265,7 +293,8 @@ impl Envelope {
             if self.last_size_check.is_none_or(|t| t.elapsed() >= every) {
                 let walk = Instant::now();
                 self.last_size_check = Some(walk);
-                let now: u64 = self.watched.iter().map(|d| tree_size(d)).sum();
+                let now: u64 =
+                    self.watched.iter().map(|d| tree_size(d)).sum::<u64>() + unlinked_open_size(&self.pids());
                 self.last_walk = walk.elapsed();
                 let written = now.saturating_sub(self.start_size);
                 if written > limit {
@@ -300,6 +329,25 @@ impl Drop for Envelope {
             cg.delete();
         }
     }
+}
+
+/// Bytes in files the processes `pids` hold open after unlinking them (a way to fill a disk
+/// that no directory walk sees), each file counted once.
+fn unlinked_open_size(pids: &[i32]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
+        for fd in fds.flatten() {
+            // The magic link leads to the open file itself, unlinked or not.
+            let Ok(m) = std::fs::metadata(fd.path()) else { continue };
+            if m.is_file() && m.nlink() == 0 && seen.insert((m.dev(), m.ino())) {
+                total += m.blocks() * 512;
+            }
+        }
+    }
+    total
 }
 
 /// Bytes in files below `dir` (allocated size, so sparse files count for what they take).

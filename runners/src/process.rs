@@ -81,8 +81,8 @@ impl std::fmt::Debug for Supervision {
     }
 }
 
-/// Called a few times a second while a process runs; a breach stops it.
-pub type Watch<'a> = &'a mut (dyn FnMut() -> Option<crate::limits::Breach> + Send);
+/// Called a few times a second while a process runs (with its pid); a breach stops it.
+pub type Watch<'a> = &'a mut (dyn FnMut(i32) -> Option<crate::limits::Breach> + Send);
 
 /// How often a [`Watch`] is asked.
 const WATCH_EVERY: Duration = Duration::from_millis(200);
@@ -182,7 +182,7 @@ pub async fn supervise_watched(
             _ = sup.cancel.cancelled() => break Ending::Cancelled,
             _ = overflow.cancelled() => break Ending::StdoutTooLarge(limit.unwrap_or(0)),
             _ = tick.tick(), if watch.is_some() => {
-                if let Some(breach) = watch.as_mut().and_then(|w| w()) {
+                if let Some(breach) = watch.as_mut().and_then(|w| w(pid.unwrap_or(0))) {
                     break Ending::Limit(breach.to_string());
                 }
             }

@@ -226,7 +226,10 @@ pub async fn run_sandboxed(
         noise: Some(std::sync::Arc::new(move |l: &str| own.is_own_message(l))),
         ..launch.supervision.clone()
     };
-    let mut watch = || envelope.check();
+    let mut watch = |pid: i32| {
+        envelope.set_root_pid(pid);
+        envelope.check()
+    };
     let mut done = crate::process::supervise_watched(cmd, &supervision, Some(&mut watch))
         .await
         .map_err(|source| RunnerError::Spawn { runner, program: program.to_path_buf(), source })?;

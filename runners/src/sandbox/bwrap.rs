@@ -138,19 +138,14 @@ impl Sandbox for Bwrap {
         c.arg("--chdir").arg(&inside.work).arg("--").arg(mounts.translate(program, &inside)).args(args);
         c.env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         let fds: Vec<i32> = data.iter().map(|f| f.as_raw_fd()).collect();
-        // SAFETY: fcntl on descriptors this closure keeps open (it owns `data`); async-signal-safe.
+        // SAFETY: the closure does nothing; it keeps the memory files open until the spawn.
         unsafe {
             c.pre_exec(move || {
                 let _keep = &data;
-                for fd in &fds {
-                    if libc::fcntl(*fd, libc::F_SETFD, 0) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
                 Ok(())
             });
         }
-        let mut prep = NsPlan::prepare_only().join_cgroups(cgroups).with_rlimits(rlimits);
+        let mut prep = NsPlan::prepare_only().join_cgroups(cgroups).with_rlimits(rlimits).keep_fds(&fds);
         if root {
             let mut binds = MountPlan::default();
             for (host, at) in mounts.pairs(&inside) {

@@ -219,6 +219,34 @@ impl Default for SandboxSettings {
     }
 }
 
+/// Takes from files below `dirs` what an addon could have given them to reach past its sandbox
+/// later: setuid and setgid bits (a container's root, or nspawn's id-mapped root, makes files
+/// owned by the host's root) and file capabilities. Links are not followed.
+pub fn defuse(dirs: &[&Path]) -> std::io::Result<u64> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = 0;
+    for dir in dirs {
+        for entry in walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten() {
+            if !entry.file_type().is_file() {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            let mode = meta.permissions().mode();
+            if mode & 0o6000 != 0 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o1777))?;
+                changed += 1;
+            }
+            let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(entry.path().as_os_str()))
+                .unwrap_or_default();
+            // SAFETY: lremovexattr with valid C strings; ENODATA (no such attribute) is the usual answer.
+            if unsafe { libc::lremovexattr(name.as_ptr(), c"security.capability".as_ptr()) } == 0 {
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed)
+}
+
 /// Gives `dirs` (recursively) to `who`, changing only what differs. Used when a root engine
 /// runs the addon as its own identity, and to take the output back afterwards.
 pub fn claim(dirs: &[&Path], who: Identity) -> std::io::Result<()> {

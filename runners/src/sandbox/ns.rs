@@ -184,6 +184,12 @@ pub struct NsPlan {
     /// `cgroup.procs` files to join before anything else (while still privileged).
     cgroups: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Descriptors above stderr that the exec'd program must still have (bwrap's memory files);
+    /// every other one is closed on exec.
+    keep_fds: Vec<i32>,
+    /// The engine's argv and environment areas (copied into the child by fork), blanked in the
+    /// namespace's init so that /proc/1 of the sandbox does not show them.
+    blank: [(usize, usize); 2],
     uid_map: CString,
     gid_map: CString,
     parent_pid: i32,
@@ -208,6 +214,8 @@ impl NsPlan {
             seccomp: None,
             cgroups: Vec::new(),
             rlimits: Vec::new(),
+            keep_fds: Vec::new(),
+            blank: own_areas(),
             uid_map: CString::new(format!("{0} {0} 1", me.uid)).unwrap_or_default(),
             gid_map: CString::new(format!("{0} {0} 1", me.gid)).unwrap_or_default(),
             parent_pid: pid,
@@ -274,6 +282,12 @@ impl NsPlan {
         self
     }
 
+    /// Keep these descriptors open across exec (all others above stderr are closed).
+    pub fn keep_fds(mut self, fds: &[i32]) -> NsPlan {
+        self.keep_fds = fds.to_vec();
+        self
+    }
+
     /// Installs the plan on `cmd` (runs in the child between fork and exec).
     pub fn install(self, cmd: &mut tokio::process::Command) {
         // SAFETY: `enter` makes only raw async-signal-safe system calls; everything it needs was
@@ -303,6 +317,13 @@ impl NsPlan {
             }
             if libc::getppid() != self.parent_pid {
                 libc::_exit(137);
+            }
+            // Nothing the engine inherited or opened reaches the addon: every descriptor above
+            // stderr is closed on exec (the standard library's exec-status pipe among them, as
+            // it expects), except the ones the sandbox tool is given.
+            check(libc::close_range(3, u32::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int))?;
+            for fd in &self.keep_fds {
+                check(libc::fcntl(*fd, libc::F_SETFD, 0))?;
             }
             for procs in &self.cgroups {
                 write_file(procs, b"0")?;
@@ -366,6 +387,11 @@ impl NsPlan {
             // through /proc/1: not dumpable.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             libc::prctl(libc::PR_SET_DUMPABLE, 0);
+            for (start, end) in self.blank {
+                if start != 0 && end > start {
+                    std::ptr::write_bytes(start as *mut u8, 0, end - start);
+                }
+            }
             if let Some(root) = &self.root {
                 if enter_root(root).is_err() {
                     // The reason is lost across the fork; 125 tells the engine setup failed.
@@ -419,6 +445,19 @@ impl NsPlan {
         }
         Ok(())
     }
+}
+
+/// Where this process's argv and environment strings live (fields 48 to 51 of
+/// /proc/self/stat); the same in a forked child.
+fn own_areas() -> [(usize, usize); 2] {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<usize> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+        .unwrap_or_default();
+    // After the command name, field 3 (state) is index 0: field N is index N - 3.
+    let at = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+    [(at(48), at(49)), (at(50), at(51))]
 }
 
 fn check(r: libc::c_int) -> io::Result<()> {
