@@ -37,10 +37,9 @@ const TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n# This directory
 pub enum Kind {
     /// An unpacked addon archive.
     Archive,
-    /// A docker image built by the engine (the entry records its id; the image lives in docker).
-    DockerImage,
-    /// A nix build result (a GC root lives in the entry).
-    NixBuild,
+    /// What a runner built for an addon (an image id, a nix store path with its GC root in the
+    /// entry); the key names the runner.
+    Artifact,
     /// An addon's persistent CACHE_DIR.
     Data,
     /// An addon's private HOME, kept between its runs.
@@ -48,13 +47,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Archive, Kind::DockerImage, Kind::NixBuild, Kind::Data, Kind::Home];
+    pub const ALL: [Kind; 4] = [Kind::Archive, Kind::Artifact, Kind::Data, Kind::Home];
 
     fn bucket(self) -> String {
         let name = match self {
             Kind::Archive => "archives",
-            Kind::DockerImage => "images",
-            Kind::NixBuild => "nix",
+            Kind::Artifact => "artifacts",
             Kind::Data => "data",
             Kind::Home => "home",
         };
@@ -64,8 +62,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Archive => "archive",
-            Kind::DockerImage => "docker-image",
-            Kind::NixBuild => "nix-build",
+            Kind::Artifact => "artifact",
             Kind::Data => "data",
             Kind::Home => "home",
         }
@@ -489,10 +486,10 @@ mod tests {
 
     #[test]
     fn keys_are_ordered_and_namespaced() {
-        let a = Key::new(Kind::DockerImage).with("digest", "x").with("dockerfile", "Dockerfile");
-        let b = Key::new(Kind::DockerImage).with("dockerfile", "Dockerfile").with("digest", "x");
+        let a = Key::new(Kind::Artifact).with("digest", "x").with("dockerfile", "Dockerfile");
+        let b = Key::new(Kind::Artifact).with("dockerfile", "Dockerfile").with("digest", "x");
         assert_eq!(a.hash(), b.hash(), "insertion order does not matter");
-        assert_ne!(a.hash(), Key::new(Kind::NixBuild).with("digest", "x").with("dockerfile", "Dockerfile").hash());
+        assert_ne!(a.hash(), Key::new(Kind::Data).with("digest", "x").with("dockerfile", "Dockerfile").hash());
         assert_ne!(a.hash(), a.clone().with("digest", "y").hash());
     }
 

@@ -18,7 +18,7 @@ pub mod source;
 pub use archive::{extract_zip, ArchiveError, Limits};
 pub use diagnostic::{Diagnostic, Pos, Severity};
 pub use digest::{digest_dir, ContentDigest};
-pub use model::{Descriptor, Options, RunnerKind, Trigger, DESCRIPTOR_FILES};
+pub use model::{Descriptor, Options, Section, Trigger, DESCRIPTOR_FILES};
 pub use output::{AddonOutput, OutputError};
 pub use parse::{normalise_relative, parse_descriptor, Parsed};
 pub use source::{load, load_dir, LoadedAddon, SourceError, SourceKind};

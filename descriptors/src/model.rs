@@ -117,38 +117,43 @@ pub struct Options {
     pub collect_output: bool,
 }
 
-/// A kind of runner an addon can be run with.
+/// A runner section of the descriptor (`runner.docker`, `runner.nix`, `runner.trivial`): a way
+/// the addon says it can be run. Runners (built-in or plugins) name the sections they serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
-pub enum RunnerKind {
+pub enum Section {
     Docker,
-    NixFlake,
+    Nix,
     Trivial,
 }
 
-impl RunnerKind {
-    pub const ALL: [RunnerKind; 3] = [RunnerKind::Docker, RunnerKind::NixFlake, RunnerKind::Trivial];
+impl Section {
+    pub const ALL: [Section; 3] = [Section::Docker, Section::Nix, Section::Trivial];
 
+    /// The section's key in the descriptor.
     pub fn as_str(self) -> &'static str {
         match self {
-            RunnerKind::Docker => "docker",
-            RunnerKind::NixFlake => "nix-flake",
-            RunnerKind::Trivial => "trivial",
+            Section::Docker => "docker",
+            Section::Nix => "nix",
+            Section::Trivial => "trivial",
         }
     }
 
-    /// Accepts our names and Docspell's (`nix`).
-    pub fn parse(s: &str) -> Option<RunnerKind> {
-        match s.trim() {
-            "docker" => Some(RunnerKind::Docker),
-            "nix-flake" | "nix" => Some(RunnerKind::NixFlake),
-            "trivial" => Some(RunnerKind::Trivial),
-            _ => None,
+    /// The name of the built-in runner that serves this section.
+    pub fn builtin_runner(self) -> &'static str {
+        match self {
+            Section::Docker => "docker",
+            Section::Nix => "nix-flake",
+            Section::Trivial => "trivial",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Section> {
+        Section::ALL.into_iter().find(|k| k.as_str() == s.trim())
     }
 }
 
-impl fmt::Display for RunnerKind {
+impl fmt::Display for Section {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -176,25 +181,25 @@ impl Descriptor {
         !self.networking() && self.collect_output()
     }
 
-    /// The runner kinds this addon supports (after auto-detection), in the fixed order
-    /// docker, nix-flake, trivial.
-    pub fn runners(&self) -> Vec<RunnerKind> {
+    /// The runner sections this addon enables (after auto-detection), in the fixed order
+    /// docker, nix, trivial.
+    pub fn sections(&self) -> Vec<Section> {
         let r = &self.runner;
         let mut out = Vec::new();
         if r.docker.as_ref().is_some_and(|d| d.enable) {
-            out.push(RunnerKind::Docker);
+            out.push(Section::Docker);
         }
         if r.nix.as_ref().is_some_and(|n| n.enable) {
-            out.push(RunnerKind::NixFlake);
+            out.push(Section::Nix);
         }
         if r.trivial.as_ref().is_some_and(|t| t.enable) {
-            out.push(RunnerKind::Trivial);
+            out.push(Section::Trivial);
         }
         out
     }
 
-    pub fn supports(&self, kind: RunnerKind) -> bool {
-        self.runners().contains(&kind)
+    pub fn enables(&self, section: Section) -> bool {
+        self.sections().contains(&section)
     }
 
     /// The trivial runner's program, when that runner is enabled.

@@ -156,7 +156,7 @@ impl<'s> Walker<'s> {
             self.file_checks(&runner, &entries, root);
         }
         let descriptor = Descriptor { meta, triggers, args, runner, options };
-        if descriptor.runners().is_empty() {
+        if descriptor.sections().is_empty() {
             let msg = "no runner is enabled; enable one of runner.trivial, runner.docker, runner.nix";
             if addon_root.is_some() {
                 self.error("runner", msg, runner_pos);

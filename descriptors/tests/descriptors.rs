@@ -3,17 +3,17 @@
 
 use std::path::Path;
 
-use addon_descriptors::{load, parse_descriptor, Limits, RunnerKind, Severity};
+use addon_descriptors::{load, parse_descriptor, Limits, Section, Severity};
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/docspell").join(name)).unwrap()
 }
 
-use RunnerKind::{Docker, NixFlake, Trivial};
+use Section::{Docker, Nix as NixFlake, Trivial};
 
 #[test]
 fn real_descriptors_validate() {
-    let cases: [(&str, &[RunnerKind], bool); 6] = [
+    let cases: [(&str, &[Section], bool); 6] = [
         ("audio-files-addon.yml", &[NixFlake, Trivial], false),
         ("docspell-addon-example.yml", &[Docker], true),
         ("docspell-testfixture-dummy-addon.yml", &[Docker, NixFlake, Trivial], false),
@@ -27,7 +27,7 @@ fn real_descriptors_validate() {
         let errors: Vec<_> = parsed.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
         assert!(errors.is_empty(), "{file}: {errors:?}");
         let d = parsed.descriptor.unwrap();
-        assert_eq!(d.runners(), runners, "{file}");
+        assert_eq!(d.sections(), runners, "{file}");
         assert_eq!(d.pure(), pure, "{file}");
     }
 }
@@ -184,12 +184,12 @@ fn auto_detection_as_docspell_does() {
     let dir = addon_dir(meta, &["flake.nix", "Dockerfile"]);
     let a = load(dir.path(), Limits::default(), None).unwrap();
     assert!(a.parsed.is_valid(), "{:#?}", a.parsed.diagnostics);
-    assert_eq!(a.parsed.descriptor.unwrap().runners(), vec![Docker, NixFlake]);
+    assert_eq!(a.parsed.descriptor.unwrap().sections(), vec![Docker, NixFlake]);
     // An explicit `enable: false` wins over the file.
     let text = format!("{meta}runner:\n  nix:\n    enable: false\n");
     let dir = addon_dir(&text, &["flake.nix", "Dockerfile"]);
     let a = load(dir.path(), Limits::default(), None).unwrap();
-    assert_eq!(a.parsed.descriptor.unwrap().runners(), vec![Docker]);
+    assert_eq!(a.parsed.descriptor.unwrap().sections(), vec![Docker]);
 }
 
 /// Inputs the fuzzer found; each once produced a position outside the text.

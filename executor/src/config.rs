@@ -6,7 +6,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use addon_descriptors::RunnerKind;
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -47,6 +46,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Per-addon overrides of `limits`: `{ADDON_NAME: {memory: 4GiB}}`.
     pub addon_limits: BTreeMap<String, LimitsOverride>,
+    /// Out-of-process runners, usable by name in `runner:` and `--runner`.
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// A runner plugin: a program the engine starts (`command`) or a server it connects to
+/// (`address`), speaking the gRPC protocol of `proto/addon/runner/v1/runner.proto`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginConfig {
+    /// The plugin program and its arguments; the engine starts it (go-plugin handshake).
+    pub command: Option<Vec<String>>,
+    /// A standalone plugin server: `unix:///PATH`, `http://HOST:PORT` or `https://HOST:PORT`.
+    pub address: Option<String>,
+    /// TLS for an `https://` address.
+    pub tls: Option<PluginTls>,
+    /// The descriptor sections it serves: `docker`, `nix`, `trivial`.
+    pub serves: Vec<String>,
+    /// The plugin's own configuration, checked by the plugin (its Configure call).
+    #[schemars(with = "serde_json::Value")]
+    pub config: serde_json::Value,
+}
+
+/// TLS settings of a plugin server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginTls {
+    /// PEM file of the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM files of the engine's client certificate and key (mutual TLS).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// The name the server's certificate is for, when not the address's host.
+    pub domain: Option<String>,
 }
 
 /// Limits of one run. Defaults protect a job server: 1 GiB of memory, 512 processes, 1 CPU,
@@ -136,7 +168,7 @@ impl Default for SandboxUser {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            runner: RunnerOrder(vec![RunnerKind::NixFlake, RunnerKind::Docker, RunnerKind::Trivial]),
+            runner: RunnerOrder(vec!["nix-flake".into(), "docker".into(), "trivial".into()]),
             fail_fast: true,
             run_timeout: HumanDuration(Duration::from_secs(15 * 60)),
             allow_impure: true,
@@ -153,6 +185,7 @@ impl Default for Config {
             sandbox_user: SandboxUser::default(),
             limits: LimitsConfig::default(),
             addon_limits: BTreeMap::new(),
+            plugins: BTreeMap::new(),
         }
     }
 }
@@ -276,16 +309,17 @@ pub enum SandboxChoice {
     None,
 }
 
-/// The runner order; accepts `[nix-flake, docker]` or `"nix-flake, docker"` (and Docspell's `nix`).
+/// The runner order, by name; accepts `[nix-flake, docker]` or `"nix-flake, docker"` (and
+/// Docspell's `nix` for `nix-flake`). Names are built-in runners or plugins of `plugins:`.
 #[derive(Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[schemars(with = "RunnerOrderSchema")]
-pub struct RunnerOrder(pub Vec<RunnerKind>);
+pub struct RunnerOrder(pub Vec<String>);
 
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)] // only describes the accepted shapes for the schema
 enum RunnerOrderSchema {
-    List(Vec<RunnerKind>),
+    List(Vec<String>),
     Text(String),
 }
 
@@ -307,20 +341,38 @@ impl<'de> Deserialize<'de> for RunnerOrder {
             Raw::List(v) => v,
             Raw::Text(s) => s.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
         };
-        parse_runner_names(&names).map(RunnerOrder).map_err(serde::de::Error::custom)
+        normalise_runner_names(&names).map(RunnerOrder).map_err(serde::de::Error::custom)
     }
 }
 
-/// Parses runner names, refusing unknown ones and duplicates.
-pub fn parse_runner_names(names: &[String]) -> Result<Vec<RunnerKind>, String> {
-    let mut out = Vec::new();
+/// The names of the built-in runners (compiled into this engine or not).
+pub fn builtin_runner_names() -> Vec<&'static str> {
+    addon_runners::builtin_factories().iter().map(|f| f.name).collect()
+}
+
+/// Trims runner names, maps Docspell's `nix` to `nix-flake`, refuses duplicates.
+pub fn normalise_runner_names(names: &[String]) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
     for n in names {
-        let kind = RunnerKind::parse(n)
-            .ok_or_else(|| format!("unknown runner `{n}`; known runners: docker, nix-flake, trivial"))?;
-        if out.contains(&kind) {
+        let name = match n.trim() {
+            "nix" => "nix-flake".to_string(),
+            other => other.to_string(),
+        };
+        if out.contains(&name) {
             return Err(format!("runner `{n}` is listed twice"));
         }
-        out.push(kind);
+        out.push(name);
+    }
+    Ok(out)
+}
+
+/// Parses runner names against the known ones (built-in runners and `plugins`).
+pub fn parse_runner_names(names: &[String], known: &[String]) -> Result<Vec<String>, String> {
+    let out = normalise_runner_names(names)?;
+    for name in &out {
+        if !known.contains(name) {
+            return Err(format!("unknown runner `{name}`; known runners: {}", known.join(", ")));
+        }
     }
     Ok(out)
 }
@@ -408,6 +460,11 @@ impl Config {
         std::env::temp_dir().join(format!("addon-work-{uid}"))
     }
 
+    /// Every runner name this configuration can use: the built-in runners, then its plugins.
+    pub fn runner_names(&self) -> Vec<String> {
+        builtin_runner_names().into_iter().map(str::to_string).chain(self.plugins.keys().cloned()).collect()
+    }
+
     /// Reads a config file. Empty files give the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
@@ -429,8 +486,33 @@ impl Config {
             );
         }
         config.limits.check("limits")?;
+        for (name, p) in &config.plugins {
+            let at = format!("plugins.{name}");
+            if builtin_runner_names().contains(&name.as_str()) {
+                return Err(format!("{at}: `{name}` is a built-in runner; give the plugin another name"));
+            }
+            match (&p.command, &p.address) {
+                (Some(c), None) if c.is_empty() => return Err(format!("{at}.command: give the program to start")),
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => return Err(format!("{at}: give either `command` (a program to start) or `address` (a server)")),
+            }
+            if p.serves.is_empty() {
+                return Err(format!("{at}.serves: name the descriptor sections it serves (docker, nix, trivial)"));
+            }
+            for section in &p.serves {
+                if addon_descriptors::Section::parse(section).is_none() {
+                    return Err(format!("{at}.serves: unknown section `{section}`; sections are docker, nix, trivial"));
+                }
+            }
+        }
         for (name, o) in &config.addon_limits {
             config.limits.with(o).check(&format!("addon-limits.{name}"))?;
+        }
+        let known = config.runner_names();
+        for name in &config.runner.0 {
+            if !known.contains(name) {
+                return Err(format!("runner: unknown runner `{name}`; known runners: {}", known.join(", ")));
+            }
         }
         if config.runner.0.is_empty() {
             return Err("runner: the runner list is empty; name at least one of docker, nix-flake, trivial".into());
@@ -484,7 +566,7 @@ addon-limits: {big-addon: {memory: 4GiB}}
         let big = c.limits.with(&c.addon_limits["big-addon"]).to_limits();
         assert_eq!(big.memory, Some(4 << 30));
         assert_eq!(big.pids, Some(512));
-        assert_eq!(c.runner.0, vec![RunnerKind::NixFlake, RunnerKind::Docker, RunnerKind::Trivial]);
+        assert_eq!(c.runner.0, ["nix-flake", "docker", "trivial"]);
         assert_eq!(c.run_timeout.0, Duration::from_secs(90));
         assert_eq!(c.archive.max_size.0, 1 << 30);
         assert_eq!(c.sandbox, SandboxChoice::Netns);

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use addon_cache::{Cache, Entry};
-use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, RunnerKind};
+use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, Section};
 use addon_runners::{
-    CacheUse, Ending, Launch, LogStream, ProbeCache, Runner, RunnerError, SandboxKind, Sandboxes, Supervision,
+    AddonRef, Artifact, BuildSpec, CacheUse, Ending, ExitKind, LogStream, ProbeCache, RunDirs, RunEvent, Runner,
+    RunnerError, SandboxKind, Sandboxes, StartSpec,
 };
 use fs_err as fs;
 use tokio::sync::mpsc::Sender;
@@ -24,7 +25,7 @@ use crate::report::{
     AddonReport, AddonResult, Attempt, Candidate, Phases, PlanAddon, PlanReport, Resources, RunReport, RunnerProbe,
     RunnersReport, Selected, Termination,
 };
-use crate::resolve::{resolve, resolve_where, run_candidates};
+use crate::resolve::{resolve, resolve_one, RunnerSlot};
 use crate::source::{self, OpenError};
 use tracing::Instrument;
 
@@ -32,8 +33,8 @@ use tracing::Instrument;
 #[derive(Debug, Clone, Default)]
 pub struct RunRequest {
     pub sources: Vec<String>,
-    /// Replaces the configured runner order.
-    pub runners: Option<Vec<RunnerKind>>,
+    /// Replaces the configured runner order (runner names).
+    pub runners: Option<Vec<String>>,
     /// Content of `arguments/user-input`.
     pub user_input: String,
     /// Extra environment for every addon.
@@ -86,14 +87,14 @@ fn io_ctx(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> EngineEr
 /// its own: two engines in one process do not share them.
 pub struct Engine {
     config: Config,
-    runners: Vec<Box<dyn Runner>>,
-    sandboxes: Sandboxes,
+    runners: Vec<RunnerSlot>,
+    sandboxes: Arc<Sandboxes>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let kinds: Vec<_> = self.runners.iter().map(|r| r.kind()).collect();
-        f.debug_struct("Engine").field("config", &self.config).field("runners", &kinds).finish()
+        let names: Vec<_> = self.runners.iter().map(|r| r.name.clone()).collect();
+        f.debug_struct("Engine").field("config", &self.config).field("runners", &names).finish()
     }
 }
 
@@ -105,60 +106,107 @@ fn run_id() -> String {
 }
 
 impl Engine {
+    /// An engine with the built-in runners compiled into it and the configured plugins.
     pub fn new(config: Config) -> Engine {
         let probes = Arc::new(ProbeCache::new(Some(config.cache_dir.join("probes-v1"))));
-        let settings = addon_runners::Settings {
-            probes: probes.clone(),
-            #[cfg(feature = "docker")]
-            docker: addon_runners::docker::DockerSettings {
-                host: config.docker_runner.host.clone(),
-                build_timeout: config.docker_runner.build_timeout.0,
-                user: config.docker_runner.user.clone(),
-                build_network: config.docker_runner.build_network.clone(),
-            },
-            #[cfg(feature = "nix")]
-            nix: addon_runners::nix::NixSettings {
-                nix_binary: config.nix_runner.nix_binary.clone(),
-                build_timeout: config.nix_runner.build_timeout.0,
-                extra_args: config.nix_runner.extra_args.clone(),
+        let sandboxes = Arc::new(Sandboxes::new(&sandbox_settings(&config), probes.clone()));
+        let ctx = addon_runners::RunnerContext {
+            sandboxes: sandboxes.clone(),
+            probes,
+            settings: addon_runners::Settings {
+                #[cfg(feature = "docker")]
+                docker: addon_runners::docker::DockerSettings {
+                    host: config.docker_runner.host.clone(),
+                    build_timeout: config.docker_runner.build_timeout.0,
+                    user: config.docker_runner.user.clone(),
+                    build_network: config.docker_runner.build_network.clone(),
+                },
+                #[cfg(feature = "nix")]
+                nix: addon_runners::nix::NixSettings {
+                    nix_binary: config.nix_runner.nix_binary.clone(),
+                    build_timeout: config.nix_runner.build_timeout.0,
+                    extra_args: config.nix_runner.extra_args.clone(),
+                },
             },
         };
-        let runners = addon_runners::registry(&settings);
-        let sandboxes = Sandboxes::new(&sandbox_settings(&config), probes);
+        let mut runners: Vec<RunnerSlot> = addon_runners::builtin_factories()
+            .into_iter()
+            .map(|f| RunnerSlot {
+                name: f.name.to_string(),
+                serves: f.serves.to_vec(),
+                runner: f.make.map(|make| make(&ctx)),
+                builtin: true,
+                missing: f.make.is_none().then(|| format!("the {} runner is not built into this engine", f.name)),
+            })
+            .collect();
+        runners.extend(crate::plugins::slots(&config));
         Engine { config, runners, sandboxes }
     }
 
     /// An engine with a chosen set of runners (tests, or embedders that compile some out).
-    pub fn with_runners(config: Config, runners: Vec<Box<dyn Runner>>) -> Engine {
+    pub fn with_runners(config: Config, runners: Vec<Arc<dyn Runner>>) -> Engine {
         let probes = Arc::new(ProbeCache::new(Some(config.cache_dir.join("probes-v1"))));
-        let sandboxes = Sandboxes::new(&sandbox_settings(&config), probes);
-        Engine { config, runners, sandboxes }
+        let sandboxes = Arc::new(Sandboxes::new(&sandbox_settings(&config), probes));
+        let mut slots: Vec<RunnerSlot> = runners
+            .into_iter()
+            .map(|r| {
+                let info = r.info();
+                RunnerSlot { name: info.name, serves: info.serves, runner: Some(r), builtin: true, missing: None }
+            })
+            .collect();
+        for f in addon_runners::builtin_factories() {
+            if !slots.iter().any(|s| s.name == f.name) {
+                slots.push(RunnerSlot {
+                    name: f.name.to_string(),
+                    serves: f.serves.to_vec(),
+                    runner: None,
+                    builtin: true,
+                    missing: Some(format!("the {} runner is not built into this engine", f.name)),
+                });
+            }
+        }
+        Engine { config, runners: slots, sandboxes }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The runner called `name`, when this engine has it.
+    pub fn runner(&self, name: &str) -> Option<Arc<dyn Runner>> {
+        self.runners.iter().find(|s| s.name == name).and_then(|s| s.runner.clone())
+    }
+
+    /// The engine's sandboxes.
+    pub fn sandboxes(&self) -> &Sandboxes {
+        &self.sandboxes
+    }
+
     /// Probes this host for every runner and sandbox.
     pub async fn probe(&self) -> RunnersReport {
         let mut runners = Vec::new();
-        for kind in RunnerKind::ALL.iter() {
-            runners.push(match self.runners.iter().find(|r| r.kind() == *kind) {
+        for slot in &self.runners {
+            let serves = slot.serves.iter().map(|s| s.as_str().to_string()).collect();
+            runners.push(match &slot.runner {
                 Some(r) => {
                     let a = r.probe().await;
                     RunnerProbe {
-                        name: kind.to_string(),
+                        name: slot.name.clone(),
                         available: a.available,
                         version: a.version,
                         detail: a.detail,
-                        capabilities: Some(r.capabilities()),
+                        serves,
+                        builtin: slot.builtin,
+                        capabilities: Some(r.info().capabilities),
                     }
                 }
                 None => RunnerProbe {
-                    name: kind.to_string(),
+                    name: slot.name.clone(),
                     available: false,
                     version: None,
-                    detail: format!("the {kind} runner is not built into this engine"),
+                    detail: slot.missing.clone().unwrap_or_default(),
+                    serves,
+                    builtin: slot.builtin,
                     capabilities: None,
                 },
             });
@@ -174,7 +222,7 @@ impl Engine {
     }
 
     /// Explains runner resolution for one addon without running anything.
-    pub async fn plan(&self, source: &str, runners: Option<&[RunnerKind]>) -> Result<PlanReport, EngineError> {
+    pub async fn plan(&self, source: &str, runners: Option<&[String]>) -> Result<PlanReport, EngineError> {
         let scratch = self.scratch()?;
         let addon = source::open(source, &self.config, scratch.path(), None)
             .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
@@ -184,15 +232,13 @@ impl Engine {
         let candidates: Vec<Candidate> = resolved
             .iter()
             .map(|r| Candidate {
-                runner: r.kind.to_string(),
+                runner: r.name.clone(),
                 enabled: r.enabled,
                 configured: r.configured,
                 available: r.available,
                 sandbox: r.sandbox.map(|s| s.as_str().to_string()).or_else(|| {
-                    self.runners
-                        .iter()
-                        .find(|x| x.kind() == r.kind && !x.capabilities().uses_sandbox)
-                        .map(|_| r.kind.to_string())
+                    let isolates = self.runner(&r.name).is_some_and(|x| !x.info().capabilities.uses_sandbox);
+                    isolates.then(|| r.name.clone())
                 }),
                 reason: r.reason.clone(),
             })
@@ -210,8 +256,8 @@ impl Engine {
                 reason = Some(no_runner_reason(&resolved));
             }
             first.map(|r| Selected {
-                runner: r.kind.to_string(),
-                sandbox: candidates.iter().find(|c| c.runner == r.kind.as_str()).and_then(|c| c.sandbox.clone()),
+                runner: r.name.clone(),
+                sandbox: candidates.iter().find(|c| c.runner == r.name).and_then(|c| c.sandbox.clone()),
             })
         };
         Ok(PlanReport {
@@ -385,11 +431,13 @@ impl Engine {
         let removed = tokio::task::spawn_blocking(move || pruner.prune(max_size, older_than))
             .await
             .map_err(|e| EngineError::Cache(e.to_string()))?;
-        for e in &removed {
-            for runner in &self.runners {
-                if let Err(err) = runner.release(e).await {
-                    tracing::warn!("{} runner: releasing what pruned entry {} owned: {err}", runner.kind(), e.key);
-                }
+        for e in removed.iter().filter(|e| e.kind == addon_cache::Kind::Artifact) {
+            let owner = e.meta.as_ref().and_then(|m| m.key.parts.get("runner")).cloned().unwrap_or_default();
+            let (Some(runner), Some(artifact)) = (self.runner(&owner), e.data::<addon_runners::Artifact>()) else {
+                continue;
+            };
+            if let Err(err) = runner.release(&artifact).await {
+                tracing::warn!("{owner} runner: releasing what pruned entry {} owned: {err}", e.key);
             }
         }
         let total_size = cache.list().iter().map(|e| e.size).sum();
@@ -412,19 +460,23 @@ impl Engine {
         }
         let order = req.runners.as_deref().unwrap_or(&self.config.runner.0);
         // Candidates are resolved one at a time, so a run probes only the runtimes it reaches.
-        let kinds: Vec<RunnerKind> = order.iter().copied().filter(|k| d.supports(*k)).collect();
+        let names: Vec<String> = order
+            .iter()
+            .filter(|n| self.runners.iter().any(|s| s.name == **n && s.section_for(d).is_some()))
+            .cloned()
+            .collect();
         let mut seen = Vec::new();
         let mut attempt_no = 0;
-        for kind in kinds {
-            let resolved =
-                resolve_where(d, order, &self.runners, &self.sandboxes, self.config.sandbox, |k| k == kind).await;
-            seen.extend(resolved.iter().cloned());
-            let Some(cand) = run_candidates(&resolved).first().copied().cloned() else { continue };
-            let cand = &cand;
-            let Some(runner) = self.runners.iter().find(|r| r.kind() == cand.kind) else { continue };
-            let attempt = self.attempt(ctx, idx, attempt_no, d, addon, runner.as_ref(), cand.sandbox).await;
+        for name in names {
+            let cand = resolve_one(d, &name, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
+            seen.push(cand.clone());
+            if !(cand.enabled && cand.configured && cand.runnable) {
+                continue;
+            }
+            let (Some(runner), Some(section)) = (self.runner(&cand.name), cand.section) else { continue };
+            let attempt = self.attempt(ctx, idx, attempt_no, d, addon, &runner, section, cand.sandbox).await;
             attempt_no += 1;
-            report.runner = Some(cand.kind.to_string());
+            report.runner = Some(cand.name.clone());
             report.sandbox = attempt.sandbox.clone();
             report.cache = attempt.cache;
             report.result = attempt.result;
@@ -441,7 +493,7 @@ impl Engine {
             (p.prepare, p.build, p.run, p.collect, p.cleanup) =
                 (p.prepare + a.prepare, p.build + a.build, p.run + a.run, p.collect + a.collect, p.cleanup + a.cleanup);
             report.attempts.push(Attempt {
-                runner: cand.kind.to_string(),
+                runner: cand.name.clone(),
                 sandbox: attempt.sandbox.clone(),
                 result: attempt.result,
                 error: attempt.error.clone(),
@@ -450,7 +502,7 @@ impl Engine {
             if !fall_through {
                 break;
             }
-            tracing::info!(addon = %d.id(), runner = %cand.kind, result = attempt.result.as_str(), "pure addon failed; trying the next runner, if any");
+            tracing::info!(addon = %d.id(), runner = %cand.name, result = attempt.result.as_str(), "pure addon failed; trying the next runner, if any");
         }
         if attempt_no == 0 {
             if seen.is_empty() {
@@ -472,7 +524,8 @@ impl Engine {
         attempt_no: usize,
         d: &Descriptor,
         addon: &LoadedAddon,
-        runner: &dyn Runner,
+        runner: &Arc<dyn Runner>,
+        section: Section,
         sandbox: Option<SandboxKind>,
     ) -> AttemptOutcome {
         let RunCtx { run_id, req, output_dir, events, cancel, cache } = *ctx;
@@ -508,7 +561,7 @@ impl Engine {
             let _ = tx
                 .send(Event::Started {
                     addon: label.clone(),
-                    runner: runner.kind().to_string(),
+                    runner: runner.info().name,
                     sandbox: sandbox.map(|s| s.as_str().to_string()),
                 })
                 .await;
@@ -519,32 +572,54 @@ impl Engine {
         let timeout = req.timeout.unwrap_or(self.config.run_timeout.0);
         let mut args = d.args.clone();
         args.push("arguments/user-input".to_string());
-        let launch = Launch {
-            descriptor: d.clone(),
-            digest: addon.digest.clone(),
-            work_dir: work_dir.clone(),
-            addon_dir,
-            output_dir: staging.clone(),
-            cache_dir,
-            home_dir: home.content(),
-            args,
-            extra_env: self.extra_env(d, req),
-            sandbox: self.sandboxes.get(sandbox.unwrap_or(SandboxKind::None)),
-            supervision: Supervision {
-                timeout,
-                kill_grace: self.config.kill_grace.0,
-                collect_stdout: d.collect_output().then_some(self.config.max_stdout.0),
-                log,
-                cancel: cancel.clone(),
-                noise: None,
-            },
-            cache: cache.clone(),
-            limits,
-            enforcement: self.sandboxes.enforcement(),
-        };
+        let addon_ref =
+            AddonRef { name: d.meta.name.clone(), version: d.meta.version.clone(), digest: addon.digest.to_string() };
+        let home_dir = home.content();
         let running = Instant::now();
-        let ran =
-            runner.run(&launch).instrument(tracing::info_span!("run", addon = %label, runner = %runner.kind())).await;
+        let build_spec = BuildSpec {
+            addon: addon_ref.clone(),
+            section,
+            descriptor: d.clone(),
+            addon_dir: addon_dir.clone(),
+            content_dir: PathBuf::new(),
+        };
+        let build_span = tracing::info_span!("build", addon = %label, runner = %runner.info().name);
+        let built = self.artifact(runner, &build_spec, cache, &log, cancel).instrument(build_span).await;
+        outcome.phases.build = running.elapsed().as_millis() as u64;
+        let ran = match built {
+            Err(e) => Err(e),
+            Ok((artifact, entry, cache_use)) => {
+                outcome.cache = cache_use;
+                let spec = StartSpec {
+                    run_id: work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
+                    addon: addon_ref,
+                    section,
+                    descriptor: d.clone(),
+                    artifact,
+                    artifact_dir: entry.as_ref().map(|e| e.content()),
+                    args,
+                    env: self.extra_env(d, req),
+                    dirs: RunDirs {
+                        work: work_dir.clone(),
+                        addon: addon_dir.clone(),
+                        output: staging.clone(),
+                        cache: cache_dir.clone(),
+                        home: home_dir.clone(),
+                        scratch: work_dir.with_extension("root"),
+                    },
+                    network: d.networking(),
+                    limits,
+                    sandbox,
+                };
+                let collect = d.collect_output().then_some(self.config.max_stdout.0);
+                let run_span = tracing::info_span!("run", addon = %label, runner = %runner.info().name);
+                let ran = self.follow(runner, spec, timeout, collect, &log, cancel).instrument(run_span).await;
+                // The artifact's cache entry is held for the whole run: a concurrent prune
+                // cannot remove the image of a run in progress.
+                drop(entry);
+                ran
+            }
+        };
         let collecting = Instant::now();
         let collect_span = tracing::info_span!("collect", addon = %label).entered();
         // Only files and directories leave an addon's output: a symlink there (`x -> /etc/shadow`)
@@ -555,32 +630,27 @@ impl Engine {
         match ran {
             Err(e) => {
                 outcome.error = Some(error_with_tail(&e));
-                outcome.phases.build = running.elapsed().as_millis() as u64;
-                if let RunnerError::Build { log_tail, .. } = &e {
-                    outcome.stderr_tail = log_tail.clone();
-                }
+                outcome.stderr_tail = e.log_tail().to_vec();
             }
-            Ok(ran) => {
-                outcome.sandbox = Some(ran.sandbox);
-                outcome.cache = ran.cache;
-                outcome.stderr_tail = ran.supervised.stderr_tail.clone();
-                outcome.phases.build = ran.build.as_millis() as u64;
-                outcome.phases.run = ran.supervised.duration.as_millis() as u64;
-                let usage = ran.supervised.usage;
+            Ok((supervised, isolation)) => {
+                outcome.sandbox = Some(isolation);
+                outcome.stderr_tail = supervised.stderr_tail.clone();
+                outcome.phases.run = supervised.duration.as_millis() as u64;
+                let usage = supervised.usage;
                 outcome.resources = Resources {
                     peak_memory_bytes: usage.peak_memory_bytes,
                     cpu_ms: usage.cpu_ms,
-                    wall_ms: Some(ran.supervised.duration.as_millis() as u64),
+                    wall_ms: Some(supervised.duration.as_millis() as u64),
                 };
                 if usage.peak_memory_bytes.is_none() || usage.cpu_ms.is_none() {
-                    tracing::debug!(addon = %label, "peak memory or CPU time not measured here: {}", launch.enforcement.describe());
+                    tracing::debug!(addon = %label, "peak memory or CPU time not measured here");
                 }
-                judge(&mut outcome, &ran.supervised, d, &staging, timeout, &limits);
+                judge(&mut outcome, &supervised, d, &staging, timeout, &limits);
             }
         }
         // Nothing the addon leaves behind may carry privileges on the host (a setuid file made
         // by a container's root), and its output belongs to the engine's user again.
-        match addon_runners::sandbox::defuse(&[&staging, &launch.cache_dir, &launch.home_dir]) {
+        match addon_runners::sandbox::defuse(&[&staging, &cache_dir, &home_dir]) {
             Ok(0) => {}
             Ok(n) => {
                 tracing::warn!(addon = %label, "removed setuid/setgid bits or file capabilities from {n} of its files")
@@ -619,6 +689,150 @@ impl Engine {
             tracing::warn!(addon = %label, "{} log lines were not delivered to the event channel: it was full (the receiver did not keep up)", outcome.log_lines_dropped);
         }
         outcome
+    }
+
+    /// The runner's artifact for `spec`: from the engine's cache, or built now under the cache
+    /// lock (so concurrent engines build once) and stored. The cache entry is returned too, to be
+    /// held while the artifact is used.
+    async fn artifact(
+        &self,
+        runner: &Arc<dyn Runner>,
+        spec: &BuildSpec,
+        cache: &Cache,
+        log: &addon_runners::LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<(Option<Artifact>, Option<Entry<Artifact>>, CacheUse), RunnerError> {
+        let info = runner.info();
+        let Some(parts) = runner.cache_key(spec) else { return Ok((None, None, CacheUse::None)) };
+        let mut key = addon_cache::Key::new(addon_cache::Kind::Artifact)
+            .with("runner", &info.name)
+            .with("runner-version", &info.version)
+            .with("section", spec.section.as_str());
+        for (k, v) in parts {
+            key = key.with(&k, v);
+        }
+        let (cache, runner2, spec, log, cancel) =
+            (cache.clone(), runner.clone(), spec.clone(), log.clone(), cancel.clone());
+        let handle = tokio::runtime::Handle::current();
+        let label = spec.addon.label();
+        let spec_label = label.clone();
+        let name = info.name.clone();
+        let entry = tokio::task::spawn_blocking(move || {
+            let valid_runner = runner2.clone();
+            let valid_handle = handle.clone();
+            cache.get_or_build(
+                &key,
+                &label,
+                move |a: &Artifact, _| valid_handle.block_on(valid_runner.artifact_valid(a)),
+                |content| {
+                    let spec = BuildSpec { content_dir: content.to_path_buf(), ..spec };
+                    handle.block_on(async {
+                        tokio::select! {
+                            r = runner2.build(&spec, log) => r.map_err(|e| match e {
+                                RunnerError::Build { message, log_tail, .. } => {
+                                    format!("{message}{}{}", addon_runners::runner::BUILD_LOG_MARK, log_tail.join("\n"))
+                                }
+                                other => other.to_string(),
+                            }),
+                            // Dropping the build stops it (the process is killed, the stream closed).
+                            _ = cancel.cancelled() => Err(format!("the run was cancelled during the {name} build")),
+                        }
+                    })
+                },
+            )
+        })
+        .await
+        .map_err(|e| RunnerError::setup(&info.name, format!("build task failed: {e}")))?;
+        match entry {
+            Ok(e) => {
+                let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
+                Ok((Some(e.data().clone()), Some(e), used))
+            }
+            Err(addon_cache::CacheError::Build { message, .. }) => {
+                Err(RunnerError::build(&info.name, &spec_label, &message))
+            }
+            Err(other) => Err(RunnerError::setup(&info.name, other.to_string())),
+        }
+    }
+
+    /// Starts a run and follows its events to the end: stdout collected (up to the limit) or
+    /// logged, stderr logged with its tail kept, the timeout and cancellation enforced by asking
+    /// the runner to stop (SIGTERM, grace, kill). A runner that does not report the end within
+    /// the grace and some slack is a failed runner.
+    async fn follow(
+        &self,
+        runner: &Arc<dyn Runner>,
+        spec: StartSpec,
+        timeout: Duration,
+        collect: Option<u64>,
+        log: &addon_runners::LogSink,
+        cancel: &CancellationToken,
+    ) -> Result<(addon_runners::Supervised, String), RunnerError> {
+        let name = runner.info().name;
+        let started_at = Instant::now();
+        let run_id = spec.run_id.clone();
+        let mut started = runner.start(spec).await?;
+        let grace = self.config.kill_grace.0;
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        let stop_wait = tokio::time::sleep(Duration::MAX / 4);
+        tokio::pin!(stop_wait);
+        let mut stopping: Option<Ending> = None;
+        let mut out = Collector::new(collect);
+        let exit = loop {
+            tokio::select! {
+                event = started.events.recv() => match event {
+                    None => {
+                        return Err(RunnerError::Runner {
+                            runner: name.clone(),
+                            message: format!("the run {run_id} ended without reporting how (the runner went away)"),
+                        })
+                    }
+                    Some(RunEvent::Stdout(bytes)) => {
+                        if !out.stdout(&bytes, log) && stopping.is_none() {
+                            stopping = Some(Ending::StdoutTooLarge(collect.unwrap_or(0)));
+                            let _ = runner.stop(&run_id, Duration::ZERO).await;
+                            stop_wait.as_mut().reset(tokio::time::Instant::now() + addon_runners::runner::STOP_SLACK);
+                        }
+                    }
+                    Some(RunEvent::Stderr(bytes)) => out.stderr(&bytes, log),
+                    Some(RunEvent::Exited(exit)) => break exit,
+                },
+                _ = &mut deadline, if stopping.is_none() => {
+                    stopping = Some(Ending::TimedOut(timeout));
+                    if let Err(e) = runner.stop(&run_id, grace).await {
+                        tracing::warn!("{name}: stopping run {run_id}: {e}");
+                    }
+                    stop_wait.as_mut().reset(tokio::time::Instant::now() + grace + addon_runners::runner::STOP_SLACK);
+                }
+                _ = cancel.cancelled(), if stopping.is_none() => {
+                    stopping = Some(Ending::Cancelled);
+                    if let Err(e) = runner.stop(&run_id, grace).await {
+                        tracing::warn!("{name}: stopping run {run_id}: {e}");
+                    }
+                    stop_wait.as_mut().reset(tokio::time::Instant::now() + grace + addon_runners::runner::STOP_SLACK);
+                }
+                _ = &mut stop_wait => {
+                    return Err(RunnerError::Runner {
+                        runner: name.clone(),
+                        message: format!("the run {run_id} did not end within {:?} of being stopped", grace + addon_runners::runner::STOP_SLACK),
+                    })
+                }
+            }
+        };
+        let (stdout, stderr_tail) = out.finish(log);
+        let ending = stopping.unwrap_or(match exit.kind {
+            ExitKind::Code(c) => Ending::Exited(c),
+            ExitKind::Limit(why) => Ending::Limit(why),
+        });
+        let supervised = addon_runners::Supervised {
+            ending,
+            stdout,
+            stderr_tail,
+            duration: started_at.elapsed(),
+            usage: exit.usage,
+        };
+        Ok((supervised, started.sandbox))
     }
 
     /// The limits of one addon's run: configured, then per addon, then per request.
@@ -972,7 +1186,7 @@ fn impure_refusal(d: &Descriptor) -> String {
 }
 
 fn no_runner_reason(resolved: &[crate::resolve::Resolved]) -> String {
-    let parts: Vec<String> = resolved.iter().map(|r| format!("{}: {}", r.kind, r.reason)).collect();
+    let parts: Vec<String> = resolved.iter().map(|r| format!("{}: {}", r.name, r.reason)).collect();
     format!("no runner can run this addon here ({})", parts.join("; "))
 }
 
@@ -1072,6 +1286,87 @@ fn merge_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A run's output as its events arrive: stdout collected up to a limit (or logged line by line
+/// when the addon does not collect output), stderr logged line by line with its tail kept.
+struct Collector {
+    limit: Option<u64>,
+    stdout: Vec<u8>,
+    out_partial: Vec<u8>,
+    err_partial: Vec<u8>,
+    tail: std::collections::VecDeque<String>,
+}
+
+impl Collector {
+    fn new(limit: Option<u64>) -> Collector {
+        Collector {
+            limit,
+            stdout: Vec::new(),
+            out_partial: Vec::new(),
+            err_partial: Vec::new(),
+            tail: Default::default(),
+        }
+    }
+
+    /// False once stdout grew past the limit.
+    fn stdout(&mut self, bytes: &[u8], log: &addon_runners::LogSink) -> bool {
+        match self.limit {
+            Some(limit) => {
+                if self.stdout.len() as u64 + bytes.len() as u64 > limit {
+                    return false;
+                }
+                self.stdout.extend_from_slice(bytes);
+            }
+            None => {
+                self.out_partial.extend_from_slice(bytes);
+                for line in drain_lines(&mut self.out_partial) {
+                    log(LogStream::Stdout, &line);
+                }
+            }
+        }
+        true
+    }
+
+    fn stderr(&mut self, bytes: &[u8], log: &addon_runners::LogSink) {
+        self.err_partial.extend_from_slice(bytes);
+        for line in drain_lines(&mut self.err_partial) {
+            self.stderr_line(line, log);
+        }
+    }
+
+    fn stderr_line(&mut self, line: String, log: &addon_runners::LogSink) {
+        log(LogStream::Stderr, &line);
+        if self.tail.len() == addon_runners::process::STDERR_TAIL_LINES {
+            self.tail.pop_front();
+        }
+        self.tail.push_back(line);
+    }
+
+    /// The collected stdout and stderr tail, with unterminated last lines flushed.
+    fn finish(mut self, log: &addon_runners::LogSink) -> (Vec<u8>, Vec<String>) {
+        let rest = String::from_utf8_lossy(&std::mem::take(&mut self.err_partial)).trim_end().to_string();
+        if !rest.trim().is_empty() {
+            self.stderr_line(rest, log);
+        }
+        let rest = String::from_utf8_lossy(&self.out_partial);
+        if !rest.trim().is_empty() {
+            log(LogStream::Stdout, rest.trim_end());
+        }
+        (self.stdout, self.tail.into_iter().collect())
+    }
+}
+
+/// Removes and returns the complete lines at the front of `buf` (bytes, so that a character
+/// split between two chunks stays whole). Lines are capped, so a binary blob cannot grow memory.
+fn drain_lines(buf: &mut Vec<u8>) -> Vec<String> {
+    const MAX_LINE: usize = 64 * 1024;
+    let mut out = Vec::new();
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n').or((buf.len() > MAX_LINE).then_some(MAX_LINE - 1)) {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        out.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
+    }
+    out
+}
+
 /// Removes everything below `dir` that is neither a regular file nor a directory (symlinks,
 /// fifos, sockets, devices), without following links. Returns what was removed.
 fn keep_only_files(dir: &Path) -> Vec<PathBuf> {
@@ -1121,45 +1416,43 @@ fn walk_dirs(p: &Path) -> Vec<PathBuf> {
 mod tests {
     //! Resolution and fall-through decisions, with test doubles in place of real runtimes.
     use super::*;
-    use addon_runners::{Availability, Capabilities, RunnerOutcome, Supervised};
+    use addon_runners::{Availability, Capabilities, Exit, ExitKind, RunEvent, RunnerInfo, StartSpec, Started};
 
     struct Fake {
-        kind: RunnerKind,
+        name: &'static str,
+        section: Section,
         exit: i32,
-        calls: Arc<std::sync::Mutex<Vec<RunnerKind>>>,
+        calls: Arc<std::sync::Mutex<Vec<&'static str>>>,
     }
 
     #[async_trait::async_trait]
     impl Runner for Fake {
-        fn kind(&self) -> RunnerKind {
-            self.kind
-        }
-        fn capabilities(&self) -> Capabilities {
-            Capabilities {
-                isolates_network: true,
-                isolates_filesystem: true,
-                builds: false,
-                needs_daemon: false,
-                uses_sandbox: false,
+        fn info(&self) -> RunnerInfo {
+            RunnerInfo {
+                name: self.name.into(),
+                version: "0".into(),
+                serves: vec![self.section],
+                capabilities: Capabilities {
+                    isolates_network: true,
+                    isolates_filesystem: true,
+                    shares_host_filesystem: true,
+                    ..Default::default()
+                },
             }
         }
         async fn probe(&self) -> Availability {
             Availability { available: true, version: None, detail: "fake".into() }
         }
-        async fn run(&self, _launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
-            self.calls.lock().unwrap().push(self.kind);
-            Ok(RunnerOutcome {
-                supervised: Supervised {
-                    ending: Ending::Exited(self.exit),
-                    stdout: b"{}".to_vec(),
-                    stderr_tail: vec![],
-                    duration: Duration::ZERO,
-                    usage: Default::default(),
-                },
-                sandbox: "fake".into(),
-                cache: CacheUse::None,
-                build: Duration::ZERO,
-            })
+        async fn start(&self, _spec: StartSpec) -> Result<Started, RunnerError> {
+            self.calls.lock().unwrap().push(self.name);
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tx.send(RunEvent::Stdout(b"{}".to_vec())).await.unwrap();
+            let exit = Exit { kind: ExitKind::Code(self.exit), usage: Default::default() };
+            tx.send(RunEvent::Exited(exit)).await.unwrap();
+            Ok(Started { sandbox: "fake".into(), events: rx })
+        }
+        async fn stop(&self, _run_id: &str, _grace: Duration) -> Result<(), RunnerError> {
+            Ok(())
         }
     }
 
@@ -1177,17 +1470,17 @@ mod tests {
         let mut config = Config::default();
         config.working_dir = dir.join("work");
         config.cache_dir = dir.join("cache");
-        config.runner = crate::config::RunnerOrder(vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        config.runner = crate::config::RunnerOrder(vec!["docker".into(), "trivial".into()]);
         (addon, config)
     }
 
-    async fn run_with(options: &str) -> (RunReport, Vec<RunnerKind>) {
+    async fn run_with(options: &str) -> (RunReport, Vec<&'static str>) {
         let dir = tempfile::tempdir().unwrap();
         let (addon, config) = docker_and_trivial(dir.path(), options);
         let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let runners: Vec<Box<dyn Runner>> = vec![
-            Box::new(Fake { kind: RunnerKind::Docker, exit: 1, calls: calls.clone() }),
-            Box::new(Fake { kind: RunnerKind::Trivial, exit: 0, calls: calls.clone() }),
+        let runners: Vec<Arc<dyn Runner>> = vec![
+            Arc::new(Fake { name: "docker", section: Section::Docker, exit: 1, calls: calls.clone() }),
+            Arc::new(Fake { name: "trivial", section: Section::Trivial, exit: 0, calls: calls.clone() }),
         ];
         let engine = Engine::with_runners(config, runners);
         let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
@@ -1199,7 +1492,7 @@ mod tests {
     #[tokio::test]
     async fn a_pure_addon_falls_through_to_the_next_runner() {
         let (report, calls) = run_with("options: {networking: false, collectOutput: true}").await;
-        assert_eq!(calls, vec![RunnerKind::Docker, RunnerKind::Trivial]);
+        assert_eq!(calls, vec!["docker", "trivial"]);
         let a = &report.addons[0];
         assert_eq!(a.result, AddonResult::Success);
         assert_eq!(a.runner.as_deref(), Some("trivial"));
@@ -1210,7 +1503,7 @@ mod tests {
     #[tokio::test]
     async fn an_impure_addon_stops_at_the_first_failure() {
         let (report, calls) = run_with("options: {networking: true, collectOutput: true}").await;
-        assert_eq!(calls, vec![RunnerKind::Docker]);
+        assert_eq!(calls, vec!["docker"]);
         assert_eq!(report.addons[0].result, AddonResult::ExecutionError);
         assert_eq!(report.addons[0].exit_code, Some(1));
     }
@@ -1221,7 +1514,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (addon, mut config) = docker_and_trivial(dir.path(), "");
         config.sandbox = crate::config::SandboxChoice::None;
-        let engine = Engine::with_runners(config, vec![Box::new(addon_runners::trivial::TrivialRunner)]);
+        let sandboxes = Arc::new(Sandboxes::new(&sandbox_settings(&config), Arc::new(ProbeCache::new(None))));
+        let engine =
+            Engine::with_runners(config, vec![Arc::new(addon_runners::trivial::TrivialRunner::new(sandboxes))]);
         let plan = engine.plan(addon.to_str().unwrap(), None).await.unwrap();
         let docker = plan.candidates.iter().find(|c| c.runner == "docker").unwrap();
         assert!(!docker.available);

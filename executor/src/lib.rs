@@ -38,6 +38,7 @@ pub mod validate;
 
 pub use config::Config;
 pub mod engine;
+pub mod plugins;
 pub mod report;
 pub mod resolve;
 

@@ -162,13 +162,13 @@ fn parse_key_value(s: &str) -> Result<(String, String), String> {
     }
 }
 
-fn parse_runners(names: &[String]) -> anyhow::Result<Option<Vec<addon_descriptors::RunnerKind>>> {
+fn parse_runners(names: &[String], config: &Config) -> anyhow::Result<Option<Vec<String>>> {
     if names.is_empty() {
         return Ok(None);
     }
     let split: Vec<String> =
         names.iter().flat_map(|n| n.split(',')).map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
-    config::parse_runner_names(&split).map(Some).map_err(|e| anyhow::anyhow!("--runner: {e}"))
+    config::parse_runner_names(&split, &config.runner_names()).map(Some).map_err(|e| anyhow::anyhow!("--runner: {e}"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -251,7 +251,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Plan { source, runners } => {
             let config = Config::discover(cli.config.as_deref())?;
-            let runners = parse_runners(&runners)?;
+            let runners = parse_runners(&runners, &config)?;
             let engine = Engine::new(config);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let plan = rt.block_on(engine.plan(&source, runners.as_deref()))?;
@@ -398,7 +398,7 @@ fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u
             let warnings = report.diagnostics.len() - errors;
             let what = report.meta.as_ref().map(|m| format!("{} {}", m.name, m.version)).unwrap_or_else(|| src.clone());
             if report.valid {
-                let runners: Vec<&str> = report.runners.iter().map(|r| r.as_str()).collect();
+                let runners: Vec<&str> = report.runners.clone();
                 let purity = if report.pure { "pure" } else { "impure" };
                 let _ = writeln!(
                     err,
@@ -430,7 +430,7 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
     };
     let request = RunRequest {
         sources: args.sources,
-        runners: parse_runners(&args.runners)?,
+        runners: parse_runners(&args.runners, &config)?,
         user_input,
         env: args.env,
         inputs: args.inputs.into_iter().map(|(d, s)| (d, PathBuf::from(s))).collect(),

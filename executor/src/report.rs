@@ -196,5 +196,9 @@ pub struct RunnerProbe {
     pub available: bool,
     pub version: Option<String>,
     pub detail: String,
+    /// The descriptor sections it serves.
+    pub serves: Vec<String>,
+    /// Built into the engine (false: a plugin).
+    pub builtin: bool,
     pub capabilities: Option<addon_runners::Capabilities>,
 }

@@ -1,16 +1,45 @@
-//! Runner resolution: the configured order (or `--runner`), intersected with what the addon
-//! supports, skipping what this host cannot run. Every decision carries a reason, which is what
-//! `addon plan` prints.
+//! Runner resolution: the configured order of runner names (or `--runner`), intersected with the
+//! runners that serve a descriptor section the addon enables, skipping what this host cannot run.
+//! Every decision carries a reason, which is what `addon plan` prints.
 
-use addon_descriptors::{Descriptor, RunnerKind};
+use std::sync::Arc;
+
+use addon_descriptors::{Descriptor, Section};
 use addon_runners::{Isolation, Runner, SandboxKind, Sandboxes};
 
 use crate::config::SandboxChoice;
 
+/// One runner the engine knows: built in (compiled in or not) or a plugin.
+#[derive(Clone)]
+pub struct RunnerSlot {
+    pub name: String,
+    /// The descriptor sections it serves.
+    pub serves: Vec<Section>,
+    /// None: not available in this engine at all (`missing` says why).
+    pub runner: Option<Arc<dyn Runner>>,
+    pub builtin: bool,
+    pub missing: Option<String>,
+}
+
+impl std::fmt::Debug for RunnerSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunnerSlot").field("name", &self.name).field("serves", &self.serves).finish()
+    }
+}
+
+impl RunnerSlot {
+    /// The first section this runner serves that the addon enables.
+    pub fn section_for(&self, d: &Descriptor) -> Option<Section> {
+        self.serves.iter().copied().find(|s| d.enables(*s))
+    }
+}
+
 /// One runner considered for an addon.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    pub kind: RunnerKind,
+    pub name: String,
+    /// The section it would serve the addon from.
+    pub section: Option<Section>,
     pub enabled: bool,
     pub configured: bool,
     pub available: bool,
@@ -39,80 +68,79 @@ pub fn pick_sandbox(sandboxes: &Sandboxes, choice: SandboxChoice) -> Result<Sand
     }
 }
 
-/// Considers every runner that is configured or supported, configured ones first in order.
+/// Considers every runner that is configured or serves the addon, configured ones first in order.
 pub async fn resolve(
     descriptor: &Descriptor,
-    order: &[RunnerKind],
-    runners: &[Box<dyn Runner>],
+    order: &[String],
+    slots: &[RunnerSlot],
     sandboxes: &Sandboxes,
     sandbox_choice: SandboxChoice,
 ) -> Vec<Resolved> {
-    resolve_where(descriptor, order, runners, sandboxes, sandbox_choice, |_| true).await
-}
-
-/// Resolves only the kinds `want` accepts (the others are left out).
-pub async fn resolve_where(
-    descriptor: &Descriptor,
-    order: &[RunnerKind],
-    runners: &[Box<dyn Runner>],
-    sandboxes: &Sandboxes,
-    sandbox_choice: SandboxChoice,
-    want: impl Fn(RunnerKind) -> bool,
-) -> Vec<Resolved> {
-    let mut kinds: Vec<RunnerKind> = order.to_vec();
-    for k in descriptor.runners() {
-        if !kinds.contains(&k) {
-            kinds.push(k);
+    let mut names: Vec<String> = order.to_vec();
+    for slot in slots {
+        if slot.section_for(descriptor).is_some() && !names.contains(&slot.name) {
+            names.push(slot.name.clone());
         }
     }
-    let iso = Isolation { network: descriptor.networking() };
     let mut out = Vec::new();
-    for kind in kinds.into_iter().filter(|k| want(*k)) {
-        out.push({
-            let enabled = descriptor.supports(kind);
-            let configured = order.contains(&kind);
-            let runner = runners.iter().find(|r| r.kind() == kind);
-            let mut sandbox = None;
-            let (available, runnable, reason) = match runner {
-                None => (false, false, format!("the {kind} runner is not built into this engine")),
-                Some(r) => {
-                    let probe = r.probe().await;
-                    if !probe.available {
-                        (false, false, probe.detail)
-                    } else if r.capabilities().uses_sandbox {
-                        match pick_sandbox(sandboxes, sandbox_choice) {
-                            Err(why) => (false, true, why),
-                            Ok(kind) => {
-                                sandbox = Some(kind);
-                                let s = sandboxes.get(kind);
-                                match s.check(iso) {
-                                    Ok(()) if kind == SandboxKind::None => (
-                                        true,
-                                        true,
-                                        "sandbox none: runs on the bare host, with network (explicit choice)".into(),
-                                    ),
-                                    Ok(()) => (true, true, format!("sandbox {}: {}", s.name(), s.probe().detail)),
-                                    Err(e) => (false, true, e.to_string()),
-                                }
-                            }
-                        }
-                    } else {
-                        (true, true, probe.detail)
-                    }
-                }
-            };
-            let reason = match (enabled, configured) {
-                (false, _) => format!("the addon does not enable the {kind} runner"),
-                (true, false) => format!("not in the configured runner list; {reason}"),
-                _ => reason,
-            };
-            Resolved { kind, enabled, configured, available, sandbox, reason, runnable }
-        });
+    for name in names {
+        out.push(resolve_one(descriptor, &name, order, slots, sandboxes, sandbox_choice).await);
     }
     out
 }
 
-/// The candidates a run tries, in order: enabled, configured and startable.
-pub fn run_candidates(resolved: &[Resolved]) -> Vec<&Resolved> {
-    resolved.iter().filter(|r| r.enabled && r.configured && r.runnable).collect()
+/// Resolves one runner by name.
+pub async fn resolve_one(
+    descriptor: &Descriptor,
+    name: &str,
+    order: &[String],
+    slots: &[RunnerSlot],
+    sandboxes: &Sandboxes,
+    sandbox_choice: SandboxChoice,
+) -> Resolved {
+    let slot = slots.iter().find(|s| s.name == name);
+    let section = slot.and_then(|s| s.section_for(descriptor));
+    let enabled = section.is_some();
+    let configured = order.iter().any(|n| n == name);
+    let iso = Isolation { network: descriptor.networking() };
+    let mut sandbox = None;
+    let (available, runnable, reason) = match slot.map(|s| (s, &s.runner)) {
+        None => (false, false, format!("no runner is called `{name}`")),
+        Some((s, None)) => (false, false, s.missing.clone().unwrap_or_else(|| format!("`{name}` is not available"))),
+        Some((_, Some(r))) => {
+            let probe = r.probe().await;
+            if !probe.available {
+                (false, false, probe.detail)
+            } else if r.info().capabilities.uses_sandbox {
+                match pick_sandbox(sandboxes, sandbox_choice) {
+                    Err(why) => (false, true, why),
+                    Ok(kind) => {
+                        sandbox = Some(kind);
+                        let s = sandboxes.get(kind);
+                        match s.check(iso) {
+                            Ok(()) if kind == SandboxKind::None => (
+                                true,
+                                true,
+                                "sandbox none: runs on the bare host, with network (explicit choice)".into(),
+                            ),
+                            Ok(()) => (true, true, format!("sandbox {}: {}", s.name(), s.probe().detail)),
+                            Err(e) => (false, true, e.to_string()),
+                        }
+                    }
+                }
+            } else {
+                (true, true, probe.detail)
+            }
+        }
+    };
+    let reason = match (enabled, configured, slot) {
+        (false, _, Some(s)) => {
+            let served: Vec<&str> = s.serves.iter().map(|x| x.as_str()).collect();
+            format!("the addon enables no section the {name} runner serves ({})", served.join(", "))
+        }
+        (false, _, None) => reason,
+        (true, false, _) => format!("not in the configured runner list; {reason}"),
+        _ => reason,
+    };
+    Resolved { name: name.to_string(), section, enabled, configured, available, sandbox, reason, runnable }
 }

@@ -1,6 +1,6 @@
 //! `addon validate`: the report for one source.
 
-use addon_descriptors::{Diagnostic, LoadedAddon, RunnerKind, Trigger};
+use addon_descriptors::{Diagnostic, LoadedAddon, Trigger};
 use serde::Serialize;
 
 use crate::source::OpenError;
@@ -14,7 +14,8 @@ pub struct ValidationReport {
     pub digest: Option<String>,
     pub meta: Option<MetaReport>,
     pub triggers: Vec<Trigger>,
-    pub runners: Vec<RunnerKind>,
+    /// The built-in runners of the sections the addon enables (`docker`, `nix-flake`, `trivial`).
+    pub runners: Vec<&'static str>,
     pub networking: bool,
     pub collect_output: bool,
     pub pure: bool,
@@ -50,7 +51,7 @@ impl ValidationReport {
                 description: d.meta.description.clone(),
             }),
             triggers: d.map(|d| d.triggers.clone()).unwrap_or_default(),
-            runners: d.map(|d| d.runners()).unwrap_or_default(),
+            runners: d.map(|d| d.sections().into_iter().map(|s| s.builtin_runner()).collect()).unwrap_or_default(),
             networking: d.is_some_and(|d| d.networking()),
             collect_output: d.is_none_or(|d| d.collect_output()),
             pure: d.is_some_and(|d| d.pure()),

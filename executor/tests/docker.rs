@@ -184,7 +184,7 @@ fn prune_removes_entries_and_their_images() {
         Command::new(env!("CARGO_BIN_EXE_addon")).args(["cache", "ls", "--json", "--config", cfg]).output().unwrap();
     let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     let entries = ls["entries"].as_array().unwrap();
-    let image_entry = entries.iter().find(|e| e["kind"] == "docker-image").expect("an image entry");
+    let image_entry = entries.iter().find(|e| e["kind"] == "artifact").expect("an image entry");
     assert_eq!(image_entry["addon"], "dprune-1.0");
     assert!(image_entry["size"].as_u64().unwrap() > 1_000_000, "the image size counts: {image_entry}");
     assert!(entries.iter().any(|e| e["kind"] == "data"));
@@ -414,11 +414,11 @@ fn a_prune_during_a_run_keeps_its_image() {
         .unwrap();
     let pr: serde_json::Value = serde_json::from_slice(&pr.stdout).unwrap();
     let removed: Vec<&str> = pr["removed"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert!(!removed.contains(&"docker-image"), "the image of a running addon was pruned: {pr}");
+    assert!(!removed.contains(&"artifact"), "the image of a running addon was pruned: {pr}");
     let out = engine.wait_with_output().unwrap();
     assert!(out.status.success());
     let ls =
         Command::new(env!("CARGO_BIN_EXE_addon")).args(["cache", "ls", "--json", "--config", cfg]).output().unwrap();
     let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
-    assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "docker-image"), "{ls}");
+    assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "artifact"), "{ls}");
 }

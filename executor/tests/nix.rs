@@ -8,7 +8,7 @@ use std::process::Command;
 use common::*;
 
 fn store_path_of(w: &World) -> String {
-    let bucket = w.path().join("cache/nix-v1");
+    let bucket = w.path().join("cache/artifacts-v1");
     let entry = std::fs::read_dir(&bucket)
         .unwrap()
         .flatten()
@@ -16,7 +16,7 @@ fn store_path_of(w: &World) -> String {
         .unwrap();
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(entry.path().join("entry.json")).unwrap()).unwrap();
-    meta["data"]["out"].as_str().unwrap().to_string()
+    meta["data"]["reference"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -66,8 +66,8 @@ fn a_failing_flake_is_execution_failed_and_nothing_is_cached() {
     let err = a["error"].as_str().unwrap();
     assert!(err.contains("nix build failed") && err.contains("build-went-wrong"), "{err}");
     assert!(
-        !w.path().join("cache/nix-v1").exists()
-            || std::fs::read_dir(w.path().join("cache/nix-v1"))
+        !w.path().join("cache/artifacts-v1").exists()
+            || std::fs::read_dir(w.path().join("cache/artifacts-v1"))
                 .unwrap()
                 .flatten()
                 .all(|e| !e.path().join("entry.json").exists())

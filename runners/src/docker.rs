@@ -1,17 +1,17 @@
 //! The docker runner, through the Docker Engine API (bollard); Podman's compatible API works too.
 //!
 //! Images are either the descriptor's `image` (pulled only when absent) or built once from the
-//! addon's Dockerfile, tagged and labelled by the addon's content digest, and recorded in the
-//! cache: a second run of the same content does not call the build. Containers carry labels
-//! (engine, run, addon) and are removed after every run, on timeout and on cancel; containers of
-//! an engine that died are reaped when the next engine connects.
+//! addon's Dockerfile, tagged and labelled by the addon's content digest; the engine caches the
+//! build, so a second run of the same content does not call it. Containers carry labels (engine,
+//! run, addon) and are removed after every run, on timeout and on stop; containers of an engine
+//! that died are reaped by the next one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use addon_cache::{Key, Kind};
-use addon_descriptors::{normalise_relative, RunnerKind};
+use addon_descriptors::{normalise_relative, Section};
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, BuildImageOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
@@ -20,12 +20,16 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, OnceCell};
 
-use crate::process::{Ending, LogStream, Supervised, STDERR_TAIL_LINES};
+use crate::limits::{Enforcement, Envelope, Limits};
+use crate::process::{LogSink, LogStream, STDERR_TAIL_LINES};
 use crate::runner::{
-    cached_build, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome, BUILD_LOG_MARK,
+    Artifact, Availability, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner, RunnerError, RunnerInfo,
+    StartSpec, Started, BUILD_LOG_MARK,
 };
+
+pub const NAME: &str = "docker";
 
 /// Label on everything the engine creates in docker.
 pub const LABEL_MANAGED: &str = "org.addon-engine.managed";
@@ -55,18 +59,18 @@ pub struct DockerSettings {
 pub struct DockerRunner {
     settings: DockerSettings,
     client: OnceCell<Result<Docker, String>>,
-    reaped: OnceCell<()>,
+    reaped: OnceCell<u64>,
+    /// The container of each run, so that `stop` finds it.
+    containers: Arc<Mutex<HashMap<String, String>>>,
 }
 
-const KIND: RunnerKind = RunnerKind::Docker;
-
 fn setup(message: impl Into<String>) -> RunnerError {
-    RunnerError::Setup { runner: KIND, message: message.into() }
+    RunnerError::setup(NAME, message)
 }
 
 impl DockerRunner {
     pub fn new(settings: DockerSettings) -> DockerRunner {
-        DockerRunner { settings, client: OnceCell::new(), reaped: OnceCell::new() }
+        DockerRunner { settings, client: OnceCell::new(), reaped: OnceCell::new(), containers: Arc::default() }
     }
 
     /// The address used: setting, then DOCKER_HOST, then the local socket.
@@ -100,56 +104,34 @@ impl DockerRunner {
     }
 
     /// Removes containers left by dead engines, once per runner instance.
-    pub async fn reap_once(&self, docker: &Docker) {
-        self.reaped.get_or_init(|| reap(docker)).await;
+    pub async fn reap_once(&self, docker: &Docker) -> u64 {
+        *self.reaped.get_or_init(|| reap(docker)).await
     }
 
-    /// The image to run: the descriptor's, or the one built from the addon's Dockerfile. A built
-    /// image's cache entry is returned too: the caller holds it for the whole run, so that a
-    /// concurrent prune cannot remove the image of a run in progress.
-    async fn image_for(
-        &self,
-        docker: &Docker,
-        launch: &Launch,
-    ) -> Result<(String, CacheUse, Option<addon_cache::Entry<DockerImageMeta>>), RunnerError> {
-        let label = launch.label();
-        if let Some(image) = launch.descriptor.docker_image() {
-            if docker.inspect_image(image).await.is_err() {
-                tracing::info!(addon = %label, "pulling image {image}");
-                let opts = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
-                let mut pull = docker.create_image(Some(opts), None, None);
-                while let Some(step) = pull.next().await {
-                    step.map_err(|e| {
-                        setup(format!("image {image} is not present here and pulling it failed (offline?): {e}"))
-                    })?;
-                }
-            }
-            return Ok((image.to_string(), CacheUse::None, None));
+    async fn docker(&self) -> Result<&Docker, RunnerError> {
+        self.client().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })
+    }
+
+    /// The image to run: the built one, or the descriptor's (pulled only when absent).
+    async fn image(&self, docker: &Docker, spec: &StartSpec) -> Result<String, RunnerError> {
+        if let Some(artifact) = &spec.artifact {
+            return Ok(artifact.reference.clone());
         }
-        let dockerfile = launch.descriptor.dockerfile().to_string();
-        normalise_relative(&dockerfile).map_err(|why| setup(format!("runner.docker.build `{dockerfile}` {why}")))?;
-        let key = Key::new(Kind::DockerImage)
-            .with("digest", launch.digest.as_str())
-            .with("dockerfile", &dockerfile)
-            .with("docker-host", self.address());
-        let tag = image_tag(&launch.descriptor.meta.name, launch.digest.short());
-        let docker2 = docker.clone();
-        let addon_dir = launch.addon_dir.clone();
-        let log = launch.supervision.log.clone();
-        let timeout = self.settings.build_timeout;
-        let network = self.settings.build_network.clone();
-        let digest = launch.digest.to_string();
-        let (label2, tag2) = (label.clone(), tag.clone());
-        let valid_docker = docker.clone();
-        let valid = move |meta: &DockerImageMeta, _: &Path| {
-            tokio::runtime::Handle::current().block_on(valid_docker.inspect_image(&meta.id)).is_ok()
-        };
-        let entry = cached_build(KIND, launch, key, valid, move |_content| async move {
-            build(&docker2, &addon_dir, &dockerfile, &tag2, &digest, &label2, timeout, network, &log).await
-        })
-        .await?;
-        let used = if entry.hit { CacheUse::Hit } else { CacheUse::Miss };
-        Ok((entry.data().id.clone(), used, Some(entry)))
+        let image = spec
+            .descriptor
+            .docker_image()
+            .ok_or_else(|| setup(format!("{} names no image and was not built", spec.addon.label())))?;
+        if docker.inspect_image(image).await.is_err() {
+            tracing::info!(addon = %spec.addon.label(), "pulling image {image}");
+            let opts = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
+            let mut pull = docker.create_image(Some(opts), None, None);
+            while let Some(step) = pull.next().await {
+                step.map_err(|e| {
+                    setup(format!("image {image} is not present here and pulling it failed (offline?): {e}"))
+                })?;
+            }
+        }
+        Ok(image.to_string())
     }
 }
 
@@ -304,10 +286,11 @@ fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
 
 /// Removes containers whose engine is gone (labelled with a pid that no longer runs the same
 /// engine start).
-async fn reap(docker: &Docker) {
+async fn reap(docker: &Docker) -> u64 {
     let filters = HashMap::from([("label".to_string(), vec![format!("{LABEL_MANAGED}=true")])]);
     let opts = ListContainersOptions { all: true, filters: Some(filters), ..Default::default() };
-    let Ok(list) = docker.list_containers(Some(opts)).await else { return };
+    let Ok(list) = docker.list_containers(Some(opts)).await else { return 0 };
+    let mut removed = 0;
     for c in list {
         let labels = c.labels.unwrap_or_default();
         // A daemon may serve engines on other hosts; their pids mean nothing here.
@@ -321,10 +304,13 @@ async fn reap(docker: &Docker) {
         }
         if let Some(id) = c.id {
             tracing::warn!("removing container {id} left by a dead engine (pid {pid})");
-            let _ =
-                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+            let opts = RemoveContainerOptions { force: true, ..Default::default() };
+            if docker.remove_container(&id, Some(opts)).await.is_ok() {
+                removed += 1;
+            }
         }
     }
+    removed
 }
 
 fn hostname() -> String {
@@ -349,17 +335,21 @@ pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), String> {
 
 #[async_trait::async_trait]
 impl Runner for DockerRunner {
-    fn kind(&self) -> RunnerKind {
-        KIND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            isolates_network: true,
-            isolates_filesystem: true,
-            builds: true,
-            needs_daemon: true,
-            uses_sandbox: false,
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            serves: vec![Section::Docker],
+            capabilities: Capabilities {
+                isolates_network: true,
+                isolates_filesystem: true,
+                builds: true,
+                needs_daemon: true,
+                uses_sandbox: false,
+                shares_host_filesystem: true,
+                enforces_limits: true,
+                measures_resources: true,
+            },
         }
     }
 
@@ -397,25 +387,54 @@ impl Runner for DockerRunner {
         }
     }
 
-    async fn release(&self, entry: &addon_cache::EntryInfo) -> Result<(), String> {
-        if entry.kind != Kind::DockerImage {
-            return Ok(());
+    fn cache_key(&self, spec: &BuildSpec) -> Option<BTreeMap<String, String>> {
+        if spec.descriptor.docker_image().is_some() {
+            return None; // a named image is run as is
         }
-        let meta = entry.data::<DockerImageMeta>().ok_or("the entry's record is damaged; its image is left")?;
-        let docker = self.client().await?;
-        remove_image(docker, &meta.id).await
+        Some(BTreeMap::from([
+            ("digest".to_string(), spec.addon.digest.clone()),
+            ("dockerfile".to_string(), spec.descriptor.dockerfile().to_string()),
+            ("docker-host".to_string(), self.address()),
+        ]))
     }
 
-    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
-        let docker = self.client().await.map_err(|detail| RunnerError::Unavailable { runner: KIND, detail })?;
-        let building = Instant::now();
-        let (image, _) = tokio::join!(self.image_for(docker, launch), self.reap_once(docker));
-        let (image, cache, _image_entry) = image?;
-        let build = building.elapsed();
-        let started = Instant::now();
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        let docker = self.docker().await?;
+        let dockerfile = spec.descriptor.dockerfile().to_string();
+        normalise_relative(&dockerfile).map_err(|why| setup(format!("runner.docker.build `{dockerfile}` {why}")))?;
+        let label = spec.addon.label();
+        let tag = image_tag(&spec.addon.name, spec.addon.short_digest());
+        let s = &self.settings;
+        let meta = build(
+            docker,
+            &spec.addon_dir,
+            &dockerfile,
+            &tag,
+            &spec.addon.digest,
+            &label,
+            s.build_timeout,
+            s.build_network.clone(),
+            &log,
+        )
+        .await
+        .map_err(|message| RunnerError::build(NAME, &label, &message))?;
+        Ok(Artifact { reference: meta.id, size: meta.size, data: serde_json::json!({ "image": meta.image }) })
+    }
+
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        match self.client().await {
+            Ok(docker) => docker.inspect_image(&artifact.reference).await.is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let docker = self.docker().await?;
+        self.reap_once(docker).await;
+        let image = self.image(docker, &spec).await?;
         // The image's own HOME is kept, as Docspell does: images often pre-compile into it.
-        let env: Vec<String> = launch
-            .env(&crate::sandbox::Mounts::mnt(), true)
+        let env: Vec<String> = spec
+            .env_in(&crate::sandbox::Mounts::mnt(), true)
             .into_iter()
             .filter(|(k, _)| k != "PATH") // the image's PATH, not the host's
             .map(|(k, v)| format!("{k}={v}"))
@@ -434,27 +453,25 @@ impl Runner for DockerRunner {
             (LABEL_ENGINE_PID.to_string(), me.to_string()),
             (LABEL_ENGINE_START.to_string(), process_start(me).unwrap_or_default()),
             (LABEL_ENGINE_HOST.to_string(), hostname()),
-            (
-                LABEL_RUN.to_string(),
-                launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default(),
-            ),
-            (LABEL_ADDON.to_string(), launch.label()),
+            (LABEL_RUN.to_string(), spec.run_id.clone()),
+            (LABEL_ADDON.to_string(), spec.addon.label()),
         ]);
         let bind = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
+        let limits = spec.limits;
         let body = ContainerCreateBody {
             image: Some(image.clone()),
-            cmd: Some(launch.args.clone()),
+            cmd: Some(spec.args.clone()),
             env: Some(env),
             working_dir: Some("/mnt/work".into()),
             user,
             labels: Some(labels),
             host_config: Some(HostConfig {
                 binds: Some(vec![
-                    bind(&launch.work_dir, "/mnt/work"),
-                    bind(&launch.output_dir, "/mnt/output"),
-                    bind(&launch.cache_dir, "/mnt/cache"),
+                    bind(&spec.dirs.work, "/mnt/work"),
+                    bind(&spec.dirs.output, "/mnt/output"),
+                    bind(&spec.dirs.cache, "/mnt/cache"),
                 ]),
-                network_mode: Some(if launch.descriptor.networking() { "host" } else { "none" }.into()),
+                network_mode: Some(if spec.network { "host" } else { "none" }.into()),
                 // Least privilege: no new privileges (setuid binaries stay what they are), and of
                 // Docker's default capabilities only those an addon needs to write its mounted
                 // directories as its image's user (no raw sockets, mknod, chroot, ...). The
@@ -465,10 +482,10 @@ impl Runner for DockerRunner {
                 // The envelope, through the runtime: memory without swap beyond it, processes and
                 // CPU. (No ulimits: naming one makes Podman replace its configured defaults with
                 // values the host refuses; the output size is watched on the mounts instead.)
-                memory: launch.limits.memory.map(|m| m as i64),
-                memory_swap: launch.limits.memory.map(|m| m as i64),
-                pids_limit: launch.limits.pids.map(|p| p as i64),
-                nano_cpus: launch.limits.cpus.map(|c| (c * 1e9) as i64),
+                memory: limits.memory.map(|m| m as i64),
+                memory_swap: limits.memory.map(|m| m as i64),
+                pids_limit: limits.pids.map(|p| p as i64),
+                nano_cpus: limits.cpus.map(|c| (c * 1e9) as i64),
                 ..Default::default()
             }),
             ..Default::default()
@@ -478,105 +495,142 @@ impl Runner for DockerRunner {
             .await
             .map_err(|e| setup(format!("creating a container from {image}: {e}")))?;
         let id = created.id;
-        let result = supervise_container(docker, &id, launch, started).await;
-        // Removed on every path: success, failure, timeout, cancel. (Not auto-remove: Podman
-        // removes such a container before its exit code can be read.)
-        if let Err(e) =
-            docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await
-        {
-            tracing::warn!(addon = %launch.label(), "removing container {id}: {e}");
+        let remove = |docker: Docker, id: String| async move {
+            // Removed on every path. (Not auto-remove: Podman removes such a container before its
+            // exit code can be read.)
+            if let Err(e) =
+                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await
+            {
+                tracing::warn!("removing container {id}: {e}");
+            }
+        };
+        // The streams are attached before the container starts, as the docker CLI does: following
+        // the logs after `start` misses the last unterminated writes of a short-lived container on
+        // Docker 20.10 (an addon's JSON, printed without a newline just before it exits).
+        let attach =
+            AttachContainerOptions { stdout: true, stderr: true, stream: true, logs: false, ..Default::default() };
+        let output = match docker.attach_container(&id, Some(attach)).await {
+            Ok(a) => a.output,
+            Err(e) => {
+                remove(docker.clone(), id.clone()).await;
+                return Err(setup(format!("attaching to container {id}: {e}")));
+            }
+        };
+        if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
+            remove(docker.clone(), id.clone()).await;
+            return Err(setup(format!("starting container {id}: {e}")));
         }
-        let supervised = result?;
-        Ok(RunnerOutcome { supervised, sandbox: "docker".into(), cache, build })
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), id.clone());
+        let (tx, rx) = mpsc::channel(64);
+        let docker = docker.clone();
+        let containers = self.containers.clone();
+        let run_id = spec.run_id.clone();
+        let watched = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache].map(|p| p.to_path_buf()).to_vec();
+        tokio::spawn(async move {
+            let exit = follow(&docker, &id, output, &tx, limits, watched).await;
+            containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+            remove(docker, id).await;
+            let _ = tx.send(RunEvent::Exited(exit)).await;
+        });
+        Ok(Started { sandbox: "docker".into(), events: rx })
+    }
+
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
+        let Some(id) = self.containers.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).cloned() else {
+            return Ok(()); // already ended
+        };
+        let docker = self.docker().await?;
+        let t = grace.as_secs() as i32;
+        let _ = docker.stop_container(&id, Some(StopContainerOptions { t: Some(t), ..Default::default() })).await;
+        Ok(())
+    }
+
+    async fn release(&self, artifact: &Artifact) -> Result<(), RunnerError> {
+        let docker = self.docker().await?;
+        remove_image(docker, &artifact.reference)
+            .await
+            .map_err(|e| setup(format!("removing image {}: {e}", artifact.reference)))
+    }
+
+    async fn reap(&self) -> Result<u64, RunnerError> {
+        let docker = self.docker().await?;
+        Ok(reap(docker).await)
     }
 }
 
-/// Attaches to the container's output, starts it and follows it to the end.
-///
-/// The streams are attached before the container starts, as the docker CLI does: following the
-/// logs after `start` misses the last unterminated writes of a short-lived container on Docker
-/// 20.10 (an addon's JSON, printed without a newline just before it exits). Should the attached
-/// stream break anyway, the output is read again in full from the logs after the exit: a run is
+type OutputStream = std::pin::Pin<
+    Box<dyn futures_util::Stream<Item = Result<bollard::container::LogOutput, bollard::errors::Error>> + Send>,
+>;
+
+/// Follows a started container to its end: its output as events, its limits watched (output
+/// size on the mounts, processes from the runtime's statistics), and how it ended. Should the
+/// attached stream break, the output is read again in full from the logs after the exit: a run is
 /// never judged on a stream that may be cut.
-async fn supervise_container(
+async fn follow(
     docker: &Docker,
     id: &str,
-    launch: &Launch,
-    started: Instant,
-) -> Result<Supervised, RunnerError> {
-    let sup = &launch.supervision;
-    let attach = AttachContainerOptions { stdout: true, stderr: true, stream: true, logs: false, ..Default::default() };
-    let mut output = docker
-        .attach_container(id, Some(attach))
-        .await
-        .map_err(|e| setup(format!("attaching to container {id}: {e}")))?
-        .output;
-    docker
-        .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
-        .await
-        .map_err(|e| setup(format!("starting container {id}: {e}")))?;
-    let mut collected = Collected::new(sup.collect_stdout);
-    let mut broken = None;
-    // The output limit is watched on the mounted directories, as for host sandboxes; memory,
-    // processes and CPU are sampled from the runtime's statistics.
-    let watched = [&launch.work_dir, &launch.output_dir, &launch.cache_dir].map(|p| p.to_path_buf()).to_vec();
-    let only_output = crate::limits::Limits { output_size: launch.limits.output_size, ..Default::default() };
-    let no_cgroup = crate::limits::Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
-    let mut envelope = crate::limits::Envelope::new(id, only_output, &no_cgroup, watched).map_err(setup)?;
+    mut output: OutputStream,
+    tx: &mpsc::Sender<RunEvent>,
+    limits: Limits,
+    watched: Vec<std::path::PathBuf>,
+) -> Exit {
+    let only_output = Limits { output_size: limits.output_size, ..Default::default() };
+    let no_cgroup = Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
+    let mut envelope = match Envelope::new(id, only_output, &no_cgroup, watched) {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::warn!("container {id}: the output size is not watched: {e}");
+            None
+        }
+    };
     // Files the container's processes hold open after unlinking them count too.
     let inspected = docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await;
-    if let Some(pid) = inspected.ok().and_then(|c| c.state).and_then(|s| s.pid).filter(|p| *p > 0) {
-        envelope.set_root_pid(pid as i32);
+    if let (Some(env), Some(pid)) =
+        (envelope.as_mut(), inspected.ok().and_then(|c| c.state).and_then(|s| s.pid).filter(|p| *p > 0))
+    {
+        env.set_root_pid(pid as i32);
     }
     let mut sampled = Sampled::default();
     // The runtime streams statistics about once a second; the limits are checked more often.
     let mut stats = docker.stats(id, Some(bollard::query_parameters::StatsOptions { stream: true, one_shot: false }));
     let mut tick = tokio::time::interval(Duration::from_millis(150));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let read = async {
-        while let Some(item) = output.next().await {
-            match item {
-                Ok(chunk) => {
-                    if !collected.take(chunk, sup) {
-                        break; // over the stdout limit
+    let mut broken = None;
+    let mut breach = None;
+    let mut sent_stdout = 0u64;
+    loop {
+        tokio::select! {
+            item = output.next() => match item {
+                None => break,
+                Some(Ok(chunk)) => {
+                    let event = match chunk {
+                        bollard::container::LogOutput::StdOut { message } | bollard::container::LogOutput::Console { message } => {
+                            sent_stdout += message.len() as u64;
+                            RunEvent::Stdout(message.to_vec())
+                        }
+                        bollard::container::LogOutput::StdErr { message } => RunEvent::Stderr(message.to_vec()),
+                        bollard::container::LogOutput::StdIn { .. } => continue,
+                    };
+                    if tx.send(event).await.is_err() {
+                        break;
                     }
                 }
-                Err(e) => {
+                Some(Err(e)) => {
                     broken = Some(e.to_string());
                     break;
                 }
-            }
-        }
-    };
-    tokio::pin!(read);
-    let deadline = tokio::time::sleep(sup.timeout);
-    tokio::pin!(deadline);
-    let mut ending = None;
-    loop {
-        tokio::select! {
-            _ = &mut read => break,
-            _ = &mut deadline => { ending = Some(Ending::TimedOut(sup.timeout)); break }
-            _ = sup.cancel.cancelled() => { ending = Some(Ending::Cancelled); break }
+            },
             Some(Ok(s)) = stats.next() => sampled.take(s),
-            _ = tick.tick() => {
-                let breach = envelope.check().map(|b| b.to_string()).or_else(|| sampled.pids_breach(launch.limits.pids));
-                if let Some(why) = breach {
-                    ending = Some(Ending::Limit(why));
-                    break;
+            _ = tick.tick(), if breach.is_none() => {
+                let b = envelope.as_mut().and_then(|e| e.check()).map(|b| b.to_string()).or_else(|| sampled.pids_breach(limits.pids));
+                if let Some(why) = b {
+                    // A breached limit gets no grace: the addon would go on filling the disk or
+                    // forking.
+                    let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(0), ..Default::default() })).await;
+                    breach = Some(why);
                 }
             }
         }
-    }
-    if collected.overflow {
-        ending = Some(Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0)));
-    }
-    if let Some(e) = ending {
-        // A breached limit gets no grace: the addon would go on filling the disk or forking.
-        let grace = if matches!(e, Ending::Limit(_)) { 0 } else { sup.kill_grace.as_secs().max(1) as i32 };
-        let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(grace), ..Default::default() })).await;
-        let (stdout, tail) = collected.finish(sup);
-        let usage = sampled.usage(false);
-        return Ok(Supervised { ending: e, stdout, stderr_tail: tail, duration: started.elapsed(), usage });
     }
     let code = match docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await {
         Some(Ok(r)) => r.status_code,
@@ -584,21 +638,20 @@ async fn supervise_container(
         _ => -1,
     };
     if let Some(why) = broken {
-        tracing::warn!(addon = %launch.label(), "the attached output stream of container {id} broke ({why}); reading its logs in full");
-        collected = Collected::new(sup.collect_stdout);
+        tracing::warn!("the attached output stream of container {id} broke ({why}); reading its logs in full");
         let opts = LogsOptions { follow: false, stdout: true, stderr: true, ..Default::default() };
         let mut logs = docker.logs(id, Some(opts));
-        while let Some(item) = logs.next().await {
-            let chunk = item.map_err(|e| setup(format!("reading the logs of container {id}: {e}")))?;
-            if !collected.take(chunk, sup) {
-                break;
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = logs.next().await {
+            // What the attached stream already delivered is not sent twice.
+            if let bollard::container::LogOutput::StdOut { message } = chunk {
+                let len = message.len() as u64;
+                if seen + len > sent_stdout {
+                    let skip = sent_stdout.saturating_sub(seen) as usize;
+                    let _ = tx.send(RunEvent::Stdout(message[skip.min(message.len())..].to_vec())).await;
+                }
+                seen += len;
             }
-        }
-        if collected.overflow {
-            let (stdout, tail) = collected.finish(sup);
-            let ending = Ending::StdoutTooLarge(sup.collect_stdout.unwrap_or(0));
-            let usage = sampled.usage(false);
-            return Ok(Supervised { ending, stdout, stderr_tail: tail, duration: started.elapsed(), usage });
         }
     }
     // The kernel's OOM killer ended it when the runtime says so (read before removal).
@@ -609,15 +662,11 @@ async fn supervise_container(
         .and_then(|c| c.state)
         .and_then(|s| s.oom_killed)
         .unwrap_or(false);
-    let (stdout, tail) = collected.finish(sup);
-    let usage = sampled.usage(oom);
-    Ok(Supervised {
-        ending: Ending::Exited(code as i32),
-        stdout,
-        stderr_tail: tail,
-        duration: started.elapsed(),
-        usage,
-    })
+    let kind = match breach {
+        Some(why) => ExitKind::Limit(why),
+        None => ExitKind::Code(code as i32),
+    };
+    Exit { kind, usage: sampled.usage(oom) }
 }
 
 /// What the runtime's statistics said while the container ran (a container's statistics are
@@ -656,102 +705,5 @@ impl Sampled {
             oom_kills: u64::from(oom),
             pids_refused: 0,
         }
-    }
-}
-
-/// A container's output as it arrives: stdout collected (up to the limit) or logged, stderr
-/// logged line by line with its tail kept.
-struct Collected {
-    limit: Option<u64>,
-    stdout: Vec<u8>,
-    stdout_partial: Vec<u8>,
-    stderr_partial: Vec<u8>,
-    tail: std::collections::VecDeque<String>,
-    overflow: bool,
-}
-
-impl Collected {
-    fn new(limit: Option<u64>) -> Collected {
-        Collected {
-            limit,
-            stdout: Vec::new(),
-            stdout_partial: Vec::new(),
-            stderr_partial: Vec::new(),
-            tail: Default::default(),
-            overflow: false,
-        }
-    }
-
-    /// Takes one chunk; false once stdout went over the limit.
-    fn take(&mut self, chunk: bollard::container::LogOutput, sup: &crate::process::Supervision) -> bool {
-        use bollard::container::LogOutput;
-        match chunk {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => match self.limit {
-                Some(l) => {
-                    if self.stdout.len() as u64 + message.len() as u64 > l {
-                        self.overflow = true;
-                        return false;
-                    }
-                    self.stdout.extend_from_slice(&message);
-                }
-                None => {
-                    self.stdout_partial.extend_from_slice(&message);
-                    for line in drain_lines(&mut self.stdout_partial) {
-                        (sup.log)(LogStream::Stdout, &line);
-                    }
-                }
-            },
-            LogOutput::StdErr { message } => {
-                self.stderr_partial.extend_from_slice(&message);
-                for line in drain_lines(&mut self.stderr_partial) {
-                    self.stderr_line(line, sup);
-                }
-            }
-            LogOutput::StdIn { .. } => {}
-        }
-        true
-    }
-
-    fn stderr_line(&mut self, line: String, sup: &crate::process::Supervision) {
-        (sup.log)(LogStream::Stderr, &line);
-        if self.tail.len() == STDERR_TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
-    }
-
-    /// The collected stdout and stderr tail, with unterminated last lines flushed.
-    fn finish(mut self, sup: &crate::process::Supervision) -> (Vec<u8>, Vec<String>) {
-        let rest = String::from_utf8_lossy(&std::mem::take(&mut self.stderr_partial)).trim_end().to_string();
-        if !rest.trim().is_empty() {
-            self.stderr_line(rest, sup);
-        }
-        let rest = String::from_utf8_lossy(&self.stdout_partial);
-        if !rest.trim().is_empty() {
-            (sup.log)(LogStream::Stdout, rest.trim_end());
-        }
-        (self.stdout, self.tail.into_iter().collect())
-    }
-}
-
-/// Removes and returns the complete lines at the front of `buf` (bytes, so that a character
-/// split between two chunks stays whole).
-fn drain_lines(buf: &mut Vec<u8>) -> Vec<String> {
-    let mut out = Vec::new();
-    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-        let line: Vec<u8> = buf.drain(..=pos).collect();
-        out.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tags_are_valid_image_names() {
-        assert_eq!(image_tag("My Addon", "0123456789ab"), "addon-my-addon:0123456789ab");
-        assert_eq!(image_tag("rotate-pdf-addon", "abc"), "addon-rotate-pdf-addon:abc");
     }
 }

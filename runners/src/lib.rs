@@ -1,10 +1,12 @@
 //! Runners and sandboxes: how to build and start one addon in one runtime, and nothing about
 //! choosing between them (the executor does that from the declared [`Capabilities`]).
 //!
-//! Adding a runner is one new module implementing [`Runner`] and one line in [`registry`].
+//! Every runner, built in or a plugin, is a [`Runner`] made by a [`Factory`] of the registry.
+//! Adding a built-in runner is one new module and one line in [`builtin_factories`].
 
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod host;
 pub mod limits;
 #[cfg(feature = "nix")]
 pub mod nix;
@@ -14,31 +16,82 @@ pub mod runner;
 pub mod sandbox;
 pub mod trivial;
 
+use std::sync::Arc;
+
+use addon_descriptors::Section;
+
 pub use limits::{Breach, Enforcement, Limits, Usage};
 pub use probe::{Probe, ProbeCache};
 pub use process::{Ending, LogSink, LogStream, NoiseFilter, Supervised, Supervision};
-pub use runner::{Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
+pub use runner::{
+    AddonRef, Artifact, Availability, BuildSpec, CacheUse, Capabilities, Exit, ExitKind, RunDirs, RunEvent, Runner,
+    RunnerError, RunnerInfo, StartSpec, Started,
+};
 pub use sandbox::{Isolation, Mounts, Sandbox, SandboxError, SandboxKind, SandboxSettings, Sandboxes};
 
-/// Settings of the runners that have any.
+/// Settings of the built-in runners that have any.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Remembered probe results, shared by the engine's runners and sandboxes.
-    pub probes: std::sync::Arc<ProbeCache>,
     #[cfg(feature = "docker")]
     pub docker: docker::DockerSettings,
     #[cfg(feature = "nix")]
     pub nix: nix::NixSettings,
 }
 
-/// Every runner compiled into this engine.
-pub fn registry(settings: &Settings) -> Vec<Box<dyn Runner>> {
-    let _ = settings;
+/// What a factory makes a runner from: the engine's sandboxes and probe cache, and settings.
+#[derive(Debug, Clone)]
+pub struct RunnerContext {
+    pub sandboxes: Arc<Sandboxes>,
+    pub probes: Arc<ProbeCache>,
+    pub settings: Settings,
+}
+
+/// A runner's constructor.
+pub type MakeRunner = fn(&RunnerContext) -> Arc<dyn Runner>;
+
+/// Makes one kind of runner.
+#[derive(Clone, Copy)]
+pub struct Factory {
+    /// The runner's name in `runner:` and `--runner`.
+    pub name: &'static str,
+    /// The descriptor sections it serves.
+    pub serves: &'static [Section],
+    /// None when the runner is not compiled into this engine.
+    pub make: Option<MakeRunner>,
+}
+
+impl std::fmt::Debug for Factory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Factory").field("name", &self.name).field("built", &self.make.is_some()).finish()
+    }
+}
+
+/// The built-in runners, compiled in or not (a configuration may name one that is not; it is
+/// then reported as not built into this engine).
+pub fn builtin_factories() -> Vec<Factory> {
     vec![
-        #[cfg(feature = "docker")]
-        Box::new(docker::DockerRunner::new(settings.docker.clone())),
-        #[cfg(feature = "nix")]
-        Box::new(nix::NixRunner::new(settings.nix.clone(), settings.probes.clone())),
-        Box::new(trivial::TrivialRunner),
+        Factory {
+            name: "docker",
+            serves: &[Section::Docker],
+            #[cfg(feature = "docker")]
+            make: Some(|ctx| Arc::new(docker::DockerRunner::new(ctx.settings.docker.clone()))),
+            #[cfg(not(feature = "docker"))]
+            make: None,
+        },
+        Factory {
+            name: "nix-flake",
+            serves: &[Section::Nix],
+            #[cfg(feature = "nix")]
+            make: Some(|ctx| {
+                Arc::new(nix::NixRunner::new(ctx.settings.nix.clone(), ctx.probes.clone(), ctx.sandboxes.clone()))
+            }),
+            #[cfg(not(feature = "nix"))]
+            make: None,
+        },
+        Factory {
+            name: "trivial",
+            serves: &[Section::Trivial],
+            make: Some(|ctx| Arc::new(trivial::TrivialRunner::new(ctx.sandboxes.clone()))),
+        },
     ]
 }

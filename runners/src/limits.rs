@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use cgroups_rs::cgroup_builder::CgroupBuilder;
 use cgroups_rs::{Cgroup, MaxValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What one run may use. `None`: unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
     /// Bytes of memory (RAM; no swap beyond it).
     pub memory: Option<u64>,
@@ -28,7 +28,7 @@ pub struct Limits {
 }
 
 /// What a run used, as far as it could be measured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub peak_memory_bytes: Option<u64>,
     pub cpu_ms: Option<u64>,

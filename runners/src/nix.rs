@@ -5,23 +5,24 @@
 //! Docspell evaluates the flake on every run and ignores a failed build; here a cache hit does not
 //! call nix at all, and a failed build is `execution-failed` with the tail of its log.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use addon_cache::{Key, Kind};
-use addon_descriptors::RunnerKind;
-use serde::{Deserialize, Serialize};
+use addon_descriptors::Section;
 
+use crate::host::HostRuns;
 use crate::probe::{Probe, ProbeCache};
-use crate::process::{supervise, Ending, Supervision};
+use crate::process::{supervise, Ending, LogSink, Supervision};
 use crate::runner::{
-    cached_build, run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome,
+    Artifact, Availability, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo, StartSpec, Started,
     BUILD_LOG_MARK,
 };
 use crate::sandbox::ns::NsPlan;
+use crate::sandbox::Sandboxes;
 
-const KIND: RunnerKind = RunnerKind::NixFlake;
+pub const NAME: &str = "nix-flake";
 const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
 
 #[derive(Debug, Clone)]
@@ -35,54 +36,17 @@ pub struct NixSettings {
 pub struct NixRunner {
     settings: NixSettings,
     probes: Arc<ProbeCache>,
+    sandboxes: Arc<Sandboxes>,
+    runs: Arc<HostRuns>,
 }
 
 fn setup(message: impl Into<String>) -> RunnerError {
-    RunnerError::Setup { runner: KIND, message: message.into() }
+    RunnerError::setup(NAME, message)
 }
-
-/// What the nix cache entry records.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NixBuildMeta {
-    /// The output store path.
-    pub out: PathBuf,
-}
-
-impl addon_cache::EntryData for NixBuildMeta {}
 
 impl NixRunner {
-    pub fn new(settings: NixSettings, probes: Arc<ProbeCache>) -> NixRunner {
-        NixRunner { settings, probes }
-    }
-
-    /// Builds the flake, or finds its result in the cache. Returns the store path and cache use.
-    async fn realise(
-        &self,
-        launch: &Launch,
-    ) -> Result<(PathBuf, CacheUse, addon_cache::Entry<NixBuildMeta>), RunnerError> {
-        let s = &self.settings;
-        let key = Key::new(Kind::NixBuild)
-            .with("digest", launch.digest.as_str())
-            .with("nix-binary", &s.nix_binary)
-            .with("extra-args", s.extra_args.join("\u{1f}"));
-        let settings = s.clone();
-        let addon_dir = launch.addon_dir.clone();
-        let supervision = launch.supervision.clone();
-        let valid = |meta: &NixBuildMeta, _: &Path| meta.out.is_dir();
-        let e = cached_build(KIND, launch, key, valid, move |_content| async move {
-            build(&settings, &addon_dir, &supervision).await
-        })
-        .await?;
-        let out = e.data().out.clone();
-        let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
-        // `result` is the GC root. It must point at the entry's final place (the build ran in a
-        // temporary folder that was renamed), so it is added here, and re-added if an earlier
-        // engine died before adding it.
-        let link = e.content().join("result");
-        if std::fs::symlink_metadata(&link).is_err() {
-            add_gc_root(&self.settings, &link, &out).await.map_err(setup)?;
-        }
-        Ok((out, used, e))
+    pub fn new(settings: NixSettings, probes: Arc<ProbeCache>, sandboxes: Arc<Sandboxes>) -> NixRunner {
+        NixRunner { settings, probes, sandboxes, runs: Arc::default() }
     }
 }
 
@@ -168,25 +132,24 @@ fn group_exists(name: &str) -> bool {
     unsafe { !libc::getgrnam(c.as_ptr()).is_null() }
 }
 
-/// `nix build path:<addon>#default --no-link --json`, supervised like an addon (timeout, cancel,
-/// the whole process tree stopped); returns the output store path.
-async fn build(s: &NixSettings, addon_dir: &Path, run: &Supervision) -> Result<NixBuildMeta, String> {
+/// `nix build path:<addon>#default --no-link --json`, supervised like an addon (timeout; the
+/// whole process tree is stopped when the future is dropped); returns the output store path.
+async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBuf, String> {
     let mut cmd = tokio::process::Command::new(&s.nix_binary);
     cmd.args(FEATURES)
         .arg("build")
         .arg(format!("path:{}#default", addon_dir.display()))
         .args(["--no-link", "--json"])
         .args(&s.extra_args);
-    // Its own PID namespace: a timeout or cancel kills nix and every builder it started.
     // nix reads /proc/<pid> of its builders, so the namespace gets a /proc of its own.
     NsPlan::pid_only().with_fresh_proc().install(&mut cmd);
-    let log = run.log.clone();
     let supervision = Supervision {
         timeout: s.build_timeout,
+        kill_grace: Duration::from_secs(2),
         collect_stdout: Some(1 << 20),
         log: Arc::new(move |stream, line: &str| log(stream, &format!("nix: {line}"))),
+        cancel: tokio_util::sync::CancellationToken::new(),
         noise: None,
-        ..run.clone()
     };
     let done = supervise(cmd, &supervision).await.map_err(|e| format!("cannot start {}: {e}", s.nix_binary))?;
     let tail = done.stderr_tail.join("\n");
@@ -200,7 +163,7 @@ async fn build(s: &NixSettings, addon_dir: &Path, run: &Supervision) -> Result<N
                 humantime_secs(t)
             ))
         }
-        Ending::Cancelled => return Err("the run was cancelled during the nix build; it was stopped".into()),
+        Ending::Cancelled => return Err("the nix build was cancelled; it was stopped".into()),
         Ending::StdoutTooLarge(n) => return Err(format!("nix build printed more than {n} bytes of JSON")),
         Ending::Limit(why) => return Err(format!("nix build stopped: {why}")),
     }
@@ -209,7 +172,7 @@ async fn build(s: &NixSettings, addon_dir: &Path, run: &Supervision) -> Result<N
         serde_json::from_str(&out).map_err(|e| format!("nix build printed no JSON ({e}): {out}"))?;
     let store_path =
         parsed[0]["outputs"]["out"].as_str().ok_or_else(|| format!("nix build JSON names no `out` output: {out}"))?;
-    Ok(NixBuildMeta { out: PathBuf::from(store_path) })
+    Ok(PathBuf::from(store_path))
 }
 
 fn humantime_secs(d: Duration) -> String {
@@ -263,17 +226,19 @@ fn program_of(out: &Path) -> Result<PathBuf, String> {
 
 #[async_trait::async_trait]
 impl Runner for NixRunner {
-    fn kind(&self) -> RunnerKind {
-        KIND
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            isolates_network: false,
-            isolates_filesystem: false,
-            builds: true,
-            needs_daemon: false,
-            uses_sandbox: true,
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            serves: vec![Section::Nix],
+            capabilities: Capabilities {
+                builds: true,
+                uses_sandbox: true,
+                shares_host_filesystem: true,
+                enforces_limits: true,
+                measures_resources: true,
+                ..Capabilities::default()
+            },
         }
     }
 
@@ -284,14 +249,45 @@ impl Runner for NixRunner {
         Availability { available: p.available, version: p.version, detail: p.detail }
     }
 
-    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
-        let building = std::time::Instant::now();
-        let (out, cache, entry) = self.realise(launch).await?;
-        let build = building.elapsed();
+    fn cache_key(&self, spec: &BuildSpec) -> Option<BTreeMap<String, String>> {
+        let s = &self.settings;
+        Some(BTreeMap::from([
+            ("digest".to_string(), spec.addon.digest.clone()),
+            ("nix-binary".to_string(), s.nix_binary.clone()),
+            ("extra-args".to_string(), s.extra_args.join("\u{1f}")),
+        ]))
+    }
+
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        let out = build(&self.settings, &spec.addon_dir, log)
+            .await
+            .map_err(|message| RunnerError::build(NAME, &spec.addon.label(), &message))?;
+        Ok(Artifact { reference: out.display().to_string(), size: 0, data: serde_json::Value::Null })
+    }
+
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        Path::new(&artifact.reference).is_dir()
+    }
+
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let artifact = spec.artifact.as_ref().ok_or_else(|| setup("started without its build result"))?;
+        let out = PathBuf::from(&artifact.reference);
+        // `result` in the cache entry is the GC root. It must point at the entry's final place
+        // (the build ran in a temporary folder that was renamed), so it is added here, and
+        // re-added if an earlier engine died before adding it.
+        if let Some(dir) = &spec.artifact_dir {
+            let link = dir.join("result");
+            if std::fs::symlink_metadata(&link).is_err() {
+                add_gc_root(&self.settings, &link, &out).await.map_err(setup)?;
+            }
+        }
         let program = program_of(&out).map_err(setup)?;
-        tracing::info!(addon = %launch.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
-        let supervised = run_sandboxed(KIND, launch, &program, &[PathBuf::from("/nix/store")]).await?;
-        drop(entry); // held for the whole run, so that a concurrent prune cannot remove it
-        Ok(RunnerOutcome { supervised, sandbox: launch.sandbox.name().to_string(), cache, build })
+        tracing::info!(addon = %spec.addon.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
+        crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[PathBuf::from("/nix/store")])
+    }
+
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
+        self.runs.stop(run_id, grace);
+        Ok(())
     }
 }

@@ -1,28 +1,51 @@
-//! The runner boundary: one small trait, declared capabilities, and the launch description the
-//! executor hands over.
+//! The runner boundary: one trait with a lifecycle split into steps (probe, cache key, build,
+//! start, stop, release, reap) over plain, serialisable specs, so that a runner can live in this
+//! process or in another one (see the `addon-runner-protocol` crate). The engine keeps the cache,
+//! the locks and the timeouts; a runner builds what it is asked, starts a run and streams its
+//! events (stdout, stderr, then the exit).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use addon_descriptors::{ContentDigest, Descriptor, RunnerKind};
-use serde::Serialize;
+use addon_descriptors::{Descriptor, Section};
+use serde::{Deserialize, Serialize};
 
-use crate::limits::{Enforcement, Envelope, Limits};
-use crate::process::{Supervised, Supervision};
-use crate::sandbox::{Mounts, Sandbox, SandboxError};
+use crate::limits::{Limits, Usage};
+use crate::process::LogSink;
+use crate::sandbox::{SandboxError, SandboxKind};
 
 /// What a runner can do, so the executor asks questions instead of checking names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capabilities {
     /// The runner cuts the network itself (containers); otherwise a sandbox must.
     pub isolates_network: bool,
     /// The runner keeps the addon off the host filesystem itself.
     pub isolates_filesystem: bool,
-    /// It builds an artifact before the first run (cached by digest).
+    /// It builds an artifact before the first run (cached by the engine).
     pub builds: bool,
     /// It needs a daemon (e.g. the Docker engine).
     pub needs_daemon: bool,
-    /// It runs a host program and wants the configured sandbox around it.
+    /// It runs a host program and wants the engine's configured sandbox around it.
     pub uses_sandbox: bool,
+    /// It reads and writes the run's directories at their host paths (else the engine copies
+    /// them in and out).
+    pub shares_host_filesystem: bool,
+    /// It enforces the run's limits.
+    pub enforces_limits: bool,
+    /// It reports peak memory and CPU time.
+    pub measures_resources: bool,
+}
+
+/// Who a runner is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    /// The name used in `runner:` and `--runner`.
+    pub name: String,
+    pub version: String,
+    /// The descriptor sections it serves.
+    pub serves: Vec<Section>,
+    pub capabilities: Capabilities,
 }
 
 /// Whether a runner works on this host.
@@ -45,55 +68,108 @@ pub enum CacheUse {
     None,
 }
 
-/// One run of one addon, prepared by the executor.
-#[derive(Debug, Clone)]
-pub struct Launch {
-    pub descriptor: Descriptor,
-    pub digest: ContentDigest,
-    /// The run directory (the addon's working directory).
-    pub work_dir: PathBuf,
-    /// The addon's copy inside the run directory (`addons/<name>-<version>`).
-    pub addon_dir: PathBuf,
-    /// The addon's private output directory.
-    pub output_dir: PathBuf,
-    /// The addon's persistent cache directory.
-    pub cache_dir: PathBuf,
-    /// The addon's private HOME, kept between its runs (host runners; containers keep the
-    /// image's own).
-    pub home_dir: PathBuf,
-    /// Arguments: the descriptor's args, then the user-input path (relative to the work dir).
-    pub args: Vec<String>,
-    /// Environment besides the contract's directories: PATH, locale, ITEM_*, configured, --env.
-    pub extra_env: Vec<(String, String)>,
-    /// The sandbox for host runners.
-    pub sandbox: std::sync::Arc<dyn Sandbox>,
-    pub supervision: Supervision,
-    /// The artifact cache (built images, nix results).
-    pub cache: addon_cache::Cache,
-    /// What the run may use.
-    pub limits: Limits,
-    /// How host sandboxes enforce `limits` here.
-    pub enforcement: Enforcement,
+/// The addon a spec is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddonRef {
+    pub name: String,
+    pub version: String,
+    /// `sha256:...` of its content.
+    pub digest: String,
 }
 
-impl Launch {
-    /// The run's directories as host paths.
-    pub fn mounts(&self) -> Mounts {
-        Mounts {
-            work: self.work_dir.clone(),
-            output: self.output_dir.clone(),
-            cache: self.cache_dir.clone(),
-            home: self.home_dir.clone(),
-        }
+impl AddonRef {
+    /// `name-version`, for logs and errors.
+    pub fn label(&self) -> String {
+        format!("{}-{}", self.name, self.version)
     }
 
-    /// The addon's environment with the contract's directories as the addon sees them (`view`:
-    /// host paths, or mount points inside a sandbox or container). `HOME` (and
-    /// `XDG_CACHE_HOME`) point into the addon's private home unless `keep_home` (a container's
-    /// image brings its own, often with pre-compiled code in it).
-    pub fn env(&self, view: &Mounts, keep_home: bool) -> Vec<(String, String)> {
-        let rel_addon = self.addon_dir.strip_prefix(&self.work_dir).unwrap_or(&self.addon_dir);
-        let s = |p: &Path| p.display().to_string();
+    /// The first 12 hex digits of the digest.
+    pub fn short_digest(&self) -> &str {
+        let hex = self.digest.trim_start_matches("sha256:");
+        &hex[..hex.len().min(12)]
+    }
+}
+
+/// What a build needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildSpec {
+    pub addon: AddonRef,
+    /// The section the runner serves the addon from.
+    pub section: Section,
+    pub descriptor: Descriptor,
+    /// The unpacked addon (host path).
+    pub addon_dir: PathBuf,
+    /// An empty directory of the engine's cache entry the runner may fill (a GC root, say).
+    pub content_dir: PathBuf,
+}
+
+/// What a build made: opaque to the engine, which stores it in its cache and hands it back to
+/// `start` and `release`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// What it is, for people and the runner (an image id, a store path).
+    pub reference: String,
+    /// Bytes it takes outside the engine's cache (an image in a daemon's storage).
+    pub size: u64,
+    /// Anything else the runner wants back.
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl addon_cache::EntryData for Artifact {
+    fn external_size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// The run's directories (host paths).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDirs {
+    /// The run directory: the addon's working directory.
+    pub work: PathBuf,
+    /// The addon's copy inside it (`addons/<name>-<version>`).
+    pub addon: PathBuf,
+    /// The addon's private output directory.
+    pub output: PathBuf,
+    /// Its persistent `CACHE_DIR`.
+    pub cache: PathBuf,
+    /// Its private `HOME`, kept between its runs.
+    pub home: PathBuf,
+    /// An empty directory beside the run directory on which a sandbox may build a root.
+    pub scratch: PathBuf,
+}
+
+/// One run to start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StartSpec {
+    /// Unique per run; `stop` names it.
+    pub run_id: String,
+    pub addon: AddonRef,
+    pub section: Section,
+    pub descriptor: Descriptor,
+    /// What `build` made, when the runner builds.
+    pub artifact: Option<Artifact>,
+    /// The cache entry's content directory of that artifact.
+    pub artifact_dir: Option<PathBuf>,
+    /// Arguments: the descriptor's args, then `arguments/user-input` (relative to the work dir).
+    pub args: Vec<String>,
+    /// Environment besides the contract's directories: PATH, locale, ITEM_*, configured, --env.
+    pub env: Vec<(String, String)>,
+    pub dirs: RunDirs,
+    /// The addon asked for network.
+    pub network: bool,
+    pub limits: Limits,
+    /// The engine's sandbox for runners that use one.
+    pub sandbox: Option<SandboxKind>,
+}
+
+impl StartSpec {
+    /// The addon's environment with the contract's directories as the addon sees them (`view`).
+    /// `HOME` (and `XDG_CACHE_HOME`) point into the addon's private home unless `keep_home` (a
+    /// container's image brings its own, often with pre-compiled code in it).
+    pub fn env_in(&self, view: &crate::sandbox::Mounts, keep_home: bool) -> Vec<(String, String)> {
+        let rel_addon = self.dirs.addon.strip_prefix(&self.dirs.work).unwrap_or(&self.dirs.addon);
+        let s = |p: &std::path::Path| p.display().to_string();
         let mut env = vec![
             ("ADDON_DIR".to_string(), s(&view.work.join(rel_addon))),
             ("TMPDIR".to_string(), s(&view.work.join("temp"))),
@@ -105,189 +181,161 @@ impl Launch {
             env.push(("HOME".to_string(), s(&view.home)));
             env.push(("XDG_CACHE_HOME".to_string(), s(&view.home.join(".cache"))));
         }
-        for (k, v) in &self.extra_env {
+        for (k, v) in &self.env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.clone(), v.clone()));
         }
         env
     }
 
-    /// An empty directory beside the run directory on which a sandbox may build the addon's
-    /// root (made and removed by the executor).
-    pub fn scratch_dir(&self) -> PathBuf {
-        self.work_dir.with_extension("root")
-    }
-
-    /// `name-version`, for logs and errors.
-    pub fn label(&self) -> String {
-        self.descriptor.id()
+    /// The run's writable directories as host paths.
+    pub fn mounts(&self) -> crate::sandbox::Mounts {
+        crate::sandbox::Mounts {
+            work: self.dirs.work.clone(),
+            output: self.dirs.output.clone(),
+            cache: self.dirs.cache.clone(),
+            home: self.dirs.home.clone(),
+        }
     }
 }
 
-/// What a runner observed.
-#[derive(Debug, Clone)]
-pub struct RunnerOutcome {
-    pub supervised: Supervised,
-    /// What isolated the process: a sandbox name or `docker`.
+/// How a run's process ended, as the runner saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitKind {
+    /// It exited by itself, or was stopped (128 + signal when a signal ended it).
+    Code(i32),
+    /// The runner stopped it at one of its limits (the reason, for people).
+    Limit(String),
+}
+
+/// The end of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Exit {
+    pub kind: ExitKind,
+    pub usage: Usage,
+}
+
+/// What a started run reports, in order: output as it comes, then exactly one `Exited`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEvent {
+    Stdout(Vec<u8>),
+    /// Lines of the addon's own stderr (a sandbox tool's messages already left out).
+    Stderr(Vec<u8>),
+    Exited(Exit),
+}
+
+/// A started run.
+#[derive(Debug)]
+pub struct Started {
+    /// What isolates the process: a sandbox name, `docker`, a plugin's own.
     pub sandbox: String,
-    pub cache: CacheUse,
-    /// Time spent building or finding the artifact before the process started.
-    pub build: std::time::Duration,
+    pub events: tokio::sync::mpsc::Receiver<RunEvent>,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// A runner's error; serialisable, so it crosses a process boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum RunnerError {
+    /// The runtime is not there or not usable.
     #[error("{runner} runner is not available: {detail}")]
-    Unavailable { runner: RunnerKind, detail: String },
-    #[error("{runner} runner: {source}")]
-    Sandbox { runner: RunnerKind, source: SandboxError },
+    Unavailable { runner: String, detail: String },
+    /// The sandbox refused (it cannot give what the addon needs).
+    #[error("{runner} runner: {detail}")]
+    Sandbox { runner: String, detail: String },
+    /// The build failed; `log_tail` holds its last lines.
     #[error("{runner} runner: build of {addon} failed: {message}")]
-    Build { runner: RunnerKind, addon: String, message: String, log_tail: Vec<String> },
-    #[error("{runner} runner: cannot start {program}: {source}")]
-    Spawn { runner: RunnerKind, program: PathBuf, source: std::io::Error },
+    Build { runner: String, addon: String, message: String, log_tail: Vec<String> },
+    /// The process could not be started.
+    #[error("{runner} runner: cannot start {program}: {detail}")]
+    Spawn { runner: String, program: String, detail: String },
+    /// Anything else that kept the run from starting.
     #[error("{runner} runner: {message}")]
-    Setup { runner: RunnerKind, message: String },
+    Setup { runner: String, message: String },
+    /// The runner itself failed (a plugin that crashed, hung or spoke another protocol).
+    #[error("{runner} runner failed: {message}")]
+    Runner { runner: String, message: String },
 }
 
 /// Separates a build failure's message from its log tail (joined by [`BUILD_LOG_MARK`]).
 pub const BUILD_LOG_MARK: &str = "\n--- log ---\n";
 
 impl RunnerError {
-    /// Turns a cache entry's failed build into a typed build error with the log's tail.
-    pub fn from_cache(runner: RunnerKind, addon: String, e: addon_cache::CacheError) -> RunnerError {
-        match e {
-            addon_cache::CacheError::Build { message, .. } => {
-                let (message, tail) = message.split_once(BUILD_LOG_MARK).unwrap_or((&message, ""));
-                RunnerError::Build {
-                    runner,
-                    addon,
-                    message: message.to_string(),
-                    log_tail: tail.lines().map(str::to_string).collect(),
-                }
-            }
-            other => RunnerError::Setup { runner, message: other.to_string() },
+    pub fn setup(runner: &str, message: impl Into<String>) -> RunnerError {
+        RunnerError::Setup { runner: runner.to_string(), message: message.into() }
+    }
+
+    pub fn sandbox(runner: &str, e: &SandboxError) -> RunnerError {
+        RunnerError::Sandbox { runner: runner.to_string(), detail: e.to_string() }
+    }
+
+    /// A failed build's message, with its log tail after [`BUILD_LOG_MARK`] when there is one.
+    pub fn build(runner: &str, addon: &str, message: &str) -> RunnerError {
+        let (message, tail) = message.split_once(BUILD_LOG_MARK).unwrap_or((message, ""));
+        RunnerError::Build {
+            runner: runner.to_string(),
+            addon: addon.to_string(),
+            message: message.to_string(),
+            log_tail: tail.lines().map(str::to_string).collect(),
         }
     }
 
-    /// The sandbox that refused, when a sandbox was the reason.
-    pub fn sandbox(&self) -> Option<&SandboxError> {
+    /// The last log lines of a failed build.
+    pub fn log_tail(&self) -> &[String] {
         match self {
-            RunnerError::Sandbox { source, .. } => Some(source),
-            _ => None,
+            RunnerError::Build { log_tail, .. } => log_tail,
+            _ => &[],
         }
     }
 }
 
-/// Starts `program` for `launch` in its sandbox with the contract's environment (as the sandbox
-/// sees the run's directories) and supervises it. Shared by the host runners.
-pub async fn run_sandboxed(
-    runner: RunnerKind,
-    launch: &Launch,
-    program: &Path,
-    extra_ro: &[PathBuf],
-) -> Result<Supervised, RunnerError> {
-    let mounts = launch.mounts();
-    let sandbox = &launch.sandbox;
-    let env = launch.env(&sandbox.view(&mounts), false);
-    let iso = crate::sandbox::Isolation { network: launch.descriptor.networking() };
-    let scratch = launch.scratch_dir();
-    sandbox.check(iso).map_err(|source| RunnerError::Sandbox { runner, source })?;
-    if let Some(owner) = sandbox.owner() {
-        let dirs = [&mounts.work, &mounts.output, &mounts.cache, &mounts.home].map(PathBuf::as_path);
-        crate::sandbox::claim(&dirs, owner).map_err(|e| RunnerError::Setup {
-            runner,
-            message: format!("giving the run's directories to uid {}: {e}", owner.uid),
-        })?;
-    }
-    // The envelope: a control group (or rlimits) for this run, watched while it runs.
-    let run_name = launch.work_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let watched = vec![mounts.work.clone(), mounts.output.clone(), mounts.cache.clone(), mounts.home.clone()];
-    let mut envelope = Envelope::new(&run_name, launch.limits, &launch.enforcement, watched)
-        .map_err(|message| RunnerError::Setup { runner, message })?;
-    if !envelope.measures() {
-        tracing::debug!(addon = %launch.label(), "resource usage is not measured: {}", launch.enforcement.describe());
-    }
-    let (cgroups, rlimits) = (envelope.cgroup_procs(), envelope.rlimits());
-    let spec = crate::sandbox::Spec {
-        program,
-        args: &launch.args,
-        env: &env,
-        mounts: &mounts,
-        extra_ro,
-        iso,
-        scratch: &scratch,
-        cgroups: &cgroups,
-        rlimits: &rlimits,
-    };
-    let cmd = sandbox.command(&spec).map_err(|source| RunnerError::Sandbox { runner, source })?;
-    tracing::debug!(addon = %launch.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
-    let own = sandbox.clone();
-    let supervision = Supervision {
-        noise: Some(std::sync::Arc::new(move |l: &str| own.is_own_message(l))),
-        ..launch.supervision.clone()
-    };
-    let mut watch = |pid: i32| {
-        envelope.set_root_pid(pid);
-        envelope.check()
-    };
-    let mut done = crate::process::supervise_watched(cmd, &supervision, Some(&mut watch))
-        .await
-        .map_err(|source| RunnerError::Spawn { runner, program: program.to_path_buf(), source })?;
-    done.usage = envelope.finish();
-    Ok(done)
-}
-
-/// Returns the cache entry for `key`, building it with `build` when missing or damaged. The
-/// build runs on a blocking thread that holds the entry's lock (so concurrent engines build once)
-/// and is dropped when the run is cancelled. Failures become [`RunnerError::Build`].
-pub async fn cached_build<D, V, F, Fut>(
-    runner: RunnerKind,
-    launch: &Launch,
-    key: addon_cache::Key,
-    valid: V,
-    build: F,
-) -> Result<addon_cache::Entry<D>, RunnerError>
-where
-    D: addon_cache::EntryData,
-    V: Fn(&D, &Path) -> bool + Send + 'static,
-    F: FnOnce(PathBuf) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<D, String>>,
-{
-    let cache = launch.cache.clone();
-    let label = launch.label();
-    let cancel = launch.supervision.cancel.clone();
-    let handle = tokio::runtime::Handle::current();
-    let label2 = label.clone();
-    let entry = tokio::task::spawn_blocking(move || {
-        cache.get_or_build(&key, &label2, valid, |content| {
-            handle.block_on(async {
-                tokio::select! {
-                    r = build(content.to_path_buf()) => r,
-                    // Dropping the build stops it (the process is killed, the API stream closed).
-                    _ = cancel.cancelled() => Err(format!("the run was cancelled during the {runner} build")),
-                }
-            })
-        })
-    })
-    .await
-    .map_err(|e| RunnerError::Setup { runner, message: format!("build task failed: {e}") })?;
-    entry.map_err(|e| RunnerError::from_cache(runner, label, e))
-}
-
-/// A way to build and start an addon.
+/// A way to build and start an addon: built into the engine, or a plugin behind this same
+/// trait. Every method may be called concurrently for different runs.
 #[async_trait::async_trait]
 pub trait Runner: Send + Sync {
-    fn kind(&self) -> RunnerKind;
-    fn capabilities(&self) -> Capabilities;
+    fn info(&self) -> RunnerInfo;
+
     /// Probes the host: is the runtime there, which version, why not.
     async fn probe(&self) -> Availability;
-    /// Builds (or finds in the cache) and runs the addon once.
-    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError>;
 
-    /// Releases what a pruned cache entry of this runner owned outside the cache (an image).
-    /// Called for every removed entry; a runner ignores entries that are not its own.
-    async fn release(&self, entry: &addon_cache::EntryInfo) -> Result<(), String> {
-        let _ = entry;
+    /// The parts of the cache key of what `build` makes from `spec` (the engine adds the
+    /// runner's name, version and configuration); None when this runner builds nothing.
+    fn cache_key(&self, spec: &BuildSpec) -> Option<BTreeMap<String, String>> {
+        let _ = spec;
+        None
+    }
+
+    /// Builds the artifact (called by the engine under its cache lock, only on a miss). The
+    /// engine drops the future to cancel it or at its build timeout.
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        let _ = log;
+        Err(RunnerError::setup(&self.info().name, format!("builds nothing for {}", spec.addon.label())))
+    }
+
+    /// Whether a cached artifact is still usable (its image was not removed behind our back).
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        let _ = artifact;
+        true
+    }
+
+    /// Starts the run; its events follow on the returned channel.
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError>;
+
+    /// Stops a run: SIGTERM (or the runtime's equivalent), `grace`, then kill. The run's
+    /// `Exited` event still follows.
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError>;
+
+    /// Releases what a pruned artifact owned outside the engine's cache (an image).
+    async fn release(&self, artifact: &Artifact) -> Result<(), RunnerError> {
+        let _ = artifact;
         Ok(())
     }
+
+    /// Removes whatever runs of engines that died left behind; returns how many things.
+    async fn reap(&self) -> Result<u64, RunnerError> {
+        Ok(0)
+    }
 }
+
+/// How long to wait for a run's `Exited` after asking it to stop, beyond its grace.
+pub const STOP_SLACK: Duration = Duration::from_secs(10);

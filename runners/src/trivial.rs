@@ -1,27 +1,43 @@
 //! The trivial runner: run the descriptor's `exec` from the unpacked addon, in the sandbox.
 
 use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
 
-use addon_descriptors::{normalise_relative, RunnerKind};
+use addon_descriptors::{normalise_relative, Section};
 
-use crate::runner::{run_sandboxed, Availability, CacheUse, Capabilities, Launch, Runner, RunnerError, RunnerOutcome};
+use crate::host::HostRuns;
+use crate::runner::{Availability, Capabilities, Runner, RunnerError, RunnerInfo, StartSpec, Started};
+use crate::sandbox::Sandboxes;
 
-#[derive(Debug, Clone, Copy, Default)]
-pub struct TrivialRunner;
+pub const NAME: &str = "trivial";
+
+#[derive(Debug)]
+pub struct TrivialRunner {
+    sandboxes: Arc<Sandboxes>,
+    runs: Arc<HostRuns>,
+}
+
+impl TrivialRunner {
+    pub fn new(sandboxes: Arc<Sandboxes>) -> TrivialRunner {
+        TrivialRunner { sandboxes, runs: Arc::default() }
+    }
+}
 
 #[async_trait::async_trait]
 impl Runner for TrivialRunner {
-    fn kind(&self) -> RunnerKind {
-        RunnerKind::Trivial
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            isolates_network: false,
-            isolates_filesystem: false,
-            builds: false,
-            needs_daemon: false,
-            uses_sandbox: true,
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            serves: vec![Section::Trivial],
+            capabilities: Capabilities {
+                uses_sandbox: true,
+                shares_host_filesystem: true,
+                enforces_limits: true,
+                measures_resources: true,
+                ..Capabilities::default()
+            },
         }
     }
 
@@ -33,14 +49,14 @@ impl Runner for TrivialRunner {
         }
     }
 
-    async fn run(&self, launch: &Launch) -> Result<RunnerOutcome, RunnerError> {
-        let setup = |message: String| RunnerError::Setup { runner: RunnerKind::Trivial, message };
-        let exec = launch
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let setup = |message: String| RunnerError::setup(NAME, message);
+        let exec = spec
             .descriptor
             .trivial_exec()
-            .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", launch.label())))?;
+            .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
         let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
-        let program = launch.addon_dir.join(rel);
+        let program = spec.dirs.addon.join(rel);
         // Docspell makes the program executable; zips from elsewhere often lose the bit.
         let meta = fs_err::metadata(&program).map_err(|e| setup(e.to_string()))?;
         let mode = meta.permissions().mode();
@@ -48,12 +64,11 @@ impl Runner for TrivialRunner {
             fs_err::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
                 .map_err(|e| setup(e.to_string()))?;
         }
-        let supervised = run_sandboxed(RunnerKind::Trivial, launch, &program, &[]).await?;
-        Ok(RunnerOutcome {
-            supervised,
-            sandbox: launch.sandbox.name().to_string(),
-            cache: CacheUse::None,
-            build: std::time::Duration::ZERO,
-        })
+        crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[])
+    }
+
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
+        self.runs.stop(run_id, grace);
+        Ok(())
     }
 }

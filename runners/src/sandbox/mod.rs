@@ -27,7 +27,7 @@ pub use crate::probe::{Probe, ProbeCache};
 pub use ns::Identity;
 
 /// The sandboxes, by name as in the config and the run result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxKind {
     /// bubblewrap: read-only host, private /tmp, new PID/IPC/UTS (and network) namespaces.

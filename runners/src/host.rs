@@ -1,0 +1,191 @@
+//! Runs of host programs in a sandbox, shared by the runners that start one (trivial,
+//! nix-flake, and plugins built on them): the sandbox check, the run's directories given to the
+//! addon's identity, the resource envelope, the process with its output streamed as events, the
+//! limit watch, and `stop` (SIGTERM to the tree, grace, SIGKILL).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::sync::mpsc;
+
+use crate::limits::Envelope;
+use crate::process::kill_tree;
+use crate::runner::{Exit, ExitKind, RunEvent, RunnerError, StartSpec, Started};
+use crate::sandbox::{Isolation, SandboxKind, Sandboxes, Spec};
+
+/// How many events may wait for the engine before the addon's writes block.
+const EVENT_BUFFER: usize = 64;
+/// Longest stderr line passed on (a binary blob without newlines cannot grow memory).
+const MAX_LINE: u64 = 64 * 1024;
+/// How often the envelope is asked about limits.
+const WATCH_EVERY: Duration = Duration::from_millis(200);
+
+/// The host runs of one runner, by run id, so that `stop` finds them.
+#[derive(Debug, Default)]
+pub struct HostRuns {
+    pids: Mutex<HashMap<String, i32>>,
+}
+
+impl HostRuns {
+    /// SIGTERM to everything below the run's sandbox process, then after `grace` SIGKILL to all.
+    pub fn stop(&self, run_id: &str, grace: Duration) {
+        let Some(pid) = self.pids.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).copied() else {
+            return; // already ended
+        };
+        if grace.is_zero() {
+            kill_tree(pid, libc::SIGKILL, true);
+            return;
+        }
+        // The sandbox process itself (a shim or bwrap) is spared the SIGTERM: its death would
+        // take the namespace down at once and leave the addon no grace.
+        kill_tree(pid, libc::SIGTERM, false);
+        let runs = self.pids.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let run_id = run_id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if runs.get(&run_id) == Some(&pid) && std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+                kill_tree(pid, libc::SIGKILL, true);
+            }
+        });
+    }
+}
+
+/// Starts `program` for `spec` in the engine's sandbox and streams its events.
+pub fn start(
+    runner: &str,
+    sandboxes: &Sandboxes,
+    runs: &Arc<HostRuns>,
+    spec: &StartSpec,
+    program: &Path,
+    extra_ro: &[PathBuf],
+) -> Result<Started, RunnerError> {
+    let sandbox = sandboxes.get(spec.sandbox.unwrap_or(SandboxKind::None));
+    let mounts = spec.mounts();
+    let iso = Isolation { network: spec.network };
+    sandbox.check(iso).map_err(|e| RunnerError::sandbox(runner, &e))?;
+    if let Some(owner) = sandbox.owner() {
+        let dirs = [&mounts.work, &mounts.output, &mounts.cache, &mounts.home].map(PathBuf::as_path);
+        crate::sandbox::claim(&dirs, owner).map_err(|e| {
+            RunnerError::setup(runner, format!("giving the run's directories to uid {}: {e}", owner.uid))
+        })?;
+    }
+    // The envelope: a control group (or rlimits) for this run, watched while it runs.
+    let enforcement = sandboxes.enforcement();
+    let watched = vec![mounts.work.clone(), mounts.output.clone(), mounts.cache.clone(), mounts.home.clone()];
+    let mut envelope = Envelope::new(&spec.run_id, spec.limits, &enforcement, watched)
+        .map_err(|message| RunnerError::setup(runner, message))?;
+    if !envelope.measures() {
+        tracing::debug!(addon = %spec.addon.label(), "resource usage is not measured: {}", enforcement.describe());
+    }
+    let (cgroups, rlimits) = (envelope.cgroup_procs(), envelope.rlimits());
+    let env = spec.env_in(&sandbox.view(&mounts), false);
+    let cmd = sandbox
+        .command(&Spec {
+            program,
+            args: &spec.args,
+            env: &env,
+            mounts: &mounts,
+            extra_ro,
+            iso,
+            scratch: &spec.dirs.scratch,
+            cgroups: &cgroups,
+            rlimits: &rlimits,
+        })
+        .map_err(|e| RunnerError::sandbox(runner, &e))?;
+    let mut cmd = cmd;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    tracing::debug!(addon = %spec.addon.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
+    let mut child = cmd.spawn().map_err(|e| RunnerError::Spawn {
+        runner: runner.to_string(),
+        program: program.display().to_string(),
+        detail: e.to_string(),
+    })?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    envelope.set_root_pid(pid);
+    runs.pids.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), pid);
+    let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let out_tx = tx.clone();
+    let out_task = tokio::spawn(async move {
+        let mut reader = BufReader::new(stdout);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out_tx.send(RunEvent::Stdout(buf[..n].to_vec())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let err_tx = tx.clone();
+    let own = sandbox.clone();
+    let err_task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match (&mut lines).take(MAX_LINE).read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    let text = text.trim_end_matches(['\n', '\r']);
+                    if own.is_own_message(text) {
+                        tracing::debug!("sandbox: {text}");
+                        continue;
+                    }
+                    if !line.ends_with(b"\n") {
+                        line.push(b'\n');
+                    }
+                    if err_tx.send(RunEvent::Stderr(line.clone())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let runs = runs.clone();
+    let run_id = spec.run_id.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WATCH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut breach = None;
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break status,
+                _ = tick.tick(), if breach.is_none() => {
+                    if let Some(b) = envelope.check() {
+                        // A breached limit gets no grace: the addon would go on filling the disk
+                        // or forking.
+                        kill_tree(pid, libc::SIGKILL, true);
+                        breach = Some(b.to_string());
+                    }
+                }
+            }
+        };
+        // After the sandbox process ends, its PID namespace is gone: nothing is left running,
+        // and the pipes close once every holder is dead.
+        let _ = out_task.await;
+        let _ = err_task.await;
+        runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+        let usage = tokio::task::spawn_blocking(move || envelope.finish()).await.unwrap_or_default();
+        let kind = match breach {
+            Some(why) => ExitKind::Limit(why),
+            None => ExitKind::Code(status.map(exit_code).unwrap_or(-1)),
+        };
+        let _ = tx.send(RunEvent::Exited(Exit { kind, usage })).await;
+    });
+    Ok(Started { sandbox: sandbox.name().to_string(), events: rx })
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+}
