@@ -66,6 +66,8 @@ pub struct PluginConfig {
     /// The plugin's own configuration, checked by the plugin (its Configure call).
     #[schemars(with = "serde_json::Value")]
     pub config: serde_json::Value,
+    /// How long its start, handshake or any call may take before it counts as hung (10s).
+    pub timeout: Option<HumanDuration>,
 }
 
 /// TLS settings of a plugin server.
@@ -490,6 +492,20 @@ impl Config {
             let at = format!("plugins.{name}");
             if builtin_runner_names().contains(&name.as_str()) {
                 return Err(format!("{at}: `{name}` is a built-in runner; give the plugin another name"));
+            }
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(format!("{at}: a plugin name is letters, digits, `-` and `_`"));
+            }
+            if let Some(a) = &p.address {
+                if !["unix:///", "http://", "https://"].iter().any(|s| a.starts_with(s)) {
+                    return Err(format!("{at}.address: `{a}` is not unix:///PATH, http://HOST:PORT or https://HOST:PORT"));
+                }
+                if p.tls.is_some() && !a.starts_with("https://") {
+                    return Err(format!("{at}.tls: TLS settings need an https:// address"));
+                }
+            }
+            if p.timeout.is_some_and(|t| t.0.is_zero()) {
+                return Err(format!("{at}.timeout: must be more than 0"));
             }
             match (&p.command, &p.address) {
                 (Some(c), None) if c.is_empty() => return Err(format!("{at}.command: give the program to start")),

@@ -703,7 +703,7 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<(Option<Artifact>, Option<Entry<Artifact>>, CacheUse), RunnerError> {
         let info = runner.info();
-        let Some(parts) = runner.cache_key(spec) else { return Ok((None, None, CacheUse::None)) };
+        let Some(parts) = runner.cache_key(spec).await? else { return Ok((None, None, CacheUse::None)) };
         let mut key = addon_cache::Key::new(addon_cache::Kind::Artifact)
             .with("runner", &info.name)
             .with("runner-version", &info.version)
@@ -797,6 +797,7 @@ impl Engine {
                     }
                     Some(RunEvent::Stderr(bytes)) => out.stderr(&bytes, log),
                     Some(RunEvent::Exited(exit)) => break exit,
+                    Some(RunEvent::Failed(e)) => return Err(e),
                 },
                 _ = &mut deadline, if stopping.is_none() => {
                     stopping = Some(Ending::TimedOut(timeout));

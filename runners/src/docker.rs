@@ -318,11 +318,7 @@ fn hostname() -> String {
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.
-fn process_start(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19).map(str::to_string)
-}
+use crate::process::process_start;
 
 /// Removes the images of pruned cache entries.
 pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), String> {
@@ -387,15 +383,15 @@ impl Runner for DockerRunner {
         }
     }
 
-    fn cache_key(&self, spec: &BuildSpec) -> Option<BTreeMap<String, String>> {
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
         if spec.descriptor.docker_image().is_some() {
-            return None; // a named image is run as is
+            return Ok(None); // a named image is run as is
         }
-        Some(BTreeMap::from([
+        Ok(Some(BTreeMap::from([
             ("digest".to_string(), spec.addon.digest.clone()),
             ("dockerfile".to_string(), spec.descriptor.dockerfile().to_string()),
             ("docker-host".to_string(), self.address()),
-        ]))
+        ])))
     }
 
     async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {

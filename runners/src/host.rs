@@ -31,6 +31,11 @@ pub struct HostRuns {
 }
 
 impl HostRuns {
+    /// The pid of a run's sandbox process, while it runs.
+    pub fn pid(&self, run_id: &str) -> Option<i32> {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).copied()
+    }
+
     /// SIGTERM to everything below the run's sandbox process, then after `grace` SIGKILL to all.
     pub fn stop(&self, run_id: &str, grace: Duration) {
         let Some(pid) = self.pids.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).copied() else {
@@ -73,14 +78,7 @@ pub fn start(
             RunnerError::setup(runner, format!("giving the run's directories to uid {}: {e}", owner.uid))
         })?;
     }
-    // The envelope: a control group (or rlimits) for this run, watched while it runs.
-    let enforcement = sandboxes.enforcement();
-    let watched = vec![mounts.work.clone(), mounts.output.clone(), mounts.cache.clone(), mounts.home.clone()];
-    let mut envelope = Envelope::new(&spec.run_id, spec.limits, &enforcement, watched)
-        .map_err(|message| RunnerError::setup(runner, message))?;
-    if !envelope.measures() {
-        tracing::debug!(addon = %spec.addon.label(), "resource usage is not measured: {}", enforcement.describe());
-    }
+    let mut envelope = envelope_for(runner, spec, &sandboxes.enforcement())?;
     let (cgroups, rlimits) = (envelope.cgroup_procs(), envelope.rlimits());
     let env = spec.env_in(&sandbox.view(&mounts), false);
     let cmd = sandbox
@@ -96,12 +94,55 @@ pub fn start(
             rlimits: &rlimits,
         })
         .map_err(|e| RunnerError::sandbox(runner, &e))?;
-    let mut cmd = cmd;
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     tracing::debug!(addon = %spec.addon.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
+    let own = sandbox.clone();
+    let noise: crate::NoiseFilter = Arc::new(move |line: &str| own.is_own_message(line));
+    let spawned = spawn(runner, runs, spec, cmd, &program.display().to_string(), &mut envelope, noise)?;
+    let events = spawned.watch(runs, spec, envelope);
+    Ok(Started { sandbox: sandbox.name().to_string(), events })
+}
+
+/// The resource envelope of a run: a control group (or rlimits), watched while it runs.
+pub fn envelope_for(
+    runner: &str,
+    spec: &StartSpec,
+    enforcement: &crate::limits::Enforcement,
+) -> Result<Envelope, RunnerError> {
+    let mounts = spec.mounts();
+    let watched = vec![mounts.work.clone(), mounts.output.clone(), mounts.cache.clone(), mounts.home.clone()];
+    let envelope = Envelope::new(&spec.run_id, spec.limits, enforcement, watched)
+        .map_err(|message| RunnerError::setup(runner, message))?;
+    if !envelope.measures() {
+        tracing::debug!(addon = %spec.addon.label(), "resource usage is not measured: {}", enforcement.describe());
+    }
+    Ok(envelope)
+}
+
+/// A spawned run whose output is being read; [`Spawned::watch`] follows it to its end.
+pub struct Spawned {
+    events: mpsc::Receiver<RunEvent>,
+    tx: mpsc::Sender<RunEvent>,
+    child: tokio::process::Child,
+    pid: i32,
+    readers: [tokio::task::JoinHandle<()>; 2],
+}
+
+/// Spawns a prepared command (which joins `envelope` before exec, see
+/// [`crate::sandbox::ns::NsPlan::join_cgroups`]) for run `spec` and streams its output as events;
+/// stderr lines `noise` recognises are logged, not passed on.
+pub fn spawn(
+    runner: &str,
+    runs: &Arc<HostRuns>,
+    spec: &StartSpec,
+    mut cmd: tokio::process::Command,
+    program: &str,
+    envelope: &mut Envelope,
+    noise: crate::NoiseFilter,
+) -> Result<Spawned, RunnerError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| RunnerError::Spawn {
         runner: runner.to_string(),
-        program: program.display().to_string(),
+        program: program.to_string(),
         detail: e.to_string(),
     })?;
     let pid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -126,7 +167,6 @@ pub fn start(
         }
     });
     let err_tx = tx.clone();
-    let own = sandbox.clone();
     let err_task = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr);
         let mut line = Vec::new();
@@ -137,7 +177,7 @@ pub fn start(
                 Ok(_) => {
                     let text = String::from_utf8_lossy(&line);
                     let text = text.trim_end_matches(['\n', '\r']);
-                    if own.is_own_message(text) {
+                    if noise(text) {
                         tracing::debug!("sandbox: {text}");
                         continue;
                     }
@@ -151,38 +191,49 @@ pub fn start(
             }
         }
     });
-    let runs = runs.clone();
-    let run_id = spec.run_id.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(WATCH_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut breach = None;
-        let status = loop {
-            tokio::select! {
-                status = child.wait() => break status,
-                _ = tick.tick(), if breach.is_none() => {
-                    if let Some(b) = envelope.check() {
-                        // A breached limit gets no grace: the addon would go on filling the disk
-                        // or forking.
-                        kill_tree(pid, libc::SIGKILL, true);
-                        breach = Some(b.to_string());
+    Ok(Spawned { events: rx, tx, child, pid, readers: [out_task, err_task] })
+}
+
+impl Spawned {
+    /// Waits for the process while asking the envelope about limits (a breach kills the tree
+    /// without grace); sends `Exited` with the usage once its output is read out. Returns the
+    /// run's events.
+    pub fn watch(self, runs: &Arc<HostRuns>, spec: &StartSpec, mut envelope: Envelope) -> mpsc::Receiver<RunEvent> {
+        let Spawned { events, tx, mut child, pid, readers } = self;
+        let runs = runs.clone();
+        let run_id = spec.run_id.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut breach = None;
+            let status = loop {
+                tokio::select! {
+                    status = child.wait() => break status,
+                    _ = tick.tick(), if breach.is_none() => {
+                        if let Some(b) = envelope.check() {
+                            // A breached limit gets no grace: the addon would go on filling the disk
+                            // or forking.
+                            kill_tree(pid, libc::SIGKILL, true);
+                            breach = Some(b.to_string());
+                        }
                     }
                 }
+            };
+            // After the sandbox process ends, its PID namespace is gone: nothing is left running,
+            // and the pipes close once every holder is dead.
+            for r in readers {
+                let _ = r.await;
             }
-        };
-        // After the sandbox process ends, its PID namespace is gone: nothing is left running,
-        // and the pipes close once every holder is dead.
-        let _ = out_task.await;
-        let _ = err_task.await;
-        runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
-        let usage = tokio::task::spawn_blocking(move || envelope.finish()).await.unwrap_or_default();
-        let kind = match breach {
-            Some(why) => ExitKind::Limit(why),
-            None => ExitKind::Code(status.map(exit_code).unwrap_or(-1)),
-        };
-        let _ = tx.send(RunEvent::Exited(Exit { kind, usage })).await;
-    });
-    Ok(Started { sandbox: sandbox.name().to_string(), events: rx })
+            runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+            let usage = tokio::task::spawn_blocking(move || envelope.finish()).await.unwrap_or_default();
+            let kind = match breach {
+                Some(why) => ExitKind::Limit(why),
+                None => ExitKind::Code(status.map(exit_code).unwrap_or(-1)),
+            };
+            let _ = tx.send(RunEvent::Exited(Exit { kind, usage })).await;
+        });
+        events
+    }
 }
 
 fn exit_code(status: std::process::ExitStatus) -> i32 {

@@ -249,13 +249,13 @@ impl Runner for NixRunner {
         Availability { available: p.available, version: p.version, detail: p.detail }
     }
 
-    fn cache_key(&self, spec: &BuildSpec) -> Option<BTreeMap<String, String>> {
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
         let s = &self.settings;
-        Some(BTreeMap::from([
+        Ok(Some(BTreeMap::from([
             ("digest".to_string(), spec.addon.digest.clone()),
             ("nix-binary".to_string(), s.nix_binary.clone()),
             ("extra-args".to_string(), s.extra_args.join("\u{1f}")),
-        ]))
+        ])))
     }
 
     async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {

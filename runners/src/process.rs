@@ -228,6 +228,14 @@ async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration)
     kill_tree(pid, libc::SIGKILL, true);
 }
 
+/// A process's start time in clock ticks since boot (with its pid, it names one process for good:
+/// pids are reused, start times of the same pid are not).
+pub fn process_start(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19).map(str::to_string)
+}
+
 /// Sends `sig` to every descendant of `pid` (and to `pid` itself when `include_root`).
 pub fn kill_tree(pid: i32, sig: i32, include_root: bool) {
     let mut targets = descendants(pid);

@@ -223,6 +223,8 @@ pub enum RunEvent {
     /// Lines of the addon's own stderr (a sandbox tool's messages already left out).
     Stderr(Vec<u8>),
     Exited(Exit),
+    /// The runner lost the run (a plugin that died or stopped answering); nothing follows.
+    Failed(RunnerError),
 }
 
 /// A started run.
@@ -300,9 +302,9 @@ pub trait Runner: Send + Sync {
 
     /// The parts of the cache key of what `build` makes from `spec` (the engine adds the
     /// runner's name, version and configuration); None when this runner builds nothing.
-    fn cache_key(&self, spec: &BuildSpec) -> Option<BTreeMap<String, String>> {
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
         let _ = spec;
-        None
+        Ok(None)
     }
 
     /// Builds the artifact (called by the engine under its cache lock, only on a miss). The

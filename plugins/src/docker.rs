@@ -1,0 +1,49 @@
+//! The built-in docker runner served out of process: the same runner, the same configuration
+//! keys as the engine's `docker-runner:` section.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use addon_runner_protocol::{FieldError, Plugin};
+use addon_runners::docker::{DockerRunner, DockerSettings};
+use addon_runners::{Runner, RunnerInfo};
+use serde::Deserialize;
+
+/// `plugins.NAME.config` of the docker plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DockerPluginConfig {
+    /// Docker API address; null: `DOCKER_HOST`, else the local socket.
+    pub host: Option<String>,
+    /// How long an image build may take (`15m`).
+    pub build_timeout: String,
+    /// User inside the container: null keeps the image's; `engine`; or `uid:gid`.
+    pub user: Option<String>,
+    /// Network of image builds (`none` to cut it); null: the daemon's default.
+    pub build_network: Option<String>,
+}
+
+impl Default for DockerPluginConfig {
+    fn default() -> Self {
+        DockerPluginConfig { host: None, build_timeout: "15m".into(), user: None, build_network: None }
+    }
+}
+
+pub struct DockerPlugin;
+
+impl Plugin for DockerPlugin {
+    fn info(&self) -> RunnerInfo {
+        DockerRunner::new(settings(&DockerPluginConfig::default(), Duration::from_secs(900))).info()
+    }
+
+    fn configure(&self, config: &serde_json::Value) -> Result<Arc<dyn Runner>, Vec<FieldError>> {
+        let c: DockerPluginConfig = crate::parse_config(config)?;
+        let timeout = humantime::parse_duration(&c.build_timeout)
+            .map_err(|e| vec![FieldError::new("build-timeout", format!("`{}`: {e}", c.build_timeout))])?;
+        Ok(Arc::new(DockerRunner::new(settings(&c, timeout))))
+    }
+}
+
+fn settings(c: &DockerPluginConfig, build_timeout: Duration) -> DockerSettings {
+    DockerSettings { host: c.host.clone(), build_timeout, user: c.user.clone(), build_network: c.build_network.clone() }
+}

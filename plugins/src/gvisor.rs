@@ -1,0 +1,423 @@
+//! The gVisor runner: trivial addons under gVisor's user-space kernel (`runsc`), from an OCI
+//! bundle made per run. The root is the same minimal view the bwrap sandbox builds (`/usr` and
+//! the merged-/usr links, a minimal `/etc` with an engine-made `passwd`, the run's directories at
+//! `/mnt/{work,output,cache,home}`), served by gVisor's gofer; the addon runs as an unprivileged
+//! identity with no capabilities and no new privileges, with only `lo` when it did not ask for
+//! network (`--network=none`), no host unix sockets (`--host-uds=none`), inside the run's control
+//! group (memory, CPU, processes of the whole sandbox) with the output size watched.
+//!
+//! Why `runsc run` and not `runsc do`: `do` serves the whole host root (with its secrets) through
+//! a memory overlay, so the addon's writes to its output would be lost, or, with the overlay off,
+//! the addon could write anywhere on the host.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use addon_descriptors::{normalise_relative, Section};
+use addon_runners::host::{self, HostRuns};
+use addon_runners::limits::Enforcement;
+use addon_runners::process::{kill_tree, process_start};
+use addon_runners::sandbox::ns::{Identity, NsPlan};
+use addon_runners::sandbox::view::{Inside, Step, View};
+use addon_runners::{Availability, Capabilities, Mounts, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started};
+use serde::Deserialize;
+use serde_json::json;
+
+pub const NAME: &str = "gvisor";
+
+/// The plugin's configuration (`plugins.NAME.config`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GvisorSettings {
+    /// The runsc program.
+    pub runsc: String,
+    /// gVisor platform: `ptrace` (works everywhere), `systrap`, `kvm`; null: runsc's default.
+    pub platform: Option<String>,
+    /// Where runsc keeps container state.
+    pub state_dir: PathBuf,
+    /// Who addons run as (uid, and gid the same).
+    pub uid: u32,
+    /// More runsc flags (before the command).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for GvisorSettings {
+    fn default() -> Self {
+        GvisorSettings {
+            runsc: "runsc".into(),
+            platform: None,
+            state_dir: PathBuf::from("/run/addon-runner-gvisor"),
+            uid: 2_147_000_000,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct GvisorRunner {
+    settings: GvisorSettings,
+    runs: Arc<HostRuns>,
+    /// runsc container id of each run.
+    containers: Arc<Mutex<HashMap<String, String>>>,
+    enforcement: Enforcement,
+    probed: tokio::sync::OnceCell<Availability>,
+}
+
+impl GvisorRunner {
+    pub fn new(settings: GvisorSettings) -> GvisorRunner {
+        GvisorRunner {
+            settings,
+            runs: Arc::default(),
+            containers: Arc::default(),
+            enforcement: Enforcement::probe(),
+            probed: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn identity(&self) -> Identity {
+        Identity { uid: self.settings.uid, gid: self.settings.uid }
+    }
+
+    /// runsc and its global flags.
+    fn runsc(&self, network: bool) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(&self.settings.runsc);
+        c.arg(format!("--root={}", self.settings.state_dir.display()))
+            .arg(if network { "--network=host" } else { "--network=none" })
+            .arg("--host-uds=none")
+            .arg("--ignore-cgroups");
+        if let Some(p) = &self.settings.platform {
+            c.arg(format!("--platform={p}"));
+        }
+        c.args(&self.settings.extra_args);
+        c
+    }
+
+    async fn probe_now(&self) -> Availability {
+        let version = match tokio::process::Command::new(&self.settings.runsc).arg("--version").output().await {
+            Ok(o) if o.status.success() => {
+                String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string()
+            }
+            Ok(o) => {
+                return unavailable(format!("`{} --version` failed: {}", self.settings.runsc, String::from_utf8_lossy(&o.stderr)))
+            }
+            Err(e) => {
+                return unavailable(format!("{}: {e} (apt-get install runsc)", self.settings.runsc));
+            }
+        };
+        if !addon_runners::sandbox::is_root() {
+            return unavailable(format!("{version}: this plugin runs gVisor as root (rootless runsc is not supported)"));
+        }
+        // A real start of /bin/true under the real configuration: a kernel or platform gVisor
+        // cannot use says so here, not at run time.
+        let dir = match tempfile::Builder::new().prefix("addon-gvisor-probe-").tempdir() {
+            Ok(d) => d,
+            Err(e) => return unavailable(format!("cannot make a probe directory: {e}")),
+        };
+        let d = dir.path();
+        let dirs = ["work", "output", "cache", "home", "scratch"].map(|n| d.join(n));
+        for x in &dirs {
+            let _ = std::fs::create_dir(x);
+        }
+        let mounts = Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
+        let id = container_id("probe");
+        let result = async {
+            let bundle = self.bundle(&dirs[4], &mounts, false, Path::new("/bin/true"), &[], &[], 64)?;
+            let mut cmd = self.runsc(false);
+            cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
+            cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
+            let out = tokio::time::timeout(Duration::from_secs(20), cmd.output())
+                .await
+                .map_err(|_| "runsc did not finish a /bin/true within 20 s".to_string())?
+                .map_err(|e| e.to_string())?;
+            if !out.status.success() {
+                return Err(format!("runsc could not run /bin/true: {}", String::from_utf8_lossy(&out.stderr).trim()));
+            }
+            Ok(())
+        }
+        .await;
+        self.delete(&id).await;
+        match result {
+            Ok(()) => Availability {
+                available: true,
+                version: Some(version.clone()),
+                detail: format!(
+                    "{version}, platform {}; runs as uid {} without capabilities, {}",
+                    self.settings.platform.as_deref().unwrap_or("default"),
+                    self.settings.uid,
+                    self.enforcement.describe()
+                ),
+            },
+            Err(e) => unavailable(e),
+        }
+    }
+
+    /// Writes an OCI bundle for `program` under `scratch`; returns its directory.
+    #[allow(clippy::too_many_arguments)]
+    fn bundle(
+        &self,
+        scratch: &Path,
+        mounts: &Mounts,
+        network: bool,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        pids: u64,
+    ) -> Result<PathBuf, String> {
+        let inside = Mounts::mnt();
+        let id = self.identity();
+        let view = View::host_program(mounts, &inside, network, &[], Inside { uid: id.uid, gid: id.gid });
+        let bundle = scratch.join("gvisor-bundle");
+        let rootfs = bundle.join("rootfs");
+        let files = bundle.join("files");
+        let io = |e: std::io::Error| format!("making the bundle: {e}");
+        std::fs::create_dir_all(&rootfs).map_err(io)?;
+        std::fs::create_dir_all(&files).map_err(io)?;
+        let in_root = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
+        let mut oci_mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
+        ];
+        let make_point = |at: &Path, dir: bool| -> Result<(), String> {
+            let p = in_root(at);
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent).map_err(io)?;
+            }
+            if dir {
+                std::fs::create_dir_all(&p).map_err(io)
+            } else {
+                std::fs::write(&p, b"").map_err(io)
+            }
+        };
+        for (n, step) in view.steps.iter().enumerate() {
+            match step {
+                Step::RoBind(p) => {
+                    make_point(p, p.is_dir())?;
+                    oci_mounts.push(json!({"destination": p, "type": "bind", "source": p, "options": ["rbind", "ro", "nosuid", "nodev"]}));
+                }
+                Step::Bind { src, at } => {
+                    make_point(at, true)?;
+                    oci_mounts.push(json!({"destination": at, "type": "bind", "source": src, "options": ["rbind", "rw", "nosuid", "nodev"]}));
+                }
+                Step::Symlink { target, at } => {
+                    let p = in_root(at);
+                    if std::fs::symlink_metadata(&p).is_err() {
+                        std::os::unix::fs::symlink(target, &p).map_err(io)?;
+                    }
+                }
+                Step::Dir(p) => make_point(p, true)?,
+                Step::File { at, contents } => {
+                    let f = files.join(format!("{n}"));
+                    std::fs::write(&f, contents).map_err(io)?;
+                    make_point(at, false)?;
+                    oci_mounts.push(json!({"destination": at, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
+                }
+                Step::Tmpfs(p) => {
+                    make_point(p, true)?;
+                    oci_mounts.push(json!({"destination": p, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
+                }
+                Step::Dev | Step::Proc => {}
+            }
+        }
+        let argv: Vec<String> =
+            std::iter::once(mounts.translate(program, &inside).display().to_string()).chain(args.iter().cloned()).collect();
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": id.uid, "gid": id.gid},
+                "args": argv,
+                "env": env,
+                "cwd": inside.work,
+                "capabilities": {"bounding": [], "effective": [], "inheritable": [], "permitted": [], "ambient": []},
+                "noNewPrivileges": true,
+                "rlimits": [
+                    {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024},
+                    {"type": "RLIMIT_NPROC", "hard": pids, "soft": pids},
+                    {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}
+                ]
+            },
+            "root": {"path": "rootfs", "readonly": true},
+            "hostname": "addon",
+            "mounts": oci_mounts,
+            "linux": {
+                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
+                "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"]
+            }
+        });
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(io)?;
+        Ok(bundle)
+    }
+
+    async fn delete(&self, id: &str) {
+        let mut c = tokio::process::Command::new(&self.settings.runsc);
+        c.arg(format!("--root={}", self.settings.state_dir.display())).args(["delete", "--force", id]);
+        c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        let _ = tokio::time::timeout(Duration::from_secs(10), c.status()).await;
+    }
+}
+
+fn unavailable(detail: impl Into<String>) -> Availability {
+    Availability { available: false, version: None, detail: detail.into() }
+}
+
+/// A container id naming this plugin process (pid and start time), so that Reap knows whose it is.
+fn container_id(run: &str) -> String {
+    let pid = std::process::id() as i32;
+    let start = process_start(pid).unwrap_or_default();
+    let safe: String = run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
+    format!("addon-{pid}-{start}-{safe}")
+}
+
+/// Whether the plugin process that made container `id` is gone.
+fn orphaned(id: &str) -> bool {
+    let mut parts = id.trim_start_matches("addon-").splitn(3, '-');
+    let (Some(pid), Some(start)) = (parts.next().and_then(|p| p.parse::<i32>().ok()), parts.next()) else {
+        return false; // not ours
+    };
+    process_start(pid).as_deref() != Some(start)
+}
+
+#[async_trait::async_trait]
+impl Runner for GvisorRunner {
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            serves: vec![Section::Trivial],
+            capabilities: Capabilities {
+                isolates_network: true,
+                isolates_filesystem: true,
+                shares_host_filesystem: true,
+                enforces_limits: true,
+                measures_resources: true,
+                ..Capabilities::default()
+            },
+        }
+    }
+
+    async fn probe(&self) -> Availability {
+        self.probed.get_or_init(|| self.probe_now()).await.clone()
+    }
+
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let setup = |m: String| RunnerError::setup(NAME, m);
+        if spec.section != Section::Trivial {
+            return Err(setup(format!("serves trivial addons, not {}", spec.section)));
+        }
+        let exec = spec.descriptor.trivial_exec().ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
+        let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
+        let program = spec.dirs.addon.join(rel);
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&program).map_err(|e| setup(format!("{}: {e}", program.display())))?.permissions().mode();
+            if mode & 0o555 != 0o555 {
+                std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555)).map_err(|e| setup(e.to_string()))?;
+            }
+        }
+        let mounts = spec.mounts();
+        addon_runners::sandbox::claim(&[&mounts.work, &mounts.output, &mounts.cache, &mounts.home], self.identity())
+            .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", self.settings.uid)))?;
+        std::fs::create_dir_all(&self.settings.state_dir)
+            .map_err(|e| setup(format!("{}: {e}", self.settings.state_dir.display())))?;
+        let env = spec.env_in(&Mounts::mnt(), false);
+        let pids = spec.limits.pids.unwrap_or(4096);
+        let bundle = self.bundle(&spec.dirs.scratch, &mounts, spec.network, &program, &spec.args, &env, pids).map_err(setup)?;
+        let id = container_id(&spec.run_id);
+        let mut envelope = host::envelope_for(NAME, &spec, &self.enforcement)?;
+        let mut cmd = self.runsc(spec.network);
+        cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
+        // runsc and its sandbox join the run's control group before exec; the process dies with
+        // this plugin (the sandbox follows it; Reap removes what a SIGKILL leaves).
+        NsPlan::prepare_only().join_cgroups(&envelope.cgroup_procs()).install(&mut cmd);
+        let noise: addon_runners::NoiseFilter = Arc::new(|_: &str| false);
+        let spawned = host::spawn(NAME, &self.runs, &spec, cmd, &program.display().to_string(), &mut envelope, noise)?;
+        let mut events = spawned.watch(&self.runs, &spec, envelope);
+        self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), id.clone());
+        // Forward the events; once the run ended, delete its container state.
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let (containers, run_id, runsc, state) =
+            (self.containers.clone(), spec.run_id.clone(), self.settings.runsc.clone(), self.settings.state_dir.clone());
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                if let RunEvent::Exited(_) = &e {
+                    let mut c = tokio::process::Command::new(&runsc);
+                    c.arg(format!("--root={}", state.display())).args(["delete", "--force", &id]);
+                    c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                    let _ = tokio::time::timeout(Duration::from_secs(10), c.status()).await;
+                    containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
+                }
+                let _ = tx.send(e).await;
+            }
+        });
+        Ok(Started { sandbox: NAME.into(), events: rx })
+    }
+
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
+        let Some(pid) = self.runs.pid(run_id) else { return Ok(()) };
+        let id = self.containers.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).cloned();
+        if !grace.is_zero() {
+            if let Some(id) = &id {
+                // SIGTERM to every process of the container, inside gVisor.
+                let mut c = tokio::process::Command::new(&self.settings.runsc);
+                c.arg(format!("--root={}", self.settings.state_dir.display())).args(["kill", "--all", id, "TERM"]);
+                c.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+                let _ = tokio::time::timeout(Duration::from_secs(5), c.status()).await;
+            }
+            let runs = self.runs.clone();
+            let run_id = run_id.to_string();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                if runs.pid(&run_id) == Some(pid) {
+                    kill_tree(pid, libc::SIGKILL, true);
+                }
+            });
+            return Ok(());
+        }
+        kill_tree(pid, libc::SIGKILL, true);
+        Ok(())
+    }
+
+    async fn reap(&self) -> Result<u64, RunnerError> {
+        let out = tokio::process::Command::new(&self.settings.runsc)
+            .arg(format!("--root={}", self.settings.state_dir.display()))
+            .args(["list", "--quiet"])
+            .output()
+            .await;
+        let Ok(out) = out else { return Ok(0) };
+        let mut removed = 0;
+        for id in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| l.starts_with("addon-")) {
+            if orphaned(id) {
+                tracing::warn!("removing gVisor container {id} left by a dead plugin process");
+                self.delete(id).await;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The plugin around [`GvisorRunner`].
+pub struct GvisorPlugin;
+
+impl addon_runner_protocol::Plugin for GvisorPlugin {
+    fn info(&self) -> RunnerInfo {
+        GvisorRunner::new(GvisorSettings::default()).info()
+    }
+
+    fn configure(&self, config: &serde_json::Value) -> Result<Arc<dyn Runner>, Vec<addon_runner_protocol::FieldError>> {
+        let settings: GvisorSettings = crate::parse_config(config)?;
+        if let Some(p) = &settings.platform {
+            if !["ptrace", "systrap", "kvm"].contains(&p.as_str()) {
+                return Err(vec![addon_runner_protocol::FieldError::new("platform", format!("`{p}` is not ptrace, systrap or kvm"))]);
+            }
+        }
+        if settings.uid == 0 {
+            return Err(vec![addon_runner_protocol::FieldError::new("uid", "addons never run as root")]);
+        }
+        Ok(Arc::new(GvisorRunner::new(settings)))
+    }
+}

@@ -1,0 +1,21 @@
+//! Runner plugins shipped with the engine, built on the SDK of `addon-runner-protocol`:
+//! `addon-runner-docker` (the built-in docker runner, served out of process) and
+//! `addon-runner-gvisor` (trivial addons under gVisor's `runsc`).
+
+pub mod docker;
+pub mod gvisor;
+
+use addon_runner_protocol::FieldError;
+use serde::de::DeserializeOwned;
+
+/// Reads a plugin's configuration (null: the defaults); errors name the field.
+pub fn parse_config<T: DeserializeOwned + Default>(config: &serde_json::Value) -> Result<T, Vec<FieldError>> {
+    if config.is_null() {
+        return Ok(T::default());
+    }
+    serde_path_to_error::deserialize(config).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        vec![FieldError::new(field, e.inner().to_string())]
+    })
+}

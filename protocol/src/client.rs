@@ -1,0 +1,781 @@
+//! The engine's side: a plugin behind the [`Runner`] trait. It starts the plugin (go-plugin
+//! handshake) or dials a standalone one, checks the protocol version, configures it and calls
+//! Reap whenever it (re)connects; it keeps one plugin process per engine, starts it again when it
+//! died, and ends a run whose plugin died or stopped answering as a runner failure that names the
+//! plugin and the tail of its stderr. For plugins that do not share the host filesystem it copies
+//! the run's directories in and the output back.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use addon_descriptors::Section;
+use addon_runners::{
+    Artifact, Availability, BuildSpec, Capabilities, LogSink, LogStream, RunEvent, Runner, RunnerError, RunnerInfo,
+    StartSpec, Started,
+};
+use sha2::Digest;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+
+use crate::convert;
+use crate::handshake::{self, Network};
+use crate::pb;
+use crate::pb::runner_client::RunnerClient;
+
+/// Lines of a plugin's stderr kept for error messages.
+const STDERR_TAIL: usize = 20;
+
+/// Where a plugin is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A program the engine starts (its argv).
+    Command(Vec<String>),
+    /// A standalone server: `unix:///PATH`, `http://HOST:PORT`, `https://HOST:PORT`.
+    Address { url: String, tls: Option<ClientTls> },
+}
+
+/// TLS towards a standalone plugin (PEM files).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub domain: Option<String>,
+}
+
+/// A configured plugin.
+#[derive(Debug, Clone)]
+pub struct PluginSettings {
+    /// The name it is configured under (what `runner:` and reports use).
+    pub name: String,
+    /// The sections it is configured to serve.
+    pub serves: Vec<Section>,
+    pub endpoint: Endpoint,
+    /// Its own configuration, passed to Configure.
+    pub config: serde_json::Value,
+    /// How long a start, handshake or call may take before the plugin counts as hung.
+    pub timeout: Duration,
+}
+
+struct Process {
+    child: Mutex<tokio::process::Child>,
+    pid: i32,
+    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    _socket_dir: Option<tempfile::TempDir>,
+}
+
+impl Process {
+    fn exited(&self) -> Option<std::process::ExitStatus> {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).try_wait().ok().flatten()
+    }
+
+    fn kill(&self) {
+        // SAFETY: plain signal to a child we own (not yet reaped, so the pid is still ours).
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+
+    fn tail(&self) -> Vec<String> {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    /// Waits a little for the process to end and its stderr to be read out.
+    async fn settle(&self) -> Option<std::process::ExitStatus> {
+        for _ in 0..20 {
+            if self.exited().is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let reader = self.stderr_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(r) = reader {
+            let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
+        }
+        self.exited()
+    }
+}
+
+impl Drop for Process {
+    /// The plugin is asked to stop (SIGTERM: it stops its runs) and killed if it does not.
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
+        if child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        // SAFETY: signals to our own, not yet reaped child.
+        unsafe { libc::kill(self.pid, libc::SIGTERM) };
+        for _ in 0..60 {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = child.try_wait();
+    }
+}
+
+struct Conn {
+    client: RunnerClient<Channel>,
+    process: Option<Process>,
+    info: RunnerInfo,
+}
+
+impl Conn {
+    fn alive(&self) -> bool {
+        self.process.as_ref().is_none_or(|p| p.exited().is_none())
+    }
+}
+
+/// A runner plugin behind the [`Runner`] trait.
+pub struct PluginRunner {
+    settings: PluginSettings,
+    config_digest: String,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// The plugin's info as last seen (for the synchronous `info`).
+    info: Mutex<Option<RunnerInfo>>,
+}
+
+impl std::fmt::Debug for PluginRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRunner").field("name", &self.settings.name).finish()
+    }
+}
+
+impl PluginRunner {
+    pub fn new(settings: PluginSettings) -> PluginRunner {
+        let canonical = serde_json::to_string(&settings.config).unwrap_or_default();
+        let config_digest = hex::encode(sha2::Sha256::digest(canonical.as_bytes()));
+        PluginRunner { settings, config_digest, conn: tokio::sync::Mutex::new(None), info: Mutex::new(None) }
+    }
+
+    fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    fn failed(&self, message: impl Into<String>) -> RunnerError {
+        RunnerError::Runner { runner: self.name().to_string(), message: message.into() }
+    }
+
+    /// The live connection, starting (or restarting) the plugin when needed.
+    async fn connect(&self) -> Result<Arc<Conn>, RunnerError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.alive() {
+                return Ok(c.clone());
+            }
+            let p = c.process.as_ref().expect("only processes die");
+            let status = p.settle().await;
+            tracing::warn!(
+                "plugin {} died ({}); starting it again{}",
+                self.name(),
+                describe_status(status),
+                tail_text(&p.tail())
+            );
+        }
+        *slot = None;
+        let conn = Arc::new(self.open().await?);
+        *self.info.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.info.clone());
+        *slot = Some(conn.clone());
+        drop(slot);
+        // Whatever runs of an earlier process of this plugin left behind.
+        let mut client = conn.client.clone();
+        match self.call(client.reap(pb::ReapRequest {})).await {
+            Ok(r) if r.removed > 0 => {
+                tracing::warn!("plugin {}: reaped {} leftovers of earlier runs", self.name(), r.removed)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("plugin {}: reap: {e}", self.name()),
+        }
+        Ok(conn)
+    }
+
+    async fn open(&self) -> Result<Conn, RunnerError> {
+        let (channel, process) = match &self.settings.endpoint {
+            Endpoint::Command(argv) => {
+                let (channel, process) = self.launch(argv).await?;
+                (channel, Some(process))
+            }
+            Endpoint::Address { url, tls } => (self.dial(url, tls.as_ref()).await?, None),
+        };
+        let with_tail = |e: RunnerError| match (&e, &process) {
+            (RunnerError::Runner { runner, message }, Some(p)) => {
+                RunnerError::Runner { runner: runner.clone(), message: format!("{message}{}", tail_text(&p.tail())) }
+            }
+            _ => e,
+        };
+        // go-plugin hosts check the health service first; so do we.
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let req = tonic_health::pb::HealthCheckRequest { service: "plugin".into() };
+        let status = self.call(health.check(req)).await.map_err(with_tail)?;
+        if status.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+            return Err(with_tail(self.failed("its health service says it is not serving")));
+        }
+        let mut client = RunnerClient::new(channel).max_decoding_message_size(64 << 20);
+        let info = self
+            .call(client.info(pb::InfoRequest { protocol_version: crate::PROTOCOL_VERSION }))
+            .await
+            .map_err(with_tail)?;
+        if info.protocol_version != crate::PROTOCOL_VERSION {
+            return Err(self.failed(format!(
+                "it speaks runner protocol version {}; this engine speaks version {}",
+                info.protocol_version,
+                crate::PROTOCOL_VERSION
+            )));
+        }
+        let mut info = convert::info_from_pb(&info).map_err(|e| self.failed(e.to_string()))?;
+        let missing: Vec<&str> =
+            self.settings.serves.iter().filter(|s| !info.serves.contains(s)).map(|s| s.as_str()).collect();
+        if !missing.is_empty() {
+            return Err(RunnerError::Unavailable {
+                runner: self.name().to_string(),
+                detail: format!(
+                    "configured to serve {} but the plugin serves only {}",
+                    missing.join(", "),
+                    info.serves.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+        info.name = self.name().to_string();
+        info.serves = self.settings.serves.clone();
+        let config_json = serde_json::to_string(&self.settings.config).unwrap_or_else(|_| "null".into());
+        let configured = self.call(client.configure(pb::ConfigureRequest { config_json })).await.map_err(with_tail)?;
+        if !configured.errors.is_empty() {
+            let errors: Vec<String> = configured
+                .errors
+                .iter()
+                .map(|e| {
+                    let field = if e.field.is_empty() { String::new() } else { format!(".{}", e.field) };
+                    format!("plugins.{}.config{field}: {}", self.name(), e.message)
+                })
+                .collect();
+            return Err(RunnerError::Unavailable { runner: self.name().to_string(), detail: errors.join("; ") });
+        }
+        Ok(Conn { client, process, info })
+    }
+
+    /// Starts the plugin program and reads its handshake.
+    async fn launch(&self, argv: &[String]) -> Result<(Channel, Process), RunnerError> {
+        let program = argv.first().ok_or_else(|| self.failed("its command is empty"))?;
+        let socket_dir = tempfile::Builder::new()
+            .prefix("addon-plugin-")
+            .tempdir()
+            .map_err(|e| self.failed(format!("making its socket directory: {e}")))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(&argv[1..])
+            .env(handshake::MAGIC_COOKIE_KEY, handshake::MAGIC_COOKIE_VALUE)
+            .env("PLUGIN_PROTOCOL_VERSIONS", crate::PROTOCOL_VERSION.to_string())
+            .env("PLUGIN_UNIX_SOCKET_DIR", socket_dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                // It dies with the engine: SIGTERM lets it stop its runs first.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|e| RunnerError::Spawn {
+            runner: self.name().to_string(),
+            program: program.clone(),
+            detail: format!("cannot start the plugin: {e}"),
+        })?;
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr_reader = child.stderr.take().map(|err| {
+            let (tail, name) = (stderr.clone(), self.name().to_string());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    tracing::debug!(plugin = %name, "{line}");
+                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                    if t.len() == STDERR_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line);
+                }
+            })
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let process = Process {
+            child: Mutex::new(child),
+            pid,
+            stderr,
+            stderr_done: Mutex::new(stderr_reader),
+            _socket_dir: Some(socket_dir),
+        };
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(self.settings.timeout, lines.next_line()).await;
+        let line = match first {
+            Ok(Ok(Some(line))) => line,
+            Ok(_) => {
+                let status = process.settle().await;
+                return Err(self.failed(format!(
+                    "it ended before its handshake ({}){}",
+                    describe_status(status),
+                    tail_text(&process.tail())
+                )));
+            }
+            Err(_) => {
+                process.kill();
+                process.settle().await;
+                return Err(self.failed(format!(
+                    "no handshake within {:?} (is `{program}` a runner plugin?){}",
+                    self.settings.timeout,
+                    tail_text(&process.tail())
+                )));
+            }
+        };
+        let h = match handshake::parse(&line, crate::PROTOCOL_VERSION) {
+            Ok(h) => h,
+            Err(e) => {
+                process.kill();
+                process.settle().await;
+                return Err(self.failed(e.to_string()));
+            }
+        };
+        // Everything after the handshake on stdout is log.
+        let name = self.name().to_string();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                tracing::info!(plugin = %name, "{line}");
+            }
+        });
+        let channel = match h.network {
+            Network::Unix => self.connect_unix(PathBuf::from(&h.address)).await,
+            Network::Tcp => self.connect_uri(&format!("http://{}", h.address), None).await,
+        };
+        match channel {
+            Ok(c) => Ok((c, process)),
+            Err(e) => {
+                process.kill();
+                Err(e)
+            }
+        }
+    }
+
+    async fn dial(&self, url: &str, tls: Option<&ClientTls>) -> Result<Channel, RunnerError> {
+        if let Some(path) = url.strip_prefix("unix://") {
+            return self.connect_unix(PathBuf::from(path)).await;
+        }
+        self.connect_uri(url, tls).await
+    }
+
+    async fn connect_unix(&self, path: PathBuf) -> Result<Channel, RunnerError> {
+        let endpoint = TonicEndpoint::from_static("http://plugin.invalid").connect_timeout(self.settings.timeout);
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        });
+        tokio::time::timeout(self.settings.timeout, endpoint.connect_with_connector(connector))
+            .await
+            .map_err(|_| self.failed(format!("no connection within {:?}", self.settings.timeout)))?
+            .map_err(|e| self.failed(format!("cannot connect: {}", error_chain(&e))))
+    }
+
+    async fn connect_uri(&self, url: &str, tls: Option<&ClientTls>) -> Result<Channel, RunnerError> {
+        let mut endpoint = TonicEndpoint::from_shared(url.to_string())
+            .map_err(|e| self.failed(format!("address `{url}`: {e}")))?
+            .connect_timeout(self.settings.timeout)
+            .tcp_nodelay(true);
+        if url.starts_with("https://") {
+            let read = |p: &Path| std::fs::read(p).map_err(|e| self.failed(format!("TLS file {}: {e}", p.display())));
+            let mut config = tonic::transport::ClientTlsConfig::new();
+            if let Some(t) = tls {
+                if let Some(ca) = &t.ca {
+                    config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+                }
+                if let (Some(cert), Some(key)) = (&t.cert, &t.key) {
+                    config = config.identity(tonic::transport::Identity::from_pem(read(cert)?, read(key)?));
+                }
+                if let Some(d) = &t.domain {
+                    config = config.domain_name(d.clone());
+                }
+            }
+            endpoint = endpoint.tls_config(config).map_err(|e| self.failed(format!("TLS: {e}")))?;
+        }
+        tokio::time::timeout(self.settings.timeout, endpoint.connect())
+            .await
+            .map_err(|_| self.failed(format!("no connection to {url} within {:?}", self.settings.timeout)))?
+            .map_err(|e| self.failed(format!("cannot connect to {url}: {}", error_chain(&e))))
+    }
+
+    /// A unary call with the plugin's timeout; a failed call is the plugin's failure.
+    async fn call<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RunnerError> {
+        self.call_within(self.settings.timeout, fut).await
+    }
+
+    async fn call_within<T>(
+        &self,
+        limit: Duration,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RunnerError> {
+        match tokio::time::timeout(limit, fut).await {
+            Err(_) => Err(self.failed(format!("it did not answer within {limit:?}"))),
+            Ok(Err(status)) => Err(self.failed(describe(&status))),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+
+    /// What happened to a plugin whose stream broke: its death (and stderr) or the status.
+    async fn lost(&self, conn: &Conn, status: Option<tonic::Status>) -> RunnerError {
+        if let Some(p) = &conn.process {
+            if let Some(st) = p.settle().await {
+                return self.failed(format!(
+                    "the plugin died during the run ({}){}",
+                    describe_status(Some(st)),
+                    tail_text(&p.tail())
+                ));
+            }
+        }
+        match status {
+            Some(s) => self.failed(format!("the run's event stream broke: {}", describe(&s))),
+            None => self.failed("the run's event stream ended before the run did"),
+        }
+    }
+
+    /// Sends a directory's content with CopyIn.
+    async fn copy_in(
+        &self,
+        client: &mut RunnerClient<Channel>,
+        id: &str,
+        dir: pb::Dir,
+        from: &Path,
+    ) -> Result<(), RunnerError> {
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+        let from = from.to_path_buf();
+        let packer = tokio::task::spawn_blocking(move || crate::copy::pack(&from, tx));
+        let header = pb::CopyInChunk {
+            chunk: Some(pb::copy_in_chunk::Chunk::Header(pb::CopyHeader { id: id.to_string(), dir: dir as i32 })),
+        };
+        let body = tokio_stream::iter([header]).chain(
+            tokio_stream::wrappers::ReceiverStream::new(rx)
+                .map(|data| pb::CopyInChunk { chunk: Some(pb::copy_in_chunk::Chunk::Data(data)) }),
+        );
+        use tokio_stream::StreamExt;
+        let answer = self.call_within(self.settings.timeout * 30, client.copy_in(body)).await?;
+        packer
+            .await
+            .map_err(|e| self.failed(e.to_string()))?
+            .map_err(|e| self.failed(format!("packing {:?}: {e}", dir)))?;
+        match answer.error {
+            Some(e) => Err(convert::error_from_pb(self.name(), "", &e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Receives a directory's content with CopyOut into a fresh `into`.
+    async fn copy_out(
+        &self,
+        client: &mut RunnerClient<Channel>,
+        id: &str,
+        dir: pb::Dir,
+        into: &Path,
+        max_bytes: Option<u64>,
+    ) -> Result<u64, RunnerError> {
+        use tokio_stream::StreamExt;
+        let stream = self.call(client.copy_out(pb::CopyOutRequest { id: id.to_string(), dir: dir as i32 })).await?;
+        let bytes =
+            stream.map(|c| c.map(|c| bytes::Bytes::from(c.data)).map_err(|s| std::io::Error::other(s.to_string())));
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(bytes));
+        let into = into.to_path_buf();
+        let policy = crate::copy::UnpackPolicy { symlinks: false, max_bytes };
+        tokio::task::spawn_blocking(move || crate::copy::unpack(reader, &into, policy))
+            .await
+            .map_err(|e| self.failed(e.to_string()))?
+            .map_err(|e| self.failed(format!("copying {dir:?} out: {e}")))
+    }
+}
+
+fn describe(s: &tonic::Status) -> String {
+    match s.code() {
+        tonic::Code::Unimplemented => format!("it does not implement this call ({})", s.message()),
+        tonic::Code::Unavailable => format!("it is unreachable ({})", s.message()),
+        _ => format!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+fn describe_status(s: Option<std::process::ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match s {
+        Some(s) if s.signal().is_some() => format!("killed by signal {}", s.signal().unwrap_or(0)),
+        Some(s) => format!("exit status {}", s.code().unwrap_or(-1)),
+        None => "still running".into(),
+    }
+}
+
+fn tail_text(tail: &[String]) -> String {
+    if tail.is_empty() {
+        String::new()
+    } else {
+        format!("; its stderr ends with: {}", tail.join(" | "))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn unique_id(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+#[async_trait::async_trait]
+impl Runner for PluginRunner {
+    fn info(&self) -> RunnerInfo {
+        match self.info.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(i) => i.clone(),
+            None => RunnerInfo {
+                name: self.name().to_string(),
+                version: "unknown".into(),
+                serves: self.settings.serves.clone(),
+                capabilities: Capabilities::default(),
+            },
+        }
+    }
+
+    async fn probe(&self) -> Availability {
+        let conn = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                let detail = match e {
+                    RunnerError::Unavailable { detail, .. } => detail,
+                    RunnerError::Spawn { detail, program, .. } => format!("{program}: {detail}"),
+                    other => other.to_string(),
+                };
+                return Availability { available: false, version: None, detail: format!("plugin: {detail}") };
+            }
+        };
+        let mut client = conn.client.clone();
+        match self.call(client.probe(pb::ProbeRequest {})).await {
+            Ok(p) => Availability {
+                available: p.available,
+                version: (!p.version.is_empty()).then_some(p.version),
+                detail: format!("plugin {} {}: {}", conn.info.name, conn.info.version, p.detail),
+            },
+            Err(e) => Availability { available: false, version: None, detail: e.to_string() },
+        }
+    }
+
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
+        let conn = self.connect().await?;
+        let mut client = conn.client.clone();
+        let r = self.call(client.cache_key(convert::build_spec_to_pb(spec, ""))).await?;
+        if let Some(e) = r.error {
+            return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e));
+        }
+        if !r.builds {
+            return Ok(None);
+        }
+        let mut parts: BTreeMap<String, String> = r.parts.into_iter().collect();
+        parts.insert("plugin-config".into(), self.config_digest.clone());
+        Ok(Some(parts))
+    }
+
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        let conn = self.connect().await?;
+        let mut client = conn.client.clone();
+        let build_id = unique_id("build");
+        let shares = conn.info.capabilities.shares_host_filesystem;
+        if !shares {
+            self.copy_in(&mut client, &build_id, pb::Dir::Addon, &spec.addon_dir).await?;
+        }
+        let result = async {
+            let mut stream = self.call(client.build(convert::build_spec_to_pb(spec, &build_id))).await?;
+            loop {
+                match stream.message().await {
+                    Ok(Some(pb::BuildEvent { event: Some(pb::build_event::Event::Log(line)) })) => {
+                        log(LogStream::Stdout, &line)
+                    }
+                    Ok(Some(pb::BuildEvent { event: Some(pb::build_event::Event::Artifact(a)) })) => {
+                        return convert::artifact_from_pb(&a).map_err(|e| self.failed(e.to_string()))
+                    }
+                    Ok(Some(pb::BuildEvent { event: Some(pb::build_event::Event::Error(e)) })) => {
+                        return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e))
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return Err(self.lost(&conn, None).await),
+                    Err(s) => return Err(self.lost(&conn, Some(s)).await),
+                }
+            }
+        }
+        .await;
+        if !shares {
+            let _ = self.call(client.forget(pb::ForgetRequest { id: build_id })).await;
+        }
+        result
+    }
+
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        let Ok(conn) = self.connect().await else { return true };
+        let mut client = conn.client.clone();
+        // Unknown is not invalid: a plugin that cannot answer fails the run with a clear error.
+        self.call(client.artifact_valid(convert::artifact_to_pb(artifact))).await.map(|r| r.valid).unwrap_or(true)
+    }
+
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let conn = self.connect().await?;
+        let mut client = conn.client.clone();
+        let shares = conn.info.capabilities.shares_host_filesystem;
+        let run_id = spec.run_id.clone();
+        if !shares {
+            for (dir, path) in
+                [(pb::Dir::Work, &spec.dirs.work), (pb::Dir::Cache, &spec.dirs.cache), (pb::Dir::Home, &spec.dirs.home)]
+            {
+                self.copy_in(&mut client, &run_id, dir, path).await?;
+            }
+        }
+        let started = self.call(client.start(convert::start_spec_to_pb(&spec))).await?;
+        if let Some(e) = started.error {
+            if !shares {
+                let _ = self.call(client.forget(pb::ForgetRequest { id: run_id.clone() })).await;
+            }
+            return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e));
+        }
+        let mut stream = self.call(client.events(pb::EventsRequest { run_id: run_id.clone() })).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let this = PluginRunRef { settings: self.settings.clone(), conn: conn.clone() };
+        let (dirs, output_size) = (spec.dirs.clone(), spec.limits.output_size);
+        tokio::spawn(async move {
+            let runner = this.runner();
+            loop {
+                let message = tokio::select! {
+                    m = stream.message() => m,
+                    // The engine stopped listening: dropping the stream tells the plugin.
+                    _ = tx.closed() => return,
+                };
+                let event = match message {
+                    Ok(Some(pb::RunEvent { event: Some(pb::run_event::Event::Stdout(b)) })) => RunEvent::Stdout(b),
+                    Ok(Some(pb::RunEvent { event: Some(pb::run_event::Event::Stderr(b)) })) => RunEvent::Stderr(b),
+                    Ok(Some(pb::RunEvent { event: Some(pb::run_event::Event::Exited(e)) })) => {
+                        let event = match convert::exit_from_pb(&e) {
+                            Ok(exit) => match this.collect(&runner, &run_id, &dirs, output_size, shares).await {
+                                Ok(()) => RunEvent::Exited(exit),
+                                Err(e) => RunEvent::Failed(e),
+                            },
+                            Err(e) => RunEvent::Failed(runner.failed(e.to_string())),
+                        };
+                        let _ = tx.send(event).await;
+                        let mut client = this.conn.client.clone();
+                        let _ = runner.call(client.forget(pb::ForgetRequest { id: run_id })).await;
+                        return;
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => RunEvent::Failed(runner.lost(&this.conn, None).await),
+                    Err(s) => RunEvent::Failed(runner.lost(&this.conn, Some(s)).await),
+                };
+                let last = matches!(event, RunEvent::Failed(_));
+                if tx.send(event).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Started {
+            sandbox: if started.sandbox.is_empty() { self.name().to_string() } else { started.sandbox },
+            events: rx,
+        })
+    }
+
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
+        let conn = {
+            let slot = self.conn.lock().await;
+            match slot.as_ref() {
+                Some(c) if c.alive() => c.clone(),
+                _ => return Ok(()), // a dead plugin's runs are reaped when it comes back
+            }
+        };
+        let mut client = conn.client.clone();
+        let req = pb::StopRequest { run_id: run_id.to_string(), grace_ms: grace.as_millis() as u64 };
+        match self.call_within(grace + self.settings.timeout, client.stop(req)).await {
+            Ok(r) => match r.error {
+                Some(e) => Err(convert::error_from_pb(self.name(), "", &e)),
+                None => Ok(()),
+            },
+            Err(e) => {
+                // A plugin that cannot stop a run is killed (it stops its runs on the way, or
+                // they are reaped when it is started again).
+                if let Some(p) = &conn.process {
+                    tracing::warn!("plugin {}: {e}; killing it", self.name());
+                    p.kill();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn release(&self, artifact: &Artifact) -> Result<(), RunnerError> {
+        let conn = self.connect().await?;
+        let mut client = conn.client.clone();
+        match self.call(client.release(convert::artifact_to_pb(artifact))).await?.error {
+            Some(e) => Err(convert::error_from_pb(self.name(), "", &e)),
+            None => Ok(()),
+        }
+    }
+
+    async fn reap(&self) -> Result<u64, RunnerError> {
+        let conn = self.connect().await?;
+        let mut client = conn.client.clone();
+        Ok(self.call(client.reap(pb::ReapRequest {})).await?.removed)
+    }
+}
+
+/// What a run's event task needs of its runner.
+struct PluginRunRef {
+    settings: PluginSettings,
+    conn: Arc<Conn>,
+}
+
+impl PluginRunRef {
+    fn runner(&self) -> PluginRunner {
+        PluginRunner::new(self.settings.clone())
+    }
+
+    /// Brings the output, CACHE_DIR and HOME back from a plugin that keeps its own copies.
+    async fn collect(
+        &self,
+        runner: &PluginRunner,
+        run_id: &str,
+        dirs: &addon_runners::RunDirs,
+        output_size: Option<u64>,
+        shares: bool,
+    ) -> Result<(), RunnerError> {
+        if shares {
+            return Ok(());
+        }
+        let mut client = self.conn.client.clone();
+        let mut budget = output_size;
+        for (dir, path) in [(pb::Dir::Output, &dirs.output), (pb::Dir::Cache, &dirs.cache), (pb::Dir::Home, &dirs.home)]
+        {
+            let fresh = tempfile::Builder::new()
+                .prefix(".copy-out-")
+                .tempdir_in(path.parent().unwrap_or(Path::new("/tmp")))
+                .map_err(|e| runner.failed(format!("copying out: {e}")))?;
+            let n = runner.copy_out(&mut client, run_id, dir, fresh.path(), budget).await?;
+            budget = budget.map(|b| b.saturating_sub(n));
+            crate::copy::replace_content(path, fresh.path()).map_err(|e| runner.failed(format!("copying out: {e}")))?;
+        }
+        Ok(())
+    }
+}

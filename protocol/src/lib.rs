@@ -1,0 +1,100 @@
+//! The runner plugin protocol, `addon.runner.v1` (gRPC; `proto/addon/runner/v1/runner.proto` is
+//! the contract): the engine's client for plugins ([`client::PluginRunner`], a
+//! [`addon_runners::Runner`] like any built-in), and the SDK for writing a plugin in Rust
+//! ([`server`]: implement [`server::Plugin`], call [`main`]).
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use addon_runner_protocol::server::{FieldError, Plugin};
+//! use addon_runners::{Runner, RunnerInfo};
+//!
+//! struct MyPlugin;
+//!
+//! impl Plugin for MyPlugin {
+//!     fn info(&self) -> RunnerInfo {
+//!         todo!("name, version, served sections, capabilities")
+//!     }
+//!     fn configure(&self, config: &serde_json::Value) -> Result<Arc<dyn Runner>, Vec<FieldError>> {
+//!         todo!("check `config`, make the runner")
+//!     }
+//! }
+//!
+//! fn main() {
+//!     addon_runner_protocol::main(MyPlugin)
+//! }
+//! ```
+
+pub mod client;
+pub mod convert;
+pub mod copy;
+pub mod handshake;
+pub mod server;
+
+/// The generated protocol types and services.
+pub mod pb {
+    #![allow(clippy::all, missing_docs, rust_2018_idioms)]
+    tonic::include_proto!("addon.runner.v1");
+}
+
+/// The protocol version this crate speaks (the second field of the handshake line).
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The proto file, for tools that generate stubs from the running engine's contract.
+pub const PROTO: &str = include_str!("../proto/addon/runner/v1/runner.proto");
+
+pub use client::{ClientTls, Endpoint, PluginRunner, PluginSettings};
+pub use server::{FieldError, Plugin};
+
+/// Command line of a plugin built with the SDK.
+#[derive(Debug, clap::Parser)]
+#[command(
+    about = "An addon runner plugin. An addon engine starts it (configure it under `plugins:`), or it serves \
+             engines as a standalone server with --listen.",
+    version
+)]
+struct Args {
+    /// Serve standalone at `unix:///PATH` or `HOST:PORT` instead of being started by an engine.
+    #[arg(long, value_name = "ADDRESS")]
+    listen: Option<String>,
+    /// PEM certificate for TLS (standalone, TCP).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
+    /// PEM CA that client certificates must be signed by (mutual TLS).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_client_ca: Option<std::path::PathBuf>,
+}
+
+/// Runs a plugin: parses its command line, logs to stderr (`RUST_LOG`), serves until SIGTERM.
+pub fn main(plugin: impl Plugin) -> ! {
+    use clap::Parser;
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let listen = args.listen.map(|address| server::Listen {
+        address,
+        tls: args.tls_cert.map(|cert| server::ServerTls {
+            cert,
+            key: args.tls_key.unwrap_or_default(),
+            client_ca: args.tls_client_ca,
+        }),
+    });
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    };
+    match rt.block_on(server::serve(plugin, listen)) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1)
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! The plugin SDK: serve any [`addon_runners::Runner`] over the protocol. Implement [`Plugin`]
+//! (who you are, and how your runner is made from its configuration), call [`main`], done: the
+//! handshake, the health service, run bookkeeping, CopyIn/CopyOut staging, stopping runs whose
+//! engine went away, and a clean exit on SIGTERM are the SDK's.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use addon_runners::{RunEvent, Runner, RunnerInfo};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::convert;
+use crate::handshake::{self, Handshake, Network};
+use crate::pb;
+use crate::pb::runner_server::{Runner as RunnerService, RunnerServer};
+
+/// A plugin: who it is, and how its runner is made from its configuration.
+pub trait Plugin: Send + Sync + 'static {
+    /// Name, version, served sections, capabilities (also before any configuration).
+    fn info(&self) -> RunnerInfo;
+    /// Makes the runner from the plugin's `config:` (JSON null when there is none). Errors name
+    /// the field.
+    fn configure(&self, config: &serde_json::Value) -> Result<Arc<dyn Runner>, Vec<FieldError>>;
+}
+
+/// A problem with one field of a plugin's configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path inside the plugin's config; empty for the whole.
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> FieldError {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// How long a started run may wait for its Events stream before the SDK stops it (the engine
+/// died between Start and Events).
+const UNCLAIMED_RUN: Duration = Duration::from_secs(30);
+
+struct Run {
+    events: Option<mpsc::Receiver<RunEvent>>,
+    /// The run's Events stream ended (exited, or stopped after its engine went away).
+    done: bool,
+}
+
+struct State {
+    plugin: Box<dyn Plugin>,
+    /// The configured runner and the configuration it was made from.
+    runner: Mutex<Option<(serde_json::Value, Arc<dyn Runner>)>>,
+    runs: Mutex<HashMap<String, Run>>,
+    /// Per run or build: the copies of plugins that do not share the host filesystem.
+    staging: tempfile::TempDir,
+    /// Fires once on shutdown.
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// The gRPC service around a plugin.
+#[derive(Clone)]
+pub struct Service {
+    state: Arc<State>,
+}
+
+impl Service {
+    pub fn new(plugin: impl Plugin) -> std::io::Result<Service> {
+        let staging = tempfile::Builder::new().prefix("addon-runner-plugin-").tempdir()?;
+        Ok(Service {
+            state: Arc::new(State {
+                plugin: Box::new(plugin),
+                runner: Mutex::new(None),
+                runs: Mutex::new(HashMap::new()),
+                staging,
+                shutdown: tokio_util::sync::CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// The configured runner (configured with no configuration when Configure never came).
+    fn runner(&self) -> Result<Arc<dyn Runner>, Status> {
+        let mut slot = self.state.runner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, r)) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let r = self.state.plugin.configure(&serde_json::Value::Null).map_err(|errors| {
+            Status::failed_precondition(format!("not configured, and it needs a configuration: {}", join(&errors)))
+        })?;
+        *slot = Some((serde_json::Value::Null, r.clone()));
+        Ok(r)
+    }
+
+    fn shares_host_filesystem(&self) -> bool {
+        self.state.plugin.info().capabilities.shares_host_filesystem
+    }
+
+    fn staging(&self, id: &str) -> Result<PathBuf, Status> {
+        if id.is_empty()
+            || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            || id.starts_with('.')
+        {
+            return Err(Status::invalid_argument(format!("id `{id}` is not a plain name")));
+        }
+        Ok(self.state.staging.path().join(id))
+    }
+
+    /// Stops every run and waits (up to `wait`) for them to end.
+    pub async fn stop_all(&self, wait: Duration) {
+        let ids: Vec<String> = self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let Ok(runner) = self.runner() else { return };
+        for id in &ids {
+            let _ = runner.stop(id, Duration::ZERO).await;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            let open = self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).values().filter(|r| !r.done).count();
+            if open == 0 {
+                break;
+            }
+            // Unclaimed runs' receivers: drain them here so their processes are reaped.
+            let unclaimed: Vec<(String, mpsc::Receiver<RunEvent>)> = self
+                .state
+                .runs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter_mut()
+                .filter_map(|(id, r)| r.events.take().map(|e| (id.clone(), e)))
+                .collect();
+            for (id, rx) in unclaimed {
+                self.drain(id, rx);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Reads a run's events to its end without anyone listening.
+    fn drain(&self, id: String, mut rx: mpsc::Receiver<RunEvent>) {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            while let Some(e) = rx.recv().await {
+                if matches!(e, RunEvent::Exited(_) | RunEvent::Failed(_)) {
+                    break;
+                }
+            }
+            if let Some(r) = state.runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
+                r.done = true;
+            }
+        });
+    }
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| if e.field.is_empty() { e.message.clone() } else { format!("{}: {}", e.field, e.message) })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn bad_request(e: convert::Malformed) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+fn dir_name(d: i32) -> Result<&'static str, Status> {
+    match pb::Dir::try_from(d).unwrap_or(pb::Dir::Unspecified) {
+        pb::Dir::Work => Ok("work"),
+        pb::Dir::Output => Ok("output"),
+        pb::Dir::Cache => Ok("cache"),
+        pb::Dir::Home => Ok("home"),
+        pb::Dir::Addon => Ok("addon"),
+        pb::Dir::Unspecified => Err(Status::invalid_argument("dir is unspecified")),
+    }
+}
+
+#[tonic::async_trait]
+impl RunnerService for Service {
+    async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        Ok(Response::new(convert::info_to_pb(&self.state.plugin.info())))
+    }
+
+    async fn configure(
+        &self,
+        request: Request<pb::ConfigureRequest>,
+    ) -> Result<Response<pb::ConfigureResponse>, Status> {
+        let text = request.into_inner().config_json;
+        let config: serde_json::Value = if text.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            match serde_json::from_str(&text) {
+                Ok(v) => v,
+                Err(e) => {
+                    let errors = vec![pb::FieldError { field: String::new(), message: format!("not JSON: {e}") }];
+                    return Ok(Response::new(pb::ConfigureResponse { errors }));
+                }
+            }
+        };
+        let mut slot = self.state.runner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((current, _)) = slot.as_ref() {
+            if *current == config {
+                return Ok(Response::new(pb::ConfigureResponse { errors: vec![] }));
+            }
+            let active = self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).values().any(|r| !r.done);
+            if active {
+                let message =
+                    "runs of another configuration are active (engines sharing this plugin must configure it alike)";
+                let errors = vec![pb::FieldError { field: String::new(), message: message.into() }];
+                return Ok(Response::new(pb::ConfigureResponse { errors }));
+            }
+        }
+        match self.state.plugin.configure(&config) {
+            Ok(runner) => {
+                *slot = Some((config, runner));
+                Ok(Response::new(pb::ConfigureResponse { errors: vec![] }))
+            }
+            Err(errors) => Ok(Response::new(pb::ConfigureResponse {
+                errors: errors.into_iter().map(|e| pb::FieldError { field: e.field, message: e.message }).collect(),
+            })),
+        }
+    }
+
+    async fn probe(&self, _request: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
+        let a = self.runner()?.probe().await;
+        Ok(Response::new(pb::ProbeResponse {
+            available: a.available,
+            version: a.version.unwrap_or_default(),
+            detail: a.detail,
+        }))
+    }
+
+    async fn cache_key(&self, request: Request<pb::BuildSpec>) -> Result<Response<pb::CacheKeyResponse>, Status> {
+        let spec = convert::build_spec_from_pb(request.get_ref()).map_err(bad_request)?;
+        let answer = match self.runner()?.cache_key(&spec).await {
+            Ok(parts) => pb::CacheKeyResponse {
+                builds: parts.is_some(),
+                parts: parts.unwrap_or_default().into_iter().collect(),
+                error: None,
+            },
+            Err(e) => pb::CacheKeyResponse { error: Some(convert::error_to_pb(&e)), ..Default::default() },
+        };
+        Ok(Response::new(answer))
+    }
+
+    type BuildStream = BoxStream<pb::BuildEvent>;
+
+    async fn build(&self, request: Request<pb::BuildSpec>) -> Result<Response<Self::BuildStream>, Status> {
+        let wire = request.into_inner();
+        let mut spec = convert::build_spec_from_pb(&wire).map_err(bad_request)?;
+        if !self.shares_host_filesystem() {
+            let base = self.staging(&wire.build_id)?;
+            spec.addon_dir = base.join("addon");
+            spec.content_dir = base.join("content");
+            std::fs::create_dir_all(&spec.content_dir).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        let runner = self.runner()?;
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let log_tx = tx.clone();
+            let log: addon_runners::LogSink = Arc::new(move |_, line: &str| {
+                let _ =
+                    log_tx.try_send(Ok(pb::BuildEvent { event: Some(pb::build_event::Event::Log(line.to_string())) }));
+            });
+            // A dropped stream (the engine cancelled) drops this future and so the build.
+            let result = tokio::select! {
+                r = runner.build(&spec, log) => r,
+                _ = tx.closed() => return,
+            };
+            let event = match result {
+                Ok(a) => pb::build_event::Event::Artifact(convert::artifact_to_pb(&a)),
+                Err(e) => pb::build_event::Event::Error(convert::error_to_pb(&e)),
+            };
+            let _ = tx.send(Ok(pb::BuildEvent { event: Some(event) })).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn artifact_valid(
+        &self,
+        request: Request<pb::Artifact>,
+    ) -> Result<Response<pb::ArtifactValidResponse>, Status> {
+        let a = convert::artifact_from_pb(request.get_ref()).map_err(bad_request)?;
+        Ok(Response::new(pb::ArtifactValidResponse { valid: self.runner()?.artifact_valid(&a).await }))
+    }
+
+    async fn release(&self, request: Request<pb::Artifact>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let a = convert::artifact_from_pb(request.get_ref()).map_err(bad_request)?;
+        let error = self.runner()?.release(&a).await.err().map(|e| convert::error_to_pb(&e));
+        Ok(Response::new(pb::ReleaseResponse { error }))
+    }
+
+    async fn start(&self, request: Request<pb::StartSpec>) -> Result<Response<pb::StartResponse>, Status> {
+        let mut spec = convert::start_spec_from_pb(request.get_ref()).map_err(bad_request)?;
+        if self.state.shutdown.is_cancelled() {
+            return Err(Status::unavailable("the plugin is shutting down"));
+        }
+        if !self.shares_host_filesystem() {
+            let base = self.staging(&spec.run_id)?;
+            let rel = spec.dirs.addon.strip_prefix(&spec.dirs.work).map(Path::to_path_buf).unwrap_or_default();
+            spec.dirs.work = base.join("work");
+            spec.dirs.addon = spec.dirs.work.join(rel);
+            spec.dirs.output = base.join("output");
+            spec.dirs.cache = base.join("cache");
+            spec.dirs.home = base.join("home");
+            spec.dirs.scratch = base.join("scratch");
+            for d in [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache, &spec.dirs.home, &spec.dirs.scratch] {
+                std::fs::create_dir_all(d).map_err(|e| Status::internal(format!("{}: {e}", d.display())))?;
+            }
+        }
+        let run_id = spec.run_id.clone();
+        {
+            let runs = self.state.runs.lock().unwrap_or_else(|e| e.into_inner());
+            if runs.contains_key(&run_id) {
+                return Err(Status::already_exists(format!("run {run_id} exists")));
+            }
+        }
+        let runner = self.runner()?;
+        match runner.start(spec).await {
+            Ok(started) => {
+                self.state
+                    .runs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(run_id.clone(), Run { events: Some(started.events), done: false });
+                // A run nobody asks the events of within a while: its engine is gone.
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(UNCLAIMED_RUN).await;
+                    let rx = this
+                        .state
+                        .runs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get_mut(&run_id)
+                        .and_then(|r| r.events.take());
+                    if let Some(rx) = rx {
+                        tracing::warn!("run {run_id}: nobody asked for its events; stopping it");
+                        let _ = runner.stop(&run_id, Duration::ZERO).await;
+                        this.drain(run_id, rx);
+                    }
+                });
+                Ok(Response::new(pb::StartResponse { sandbox: started.sandbox, error: None }))
+            }
+            Err(e) => {
+                Ok(Response::new(pb::StartResponse { sandbox: String::new(), error: Some(convert::error_to_pb(&e)) }))
+            }
+        }
+    }
+
+    type EventsStream = BoxStream<pb::RunEvent>;
+
+    async fn events(&self, request: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
+        let run_id = request.into_inner().run_id;
+        let mut events = {
+            let mut runs = self.state.runs.lock().unwrap_or_else(|e| e.into_inner());
+            let run = runs.get_mut(&run_id).ok_or_else(|| Status::not_found(format!("no run {run_id}")))?;
+            run.events.take().ok_or_else(|| {
+                Status::failed_precondition(format!("the events of run {run_id} are already being read"))
+            })?
+        };
+        let runner = self.runner()?;
+        let state = self.state.clone();
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            let mut listening = true;
+            loop {
+                tokio::select! {
+                    event = events.recv() => {
+                        let Some(event) = event else { break };
+                        let last = matches!(event, RunEvent::Exited(_) | RunEvent::Failed(_));
+                        let wire = match event {
+                            RunEvent::Stdout(b) => Ok(pb::RunEvent { event: Some(pb::run_event::Event::Stdout(b)) }),
+                            RunEvent::Stderr(b) => Ok(pb::RunEvent { event: Some(pb::run_event::Event::Stderr(b)) }),
+                            RunEvent::Exited(e) => {
+                                Ok(pb::RunEvent { event: Some(pb::run_event::Event::Exited(convert::exit_to_pb(&e))) })
+                            }
+                            RunEvent::Failed(e) => Err(Status::internal(e.to_string())),
+                        };
+                        if listening {
+                            let _ = tx.send(wire).await;
+                        }
+                        if last {
+                            break;
+                        }
+                    }
+                    _ = tx.closed(), if listening => {
+                        // The engine went away: nothing of the run may outlive it.
+                        tracing::warn!("run {run_id}: its engine stopped listening; stopping it");
+                        listening = false;
+                        let _ = runner.stop(&run_id, Duration::ZERO).await;
+                    }
+                }
+            }
+            if let Some(r) = state.runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&run_id) {
+                r.done = true;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
+        let r = request.into_inner();
+        let error = self.runner()?.stop(&r.run_id, Duration::from_millis(r.grace_ms)).await.err();
+        Ok(Response::new(pb::StopResponse { error: error.map(|e| convert::error_to_pb(&e)) }))
+    }
+
+    async fn reap(&self, _request: Request<pb::ReapRequest>) -> Result<Response<pb::ReapResponse>, Status> {
+        let removed = self.runner()?.reap().await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::ReapResponse { removed }))
+    }
+
+    async fn copy_in(
+        &self,
+        request: Request<Streaming<pb::CopyInChunk>>,
+    ) -> Result<Response<pb::CopyInResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(pb::CopyInChunk { chunk: Some(pb::copy_in_chunk::Chunk::Header(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("CopyIn must start with its header")),
+        };
+        let dest = self.staging(&header.id)?.join(dir_name(header.dir)?);
+        let bytes = stream.map(|c| match c {
+            Ok(pb::CopyInChunk { chunk: Some(pb::copy_in_chunk::Chunk::Data(d)) }) => Ok(bytes::Bytes::from(d)),
+            Ok(_) => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a second header")),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        });
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(bytes));
+        let policy = crate::copy::UnpackPolicy { symlinks: true, max_bytes: None };
+        let result = tokio::task::spawn_blocking(move || crate::copy::unpack(reader, &dest, policy))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let error = result
+            .err()
+            .map(|e| convert::error_to_pb(&addon_runners::RunnerError::setup("", format!("copying in: {e}"))));
+        Ok(Response::new(pb::CopyInResponse { error }))
+    }
+
+    type CopyOutStream = BoxStream<pb::Chunk>;
+
+    async fn copy_out(&self, request: Request<pb::CopyOutRequest>) -> Result<Response<Self::CopyOutStream>, Status> {
+        let r = request.into_inner();
+        let dir = self.staging(&r.id)?.join(dir_name(r.dir)?);
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::copy::pack(&dir, tx) {
+                tracing::warn!("copying out {}: {e}", dir.display());
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|data| Ok(pb::Chunk { data })))))
+    }
+
+    async fn forget(&self, request: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
+        let id = request.into_inner().id;
+        let dir = self.staging(&id)?;
+        let done = {
+            let mut runs = self.state.runs.lock().unwrap_or_else(|e| e.into_inner());
+            match runs.get(&id) {
+                Some(r) if !r.done && r.events.is_none() => false,
+                _ => {
+                    runs.remove(&id);
+                    true
+                }
+            }
+        };
+        if done && dir.exists() {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        }
+        Ok(Response::new(pb::ForgetResponse {}))
+    }
+}
+
+/// Where a standalone plugin listens, and with which TLS.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// `unix:///PATH`, or `HOST:PORT` / `tcp://HOST:PORT`.
+    pub address: String,
+    pub tls: Option<ServerTls>,
+}
+
+/// TLS of a standalone plugin (PEM files); `client_ca` makes it mutual.
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Serves `plugin`: standalone at `listen`, or (None) started by an engine with the go-plugin
+/// handshake. Returns on SIGTERM or SIGINT after stopping every run (and, started by an engine,
+/// when the engine is gone).
+pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), String> {
+    let service = Service::new(plugin).map_err(|e| format!("making a staging directory: {e}"))?;
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<RunnerServer<Service>>().await;
+    health_reporter.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
+    let shutdown = service.state.shutdown.clone();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            shutdown.cancel();
+        });
+    }
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = listen.as_ref().and_then(|l| l.tls.as_ref()) {
+        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut config = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        builder = builder.tls_config(config).map_err(|e| format!("TLS: {e}"))?;
+    }
+    let router = builder.add_service(health).add_service(RunnerServer::new(service.clone()));
+    let stop = {
+        let service = service.clone();
+        async move {
+            shutdown.cancelled().await;
+            service.stop_all(Duration::from_secs(10)).await;
+        }
+    };
+    let (network, address, _socket_dir) = match listen.as_ref().map(|l| l.address.as_str()) {
+        None => {
+            if std::env::var(handshake::MAGIC_COOKIE_KEY).ok().as_deref() != Some(handshake::MAGIC_COOKIE_VALUE) {
+                return Err(format!(
+                    "this is an addon runner plugin: an addon engine starts it (see PLUGINS.md), or run it as a \
+                     standalone server with --listen unix:///PATH or --listen HOST:PORT ({} is not set)",
+                    handshake::MAGIC_COOKIE_KEY
+                ));
+            }
+            let base = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+            let dir = tempfile::Builder::new().prefix("plugin").tempdir_in(base).map_err(|e| e.to_string())?;
+            let path = dir.path().join("plugin.sock");
+            (Network::Unix, path.display().to_string(), Some(dir))
+        }
+        Some(a) if a.starts_with("unix://") => (Network::Unix, a.trim_start_matches("unix://").to_string(), None),
+        Some(a) => (Network::Tcp, a.trim_start_matches("tcp://").to_string(), None),
+    };
+    match network {
+        Network::Unix => {
+            let _ = std::fs::remove_file(&address);
+            let listener =
+                tokio::net::UnixListener::bind(&address).map_err(|e| format!("listening on {address}: {e}"))?;
+            announce(
+                listen.is_none(),
+                Handshake {
+                    core_version: handshake::CORE_PROTOCOL_VERSION,
+                    protocol_version: crate::PROTOCOL_VERSION,
+                    network,
+                    address: address.clone(),
+                },
+            );
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| e.to_string())?;
+            let _ = std::fs::remove_file(&address);
+        }
+        Network::Tcp => {
+            let listener =
+                tokio::net::TcpListener::bind(&address).await.map_err(|e| format!("listening on {address}: {e}"))?;
+            let local = listener.local_addr().map_err(|e| e.to_string())?;
+            announce(
+                listen.is_none(),
+                Handshake {
+                    core_version: handshake::CORE_PROTOCOL_VERSION,
+                    protocol_version: crate::PROTOCOL_VERSION,
+                    network,
+                    address: local.to_string(),
+                },
+            );
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn announce(handshake: bool, h: Handshake) {
+    use std::io::Write;
+    if handshake {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{h}");
+        let _ = out.flush();
+    } else {
+        tracing::info!("listening on {}", h.address);
+    }
+}
