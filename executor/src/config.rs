@@ -498,7 +498,9 @@ impl Config {
             }
             if let Some(a) = &p.address {
                 if !["unix:///", "http://", "https://"].iter().any(|s| a.starts_with(s)) {
-                    return Err(format!("{at}.address: `{a}` is not unix:///PATH, http://HOST:PORT or https://HOST:PORT"));
+                    return Err(format!(
+                        "{at}.address: `{a}` is not unix:///PATH, http://HOST:PORT or https://HOST:PORT"
+                    ));
                 }
                 if p.tls.is_some() && !a.starts_with("https://") {
                     return Err(format!("{at}.tls: TLS settings need an https:// address"));

@@ -199,23 +199,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// `addon __sandbox-exec PROGRAM ARGS...`: filter, then exec. Returns only on failure (127).
+/// `addon __sandbox-exec PROGRAM ARGS...`: filter, then exec. Returns only on failure.
 fn sandbox_exec(rest: &[std::ffi::OsString]) -> ExitCode {
-    use std::os::unix::process::CommandExt;
-    let Some((program, args)) = rest.split_first() else {
-        eprintln!("addon: {}: no program given", addon_runners::sandbox::nspawn::HELPER_COMMAND);
-        return ExitCode::from(127);
-    };
-    let installed = addon_runners::sandbox::seccomp::filters()
-        .map_err(std::io::Error::other)
-        .and_then(addon_runners::sandbox::seccomp::install);
-    if let Err(e) = installed {
-        eprintln!("addon: cannot install the seccomp filter, not starting {}: {e}", program.to_string_lossy());
-        return ExitCode::from(127);
-    }
-    let e = std::process::Command::new(program).args(args).exec();
-    eprintln!("addon: cannot start {}: {e}", program.to_string_lossy());
-    ExitCode::from(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 })
+    ExitCode::from(addon_runners::sandbox::seccomp::exec_filtered(rest))
 }
 
 fn init_logging(verbose: u8) {

@@ -17,11 +17,36 @@ struct Target {
 }
 
 impl Target {
+    /// The plugin program serving this target's runner, when it is a plugin.
+    fn plugin(&self) -> Option<&'static str> {
+        match self.runner {
+            "docker-plugin" => Some("addon-runner-docker"),
+            "gvisor" => Some("addon-runner-gvisor"),
+            _ => None,
+        }
+    }
+
+    /// The descriptor section the runner serves.
+    fn section(&self) -> &'static str {
+        match self.runner {
+            "docker" | "docker-plugin" => "docker",
+            "nix-flake" => "nix",
+            _ => "trivial",
+        }
+    }
+
+    /// A container runner (the image brings its own root and HOME, and runs as its uid 0).
+    fn container(&self) -> bool {
+        self.section() == "docker"
+    }
+
     /// Skips (or fails in CI) when the runtime is missing.
     fn available(&self) -> bool {
         match self.runner {
             "docker" => require_docker(),
             "nix-flake" => require_nix() && require(self.sandbox),
+            "docker-plugin" => require_docker() && require_plugin(&self.world(""), self.runner),
+            "gvisor" => require_plugin(&self.world(""), self.runner),
             _ => require(self.sandbox),
         }
     }
@@ -31,25 +56,40 @@ impl Target {
             "nix-flake" => nix_config(""),
             r => format!("runner: [{r}]\n"),
         };
-        World::new(if self.runner == "docker" { "auto" } else { self.sandbox }, &format!("{runner}{extra}"))
+        let sandbox = if self.container() || self.plugin().is_some() { "auto" } else { self.sandbox };
+        let w = World::new(sandbox, &format!("{runner}{extra}"));
+        if let Some(program) = self.plugin() {
+            w.add_plugin(self.runner, program, self.section(), "");
+        }
+        w
     }
 
     /// The sandbox the result names.
     fn sandbox_name(&self) -> &'static str {
-        if self.runner == "docker" {
+        if self.container() {
             "docker"
         } else {
             self.sandbox
         }
     }
 
+    /// Processes left by a run marked `marker` (a gVisor sandbox's processes are not host
+    /// processes: there it is runsc's own, which name the world's bundle).
+    fn leftovers(&self, w: &World, marker: &str) -> Vec<String> {
+        let mut left = processes_with(marker);
+        if self.runner == "gvisor" {
+            left.extend(processes_with(&format!("{}/work", w.path().display())));
+        }
+        left
+    }
+
     /// An addon for this runner running `script` (POSIX sh; busybox's inside docker), with
     /// `args: [--flag, second]`.
     fn addon(&self, w: &World, name: &str, options: &str, script: &str) -> PathBuf {
         let marker = format!("{name}-{}-{}", self.sandbox_name(), std::process::id());
-        let root = match self.runner {
+        let root = match self.section() {
             "docker" => w.docker_addon(name, options, &format!("#!/bin/sh\n{script}\n"), &marker),
-            "nix-flake" => w.nix_addon(name, options, script, &marker),
+            "nix" => w.nix_addon(name, options, script, &marker),
             _ => return w.addon(name, options, script),
         };
         let yml = root.join("docspell-addon.yml");
@@ -112,7 +152,7 @@ fn contract(t: Target) {
     assert_eq!(a["result"], "success");
     assert_eq!(a["runner"], t.runner);
     assert_eq!(a["sandbox"], t.sandbox_name());
-    assert_eq!(a["cache"], if t.runner == "trivial" { "none" } else { "miss" });
+    assert_eq!(a["cache"], if t.section() == "trivial" { "none" } else { "miss" });
     assert_eq!(a["pure"], true);
     let m = stderr_map(&out);
     assert_eq!(m["args"], "--flag second arguments/user-input", "{t:?}");
@@ -140,7 +180,7 @@ fn contract(t: Target) {
     assert_eq!(m["tmp"], "writable");
     assert_eq!(m["cache_runs"], "1");
     assert_eq!(m["home_runs"], "1", "HOME is writable");
-    if t.runner == "docker" {
+    if t.container() {
         assert_ne!(m["HOME"], "/mnt/home", "a container keeps its image's HOME");
     } else {
         assert_eq!(m["HOME"], "/mnt/home");
@@ -151,10 +191,10 @@ fn contract(t: Target) {
     // CACHE_DIR persists between runs of the same addon, and so does a host runner's HOME; run
     // directories do not. The second run builds nothing.
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--env", "ADDON_ID=contract-1.0"]);
-    assert_eq!(v["addons"][0]["cache"], if t.runner == "trivial" { "none" } else { "hit" });
+    assert_eq!(v["addons"][0]["cache"], if t.section() == "trivial" { "none" } else { "hit" });
     let m = stderr_map(&out);
     assert_eq!(m["cache_runs"], "2");
-    assert_eq!(m["home_runs"], if t.runner == "docker" { "1" } else { "2" }, "{t:?}");
+    assert_eq!(m["home_runs"], if t.container() { "1" } else { "2" }, "{t:?}");
     let leftovers: Vec<_> = std::fs::read_dir(w.path().join("work"))
         .unwrap()
         .flatten()
@@ -218,7 +258,7 @@ fn timeout_kills_everything(t: Target) {
     let a = &v["addons"][0];
     assert_eq!(a["result"], "timeout", "{v}");
     assert!(a["error"].as_str().unwrap().contains("3s"), "{a}");
-    let left = processes_with(&format!("sleep {marker}"));
+    let left = t.leftovers(&w, &format!("sleep {marker}"));
     assert!(left.is_empty(), "{t:?}: processes outlived the run: {left:?}");
 }
 
@@ -232,12 +272,12 @@ fn exit_leftovers_are_killed(t: Target) {
     let addon = t.addon(&w, "leaver", PURE, &script);
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
-    let left = processes_with(&format!("sleep {marker}"));
+    let left = t.leftovers(&w, &format!("sleep {marker}"));
     assert!(left.is_empty(), "{t:?}: a background process outlived its addon: {left:?}");
 }
 
 fn engine_killed_takes_the_sandbox_along(t: Target) {
-    if t.runner == "docker" {
+    if t.container() {
         return; // the daemon keeps the container; the next engine reaps it (tests/docker.rs)
     }
     if !t.available() {
@@ -251,17 +291,17 @@ fn engine_killed_takes_the_sandbox_along(t: Target) {
     let mut child = w.spawn_until(&addon, "started");
     // "started" comes just before `exec sleep`: wait until the sleeps have been exec'd.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while processes_with(&format!("sleep {marker}")).len() < 2 && std::time::Instant::now() < deadline {
+    while t.leftovers(&w, &format!("sleep {marker}")).len() < 2 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    assert!(!processes_with(&format!("sleep {marker}")).is_empty(), "the addon should be running");
+    assert!(!t.leftovers(&w, &format!("sleep {marker}")).is_empty(), "the addon should be running");
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !processes_with(&format!("sleep {marker}")).is_empty() && std::time::Instant::now() < deadline {
+    while !t.leftovers(&w, &format!("sleep {marker}")).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let left = processes_with(&format!("sleep {marker}"));
+    let left = t.leftovers(&w, &format!("sleep {marker}"));
     assert!(left.is_empty(), "{t:?}: the sandbox outlived the killed engine: {left:?}");
 }
 
@@ -314,7 +354,7 @@ impl Target {
     fn probe_addon(&self, w: &World, name: &str, options: &str) -> PathBuf {
         let root = self.addon(w, name, options, "exit 99");
         std::fs::copy(probe_binary(), root.join("run.sh")).unwrap();
-        if self.runner == "docker" {
+        if self.container() {
             std::fs::write(
                 root.join("Dockerfile"),
                 format!(
@@ -460,7 +500,7 @@ fn judge_probe(t: Target, stderr: &str) -> Vec<String> {
             continue;
         }
         let detail = rest.trim_start_matches("yes").trim();
-        let allowed = t.runner == "docker"
+        let allowed = t.container()
             && match check {
                 "host-root" | "ptrace-child" => true,
                 "capabilities" => u64::from_str_radix(detail, 16).is_ok_and(|caps| caps & !DOCKER_CAPS == 0),
@@ -612,10 +652,10 @@ fn double_fork_does_not_outlive_the_run(t: Target) {
     let (_, v) = w.run(&[addon.to_str().unwrap(), "--args", "doublefork", "--env", &format!("MARKER={marker}")]);
     assert_eq!(v["addons"][0]["result"], "success", "{t:?}: {v}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !processes_with(&format!("sleep {marker}")).is_empty() && std::time::Instant::now() < deadline {
+    while !t.leftovers(&w, &format!("sleep {marker}")).is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let left = processes_with(&format!("sleep {marker}"));
+    let left = t.leftovers(&w, &format!("sleep {marker}"));
     assert!(left.is_empty(), "{t:?}: a double-forked grandchild outlived the run: {left:?}");
 }
 
@@ -648,7 +688,7 @@ fn hostile_kit_as_docker_group_user(t: Target) {
         eprintln!("SKIPPED: user {KIT_USER} in group docker is missing");
         return;
     };
-    if t.runner == "docker" && !require_docker() {
+    if t.container() && !require_docker() {
         return;
     }
     let w = t.world("");
@@ -728,6 +768,8 @@ conformance! {
     nix_netns => "nix-flake" in "netns",
     nix_nspawn => "nix-flake" in "nspawn",
     docker => "docker" in "docker",
+    docker_plugin => "docker-plugin" in "docker",
+    gvisor_plugin => "gvisor" in "gvisor",
 }
 
 /// The kit is not blind: on the bare host (`sandbox: none`, an explicit choice that isolates

@@ -20,12 +20,23 @@ use addon_runners::host::{self, HostRuns};
 use addon_runners::limits::Enforcement;
 use addon_runners::process::{kill_tree, process_start};
 use addon_runners::sandbox::ns::{Identity, NsPlan};
+use addon_runners::sandbox::seccomp::HELPER_COMMAND;
 use addon_runners::sandbox::view::{Inside, Step, View};
-use addon_runners::{Availability, Capabilities, Mounts, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started};
+use addon_runners::{
+    Availability, Capabilities, Mounts, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started,
+};
 use serde::Deserialize;
 use serde_json::json;
 
 pub const NAME: &str = "gvisor";
+
+/// Where the seccomp helper (this program) sits in the sandbox.
+const HELPER_AT: &str = "/.addon-sandbox-exec";
+
+/// Host tasks of gVisor itself (runsc, its gofer and sentry), on top of the addon's processes:
+/// on the ptrace platform each of the addon's threads is a host task too, so the run's process
+/// limit is the addon's plus this.
+const RUNSC_TASKS: u64 = 160;
 
 /// The plugin's configuration (`plugins.NAME.config`).
 #[derive(Debug, Clone, Deserialize)]
@@ -100,14 +111,20 @@ impl GvisorRunner {
                 String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").trim().to_string()
             }
             Ok(o) => {
-                return unavailable(format!("`{} --version` failed: {}", self.settings.runsc, String::from_utf8_lossy(&o.stderr)))
+                return unavailable(format!(
+                    "`{} --version` failed: {}",
+                    self.settings.runsc,
+                    String::from_utf8_lossy(&o.stderr)
+                ))
             }
             Err(e) => {
                 return unavailable(format!("{}: {e} (apt-get install runsc)", self.settings.runsc));
             }
         };
         if !addon_runners::sandbox::is_root() {
-            return unavailable(format!("{version}: this plugin runs gVisor as root (rootless runsc is not supported)"));
+            return unavailable(format!(
+                "{version}: this plugin runs gVisor as root (rootless runsc is not supported)"
+            ));
         }
         // A real start of /bin/true under the real configuration: a kernel or platform gVisor
         // cannot use says so here, not at run time.
@@ -120,10 +137,11 @@ impl GvisorRunner {
         for x in &dirs {
             let _ = std::fs::create_dir(x);
         }
-        let mounts = Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
+        let mounts =
+            Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
         let id = container_id("probe");
         let result = async {
-            let bundle = self.bundle(&dirs[4], &mounts, false, Path::new("/bin/true"), &[], &[], 64)?;
+            let bundle = self.bundle(&dirs[4], &mounts, false, Path::new("/bin/true"), &[], &[])?;
             let mut cmd = self.runsc(false);
             cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
             cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -154,7 +172,6 @@ impl GvisorRunner {
     }
 
     /// Writes an OCI bundle for `program` under `scratch`; returns its directory.
-    #[allow(clippy::too_many_arguments)]
     fn bundle(
         &self,
         scratch: &Path,
@@ -163,7 +180,6 @@ impl GvisorRunner {
         program: &Path,
         args: &[String],
         env: &[(String, String)],
-        pids: u64,
     ) -> Result<PathBuf, String> {
         let inside = Mounts::mnt();
         let id = self.identity();
@@ -211,7 +227,8 @@ impl GvisorRunner {
                     let f = files.join(format!("{n}"));
                     std::fs::write(&f, contents).map_err(io)?;
                     make_point(at, false)?;
-                    oci_mounts.push(json!({"destination": at, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
+                    oci_mounts
+                        .push(json!({"destination": at, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
                 }
                 Step::Tmpfs(p) => {
                     make_point(p, true)?;
@@ -220,9 +237,25 @@ impl GvisorRunner {
                 Step::Dev | Step::Proc => {}
             }
         }
-        let argv: Vec<String> =
-            std::iter::once(mounts.translate(program, &inside).display().to_string()).chain(args.iter().cloned()).collect();
+        // The program starts through this plugin's own binary, which installs the engine's
+        // seccomp filter inside gVisor (runsc of 2022 ignores an OCI seccomp profile) and execs it.
+        let helper = std::env::current_exe().map_err(|e| format!("finding this plugin's program: {e}"))?;
+        make_point(Path::new(HELPER_AT), false)?;
+        oci_mounts
+            .push(json!({"destination": HELPER_AT, "type": "bind", "source": helper, "options": ["rbind", "ro"]}));
+        let argv: Vec<String> = [HELPER_AT.to_string(), HELPER_COMMAND.to_string()]
+            .into_iter()
+            .chain(std::iter::once(mounts.translate(program, &inside).display().to_string()))
+            .chain(args.iter().cloned())
+            .collect();
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // With network, the sandbox stays in the host's network namespace (runsc --network=host);
+        // without, it gets its own with only `lo` (--network=none).
+        let mut namespaces =
+            vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
+        if !network {
+            namespaces.push(json!({"type": "network"}));
+        }
         let config = json!({
             "ociVersion": "1.0.2",
             "process": {
@@ -235,7 +268,6 @@ impl GvisorRunner {
                 "noNewPrivileges": true,
                 "rlimits": [
                     {"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024},
-                    {"type": "RLIMIT_NPROC", "hard": pids, "soft": pids},
                     {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}
                 ]
             },
@@ -243,12 +275,13 @@ impl GvisorRunner {
             "hostname": "addon",
             "mounts": oci_mounts,
             "linux": {
-                "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+                "namespaces": namespaces,
                 "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/sys/firmware"],
                 "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"]
             }
         });
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap_or_default()).map_err(io)?;
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap_or_default())
+            .map_err(io)?;
         Ok(bundle)
     }
 
@@ -268,7 +301,8 @@ fn unavailable(detail: impl Into<String>) -> Availability {
 fn container_id(run: &str) -> String {
     let pid = std::process::id() as i32;
     let start = process_start(pid).unwrap_or_default();
-    let safe: String = run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
+    let safe: String =
+        run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
     format!("addon-{pid}-{start}-{safe}")
 }
 
@@ -308,14 +342,21 @@ impl Runner for GvisorRunner {
         if spec.section != Section::Trivial {
             return Err(setup(format!("serves trivial addons, not {}", spec.section)));
         }
-        let exec = spec.descriptor.trivial_exec().ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
+        let exec = spec
+            .descriptor
+            .trivial_exec()
+            .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
         let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
         let program = spec.dirs.addon.join(rel);
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&program).map_err(|e| setup(format!("{}: {e}", program.display())))?.permissions().mode();
+            let mode = std::fs::metadata(&program)
+                .map_err(|e| setup(format!("{}: {e}", program.display())))?
+                .permissions()
+                .mode();
             if mode & 0o555 != 0o555 {
-                std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555)).map_err(|e| setup(e.to_string()))?;
+                std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
+                    .map_err(|e| setup(e.to_string()))?;
             }
         }
         let mounts = spec.mounts();
@@ -324,10 +365,12 @@ impl Runner for GvisorRunner {
         std::fs::create_dir_all(&self.settings.state_dir)
             .map_err(|e| setup(format!("{}: {e}", self.settings.state_dir.display())))?;
         let env = spec.env_in(&Mounts::mnt(), false);
-        let pids = spec.limits.pids.unwrap_or(4096);
-        let bundle = self.bundle(&spec.dirs.scratch, &mounts, spec.network, &program, &spec.args, &env, pids).map_err(setup)?;
+        let bundle =
+            self.bundle(&spec.dirs.scratch, &mounts, spec.network, &program, &spec.args, &env).map_err(setup)?;
         let id = container_id(&spec.run_id);
-        let mut envelope = host::envelope_for(NAME, &spec, &self.enforcement)?;
+        let mut enveloped = spec.clone();
+        enveloped.limits.pids = spec.limits.pids.map(|p| p + RUNSC_TASKS);
+        let mut envelope = host::envelope_for(NAME, &enveloped, &self.enforcement)?;
         let mut cmd = self.runsc(spec.network);
         cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
         // runsc and its sandbox join the run's control group before exec; the process dies with
@@ -339,8 +382,12 @@ impl Runner for GvisorRunner {
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), id.clone());
         // Forward the events; once the run ended, delete its container state.
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let (containers, run_id, runsc, state) =
-            (self.containers.clone(), spec.run_id.clone(), self.settings.runsc.clone(), self.settings.state_dir.clone());
+        let (containers, run_id, runsc, state) = (
+            self.containers.clone(),
+            spec.run_id.clone(),
+            self.settings.runsc.clone(),
+            self.settings.state_dir.clone(),
+        );
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 if let RunEvent::Exited(_) = &e {
@@ -412,7 +459,10 @@ impl addon_runner_protocol::Plugin for GvisorPlugin {
         let settings: GvisorSettings = crate::parse_config(config)?;
         if let Some(p) = &settings.platform {
             if !["ptrace", "systrap", "kvm"].contains(&p.as_str()) {
-                return Err(vec![addon_runner_protocol::FieldError::new("platform", format!("`{p}` is not ptrace, systrap or kvm"))]);
+                return Err(vec![addon_runner_protocol::FieldError::new(
+                    "platform",
+                    format!("`{p}` is not ptrace, systrap or kvm"),
+                )]);
             }
         }
         if settings.uid == 0 {

@@ -527,12 +527,20 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), St
         builder = builder.tls_config(config).map_err(|e| format!("TLS: {e}"))?;
     }
     let router = builder.add_service(health).add_service(RunnerServer::new(service.clone()));
+    // On SIGTERM: stop every run (waiting for them to end), then stop serving. Connections are
+    // not waited for beyond a moment: an engine that is going away may never close its own.
+    let stopped = tokio_util::sync::CancellationToken::new();
     let stop = {
-        let service = service.clone();
+        let (service, shutdown, stopped) = (service.clone(), shutdown.clone(), stopped.clone());
         async move {
             shutdown.cancelled().await;
             service.stop_all(Duration::from_secs(10)).await;
+            stopped.cancel();
         }
+    };
+    let drained = async move {
+        stopped.cancelled().await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let (network, address, _socket_dir) = match listen.as_ref().map(|l| l.address.as_str()) {
         None => {
@@ -566,7 +574,10 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), St
                 },
             );
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| e.to_string())?;
+            tokio::select! {
+                r = router.serve_with_incoming_shutdown(incoming, stop) => r.map_err(|e| e.to_string())?,
+                _ = drained => {}
+            }
             let _ = std::fs::remove_file(&address);
         }
         Network::Tcp => {
@@ -583,7 +594,10 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), St
                 },
             );
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            router.serve_with_incoming_shutdown(incoming, stop).await.map_err(|e| e.to_string())?;
+            tokio::select! {
+                r = router.serve_with_incoming_shutdown(incoming, stop) => r.map_err(|e| e.to_string())?,
+                _ = drained => {}
+            }
         }
     }
     Ok(())

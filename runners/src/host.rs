@@ -219,6 +219,11 @@ impl Spawned {
                     }
                 }
             };
+            // A limit hit just before the end (a refused fork the program died of) is still why
+            // it ended.
+            if breach.is_none() {
+                breach = envelope.check().map(|b| b.to_string());
+            }
             // After the sandbox process ends, its PID namespace is gone: nothing is left running,
             // and the pipes close once every holder is dead.
             for r in readers {

@@ -32,6 +32,31 @@ pub fn require_docker() -> bool {
     gate("runners", "docker")
 }
 
+/// Gate for a plugin configured in `w`.
+pub fn require_plugin(w: &World, name: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["runners", "--json", "--config", w.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let ok = v["runners"].as_array().is_some_and(|a| a.iter().any(|r| r["name"] == name && r["available"] == true));
+    if !ok {
+        let msg = format!("plugin {name} is not available on this host: {v} {}", String::from_utf8_lossy(&out.stderr));
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+        }
+        eprintln!("SKIPPED: {msg}");
+    }
+    ok
+}
+
+/// A plugin program built beside the `addon` binary.
+pub fn plugin_binary(program: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_addon")).with_file_name(program);
+    assert!(p.is_file(), "{} is missing (cargo build --bins builds it)", p.display());
+    p
+}
+
 /// Gate for nix with flakes.
 pub fn require_nix() -> bool {
     gate("runners", "nix-flake")
@@ -75,6 +100,21 @@ impl World {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Registers plugin `name` (the program `program`, copied into the world so that any user
+    /// of the world can start it) serving `section`, with `extra` YAML lines of its entry.
+    pub fn add_plugin(&self, name: &str, program: &str, section: &str, extra: &str) {
+        let copy = self.path().join(program);
+        if !copy.exists() {
+            std::fs::copy(plugin_binary(program), &copy).unwrap();
+        }
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        if !config.contains("\nplugins:\n") {
+            config.push_str("plugins:\n");
+        }
+        config.push_str(&format!("  {name}:\n    command: [{}]\n    serves: [{section}]\n{extra}", copy.display()));
+        std::fs::write(&self.config, config).unwrap();
     }
 
     /// Writes an addon with a descriptor and a shell script `run.sh`.

@@ -33,7 +33,7 @@ pub struct Nspawn {
 pub const HELPER_AT: &str = "/run/addon-sandbox-exec";
 
 /// The helper's subcommand: install the engine's seccomp filter, then exec the rest.
-pub const HELPER_COMMAND: &str = "__sandbox-exec";
+pub use super::seccomp::HELPER_COMMAND;
 
 /// System-call groups and calls nspawn's own filter refuses on top of its defaults.
 const DENIED_SYSCALLS: &str = "~@clock @cpu-emulation @debug @keyring @module @mount @obsolete @raw-io @reboot \

@@ -113,6 +113,15 @@ fn compile() -> Result<Filters, String> {
     }
     deny.insert(libc::SYS_clone, clone_rules.clone());
     deny.insert(libc::SYS_clone | X32, clone_rules);
+    // Raw and packet sockets (sandboxes without CAP_NET_RAW refuse them already; gVisor's
+    // network stack did not check).
+    let packet =
+        SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, libc::AF_PACKET as u64).map_err(err)?;
+    let raw = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::MaskedEq(0xf), libc::SOCK_RAW as u64)
+        .map_err(err)?;
+    let socket_rules = vec![SeccompRule::new(vec![packet]).map_err(err)?, SeccompRule::new(vec![raw]).map_err(err)?];
+    deny.insert(libc::SYS_socket, socket_rules.clone());
+    deny.insert(libc::SYS_socket | X32, socket_rules);
     let program = |rules, action| -> Result<BpfProgram, String> {
         let f = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()).map_err(err)?;
         BpfProgram::try_from(f).map_err(|e| format!("compiling the seccomp filter: {e}"))
@@ -150,6 +159,31 @@ pub fn install(filters: &Filters) -> std::io::Result<()> {
         seccompiler::apply_filter(p).map_err(|e| std::io::Error::other(e.to_string()))?;
     }
     Ok(())
+}
+
+/// The helper command sandboxes run the addon through when they cannot install the filter
+/// themselves (nspawn, gVisor): `PROGRAM __sandbox-exec ADDON_PROGRAM ARGS...`.
+pub const HELPER_COMMAND: &str = "__sandbox-exec";
+
+/// The helper's body: installs the filters, then execs `rest[0]` with the rest as arguments.
+/// Returns only on failure, with the exit code to use (127 not found, 126 not executable).
+pub fn exec_filtered(rest: &[std::ffi::OsString]) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let Some((program, args)) = rest.split_first() else {
+        eprintln!("{HELPER_COMMAND}: no program given");
+        return 127;
+    };
+    if let Err(e) = filters().map_err(std::io::Error::other).and_then(install) {
+        eprintln!("cannot install the seccomp filter, not starting {}: {e}", program.to_string_lossy());
+        return 127;
+    }
+    let e = std::process::Command::new(program).args(args).exec();
+    eprintln!("cannot start {}: {e}", program.to_string_lossy());
+    if e.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    }
 }
 
 #[cfg(test)]
