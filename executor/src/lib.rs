@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod check;
 pub mod config;
 pub mod fetch;
 pub mod source;

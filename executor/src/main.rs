@@ -70,7 +70,11 @@ enum Command {
         runners: Vec<String>,
     },
     /// Probe this host: which runners and sandboxes work here, their versions, and why not.
-    Runners,
+    /// `addon runners check NAME` holds one runner or plugin to the conformance checks.
+    Runners {
+        #[command(subcommand)]
+        action: Option<RunnersCommand>,
+    },
     /// Inspect and prune the artifact cache (built images, unpacked archives, CACHE_DIR data).
     #[command(subcommand)]
     Cache(CacheCommand),
@@ -171,6 +175,27 @@ fn parse_runners(names: &[String], config: &Config) -> anyhow::Result<Option<Vec
     config::parse_runner_names(&split, &config.runner_names()).map(Some).map_err(|e| anyhow::anyhow!("--runner: {e}"))
 }
 
+#[derive(Debug, Subcommand)]
+enum RunnersCommand {
+    /// Run the conformance checks and the hostile-addon kit against runner (or plugin) NAME as
+    /// configured: real addons through the engine with only that runner, in a private working
+    /// and cache directory. Prints pass/fail per check; exits 1 when any check did not pass.
+    ///
+    /// Checks: available, contract (directories, environment, arguments, output files and JSON,
+    /// CACHE_DIR, no second build), failure-cause, timeout, leftovers, network-isolation,
+    /// hostile-kit (daemon sockets, host secrets, writes outside, privileges, kernel
+    /// interfaces), fork-bomb, memory-hog, disk-fill. The kit's probe is compiled with
+    /// `gcc -static` (apt-get install gcc libc6-dev); without it those checks are skipped, which
+    /// is not a pass.
+    Check {
+        /// The runner's name (`trivial`, `docker`, `nix-flake`, or a plugin of `plugins:`).
+        name: String,
+        /// Run only these checks (repeatable).
+        #[arg(long = "only", value_name = "CHECK")]
+        only: Vec<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum SchemaKind {
     /// The descriptor (docspell-addon.yml).
@@ -189,7 +214,10 @@ fn main() -> ExitCode {
         return sandbox_exec(&argv[2..]);
     }
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    // `runners check` reports per check; the engine's own messages about its deliberately
+    // failing addons would only bury that (-v shows them).
+    let quiet = matches!(cli.command, Command::Runners { action: Some(_) });
+    init_logging(if quiet && cli.verbose == 0 { None } else { Some(cli.verbose) });
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -204,11 +232,13 @@ fn sandbox_exec(rest: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(addon_runners::sandbox::seccomp::exec_filtered(rest))
 }
 
-fn init_logging(verbose: u8) {
+/// `verbose` None: errors only.
+fn init_logging(verbose: Option<u8>) {
     let default = match verbose {
-        0 => "warn,addon=info,addon_executor=info,addon_runners=info",
-        1 => "debug",
-        _ => "trace",
+        None => "error",
+        Some(0) => "warn,addon=info,addon_executor=info,addon_runners=info",
+        Some(1) => "debug",
+        Some(_) => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -270,7 +300,39 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(if plan.selected.is_some() { 0 } else { EXIT_JUDGED })
         }
-        Command::Runners => {
+        Command::Runners { action: Some(RunnersCommand::Check { name, only }) } => {
+            let config = Config::discover(cli.config.as_deref())?;
+            for o in &only {
+                anyhow::ensure!(
+                    addon_executor::check::CHECKS.contains(&o.as_str()),
+                    "--only {o}: no such check; checks are {}",
+                    addon_executor::check::CHECKS.join(", ")
+                );
+            }
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = rt.block_on(addon_executor::check::run(&config, &name, &only)).map_err(anyhow::Error::msg)?;
+            if cli.json {
+                print_json(&report, false)?;
+            } else {
+                let mut out = std::io::stdout().lock();
+                for c in &report.checks {
+                    let status = match c.status {
+                        addon_executor::check::Status::Pass => "PASS",
+                        addon_executor::check::Status::Fail => "FAIL",
+                        addon_executor::check::Status::Skip => "SKIP",
+                    };
+                    writeln!(out, "{status} {:<18} {:>6} ms  {}", c.name, c.duration_ms, c.detail)?;
+                }
+                let failed = report.checks.iter().filter(|c| c.status != addon_executor::check::Status::Pass).count();
+                if report.passed {
+                    writeln!(out, "{}: all {} checks passed", report.runner, report.checks.len())?;
+                } else {
+                    writeln!(out, "{}: {failed} of {} checks did not pass", report.runner, report.checks.len())?;
+                }
+            }
+            Ok(if report.passed { 0 } else { EXIT_JUDGED })
+        }
+        Command::Runners { action: None } => {
             let config = Config::discover(cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = rt.block_on(Engine::new(config).probe());

@@ -128,6 +128,21 @@ pub async fn resolve_one(
                         }
                     }
                 }
+            } else if !r.info().capabilities.isolates_filesystem {
+                // Without a sandbox of the engine's, the runner must isolate the addon itself.
+                (
+                    false,
+                    false,
+                    format!(
+                        "the {name} runner does not keep addons off the host filesystem (isolates_filesystem: false)"
+                    ),
+                )
+            } else if !r.info().capabilities.isolates_network && !descriptor.networking() {
+                (
+                    false,
+                    false,
+                    format!("the {name} runner does not cut the network (isolates_network: false) and the addon is pure (networking: false)"),
+                )
             } else {
                 (true, true, probe.detail)
             }

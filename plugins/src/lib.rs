@@ -3,6 +3,7 @@
 //! `addon-runner-gvisor` (trivial addons under gVisor's `runsc`).
 
 pub mod docker;
+pub mod example;
 pub mod gvisor;
 
 use addon_runner_protocol::FieldError;

@@ -61,6 +61,8 @@ pub struct PluginSettings {
 }
 
 struct Process {
+    /// Why the engine killed it, when it did.
+    killed: Mutex<Option<String>>,
     child: Mutex<tokio::process::Child>,
     pid: i32,
     stderr: Arc<Mutex<VecDeque<String>>>,
@@ -76,6 +78,20 @@ impl Process {
     fn kill(&self) {
         // SAFETY: plain signal to a child we own (not yet reaped, so the pid is still ours).
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+
+    /// Kills it, remembering why (for the error of the runs it takes along).
+    fn kill_because(&self, why: String) {
+        *self.killed.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+        self.kill();
+    }
+
+    /// How it ended, for errors.
+    fn ending(&self, status: Option<std::process::ExitStatus>) -> String {
+        match self.killed.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(why) => format!("the engine killed it: {why}"),
+            None => format!("it died ({})", describe_status(status)),
+        }
     }
 
     fn tail(&self) -> Vec<String> {
@@ -254,6 +270,13 @@ impl PluginRunner {
                 .collect();
             return Err(RunnerError::Unavailable { runner: self.name().to_string(), detail: errors.join("; ") });
         }
+        // What it can do may depend on its configuration: ask again.
+        let configured = self
+            .call(client.info(pb::InfoRequest { protocol_version: crate::PROTOCOL_VERSION }))
+            .await
+            .map_err(with_tail)?;
+        info.version = configured.version.clone();
+        info.capabilities = configured.capabilities.as_ref().map(convert::capabilities_from_pb).unwrap_or_default();
         Ok(Conn { client, process, info })
     }
 
@@ -306,6 +329,7 @@ impl PluginRunner {
         });
         let stdout = child.stdout.take().expect("stdout is piped");
         let process = Process {
+            killed: Mutex::new(None),
             child: Mutex::new(child),
             pid,
             stderr,
@@ -435,8 +459,8 @@ impl PluginRunner {
         if let Some(p) = &conn.process {
             if let Some(st) = p.settle().await {
                 return self.failed(format!(
-                    "the plugin died during the run ({}){}",
-                    describe_status(Some(st)),
+                    "the plugin ended during the run: {}{}",
+                    p.ending(Some(st)),
                     tail_text(&p.tail())
                 ));
             }
@@ -444,6 +468,21 @@ impl PluginRunner {
         match status {
             Some(s) => self.failed(format!("the run's event stream broke: {}", describe(&s))),
             None => self.failed("the run's event stream ended before the run did"),
+        }
+    }
+
+    /// A failed call, explained by the plugin's death when it died (with its stderr).
+    async fn explain(&self, conn: &Conn, e: RunnerError) -> RunnerError {
+        match (&e, &conn.process) {
+            (RunnerError::Runner { message, .. }, Some(p)) => match p.settle().await {
+                Some(st) => self.failed(format!(
+                    "the plugin ended while it was asked something ({message}): {}{}",
+                    p.ending(Some(st)),
+                    tail_text(&p.tail())
+                )),
+                None => e,
+            },
+            _ => e,
         }
     }
 
@@ -582,7 +621,10 @@ impl Runner for PluginRunner {
     async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
         let conn = self.connect().await?;
         let mut client = conn.client.clone();
-        let r = self.call(client.cache_key(convert::build_spec_to_pb(spec, ""))).await?;
+        let r = match self.call(client.cache_key(convert::build_spec_to_pb(spec, ""))).await {
+            Ok(r) => r,
+            Err(e) => return Err(self.explain(&conn, e).await),
+        };
         if let Some(e) = r.error {
             return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e));
         }
@@ -600,10 +642,15 @@ impl Runner for PluginRunner {
         let build_id = unique_id("build");
         let shares = conn.info.capabilities.shares_host_filesystem;
         if !shares {
-            self.copy_in(&mut client, &build_id, pb::Dir::Addon, &spec.addon_dir).await?;
+            if let Err(e) = self.copy_in(&mut client, &build_id, pb::Dir::Addon, &spec.addon_dir).await {
+                return Err(self.explain(&conn, e).await);
+            }
         }
         let result = async {
-            let mut stream = self.call(client.build(convert::build_spec_to_pb(spec, &build_id))).await?;
+            let mut stream = match self.call(client.build(convert::build_spec_to_pb(spec, &build_id))).await {
+                Ok(s) => s,
+                Err(e) => return Err(self.explain(&conn, e).await),
+            };
             loop {
                 match stream.message().await {
                     Ok(Some(pb::BuildEvent { event: Some(pb::build_event::Event::Log(line)) })) => {
@@ -644,17 +691,25 @@ impl Runner for PluginRunner {
             for (dir, path) in
                 [(pb::Dir::Work, &spec.dirs.work), (pb::Dir::Cache, &spec.dirs.cache), (pb::Dir::Home, &spec.dirs.home)]
             {
-                self.copy_in(&mut client, &run_id, dir, path).await?;
+                if let Err(e) = self.copy_in(&mut client, &run_id, dir, path).await {
+                    return Err(self.explain(&conn, e).await);
+                }
             }
         }
-        let started = self.call(client.start(convert::start_spec_to_pb(&spec))).await?;
+        let started = match self.call(client.start(convert::start_spec_to_pb(&spec))).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.explain(&conn, e).await),
+        };
         if let Some(e) = started.error {
             if !shares {
                 let _ = self.call(client.forget(pb::ForgetRequest { id: run_id.clone() })).await;
             }
             return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e));
         }
-        let mut stream = self.call(client.events(pb::EventsRequest { run_id: run_id.clone() })).await?;
+        let mut stream = match self.call(client.events(pb::EventsRequest { run_id: run_id.clone() })).await {
+            Ok(s) => s,
+            Err(e) => return Err(self.explain(&conn, e).await),
+        };
         let (tx, rx) = mpsc::channel(64);
         let this = PluginRunRef { settings: self.settings.clone(), conn: conn.clone() };
         let (dirs, output_size) = (spec.dirs.clone(), spec.limits.output_size);
@@ -718,7 +773,13 @@ impl Runner for PluginRunner {
                 // they are reaped when it is started again).
                 if let Some(p) = &conn.process {
                     tracing::warn!("plugin {}: {e}; killing it", self.name());
-                    p.kill();
+                    p.kill_because(format!(
+                        "asked to stop run {run_id}, {}",
+                        match &e {
+                            RunnerError::Runner { message, .. } => message.clone(),
+                            other => other.to_string(),
+                        }
+                    ));
                 }
                 Err(e)
             }

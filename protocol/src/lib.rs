@@ -65,14 +65,19 @@ struct Args {
     /// PEM CA that client certificates must be signed by (mutual TLS).
     #[arg(long, requires = "tls_cert", value_name = "FILE")]
     tls_client_ca: Option<std::path::PathBuf>,
+    /// Claim this protocol version (for testing how engines refuse other versions).
+    #[arg(long, hide = true, value_name = "N")]
+    announce_protocol_version: Option<u32>,
 }
 
 /// Runs a plugin: parses its command line, logs to stderr (`RUST_LOG`), serves until SIGTERM.
 pub fn main(plugin: impl Plugin) -> ! {
     use clap::Parser;
     let args = Args::parse();
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let listen = args.listen.map(|address| server::Listen {
@@ -90,7 +95,7 @@ pub fn main(plugin: impl Plugin) -> ! {
             std::process::exit(1)
         }
     };
-    match rt.block_on(server::serve(plugin, listen)) {
+    match rt.block_on(server::serve(plugin, listen, args.announce_protocol_version)) {
         Ok(()) => std::process::exit(0),
         Err(e) => {
             eprintln!("error: {e}");

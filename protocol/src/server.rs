@@ -62,6 +62,8 @@ struct State {
     staging: tempfile::TempDir,
     /// Fires once on shutdown.
     shutdown: tokio_util::sync::CancellationToken,
+    /// A protocol version to claim instead of ours (testing engines' version checks).
+    announce: Option<u32>,
 }
 
 /// The gRPC service around a plugin.
@@ -71,7 +73,7 @@ pub struct Service {
 }
 
 impl Service {
-    pub fn new(plugin: impl Plugin) -> std::io::Result<Service> {
+    pub fn new(plugin: impl Plugin, announce: Option<u32>) -> std::io::Result<Service> {
         let staging = tempfile::Builder::new().prefix("addon-runner-plugin-").tempdir()?;
         Ok(Service {
             state: Arc::new(State {
@@ -80,6 +82,7 @@ impl Service {
                 runs: Mutex::new(HashMap::new()),
                 staging,
                 shutdown: tokio_util::sync::CancellationToken::new(),
+                announce,
             }),
         })
     }
@@ -97,8 +100,17 @@ impl Service {
         Ok(r)
     }
 
+    /// The configured runner's info, else the plugin's.
+    fn info(&self) -> RunnerInfo {
+        let slot = self.state.runner.lock().unwrap_or_else(|e| e.into_inner());
+        match slot.as_ref() {
+            Some((_, r)) => r.info(),
+            None => self.state.plugin.info(),
+        }
+    }
+
     fn shares_host_filesystem(&self) -> bool {
-        self.state.plugin.info().capabilities.shares_host_filesystem
+        self.info().capabilities.shares_host_filesystem
     }
 
     fn staging(&self, id: &str) -> Result<PathBuf, Status> {
@@ -184,7 +196,11 @@ fn dir_name(d: i32) -> Result<&'static str, Status> {
 #[tonic::async_trait]
 impl RunnerService for Service {
     async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        Ok(Response::new(convert::info_to_pb(&self.state.plugin.info())))
+        let mut info = convert::info_to_pb(&self.info());
+        if let Some(v) = self.state.announce {
+            info.protocol_version = v;
+        }
+        Ok(Response::new(info))
     }
 
     async fn configure(
@@ -496,8 +512,9 @@ pub struct ServerTls {
 /// Serves `plugin`: standalone at `listen`, or (None) started by an engine with the go-plugin
 /// handshake. Returns on SIGTERM or SIGINT after stopping every run (and, started by an engine,
 /// when the engine is gone).
-pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), String> {
-    let service = Service::new(plugin).map_err(|e| format!("making a staging directory: {e}"))?;
+pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option<u32>) -> Result<(), String> {
+    let info = plugin.info();
+    let service = Service::new(plugin, announce).map_err(|e| format!("making a staging directory: {e}"))?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<RunnerServer<Service>>().await;
     health_reporter.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
@@ -564,11 +581,12 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), St
             let _ = std::fs::remove_file(&address);
             let listener =
                 tokio::net::UnixListener::bind(&address).map_err(|e| format!("listening on {address}: {e}"))?;
-            announce(
+            print_handshake(
+                &info,
                 listen.is_none(),
                 Handshake {
                     core_version: handshake::CORE_PROTOCOL_VERSION,
-                    protocol_version: crate::PROTOCOL_VERSION,
+                    protocol_version: announce.unwrap_or(crate::PROTOCOL_VERSION),
                     network,
                     address: address.clone(),
                 },
@@ -584,11 +602,12 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), St
             let listener =
                 tokio::net::TcpListener::bind(&address).await.map_err(|e| format!("listening on {address}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
-            announce(
+            print_handshake(
+                &info,
                 listen.is_none(),
                 Handshake {
                     core_version: handshake::CORE_PROTOCOL_VERSION,
-                    protocol_version: crate::PROTOCOL_VERSION,
+                    protocol_version: announce.unwrap_or(crate::PROTOCOL_VERSION),
                     network,
                     address: local.to_string(),
                 },
@@ -603,13 +622,12 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>) -> Result<(), St
     Ok(())
 }
 
-fn announce(handshake: bool, h: Handshake) {
+fn print_handshake(info: &RunnerInfo, handshake: bool, h: Handshake) {
     use std::io::Write;
     if handshake {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{h}");
         let _ = out.flush();
-    } else {
-        tracing::info!("listening on {}", h.address);
     }
+    tracing::info!("runner plugin {} {} serving on {}", info.name, info.version, h.address);
 }

@@ -230,10 +230,15 @@ async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration)
 
 /// A process's start time in clock ticks since boot (with its pid, it names one process for good:
 /// pids are reused, start times of the same pid are not).
+/// None for a process that is gone, or dead and not yet reaped (a zombie).
 pub fn process_start(pid: i32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(19).map(str::to_string)
+    let mut fields = rest.split(' ');
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18).map(str::to_string)
 }
 
 /// Sends `sig` to every descendant of `pid` (and to `pid` itself when `include_root`).

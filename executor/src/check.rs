@@ -1,0 +1,686 @@
+//! `addon runners check NAME`: the conformance checks and the hostile-addon kit against one
+//! runner or plugin as configured, as a command a runner or plugin author runs. Every check runs
+//! real addons through the engine with only that runner; a runner's declared capabilities are
+//! not taken on trust (one that says it isolates the network is held to it by the kit).
+//!
+//! The kit's probe is a static C program (`tests/fixtures/hostile/probe.c`, built in), compiled
+//! here with `gcc -static`; without gcc the kit's checks are reported as skipped, never passed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use addon_descriptors::Section;
+use serde::Serialize;
+
+use crate::config::{ByteSize, Config, LimitsOverride};
+use crate::engine::{Engine, Event, RunRequest};
+use crate::report::{AddonReport, AddonResult, Termination};
+use crate::CancellationToken;
+
+/// The probe's source.
+const PROBE_C: &str = include_str!("../tests/fixtures/hostile/probe.c");
+
+/// How one check went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not run (the reason says why); never counts as passed.
+    Skip,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+/// The result of `addon runners check`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub runner: String,
+    /// The descriptor section the checks' addons use.
+    pub section: Option<String>,
+    /// Every check passed (none failed, none skipped).
+    pub passed: bool,
+    pub checks: Vec<CheckResult>,
+}
+
+/// The checks, in the order they run.
+pub const CHECKS: [&str; 10] = [
+    "available",
+    "contract",
+    "failure-cause",
+    "timeout",
+    "leftovers",
+    "network-isolation",
+    "hostile-kit",
+    "fork-bomb",
+    "memory-hog",
+    "disk-fill",
+];
+
+/// Runs every check against runner `name` of `config` (in a private working and cache
+/// directory). `only` limits the checks to some names.
+pub async fn run(config: &Config, name: &str, only: &[String]) -> Result<CheckReport, String> {
+    let root = tempfile::Builder::new().prefix("addon-check-").tempdir().map_err(|e| e.to_string())?;
+    set_mode(root.path(), 0o755);
+    let mut config = config.clone();
+    config.working_dir = root.path().join("work");
+    config.cache_dir = root.path().join("cache");
+    config.fail_fast = false;
+    let engine = Engine::new(config);
+    let Some(runner) = engine.runner(name) else {
+        let known: Vec<String> = engine.config().runner_names();
+        return Err(format!("no runner `{name}` here; known runners: {}", known.join(", ")));
+    };
+    let info = runner.info();
+    let section = [Section::Trivial, Section::Docker, Section::Nix].into_iter().find(|s| info.serves.contains(s));
+    let mut kit =
+        Kit { engine: &engine, name: name.to_string(), section, root: root.path().to_path_buf(), probe: None, n: 0 };
+    let mut checks = Vec::new();
+    let wanted = |c: &str| only.is_empty() || only.iter().any(|o| o == c);
+    let started = Instant::now();
+    let probe = runner.probe().await;
+    let available = probe.available;
+    checks.push(CheckResult {
+        name: "available",
+        status: if available { Status::Pass } else { Status::Fail },
+        detail: probe.detail,
+        duration_ms: started.elapsed().as_millis() as u64,
+    });
+    for check in &CHECKS[1..] {
+        if !wanted(check) {
+            continue;
+        }
+        let t = Instant::now();
+        let (status, detail) = if !available {
+            (Status::Skip, format!("the {name} runner is not available here"))
+        } else if section.is_none() {
+            (Status::Skip, format!("the {name} runner serves no descriptor section these checks know"))
+        } else {
+            match kit.run(check).await {
+                Ok(detail) => (Status::Pass, detail),
+                Err(Outcome::Fail(d)) => (Status::Fail, d),
+                Err(Outcome::Skip(d)) => (Status::Skip, d),
+            }
+        };
+        checks.push(CheckResult { name: check, status, detail, duration_ms: t.elapsed().as_millis() as u64 });
+    }
+    let passed = checks.iter().all(|c| c.status == Status::Pass);
+    Ok(CheckReport { runner: name.to_string(), section: section.map(|s| s.as_str().to_string()), passed, checks })
+}
+
+enum Outcome {
+    Fail(String),
+    Skip(String),
+}
+
+fn fail(message: impl Into<String>) -> Outcome {
+    Outcome::Fail(message.into())
+}
+
+type Checked = Result<String, Outcome>;
+
+struct Kit<'a> {
+    engine: &'a Engine,
+    name: String,
+    section: Option<Section>,
+    root: PathBuf,
+    probe: Option<Result<PathBuf, String>>,
+    n: u32,
+}
+
+/// What a check's run gave.
+struct Ran {
+    report: AddonReport,
+    /// The addon's log lines (stderr, and stdout when not collected).
+    lines: Vec<String>,
+}
+
+impl Ran {
+    /// `key=value` lines the addon printed on stderr.
+    fn map(&self) -> BTreeMap<String, String> {
+        self.lines.iter().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn describe(&self) -> String {
+        let a = &self.report;
+        format!(
+            "result {}, termination {:?}, error {}",
+            a.result.as_str(),
+            a.termination,
+            a.error.as_deref().unwrap_or("none")
+        )
+    }
+}
+
+#[derive(Default)]
+struct Extra {
+    user_input: String,
+    env: Vec<(String, String)>,
+    timeout: Option<Duration>,
+    limits: LimitsOverride,
+    output_dir: Option<PathBuf>,
+}
+
+const PURE: &str = "options:\n  networking: false\n  collectOutput: true\n";
+
+impl Kit<'_> {
+    async fn run(&mut self, check: &str) -> Checked {
+        match check {
+            "contract" => self.contract().await,
+            "failure-cause" => self.failure_cause().await,
+            "timeout" => self.timeout().await,
+            "leftovers" => self.leftovers().await,
+            "network-isolation" => self.kit(true).await,
+            "hostile-kit" => self.kit(false).await,
+            "fork-bomb" => self.fork_bomb().await,
+            "memory-hog" => self.memory_hog().await,
+            "disk-fill" => self.disk_fill().await,
+            other => Err(Outcome::Skip(format!("unknown check {other}"))),
+        }
+    }
+
+    fn section(&self) -> Section {
+        self.section.unwrap_or(Section::Trivial)
+    }
+
+    /// A fresh addon called `name` whose program is `script` (POSIX sh), or `program` (a file
+    /// copied in as the program).
+    fn addon(&mut self, name: &str, script: &str, program: Option<&Path>) -> Result<PathBuf, Outcome> {
+        self.n += 1;
+        let marker = format!("{}-{}", std::process::id(), self.n);
+        let dir = self.root.join("addons").join(format!("{name}-{}", self.n));
+        let io = |e: std::io::Error| fail(format!("writing the check's addon: {e}"));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let runner_yaml = match self.section() {
+            Section::Trivial => "  trivial:\n    enable: true\n    exec: run.sh\n".to_string(),
+            Section::Docker => "  docker:\n    enable: true\n".to_string(),
+            Section::Nix => "  nix:\n    enable: true\n".to_string(),
+        };
+        std::fs::write(
+            dir.join("docspell-addon.yml"),
+            format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag, second]\nrunner:\n{runner_yaml}{PURE}"),
+        )
+        .map_err(io)?;
+        let run = dir.join("run.sh");
+        match program {
+            Some(p) => std::fs::copy(p, &run).map(|_| ()).map_err(io)?,
+            None => std::fs::write(&run, format!("#!/bin/sh\n{script}\n")).map_err(io)?,
+        }
+        set_mode(&run, 0o755);
+        match self.section() {
+            Section::Trivial => {}
+            Section::Docker => {
+                let busybox = Path::new("/bin/busybox");
+                if !busybox.exists() {
+                    return Err(Outcome::Skip(
+                        "docker checks build FROM-scratch images with the host's static busybox (apt-get install busybox-static)".into(),
+                    ));
+                }
+                std::fs::copy(busybox, dir.join("busybox")).map_err(io)?;
+                let entry = if program.is_some() { "[\"/run.sh\"]" } else { "[\"/bin/sh\", \"/run.sh\"]" };
+                std::fs::write(
+                    dir.join("Dockerfile"),
+                    format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nLABEL addon-check.marker={marker}\nCOPY run.sh /run.sh\nENTRYPOINT {entry}\n"),
+                )
+                .map_err(io)?;
+            }
+            Section::Nix => {
+                std::fs::write(
+                    dir.join("flake.nix"),
+                    format!(
+                        r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "{name}-{marker}";
+      system = "x86_64-linux";
+      builder = "/bin/busybox";
+      args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./run.sh}} $out/bin/run && /bin/busybox chmod 555 $out/bin/run" ];
+    }};
+  }};
+}}
+"#
+                    ),
+                )
+                .map_err(io)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    async fn go(&self, addon: &Path, extra: Extra) -> Result<Ran, Outcome> {
+        let req = RunRequest {
+            sources: vec![addon.display().to_string()],
+            runners: Some(vec![self.name.clone()]),
+            user_input: extra.user_input,
+            env: extra.env,
+            timeout: extra.timeout,
+            limits: extra.limits,
+            output_dir: extra.output_dir,
+            fail_fast: Some(false),
+            ..Default::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        let collect = tokio::spawn(async move {
+            let mut lines = Vec::new();
+            while let Some(e) = rx.recv().await {
+                if let Event::Log { line, .. } = e {
+                    lines.push(line);
+                }
+            }
+            lines
+        });
+        let report = self.engine.run(req, Some(tx), CancellationToken::new()).await.map_err(|e| fail(e.to_string()))?;
+        let lines = collect.await.unwrap_or_default();
+        let report = report.addons.into_iter().next().ok_or_else(|| fail("the engine reported no addon"))?;
+        Ok(Ran { report, lines })
+    }
+
+    async fn contract(&mut self) -> Checked {
+        let script = r#"
+echo "args=$*" >&2
+echo "input=$(cat "$3")" >&2
+[ "$ADDON_DIR" = "$(pwd)/addons/$ADDON_ID" ] && [ -d "$ADDON_DIR" ] && echo "layout=ok" >&2
+[ -f arguments/user-input ] && echo "arguments=ok" >&2
+touch "$TMPDIR/x" && echo "tmp=writable" >&2
+runs=$(cat "$CACHE_DIR/runs" 2>/dev/null || echo 0); runs=$((runs+1)); echo $runs > "$CACHE_DIR/runs"; echo "cache_runs=$runs" >&2
+echo "result" > "$OUTPUT_DIR/result.txt"
+printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"}}]}'"#;
+        let addon = self.addon("check-contract", script, None)?;
+        let out = self.root.join("contract-out");
+        let extra = || Extra {
+            user_input: "user text".into(),
+            env: vec![("ADDON_ID".into(), "check-contract-1.0".into())],
+            output_dir: Some(out.clone()),
+            ..Default::default()
+        };
+        let ran = self.go(&addon, extra()).await?;
+        if ran.report.result != AddonResult::Success {
+            return Err(fail(format!("a well-behaved addon did not succeed: {}", ran.describe())));
+        }
+        let m = ran.map();
+        let mut wrong = Vec::new();
+        let mut expect = |k: &str, v: &str| {
+            if m.get(k).map(String::as_str) != Some(v) {
+                wrong.push(format!("{k}: expected `{v}`, got `{}`", m.get(k).map(String::as_str).unwrap_or("nothing")));
+            }
+        };
+        expect("args", "--flag second arguments/user-input");
+        expect("input", "user text");
+        expect("layout", "ok");
+        expect("arguments", "ok");
+        expect("tmp", "writable");
+        expect("cache_runs", "1");
+        if std::fs::read_to_string(out.join("result.txt")).ok().as_deref() != Some("result\n") {
+            wrong.push("the output file did not arrive in the output directory".into());
+        }
+        let json_ok = ran.report.output.as_ref().is_some_and(|o| !o.files.is_empty());
+        if !json_ok {
+            wrong.push("the JSON the addon printed (without a trailing newline) was lost".into());
+        }
+        let again = self.go(&addon, extra()).await?;
+        if again.map().get("cache_runs").map(String::as_str) != Some("2") {
+            wrong.push("CACHE_DIR did not persist to the second run".into());
+        }
+        if again.report.cache == addon_runners::CacheUse::Miss {
+            wrong.push("the second run built again".into());
+        }
+        if wrong.is_empty() {
+            Ok(format!(
+                "directories, environment, arguments, output files and JSON; second run cache {:?}",
+                again.report.cache
+            )
+            .to_lowercase())
+        } else {
+            Err(fail(wrong.join("; ")))
+        }
+    }
+
+    async fn failure_cause(&mut self) -> Checked {
+        let addon =
+            self.addon("check-missing", "echo 'preparing the rotation' >&2\nexec no-such-program-xyz --rotate", None)?;
+        let ran = self.go(&addon, Extra::default()).await?;
+        let a = &ran.report;
+        let err = a.error.clone().unwrap_or_default();
+        if a.result == AddonResult::ExecutionError && a.exit_code == Some(127) && err.contains("preparing the rotation")
+        {
+            Ok("exit code 127 and the addon's own stderr in the error".into())
+        } else {
+            Err(fail(format!(
+                "expected execution-error with exit code 127 and the addon's stderr; got {}",
+                ran.describe()
+            )))
+        }
+    }
+
+    /// A stubborn addon (ignores SIGTERM, leaves a setsid'ed child): stopped at its timeout, and
+    /// nothing of it is left.
+    async fn timeout(&mut self) -> Checked {
+        let marker = format!("{}", 51_000 + self.n + std::process::id() % 1000);
+        let script =
+            format!("trap '' TERM\n( setsid sh -c \"trap '' TERM; exec sleep {marker}\" & )\nsleep {marker}\n");
+        let addon = self.addon("check-stubborn", &script, None)?;
+        let ran = self.go(&addon, Extra { timeout: Some(Duration::from_secs(3)), ..Default::default() }).await?;
+        if ran.report.result != AddonResult::Timeout {
+            return Err(fail(format!("expected timeout; got {}", ran.describe())));
+        }
+        self.nothing_left(&format!("sleep {marker}")).await?;
+        Ok("stopped at its 3 s timeout; nothing left running".into())
+    }
+
+    async fn leftovers(&mut self) -> Checked {
+        let marker = format!("{}", 52_000 + self.n + std::process::id() % 1000);
+        let addon = self.addon("check-leaver", &format!("( setsid sleep {marker} & )\necho '{{}}'"), None)?;
+        let ran = self.go(&addon, Extra::default()).await?;
+        if ran.report.result != AddonResult::Success {
+            return Err(fail(format!("expected success; got {}", ran.describe())));
+        }
+        self.nothing_left(&format!("sleep {marker}")).await?;
+        Ok("a background process died with its addon".into())
+    }
+
+    /// No process mentions `marker` or this check's directories (a sandbox runtime's own
+    /// processes name them) within a few seconds.
+    async fn nothing_left(&self, marker: &str) -> Result<(), Outcome> {
+        let root = self.root.display().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left: Vec<String> = processes()
+                .into_iter()
+                .filter(|(_, cmd)| cmd.contains(marker) || cmd.contains(&root))
+                .map(|(p, c)| format!("{p}: {c}"))
+                .collect();
+            if left.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(fail(format!("processes outlived the run: {}", left.join("; "))));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn probe(&mut self) -> Result<PathBuf, Outcome> {
+        let root = self.root.clone();
+        let built = self.probe.get_or_insert_with(|| {
+            let src = root.join("probe.c");
+            let out = root.join("probe");
+            std::fs::write(&src, PROBE_C).map_err(|e| e.to_string())?;
+            let cc =
+                std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).output().map_err(
+                    |e| format!("the kit's probe is compiled with gcc -static: {e} (apt-get install gcc libc6-dev)"),
+                )?;
+            if !cc.status.success() {
+                return Err(format!("compiling the kit's probe failed: {}", String::from_utf8_lossy(&cc.stderr)));
+            }
+            Ok(out)
+        });
+        built.clone().map_err(Outcome::Skip)
+    }
+
+    /// The probe, judged whole (`hostile-kit`) or for the network only.
+    async fn kit(&mut self, network_only: bool) -> Checked {
+        const NETWORK: [&str; 7] = [
+            "host-loopback-tcp",
+            "host-loopback-udp",
+            "abstract-unix",
+            "raw-socket",
+            "packet-socket",
+            "interfaces",
+            "route-out",
+        ];
+        let probe = self.probe()?;
+        let addon = self.addon(if network_only { "check-net" } else { "check-hostile" }, "", Some(&probe))?;
+        let bait = Bait::new(&self.root).map_err(|e| fail(format!("setting the kit's bait: {e}")))?;
+        let ran = self
+            .go(&addon, Extra { user_input: "probe".into(), env: bait.env(&self.root), ..Default::default() })
+            .await;
+        let udp = bait.udp_got();
+        let escaped = bait.escaped_writes(&self.root);
+        drop(bait);
+        let ran = ran?;
+        if ran.report.result != AddonResult::Success {
+            return Err(fail(format!("the probe did not run to its end: {}", ran.describe())));
+        }
+        let container = self.section() == Section::Docker;
+        let mut found: Vec<String> = judge(&ran.lines, container)
+            .into_iter()
+            .filter(|f| !network_only || NETWORK.iter().any(|n| f.starts_with(n)))
+            .collect();
+        if udp {
+            found.push("host-loopback-udp: a datagram reached the host".into());
+        }
+        if !network_only && !escaped.is_empty() {
+            found.push(format!("writes outside the addon's directories: {escaped:?}"));
+        }
+        let total = ran.lines.iter().filter(|l| l.starts_with("kit ")).count();
+        if total < 20 {
+            return Err(fail(format!("the probe reported only {total} checks")));
+        }
+        if found.is_empty() {
+            Ok(if network_only {
+                "a pure addon reached no network: only lo, no host loopback (TCP, UDP, abstract unix), no raw or packet sockets".into()
+            } else {
+                format!("{total} probes found nothing (daemon sockets, host secrets, writes outside, privileges, kernel interfaces, network)")
+            })
+        } else {
+            Err(fail(found.join("; ")))
+        }
+    }
+
+    async fn fork_bomb(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-forkbomb", "", Some(&probe))?;
+        let limits = LimitsOverride { pids: Some(64), ..Default::default() };
+        let ran = self
+            .go(
+                &addon,
+                Extra {
+                    user_input: "forkbomb".into(),
+                    limits,
+                    timeout: Some(Duration::from_secs(60)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        match ran.report.termination {
+            Some(Termination::Limit) => Ok("ended at its process limit (64)".into()),
+            _ => Err(fail(format!("expected termination at the process limit; got {}", ran.describe()))),
+        }
+    }
+
+    async fn memory_hog(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-memhog", "", Some(&probe))?;
+        let limits = LimitsOverride { memory: Some(ByteSize(64 << 20)), ..Default::default() };
+        let ran = self.go(&addon, Extra { user_input: "memhog".into(), limits, ..Default::default() }).await?;
+        match ran.report.termination {
+            Some(Termination::Oom) => Ok("ended by the OOM killer at its memory limit (64 MiB)".into()),
+            _ => Err(fail(format!("expected termination by the OOM killer; got {}", ran.describe()))),
+        }
+    }
+
+    async fn disk_fill(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-diskfill", "", Some(&probe))?;
+        let out = self.root.join("diskfill-out");
+        let limits = LimitsOverride { output_size: Some(ByteSize(64 << 20)), ..Default::default() };
+        let ran = self
+            .go(
+                &addon,
+                Extra {
+                    user_input: "diskfill".into(),
+                    limits,
+                    output_dir: Some(out.clone()),
+                    timeout: Some(Duration::from_secs(120)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let written = walk_size(&out);
+        if ran.report.termination == Some(Termination::Limit) && written < 1 << 30 {
+            Ok(format!("stopped at its output size (64 MiB); {written} bytes left"))
+        } else {
+            Err(fail(format!("expected a stop at the output size; got {}; {written} bytes written", ran.describe())))
+        }
+    }
+}
+
+/// Capabilities a docker container keeps (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID).
+const DOCKER_CAPS: u64 = 0b1101_1011;
+
+/// What the probe found, for the runner: every check must find nothing. A container without a
+/// user namespace is uid 0 by design; there it may hold no more than the docker runner's minimal
+/// capabilities, and Docker's default seccomp profile lets a process trace its own children.
+pub fn judge(lines: &[String], container: bool) -> Vec<String> {
+    let mut found = Vec::new();
+    for l in lines.iter().filter_map(|l| l.strip_prefix("kit ")) {
+        let Some((check, rest)) = l.split_once(" found=") else { continue };
+        if !rest.starts_with("yes") {
+            continue;
+        }
+        let detail = rest.trim_start_matches("yes").trim();
+        let allowed = container
+            && match check {
+                "host-root" | "ptrace-child" => true,
+                "capabilities" => u64::from_str_radix(detail, 16).is_ok_and(|caps| caps & !DOCKER_CAPS == 0),
+                _ => false,
+            };
+        if !allowed {
+            found.push(format!("{check}: {detail}"));
+        }
+    }
+    found
+}
+
+/// Host-side bait: loopback listeners (TCP, UDP, abstract unix), a marked host process, files the
+/// addon must not read.
+struct Bait {
+    marker: String,
+    tcp_port: u16,
+    udp_port: u16,
+    udp_got: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    abstract_name: String,
+    host_process: std::process::Child,
+    secret_file: PathBuf,
+}
+
+impl Bait {
+    fn new(root: &Path) -> std::io::Result<Bait> {
+        use std::os::linux::net::SocketAddrExt;
+        // Unique per bait: an earlier bait's listener threads keep their sockets bound.
+        static BAITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = BAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let marker = format!("{}", 53_000 + (std::process::id() % 1000) * 10 + serial % 10);
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let tcp_port = tcp.local_addr()?.port();
+        std::thread::spawn(move || {
+            for s in tcp.incoming().flatten() {
+                drop(s);
+            }
+        });
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let udp_port = udp.local_addr()?.port();
+        let udp_got = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (got, want) = (udp_got.clone(), marker.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok(n) = udp.recv(&mut buf) {
+                if buf[..n] == *want.as_bytes() {
+                    got.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        });
+        let abstract_name = format!("addon-check-{marker}-{}-{serial}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())?;
+        let abs = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+        std::thread::spawn(move || {
+            for s in abs.incoming().flatten() {
+                drop(s);
+            }
+        });
+        let host_process = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("sleep 600; : host-process {marker}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let secret_file = root.join("root-only-secret");
+        std::fs::write(&secret_file, "top secret")?;
+        set_mode(&secret_file, 0o600);
+        Ok(Bait { marker, tcp_port, udp_port, udp_got, abstract_name, host_process, secret_file })
+    }
+
+    fn env(&self, root: &Path) -> Vec<(String, String)> {
+        vec![
+            ("HOST_PORT".into(), self.tcp_port.to_string()),
+            ("HOST_UDP_PORT".into(), self.udp_port.to_string()),
+            ("ABSTRACT_NAME".into(), self.abstract_name.clone()),
+            ("MARKER".into(), self.marker.clone()),
+            ("SECRET_FILE".into(), self.secret_file.display().to_string()),
+            ("OTHER_FILE".into(), self.secret_file.display().to_string()),
+            ("OUTSIDE_DIR".into(), root.display().to_string()),
+        ]
+    }
+
+    fn udp_got(&self) -> bool {
+        std::thread::sleep(Duration::from_millis(200));
+        self.udp_got.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn escaped_writes(&self, root: &Path) -> Vec<PathBuf> {
+        ["/etc", "/root", "/var/tmp", "/tmp", "/usr", "/home", "/var/lib"]
+            .iter()
+            .map(PathBuf::from)
+            .chain([root.to_path_buf()])
+            .map(|d| d.join(format!("addon-kit-{}", self.marker)))
+            .filter(|p| p.exists())
+            .collect()
+    }
+}
+
+impl Drop for Bait {
+    fn drop(&mut self) {
+        let _ = self.host_process.kill();
+        let _ = self.host_process.wait();
+        for p in self.escaped_writes(Path::new("/nonexistent")) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode));
+}
+
+/// Every process and its command line.
+fn processes() -> Vec<(String, String)> {
+    let me = std::process::id().to_string();
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let pid = e.file_name().to_string_lossy().to_string();
+            if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+            }
+        }
+    }
+    out
+}
+
+fn walk_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk_size(&e.path())).sum()).unwrap_or(0)
+}

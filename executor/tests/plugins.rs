@@ -1,0 +1,550 @@
+//! Runner plugins beyond the conformance suite: what happens when a plugin crashes, hangs, speaks
+//! another protocol version or is missing; a standalone plugin shared by two engines; an engine
+//! killed during a plugin run (then Reap); cancellation; the copy path of plugins that do not
+//! share the host filesystem. The test plugin is `addon-runner-example` with its `fault:` setting.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A world whose runner list is `runners` and with the example plugin called `example`.
+fn example_world(runners: &str, entry: &str) -> World {
+    let w = World::new("bwrap", &format!("runner: [{runners}]\n"));
+    w.add_plugin("example", "addon-runner-example", "trivial", entry);
+    w
+}
+
+fn runners_json(w: &World) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["runners", "--json", "--config", w.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn runner<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["runners"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {v}"))
+}
+
+/// Pids of the processes whose parent is `parent` and whose command line contains `needle`.
+fn children_with(parent: u32, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let ppid: u32 =
+            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if ppid == parent && String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_example_plugin_runs_an_addon() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example", "");
+    let addon = w.addon("hello", PURE, "echo \"hello $*\" > \"$OUTPUT_DIR/hello.txt\"\necho '{}'");
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["runner"], "example", "a plugin's run is reported under its configured name");
+    assert_eq!(a["sandbox"], "bwrap");
+    let r = runner(&runners_json(&w), "example").clone();
+    assert_eq!(r["builtin"], false);
+    assert_eq!(r["serves"], serde_json::json!(["trivial"]));
+    assert!(r["detail"].as_str().unwrap().contains("plugin example"), "{r}");
+}
+
+/// A plugin that keeps its own copies of the run's directories (a remote backend): the engine
+/// copies the run directory, CACHE_DIR and HOME in, and the output, CACHE_DIR and HOME back.
+#[test]
+fn a_plugin_without_the_host_filesystem_gets_copies_in_and_out() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example", "    config: {copy: true}\n");
+    let script = r#"
+n=$(cat "$CACHE_DIR/n" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$CACHE_DIR/n"
+echo "$n" > "$HOME/seen"
+mkdir -p "$OUTPUT_DIR/sub" && cat arguments/user-input > "$OUTPUT_DIR/sub/input.txt"
+echo "run=$n" >&2
+echo '{}'"#;
+    let addon = w.addon("copier", PURE, script);
+    for n in 1..=2 {
+        let out_dir = w.path().join(format!("out{n}"));
+        let (out, v) =
+            w.run(&[addon.to_str().unwrap(), "--args", "payload", "--output-dir", out_dir.to_str().unwrap()]);
+        assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stderr_map(&out)["run"], n.to_string(), "CACHE_DIR came back from the plugin");
+        assert_eq!(std::fs::read_to_string(out_dir.join("sub/input.txt")).unwrap(), "payload");
+    }
+}
+
+/// SIGKILL to the plugin while an addon runs: that attempt is execution-failed naming the
+/// plugin and its stderr; the addon's processes die with it; a pure addon falls through to the
+/// next runner; the next run starts the plugin again.
+#[test]
+fn a_plugin_killed_mid_run_fails_that_run_and_is_started_again() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example, trivial", "");
+    let marker = format!("{}", 41_000 + std::process::id() % 1000);
+    let script = format!(
+        "if [ ! -f \"$CACHE_DIR/once\" ]; then touch \"$CACHE_DIR/once\"; echo started >&2; exec sleep {marker}; fi\necho '{{}}'"
+    );
+    let addon = w.addon("victim", PURE, &script);
+    let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--json", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = engine.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("started") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("the addon started");
+    let plugins = children_with(engine.id(), "addon-runner-example");
+    assert_eq!(plugins.len(), 1, "one plugin process per engine");
+    // SAFETY: a plain signal to a test-owned process.
+    unsafe { libc::kill(plugins[0], libc::SIGKILL) };
+    let out = engine.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let a = &v["addons"][0];
+    let first = &a["attempts"][0];
+    assert_eq!(first["runner"], "example");
+    assert_eq!(first["result"], "execution-failed", "{v}");
+    let err = first["error"].as_str().unwrap();
+    assert!(err.contains("example") && err.contains("died (killed by signal 9)"), "{err}");
+    assert!(err.contains("runner plugin example"), "the plugin's stderr tail is quoted: {err}");
+    assert_eq!(a["result"], "success", "a pure addon falls through to the next runner: {v}");
+    assert_eq!(a["runner"], "trivial");
+    wait_until("the killed plugin's addon to die", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {marker}")).is_empty()
+    });
+    // The next engine starts the plugin afresh.
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--runner", "example"]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+}
+
+/// A plugin that crashes in Start: execution-failed naming it, with its last words.
+#[test]
+fn a_plugin_that_crashes_on_start_is_named_with_its_stderr() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example", "    config: {fault: crash-on-start}\n");
+    let addon = w.addon("crashy", PURE, "echo '{}'");
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{v}");
+    let err = a["error"].as_str().unwrap();
+    assert!(err.contains("example") && err.contains("crashing on start, as configured"), "{err}");
+}
+
+/// A plugin whose run stops answering (no events, Stop hangs): at the run's timeout the engine
+/// asks it to stop, gives up after the plugin's timeout, kills it (and with it the addon), and
+/// the run ends as a failure naming the plugin. Nothing is left.
+#[test]
+fn a_plugin_that_hangs_mid_run_is_killed_and_named() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example", "    timeout: 1s\n    config: {fault: hang-during-run}\n");
+    let marker = format!("{}", 42_000 + std::process::id() % 1000);
+    let addon = w.addon("hung", PURE, &format!("exec sleep {marker}"));
+    let t = Instant::now();
+    let (_, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "2s"]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{v}");
+    let err = a["error"].as_str().unwrap();
+    assert!(err.contains("example") && err.contains("the engine killed it: asked to stop run"), "{err}");
+    assert!(err.contains("did not answer within 2s"), "kill-grace 1s + the plugin's timeout 1s: {err}");
+    assert!(t.elapsed() < Duration::from_secs(30), "the engine did not wait forever");
+    wait_until("the hung plugin's addon to die", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {marker}")).is_empty()
+    });
+}
+
+/// A plugin that never answers a call is unavailable with the reason, within its timeout.
+#[test]
+fn a_plugin_that_never_answers_is_unavailable_with_the_reason() {
+    let w = example_world("example", "    timeout: 1s\n    config: {fault: hang-on-probe}\n");
+    let t = Instant::now();
+    let r = runner(&runners_json(&w), "example").clone();
+    assert!(t.elapsed() < Duration::from_secs(20));
+    assert_eq!(r["available"], false, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("did not answer within 1s"), "{r}");
+    let addon = w.addon("unanswered", PURE, "echo '{}'");
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = v["addons"][0]["error"].as_str().unwrap();
+    assert!(err.contains("no runner can run") && err.contains("did not answer"), "{err}");
+}
+
+/// A plugin of another protocol version is refused, with both versions named.
+#[test]
+fn a_plugin_of_another_protocol_version_is_refused() {
+    let w = World::new("bwrap", "runner: [future]\n");
+    let program = plugin_binary("addon-runner-example");
+    let config = std::fs::read_to_string(&w.config).unwrap()
+        + &format!(
+            "plugins:\n  future:\n    command: [{}, --announce-protocol-version, '2']\n    serves: [trivial]\n",
+            program.display()
+        );
+    std::fs::write(&w.config, config).unwrap();
+    let r = runner(&runners_json(&w), "future").clone();
+    assert_eq!(r["available"], false);
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("protocol version 2") && detail.contains("version 1"), "{detail}");
+}
+
+/// A configured plugin whose program is missing is explained, in `runners` and in a run.
+#[test]
+fn a_missing_plugin_program_is_explained() {
+    let w = World::new(
+        "bwrap",
+        "runner: [ghost]\nplugins:\n  ghost:\n    command: [/nonexistent/addon-runner-ghost]\n    serves: [trivial]\n",
+    );
+    let r = runner(&runners_json(&w), "ghost").clone();
+    assert_eq!(r["available"], false);
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("/nonexistent/addon-runner-ghost") && detail.contains("No such file"), "{detail}");
+    let addon = w.addon("ghostly", PURE, "echo '{}'");
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let err = v["addons"][0]["error"].as_str().unwrap();
+    assert!(err.contains("ghost") && err.contains("No such file"), "{err}");
+}
+
+/// A bad plugin configuration is refused by the plugin, naming the field.
+#[test]
+fn a_plugin_checks_its_own_configuration() {
+    let w = example_world("example", "    config: {fault: sometimes}\n");
+    let r = runner(&runners_json(&w), "example").clone();
+    assert_eq!(r["available"], false);
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("plugins.example.config.fault") && detail.contains("sometimes"), "{detail}");
+}
+
+/// One standalone plugin server, two engines at once: both runs succeed and the server lives on.
+#[test]
+fn two_engines_share_one_standalone_plugin() {
+    if !require("bwrap") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("example.sock");
+    let mut server = std::process::Command::new(plugin_binary("addon-runner-example"))
+        .arg("--listen")
+        .arg(format!("unix://{}", socket.display()))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the plugin server's socket", Duration::from_secs(10), || socket.exists());
+    let entry = format!("plugins:\n  shared:\n    address: unix://{}\n    serves: [trivial]\n", socket.display());
+    let worlds: Vec<World> = (0..2).map(|_| World::new("bwrap", &format!("runner: [shared]\n{entry}"))).collect();
+    let handles: Vec<_> = worlds
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            let addon = w.addon(&format!("sharer{i}"), PURE, "sleep 1\necho \"ran=$$\" >&2\necho '{}'");
+            let config = w.config.clone();
+            std::thread::spawn(move || {
+                std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+                    .args(["run", "--json", "--config", config.to_str().unwrap(), addon.to_str().unwrap()])
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(v["addons"][0]["runner"], "shared");
+    }
+    assert!(server.try_wait().unwrap().is_none(), "a standalone plugin outlives its engines");
+    // SAFETY: a plain signal to a test-owned process.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let status = server.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean exit: {status:?}");
+}
+
+/// The library's cancellation reaches a plugin's run: Stop is called, the addon dies.
+#[tokio::test]
+async fn cancelling_a_plugin_run_stops_it() {
+    use addon_executor::{CancellationToken, Config, Engine, Event, RunRequest};
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example", "");
+    let marker = format!("{}", 43_000 + std::process::id() % 1000);
+    let addon = w.addon("cancelled", PURE, &format!("echo starting >&2\nexec sleep {marker}"));
+    let engine = Engine::new(Config::load(&w.config).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let cancel = CancellationToken::new();
+    let stopper = cancel.clone();
+    let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+    let run = tokio::spawn(async move { engine.run(req, Some(tx), cancel).await });
+    while let Some(ev) = rx.recv().await {
+        if let Event::Log { line, .. } = ev {
+            if line == "starting" {
+                stopper.cancel();
+            }
+        }
+    }
+    let report = run.await.unwrap().unwrap();
+    let a = &report.addons[0];
+    assert_eq!(a.runner.as_deref(), Some("example"));
+    assert!(a.error.as_deref().unwrap_or_default().contains("cancelled"), "{:?}", a.error);
+    assert!(processes_with(&format!("sleep {marker}")).is_empty());
+}
+
+/// The engine is killed while a plugin's container runs. The plugin (told by SIGTERM, its parent
+/// having died) stops it; and when the plugin was killed too, the next engine to start the
+/// plugin has it Reap what was left.
+#[test]
+fn an_engine_killed_during_a_plugin_run_leaves_nothing() {
+    if !require_docker() {
+        return;
+    }
+    for kill_plugin_too in [false, true] {
+        let w = World::new("auto", "runner: [docker-plugin]\n");
+        w.add_plugin("docker-plugin", "addon-runner-docker", "docker", "");
+        let name = format!("orphaned{}", u8::from(kill_plugin_too));
+        let marker = format!("{name}-{}", std::process::id());
+        let addon = w.docker_addon(&name, PURE, "#!/bin/sh\necho started >&2\nexec sleep 600\n", &marker);
+        let mut engine = w.spawn_until(&addon, "started");
+        let plugins = children_with(engine.id(), "addon-runner-docker");
+        assert_eq!(plugins.len(), 1);
+        let label = format!("{name}-1.0");
+        assert_eq!(containers_of(&label).len(), 1, "the container runs");
+        if kill_plugin_too {
+            // SAFETY: plain signals to test-owned processes.
+            unsafe { libc::kill(plugins[0], libc::SIGKILL) };
+            wait_until("the plugin to die", Duration::from_secs(5), || {
+                !std::path::Path::new(&format!("/proc/{}/cmdline", plugins[0])).exists()
+                    || std::fs::read(format!("/proc/{}/cmdline", plugins[0])).unwrap_or_default().is_empty()
+            });
+        }
+        engine.kill().unwrap();
+        engine.wait().unwrap();
+        if kill_plugin_too {
+            assert_eq!(containers_of(&label).len(), 1, "with both dead, the container is left for Reap");
+            // The next engine that starts the plugin has it reap the leftovers.
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+                .args(["runners", "--config", w.config.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        wait_until("the container to be removed", Duration::from_secs(20), || containers_of(&label).is_empty());
+    }
+}
+
+/// A world with the Python plugin (tests/fixtures/python-plugin/plugin.py, grpcio from PyPI) as
+/// `py`, its stubs generated from our proto here, as a Python author would. None without
+/// Python's grpc (a failure in CI, where test-all installs it).
+fn python_world(runners: &str, config: &str) -> Option<World> {
+    let python = std::process::Command::new("python3")
+        .args(["-c", "import sys, grpc, grpc_tools, grpc_health; print(sys.executable)"])
+        .output();
+    let python = match python {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        other => {
+            let msg = format!(
+                "the Python plugin needs python3 with grpcio, grpcio-tools and grpcio-health-checking: {other:?}"
+            );
+            if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+                panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+            }
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+    };
+    let w = World::new("bwrap", &format!("runner: [{runners}]\n"));
+    let stubs = w.path().join("stubs");
+    std::fs::create_dir_all(&stubs).unwrap();
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/proto");
+    let out = std::process::Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I", proto])
+        .arg(format!("--python_out={}", stubs.display()))
+        .arg(format!("--grpc_python_out={}", stubs.display()))
+        .arg("addon/runner/v1/runner.proto")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "generating the stubs: {}", String::from_utf8_lossy(&out.stderr));
+    let plugin = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/python-plugin/plugin.py");
+    let mut c = std::fs::read_to_string(&w.config).unwrap();
+    c.push_str(&format!(
+        "plugins:\n  py:\n    command: [{python}, {plugin}, {}]\n    serves: [trivial]\n    timeout: 20s\n    config: {config}\n",
+        stubs.display()
+    ));
+    std::fs::write(&w.config, c).unwrap();
+    Some(w)
+}
+
+/// The protocol is language-neutral: a plugin written in Python with grpcio, from stubs made
+/// from our proto, runs an addon in its own bwrap sandbox, without root and without network.
+#[test]
+fn a_plugin_written_in_python_runs_an_addon() {
+    let Some(w) = python_world("py", "{}") else { return };
+    let script = "echo \"uid=$(id -u)\" >&2\n\
+        echo \"ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)\" >&2\n\
+        echo \"hello $*\" > \"$OUTPUT_DIR/hello.txt\"\n\
+        printf '%s' '{\"files\": [{\"itemId\": \"item-1\", \"textFiles\": {\"att-1\": \"hello.txt\"}}]}'";
+    let addon = w.addon("pyhello", PURE, script);
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["runner"], "py");
+    assert_eq!(a["sandbox"], "python-bwrap");
+    assert_eq!(a["output"]["files"][0]["itemId"], "item-1", "the JSON without a newline arrived: {v}");
+    let m = stderr_map(&out);
+    assert_eq!(m.get("uid").map(String::as_str), Some("65534"), "{m:?}");
+    assert_eq!(m.get("ifaces").map(String::as_str), Some("lo,"), "a pure addon sees only lo: {m:?}");
+    let hello = std::fs::read_to_string(out_dir.join("hello.txt")).unwrap();
+    assert_eq!(hello, "hello --flag second arguments/user-input\n");
+    let r = runner(&runners_json(&w), "py").clone();
+    assert_eq!(r["available"], true, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("from Python"), "{r}");
+}
+
+/// A Python plugin that dies during a run: the run fails naming the plugin and quoting its
+/// stderr, the addon dies with it, and a pure addon falls through to the next runner.
+#[test]
+fn a_python_plugin_that_crashes_mid_run_is_named_with_its_stderr() {
+    let Some(w) = python_world("py, trivial", "{crash-during-run: true}") else { return };
+    let marker = format!("{}", 43_000 + std::process::id() % 1000);
+    let script = format!(
+        "if [ ! -f \"$CACHE_DIR/once\" ]; then touch \"$CACHE_DIR/once\"; exec sleep {marker}; fi\necho '{{}}'"
+    );
+    let addon = w.addon("pycrash", PURE, &script);
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    let first = &a["attempts"][0];
+    assert_eq!(first["runner"], "py", "{v}");
+    assert_eq!(first["result"], "execution-failed", "{v}");
+    let err = first["error"].as_str().unwrap();
+    assert!(err.contains("py") && err.contains("exit"), "{err}");
+    assert!(err.contains("crashing during the run, as configured"), "the plugin's stderr tail is quoted: {err}");
+    assert_eq!(a["result"], "success", "a pure addon falls through to the next runner: {v}");
+    assert_eq!(a["runner"], "trivial");
+    wait_until("the crashed plugin's addon to die", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {marker}")).is_empty()
+    });
+}
+
+/// `addon runners check NAME --json` with its exit code.
+fn runners_check(w: &World, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["runners", "check", "--config", w.config.to_str().unwrap()])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let v = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v, format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn check_status<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {
+    v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name}: {v}"))
+        ["status"]
+        .as_str()
+        .unwrap()
+}
+
+/// A plugin author's test plan as a command: every check passes for an honest plugin.
+#[test]
+fn runners_check_passes_an_honest_plugin() {
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("trivial", "");
+    let (code, v, all) = runners_check(&w, &["example", "--json"]);
+    assert_eq!(code, 0, "{all}");
+    assert_eq!(v["passed"], true, "{v}");
+    assert_eq!(v["runner"], "example");
+    assert_eq!(v["section"], "trivial");
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 10, "{v}");
+    assert!(checks.iter().all(|c| c["status"] == "pass"), "{v}");
+}
+
+/// A plugin's declared isolation is not taken on trust: one that claims to isolate the network
+/// and the filesystem but runs addons on the bare host fails the kit, by name, and the command
+/// exits 1.
+#[test]
+fn runners_check_catches_a_plugin_that_lies_about_isolation() {
+    let w = example_world("trivial", "    config: {fault: lies-about-isolation}\n");
+    let (code, v, all) =
+        runners_check(&w, &["example", "--json", "--only", "network-isolation", "--only", "hostile-kit"]);
+    assert_eq!(code, 1, "{all}");
+    assert_eq!(v["passed"], false);
+    assert_eq!(check_status(&v, "available"), "pass");
+    assert_eq!(check_status(&v, "network-isolation"), "fail", "{v}");
+    assert_eq!(check_status(&v, "hostile-kit"), "fail", "{v}");
+    let detail = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "network-isolation").unwrap()["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(detail.contains("host-loopback-tcp"), "the detail names what got out: {detail}");
+    // Without --json: one line per check, then the verdict.
+    let (code, _, text) = runners_check(&w, &["example", "--only", "network-isolation"]);
+    assert_eq!(code, 1);
+    assert!(text.contains("FAIL network-isolation"), "{text}");
+    assert!(text.contains("example: 1 of 2 checks did not pass"), "{text}");
+}
+
+/// The gVisor plugin, a real backend, through the same command.
+#[test]
+fn runners_check_passes_the_gvisor_plugin() {
+    let w = World::new("bwrap", "runner: [trivial]\n");
+    w.add_plugin("gvisor", "addon-runner-gvisor", "trivial", "");
+    if !require_plugin(&w, "gvisor") {
+        return;
+    }
+    let (code, v, all) = runners_check(&w, &["gvisor", "--json"]);
+    assert_eq!(code, 0, "{all}");
+    assert!(v["checks"].as_array().unwrap().iter().all(|c| c["status"] == "pass"), "{v}");
+}
+
+/// Mistakes in the command are named.
+#[test]
+fn runners_check_explains_unknown_names() {
+    let w = example_world("trivial", "");
+    let (code, _, all) = runners_check(&w, &["no-such-runner"]);
+    assert_eq!(code, 2, "{all}");
+    assert!(all.contains("no runner `no-such-runner`") && all.contains("example"), "{all}");
+    let (code, _, all) = runners_check(&w, &["trivial", "--only", "speed"]);
+    assert_eq!(code, 2, "{all}");
+    assert!(all.contains("--only speed: no such check"), "{all}");
+}
