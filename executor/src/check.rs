@@ -34,20 +34,41 @@ pub enum Status {
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckResult {
     pub name: &'static str,
+    /// `status` is pass.
+    pub passed: bool,
     pub status: Status,
     pub detail: String,
     pub duration_ms: u64,
 }
 
-/// The result of `addon runners check`.
+/// The result of `addon runners check` (SPEC: `{"runner", "checks": [{"name", "passed",
+/// "detail"}], "passed": N, "failed": N}`).
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckReport {
     pub runner: String,
     /// The descriptor section the checks' addons use.
     pub section: Option<String>,
-    /// Every check passed (none failed, none skipped).
-    pub passed: bool,
     pub checks: Vec<CheckResult>,
+    /// How many checks passed.
+    pub passed: usize,
+    /// How many did not: failed, or skipped (a skip is never a pass).
+    pub failed: usize,
+    /// Of those, how many were skipped.
+    pub skipped: usize,
+}
+
+impl CheckReport {
+    /// Every check passed.
+    pub fn all_passed(&self) -> bool {
+        self.failed == 0
+    }
+}
+
+impl CheckResult {
+    fn new(name: &'static str, status: Status, detail: String, started: Instant) -> CheckResult {
+        let duration_ms = started.elapsed().as_millis() as u64;
+        CheckResult { name, passed: status == Status::Pass, status, detail, duration_ms }
+    }
 }
 
 /// The checks, in the order they run.
@@ -87,12 +108,12 @@ pub async fn run(config: &Config, name: &str, only: &[String]) -> Result<CheckRe
     let started = Instant::now();
     let probe = runner.probe().await;
     let available = probe.available;
-    checks.push(CheckResult {
-        name: "available",
-        status: if available { Status::Pass } else { Status::Fail },
-        detail: probe.detail,
-        duration_ms: started.elapsed().as_millis() as u64,
-    });
+    checks.push(CheckResult::new(
+        "available",
+        if available { Status::Pass } else { Status::Fail },
+        probe.detail,
+        started,
+    ));
     for check in &CHECKS[1..] {
         if !wanted(check) {
             continue;
@@ -109,10 +130,18 @@ pub async fn run(config: &Config, name: &str, only: &[String]) -> Result<CheckRe
                 Err(Outcome::Skip(d)) => (Status::Skip, d),
             }
         };
-        checks.push(CheckResult { name: check, status, detail, duration_ms: t.elapsed().as_millis() as u64 });
+        checks.push(CheckResult::new(check, status, detail, t));
     }
-    let passed = checks.iter().all(|c| c.status == Status::Pass);
-    Ok(CheckReport { runner: name.to_string(), section: section.map(|s| s.as_str().to_string()), passed, checks })
+    let passed = checks.iter().filter(|c| c.passed).count();
+    let skipped = checks.iter().filter(|c| c.status == Status::Skip).count();
+    Ok(CheckReport {
+        runner: name.to_string(),
+        section: section.map(|s| s.as_str().to_string()),
+        failed: checks.len() - passed,
+        passed,
+        skipped,
+        checks,
+    })
 }
 
 enum Outcome {

@@ -323,14 +323,20 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     };
                     writeln!(out, "{status} {:<18} {:>6} ms  {}", c.name, c.duration_ms, c.detail)?;
                 }
-                let failed = report.checks.iter().filter(|c| c.status != addon_executor::check::Status::Pass).count();
-                if report.passed {
+                if report.all_passed() {
                     writeln!(out, "{}: all {} checks passed", report.runner, report.checks.len())?;
                 } else {
-                    writeln!(out, "{}: {failed} of {} checks did not pass", report.runner, report.checks.len())?;
+                    writeln!(
+                        out,
+                        "{}: {} of {} checks did not pass{}",
+                        report.runner,
+                        report.failed,
+                        report.checks.len(),
+                        if report.skipped > 0 { format!(" ({} skipped)", report.skipped) } else { String::new() }
+                    )?;
                 }
             }
-            Ok(if report.passed { 0 } else { EXIT_JUDGED })
+            Ok(if report.all_passed() { 0 } else { EXIT_JUDGED })
         }
         Command::Runners { action: None } => {
             let config = Config::discover(cli.config.as_deref())?;

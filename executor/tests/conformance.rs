@@ -21,7 +21,7 @@ impl Target {
     fn plugin(&self) -> Option<&'static str> {
         match self.runner {
             "docker-plugin" => Some("addon-runner-docker"),
-            "gvisor" => Some("addon-runner-gvisor"),
+            "gvisor" | "gvisor-nix" => Some("addon-runner-gvisor"),
             _ => None,
         }
     }
@@ -30,7 +30,7 @@ impl Target {
     fn section(&self) -> &'static str {
         match self.runner {
             "docker" | "docker-plugin" => "docker",
-            "nix-flake" => "nix",
+            "nix-flake" | "gvisor-nix" => "nix",
             _ => "trivial",
         }
     }
@@ -47,6 +47,7 @@ impl Target {
             "nix-flake" => require_nix() && require(self.sandbox),
             "docker-plugin" => require_docker() && require_plugin(&self.world(""), self.runner),
             "gvisor" => require_plugin(&self.world(""), self.runner),
+            "gvisor-nix" => require_nix() && require_plugin(&self.world(""), self.runner),
             _ => require(self.sandbox),
         }
     }
@@ -59,7 +60,12 @@ impl Target {
         let sandbox = if self.container() || self.plugin().is_some() { "auto" } else { self.sandbox };
         let w = World::new(sandbox, &format!("{runner}{extra}"));
         if let Some(program) = self.plugin() {
-            w.add_plugin(self.runner, program, self.section(), "");
+            // Nix builds offline, with the static busybox the test flakes build with.
+            let config = match self.section() {
+                "nix" => "    config: {nix: {extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}}\n",
+                _ => "",
+            };
+            w.add_plugin(self.runner, program, self.section(), config);
         }
         w
     }
@@ -77,7 +83,7 @@ impl Target {
     /// processes: there it is runsc's own, which name the world's bundle).
     fn leftovers(&self, w: &World, marker: &str) -> Vec<String> {
         let mut left = processes_with(marker);
-        if self.runner == "gvisor" {
+        if self.runner.starts_with("gvisor") {
             left.extend(processes_with(&format!("{}/work", w.path().display())));
         }
         left
@@ -770,6 +776,7 @@ conformance! {
     docker => "docker" in "docker",
     docker_plugin => "docker-plugin" in "docker",
     gvisor_plugin => "gvisor" in "gvisor",
+    gvisor_nix_plugin => "gvisor-nix" in "gvisor",
 }
 
 /// The kit is not blind: on the bare host (`sandbox: none`, an explicit choice that isolates

@@ -1,5 +1,6 @@
-//! The gVisor runner: trivial addons under gVisor's user-space kernel (`runsc`), from an OCI
-//! bundle made per run. The root is the same minimal view the bwrap sandbox builds (`/usr` and
+//! The gVisor runner: trivial and nix addons under gVisor's user-space kernel (`runsc`), from an
+//! OCI bundle made per run. Nix addons are built as the nix-flake runner builds them (`nix
+//! build`, cached by the engine); their program runs under gVisor with `/nix/store` readable. The root is the same minimal view the bwrap sandbox builds (`/usr` and
 //! the merged-/usr links, a minimal `/etc` with an engine-made `passwd`, the run's directories at
 //! `/mnt/{work,output,cache,home}`), served by gVisor's gofer; the addon runs as an unprivileged
 //! identity with no capabilities and no new privileges, with only `lo` when it did not ask for
@@ -18,15 +19,19 @@ use std::time::Duration;
 use addon_descriptors::{normalise_relative, Section};
 use addon_runners::host::{self, HostRuns};
 use addon_runners::limits::Enforcement;
+use addon_runners::nix::{NixRunner, NixSettings};
 use addon_runners::process::{kill_tree, process_start};
 use addon_runners::sandbox::ns::{Identity, NsPlan};
 use addon_runners::sandbox::seccomp::HELPER_COMMAND;
 use addon_runners::sandbox::view::{Inside, Step, View};
+use addon_runners::sandbox::SandboxSettings;
 use addon_runners::{
-    Availability, Capabilities, Mounts, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started,
+    Artifact, Availability, BuildSpec, Capabilities, LogSink, Mounts, ProbeCache, RunEvent, Runner, RunnerError,
+    RunnerInfo, Sandboxes, StartSpec, Started,
 };
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 
 pub const NAME: &str = "gvisor";
 
@@ -52,6 +57,36 @@ pub struct GvisorSettings {
     pub uid: u32,
     /// More runsc flags (before the command).
     pub extra_args: Vec<String>,
+    /// How nix addons are built (as `nix-runner` of the engine's configuration).
+    pub nix: GvisorNix,
+}
+
+/// `nix:` of the plugin's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GvisorNix {
+    pub nix_binary: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub build_timeout: Duration,
+    /// More `nix build` arguments (`--offline`, `--option NAME VALUE`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for GvisorNix {
+    fn default() -> Self {
+        GvisorNix { nix_binary: "nix".into(), build_timeout: Duration::from_secs(15 * 60), extra_args: Vec::new() }
+    }
+}
+
+/// `build-timeout: 15m` as a human duration.
+mod humantime_serde_compat {
+    use serde::Deserialize;
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+    }
 }
 
 impl Default for GvisorSettings {
@@ -62,8 +97,18 @@ impl Default for GvisorSettings {
             state_dir: PathBuf::from("/run/addon-runner-gvisor"),
             uid: 2_147_000_000,
             extra_args: Vec::new(),
+            nix: GvisorNix::default(),
         }
     }
+}
+
+/// What a bundle runs: the program (a host path under the run's directories or a store path),
+/// its arguments and environment, and host paths it needs readable besides the view.
+struct Process<'a> {
+    program: &'a Path,
+    args: &'a [String],
+    env: &'a [(String, String)],
+    extra_ro: &'a [PathBuf],
 }
 
 #[derive(Debug)]
@@ -74,11 +119,24 @@ pub struct GvisorRunner {
     containers: Arc<Mutex<HashMap<String, String>>>,
     enforcement: Enforcement,
     probed: tokio::sync::OnceCell<Availability>,
+    /// Builds nix addons (and finds their program).
+    nix: NixRunner,
 }
 
 impl GvisorRunner {
     pub fn new(settings: GvisorSettings) -> GvisorRunner {
+        let probes = Arc::new(ProbeCache::default());
+        let nix = NixRunner::new(
+            NixSettings {
+                nix_binary: settings.nix.nix_binary.clone(),
+                build_timeout: settings.nix.build_timeout,
+                extra_args: settings.nix.extra_args.clone(),
+            },
+            probes.clone(),
+            Arc::new(Sandboxes::new(&SandboxSettings::default(), probes)),
+        );
         GvisorRunner {
+            nix,
             settings,
             runs: Arc::default(),
             containers: Arc::default(),
@@ -141,7 +199,8 @@ impl GvisorRunner {
             Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
         let id = container_id("probe");
         let result = async {
-            let bundle = self.bundle(&dirs[4], &mounts, false, Path::new("/bin/true"), &[], &[])?;
+            let probe = Process { program: Path::new("/bin/true"), args: &[], env: &[], extra_ro: &[] };
+            let bundle = self.bundle(&dirs[4], &mounts, false, probe)?;
             let mut cmd = self.runsc(false);
             cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
             cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -171,19 +230,12 @@ impl GvisorRunner {
         }
     }
 
-    /// Writes an OCI bundle for `program` under `scratch`; returns its directory.
-    fn bundle(
-        &self,
-        scratch: &Path,
-        mounts: &Mounts,
-        network: bool,
-        program: &Path,
-        args: &[String],
-        env: &[(String, String)],
-    ) -> Result<PathBuf, String> {
+    /// Writes an OCI bundle for `process` under `scratch`; returns its directory.
+    fn bundle(&self, scratch: &Path, mounts: &Mounts, network: bool, process: Process<'_>) -> Result<PathBuf, String> {
+        let Process { program, args, env, extra_ro } = process;
         let inside = Mounts::mnt();
         let id = self.identity();
-        let view = View::host_program(mounts, &inside, network, &[], Inside { uid: id.uid, gid: id.gid });
+        let view = View::host_program(mounts, &inside, network, extra_ro, Inside { uid: id.uid, gid: id.gid });
         let bundle = scratch.join("gvisor-bundle");
         let rootfs = bundle.join("rootfs");
         let files = bundle.join("files");
@@ -321,8 +373,9 @@ impl Runner for GvisorRunner {
         RunnerInfo {
             name: NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            serves: vec![Section::Trivial],
+            serves: vec![Section::Trivial, Section::Nix],
             capabilities: Capabilities {
+                builds: true,
                 isolates_network: true,
                 isolates_filesystem: true,
                 shares_host_filesystem: true,
@@ -339,16 +392,21 @@ impl Runner for GvisorRunner {
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
         let setup = |m: String| RunnerError::setup(NAME, m);
-        if spec.section != Section::Trivial {
-            return Err(setup(format!("serves trivial addons, not {}", spec.section)));
-        }
-        let exec = spec
-            .descriptor
-            .trivial_exec()
-            .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
-        let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
-        let program = spec.dirs.addon.join(rel);
-        {
+        let (program, extra_ro) = match spec.section {
+            Section::Nix => {
+                (self.nix.program(&spec).await.map_err(setup)?, vec![PathBuf::from(addon_runners::nix::STORE)])
+            }
+            Section::Trivial => {
+                let exec = spec
+                    .descriptor
+                    .trivial_exec()
+                    .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
+                let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
+                (spec.dirs.addon.join(rel), Vec::new())
+            }
+            other => return Err(setup(format!("serves trivial and nix addons, not {other}"))),
+        };
+        if spec.section == Section::Trivial {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&program)
                 .map_err(|e| setup(format!("{}: {e}", program.display())))?
@@ -365,8 +423,14 @@ impl Runner for GvisorRunner {
         std::fs::create_dir_all(&self.settings.state_dir)
             .map_err(|e| setup(format!("{}: {e}", self.settings.state_dir.display())))?;
         let env = spec.env_in(&Mounts::mnt(), false);
-        let bundle =
-            self.bundle(&spec.dirs.scratch, &mounts, spec.network, &program, &spec.args, &env).map_err(setup)?;
+        let bundle = self
+            .bundle(
+                &spec.dirs.scratch,
+                &mounts,
+                spec.network,
+                Process { program: &program, args: &spec.args, env: &env, extra_ro: &extra_ro },
+            )
+            .map_err(setup)?;
         let id = container_id(&spec.run_id);
         let mut enveloped = spec.clone();
         enveloped.limits.pids = spec.limits.pids.map(|p| p + RUNSC_TASKS);
@@ -401,6 +465,21 @@ impl Runner for GvisorRunner {
             }
         });
         Ok(Started { sandbox: NAME.into(), events: rx })
+    }
+
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
+        match spec.section {
+            Section::Nix => self.nix.cache_key(spec).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        self.nix.build(spec, log).await
+    }
+
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        self.nix.artifact_valid(artifact).await
     }
 
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {

@@ -199,7 +199,7 @@ impl PluginRunner {
         drop(slot);
         // Whatever runs of an earlier process of this plugin left behind.
         let mut client = conn.client.clone();
-        match self.call(client.reap(pb::ReapRequest {})).await {
+        match self.call_optional(client.reap(pb::ReapRequest {})).await {
             Ok(r) if r.removed > 0 => {
                 tracing::warn!("plugin {}: reaped {} leftovers of earlier runs", self.name(), r.removed)
             }
@@ -454,6 +454,20 @@ impl PluginRunner {
         }
     }
 
+    /// A call a plugin may leave out (CacheKey, Release, Reap, Forget): `UNIMPLEMENTED` is the
+    /// default answer (nothing to build, nothing to release or reap).
+    async fn call_optional<T: Default>(
+        &self,
+        fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, RunnerError> {
+        match tokio::time::timeout(self.settings.timeout, fut).await {
+            Err(_) => Err(self.failed(format!("it did not answer within {:?}", self.settings.timeout))),
+            Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(T::default()),
+            Ok(Err(status)) => Err(self.failed(describe(&status))),
+            Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+
     /// What happened to a plugin whose stream broke: its death (and stderr) or the status.
     async fn lost(&self, conn: &Conn, status: Option<tonic::Status>) -> RunnerError {
         if let Some(p) = &conn.process {
@@ -621,7 +635,7 @@ impl Runner for PluginRunner {
     async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
         let conn = self.connect().await?;
         let mut client = conn.client.clone();
-        let r = match self.call(client.cache_key(convert::build_spec_to_pb(spec, ""))).await {
+        let r = match self.call_optional(client.cache_key(convert::build_spec_to_pb(spec, ""))).await {
             Ok(r) => r,
             Err(e) => return Err(self.explain(&conn, e).await),
         };
@@ -670,7 +684,7 @@ impl Runner for PluginRunner {
         }
         .await;
         if !shares {
-            let _ = self.call(client.forget(pb::ForgetRequest { id: build_id })).await;
+            let _ = self.call_optional(client.forget(pb::ForgetRequest { id: build_id })).await;
         }
         result
     }
@@ -702,7 +716,7 @@ impl Runner for PluginRunner {
         };
         if let Some(e) = started.error {
             if !shares {
-                let _ = self.call(client.forget(pb::ForgetRequest { id: run_id.clone() })).await;
+                let _ = self.call_optional(client.forget(pb::ForgetRequest { id: run_id.clone() })).await;
             }
             return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e));
         }
@@ -734,7 +748,7 @@ impl Runner for PluginRunner {
                         };
                         let _ = tx.send(event).await;
                         let mut client = this.conn.client.clone();
-                        let _ = runner.call(client.forget(pb::ForgetRequest { id: run_id })).await;
+                        let _ = runner.call_optional(client.forget(pb::ForgetRequest { id: run_id })).await;
                         return;
                     }
                     Ok(Some(_)) => continue,
@@ -789,7 +803,7 @@ impl Runner for PluginRunner {
     async fn release(&self, artifact: &Artifact) -> Result<(), RunnerError> {
         let conn = self.connect().await?;
         let mut client = conn.client.clone();
-        match self.call(client.release(convert::artifact_to_pb(artifact))).await?.error {
+        match self.call_optional(client.release(convert::artifact_to_pb(artifact))).await?.error {
             Some(e) => Err(convert::error_from_pb(self.name(), "", &e)),
             None => Ok(()),
         }
@@ -798,7 +812,7 @@ impl Runner for PluginRunner {
     async fn reap(&self) -> Result<u64, RunnerError> {
         let conn = self.connect().await?;
         let mut client = conn.client.clone();
-        Ok(self.call(client.reap(pb::ReapRequest {})).await?.removed)
+        Ok(self.call_optional(client.reap(pb::ReapRequest {})).await?.removed)
     }
 }
 

@@ -224,6 +224,30 @@ fn program_of(out: &Path) -> Result<PathBuf, String> {
     files.into_iter().next().ok_or_else(|| format!("{} holds no program", bin.display()))
 }
 
+/// What a nix run needs readable besides the view: the store.
+pub const STORE: &str = "/nix/store";
+
+impl NixRunner {
+    /// The program a run of `spec` starts: the first program of the built store path (whose GC
+    /// root in the cache entry is made sure of). For other runners that run nix builds.
+    pub async fn program(&self, spec: &StartSpec) -> Result<PathBuf, String> {
+        let artifact = spec.artifact.as_ref().ok_or("started without its build result")?;
+        let out = PathBuf::from(&artifact.reference);
+        // `result` in the cache entry is the GC root. It must point at the entry's final place
+        // (the build ran in a temporary folder that was renamed), so it is added here, and
+        // re-added if an earlier engine died before adding it.
+        if let Some(dir) = &spec.artifact_dir {
+            let link = dir.join("result");
+            if std::fs::symlink_metadata(&link).is_err() {
+                add_gc_root(&self.settings, &link, &out).await?;
+            }
+        }
+        let program = program_of(&out)?;
+        tracing::info!(addon = %spec.addon.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
+        Ok(program)
+    }
+}
+
 #[async_trait::async_trait]
 impl Runner for NixRunner {
     fn info(&self) -> RunnerInfo {
@@ -270,20 +294,8 @@ impl Runner for NixRunner {
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
-        let artifact = spec.artifact.as_ref().ok_or_else(|| setup("started without its build result"))?;
-        let out = PathBuf::from(&artifact.reference);
-        // `result` in the cache entry is the GC root. It must point at the entry's final place
-        // (the build ran in a temporary folder that was renamed), so it is added here, and
-        // re-added if an earlier engine died before adding it.
-        if let Some(dir) = &spec.artifact_dir {
-            let link = dir.join("result");
-            if std::fs::symlink_metadata(&link).is_err() {
-                add_gc_root(&self.settings, &link, &out).await.map_err(setup)?;
-            }
-        }
-        let program = program_of(&out).map_err(setup)?;
-        tracing::info!(addon = %spec.addon.label(), "running {} (the first program of {}/bin)", program.display(), out.display());
-        crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[PathBuf::from("/nix/store")])
+        let program = self.program(&spec).await.map_err(setup)?;
+        crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[PathBuf::from(STORE)])
     }
 
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {

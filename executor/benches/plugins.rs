@@ -1,0 +1,172 @@
+//! What a runner costs out of process: a no-op addon through a plugin against the same work
+//! in process or through the bare tool, interleaved in one run, through the `addon-executor`
+//! library with one engine (a job server keeps its engine, and the engine keeps its plugins warm
+//! between runs):
+//!
+//! - protocol: the trivial runner in bwrap in process, against the same runner code served out
+//!   of process by `addon-runner-example`: the difference is the plugin's cost per run (Start,
+//!   Events, Forget over a unix socket; the streams crossing it);
+//! - docker: the in-process `docker` runner against `addon-runner-docker` (cache hit);
+//! - gvisor: `addon-runner-gvisor` against a bare `runsc --network=none do` of the same script;
+//! - the one-off cost of starting a plugin (process, handshake, health, Info, Configure).
+//!
+//! `cargo bench -p addon-executor --bench plugins` (needs bwrap, a Docker daemon and runsc, and
+//! root for gVisor; BENCH_RUNS to change the number of runs). The plugin programs are built
+//! (`cargo build --release -p addon-runner-plugins`) when missing.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+use common::{median, time};
+
+fn plugin(program: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_addon")).with_file_name(program);
+    if !p.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = if env!("CARGO_BIN_EXE_addon").contains("/release/") { "--release" } else { "--quiet" };
+        let ok = Command::new(cargo)
+            .args(["build", "--quiet", profile, "-p", "addon-runner-plugins", "--bins"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && p.is_file(), "{} is missing: cargo build --release -p addon-runner-plugins", p.display());
+    }
+    p
+}
+
+fn write_addon(dir: &Path, name: &str, section: &str) -> PathBuf {
+    let addon = dir.join(name);
+    std::fs::create_dir_all(&addon).expect("mkdir");
+    let runner = match section {
+        "docker" => {
+            std::fs::copy("/bin/busybox", addon.join("busybox")).expect("static busybox (busybox-static)");
+            std::fs::write(
+                addon.join("Dockerfile"),
+                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n",
+            )
+            .expect("write");
+            "{docker: {enable: true}}"
+        }
+        _ => "{trivial: {enable: true, exec: run.sh}}",
+    };
+    std::fs::write(addon.join("run.sh"), "#!/bin/sh\necho '{}'\n").expect("write");
+    std::fs::set_permissions(addon.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        addon.join("docspell-addon.yml"),
+        format!("meta: {{name: {name}, version: \"1\"}}\nrunner: {runner}\noptions: {{networking: false, collectOutput: true}}\n"),
+    )
+    .expect("write");
+    addon
+}
+
+async fn run_once(engine: &Engine, addon: &Path, runner: &str) -> Duration {
+    let req = RunRequest {
+        sources: vec![addon.display().to_string()],
+        runners: Some(vec![runner.to_string()]),
+        fail_fast: Some(true),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let report = engine.run(req, None, CancellationToken::new()).await.expect("engine run");
+    let d = t.elapsed();
+    let a = &report.addons[0];
+    assert!(report.success, "{runner}: {:?} {:?}", a.result, a.error);
+    d
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("config.yml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "working-dir: {}\ncache-dir: {}\nrunner: [trivial, docker]\nplugins:\n  example: {{command: [{}], serves: [trivial]}}\n  docker-plugin: {{command: [{}], serves: [docker]}}\n  gvisor: {{command: [{}], serves: [trivial]}}\n",
+            dir.path().join("work").display(),
+            dir.path().join("cache").display(),
+            plugin("addon-runner-example").display(),
+            plugin("addon-runner-docker").display(),
+            plugin("addon-runner-gvisor").display(),
+        ),
+    )
+    .expect("config");
+    let config = Config::load(&config_path).expect("config");
+    let trivial = write_addon(dir.path(), "bench-trivial", "trivial");
+    let docker = write_addon(dir.path(), "bench-docker", "docker");
+    let script = trivial.join("run.sh");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        // The one-off cost of a plugin: a fresh engine's first call starts it.
+        let mut starts = Vec::new();
+        for _ in 0..5 {
+            let engine = Engine::new(config.clone());
+            let runner = engine.runner("example").expect("example plugin");
+            let t = Instant::now();
+            let probe = runner.probe().await;
+            starts.push(t.elapsed());
+            assert!(probe.available, "{}", probe.detail);
+        }
+        let engine = Engine::new(config.clone());
+        // Warm up: plugins started, the docker image built and cached, probes remembered.
+        for (addon, runner) in
+            [(&trivial, "trivial"), (&trivial, "example"), (&docker, "docker"), (&docker, "docker-plugin"), (&trivial, "gvisor")]
+        {
+            run_once(&engine, addon, runner).await;
+        }
+        let bare_runsc = || {
+            let mut c = Command::new("runsc");
+            c.args(["--network=none", "do"]).arg(&script);
+            c
+        };
+        let (mut t, mut x, mut d, mut dp, mut g, mut rd) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        for i in 0..runs {
+            t.push(run_once(&engine, &trivial, "trivial").await);
+            x.push(run_once(&engine, &trivial, "example").await);
+            if i % 2 == 0 {
+                d.push(run_once(&engine, &docker, "docker").await);
+                dp.push(run_once(&engine, &docker, "docker-plugin").await);
+                g.push(run_once(&engine, &trivial, "gvisor").await);
+                rd.push(time(&mut bare_runsc()));
+            }
+        }
+        let n2 = d.len();
+        let (t, x, d, dp, g, rd) = (median(t), median(x), median(d), median(dp), median(g), median(rd));
+        println!("runner plugins benchmark: medians, interleaved; one engine (library), plugins kept warm");
+        println!("  protocol, {runs} runs each (trivial runner in bwrap, in process vs out of process):");
+        println!("    trivial, in process                   {:>8.1} ms", ms(t));
+        println!(
+            "    example plugin (same runner)          {:>8.1} ms   ratio {:.2}x   plugin overhead per run {:+.2} ms",
+            ms(x),
+            ms(x) / ms(t),
+            ms(x) - ms(t)
+        );
+        println!("  docker, {n2} runs each (no-op addon, cache hit):");
+        println!("    docker, in process                    {:>8.1} ms", ms(d));
+        println!(
+            "    docker-plugin (addon-runner-docker)   {:>8.1} ms   ratio {:.2}x   plugin overhead per run {:+.2} ms",
+            ms(dp),
+            ms(dp) / ms(d),
+            ms(dp) - ms(d)
+        );
+        println!("  gvisor, {n2} runs each (no-op addon):");
+        println!("    runsc --network=none do (bare)        {:>8.1} ms", ms(rd));
+        println!(
+            "    gvisor plugin (runsc run, limits)     {:>8.1} ms   ratio {:.2}x   difference {:+.2} ms",
+            ms(g),
+            ms(g) / ms(rd),
+            ms(g) - ms(rd)
+        );
+        println!(
+            "  starting a plugin (process, handshake, health, Info, Configure, Probe), median of {}: {:.1} ms, once per engine",
+            starts.len(),
+            ms(median(starts))
+        );
+    });
+}
