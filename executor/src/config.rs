@@ -68,6 +68,8 @@ pub struct PluginConfig {
     pub config: serde_json::Value,
     /// How long its start, handshake or any call may take before it counts as hung (10s).
     pub timeout: Option<HumanDuration>,
+    /// How long one of its builds may take (15m).
+    pub build_timeout: Option<HumanDuration>,
 }
 
 /// TLS settings of a plugin server.

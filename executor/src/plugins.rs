@@ -13,6 +13,8 @@ use crate::resolve::RunnerSlot;
 
 /// How long a plugin's start, handshake or call may take by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a plugin's build may take unless `build-timeout` says otherwise.
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// One slot per configured plugin.
 pub fn slots(config: &Config) -> Vec<RunnerSlot> {
@@ -54,6 +56,7 @@ pub fn settings(name: &str, p: &PluginConfig, serves: Vec<Section>) -> PluginSet
         endpoint,
         config: p.config.clone(),
         timeout: p.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
+        build_timeout: p.build_timeout.map(|t| t.0).unwrap_or(DEFAULT_BUILD_TIMEOUT),
     }
 }
 

@@ -81,7 +81,9 @@ fn a_plugin_without_the_host_filesystem_gets_copies_in_and_out() {
     let w = example_world("example", "    config: {copy: true}\n");
     let script = r#"
 n=$(cat "$CACHE_DIR/n" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$CACHE_DIR/n"
+echo "home_prev=$(cat "$HOME/seen" 2>/dev/null || echo none)" >&2
 echo "$n" > "$HOME/seen"
+[ -p "$HOME/agent.fifo" ] || mkfifo "$HOME/agent.fifo"
 mkdir -p "$OUTPUT_DIR/sub" && cat arguments/user-input > "$OUTPUT_DIR/sub/input.txt"
 echo "run=$n" >&2
 echo '{}'"#;
@@ -92,6 +94,9 @@ echo '{}'"#;
             w.run(&[addon.to_str().unwrap(), "--args", "payload", "--output-dir", out_dir.to_str().unwrap()]);
         assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(stderr_map(&out)["run"], n.to_string(), "CACHE_DIR came back from the plugin");
+        // A fifo (like an agent's socket) in HOME cannot cross; the rest of HOME still does.
+        let prev = if n == 1 { "none".to_string() } else { (n - 1).to_string() };
+        assert_eq!(stderr_map(&out)["home_prev"], prev, "HOME came back from the plugin");
         assert_eq!(std::fs::read_to_string(out_dir.join("sub/input.txt")).unwrap(), "payload");
     }
 }
@@ -268,13 +273,22 @@ fn two_engines_share_one_standalone_plugin() {
         .spawn()
         .unwrap();
     wait_until("the plugin server's socket", Duration::from_secs(10), || socket.exists());
+    // Different configurations at once: each engine's calls go to a runner of its own
+    // configuration (the second keeps its own copies of the run's directories).
     let entry = format!("plugins:\n  shared:\n    address: unix://{}\n    serves: [trivial]\n", socket.display());
-    let worlds: Vec<World> = (0..2).map(|_| World::new("bwrap", &format!("runner: [shared]\n{entry}"))).collect();
+    let worlds: Vec<World> = ["{}", "{copy: true}"]
+        .iter()
+        .map(|c| World::new("bwrap", &format!("runner: [shared]\n{entry}    config: {c}\n")))
+        .collect();
     let handles: Vec<_> = worlds
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let addon = w.addon(&format!("sharer{i}"), PURE, "sleep 1\necho \"ran=$$\" >&2\necho '{}'");
+            let addon = w.addon(
+                &format!("sharer{i}"),
+                PURE,
+                "sleep 1\necho \"ran=$$\" >&2\necho out > \"$OUTPUT_DIR/out.txt\"\necho '{\"files\": []}'",
+            );
             let config = w.config.clone();
             std::thread::spawn(move || {
                 std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
@@ -289,6 +303,8 @@ fn two_engines_share_one_standalone_plugin() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(v["addons"][0]["runner"], "shared");
+        let out_dir = v["output_dir"].as_str().unwrap();
+        assert_eq!(std::fs::read_to_string(format!("{out_dir}/out.txt")).unwrap(), "out\n", "{v}");
     }
     assert!(server.try_wait().unwrap().is_none(), "a standalone plugin outlives its engines");
     // SAFETY: a plain signal to a test-owned process.
@@ -443,7 +459,7 @@ fn a_plugin_written_in_python_runs_an_addon() {
 #[test]
 fn a_python_plugin_that_crashes_mid_run_is_named_with_its_stderr() {
     let Some(w) = python_world("py, trivial", "{crash-during-run: true}") else { return };
-    let marker = format!("{}", 43_000 + std::process::id() % 1000);
+    let marker = format!("{}", 44_000 + std::process::id() % 1000);
     // The plugin dies when the addon first says something: after it marked its first run.
     let script = format!(
         "if [ ! -f \"$CACHE_DIR/once\" ]; then touch \"$CACHE_DIR/once\"; echo started >&2; exec sleep {marker}; fi\necho '{{}}'"
@@ -548,4 +564,30 @@ fn runners_check_explains_unknown_names() {
     let (code, _, all) = runners_check(&w, &["trivial", "--only", "speed"]);
     assert_eq!(code, 2, "{all}");
     assert!(all.contains("--only speed: no such check"), "{all}");
+}
+
+/// A plugin first needed on a blocking thread (builds call runners from one) must not die when
+/// that thread retires (tokio's blocking threads end after 10 s idle, and the parent-death signal
+/// follows the thread that forked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_started_from_a_blocking_thread_outlives_it() {
+    use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+    if !require("bwrap") {
+        return;
+    }
+    let w = example_world("example", "");
+    let engine = std::sync::Arc::new(Engine::new(Config::load(&w.config).unwrap()));
+    let runner = engine.runner("example").unwrap();
+    let handle = tokio::runtime::Handle::current();
+    let probe = tokio::task::spawn_blocking(move || handle.block_on(runner.probe())).await.unwrap();
+    assert!(probe.available, "{}", probe.detail);
+    let me = std::process::id();
+    let plugins = children_with(me, "addon-runner-example");
+    assert_eq!(plugins.len(), 1, "the plugin started");
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    assert_eq!(children_with(me, "addon-runner-example"), plugins, "the same plugin process is still there");
+    let addon = w.addon("later", PURE, "echo '{}'");
+    let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+    let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
+    assert!(report.success, "{:?}", report.addons[0].error);
 }

@@ -118,7 +118,8 @@ pub struct GvisorRunner {
     /// runsc container id of each run.
     containers: Arc<Mutex<HashMap<String, String>>>,
     enforcement: Enforcement,
-    probed: tokio::sync::OnceCell<Availability>,
+    /// A successful probe, kept; a failed one is tried again next time.
+    probed: tokio::sync::Mutex<Option<Availability>>,
     /// Builds nix addons (and finds their program).
     nix: NixRunner,
 }
@@ -141,7 +142,7 @@ impl GvisorRunner {
             runs: Arc::default(),
             containers: Arc::default(),
             enforcement: Enforcement::probe(),
-            probed: tokio::sync::OnceCell::new(),
+            probed: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -387,7 +388,15 @@ impl Runner for GvisorRunner {
     }
 
     async fn probe(&self) -> Availability {
-        self.probed.get_or_init(|| self.probe_now()).await.clone()
+        let mut probed = self.probed.lock().await;
+        if let Some(a) = probed.as_ref() {
+            return a.clone();
+        }
+        let a = self.probe_now().await;
+        if a.available {
+            *probed = Some(a.clone());
+        }
+        a
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {

@@ -58,6 +58,8 @@ pub struct PluginSettings {
     pub config: serde_json::Value,
     /// How long a start, handshake or call may take before the plugin counts as hung.
     pub timeout: Duration,
+    /// How long a Build may take, from the call to its artifact.
+    pub build_timeout: Duration,
 }
 
 struct Process {
@@ -76,8 +78,8 @@ impl Process {
     }
 
     fn kill(&self) {
-        // SAFETY: plain signal to a child we own (not yet reaped, so the pid is still ours).
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        // Through the child handle: once reaped, its pid may be someone else's.
+        let _ = self.child.lock().unwrap_or_else(|e| e.into_inner()).start_kill();
     }
 
     /// Kills it, remembering why (for the error of the runs it takes along).
@@ -134,8 +136,22 @@ impl Drop for Process {
     }
 }
 
+/// Names the engine's configuration on every call ([`crate::server::CONFIG_DIGEST_HEADER`]), so
+/// that a plugin shared by engines of different configurations answers each with its own.
+#[derive(Clone)]
+struct NameConfig(tonic::metadata::AsciiMetadataValue);
+
+impl tonic::service::Interceptor for NameConfig {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert(crate::server::CONFIG_DIGEST_HEADER, self.0.clone());
+        Ok(request)
+    }
+}
+
+type Client = RunnerClient<tonic::service::interceptor::InterceptedService<Channel, NameConfig>>;
+
 struct Conn {
-    client: RunnerClient<Channel>,
+    client: Client,
     process: Option<Process>,
     info: RunnerInfo,
 }
@@ -151,6 +167,8 @@ pub struct PluginRunner {
     settings: PluginSettings,
     config_digest: String,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// A call timed out: the plugin may be alive but hung; the next use starts it afresh.
+    hung: std::sync::atomic::AtomicBool,
     /// The plugin's info as last seen (for the synchronous `info`).
     info: Mutex<Option<RunnerInfo>>,
 }
@@ -165,7 +183,13 @@ impl PluginRunner {
     pub fn new(settings: PluginSettings) -> PluginRunner {
         let canonical = serde_json::to_string(&settings.config).unwrap_or_default();
         let config_digest = hex::encode(sha2::Sha256::digest(canonical.as_bytes()));
-        PluginRunner { settings, config_digest, conn: tokio::sync::Mutex::new(None), info: Mutex::new(None) }
+        PluginRunner {
+            settings,
+            config_digest,
+            conn: tokio::sync::Mutex::new(None),
+            hung: std::sync::atomic::AtomicBool::new(false),
+            info: Mutex::new(None),
+        }
     }
 
     fn name(&self) -> &str {
@@ -179,8 +203,24 @@ impl PluginRunner {
     /// The live connection, starting (or restarting) the plugin when needed.
     async fn connect(&self) -> Result<Arc<Conn>, RunnerError> {
         let mut slot = self.conn.lock().await;
+        if self.hung.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            if let Some(c) = slot.take() {
+                tracing::warn!("plugin {}: a call timed out; starting it afresh", self.name());
+                if let Some(p) = &c.process {
+                    p.kill_because(format!("a call did not answer within {:?}", self.settings.timeout));
+                    p.settle().await;
+                }
+            }
+        }
         if let Some(c) = slot.as_ref() {
+            if c.alive() && c.process.is_some() {
+                return Ok(c.clone());
+            }
             if c.alive() {
+                // A standalone plugin may have restarted behind the same address: make sure it
+                // has our configuration (an idempotent call when it does).
+                let mut client = c.client.clone();
+                self.configure(&mut client).await?;
                 return Ok(c.clone());
             }
             let p = c.process.as_ref().expect("only processes die");
@@ -230,7 +270,10 @@ impl PluginRunner {
         if status.status != tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
             return Err(with_tail(self.failed("its health service says it is not serving")));
         }
-        let mut client = RunnerClient::new(channel).max_decoding_message_size(64 << 20);
+        let digest = tonic::metadata::AsciiMetadataValue::try_from(self.config_digest.as_str())
+            .map_err(|e| self.failed(e.to_string()))?;
+        let mut client =
+            RunnerClient::with_interceptor(channel, NameConfig(digest)).max_decoding_message_size(64 << 20);
         let info = self
             .call(client.info(pb::InfoRequest { protocol_version: crate::PROTOCOL_VERSION }))
             .await
@@ -257,19 +300,7 @@ impl PluginRunner {
         }
         info.name = self.name().to_string();
         info.serves = self.settings.serves.clone();
-        let config_json = serde_json::to_string(&self.settings.config).unwrap_or_else(|_| "null".into());
-        let configured = self.call(client.configure(pb::ConfigureRequest { config_json })).await.map_err(with_tail)?;
-        if !configured.errors.is_empty() {
-            let errors: Vec<String> = configured
-                .errors
-                .iter()
-                .map(|e| {
-                    let field = if e.field.is_empty() { String::new() } else { format!(".{}", e.field) };
-                    format!("plugins.{}.config{field}: {}", self.name(), e.message)
-                })
-                .collect();
-            return Err(RunnerError::Unavailable { runner: self.name().to_string(), detail: errors.join("; ") });
-        }
+        self.configure(&mut client).await.map_err(with_tail)?;
         // What it can do may depend on its configuration: ask again.
         let configured = self
             .call(client.info(pb::InfoRequest { protocol_version: crate::PROTOCOL_VERSION }))
@@ -278,6 +309,24 @@ impl PluginRunner {
         info.version = configured.version.clone();
         info.capabilities = configured.capabilities.as_ref().map(convert::capabilities_from_pb).unwrap_or_default();
         Ok(Conn { client, process, info })
+    }
+
+    /// Configure with our configuration; its errors name the fields (`plugins.NAME.config.FIELD`).
+    async fn configure(&self, client: &mut Client) -> Result<(), RunnerError> {
+        let config_json = serde_json::to_string(&self.settings.config).unwrap_or_else(|_| "null".into());
+        let configured = self.call(client.configure(pb::ConfigureRequest { config_json })).await?;
+        if configured.errors.is_empty() {
+            return Ok(());
+        }
+        let errors: Vec<String> = configured
+            .errors
+            .iter()
+            .map(|e| {
+                let field = if e.field.is_empty() { String::new() } else { format!(".{}", e.field) };
+                format!("plugins.{}.config{field}: {}", self.name(), e.message)
+            })
+            .collect();
+        Err(RunnerError::Unavailable { runner: self.name().to_string(), detail: errors.join("; ") })
     }
 
     /// Starts the plugin program and reads its handshake.
@@ -296,17 +345,25 @@ impl PluginRunner {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: only async-signal-safe calls between fork and exec.
+        // Its own process group: a terminal's Ctrl-C reaches the engine, which stops runs with
+        // their grace, not the plugin directly.
+        cmd.process_group(0);
+        // SAFETY: getpid before the fork; only async-signal-safe calls between fork and exec.
+        let engine = unsafe { libc::getpid() };
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 // It dies with the engine: SIGTERM lets it stop its runs first.
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
+                // The engine died before that took effect.
+                if libc::getppid() != engine {
+                    libc::_exit(1);
+                }
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(|e| RunnerError::Spawn {
+        let mut child = spawn_from_launcher(cmd).await.map_err(|e| RunnerError::Spawn {
             runner: self.name().to_string(),
             program: program.clone(),
             detail: format!("cannot start the plugin: {e}"),
@@ -448,7 +505,10 @@ impl PluginRunner {
         fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, RunnerError> {
         match tokio::time::timeout(limit, fut).await {
-            Err(_) => Err(self.failed(format!("it did not answer within {limit:?}"))),
+            Err(_) => {
+                self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(self.failed(format!("it did not answer within {limit:?}")))
+            }
             Ok(Err(status)) => Err(self.failed(describe(&status))),
             Ok(Ok(r)) => Ok(r.into_inner()),
         }
@@ -461,7 +521,10 @@ impl PluginRunner {
         fut: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, RunnerError> {
         match tokio::time::timeout(self.settings.timeout, fut).await {
-            Err(_) => Err(self.failed(format!("it did not answer within {:?}", self.settings.timeout))),
+            Err(_) => {
+                self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+                Err(self.failed(format!("it did not answer within {:?}", self.settings.timeout)))
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(T::default()),
             Ok(Err(status)) => Err(self.failed(describe(&status))),
             Ok(Ok(r)) => Ok(r.into_inner()),
@@ -501,13 +564,7 @@ impl PluginRunner {
     }
 
     /// Sends a directory's content with CopyIn.
-    async fn copy_in(
-        &self,
-        client: &mut RunnerClient<Channel>,
-        id: &str,
-        dir: pb::Dir,
-        from: &Path,
-    ) -> Result<(), RunnerError> {
+    async fn copy_in(&self, client: &mut Client, id: &str, dir: pb::Dir, from: &Path) -> Result<(), RunnerError> {
         let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
         let from = from.to_path_buf();
         let packer = tokio::task::spawn_blocking(move || crate::copy::pack(&from, tx));
@@ -520,20 +577,23 @@ impl PluginRunner {
         );
         use tokio_stream::StreamExt;
         let answer = self.call_within(self.settings.timeout * 30, client.copy_in(body)).await?;
-        packer
-            .await
-            .map_err(|e| self.failed(e.to_string()))?
-            .map_err(|e| self.failed(format!("packing {:?}: {e}", dir)))?;
-        match answer.error {
-            Some(e) => Err(convert::error_from_pb(self.name(), "", &e)),
-            None => Ok(()),
+        // The plugin's own answer first: when it refused the stream, our packer only saw the
+        // receiver go away.
+        if let Some(e) = answer.error {
+            return Err(convert::error_from_pb(self.name(), "", &e));
+        }
+        match tokio::time::timeout(self.settings.timeout, packer).await {
+            Err(_) => Err(self.failed(format!("packing {dir:?} did not end within {:?}", self.settings.timeout))),
+            Ok(Err(e)) => Err(self.failed(e.to_string())),
+            Ok(Ok(Err(e))) => Err(self.failed(format!("packing {dir:?}: {e}"))),
+            Ok(Ok(Ok(()))) => Ok(()),
         }
     }
 
     /// Receives a directory's content with CopyOut into a fresh `into`.
     async fn copy_out(
         &self,
-        client: &mut RunnerClient<Channel>,
+        client: &mut Client,
         id: &str,
         dir: pb::Dir,
         into: &Path,
@@ -541,8 +601,15 @@ impl PluginRunner {
     ) -> Result<u64, RunnerError> {
         use tokio_stream::StreamExt;
         let stream = self.call(client.copy_out(pb::CopyOutRequest { id: id.to_string(), dir: dir as i32 })).await?;
-        let bytes =
-            stream.map(|c| c.map(|c| bytes::Bytes::from(c.data)).map_err(|s| std::io::Error::other(s.to_string())));
+        // A plugin that stops sending mid-copy fails the copy instead of holding the run forever.
+        let idle = self.settings.timeout;
+        let bytes = Box::pin(stream.timeout(idle)).map(move |c| match c {
+            Ok(Ok(c)) => Ok(bytes::Bytes::from(c.data)),
+            Ok(Err(s)) => Err(std::io::Error::other(s.message().to_string())),
+            Err(_) => {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("the plugin sent nothing for {idle:?}")))
+            }
+        });
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(bytes));
         let into = into.to_path_buf();
         let policy = crate::copy::UnpackPolicy { symlinks: false, max_bytes };
@@ -551,6 +618,55 @@ impl PluginRunner {
             .map_err(|e| self.failed(e.to_string()))?
             .map_err(|e| self.failed(format!("copying {dir:?} out: {e}")))
     }
+}
+
+fn humantime_short(d: Duration) -> String {
+    if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
+        format!("{}m", d.as_secs() / 60)
+    } else {
+        format!("{}s", d.as_secs_f64())
+    }
+}
+
+/// Starts `cmd` from one thread that lives as long as the engine's process. The parent-death
+/// signal follows the thread that forked, not the process: a plugin started from a tokio
+/// blocking-pool thread (a build calls the runner from one) would get SIGTERM when that thread
+/// retires after 10 s idle.
+async fn spawn_from_launcher(cmd: tokio::process::Command) -> std::io::Result<tokio::process::Child> {
+    type Answer = tokio::sync::oneshot::Sender<std::io::Result<tokio::process::Child>>;
+    type Job = (tokio::process::Command, tokio::runtime::Handle, Answer);
+    static LAUNCHER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<Job>>> = std::sync::OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new().name("addon-plugin-launcher".into()).spawn(move || {
+            for (mut cmd, handle, answer) in rx {
+                // The child is reaped by the runtime of whoever asked.
+                let _entered = handle.enter();
+                let _ = answer.send(cmd.spawn());
+            }
+        });
+        if let Err(e) = started {
+            tracing::error!("cannot start the plugin launcher thread: {e}");
+        }
+        Mutex::new(tx)
+    });
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let gone = || std::io::Error::other("the plugin launcher thread is gone");
+    launcher
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, tokio::runtime::Handle::current(), answer))
+        .map_err(|_| gone())?;
+    answered.await.map_err(|_| gone())?
+}
+
+/// Bytes of the regular files under `p` (not following symlinks).
+fn tree_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
+    if !meta.is_dir() {
+        return if meta.is_file() { meta.len() } else { 0 };
+    }
+    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum()).unwrap_or(0)
 }
 
 fn describe(s: &tonic::Status) -> String {
@@ -660,7 +776,8 @@ impl Runner for PluginRunner {
                 return Err(self.explain(&conn, e).await);
             }
         }
-        let result = async {
+        let limit = self.settings.build_timeout;
+        let result = tokio::time::timeout(limit, async {
             let mut stream = match self.call(client.build(convert::build_spec_to_pb(spec, &build_id))).await {
                 Ok(s) => s,
                 Err(e) => return Err(self.explain(&conn, e).await),
@@ -681,8 +798,15 @@ impl Runner for PluginRunner {
                     Err(s) => return Err(self.lost(&conn, Some(s)).await),
                 }
             }
-        }
-        .await;
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(RunnerError::build(
+                self.name(),
+                &spec.addon.label(),
+                &format!("the build did not end within the plugin's build-timeout ({})", humantime_short(limit)),
+            ))
+        });
         if !shares {
             let _ = self.call_optional(client.forget(pb::ForgetRequest { id: build_id })).await;
         }
@@ -840,7 +964,13 @@ impl PluginRunRef {
             return Ok(());
         }
         let mut client = self.conn.client.clone();
-        let mut budget = output_size;
+        // `output-size` bounds what the addon adds: what CACHE_DIR and HOME held before counts
+        // on top.
+        let before = {
+            let (cache, home) = (dirs.cache.clone(), dirs.home.clone());
+            tokio::task::spawn_blocking(move || tree_size(&cache) + tree_size(&home)).await.unwrap_or(0)
+        };
+        let mut budget = output_size.map(|b| b.saturating_add(before));
         for (dir, path) in [(pb::Dir::Output, &dirs.output), (pb::Dir::Cache, &dirs.cache), (pb::Dir::Home, &dirs.home)]
         {
             let fresh = tempfile::Builder::new()

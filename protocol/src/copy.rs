@@ -21,18 +21,40 @@ pub struct UnpackPolicy {
     pub max_bytes: Option<u64>,
 }
 
-/// Writes a tar of `dir`'s content (not following symlinks) to `out` in chunks. Runs in a
-/// blocking thread; ends when the receiver goes away.
+/// Writes a tar of `dir`'s content (not following symlinks) to `out` in chunks: directories,
+/// regular files and symlinks; sockets, fifos and devices are left out (they cannot cross, and
+/// an addon's HOME often holds an agent's socket). Runs in a blocking thread. A missing `dir` is
+/// an error, never an empty archive: the receiver would take that for an emptied directory.
 pub fn pack(dir: &Path, out: mpsc::Sender<Vec<u8>>) -> io::Result<()> {
+    if !fs::symlink_metadata(dir)?.is_dir() {
+        return Err(bad(format!("{} is not a directory", dir.display())));
+    }
     let writer = ChunkWriter { buf: Vec::with_capacity(CHUNK), out };
     let mut tar = tar::Builder::new(writer);
     tar.follow_symlinks(false);
     tar.mode(tar::HeaderMode::Complete);
-    if dir.exists() {
-        tar.append_dir_all(".", dir)?;
-    }
+    append_tree(&mut tar, dir, Path::new(""))?;
+    // Writes the end-of-archive blocks, which the receiver requires.
     let mut writer = tar.into_inner()?;
     writer.flush()
+}
+
+fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let rel = rel.join(e.file_name());
+        let kind = e.file_type()?;
+        if kind.is_dir() {
+            tar.append_dir(&rel, e.path())?;
+            append_tree(tar, root, &rel)?;
+        } else if kind.is_file() || kind.is_symlink() {
+            tar.append_path_with_name(e.path(), &rel)?;
+        } else {
+            tracing::debug!("not copying {} (neither file, directory nor symlink)", e.path().display());
+        }
+    }
+    Ok(())
 }
 
 struct ChunkWriter {
@@ -58,10 +80,38 @@ impl Write for ChunkWriter {
     }
 }
 
+/// Remembers whether the last 512-byte block read was all zeros: a tar stream that was cut at
+/// an entry's boundary reads like a complete one to the tar crate; a complete one ends with
+/// zero blocks.
+struct EndCheck<R> {
+    inner: R,
+    total: u64,
+    tail: Vec<u8>,
+}
+
+impl<R: Read> Read for EndCheck<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.total += n as u64;
+        self.tail.extend_from_slice(&buf[..n]);
+        if self.tail.len() > 512 {
+            self.tail.drain(..self.tail.len() - 512);
+        }
+        Ok(n)
+    }
+}
+
+impl<R> EndCheck<R> {
+    fn ended(&self) -> bool {
+        self.tail.len() == 512 && self.tail.iter().all(|b| *b == 0)
+    }
+}
+
 /// Unpacks a tar stream into `dest` (created when missing); returns the bytes of file content.
+/// A stream without tar's end-of-archive blocks (cut short, or empty) is an error.
 pub fn unpack(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::Result<u64> {
     fs::create_dir_all(dest)?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(EndCheck { inner: reader, total: 0, tail: Vec::with_capacity(1024) });
     let mut total = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -121,6 +171,14 @@ pub fn unpack(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::Resul
             }
         }
     }
+    let read = archive.into_inner();
+    if !read.ended() {
+        return Err(bad(if read.total == 0 {
+            "the stream was empty, not a tar archive".to_string()
+        } else {
+            format!("the tar stream was cut short after {} bytes (no end-of-archive blocks)", read.total)
+        }));
+    }
     Ok(total)
 }
 
@@ -164,25 +222,29 @@ fn no_symlink_between(dest: &Path, rel: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Replaces the content of `dir` with the content of `fresh` (a sibling it can be renamed from).
+/// Puts the content of `fresh` (a directory on the same filesystem) in the place of `dir` in one
+/// step (`renameat2` with RENAME_EXCHANGE): whoever reads `dir` sees the old content or the new,
+/// never a half-emptied directory, and a crash leaves one of the two whole. The old content is
+/// then at `fresh`, for the caller to remove.
 pub fn replace_content(dir: &Path, fresh: &Path) -> io::Result<()> {
-    if dir.exists() {
-        for e in fs::read_dir(dir)? {
-            let e = e?;
-            if e.file_type()?.is_dir() {
-                fs::remove_dir_all(e.path())?;
-            } else {
-                fs::remove_file(e.path())?;
-            }
+    use std::os::unix::ffi::OsStrExt;
+    if !dir.exists() {
+        if let Some(parent) = dir.parent() {
+            fs::create_dir_all(parent)?;
         }
+        return fs::rename(fresh, dir).and_then(|()| fs::create_dir(fresh));
+    }
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| bad(format!("{} holds a NUL", p.display())))
+    };
+    let (a, b) = (c(fresh)?, c(dir)?);
+    // SAFETY: two valid NUL-terminated paths; renameat2 only reads them.
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+    if rc == 0 {
+        Ok(())
     } else {
-        fs::create_dir_all(dir)?;
+        Err(io::Error::last_os_error())
     }
-    for e in fs::read_dir(fresh)? {
-        let e = e?;
-        fs::rename(e.path(), dir.join(e.file_name()))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -235,6 +297,68 @@ mod tests {
         assert_eq!(fs::read(dest.path().join("a/b/f")).unwrap(), b"hello");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(dest.path().join("a/b/f")).unwrap().permissions().mode() & 0o777, 0o755);
+    }
+
+    fn packed(dir: &Path) -> io::Result<Vec<u8>> {
+        let (tx, mut rx) = mpsc::channel(4);
+        let dir = dir.to_path_buf();
+        let t = std::thread::spawn(move || pack(&dir, tx));
+        let mut bytes = Vec::new();
+        while let Some(c) = rx.blocking_recv() {
+            bytes.extend(c);
+        }
+        t.join().unwrap().map(|()| bytes)
+    }
+
+    /// A stream cut at an entry's boundary, or an empty one, reads like a whole archive to the
+    /// tar crate; it must not be taken for a directory that lost its files.
+    #[test]
+    fn a_cut_or_empty_stream_is_refused() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("a"), vec![7u8; 600]).unwrap();
+        fs::write(src.path().join("b"), b"bee").unwrap();
+        let bytes = packed(src.path()).unwrap();
+        let lax = UnpackPolicy { symlinks: false, max_bytes: None };
+        // Header + two blocks of `a`: cut right after the first entry.
+        let cut = &bytes[..512 * 3];
+        let e = unpack(cut, tempfile::tempdir().unwrap().path(), lax).unwrap_err();
+        assert!(e.to_string().contains("cut short"), "{e}");
+        let e = unpack(&b""[..], tempfile::tempdir().unwrap().path(), lax).unwrap_err();
+        assert!(e.to_string().contains("empty"), "{e}");
+        assert_eq!(unpack(&bytes[..], tempfile::tempdir().unwrap().path(), lax).unwrap(), 603);
+    }
+
+    /// Sockets and fifos (an agent's socket in HOME) are left out; the rest still crosses. A
+    /// missing directory is an error, not an empty archive.
+    #[test]
+    fn pack_leaves_out_what_cannot_cross_and_refuses_a_missing_directory() {
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("kept"), b"k").unwrap();
+        let _sock = std::os::unix::net::UnixListener::bind(src.path().join("agent.sock")).unwrap();
+        let fifo = std::ffi::CString::new(src.path().join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let bytes = packed(src.path()).unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        unpack(&bytes[..], dest.path(), STRICT).unwrap();
+        assert_eq!(fs::read(dest.path().join("kept")).unwrap(), b"k");
+        assert!(!dest.path().join("agent.sock").exists() && !dest.path().join("fifo").exists());
+        assert!(packed(&src.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn replace_content_swaps_in_one_step() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, fresh) = (root.path().join("dir"), root.path().join("fresh"));
+        fs::create_dir_all(dir.join("old")).unwrap();
+        fs::create_dir_all(&fresh).unwrap();
+        fs::write(fresh.join("new"), b"n").unwrap();
+        replace_content(&dir, &fresh).unwrap();
+        assert!(dir.join("new").is_file() && !dir.join("old").exists());
+        assert!(fresh.join("old").is_dir(), "the old content is left at `fresh` for the caller");
+        let absent = root.path().join("absent");
+        replace_content(&absent, &fresh).unwrap();
+        assert!(absent.join("old").is_dir() && fresh.is_dir());
     }
 
     #[test]

@@ -48,6 +48,9 @@ impl FieldError {
 const UNCLAIMED_RUN: Duration = Duration::from_secs(30);
 
 struct Run {
+    /// The runner (of the configuration) that started it: Stop goes there, whatever else was
+    /// configured since.
+    runner: Arc<dyn Runner>,
     events: Option<mpsc::Receiver<RunEvent>>,
     /// The run's Events stream ended (exited, or stopped after its engine went away).
     done: bool,
@@ -55,8 +58,9 @@ struct Run {
 
 struct State {
     plugin: Box<dyn Plugin>,
-    /// The configured runner and the configuration it was made from.
-    runner: Mutex<Option<(serde_json::Value, Arc<dyn Runner>)>>,
+    /// A runner per configuration, by the digest engines send with every call
+    /// ([`CONFIG_DIGEST_HEADER`]); "" for engines that send none.
+    runners: Mutex<HashMap<String, Arc<dyn Runner>>>,
     runs: Mutex<HashMap<String, Run>>,
     /// Per run or build: the copies of plugins that do not share the host filesystem.
     staging: tempfile::TempDir,
@@ -78,7 +82,7 @@ impl Service {
         Ok(Service {
             state: Arc::new(State {
                 plugin: Box::new(plugin),
-                runner: Mutex::new(None),
+                runners: Mutex::new(HashMap::new()),
                 runs: Mutex::new(HashMap::new()),
                 staging,
                 shutdown: tokio_util::sync::CancellationToken::new(),
@@ -87,30 +91,38 @@ impl Service {
         })
     }
 
-    /// The configured runner (configured with no configuration when Configure never came).
-    fn runner(&self) -> Result<Arc<dyn Runner>, Status> {
-        let mut slot = self.state.runner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, r)) = slot.as_ref() {
+    /// The runner of the caller's configuration. A caller that names a configuration this
+    /// process does not have (it restarted since, say) is told so; one that names none gets the
+    /// plugin configured with no configuration.
+    fn runner(&self, meta: &tonic::metadata::MetadataMap) -> Result<Arc<dyn Runner>, Status> {
+        let digest = config_digest(meta);
+        let mut runners = self.state.runners.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = runners.get(&digest) {
             return Ok(r.clone());
         }
+        if !digest.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{UNCONFIGURED}: configuration {digest} is not known here"
+            )));
+        }
         let r = self.state.plugin.configure(&serde_json::Value::Null).map_err(|errors| {
-            Status::failed_precondition(format!("not configured, and it needs a configuration: {}", join(&errors)))
+            Status::failed_precondition(format!("{UNCONFIGURED}, and it needs a configuration: {}", join(&errors)))
         })?;
-        *slot = Some((serde_json::Value::Null, r.clone()));
+        runners.insert(digest, r.clone());
         Ok(r)
     }
 
-    /// The configured runner's info, else the plugin's.
-    fn info(&self) -> RunnerInfo {
-        let slot = self.state.runner.lock().unwrap_or_else(|e| e.into_inner());
-        match slot.as_ref() {
-            Some((_, r)) => r.info(),
+    /// The caller's configured runner's info, else the plugin's.
+    fn info(&self, meta: &tonic::metadata::MetadataMap) -> RunnerInfo {
+        let runners = self.state.runners.lock().unwrap_or_else(|e| e.into_inner());
+        match runners.get(&config_digest(meta)) {
+            Some(r) => r.info(),
             None => self.state.plugin.info(),
         }
     }
 
-    fn shares_host_filesystem(&self) -> bool {
-        self.info().capabilities.shares_host_filesystem
+    fn shares_host_filesystem(&self, meta: &tonic::metadata::MetadataMap) -> bool {
+        self.info(meta).capabilities.shares_host_filesystem
     }
 
     fn staging(&self, id: &str) -> Result<PathBuf, Status> {
@@ -125,9 +137,15 @@ impl Service {
 
     /// Stops every run and waits (up to `wait`) for them to end.
     pub async fn stop_all(&self, wait: Duration) {
-        let ids: Vec<String> = self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
-        let Ok(runner) = self.runner() else { return };
-        for id in &ids {
+        let runs: Vec<(String, Arc<dyn Runner>)> = self
+            .state
+            .runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, r)| (id.clone(), r.runner.clone()))
+            .collect();
+        for (id, runner) in &runs {
             let _ = runner.stop(id, Duration::ZERO).await;
         }
         let deadline = tokio::time::Instant::now() + wait;
@@ -168,6 +186,18 @@ impl Service {
     }
 }
 
+/// The gRPC metadata header in which an engine names its configuration (the sha256 of its
+/// `config:` as JSON), on Configure and every later call.
+pub const CONFIG_DIGEST_HEADER: &str = "addon-config-digest";
+
+/// How a call naming an unknown configuration is answered (FAILED_PRECONDITION); the engine
+/// configures the plugin again.
+pub const UNCONFIGURED: &str = "not configured";
+
+fn config_digest(meta: &tonic::metadata::MetadataMap) -> String {
+    meta.get(CONFIG_DIGEST_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
 fn join(errors: &[FieldError]) -> String {
     errors
         .iter()
@@ -195,8 +225,8 @@ fn dir_name(d: i32) -> Result<&'static str, Status> {
 
 #[tonic::async_trait]
 impl RunnerService for Service {
-    async fn info(&self, _request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
-        let mut info = convert::info_to_pb(&self.info());
+    async fn info(&self, request: Request<pb::InfoRequest>) -> Result<Response<pb::InfoResponse>, Status> {
+        let mut info = convert::info_to_pb(&self.info(request.metadata()));
         if let Some(v) = self.state.announce {
             info.protocol_version = v;
         }
@@ -207,6 +237,7 @@ impl RunnerService for Service {
         &self,
         request: Request<pb::ConfigureRequest>,
     ) -> Result<Response<pb::ConfigureResponse>, Status> {
+        let digest = config_digest(request.metadata());
         let text = request.into_inner().config_json;
         let config: serde_json::Value = if text.trim().is_empty() {
             serde_json::Value::Null
@@ -219,22 +250,15 @@ impl RunnerService for Service {
                 }
             }
         };
-        let mut slot = self.state.runner.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((current, _)) = slot.as_ref() {
-            if *current == config {
-                return Ok(Response::new(pb::ConfigureResponse { errors: vec![] }));
-            }
-            let active = self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).values().any(|r| !r.done);
-            if active {
-                let message =
-                    "runs of another configuration are active (engines sharing this plugin must configure it alike)";
-                let errors = vec![pb::FieldError { field: String::new(), message: message.into() }];
-                return Ok(Response::new(pb::ConfigureResponse { errors }));
-            }
+        // Each configuration gets a runner of its own: engines sharing a standalone plugin with
+        // different configurations do not switch it under each other.
+        let mut runners = self.state.runners.lock().unwrap_or_else(|e| e.into_inner());
+        if runners.contains_key(&digest) {
+            return Ok(Response::new(pb::ConfigureResponse { errors: vec![] }));
         }
         match self.state.plugin.configure(&config) {
             Ok(runner) => {
-                *slot = Some((config, runner));
+                runners.insert(digest, runner);
                 Ok(Response::new(pb::ConfigureResponse { errors: vec![] }))
             }
             Err(errors) => Ok(Response::new(pb::ConfigureResponse {
@@ -243,8 +267,8 @@ impl RunnerService for Service {
         }
     }
 
-    async fn probe(&self, _request: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
-        let a = self.runner()?.probe().await;
+    async fn probe(&self, request: Request<pb::ProbeRequest>) -> Result<Response<pb::ProbeResponse>, Status> {
+        let a = self.runner(request.metadata())?.probe().await;
         Ok(Response::new(pb::ProbeResponse {
             available: a.available,
             version: a.version.unwrap_or_default(),
@@ -254,7 +278,7 @@ impl RunnerService for Service {
 
     async fn cache_key(&self, request: Request<pb::BuildSpec>) -> Result<Response<pb::CacheKeyResponse>, Status> {
         let spec = convert::build_spec_from_pb(request.get_ref()).map_err(bad_request)?;
-        let answer = match self.runner()?.cache_key(&spec).await {
+        let answer = match self.runner(request.metadata())?.cache_key(&spec).await {
             Ok(parts) => pb::CacheKeyResponse {
                 builds: parts.is_some(),
                 parts: parts.unwrap_or_default().into_iter().collect(),
@@ -268,15 +292,16 @@ impl RunnerService for Service {
     type BuildStream = BoxStream<pb::BuildEvent>;
 
     async fn build(&self, request: Request<pb::BuildSpec>) -> Result<Response<Self::BuildStream>, Status> {
+        let runner = self.runner(request.metadata())?;
+        let shares = self.shares_host_filesystem(request.metadata());
         let wire = request.into_inner();
         let mut spec = convert::build_spec_from_pb(&wire).map_err(bad_request)?;
-        if !self.shares_host_filesystem() {
+        if !shares {
             let base = self.staging(&wire.build_id)?;
             spec.addon_dir = base.join("addon");
             spec.content_dir = base.join("content");
             std::fs::create_dir_all(&spec.content_dir).map_err(|e| Status::internal(e.to_string()))?;
         }
-        let runner = self.runner()?;
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let log_tx = tx.clone();
@@ -303,12 +328,14 @@ impl RunnerService for Service {
         request: Request<pb::Artifact>,
     ) -> Result<Response<pb::ArtifactValidResponse>, Status> {
         let a = convert::artifact_from_pb(request.get_ref()).map_err(bad_request)?;
-        Ok(Response::new(pb::ArtifactValidResponse { valid: self.runner()?.artifact_valid(&a).await }))
+        Ok(Response::new(pb::ArtifactValidResponse {
+            valid: self.runner(request.metadata())?.artifact_valid(&a).await,
+        }))
     }
 
     async fn release(&self, request: Request<pb::Artifact>) -> Result<Response<pb::ReleaseResponse>, Status> {
         let a = convert::artifact_from_pb(request.get_ref()).map_err(bad_request)?;
-        let error = self.runner()?.release(&a).await.err().map(|e| convert::error_to_pb(&e));
+        let error = self.runner(request.metadata())?.release(&a).await.err().map(|e| convert::error_to_pb(&e));
         Ok(Response::new(pb::ReleaseResponse { error }))
     }
 
@@ -317,7 +344,8 @@ impl RunnerService for Service {
         if self.state.shutdown.is_cancelled() {
             return Err(Status::unavailable("the plugin is shutting down"));
         }
-        if !self.shares_host_filesystem() {
+        let runner = self.runner(request.metadata())?;
+        if !self.shares_host_filesystem(request.metadata()) {
             let base = self.staging(&spec.run_id)?;
             let rel = spec.dirs.addon.strip_prefix(&spec.dirs.work).map(Path::to_path_buf).unwrap_or_default();
             spec.dirs.work = base.join("work");
@@ -337,14 +365,13 @@ impl RunnerService for Service {
                 return Err(Status::already_exists(format!("run {run_id} exists")));
             }
         }
-        let runner = self.runner()?;
         match runner.start(spec).await {
             Ok(started) => {
                 self.state
                     .runs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(run_id.clone(), Run { events: Some(started.events), done: false });
+                    .insert(run_id.clone(), Run { runner: runner.clone(), events: Some(started.events), done: false });
                 // A run nobody asks the events of within a while: its engine is gone.
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -374,14 +401,14 @@ impl RunnerService for Service {
 
     async fn events(&self, request: Request<pb::EventsRequest>) -> Result<Response<Self::EventsStream>, Status> {
         let run_id = request.into_inner().run_id;
-        let mut events = {
+        let (mut events, runner) = {
             let mut runs = self.state.runs.lock().unwrap_or_else(|e| e.into_inner());
             let run = runs.get_mut(&run_id).ok_or_else(|| Status::not_found(format!("no run {run_id}")))?;
-            run.events.take().ok_or_else(|| {
+            let events = run.events.take().ok_or_else(|| {
                 Status::failed_precondition(format!("the events of run {run_id} are already being read"))
-            })?
+            })?;
+            (events, run.runner.clone())
         };
-        let runner = self.runner()?;
         let state = self.state.clone();
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -423,12 +450,16 @@ impl RunnerService for Service {
 
     async fn stop(&self, request: Request<pb::StopRequest>) -> Result<Response<pb::StopResponse>, Status> {
         let r = request.into_inner();
-        let error = self.runner()?.stop(&r.run_id, Duration::from_millis(r.grace_ms)).await.err();
+        let runner =
+            self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).get(&r.run_id).map(|run| run.runner.clone());
+        // Stopping a run this process does not know (it ended and was forgotten) is not an error.
+        let Some(runner) = runner else { return Ok(Response::new(pb::StopResponse { error: None })) };
+        let error = runner.stop(&r.run_id, Duration::from_millis(r.grace_ms)).await.err();
         Ok(Response::new(pb::StopResponse { error: error.map(|e| convert::error_to_pb(&e)) }))
     }
 
-    async fn reap(&self, _request: Request<pb::ReapRequest>) -> Result<Response<pb::ReapResponse>, Status> {
-        let removed = self.runner()?.reap().await.map_err(|e| Status::internal(e.to_string()))?;
+    async fn reap(&self, request: Request<pb::ReapRequest>) -> Result<Response<pb::ReapResponse>, Status> {
+        let removed = self.runner(request.metadata())?.reap().await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::ReapResponse { removed }))
     }
 
@@ -464,13 +495,32 @@ impl RunnerService for Service {
     async fn copy_out(&self, request: Request<pb::CopyOutRequest>) -> Result<Response<Self::CopyOutStream>, Status> {
         let r = request.into_inner();
         let dir = self.staging(&r.id)?.join(dir_name(r.dir)?);
-        let (tx, rx) = mpsc::channel::<Vec<u8>>(4);
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = crate::copy::pack(&dir, tx) {
-                tracing::warn!("copying out {}: {e}", dir.display());
+        if !dir.is_dir() {
+            return Err(Status::not_found(format!("run {} has no {:?} directory here", r.id, r.dir)));
+        }
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let (out, stream) = mpsc::channel::<Result<pb::Chunk, Status>>(4);
+        let packer = tokio::task::spawn_blocking(move || {
+            crate::copy::pack(&dir, tx).map_err(|e| format!("packing {}: {e}", dir.display()))
+        });
+        // A failed pack ends the stream with an error status, never as a shorter archive.
+        tokio::spawn(async move {
+            while let Some(data) = rx.recv().await {
+                if out.send(Ok(pb::Chunk { data })).await.is_err() {
+                    return;
+                }
+            }
+            let failed = match packer.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(e) = failed {
+                tracing::warn!("copying out: {e}");
+                let _ = out.send(Err(Status::internal(e))).await;
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(|data| Ok(pb::Chunk { data })))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(stream))))
     }
 
     async fn forget(&self, request: Request<pb::ForgetRequest>) -> Result<Response<pb::ForgetResponse>, Status> {
@@ -578,9 +628,20 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
     };
     match network {
         Network::Unix => {
-            let _ = std::fs::remove_file(&address);
+            // A stale socket of an earlier run is replaced; anything else at that path is not ours.
+            if let Ok(m) = std::fs::symlink_metadata(&address) {
+                use std::os::unix::fs::FileTypeExt;
+                if !m.file_type().is_socket() {
+                    return Err(format!("{address} exists and is not a socket"));
+                }
+                let _ = std::fs::remove_file(&address);
+            }
             let listener =
                 tokio::net::UnixListener::bind(&address).map_err(|e| format!("listening on {address}: {e}"))?;
+            // Whoever can connect can run programs as this plugin: its owner and group only.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&address, std::fs::Permissions::from_mode(0o660))
+                .map_err(|e| format!("{address}: {e}"))?;
             print_handshake(
                 &info,
                 listen.is_none(),
@@ -599,6 +660,19 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
             let _ = std::fs::remove_file(&address);
         }
         Network::Tcp => {
+            // Whoever reaches the port can run programs as this plugin: beyond loopback only
+            // engines with a client certificate may.
+            let mutual = listen.as_ref().and_then(|l| l.tls.as_ref()).is_some_and(|t| t.client_ca.is_some());
+            let loopback = tokio::net::lookup_host(&address)
+                .await
+                .map_err(|e| format!("{address}: {e}"))?
+                .all(|a| a.ip().is_loopback());
+            if !loopback && !mutual {
+                return Err(format!(
+                    "refusing to listen on {address} without client certificates: anyone who reaches it could run programs as this plugin; give --tls-cert, --tls-key \
+                     and --tls-client-ca (mutual TLS), or listen on a loopback address or a unix socket"
+                ));
+            }
             let listener =
                 tokio::net::TcpListener::bind(&address).await.map_err(|e| format!("listening on {address}: {e}"))?;
             let local = listener.local_addr().map_err(|e| e.to_string())?;
