@@ -660,6 +660,11 @@ async fn spawn_from_launcher(cmd: tokio::process::Command) -> std::io::Result<to
     answered.await.map_err(|_| gone())?
 }
 
+/// Tells the plugin it may drop what it keeps of run (or build) `id`; best effort.
+async fn forget(client: &mut Client, id: &str, timeout: Duration) {
+    let _ = tokio::time::timeout(timeout, client.forget(pb::ForgetRequest { id: id.to_string() })).await;
+}
+
 /// Bytes of the regular files under `p` (not following symlinks).
 fn tree_size(p: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
@@ -830,34 +835,46 @@ impl Runner for PluginRunner {
                 [(pb::Dir::Work, &spec.dirs.work), (pb::Dir::Cache, &spec.dirs.cache), (pb::Dir::Home, &spec.dirs.home)]
             {
                 if let Err(e) = self.copy_in(&mut client, &run_id, dir, path).await {
+                    forget(&mut client, &run_id, self.settings.timeout).await;
                     return Err(self.explain(&conn, e).await);
                 }
             }
         }
         let started = match self.call(client.start(convert::start_spec_to_pb(&spec))).await {
             Ok(s) => s,
-            Err(e) => return Err(self.explain(&conn, e).await),
+            Err(e) => {
+                forget(&mut client, &run_id, self.settings.timeout).await;
+                return Err(self.explain(&conn, e).await);
+            }
         };
         if let Some(e) = started.error {
-            if !shares {
-                let _ = self.call_optional(client.forget(pb::ForgetRequest { id: run_id.clone() })).await;
-            }
+            forget(&mut client, &run_id, self.settings.timeout).await;
             return Err(convert::error_from_pb(self.name(), &spec.addon.label(), &e));
         }
         let mut stream = match self.call(client.events(pb::EventsRequest { run_id: run_id.clone() })).await {
             Ok(s) => s,
-            Err(e) => return Err(self.explain(&conn, e).await),
+            Err(e) => {
+                let _ = self.call(client.stop(pb::StopRequest { run_id: run_id.clone(), grace_ms: 0 })).await;
+                forget(&mut client, &run_id, self.settings.timeout).await;
+                return Err(self.explain(&conn, e).await);
+            }
         };
         let (tx, rx) = mpsc::channel(64);
         let this = PluginRunRef { settings: self.settings.clone(), conn: conn.clone() };
         let (dirs, output_size) = (spec.dirs.clone(), spec.limits.output_size);
         tokio::spawn(async move {
             let runner = this.runner();
+            let timeout = this.settings.timeout;
             loop {
                 let message = tokio::select! {
                     m = stream.message() => m,
-                    // The engine stopped listening: dropping the stream tells the plugin.
-                    _ = tx.closed() => return,
+                    // The engine stopped listening: dropping the stream tells the plugin (it stops
+                    // the run), and Forget lets it drop its copies.
+                    _ = tx.closed() => {
+                        drop(stream);
+                        forget(&mut this.conn.client.clone(), &run_id, timeout).await;
+                        return;
+                    }
                 };
                 let event = match message {
                     Ok(Some(pb::RunEvent { event: Some(pb::run_event::Event::Stdout(b)) })) => RunEvent::Stdout(b),
@@ -881,6 +898,7 @@ impl Runner for PluginRunner {
                 };
                 let last = matches!(event, RunEvent::Failed(_));
                 if tx.send(event).await.is_err() || last {
+                    forget(&mut this.conn.client.clone(), &run_id, timeout).await;
                     return;
                 }
             }

@@ -693,6 +693,9 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
             }
         }
     }
+    // The process exits without running destructors (tasks still hold the state): remove the
+    // copies of runs here.
+    let _ = std::fs::remove_dir_all(service.state.staging.path());
     Ok(())
 }
 
