@@ -489,34 +489,15 @@ impl Drop for Bait {
     }
 }
 
-/// Capabilities a docker container keeps (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID).
-const DOCKER_CAPS: u64 = 0b1101_1011;
-
 /// What the probe found, judged for the target: every check must find nothing. A container
 /// without a user namespace is uid 0 of the host by design; there it must hold no more than the
 /// runner's minimal capabilities, with no_new_privs, and Docker's default seccomp profile lets a
-/// process trace its own children inside the container.
+/// process trace its own children inside the container (`addon runners check` judges alike).
 fn judge_probe(t: Target, stderr: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    let lines: Vec<&str> = stderr.lines().filter_map(|l| l.split_once("kit ").map(|(_, r)| r)).collect();
+    let lines: Vec<String> =
+        stderr.lines().filter_map(|l| l.split_once("kit ").map(|(_, r)| format!("kit {r}"))).collect();
     assert!(lines.len() > 20, "the probe ran all its checks: {stderr}");
-    for l in lines {
-        let Some((check, rest)) = l.split_once(" found=") else { continue };
-        if !rest.starts_with("yes") {
-            continue;
-        }
-        let detail = rest.trim_start_matches("yes").trim();
-        let allowed = t.container()
-            && match check {
-                "host-root" | "ptrace-child" => true,
-                "capabilities" => u64::from_str_radix(detail, 16).is_ok_and(|caps| caps & !DOCKER_CAPS == 0),
-                _ => false,
-            };
-        if !allowed {
-            found.push(format!("{check}: {detail}"));
-        }
-    }
-    found
+    addon_executor::check::judge(&lines, t.container())
 }
 
 fn hostile_kit_finds_nothing(t: Target) {
