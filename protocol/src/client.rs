@@ -16,7 +16,7 @@ use addon_runners::{
     StartSpec, Started,
 };
 use sha2::Digest;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::BufReader;
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
@@ -373,8 +373,8 @@ impl PluginRunner {
         let stderr_reader = child.stderr.take().map(|err| {
             let (tail, name) = (stderr.clone(), self.name().to_string());
             tokio::spawn(async move {
-                let mut lines = BufReader::new(err).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
+                let mut err = BufReader::new(err);
+                while let Ok(Some(line)) = next_line_capped(&mut err).await {
                     tracing::debug!(plugin = %name, "{line}");
                     let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
                     if t.len() == STDERR_TAIL {
@@ -393,8 +393,8 @@ impl PluginRunner {
             stderr_done: Mutex::new(stderr_reader),
             _socket_dir: Some(socket_dir),
         };
-        let mut lines = BufReader::new(stdout).lines();
-        let first = tokio::time::timeout(self.settings.timeout, lines.next_line()).await;
+        let mut lines = BufReader::new(stdout);
+        let first = tokio::time::timeout(self.settings.timeout, next_line_capped(&mut lines)).await;
         let line = match first {
             Ok(Ok(Some(line))) => line,
             Ok(_) => {
@@ -426,7 +426,7 @@ impl PluginRunner {
         // Everything after the handshake on stdout is log.
         let name = self.name().to_string();
         tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
+            while let Ok(Some(line)) = next_line_capped(&mut lines).await {
                 tracing::info!(plugin = %name, "{line}");
             }
         });
@@ -658,6 +658,34 @@ async fn spawn_from_launcher(cmd: tokio::process::Command) -> std::io::Result<to
         .send((cmd, tokio::runtime::Handle::current(), answer))
         .map_err(|_| gone())?;
     answered.await.map_err(|_| gone())?
+}
+
+/// Longest line kept of a plugin's stdout or stderr; the rest of a longer line is dropped.
+const MAX_LINE: usize = 8192;
+
+/// The next line (without its newline; invalid UTF-8 replaced), at most [`MAX_LINE`] bytes of
+/// it, so that a plugin printing without newlines cannot grow the engine's memory.
+async fn next_line_capped<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<Option<String>> {
+    use tokio::io::AsyncBufReadExt;
+    let mut line = Vec::new();
+    let mut any = false;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(any.then(|| String::from_utf8_lossy(&line).into_owned()));
+        }
+        any = true;
+        let (take, done) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i, true),
+            None => (buf.len(), false),
+        };
+        let room = MAX_LINE.saturating_sub(line.len());
+        line.extend_from_slice(&buf[..take.min(room)]);
+        r.consume(if done { take + 1 } else { take });
+        if done {
+            return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+        }
+    }
 }
 
 /// Tells the plugin it may drop what it keeps of run (or build) `id`; best effort.
@@ -1000,5 +1028,21 @@ impl PluginRunRef {
             crate::copy::replace_content(path, fresh.path()).map_err(|e| runner.failed(format!("copying out: {e}")))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_of_a_plugin_are_capped_and_never_lost_to_bad_utf8() {
+        let mut long = vec![b'x'; MAX_LINE * 3];
+        long.extend_from_slice(b"\n\xffok\nlast");
+        let mut r = BufReader::with_capacity(64, &long[..]);
+        assert_eq!(next_line_capped(&mut r).await.unwrap().unwrap().len(), MAX_LINE);
+        assert_eq!(next_line_capped(&mut r).await.unwrap().unwrap(), "\u{fffd}ok");
+        assert_eq!(next_line_capped(&mut r).await.unwrap().unwrap(), "last");
+        assert_eq!(next_line_capped(&mut r).await.unwrap(), None);
     }
 }
