@@ -261,23 +261,7 @@ impl Kit<'_> {
                 .map_err(io)?;
             }
             Section::Nix => {
-                std::fs::write(
-                    dir.join("flake.nix"),
-                    format!(
-                        r#"{{
-  outputs = {{ self }}: {{
-    packages.x86_64-linux.default = derivation {{
-      name = "{name}-{marker}";
-      system = "x86_64-linux";
-      builder = "/bin/busybox";
-      args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./run.sh}} $out/bin/run && /bin/busybox chmod 555 $out/bin/run" ];
-    }};
-  }};
-}}
-"#
-                    ),
-                )
-                .map_err(io)?;
+                std::fs::write(dir.join("flake.nix"), run_sh_flake(name, &marker)).map_err(io)?;
             }
         }
         Ok(dir)
@@ -559,6 +543,25 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
             Err(fail(format!("expected a stop at the output size; got {}; {written} bytes written", ran.describe())))
         }
     }
+}
+
+/// A flake without inputs whose package is the addon's `run.sh` as `bin/run`, built with the
+/// host's static busybox (nix needs `extra-sandbox-paths /bin/busybox`); `marker` makes its
+/// store path unique.
+pub fn run_sh_flake(name: &str, marker: &str) -> String {
+    format!(
+        r#"{{
+  outputs = {{ self }}: {{
+    packages.x86_64-linux.default = derivation {{
+      name = "{name}-{marker}";
+      system = "x86_64-linux";
+      builder = "/bin/busybox";
+      args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./run.sh}} $out/bin/run && /bin/busybox chmod 555 $out/bin/run" ];
+    }};
+  }};
+}}
+"#
+    )
 }
 
 /// Capabilities a docker container keeps (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID).

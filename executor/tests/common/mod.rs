@@ -233,23 +233,7 @@ impl World {
         )
         .unwrap();
         std::fs::write(root.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
-        std::fs::write(
-            root.join("flake.nix"),
-            format!(
-                r#"{{
-  outputs = {{ self }}: {{
-    packages.x86_64-linux.default = derivation {{
-      name = "{name}-{marker}";
-      system = "x86_64-linux";
-      builder = "/bin/busybox";
-      args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./run.sh}} $out/bin/run && /bin/busybox chmod 555 $out/bin/run" ];
-    }};
-  }};
-}}
-"#
-            ),
-        )
-        .unwrap();
+        std::fs::write(root.join("flake.nix"), addon_executor::check::run_sh_flake(name, marker)).unwrap();
         root
     }
 }
