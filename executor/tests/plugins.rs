@@ -591,3 +591,80 @@ async fn a_plugin_started_from_a_blocking_thread_outlives_it() {
     let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
     assert!(report.success, "{:?}", report.addons[0].error);
 }
+
+/// A standalone plugin over TCP with mutual TLS, as a plugin inside a cluster would be reached:
+/// an engine with the CA and a client certificate runs addons through it; one without a client
+/// certificate is refused by the server and says so; the plugin refuses to listen beyond
+/// loopback without client certificates.
+#[test]
+fn a_standalone_plugin_over_mutual_tls() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    if !require("bwrap") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into()]);
+    let (client_cert, client_key) = leaf(vec!["engine".into()]);
+    let ca_pem = write("ca.pem", ca.pem());
+    let (server_cert, server_key) = (write("server.pem", server_cert), write("server.key", server_key));
+    let (client_cert, client_key) = (write("client.pem", client_cert), write("client.key", client_key));
+
+    let refused = std::process::Command::new(plugin_binary("addon-runner-example"))
+        .args(["--listen", "0.0.0.0:0", "--tls-cert", server_cert.to_str().unwrap(), "--tls-key"])
+        .arg(&server_key)
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--tls-client-ca"), "{refused:?}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = std::process::Command::new(plugin_binary("addon-runner-example"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--tls-cert")
+        .arg(&server_cert)
+        .arg("--tls-key")
+        .arg(&server_key)
+        .arg("--tls-client-ca")
+        .arg(&ca_pem)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the TLS plugin server", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let entry = |client: &str| {
+        format!(
+            "runner: [remote]\nplugins:\n  remote:\n    address: https://localhost:{port}\n    serves: [trivial]\n    \
+             tls: {{ca: {}{client}}}\n",
+            ca_pem.display()
+        )
+    };
+    let w = World::new("bwrap", &entry(&format!(", cert: {}, key: {}", client_cert.display(), client_key.display())));
+    let addon = w.addon("over-tls", PURE, "echo '{}'");
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(v["addons"][0]["runner"], "remote");
+
+    let anonymous = World::new("bwrap", &entry(""));
+    let r = runner(&runners_json(&anonymous), "remote").clone();
+    assert_eq!(r["available"], false, "no client certificate, no service: {r}");
+    let detail = r["detail"].as_str().unwrap();
+    assert!(detail.contains("remote") && detail.contains("CertificateRequired"), "the cause is named: {r}");
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -472,6 +472,10 @@ impl PluginRunner {
         if url.starts_with("https://") {
             let read = |p: &Path| std::fs::read(p).map_err(|e| self.failed(format!("TLS file {}: {e}", p.display())));
             let mut config = tonic::transport::ClientTlsConfig::new();
+            // Without a CA of its own, the server's certificate is checked against the host's.
+            if tls.and_then(|t| t.ca.as_ref()).is_none() {
+                config = config.with_native_roots();
+            }
             if let Some(t) = tls {
                 if let Some(ca) = &t.ca {
                     config = config.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
@@ -703,10 +707,13 @@ fn tree_size(p: &Path) -> u64 {
 }
 
 fn describe(s: &tonic::Status) -> String {
+    // A transport failure says little by itself ("transport error"); its causes say what (a
+    // refused certificate, a reset connection).
+    let causes = std::error::Error::source(s).map(|c| format!(" ({})", error_chain(c))).unwrap_or_default();
     match s.code() {
         tonic::Code::Unimplemented => format!("it does not implement this call ({})", s.message()),
-        tonic::Code::Unavailable => format!("it is unreachable ({})", s.message()),
-        _ => format!("{:?}: {}", s.code(), s.message()),
+        tonic::Code::Unavailable => format!("it is unreachable ({}){causes}", s.message()),
+        _ => format!("{:?}: {}{causes}", s.code(), s.message()),
     }
 }
 
