@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -667,4 +668,104 @@ fn a_standalone_plugin_over_mutual_tls() {
     assert!(detail.contains("remote") && detail.contains("CertificateRequired"), "the cause is named: {r}");
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// What the Go plugin test needs from Debian: Go, HashiCorp go-plugin, grpc-go, the protobuf
+/// runtime and the code generators (test-all installs them).
+fn go_toolchain() -> Option<PathBuf> {
+    let ok = ["go", "protoc", "protoc-gen-go-grpc"].iter().all(|p| which(p).is_some())
+        && Path::new("/usr/share/gocode/src/github.com/hashicorp/go-plugin").is_dir()
+        && Path::new("/usr/share/gocode/src/google.golang.org/protobuf/cmd/protoc-gen-go").is_dir();
+    if !ok {
+        let msg = "the Go plugin test needs golang-go, golang-github-hashicorp-go-plugin-dev, golang-google-grpc-dev, \
+                   golang-google-protobuf-dev, golang-github-golang-protobuf-1-5-dev, protoc-gen-go-grpc and protobuf-compiler";
+        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+        }
+        eprintln!("SKIPPED: {msg}");
+        return None;
+    }
+    which("go")
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(program)).find(|p| p.is_file())
+}
+
+/// go-plugin compatibility, for real: a plugin written in Go and served with HashiCorp
+/// go-plugin's `plugin.Serve` as is (Debian's go-plugin 1.0.1 and grpc-go), its stubs generated
+/// from our proto here, runs an addon in its own bwrap sandbox. It leaves out the optional calls.
+#[test]
+fn a_plugin_served_with_hashicorp_go_plugin_runs_an_addon() {
+    if !require("bwrap") {
+        return;
+    }
+    let Some(go) = go_toolchain() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let gopath = work.path().join("gopath");
+    let pb = gopath.join("src/addonrunner/pb");
+    let main = gopath.join("src/addonrunner/plugin");
+    let gobin = work.path().join("bin");
+    for d in [&pb, &main, &gobin] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go-cache");
+    let go_env = |c: &mut std::process::Command| {
+        c.env("GO111MODULE", "off")
+            .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+            .env("GOCACHE", &cache)
+            .env("GOFLAGS", "")
+            .env("GOBIN", &gobin);
+    };
+    let run = |c: &mut std::process::Command, what: &str| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // protoc-gen-go from Debian's source of google.golang.org/protobuf.
+    let mut c = std::process::Command::new(&go);
+    c.args(["install", "google.golang.org/protobuf/cmd/protoc-gen-go"]);
+    go_env(&mut c);
+    run(&mut c, "building protoc-gen-go");
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../protocol/proto");
+    let map = "Maddon/runner/v1/runner.proto=addonrunner/pb";
+    let mut c = std::process::Command::new("protoc");
+    c.env("PATH", format!("{}:{}", gobin.display(), std::env::var("PATH").unwrap_or_default()))
+        .args(["-I", proto])
+        .arg(format!("--go_out={}", pb.display()))
+        .arg(format!("--go_opt=paths=source_relative,{map}"))
+        .arg(format!("--go-grpc_out={}", pb.display()))
+        .arg(format!("--go-grpc_opt=paths=source_relative,{map}"))
+        .arg("addon/runner/v1/runner.proto");
+    run(&mut c, "generating the Go stubs");
+    for f in ["runner.pb.go", "runner_grpc.pb.go"] {
+        std::fs::rename(pb.join("addon/runner/v1").join(f), pb.join(f)).unwrap();
+    }
+    let fixture = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/go-plugin"));
+    for f in ["main.go", "errors.go"] {
+        std::fs::copy(fixture.join(f), main.join(f)).unwrap();
+    }
+    let binary = work.path().join("addon-runner-go");
+    let mut c = std::process::Command::new(&go);
+    c.current_dir(&main).args(["build", "-o"]).arg(&binary).arg(".");
+    go_env(&mut c);
+    run(&mut c, "building the Go plugin");
+
+    let w = World::new("bwrap", "runner: [go]\n");
+    let mut config = std::fs::read_to_string(&w.config).unwrap();
+    config.push_str(&format!("plugins:\n  go:\n    command: [{}]\n    serves: [trivial]\n", binary.display()));
+    std::fs::write(&w.config, config).unwrap();
+    let script = "echo \"uid=$(id -u)\" >&2\n\
+        echo \"ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)\" >&2\n\
+        echo hi > \"$OUTPUT_DIR/hi.txt\"\n\
+        printf '%s' '{\"files\": [{\"itemId\": \"item-1\", \"textFiles\": {\"att-1\": \"hi.txt\"}}]}'";
+    let addon = w.addon("gohello", PURE, script);
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["runner"], "go");
+    assert_eq!(a["sandbox"], "go-bwrap");
+    assert_eq!(a["output"]["files"][0]["itemId"], "item-1", "{v}");
+    let m = stderr_map(&out);
+    assert_eq!(m.get("uid").map(String::as_str), Some("65534"), "{m:?}");
+    assert_eq!(m.get("ifaces").map(String::as_str), Some("lo,"), "{m:?}");
 }
