@@ -130,6 +130,14 @@ pub async fn run(config: &Config, name: &str, only: &[String]) -> Result<CheckRe
                 Err(Outcome::Skip(d)) => (Status::Skip, d),
             }
         };
+        // What is left behind and what the bait sees are judged on this host: for a runner that
+        // keeps its own copies (possibly on another machine), say so instead of implying more.
+        let local = ["timeout", "leftovers", "network-isolation", "hostile-kit"].contains(check);
+        let detail = if local && status == Status::Pass && !info.capabilities.shares_host_filesystem {
+            format!("{detail} (judged on this host; {name} keeps its own copies of the run, possibly elsewhere)")
+        } else {
+            detail
+        };
         checks.push(CheckResult::new(check, status, detail, t));
     }
     let passed = checks.iter().filter(|c| c.passed).count();

@@ -54,6 +54,30 @@ struct Run {
     events: Option<mpsc::Receiver<RunEvent>>,
     /// The run's Events stream ended (exited, or stopped after its engine went away).
     done: bool,
+    /// Forget came while the run was still ending: drop it once it has.
+    forgotten: bool,
+}
+
+/// A run's events have ended: mark it done, and when the engine already forgot it, remove it
+/// and its copies now.
+fn run_ended(state: &State, id: &str) {
+    let forget = {
+        let mut runs = state.runs.lock().unwrap_or_else(|e| e.into_inner());
+        match runs.get_mut(id) {
+            Some(r) if r.forgotten => {
+                runs.remove(id);
+                true
+            }
+            Some(r) => {
+                r.done = true;
+                false
+            }
+            None => false,
+        }
+    };
+    if forget {
+        let _ = std::fs::remove_dir_all(state.staging.path().join(id));
+    }
 }
 
 struct State {
@@ -179,9 +203,7 @@ impl Service {
                     break;
                 }
             }
-            if let Some(r) = state.runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&id) {
-                r.done = true;
-            }
+            run_ended(&state, &id);
         });
     }
 }
@@ -367,11 +389,10 @@ impl RunnerService for Service {
         }
         match runner.start(spec).await {
             Ok(started) => {
-                self.state
-                    .runs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(run_id.clone(), Run { runner: runner.clone(), events: Some(started.events), done: false });
+                self.state.runs.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    run_id.clone(),
+                    Run { runner: runner.clone(), events: Some(started.events), done: false, forgotten: false },
+                );
                 // A run nobody asks the events of within a while: its engine is gone.
                 let this = self.clone();
                 tokio::spawn(async move {
@@ -441,9 +462,7 @@ impl RunnerService for Service {
                     }
                 }
             }
-            if let Some(r) = state.runs.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&run_id) {
-                r.done = true;
-            }
+            run_ended(&state, &run_id);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -528,8 +547,11 @@ impl RunnerService for Service {
         let dir = self.staging(&id)?;
         let done = {
             let mut runs = self.state.runs.lock().unwrap_or_else(|e| e.into_inner());
-            match runs.get(&id) {
-                Some(r) if !r.done && r.events.is_none() => false,
+            match runs.get_mut(&id) {
+                Some(r) if !r.done && r.events.is_none() => {
+                    r.forgotten = true;
+                    false
+                }
                 _ => {
                     runs.remove(&id);
                     true
