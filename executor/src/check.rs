@@ -458,12 +458,15 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         ];
         let probe = self.probe()?;
         let addon = self.addon(if network_only { "check-net" } else { "check-hostile" }, "", Some(&probe))?;
-        let bait = Bait::new(&self.root).map_err(|e| fail(format!("setting the kit's bait: {e}")))?;
-        let ran = self
-            .go(&addon, Extra { user_input: "probe".into(), env: bait.env(&self.root), ..Default::default() })
-            .await;
+        // Unique per bait: an earlier bait's listener threads keep their sockets bound.
+        static BAITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = BAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let marker = format!("{}", 53_000 + (std::process::id() % 1000) * 10 + serial % 10);
+        let bait = Bait::new(&self.root, marker).map_err(|e| fail(format!("setting the kit's bait: {e}")))?;
+        let ran =
+            self.go(&addon, Extra { user_input: "probe".into(), env: bait.env(None), ..Default::default() }).await;
         let udp = bait.udp_got();
-        let escaped = bait.escaped_writes(&self.root);
+        let escaped = bait.escaped_writes();
         drop(bait);
         let ran = ran?;
         if ran.report.result != AddonResult::Success {
@@ -599,25 +602,34 @@ pub fn judge(lines: &[String], container: bool) -> Vec<String> {
     found
 }
 
-/// Host-side bait: loopback listeners (TCP, UDP, abstract unix), a marked host process, files the
-/// addon must not read.
-struct Bait {
-    marker: String,
+/// Host-side bait for the hostile-addon kit: loopback listeners (TCP, UDP, abstract unix), a
+/// marked host process, files the addon must not read (root's only, another user's), and a
+/// secret value. [`Bait::env`] tells the probe where they are. Also used by the engine's
+/// conformance suite.
+pub struct Bait {
+    /// Digits, unique per bait: the probe names what it leaves with it.
+    pub marker: String,
     tcp_port: u16,
     udp_port: u16,
     udp_got: std::sync::Arc<std::sync::atomic::AtomicBool>,
     abstract_name: String,
     host_process: std::process::Child,
-    secret_file: PathBuf,
+    /// Readable by root only.
+    pub secret_file: PathBuf,
+    /// Another user's (uid 4242's, when the engine is root) private file.
+    pub other_file: PathBuf,
+    /// A value the probe must find nowhere it can read (it is given reversed).
+    pub secret_value: String,
+    /// The caller's directory, outside the addon's.
+    outside: PathBuf,
 }
 
 impl Bait {
-    fn new(root: &Path) -> std::io::Result<Bait> {
+    /// Sets the bait up in `outside` (a directory of the caller's, outside the addon's).
+    /// `marker`: digits, unique per bait (an earlier bait's listeners may still be bound).
+    pub fn new(outside: &Path, marker: String) -> std::io::Result<Bait> {
         use std::os::linux::net::SocketAddrExt;
-        // Unique per bait: an earlier bait's listener threads keep their sockets bound.
-        static BAITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let serial = BAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let marker = format!("{}", 53_000 + (std::process::id() % 1000) * 10 + serial % 10);
+        use std::os::unix::process::CommandExt;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
         let tcp_port = tcp.local_addr()?.port();
         std::thread::spawn(move || {
@@ -637,7 +649,7 @@ impl Bait {
                 }
             }
         });
-        let abstract_name = format!("addon-check-{marker}-{}-{serial}", std::process::id());
+        let abstract_name = format!("addon-kit-{marker}-{}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())?;
         let abs = std::os::unix::net::UnixListener::bind_addr(&addr)?;
         std::thread::spawn(move || {
@@ -650,35 +662,63 @@ impl Bait {
             .arg(format!("sleep 600; : host-process {marker}"))
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
+            .process_group(0)
             .spawn()?;
-        let secret_file = root.join("root-only-secret");
+        let secret_file = outside.join(format!("root-only-secret-{marker}"));
         std::fs::write(&secret_file, "top secret")?;
         set_mode(&secret_file, 0o600);
-        Ok(Bait { marker, tcp_port, udp_port, udp_got, abstract_name, host_process, secret_file })
+        let other_file = outside.join(format!("other-users-file-{marker}"));
+        std::fs::write(&other_file, "private")?;
+        set_mode(&other_file, 0o600);
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            std::os::unix::fs::chown(&other_file, Some(4242), Some(4242))?;
+        }
+        Ok(Bait {
+            tcp_port,
+            udp_port,
+            udp_got,
+            abstract_name,
+            host_process,
+            secret_file,
+            other_file,
+            secret_value: format!("kit-secret-{}-{marker}", std::process::id()),
+            outside: outside.to_path_buf(),
+            marker,
+        })
     }
 
-    fn env(&self, root: &Path) -> Vec<(String, String)> {
-        vec![
-            ("HOST_PORT".into(), self.tcp_port.to_string()),
+    /// The probe's environment: where the bait is. `engine_config`: the engine's configuration
+    /// file, which the addon must not read either.
+    pub fn env(&self, engine_config: Option<&Path>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("HOST_PORT".to_string(), self.tcp_port.to_string()),
             ("HOST_UDP_PORT".into(), self.udp_port.to_string()),
             ("ABSTRACT_NAME".into(), self.abstract_name.clone()),
             ("MARKER".into(), self.marker.clone()),
             ("SECRET_FILE".into(), self.secret_file.display().to_string()),
-            ("OTHER_FILE".into(), self.secret_file.display().to_string()),
-            ("OUTSIDE_DIR".into(), root.display().to_string()),
-        ]
+            ("OTHER_FILE".into(), self.other_file.display().to_string()),
+            ("OUTSIDE_DIR".into(), self.outside.display().to_string()),
+            ("SECRET_VALUE".into(), self.secret_value.chars().rev().collect()),
+        ];
+        if let Some(c) = engine_config {
+            env.push(("ENGINE_CONFIG".into(), c.display().to_string()));
+        }
+        env
     }
 
-    fn udp_got(&self) -> bool {
+    /// Whether a datagram from the addon reached the host's loopback (waits a moment for it).
+    pub fn udp_got(&self) -> bool {
         std::thread::sleep(Duration::from_millis(200));
         self.udp_got.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    fn escaped_writes(&self, root: &Path) -> Vec<PathBuf> {
+    /// Files the probe managed to leave outside its directories.
+    pub fn escaped_writes(&self) -> Vec<PathBuf> {
         ["/etc", "/root", "/var/tmp", "/tmp", "/usr", "/home", "/var/lib"]
             .iter()
             .map(PathBuf::from)
-            .chain([root.to_path_buf()])
+            .chain([self.outside.clone()])
             .map(|d| d.join(format!("addon-kit-{}", self.marker)))
             .filter(|p| p.exists())
             .collect()
@@ -687,11 +727,14 @@ impl Bait {
 
 impl Drop for Bait {
     fn drop(&mut self) {
-        let _ = self.host_process.kill();
+        // SAFETY: kill(2) of the process group this bait started.
+        unsafe { libc::kill(-(self.host_process.id() as i32), libc::SIGKILL) };
         let _ = self.host_process.wait();
-        for p in self.escaped_writes(Path::new("/nonexistent")) {
+        for p in self.escaped_writes() {
             let _ = std::fs::remove_file(p);
         }
+        let _ = std::fs::remove_file(&self.secret_file);
+        let _ = std::fs::remove_file(&self.other_file);
     }
 }
 

@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::os::unix::process::CommandExt;
+use addon_executor::check::Bait;
+
 use std::path::PathBuf;
 
 use common::*;
@@ -374,119 +375,10 @@ impl Target {
     }
 }
 
-/// Host-side bait for the probe: listeners on loopback (TCP, UDP, abstract unix), a marked host
-/// process, files it must not read, a secret in the engine's environment.
-struct Bait {
-    tcp_port: u16,
-    udp_port: u16,
-    udp_got: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    abstract_name: String,
-    marker: String,
-    host_process: std::process::Child,
-    secret_file: PathBuf,
-    other_file: PathBuf,
-    secret_value: String,
-}
-
-impl Bait {
-    fn new(w: &World, t: Target) -> Bait {
-        use std::os::linux::net::SocketAddrExt;
-        let marker = marker(36_000, t);
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let tcp_port = tcp.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            for s in tcp.incoming().flatten() {
-                drop(s);
-            }
-        });
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let udp_port = udp.local_addr().unwrap().port();
-        let udp_got = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let got = udp_got.clone();
-        let want = marker.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 64];
-            while let Ok(n) = udp.recv(&mut buf) {
-                if buf[..n] == *want.as_bytes() {
-                    got.store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-            }
-        });
-        let abstract_name = format!("addon-kit-{marker}");
-        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
-        let abs = std::os::unix::net::UnixListener::bind_addr(&addr).unwrap();
-        std::thread::spawn(move || {
-            for s in abs.incoming().flatten() {
-                drop(s);
-            }
-        });
-        let host_process = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!("sleep 600; : host-process {marker}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()
-            .unwrap();
-        let secret_file = w.path().join("root-only-secret");
-        std::fs::write(&secret_file, "top secret").unwrap();
-        std::fs::set_permissions(&secret_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let other_file = w.path().join("other-users-file");
-        std::fs::write(&other_file, "private").unwrap();
-        std::fs::set_permissions(&other_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            std::os::unix::fs::chown(&other_file, Some(4242), Some(4242)).unwrap();
-        }
-        Bait {
-            tcp_port,
-            udp_port,
-            udp_got,
-            abstract_name,
-            marker,
-            host_process,
-            secret_file,
-            other_file,
-            secret_value: format!("kit-secret-{}", std::process::id()),
-        }
-    }
-
-    fn args(&self, w: &World) -> Vec<String> {
-        let kv = [
-            ("HOST_PORT", self.tcp_port.to_string()),
-            ("HOST_UDP_PORT", self.udp_port.to_string()),
-            ("ABSTRACT_NAME", self.abstract_name.clone()),
-            ("MARKER", self.marker.clone()),
-            ("SECRET_FILE", self.secret_file.display().to_string()),
-            ("OTHER_FILE", self.other_file.display().to_string()),
-            ("ENGINE_CONFIG", w.config.display().to_string()),
-            ("OUTSIDE_DIR", w.path().display().to_string()),
-            ("SECRET_VALUE", self.secret_value.chars().rev().collect()),
-        ];
-        kv.iter().flat_map(|(k, v)| ["--env".to_string(), format!("{k}={v}")]).collect()
-    }
-
-    /// Files the probe tried to leave outside its directories.
-    fn escaped_writes(&self, w: &World) -> Vec<PathBuf> {
-        ["/etc", "/root", "/var/tmp", "/tmp", "/usr", "/home", "/var/lib"]
-            .iter()
-            .map(PathBuf::from)
-            .chain([w.path().to_path_buf()])
-            .map(|d| d.join(format!("addon-kit-{}", self.marker)))
-            .filter(|p| p.exists())
-            .collect()
-    }
-}
-
-impl Drop for Bait {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) of the process group this test started.
-        unsafe { libc::kill(-(self.host_process.id() as i32), libc::SIGKILL) };
-        let _ = self.host_process.wait();
-        for d in ["/etc", "/root", "/var/tmp", "/tmp", "/usr", "/home", "/var/lib"] {
-            let _ = std::fs::remove_file(PathBuf::from(d).join(format!("addon-kit-{}", self.marker)));
-        }
-    }
+/// The kit's host-side bait (shared with `addon runners check`), with the engine's config
+/// among the files the addon must not read, as `--env` arguments.
+fn bait_args(bait: &Bait, w: &World) -> Vec<String> {
+    bait.env(Some(&w.config)).into_iter().flat_map(|(k, v)| ["--env".to_string(), format!("{k}={v}")]).collect()
 }
 
 /// What the probe found, judged for the target: every check must find nothing. A container
@@ -505,10 +397,10 @@ fn hostile_kit_finds_nothing(t: Target) {
         return;
     }
     let w = t.world("");
-    let bait = Bait::new(&w, t);
+    let bait = Bait::new(w.path(), marker(36_000, t)).unwrap();
     let addon = t.probe_addon(&w, "hostile", PURE);
     let mut args = vec![addon.display().to_string(), "--args".into(), "probe".into()];
-    args.extend(bait.args(&w));
+    args.extend(bait_args(&bait, &w));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // The engine is started with a descriptor it did not open (as a job server or a wrapper
     // leaves them): a root-only file, open for writing.
@@ -522,10 +414,10 @@ fn hostile_kit_finds_nothing(t: Target) {
     assert_eq!(v["addons"][0]["result"], "success", "{t:?}: {v}\n{stderr}");
     let found = judge_probe(t, &stderr);
     assert!(found.is_empty(), "{t:?}: the hostile addon got out: {found:#?}");
-    let escaped = bait.escaped_writes(&w);
+    let escaped = bait.escaped_writes();
     assert!(escaped.is_empty(), "{t:?}: writes landed outside the addon's directories: {escaped:?}");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(!bait.udp_got.load(std::sync::atomic::Ordering::SeqCst), "{t:?}: a pure addon reached the host over UDP");
+    assert!(!bait.udp_got(), "{t:?}: a pure addon reached the host over UDP");
 }
 
 fn fork_bomb_ends_as_limit(t: Target) {
@@ -686,10 +578,13 @@ fn hostile_kit_as_docker_group_user(t: Target) {
     let chown =
         std::process::Command::new("chown").arg("-R").arg(format!("{uid}:{gid}")).arg(w.path()).status().unwrap();
     assert!(chown.success());
-    let bait = Bait::new(&w, t);
+    let bait = Bait::new(w.path(), marker(36_000, t)).unwrap();
     let mut cmd = std::process::Command::new("runuser");
     cmd.args(["-u", KIT_USER, "--"]).arg(&bin).args(["run", "--json", "--config"]).arg(&w.config).arg(&addon);
-    cmd.args(["--args", "probe"]).args(bait.args(&w)).env("SECRET_TOKEN", &bait.secret_value).current_dir(w.path());
+    cmd.args(["--args", "probe"])
+        .args(bait_args(&bait, &w))
+        .env("SECRET_TOKEN", &bait.secret_value)
+        .current_dir(w.path());
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let v: serde_json::Value =
@@ -709,7 +604,7 @@ fn hostile_kit_as_docker_group_user(t: Target) {
     assert_eq!(a["result"], "success", "{t:?} as {KIT_USER}: {v}\n{stderr}");
     let found = judge_probe(t, &stderr);
     assert!(found.is_empty(), "{t:?} as {KIT_USER}: the hostile addon got out: {found:#?}");
-    assert!(bait.escaped_writes(&w).is_empty(), "{t:?} as {KIT_USER}: writes landed outside");
+    assert!(bait.escaped_writes().is_empty(), "{t:?} as {KIT_USER}: writes landed outside");
 }
 
 macro_rules! conformance {
@@ -771,10 +666,10 @@ fn the_kit_sees_through_no_sandbox() {
     }
     let t = Target { runner: "trivial", sandbox: "none" };
     let w = t.world("");
-    let bait = Bait::new(&w, t);
+    let bait = Bait::new(w.path(), marker(36_000, t)).unwrap();
     let addon = t.probe_addon(&w, "seeing", IMPURE);
     let mut args = vec![addon.display().to_string(), "--args".into(), "probe".into()];
-    args.extend(bait.args(&w));
+    args.extend(bait_args(&bait, &w));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (out, v) = w.run_env(&args, &[("SECRET_TOKEN", &bait.secret_value)]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
@@ -790,6 +685,6 @@ fn the_kit_sees_through_no_sandbox() {
     ] {
         assert!(found.contains(check), "the probe should find {check} on the bare host; it found:\n{found}");
     }
-    let escaped = bait.escaped_writes(&w);
+    let escaped = bait.escaped_writes();
     assert!(!escaped.is_empty(), "the probe writes outside on the bare host");
 }

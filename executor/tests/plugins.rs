@@ -668,8 +668,9 @@ fn a_standalone_plugin_over_mutual_tls() {
     assert_eq!(r["available"], false, "no client certificate, no service: {r}");
     let detail = r["detail"].as_str().unwrap();
     // With TLS 1.3 the server judges the client's certificate after the client's side of the
-    // handshake is done: the client sees the server's alert, or only the connection closing.
-    let named = detail.contains("CertificateRequired") || detail.contains("connection closed");
+    // handshake is done: the client sees the server's alert, or only the connection ending
+    // (closed, broken pipe), depending on timing.
+    let named = detail.contains("CertificateRequired") || detail.contains("connection");
     assert!(detail.contains("remote") && named, "the cause is named: {r}");
 }
 
