@@ -458,10 +458,10 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         ];
         let probe = self.probe()?;
         let addon = self.addon(if network_only { "check-net" } else { "check-hostile" }, "", Some(&probe))?;
-        // Unique per bait: an earlier bait's listener threads keep their sockets bound.
-        static BAITS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let serial = BAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let marker = format!("{}", 53_000 + (std::process::id() % 1000) * 10 + serial % 10);
+        // Digits, distinct per bait of this process (the probe sleeps that many seconds).
+        static MARKERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let serial = MARKERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let marker = format!("{}{serial}", 53_000 + std::process::id() % 1000);
         let bait = Bait::new(&self.root, marker).map_err(|e| fail(format!("setting the kit's bait: {e}")))?;
         let ran =
             self.go(&addon, Extra { user_input: "probe".into(), env: bait.env(None), ..Default::default() }).await;
@@ -649,7 +649,11 @@ impl Bait {
                 }
             }
         });
-        let abstract_name = format!("addon-kit-{marker}-{}", std::process::id());
+        // Unique in this process whatever the marker: earlier baits' listener threads keep their
+        // sockets bound (they end with the process).
+        static BAITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = BAITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let abstract_name = format!("addon-kit-{marker}-{}-{serial}", std::process::id());
         let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())?;
         let abs = std::os::unix::net::UnixListener::bind_addr(&addr)?;
         std::thread::spawn(move || {
@@ -657,13 +661,6 @@ impl Bait {
                 drop(s);
             }
         });
-        let host_process = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(format!("sleep 600; : host-process {marker}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0)
-            .spawn()?;
         let secret_file = outside.join(format!("root-only-secret-{marker}"));
         std::fs::write(&secret_file, "top secret")?;
         set_mode(&secret_file, 0o600);
@@ -674,6 +671,17 @@ impl Bait {
         if unsafe { libc::geteuid() } == 0 {
             std::os::unix::fs::chown(&other_file, Some(4242), Some(4242))?;
         }
+        let secret_value = format!("kit-secret-{}-{marker}", std::process::id());
+        // A host process with the secret in its environment: an addon that can read other
+        // processes' environments finds it.
+        let host_process = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("sleep 600; : host-process {marker}"))
+            .env("SECRET_TOKEN", &secret_value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()?;
         Ok(Bait {
             tcp_port,
             udp_port,
@@ -682,7 +690,7 @@ impl Bait {
             host_process,
             secret_file,
             other_file,
-            secret_value: format!("kit-secret-{}-{marker}", std::process::id()),
+            secret_value,
             outside: outside.to_path_buf(),
             marker,
         })

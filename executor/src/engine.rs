@@ -403,10 +403,17 @@ impl Engine {
     pub fn cache(&self) -> Result<Cache, EngineError> {
         Cache::open(&self.config.cache_dir)
             .map(|c| {
-                c.with_lock_timeout(
-                    self.config.docker_runner.build_timeout.0.max(self.config.nix_runner.build_timeout.0)
-                        + std::time::Duration::from_secs(60),
-                )
+                // A run waiting for another's build waits as long as the longest build may take.
+                let plugins = self
+                    .config
+                    .plugins
+                    .values()
+                    .map(|p| p.build_timeout.map(|t| t.0).unwrap_or(crate::plugins::DEFAULT_BUILD_TIMEOUT));
+                let longest = plugins
+                    .chain([self.config.docker_runner.build_timeout.0, self.config.nix_runner.build_timeout.0])
+                    .max()
+                    .unwrap_or_default();
+                c.with_lock_timeout(longest + std::time::Duration::from_secs(60))
             })
             .map_err(|e| EngineError::Cache(e.to_string()))
     }

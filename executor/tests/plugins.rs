@@ -783,3 +783,49 @@ fn a_plugin_served_with_hashicorp_go_plugin_runs_an_addon() {
     assert_eq!(m.get("uid").map(String::as_str), Some("65534"), "{m:?}");
     assert_eq!(m.get("ifaces").map(String::as_str), Some("lo,"), "{m:?}");
 }
+
+/// A standalone plugin that restarts behind the same address loses its configurations: the
+/// engine's first call (the probe) is answered "not configured", the engine configures it again
+/// and asks again, and runs go on without a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_standalone_plugin_is_configured_again() {
+    use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+    if !require("bwrap") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("example.sock");
+    let serve = || {
+        let child = std::process::Command::new(plugin_binary("addon-runner-example"))
+            .arg("--listen")
+            .arg(format!("unix://{}", socket.display()))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the plugin server's socket", Duration::from_secs(10), || socket.exists());
+        KillOnDrop(child)
+    };
+    let server = serve();
+    let entry = format!(
+        "runner: [shared]\nplugins:\n  shared:\n    address: unix://{}\n    serves: [trivial]\n    config: {{copy: true}}\n",
+        socket.display()
+    );
+    let w = World::new("bwrap", &entry);
+    let addon = w.addon("survivor", PURE, "echo '{}'");
+    let engine = Engine::new(Config::load(&w.config).unwrap());
+    let run = || async {
+        let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+        engine.run(req, None, CancellationToken::new()).await.unwrap()
+    };
+    assert!(run().await.success);
+    // SIGKILL leaves the socket file; it goes here so that the new one can be waited for.
+    drop(server);
+    std::fs::remove_file(&socket).unwrap();
+    let _server = serve();
+    let mut results = Vec::new();
+    for _ in 0..3 {
+        let r = run().await;
+        results.push((r.success, r.addons[0].error.clone()));
+    }
+    assert!(results.iter().all(|(ok, _)| *ok), "runs go on after the restart: {results:?}");
+}

@@ -152,6 +152,7 @@ type Client = RunnerClient<tonic::service::interceptor::InterceptedService<Chann
 
 struct Conn {
     client: Client,
+    health: tonic_health::pb::health_client::HealthClient<Channel>,
     process: Option<Process>,
     info: RunnerInfo,
 }
@@ -167,8 +168,12 @@ pub struct PluginRunner {
     settings: PluginSettings,
     config_digest: String,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
-    /// A call timed out: the plugin may be alive but hung; the next use starts it afresh.
+    /// A call timed out: the plugin may be alive but hung; the next use asks its health service
+    /// and starts it afresh when that does not answer either.
     hung: std::sync::atomic::AtomicBool,
+    /// A call was answered "not configured" (a standalone plugin restarted): the next use
+    /// configures it again.
+    unconfigured: std::sync::atomic::AtomicBool,
     /// The plugin's info as last seen (for the synchronous `info`).
     info: Mutex<Option<RunnerInfo>>,
 }
@@ -188,6 +193,7 @@ impl PluginRunner {
             config_digest,
             conn: tokio::sync::Mutex::new(None),
             hung: std::sync::atomic::AtomicBool::new(false),
+            unconfigured: std::sync::atomic::AtomicBool::new(false),
             info: Mutex::new(None),
         }
     }
@@ -204,23 +210,43 @@ impl PluginRunner {
     async fn connect(&self) -> Result<Arc<Conn>, RunnerError> {
         let mut slot = self.conn.lock().await;
         if self.hung.swap(false, std::sync::atomic::Ordering::SeqCst) {
-            if let Some(c) = slot.take() {
-                tracing::warn!("plugin {}: a call timed out; starting it afresh", self.name());
-                if let Some(p) = &c.process {
-                    p.kill_because(format!("a call did not answer within {:?}", self.settings.timeout));
-                    p.settle().await;
+            // Only that call may have been slow (an image pulled in Start): a plugin whose health
+            // service still answers is kept, with its runs.
+            let healthy = match slot.as_ref() {
+                Some(c) if c.alive() => {
+                    let mut health = c.health.clone();
+                    let req = tonic_health::pb::HealthCheckRequest { service: "plugin".into() };
+                    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(2), health.check(req)).await,
+                        Ok(Ok(r)) if r.get_ref().status == serving
+                    )
+                }
+                _ => true,
+            };
+            if !healthy {
+                if let Some(c) = slot.take() {
+                    tracing::warn!(
+                        "plugin {}: a call timed out and it does not answer; starting it afresh",
+                        self.name()
+                    );
+                    if let Some(p) = &c.process {
+                        p.kill_because(format!(
+                            "a call did not answer within {:?}, nor its health service",
+                            self.settings.timeout
+                        ));
+                        p.settle().await;
+                    }
                 }
             }
         }
         if let Some(c) = slot.as_ref() {
-            if c.alive() && c.process.is_some() {
-                return Ok(c.clone());
-            }
             if c.alive() {
-                // A standalone plugin may have restarted behind the same address: make sure it
-                // has our configuration (an idempotent call when it does).
-                let mut client = c.client.clone();
-                self.configure(&mut client).await?;
+                if self.unconfigured.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    // A standalone plugin restarted behind the same address: configure it again.
+                    let mut client = c.client.clone();
+                    self.configure(&mut client).await?;
+                }
                 return Ok(c.clone());
             }
             let p = c.process.as_ref().expect("only processes die");
@@ -308,7 +334,7 @@ impl PluginRunner {
             .map_err(with_tail)?;
         info.version = configured.version.clone();
         info.capabilities = configured.capabilities.as_ref().map(convert::capabilities_from_pb).unwrap_or_default();
-        Ok(Conn { client, process, info })
+        Ok(Conn { client, health, process, info })
     }
 
     /// Configure with our configuration; its errors name the fields (`plugins.NAME.config.FIELD`).
@@ -513,8 +539,18 @@ impl PluginRunner {
                 self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
                 Err(self.failed(format!("it did not answer within {limit:?}")))
             }
-            Ok(Err(status)) => Err(self.failed(describe(&status))),
+            Ok(Err(status)) => {
+                self.note_unconfigured(&status);
+                Err(self.failed(describe(&status)))
+            }
             Ok(Ok(r)) => Ok(r.into_inner()),
+        }
+    }
+
+    fn note_unconfigured(&self, status: &tonic::Status) {
+        if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(crate::server::UNCONFIGURED)
+        {
+            self.unconfigured.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -530,7 +566,10 @@ impl PluginRunner {
                 Err(self.failed(format!("it did not answer within {:?}", self.settings.timeout)))
             }
             Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => Ok(T::default()),
-            Ok(Err(status)) => Err(self.failed(describe(&status))),
+            Ok(Err(status)) => {
+                self.note_unconfigured(&status);
+                Err(self.failed(describe(&status)))
+            }
             Ok(Ok(r)) => Ok(r.into_inner()),
         }
     }
@@ -581,16 +620,20 @@ impl PluginRunner {
         );
         use tokio_stream::StreamExt;
         let answer = self.call_within(self.settings.timeout * 30, client.copy_in(body)).await?;
-        // The plugin's own answer first: when it refused the stream, our packer only saw the
-        // receiver go away.
-        if let Some(e) = answer.error {
-            return Err(convert::error_from_pb(self.name(), "", &e));
-        }
-        match tokio::time::timeout(self.settings.timeout, packer).await {
+        let packed = match tokio::time::timeout(self.settings.timeout, packer).await {
             Err(_) => Err(self.failed(format!("packing {dir:?} did not end within {:?}", self.settings.timeout))),
             Ok(Err(e)) => Err(self.failed(e.to_string())),
+            // The plugin refused the stream and hung up: its answer says why, not our pipe.
+            Ok(Ok(Err(e))) if e.kind() == std::io::ErrorKind::BrokenPipe && answer.error.is_some() => Ok(()),
             Ok(Ok(Err(e))) => Err(self.failed(format!("packing {dir:?}: {e}"))),
             Ok(Ok(Ok(()))) => Ok(()),
+        };
+        // Our own failure to pack first (the plugin only saw a stream cut short), then the
+        // plugin's answer.
+        packed?;
+        match answer.error {
+            Some(e) => Err(convert::error_from_pb(self.name(), "", &e)),
+            None => Ok(()),
         }
     }
 
@@ -751,21 +794,8 @@ fn unique_id(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-#[async_trait::async_trait]
-impl Runner for PluginRunner {
-    fn info(&self) -> RunnerInfo {
-        match self.info.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            Some(i) => i.clone(),
-            None => RunnerInfo {
-                name: self.name().to_string(),
-                version: "unknown".into(),
-                serves: self.settings.serves.clone(),
-                capabilities: Capabilities::default(),
-            },
-        }
-    }
-
-    async fn probe(&self) -> Availability {
+impl PluginRunner {
+    async fn probe_once(&self) -> Availability {
         let conn = match self.connect().await {
             Ok(c) => c,
             Err(e) => {
@@ -786,6 +816,31 @@ impl Runner for PluginRunner {
             },
             Err(e) => Availability { available: false, version: None, detail: e.to_string() },
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for PluginRunner {
+    fn info(&self) -> RunnerInfo {
+        match self.info.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            Some(i) => i.clone(),
+            None => RunnerInfo {
+                name: self.name().to_string(),
+                version: "unknown".into(),
+                serves: self.settings.serves.clone(),
+                capabilities: Capabilities::default(),
+            },
+        }
+    }
+
+    async fn probe(&self) -> Availability {
+        let first = self.probe_once().await;
+        // A standalone plugin that restarted answers "not configured" once: configure it again
+        // (the next connect does) and ask again, instead of failing this run.
+        if !first.available && self.unconfigured.load(std::sync::atomic::Ordering::SeqCst) {
+            return self.probe_once().await;
+        }
+        first
     }
 
     async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
@@ -813,6 +868,7 @@ impl Runner for PluginRunner {
         let shares = conn.info.capabilities.shares_host_filesystem;
         if !shares {
             if let Err(e) = self.copy_in(&mut client, &build_id, pb::Dir::Addon, &spec.addon_dir).await {
+                forget(&mut client, &build_id, self.settings.timeout).await;
                 return Err(self.explain(&conn, e).await);
             }
         }
@@ -1024,6 +1080,9 @@ impl PluginRunRef {
             tokio::task::spawn_blocking(move || tree_size(&cache) + tree_size(&home)).await.unwrap_or(0)
         };
         let mut budget = output_size.map(|b| b.saturating_add(before));
+        // All three come back whole before any is put in place: a copy that fails leaves the
+        // output, CACHE_DIR and HOME as they were.
+        let mut copies = Vec::new();
         for (dir, path) in [(pb::Dir::Output, &dirs.output), (pb::Dir::Cache, &dirs.cache), (pb::Dir::Home, &dirs.home)]
         {
             let fresh = tempfile::Builder::new()
@@ -1032,6 +1091,9 @@ impl PluginRunRef {
                 .map_err(|e| runner.failed(format!("copying out: {e}")))?;
             let n = runner.copy_out(&mut client, run_id, dir, fresh.path(), budget).await?;
             budget = budget.map(|b| b.saturating_sub(n));
+            copies.push((path, fresh));
+        }
+        for (path, fresh) in copies {
             crate::copy::replace_content(path, fresh.path()).map_err(|e| runner.failed(format!("copying out: {e}")))?;
         }
         Ok(())

@@ -87,11 +87,16 @@ struct EndCheck<R> {
     inner: R,
     total: u64,
     tail: Vec<u8>,
+    /// The stream ended under the tar reader: it stopped at EOF, not at the end blocks.
+    eof: bool,
 }
 
 impl<R: Read> Read for EndCheck<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
         self.total += n as u64;
         self.tail.extend_from_slice(&buf[..n]);
         if self.tail.len() > 512 {
@@ -102,8 +107,10 @@ impl<R: Read> Read for EndCheck<R> {
 }
 
 impl<R> EndCheck<R> {
+    /// The tar reader stopped at a zero block (the end of the archive), not at the stream's end
+    /// after a block that merely held zeros (a file ending in NULs).
     fn ended(&self) -> bool {
-        self.tail.len() == 512 && self.tail.iter().all(|b| *b == 0)
+        !self.eof && self.tail.len() == 512 && self.tail.iter().all(|b| *b == 0)
     }
 }
 
@@ -111,7 +118,8 @@ impl<R> EndCheck<R> {
 /// A stream without tar's end-of-archive blocks (cut short, or empty) is an error.
 pub fn unpack(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::Result<u64> {
     fs::create_dir_all(dest)?;
-    let mut archive = tar::Archive::new(EndCheck { inner: reader, total: 0, tail: Vec::with_capacity(1024) });
+    let mut archive =
+        tar::Archive::new(EndCheck { inner: reader, total: 0, tail: Vec::with_capacity(1024), eof: false });
     let mut total = 0u64;
     for entry in archive.entries()? {
         let mut entry = entry?;
@@ -315,7 +323,7 @@ mod tests {
     #[test]
     fn a_cut_or_empty_stream_is_refused() {
         let src = tempfile::tempdir().unwrap();
-        fs::write(src.path().join("a"), vec![7u8; 600]).unwrap();
+        fs::write(src.path().join("a"), vec![0u8; 600]).unwrap();
         fs::write(src.path().join("b"), b"bee").unwrap();
         let bytes = packed(src.path()).unwrap();
         let lax = UnpackPolicy { symlinks: false, max_bytes: None };

@@ -515,7 +515,7 @@ impl RunnerService for Service {
         let r = request.into_inner();
         let dir = self.staging(&r.id)?.join(dir_name(r.dir)?);
         if !dir.is_dir() {
-            return Err(Status::not_found(format!("run {} has no {:?} directory here", r.id, r.dir)));
+            return Err(Status::not_found(format!("run {} has no {} directory here", r.id, dir_name(r.dir)?)));
         }
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
         let (out, stream) = mpsc::channel::<Result<pb::Chunk, Status>>(4);
@@ -548,7 +548,8 @@ impl RunnerService for Service {
         let done = {
             let mut runs = self.state.runs.lock().unwrap_or_else(|e| e.into_inner());
             match runs.get_mut(&id) {
-                Some(r) if !r.done && r.events.is_none() => {
+                // Still ending (its events read or not yet claimed): dropped once it has ended.
+                Some(r) if !r.done => {
                     r.forgotten = true;
                     false
                 }
