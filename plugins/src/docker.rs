@@ -16,7 +16,8 @@ pub struct DockerPluginConfig {
     /// Docker API address; null: `DOCKER_HOST`, else the local socket.
     pub host: Option<String>,
     /// How long an image build may take (`15m`).
-    pub build_timeout: String,
+    #[serde(with = "crate::human_duration")]
+    pub build_timeout: Duration,
     /// User inside the container: null keeps the image's; `engine`; or `uid:gid`.
     pub user: Option<String>,
     /// Network of image builds (`none` to cut it); null: the daemon's default.
@@ -25,7 +26,7 @@ pub struct DockerPluginConfig {
 
 impl Default for DockerPluginConfig {
     fn default() -> Self {
-        DockerPluginConfig { host: None, build_timeout: "15m".into(), user: None, build_network: None }
+        DockerPluginConfig { host: None, build_timeout: crate::DEFAULT_BUILD_TIMEOUT, user: None, build_network: None }
     }
 }
 
@@ -33,17 +34,20 @@ pub struct DockerPlugin;
 
 impl Plugin for DockerPlugin {
     fn info(&self) -> RunnerInfo {
-        DockerRunner::new(settings(&DockerPluginConfig::default(), Duration::from_secs(900))).info()
+        DockerRunner::new(settings(&DockerPluginConfig::default())).info()
     }
 
     fn configure(&self, config: &serde_json::Value) -> Result<Arc<dyn Runner>, Vec<FieldError>> {
         let c: DockerPluginConfig = crate::parse_config(config)?;
-        let timeout = humantime::parse_duration(&c.build_timeout)
-            .map_err(|e| vec![FieldError::new("build-timeout", format!("`{}`: {e}", c.build_timeout))])?;
-        Ok(Arc::new(DockerRunner::new(settings(&c, timeout))))
+        Ok(Arc::new(DockerRunner::new(settings(&c))))
     }
 }
 
-fn settings(c: &DockerPluginConfig, build_timeout: Duration) -> DockerSettings {
-    DockerSettings { host: c.host.clone(), build_timeout, user: c.user.clone(), build_network: c.build_network.clone() }
+fn settings(c: &DockerPluginConfig) -> DockerSettings {
+    DockerSettings {
+        host: c.host.clone(),
+        build_timeout: c.build_timeout,
+        user: c.user.clone(),
+        build_network: c.build_network.clone(),
+    }
 }

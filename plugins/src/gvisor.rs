@@ -66,7 +66,7 @@ pub struct GvisorSettings {
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct GvisorNix {
     pub nix_binary: String,
-    #[serde(with = "humantime_serde_compat")]
+    #[serde(with = "crate::human_duration")]
     pub build_timeout: Duration,
     /// More `nix build` arguments (`--offline`, `--option NAME VALUE`).
     pub extra_args: Vec<String>,
@@ -74,18 +74,7 @@ pub struct GvisorNix {
 
 impl Default for GvisorNix {
     fn default() -> Self {
-        GvisorNix { nix_binary: "nix".into(), build_timeout: Duration::from_secs(15 * 60), extra_args: Vec::new() }
-    }
-}
-
-/// `build-timeout: 15m` as a human duration.
-mod humantime_serde_compat {
-    use serde::Deserialize;
-    use std::time::Duration;
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+        GvisorNix { nix_binary: "nix".into(), build_timeout: crate::DEFAULT_BUILD_TIMEOUT, extra_args: Vec::new() }
     }
 }
 

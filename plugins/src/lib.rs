@@ -8,6 +8,7 @@ pub mod gvisor;
 
 use addon_runner_protocol::FieldError;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 /// Reads a plugin's configuration (null: the defaults); errors name the field.
 pub fn parse_config<T: DeserializeOwned + Default>(config: &serde_json::Value) -> Result<T, Vec<FieldError>> {
@@ -20,3 +21,17 @@ pub fn parse_config<T: DeserializeOwned + Default>(config: &serde_json::Value) -
         vec![FieldError::new(field, e.inner().to_string())]
     })
 }
+
+/// `build-timeout: 15m` in a plugin's configuration, as a human duration (serde `with`).
+pub mod human_duration {
+    use super::Duration;
+    use serde::Deserialize;
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("`{s}`: {e}")))
+    }
+}
+
+/// Default build timeout of the shipped plugins (as the built-in runners').
+pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);

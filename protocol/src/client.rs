@@ -667,14 +667,6 @@ impl PluginRunner {
     }
 }
 
-fn humantime_short(d: Duration) -> String {
-    if d.as_secs() >= 60 && d.as_secs().is_multiple_of(60) {
-        format!("{}m", d.as_secs() / 60)
-    } else {
-        format!("{}s", d.as_secs_f64())
-    }
-}
-
 /// Starts `cmd` from one thread that lives as long as the engine's process. The parent-death
 /// signal follows the thread that forked, not the process: a plugin started from a tokio
 /// blocking-pool thread (a build calls the runner from one) would get SIGTERM when that thread
@@ -900,7 +892,10 @@ impl Runner for PluginRunner {
             Err(RunnerError::build(
                 self.name(),
                 &spec.addon.label(),
-                &format!("the build did not end within the plugin's build-timeout ({})", humantime_short(limit)),
+                &format!(
+                    "the build did not end within the plugin's build-timeout ({})",
+                    addon_runners::process::human_secs(limit)
+                ),
             ))
         });
         if !shares {

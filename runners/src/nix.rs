@@ -160,7 +160,7 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
             return Err(format!(
                 "nix build timed out: it did not finish within {} (setting nix-runner.build-timeout) and was \
                  stopped{BUILD_LOG_MARK}{tail}",
-                humantime_secs(t)
+                crate::process::human_secs(t)
             ))
         }
         Ending::Cancelled => return Err("the nix build was cancelled; it was stopped".into()),
@@ -173,14 +173,6 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
     let store_path =
         parsed[0]["outputs"]["out"].as_str().ok_or_else(|| format!("nix build JSON names no `out` output: {out}"))?;
     Ok(PathBuf::from(store_path))
-}
-
-fn humantime_secs(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
 }
 
 /// Registers `link` (inside a cache entry) as an indirect GC root for `store_path`. Pruning the

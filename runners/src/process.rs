@@ -283,3 +283,12 @@ fn parent_of(pid: i32) -> Option<i32> {
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(1)?.parse().ok()
 }
+
+/// A timeout as people write it in the configuration: `900s`, `1500ms`.
+pub fn human_secs(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}

@@ -6,20 +6,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// Something a test needs is not on this host (`what` says what, and how to get it): a failure
+/// with ADDON_TEST_REQUIRE_RUNTIMES=1 (as in CI), else a skip. Returns false, for `if !ok`.
+pub fn missing(what: &str) -> bool {
+    if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
+        panic!("{what} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
+    }
+    eprintln!("SKIPPED: {what}");
+    false
+}
+
 /// What `addon runners --json` says about `name` in `section` ("runners" or "sandboxes").
 /// Skips (or, with ADDON_TEST_REQUIRE_RUNTIMES=1 as in CI, fails) when it is not available.
 fn gate(section: &str, name: &str) -> bool {
     let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let ok = v[section].as_array().unwrap().iter().any(|s| s["name"] == name && s["available"] == true);
-    if !ok {
-        let msg = format!("{name} is not available on this host: {v}");
-        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
-            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    ok
+    ok || missing(&format!("{name} is not available on this host: {v}"))
 }
 
 /// Gate for a sandbox (bwrap, netns, nspawn).
@@ -40,14 +43,7 @@ pub fn require_plugin(w: &World, name: &str) -> bool {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let ok = v["runners"].as_array().is_some_and(|a| a.iter().any(|r| r["name"] == name && r["available"] == true));
-    if !ok {
-        let msg = format!("plugin {name} is not available on this host: {v} {}", String::from_utf8_lossy(&out.stderr));
-        if std::env::var("ADDON_TEST_REQUIRE_RUNTIMES").is_ok_and(|v| v == "1") {
-            panic!("{msg} (ADDON_TEST_REQUIRE_RUNTIMES=1 makes this a failure)");
-        }
-        eprintln!("SKIPPED: {msg}");
-    }
-    ok
+    ok || missing(&format!("plugin {name} is not available on this host: {v} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A plugin program built beside the `addon` binary.
