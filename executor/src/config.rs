@@ -28,6 +28,8 @@ pub struct Config {
     pub nspawn: NspawnConfig,
     pub nix_runner: NixRunnerConfig,
     pub docker_runner: DockerRunnerConfig,
+    /// The daemonless `oci` runner of docker addons.
+    pub oci_runner: OciRunnerConfig,
     /// Where run directories are made.
     pub working_dir: PathBuf,
     /// The artifact cache and the addons' persistent CACHE_DIR data.
@@ -180,6 +182,7 @@ impl Default for Config {
             nspawn: NspawnConfig::default(),
             nix_runner: NixRunnerConfig::default(),
             docker_runner: DockerRunnerConfig::default(),
+            oci_runner: OciRunnerConfig::default(),
             working_dir: Config::default_working_dir(),
             cache_dir: dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("addon"),
             env: BTreeMap::new(),
@@ -272,6 +275,97 @@ impl Default for DockerRunnerConfig {
             build_timeout: HumanDuration(Duration::from_secs(15 * 60)),
             user: None,
             build_network: None,
+        }
+    }
+}
+
+/// The `oci` runner: docker addons without a daemon, from a cached root filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct OciRunnerConfig {
+    /// OCI runtime: `auto` (crun, then runc: the first that starts a container here), `crun`,
+    /// `runc`, or a path.
+    pub runtime: String,
+    /// The Dockerfile builder (buildah; rootless when the engine is not root).
+    pub buildah_binary: String,
+    /// Copies `image:` references from local stores and registries.
+    pub skopeo_binary: String,
+    /// Unpacks images into root filesystems.
+    pub umoci_binary: String,
+    /// A local image store `image:` references are taken from first: `none`, `docker` (read
+    /// once, when the image is first unpacked) or `podman`.
+    pub image_store: OciImageStore,
+    /// When an `image:` may be pulled from a registry: `never`, `if-networking` (only for addons
+    /// that ask for network; a pure addon's image never comes from the network), `always`.
+    pub pull: OciPull,
+    pub build_timeout: HumanDuration,
+    /// Network of Dockerfile builds: `host` (as Docspell's builds, which fetch packages) or
+    /// `none`.
+    pub build_network: String,
+    /// As root, container ids 0..65535 are host ids from this one up (never the host's root).
+    pub uid_base: u32,
+    /// The runtime's state directory; null: `/run/addon-engine/oci` as root, else under the
+    /// temp directory.
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OciImageStore {
+    None,
+    Docker,
+    Podman,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OciPull {
+    Never,
+    IfNetworking,
+    Always,
+}
+
+impl Default for OciRunnerConfig {
+    fn default() -> Self {
+        let d = addon_runners::oci::OciSettings::default();
+        OciRunnerConfig {
+            runtime: d.runtime,
+            buildah_binary: d.buildah,
+            skopeo_binary: d.skopeo,
+            umoci_binary: d.umoci,
+            image_store: OciImageStore::None,
+            pull: OciPull::IfNetworking,
+            build_timeout: HumanDuration(d.build_timeout),
+            build_network: d.build_network,
+            uid_base: d.uid_base,
+            state_dir: None,
+        }
+    }
+}
+
+impl OciRunnerConfig {
+    /// The runner's settings.
+    pub fn settings(&self) -> addon_runners::oci::OciSettings {
+        use addon_runners::oci::{ImageStore, Pull};
+        addon_runners::oci::OciSettings {
+            runtime: self.runtime.clone(),
+            buildah: self.buildah_binary.clone(),
+            skopeo: self.skopeo_binary.clone(),
+            umoci: self.umoci_binary.clone(),
+            image_store: match self.image_store {
+                OciImageStore::None => ImageStore::None,
+                OciImageStore::Docker => ImageStore::Docker,
+                OciImageStore::Podman => ImageStore::Podman,
+            },
+            pull: match self.pull {
+                OciPull::Never => Pull::Never,
+                OciPull::IfNetworking => Pull::IfNetworking,
+                OciPull::Always => Pull::Always,
+            },
+            build_timeout: self.build_timeout.0,
+            build_network: self.build_network.clone(),
+            uid_base: self.uid_base,
+            state_dir: self.state_dir.clone(),
         }
     }
 }
@@ -488,6 +582,18 @@ impl Config {
             return Err(
                 "sandbox-user: uid and gid must not be 0 (root); give an unprivileged identity no account uses".into(),
             );
+        }
+        if config.oci_runner.uid_base == 0
+            || u64::from(config.oci_runner.uid_base) + u64::from(addon_runners::oci::ID_RANGE) > u64::from(u32::MAX)
+        {
+            return Err(format!(
+                "oci-runner.uid-base: {} must be above 0 with {} ids free above it",
+                config.oci_runner.uid_base,
+                addon_runners::oci::ID_RANGE
+            ));
+        }
+        if !["host", "none"].contains(&config.oci_runner.build_network.as_str()) {
+            return Err(format!("oci-runner.build-network: `{}` is not host or none", config.oci_runner.build_network));
         }
         config.limits.check("limits")?;
         for (name, p) in &config.plugins {

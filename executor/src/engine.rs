@@ -127,6 +127,7 @@ impl Engine {
                     build_timeout: config.nix_runner.build_timeout.0,
                     extra_args: config.nix_runner.extra_args.clone(),
                 },
+                oci: config.oci_runner.settings(),
             },
         };
         let mut runners: Vec<RunnerSlot> = addon_runners::builtin_factories()
@@ -410,7 +411,11 @@ impl Engine {
                     .values()
                     .map(|p| p.build_timeout.map(|t| t.0).unwrap_or(crate::plugins::DEFAULT_BUILD_TIMEOUT));
                 let longest = plugins
-                    .chain([self.config.docker_runner.build_timeout.0, self.config.nix_runner.build_timeout.0])
+                    .chain([
+                        self.config.docker_runner.build_timeout.0,
+                        self.config.nix_runner.build_timeout.0,
+                        self.config.oci_runner.build_timeout.0,
+                    ])
                     .max()
                     .unwrap_or_default();
                 c.with_lock_timeout(longest + std::time::Duration::from_secs(60))

@@ -20,7 +20,7 @@ use addon_descriptors::{normalise_relative, Section};
 use addon_runners::host::{self, HostRuns};
 use addon_runners::limits::Enforcement;
 use addon_runners::nix::{NixRunner, NixSettings};
-use addon_runners::process::{kill_tree, process_start};
+use addon_runners::process::kill_tree;
 use addon_runners::sandbox::ns::{Identity, NsPlan};
 use addon_runners::sandbox::seccomp::HELPER_COMMAND;
 use addon_runners::sandbox::view::{Inside, Step, View};
@@ -187,7 +187,7 @@ impl GvisorRunner {
         }
         let mounts =
             Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
-        let id = container_id("probe");
+        let id = host::container_id("probe");
         let result = async {
             let probe = Process { program: Path::new("/bin/true"), args: &[], env: &[], extra_ro: &[] };
             let bundle = self.bundle(&dirs[4], &mounts, false, probe)?;
@@ -339,24 +339,6 @@ fn unavailable(detail: impl Into<String>) -> Availability {
     Availability { available: false, version: None, detail: detail.into() }
 }
 
-/// A container id naming this plugin process (pid and start time), so that Reap knows whose it is.
-fn container_id(run: &str) -> String {
-    let pid = std::process::id() as i32;
-    let start = process_start(pid).unwrap_or_default();
-    let safe: String =
-        run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
-    format!("addon-{pid}-{start}-{safe}")
-}
-
-/// Whether the plugin process that made container `id` is gone.
-fn orphaned(id: &str) -> bool {
-    let mut parts = id.trim_start_matches("addon-").splitn(3, '-');
-    let (Some(pid), Some(start)) = (parts.next().and_then(|p| p.parse::<i32>().ok()), parts.next()) else {
-        return false; // not ours
-    };
-    process_start(pid).as_deref() != Some(start)
-}
-
 #[async_trait::async_trait]
 impl Runner for GvisorRunner {
     fn info(&self) -> RunnerInfo {
@@ -429,7 +411,7 @@ impl Runner for GvisorRunner {
                 Process { program: &program, args: &spec.args, env: &env, extra_ro: &extra_ro },
             )
             .map_err(setup)?;
-        let id = container_id(&spec.run_id);
+        let id = host::container_id(&spec.run_id);
         let mut enveloped = spec.clone();
         enveloped.limits.pids = spec.limits.pids.map(|p| p + RUNSC_TASKS);
         let mut envelope = host::envelope_for(NAME, &enveloped, &self.enforcement)?;
@@ -518,7 +500,7 @@ impl Runner for GvisorRunner {
         let Ok(out) = out else { return Ok(0) };
         let mut removed = 0;
         for id in String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| l.starts_with("addon-")) {
-            if orphaned(id) {
+            if host::orphaned(id) {
                 tracing::warn!("removing gVisor container {id} left by a dead plugin process");
                 self.delete(id).await;
                 removed += 1;

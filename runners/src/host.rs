@@ -245,3 +245,22 @@ fn exit_code(status: std::process::ExitStatus) -> i32 {
     use std::os::unix::process::ExitStatusExt;
     status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
 }
+
+/// A container id naming this process (pid and start time) and the run, so that a later reap
+/// knows whether its owner is gone.
+pub fn container_id(run: &str) -> String {
+    let pid = std::process::id() as i32;
+    let start = crate::process::process_start(pid).unwrap_or_default();
+    let safe: String =
+        run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
+    format!("addon-{pid}-{start}-{safe}")
+}
+
+/// Whether the process that made container `id` (see [`container_id`]) is gone.
+pub fn orphaned(id: &str) -> bool {
+    let mut parts = id.trim_start_matches("addon-").splitn(3, '-');
+    let (Some(pid), Some(start)) = (parts.next().and_then(|p| p.parse::<i32>().ok()), parts.next()) else {
+        return false; // not ours
+    };
+    crate::process::process_start(pid).as_deref() != Some(start)
+}

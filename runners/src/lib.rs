@@ -10,6 +10,7 @@ pub mod host;
 pub mod limits;
 #[cfg(feature = "nix")]
 pub mod nix;
+pub mod oci;
 pub mod probe;
 pub mod process;
 pub mod runner;
@@ -36,6 +37,7 @@ pub struct Settings {
     pub docker: docker::DockerSettings,
     #[cfg(feature = "nix")]
     pub nix: nix::NixSettings,
+    pub oci: oci::OciSettings,
 }
 
 /// What a factory makes a runner from: the engine's sandboxes and probe cache, and settings.
@@ -87,6 +89,13 @@ pub fn builtin_factories() -> Vec<Factory> {
             }),
             #[cfg(not(feature = "nix"))]
             make: None,
+        },
+        Factory {
+            name: "oci",
+            serves: &[Section::Docker],
+            make: Some(|ctx| {
+                Arc::new(oci::OciRunner::new(ctx.settings.oci.clone(), ctx.probes.clone(), ctx.sandboxes.clone()))
+            }),
         },
         Factory {
             name: "trivial",

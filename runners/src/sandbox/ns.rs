@@ -175,6 +175,7 @@ pub struct NsPlan {
     user_ns: bool,
     mounts: Option<MountPlan>,
     root: Option<RootPlan>,
+    overlay: Option<OverlayPlan>,
     /// Mount a /proc of the new PID namespace (programs that read /proc/<pid> of their own
     /// children, such as nix, need it; it also hides the host's processes).
     fresh_proc: bool,
@@ -209,6 +210,7 @@ impl NsPlan {
             user_ns: me.uid != 0,
             mounts: None,
             root: None,
+            overlay: None,
             fresh_proc: false,
             drop_to: None,
             seccomp: None,
@@ -249,6 +251,22 @@ impl NsPlan {
     pub fn with_root(mut self, root: RootPlan) -> NsPlan {
         self.root = Some(root);
         self.fresh_proc = true;
+        self
+    }
+
+    /// Also a private mount namespace with a writable overlay over a read-only root filesystem
+    /// (an OCI runtime's bundle root), gone with the namespace.
+    pub fn with_overlay(mut self, overlay: OverlayPlan) -> NsPlan {
+        self.overlay = Some(overlay);
+        self
+    }
+
+    /// In the user namespace (an engine that is not root), be uid and gid 0 rather than the
+    /// engine's own ids, so that a tool that wants root there (an OCI runtime) has it.
+    pub fn map_root(mut self) -> NsPlan {
+        let me = Identity::current();
+        self.uid_map = CString::new(format!("0 {} 1", me.uid)).unwrap_or_default();
+        self.gid_map = CString::new(format!("0 {} 1", me.gid)).unwrap_or_default();
         self
     }
 
@@ -345,7 +363,7 @@ impl NsPlan {
             if self.user_ns {
                 flags |= libc::CLONE_NEWUSER;
             }
-            let mount_ns = self.mounts.is_some() || self.root.is_some() || self.fresh_proc;
+            let mount_ns = self.mounts.is_some() || self.root.is_some() || self.overlay.is_some() || self.fresh_proc;
             if mount_ns {
                 flags |= libc::CLONE_NEWNS;
             }
@@ -367,6 +385,9 @@ impl NsPlan {
             }
             if let Some(m) = &self.mounts {
                 mount_plan(m)?;
+            }
+            if let Some(o) = &self.overlay {
+                mount_overlay(o)?;
             }
             if !self.pid_ns {
                 return self.become_addon();
@@ -466,6 +487,88 @@ fn check(r: libc::c_int) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// A writable overlay over a read-only lower directory: a tmpfs (bounded, and charged to the
+/// memory of whoever writes it) holds the upper and work directories and the merged root, so
+/// nothing the addon writes outside its directories reaches the host's disk or outlives the
+/// mount namespace.
+#[derive(Debug, Clone)]
+pub struct OverlayPlan {
+    tmpfs: CString,
+    tmpfs_options: CString,
+    upper: CString,
+    work: CString,
+    merged: CString,
+    options: CString,
+    /// Owner and mode of the lower root, given to the upper root (the merged root takes them).
+    owner: (u32, u32, u32),
+}
+
+impl OverlayPlan {
+    /// An overlay of `lower` mounted at `at/root`, on a tmpfs of `size` bytes mounted at `at`.
+    /// `owner` is the (uid, gid, mode) the merged root gets, as the namespace sees ids;
+    /// `user_xattr` for a mount in a user namespace.
+    pub fn new(
+        lower: &Path,
+        at: &Path,
+        size: u64,
+        owner: (u32, u32, u32),
+        user_xattr: bool,
+    ) -> Result<OverlayPlan, String> {
+        for p in [lower, at] {
+            let s = p.to_string_lossy();
+            if s.contains([',', ':', '\\']) || !p.is_absolute() {
+                return Err(format!("{s}: an overlay path must be absolute, without `,`, `:` or `\\`"));
+            }
+        }
+        let c = |p: PathBuf| cstring(&p);
+        let (upper, work, merged) = (at.join("upper"), at.join("work"), at.join("root"));
+        let mut options =
+            format!("lowerdir={},upperdir={},workdir={}", lower.display(), upper.display(), work.display());
+        if user_xattr {
+            options.push_str(",userxattr");
+        }
+        Ok(OverlayPlan {
+            tmpfs: cstring(at),
+            tmpfs_options: CString::new(format!("size={},mode=0711", size.max(1 << 20))).unwrap_or_default(),
+            upper: c(upper),
+            work: c(work),
+            merged: c(merged),
+            options: CString::new(options).map_err(|e| e.to_string())?,
+            owner,
+        })
+    }
+
+    /// Where the merged root is.
+    pub fn root(&self) -> PathBuf {
+        PathBuf::from(std::ffi::OsStr::from_bytes(self.merged.as_bytes()))
+    }
+}
+
+/// Mounts the tmpfs and the overlay of an [`OverlayPlan`].
+unsafe fn mount_overlay(o: &OverlayPlan) -> io::Result<()> {
+    // SAFETY: mount/mkdir/chown/chmod with valid NUL-terminated strings.
+    unsafe {
+        let flags = libc::MS_NOSUID | libc::MS_NODEV;
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            o.tmpfs.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            o.tmpfs_options.as_ptr().cast(),
+        ))?;
+        for dir in [&o.upper, &o.work] {
+            mkdir(dir, 0o700)?;
+        }
+        // Reached by the container's root, which may be an unprivileged id of the host.
+        mkdir(&o.merged, 0o711)?;
+        let (uid, gid, mode) = o.owner;
+        check(libc::chown(o.upper.as_ptr(), uid, gid))?;
+        check(libc::chmod(o.upper.as_ptr(), mode & 0o7777))?;
+        check(libc::mount(c"overlay".as_ptr(), o.merged.as_ptr(), c"overlay".as_ptr(), 0, o.options.as_ptr().cast()))?;
+    }
+    Ok(())
 }
 
 /// Puts a tmpfs on `/mnt` and binds the run's directories.

@@ -15,57 +15,57 @@ use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
-/// Refused outright.
-const DENIED: &[i64] = &[
-    libc::SYS_mount,
-    libc::SYS_umount2,
-    libc::SYS_pivot_root,
-    libc::SYS_chroot,
-    libc::SYS_move_mount,
-    libc::SYS_open_tree,
-    libc::SYS_fsopen,
-    libc::SYS_fsconfig,
-    libc::SYS_fsmount,
-    libc::SYS_fspick,
-    libc::SYS_mount_setattr,
-    libc::SYS_unshare,
-    libc::SYS_setns,
-    libc::SYS_ptrace,
-    libc::SYS_process_vm_readv,
-    libc::SYS_process_vm_writev,
-    libc::SYS_pidfd_getfd,
-    libc::SYS_kcmp,
-    libc::SYS_keyctl,
-    libc::SYS_add_key,
-    libc::SYS_request_key,
-    libc::SYS_bpf,
-    libc::SYS_perf_event_open,
-    libc::SYS_userfaultfd,
-    libc::SYS_io_uring_setup,
-    libc::SYS_io_uring_enter,
-    libc::SYS_io_uring_register,
-    libc::SYS_init_module,
-    libc::SYS_finit_module,
-    libc::SYS_delete_module,
-    libc::SYS_kexec_load,
-    libc::SYS_kexec_file_load,
-    libc::SYS_reboot,
-    libc::SYS_swapon,
-    libc::SYS_swapoff,
-    libc::SYS_acct,
-    libc::SYS_quotactl,
-    libc::SYS_open_by_handle_at,
-    libc::SYS_name_to_handle_at,
-    libc::SYS_lookup_dcookie,
-    libc::SYS_syslog,
-    libc::SYS_iopl,
-    libc::SYS_ioperm,
-    libc::SYS_settimeofday,
-    libc::SYS_clock_settime,
-    libc::SYS_clock_adjtime,
-    libc::SYS_adjtimex,
-    libc::SYS_vhangup,
-    libc::SYS_uselib,
+/// Refused outright (name and number).
+const DENIED: &[(&str, i64)] = &[
+    ("mount", libc::SYS_mount),
+    ("umount2", libc::SYS_umount2),
+    ("pivot_root", libc::SYS_pivot_root),
+    ("chroot", libc::SYS_chroot),
+    ("move_mount", libc::SYS_move_mount),
+    ("open_tree", libc::SYS_open_tree),
+    ("fsopen", libc::SYS_fsopen),
+    ("fsconfig", libc::SYS_fsconfig),
+    ("fsmount", libc::SYS_fsmount),
+    ("fspick", libc::SYS_fspick),
+    ("mount_setattr", libc::SYS_mount_setattr),
+    ("unshare", libc::SYS_unshare),
+    ("setns", libc::SYS_setns),
+    ("ptrace", libc::SYS_ptrace),
+    ("process_vm_readv", libc::SYS_process_vm_readv),
+    ("process_vm_writev", libc::SYS_process_vm_writev),
+    ("pidfd_getfd", libc::SYS_pidfd_getfd),
+    ("kcmp", libc::SYS_kcmp),
+    ("keyctl", libc::SYS_keyctl),
+    ("add_key", libc::SYS_add_key),
+    ("request_key", libc::SYS_request_key),
+    ("bpf", libc::SYS_bpf),
+    ("perf_event_open", libc::SYS_perf_event_open),
+    ("userfaultfd", libc::SYS_userfaultfd),
+    ("io_uring_setup", libc::SYS_io_uring_setup),
+    ("io_uring_enter", libc::SYS_io_uring_enter),
+    ("io_uring_register", libc::SYS_io_uring_register),
+    ("init_module", libc::SYS_init_module),
+    ("finit_module", libc::SYS_finit_module),
+    ("delete_module", libc::SYS_delete_module),
+    ("kexec_load", libc::SYS_kexec_load),
+    ("kexec_file_load", libc::SYS_kexec_file_load),
+    ("reboot", libc::SYS_reboot),
+    ("swapon", libc::SYS_swapon),
+    ("swapoff", libc::SYS_swapoff),
+    ("acct", libc::SYS_acct),
+    ("quotactl", libc::SYS_quotactl),
+    ("open_by_handle_at", libc::SYS_open_by_handle_at),
+    ("name_to_handle_at", libc::SYS_name_to_handle_at),
+    ("lookup_dcookie", libc::SYS_lookup_dcookie),
+    ("syslog", libc::SYS_syslog),
+    ("iopl", libc::SYS_iopl),
+    ("ioperm", libc::SYS_ioperm),
+    ("settimeofday", libc::SYS_settimeofday),
+    ("clock_settime", libc::SYS_clock_settime),
+    ("clock_adjtime", libc::SYS_clock_adjtime),
+    ("adjtimex", libc::SYS_adjtimex),
+    ("vhangup", libc::SYS_vhangup),
+    ("uselib", libc::SYS_uselib),
 ];
 
 /// Namespace flags `clone` may not carry.
@@ -100,7 +100,7 @@ pub fn filters() -> Result<&'static Filters, String> {
 fn compile() -> Result<Filters, String> {
     let err = |e: seccompiler::BackendError| format!("compiling the seccomp filter: {e}");
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for nr in DENIED {
+    for (_, nr) in DENIED {
         deny.insert(*nr, Vec::new());
         deny.insert(nr | X32, Vec::new());
     }
@@ -131,6 +131,47 @@ fn compile() -> Result<Filters, String> {
         deny: program(deny, SeccompAction::Errno(libc::EPERM as u32))?,
         no_clone3: program(nosys, SeccompAction::Errno(libc::ENOSYS as u32))?,
     })
+}
+
+/// The same filter as an OCI runtime profile (`linux.seccomp` of a bundle's config.json), for
+/// runtimes that compile it themselves (runc, crun): the same calls refused with `EPERM`,
+/// `clone` with a namespace flag refused, `clone3` answering `ENOSYS`, raw and packet sockets
+/// refused.
+pub fn oci_profile() -> serde_json::Value {
+    use serde_json::json;
+    let eperm = libc::EPERM;
+    let mut syscalls = vec![json!({
+        "names": DENIED.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": eperm,
+    })];
+    // Conditions of one entry must all hold: one entry per flag.
+    for flag in NAMESPACE_FLAGS {
+        syscalls.push(json!({
+            "names": ["clone"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": eperm,
+            "args": [{"index": 0, "value": flag as u64, "valueTwo": flag as u64, "op": "SCMP_CMP_MASKED_EQ"}],
+        }));
+    }
+    syscalls.push(json!({"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::ENOSYS}));
+    syscalls.push(json!({
+        "names": ["socket"],
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": eperm,
+        "args": [{"index": 0, "value": libc::AF_PACKET as u64, "op": "SCMP_CMP_EQ"}],
+    }));
+    syscalls.push(json!({
+        "names": ["socket"],
+        "action": "SCMP_ACT_ERRNO",
+        "errnoRet": eperm,
+        "args": [{"index": 1, "value": 0xf, "valueTwo": libc::SOCK_RAW as u64, "op": "SCMP_CMP_MASKED_EQ"}],
+    }));
+    #[cfg(target_arch = "aarch64")]
+    let architectures = ["SCMP_ARCH_AARCH64"];
+    #[cfg(not(target_arch = "aarch64"))]
+    let architectures = ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"];
+    json!({"defaultAction": "SCMP_ACT_ALLOW", "architectures": architectures, "syscalls": syscalls})
 }
 
 fn arch() -> TargetArch {

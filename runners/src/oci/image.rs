@@ -1,0 +1,218 @@
+//! Getting an addon's image once: built from its Dockerfile with buildah (no daemon; rootless
+//! when the engine is not root), or copied with skopeo from a local image store or a registry,
+//! into an OCI image layout; then unpacked with umoci (layers in order, whiteouts applied, no
+//! path outside the root filesystem) into the engine's cache entry, with the image's
+//! configuration kept beside it.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::bundle::ImageConfig;
+use crate::process::{LogSink, LogStream, STDERR_TAIL_LINES};
+use crate::runner::BUILD_LOG_MARK;
+
+/// The tag images get in the OCI layout.
+const LAYOUT_TAG: &str = "addon";
+
+/// Where a cache entry keeps the unpacked image: `<content>/image` (mode 0700, so that no host
+/// user reaches the image's setuid files), holding `rootfs/`.
+pub fn rootfs_of(content: &Path) -> PathBuf {
+    content.join("image").join("rootfs")
+}
+
+/// Runs one tool to its end, its output lines going to the build log; on failure the error
+/// names the tool and carries the last lines.
+pub async fn run_tool(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    log: &LogSink,
+    timeout: Duration,
+) -> Result<(), String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| format!("{what}: cannot start: {e}"))?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut keep = |line: String| {
+        log(LogStream::Stderr, &format!("build: {line}"));
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    };
+    let run = async {
+        let (mut out_done, mut err_done) = (false, false);
+        while !(out_done && err_done) {
+            tokio::select! {
+                l = out.next_line(), if !out_done => match l { Ok(Some(l)) => keep(l), _ => out_done = true },
+                l = err.next_line(), if !err_done => match l { Ok(Some(l)) => keep(l), _ => err_done = true },
+            }
+        }
+        child.wait().await
+    };
+    let status = match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("{what}: {e}")),
+        Err(_) => return Err(format!("{what} did not finish within {}", crate::process::human_secs(timeout))),
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let tail: Vec<String> = tail.into_iter().collect();
+    let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+    Err(format!("{what} failed ({status}): {last}{BUILD_LOG_MARK}{}", tail.join("\n")))
+}
+
+/// A `docker://`-style reference with a tag (`busybox` is `busybox:latest`), as skopeo's
+/// `docker-daemon:` transport wants it.
+pub fn with_tag(image: &str) -> String {
+    let name = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || name.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// The destination of a copy into the layout.
+pub fn layout_ref(layout: &Path) -> String {
+    format!("oci:{}:{LAYOUT_TAG}", layout.display())
+}
+
+/// A blob of an OCI layout, by digest; only `sha256:` digests of 64 hex digits (a digest names a
+/// file: nothing else may).
+fn blob(layout: &Path, digest: &str) -> Result<Vec<u8>, String> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+        .ok_or_else(|| format!("the image layout names a blob `{digest}`: not a sha256 digest"))?;
+    let path = layout.join("blobs/sha256").join(hex);
+    let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if meta.len() > 16 << 20 {
+        return Err(format!("{}: {} bytes is too large for a manifest or configuration", path.display(), meta.len()));
+    }
+    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The image in `layout` (tagged [`LAYOUT_TAG`]): its configuration digest (the image id) and
+/// its configuration.
+pub fn read_layout(layout: &Path) -> Result<(String, ImageConfig), String> {
+    let index: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(layout.join("index.json")).map_err(|e| format!("{}/index.json: {e}", layout.display()))?,
+    )
+    .map_err(|e| format!("{}/index.json: {e}", layout.display()))?;
+    let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+    let chosen = manifests
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == LAYOUT_TAG)
+        .or(manifests.first())
+        .ok_or_else(|| format!("{}/index.json lists no image", layout.display()))?;
+    let digest = chosen["digest"].as_str().unwrap_or_default();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(layout, digest)?).map_err(|e| format!("the image manifest: {e}"))?;
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .ok_or_else(|| "the image manifest names no configuration (an index of several platforms?)".to_string())?;
+    let config = ImageConfig::from_image_json(&blob(layout, config_digest)?)?;
+    Ok((config_digest.to_string(), config))
+}
+
+/// Unpacks the image of `layout` into `content` (see [`rootfs_of`]): as the engine's own files
+/// when rootless, else with the image's ids moved up by `uid_base` (its root is not the host's).
+pub async fn unpack(
+    umoci: &Path,
+    layout: &Path,
+    content: &Path,
+    id_map: Option<(u32, u32)>,
+    log: &LogSink,
+    timeout: Duration,
+) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let image = content.join("image");
+    std::fs::create_dir_all(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    let bundle = image.join("unpacked");
+    let mut cmd = tokio::process::Command::new(umoci);
+    cmd.arg("unpack");
+    match id_map {
+        Some((base, size)) => {
+            cmd.arg(format!("--uid-map=0:{base}:{size}")).arg(format!("--gid-map=0:{base}:{size}"));
+        }
+        None => {
+            cmd.arg("--rootless");
+        }
+    }
+    cmd.arg("--image").arg(format!("{}:{LAYOUT_TAG}", layout.display())).arg(&bundle);
+    run_tool(cmd, "umoci unpack", log, timeout).await?;
+    let rootfs = rootfs_of(content);
+    std::fs::rename(bundle.join("rootfs"), &rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+    // umoci's own records (the runtime configuration it proposes, an mtree of every file) are not
+    // needed: the engine writes each run's configuration.
+    let _ = std::fs::remove_dir_all(&bundle);
+    if id_map.is_none() {
+        // Directories an image keeps read-only (0555) would keep `addon cache prune`, which runs
+        // as the engine's user, from removing the entry.
+        owner_writable_dirs(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+    }
+    Ok(())
+}
+
+fn owner_writable_dirs(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.map_err(std::io::Error::other)?;
+        if entry.file_type().is_dir() {
+            let mode = entry.metadata().map_err(std::io::Error::other)?.permissions().mode();
+            if mode & 0o700 != 0o700 {
+                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode | 0o700))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_get_a_tag() {
+        assert_eq!(with_tag("busybox"), "busybox:latest");
+        assert_eq!(with_tag("localhost:5000/a/b"), "localhost:5000/a/b:latest");
+        assert_eq!(with_tag("docspell/addon:1.2"), "docspell/addon:1.2");
+        assert_eq!(with_tag("x@sha256:abc"), "x@sha256:abc");
+    }
+
+    #[test]
+    fn layouts_name_only_sha256_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = dir.path();
+        std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
+        let evil = r#"{"manifests": [{"digest": "sha256:../../../etc/passwd"}]}"#;
+        std::fs::write(l.join("index.json"), evil).unwrap();
+        let e = read_layout(l).unwrap_err();
+        assert!(e.contains("not a sha256 digest"), "{e}");
+        let config = br#"{"config": {"Entrypoint": ["/run"], "User": "app"}}"#;
+        let hex = |b: &[u8]| {
+            use sha2::Digest;
+            hex::encode(sha2::Sha256::digest(b))
+        };
+        let c = hex(config);
+        std::fs::write(l.join("blobs/sha256").join(&c), config).unwrap();
+        let manifest = format!(r#"{{"config": {{"digest": "sha256:{c}"}}, "layers": []}}"#);
+        let m = hex(manifest.as_bytes());
+        std::fs::write(l.join("blobs/sha256").join(&m), &manifest).unwrap();
+        let index = format!(
+            r#"{{"manifests": [{{"digest": "sha256:{m}", "annotations": {{"org.opencontainers.image.ref.name": "addon"}}}}]}}"#
+        );
+        std::fs::write(l.join("index.json"), index).unwrap();
+        let (id, cfg) = read_layout(l).unwrap();
+        assert_eq!(id, format!("sha256:{c}"));
+        assert_eq!((cfg.entrypoint, cfg.user.as_str()), (vec!["/run".to_string()], "app"));
+    }
+}

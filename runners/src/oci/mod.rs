@@ -1,0 +1,707 @@
+//! The `oci` runner: docker addons without a daemon. The image is got once (built from the
+//! addon's Dockerfile with buildah, or copied from a local image store or a registry with
+//! skopeo), unpacked with umoci into the engine's cache entry, and every run starts it with an
+//! OCI runtime (crun or runc, whichever works here) from a bundle made for the run:
+//!
+//! - the cached root filesystem stays read-only; a writable overlay on a tmpfs (bounded by the
+//!   output size, charged to the run's memory) takes the run's writes to the image and is gone
+//!   with the run, as a container's layer is;
+//! - the run's work, output and cache directories at `/mnt/work`, `/mnt/output`, `/mnt/cache`,
+//!   the environment and arguments as the docker runner passes them, the image's own `HOME`;
+//! - a user namespace always: as root, the image's ids are moved up to `uid-base` (its root is
+//!   not the host's); rootless, the engine's own user is the container's root;
+//! - only `lo` when the addon asked for no network; no new privileges, the docker runner's six
+//!   capabilities (inside the user namespace), the engine's seccomp filter as an OCI profile;
+//! - the runtime runs inside the run's envelope (its control group, or rlimits), in a PID
+//!   namespace whose init dies with the engine, so nothing outlives a run or a killed engine.
+
+pub mod bundle;
+pub mod image;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use addon_descriptors::{normalise_relative, Section};
+use tokio::sync::OnceCell;
+
+use crate::host::{self, HostRuns};
+use crate::limits::Enforcement;
+use crate::probe::{Probe, ProbeCache};
+use crate::process::LogSink;
+use crate::runner::{
+    Artifact, Availability, BuildSpec, Capabilities, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started,
+};
+use crate::sandbox::ns::{Identity, NsPlan, OverlayPlan};
+use crate::sandbox::{is_root, Sandboxes};
+use bundle::{Binds, ImageConfig, RunConfig};
+
+pub const NAME: &str = "oci";
+
+/// How many ids a root engine maps into each container (from `uid-base` up).
+pub const ID_RANGE: u32 = 65536;
+
+/// Where `image:` references may come from besides a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageStore {
+    None,
+    /// The Docker daemon's images (read at build time only, with `skopeo copy docker-daemon:`).
+    Docker,
+    /// Podman's and buildah's image storage (`containers-storage:`).
+    Podman,
+}
+
+/// When an `image:` reference may be pulled from a registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pull {
+    Never,
+    /// Only for addons that ask for network (a pure addon's image never comes from the network).
+    IfNetworking,
+    Always,
+}
+
+#[derive(Debug, Clone)]
+pub struct OciSettings {
+    /// `auto` (crun, then runc: the first that starts a container here), a name or a path.
+    pub runtime: String,
+    pub buildah: String,
+    pub skopeo: String,
+    pub umoci: String,
+    pub image_store: ImageStore,
+    pub pull: Pull,
+    pub build_timeout: Duration,
+    /// Network of Dockerfile builds (`host` or `none`).
+    pub build_network: String,
+    /// First host id of the containers' ids when the engine is root.
+    pub uid_base: u32,
+    /// The runtime's state; None: `/run/addon-engine/oci` as root, else under the temp dir.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Default for OciSettings {
+    fn default() -> Self {
+        OciSettings {
+            runtime: "auto".into(),
+            buildah: "buildah".into(),
+            skopeo: "skopeo".into(),
+            umoci: "umoci".into(),
+            image_store: ImageStore::None,
+            pull: Pull::IfNetworking,
+            build_timeout: Duration::from_secs(15 * 60),
+            build_network: "host".into(),
+            uid_base: 2_147_200_000,
+            state_dir: None,
+        }
+    }
+}
+
+/// The OCI runtime chosen here.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    /// `crun` or `runc` (what the result's `sandbox` says).
+    pub name: String,
+    pub path: PathBuf,
+    pub version: String,
+}
+
+#[derive(Debug)]
+pub struct OciRunner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: OciSettings,
+    probes: Arc<ProbeCache>,
+    sandboxes: Arc<Sandboxes>,
+    runs: Arc<HostRuns>,
+    reaped: OnceCell<u64>,
+}
+
+fn setup(message: impl Into<String>) -> RunnerError {
+    RunnerError::setup(NAME, message)
+}
+
+impl OciRunner {
+    pub fn new(settings: OciSettings, probes: Arc<ProbeCache>, sandboxes: Arc<Sandboxes>) -> OciRunner {
+        OciRunner {
+            inner: Arc::new(Inner { settings, probes, sandboxes, runs: Arc::default(), reaped: OnceCell::new() }),
+        }
+    }
+
+    /// The id mapping of containers: `(base, size)` as root; None rootless (the engine's user is
+    /// the container's root, in a user namespace the engine makes).
+    fn id_map(&self) -> Option<(u32, u32)> {
+        is_root().then_some((self.inner.settings.uid_base, ID_RANGE))
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.inner.settings.state_dir.clone().unwrap_or_else(|| {
+            if is_root() {
+                PathBuf::from("/run/addon-engine/oci")
+            } else {
+                std::env::temp_dir().join(format!("addon-engine-oci-{}", Identity::current().uid))
+            }
+        })
+    }
+
+    /// The runtime that works here, with why the others do not.
+    async fn runtime(&self) -> Result<(Runtime, Vec<String>), String> {
+        let me = OciRunner { inner: self.inner.clone() };
+        tokio::task::spawn_blocking(move || me.runtime_blocking())
+            .await
+            .map_err(|e| format!("probing the OCI runtime: {e}"))?
+    }
+
+    fn runtime_blocking(&self) -> Result<(Runtime, Vec<String>), String> {
+        let s = &self.inner.settings;
+        let candidates: Vec<&str> = if s.runtime == "auto" { vec!["crun", "runc"] } else { vec![s.runtime.as_str()] };
+        let mut refused = Vec::new();
+        for candidate in candidates {
+            let Ok(path) = which::which(candidate) else {
+                refused.push(format!("{candidate}: not installed (apt-get install {})", base_name(candidate)));
+                continue;
+            };
+            let name = base_name(candidate);
+            let probe_name: &'static str = match name.as_str() {
+                "crun" => "oci-crun",
+                "runc" => "oci-runc",
+                _ => "oci-runtime",
+            };
+            let settings = format!("{} {:?} {}", path.display(), self.id_map(), self.state_dir().display());
+            let p = self.inner.probes.get(probe_name, &settings, Some(&path), || self.trial(&name, &path));
+            let version = p.version.clone().unwrap_or_else(|| name.clone());
+            if p.available {
+                return Ok((Runtime { name, path, version }, refused));
+            }
+            refused.push(format!("{version}: {}", p.detail));
+        }
+        Err(format!("no OCI runtime starts a container here: {}", refused.join("; ")))
+    }
+
+    /// A real start of `/bin/true` (the host's, bound read-only) through the same bundle, overlay
+    /// and namespaces as a run: a runtime that cannot work here (crun on hybrid cgroups) says so
+    /// now, not at an addon's run.
+    fn trial(&self, name: &str, path: &Path) -> Probe {
+        let version =
+            crate::sandbox::version_of(path).map(|v| v.replace(" version", "")).unwrap_or_else(|| name.to_string());
+        let fail =
+            |why: String| Probe { name: "oci-runtime", available: false, detail: why, version: Some(version.clone()) };
+        let dir = match tempfile::Builder::new().prefix("addon-oci-probe-").tempdir() {
+            Ok(d) => d,
+            Err(e) => return fail(format!("cannot make a probe directory: {e}")),
+        };
+        let d = dir.path();
+        let lower = d.join("lower");
+        for sub in ["lower", "work", "bundle"] {
+            if let Err(e) = std::fs::create_dir_all(d.join(sub)) {
+                return fail(format!("{}: {e}", d.join(sub).display()));
+            }
+        }
+        let _ = std::fs::write(d.join("hosts"), "127.0.0.1 localhost\n");
+        if let Some((base, _)) = self.id_map() {
+            // The probe's root belongs to the container's root, as an unpacked image's does.
+            if let Err(e) = std::os::unix::fs::chown(&lower, Some(base), Some(base)) {
+                return fail(format!("{}: {e}", lower.display()));
+            }
+        }
+        let user = bundle::User { uid: 0, gid: 0, additional_gids: Vec::new(), home: "/".into() };
+        let argv = vec!["/bin/true".to_string()];
+        let id = host::container_id("probe");
+        let root = mountpoint(&self.state_dir(), &id).join("root");
+        let mut config = bundle::config_json(&RunConfig {
+            root: &root,
+            argv: &argv,
+            env: &["PATH=/usr/bin:/bin".to_string()],
+            user: &user,
+            binds: Binds {
+                work: &d.join("work"),
+                output: &d.join("work"),
+                cache: &d.join("work"),
+                hosts: &d.join("hosts"),
+            },
+            network: false,
+            id_map: self.id_map(),
+            rlimits: &[],
+            cgroup: is_root().then_some("addon-oci-probe"),
+        });
+        if let Some(mounts) = config["mounts"].as_array_mut() {
+            for host_dir in ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"] {
+                if Path::new(host_dir).exists() {
+                    mounts.push(serde_json::json!({"destination": host_dir, "type": "bind", "source": host_dir, "options": ["rbind", "ro"]}));
+                }
+            }
+        }
+        let bundle_dir = d.join("bundle");
+        if let Err(e) = std::fs::write(bundle_dir.join("config.json"), config.to_string()) {
+            return fail(e.to_string());
+        }
+        let state = self.state_dir();
+        if let Err(e) = make_state(&state)
+            .and_then(|()| std::fs::create_dir_all(mountpoint(&state, &id)).map_err(|e| e.to_string()))
+        {
+            return fail(e);
+        }
+        let cmd = match self.command(name, path, &state, &bundle_dir, &id, &lower, 16 << 20, &[]) {
+            Ok(c) => c,
+            Err(e) => return fail(e),
+        };
+        let mut cmd = cmd.into_std();
+        cmd.stdin(std::process::Stdio::null());
+        let out = run_with_timeout(cmd, Duration::from_secs(20));
+        let _ = std::fs::remove_dir(mountpoint(&state, &id));
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => return fail(e),
+        };
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let why = err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no message").trim().to_string();
+            return fail(format!("could not start a container here ({}): {why}", out.status));
+        }
+        let who = match self.id_map() {
+            Some((base, size)) => {
+                format!("as root; containers in a user namespace as host ids {base}-{}", base + size - 1)
+            }
+            None => "rootless; the engine's user is the container's root, in a user namespace".to_string(),
+        };
+        Probe::ok("oci-runtime", format!("{version} ({who})"), Some(version.clone()))
+    }
+
+    /// The runtime's command for one container, prepared to run inside the run's envelope (its
+    /// control group), in a PID namespace that dies with the engine, with the overlay root.
+    #[allow(clippy::too_many_arguments)] // one container, all of what starts it
+    fn command(
+        &self,
+        name: &str,
+        path: &Path,
+        state: &Path,
+        bundle_dir: &Path,
+        id: &str,
+        lower: &Path,
+        overlay_size: u64,
+        cgroups: &[PathBuf],
+    ) -> Result<tokio::process::Command, String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(lower).map_err(|e| format!("{}: {e}", lower.display()))?;
+        let owner = if is_root() { (meta.uid(), meta.gid(), meta.mode()) } else { (0, 0, meta.mode()) };
+        let overlay = OverlayPlan::new(lower, &mountpoint(state, id), overlay_size, owner, !is_root())?;
+        let mut cmd = tokio::process::Command::new(path);
+        cmd.arg(format!("--root={}", state.display()));
+        if name == "crun" {
+            // The envelope around the runtime holds the limits; crun need not make a group.
+            cmd.arg("--cgroup-manager=disabled");
+        }
+        cmd.arg("run").arg(format!("--bundle={}", bundle_dir.display())).arg(id);
+        // A /proc of the new PID namespace: the runtime finds its children there by their pids.
+        NsPlan::pid_only().map_root().join_cgroups(cgroups).with_overlay(overlay).with_fresh_proc().install(&mut cmd);
+        Ok(cmd)
+    }
+
+    /// Tool versions for `addon runners` (remembered like the runtime's).
+    fn tools(&self) -> Vec<String> {
+        let s = &self.inner.settings;
+        let mut out = Vec::new();
+        for (probe_name, tool, why) in [
+            ("oci-umoci", &s.umoci, "unpacks images"),
+            ("oci-buildah", &s.buildah, "builds Dockerfiles"),
+            ("oci-skopeo", &s.skopeo, "copies `image:` references"),
+        ] {
+            let Ok(path) = which::which(tool) else {
+                out.push(format!("{tool} missing ({why}; apt-get install {})", base_name(tool)));
+                continue;
+            };
+            let p = self.inner.probes.get(probe_name, tool, Some(&path), || match crate::sandbox::version_of(&path) {
+                Some(v) => Probe::ok(probe_name, v.replace(" version", ""), None),
+                None => Probe::missing(probe_name, format!("{tool}: `--version` failed")),
+            });
+            out.push(p.detail);
+        }
+        out
+    }
+
+    fn tool(&self, tool: &str, why: &str) -> Result<PathBuf, String> {
+        which::which(tool)
+            .map_err(|_| format!("{tool} is not installed; it {why} (apt-get install {})", base_name(tool)))
+    }
+
+    async fn reap_once(&self) {
+        let me = OciRunner { inner: self.inner.clone() };
+        self.inner.reaped.get_or_init(|| async move { me.reap_now().await }).await;
+    }
+
+    async fn reap_now(&self) -> u64 {
+        let Ok((runtime, _)) = self.runtime().await else { return 0 };
+        let state = self.state_dir();
+        let Ok(entries) = std::fs::read_dir(&state) else { return 0 };
+        let mut removed = 0;
+        for e in std::fs::read_dir(state.join("roots")).into_iter().flatten().flatten() {
+            if host::orphaned(&e.file_name().to_string_lossy()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        for e in entries.flatten() {
+            let id = e.file_name().to_string_lossy().to_string();
+            if id.starts_with("addon-") && host::orphaned(&id) {
+                tracing::warn!("removing OCI container {id} left by a dead engine");
+                delete(&runtime.path, &state, &id).await;
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Gets the image of `spec` into an OCI layout at `layout`; returns where it came from.
+    async fn fetch(&self, spec: &BuildSpec, layout: &Path, runtime: &Runtime, log: &LogSink) -> Result<String, String> {
+        let s = &self.inner.settings;
+        let timeout = s.build_timeout;
+        if let Some(reference) = spec.descriptor.docker_image() {
+            let skopeo = self.tool(&s.skopeo, "copies `image:` references")?;
+            let mut sources = Vec::new();
+            match s.image_store {
+                ImageStore::Docker => sources.push(format!("docker-daemon:{}", image::with_tag(reference))),
+                ImageStore::Podman => sources.push(format!("containers-storage:{reference}")),
+                ImageStore::None => {}
+            }
+            let may_pull = match s.pull {
+                Pull::Always => true,
+                Pull::IfNetworking => spec.descriptor.networking(),
+                Pull::Never => false,
+            };
+            if may_pull {
+                sources.push(format!("docker://{reference}"));
+            }
+            if sources.is_empty() {
+                return Err(format!(
+                    "image {reference} is in no local store (oci-runner.image-store: none) and {} (oci-runner.pull)",
+                    if s.pull == Pull::Never { "pulling is off" } else { "a pure addon's image is never pulled" }
+                ));
+            }
+            let mut failures = Vec::new();
+            for source in &sources {
+                let mut cmd = tokio::process::Command::new(&skopeo);
+                cmd.args(["copy", "--quiet", source]).arg(image::layout_ref(layout));
+                match image::run_tool(cmd, &format!("skopeo copy {source}"), log, timeout).await {
+                    Ok(()) => return Ok(source.clone()),
+                    Err(e) => failures.push(e.split(crate::runner::BUILD_LOG_MARK).next().unwrap_or("").to_string()),
+                }
+                let _ = std::fs::remove_dir_all(layout);
+            }
+            let pull_note = if may_pull {
+                ""
+            } else {
+                " (not pulled: a pure addon's image never comes from the network unless oci-runner.pull is `always`)"
+            };
+            return Err(format!("image {reference} was found nowhere{pull_note}: {}", failures.join("; ")));
+        }
+        let buildah = self.tool(&s.buildah, "builds Dockerfile addons")?;
+        let dockerfile = spec.descriptor.dockerfile().to_string();
+        let rel = normalise_relative(&dockerfile).map_err(|why| format!("runner.docker.build `{dockerfile}` {why}"))?;
+        let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
+        let mut cmd = tokio::process::Command::new(&buildah);
+        cmd.arg("build")
+            .arg(format!("--runtime={}", runtime.path.display()))
+            .arg("--isolation=oci")
+            .arg(format!("--network={}", s.build_network))
+            .arg("--layers=false")
+            .arg(format!("--label=org.addon-engine.addon={}", spec.addon.label()))
+            .arg("-f")
+            .arg(spec.addon_dir.join(rel))
+            .arg("-t")
+            .arg(&tag)
+            .arg(&spec.addon_dir);
+        image::run_tool(cmd, "buildah build", log, timeout).await?;
+        let mut push = tokio::process::Command::new(&buildah);
+        push.args(["push", "--quiet", &tag]).arg(image::layout_ref(layout));
+        let pushed = image::run_tool(push, "buildah push", log, timeout).await;
+        // The image lives on in the engine's cache only.
+        let mut rmi = tokio::process::Command::new(&buildah);
+        rmi.args(["rmi", "--force", &tag]);
+        let _ = image::run_tool(rmi, "buildah rmi", log, Duration::from_secs(60)).await;
+        pushed.map(|()| format!("Dockerfile {dockerfile} (buildah)"))
+    }
+}
+
+fn base_name(tool: &str) -> String {
+    Path::new(tool).file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| tool.to_string())
+}
+
+/// Runs a prepared command to its end within `timeout` (killing it at the deadline).
+fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result<std::process::Output, String> {
+    use std::io::Read;
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf);
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("did not finish within {}", crate::process::human_secs(timeout)));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout: Vec::new(), stderr })
+}
+
+/// Makes the runtime's state directory, and below it `roots/`: the mount points of the
+/// containers' roots (each only mounted in its run's own mount namespace), which the container's
+/// root, an unprivileged id of the host, must be able to pass through.
+fn make_state(state: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let roots = state.join("roots");
+    std::fs::create_dir_all(&roots).map_err(|e| format!("{}: {e}", roots.display()))?;
+    for dir in [state, roots.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Where container `id`'s root is mounted (an empty directory on the host).
+fn mountpoint(state: &Path, id: &str) -> PathBuf {
+    state.join("roots").join(id)
+}
+
+/// Removes a container's state (and its control group) after its end.
+async fn delete(runtime: &Path, state: &Path, id: &str) {
+    let _ = std::fs::remove_dir(mountpoint(state, id));
+    if !state.join(id).exists() {
+        return; // `run` removed it
+    }
+    let mut c = tokio::process::Command::new(runtime);
+    c.arg(format!("--root={}", state.display())).args(["delete", "--force", id]);
+    c.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let _ = tokio::time::timeout(Duration::from_secs(10), c.status()).await;
+}
+
+/// What an OCI artifact records.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    /// Where the image came from.
+    source: String,
+    config: ImageConfig,
+    /// The id mapping it was unpacked with (None: rootless).
+    id_map: Option<(u32, u32)>,
+}
+
+#[async_trait::async_trait]
+impl Runner for OciRunner {
+    fn info(&self) -> RunnerInfo {
+        RunnerInfo {
+            name: NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            serves: vec![Section::Docker],
+            capabilities: Capabilities {
+                isolates_network: true,
+                isolates_filesystem: true,
+                builds: true,
+                needs_daemon: false,
+                uses_sandbox: false,
+                shares_host_filesystem: true,
+                enforces_limits: true,
+                measures_resources: true,
+            },
+        }
+    }
+
+    async fn probe(&self) -> Availability {
+        let (runtime, refused) = match self.runtime().await {
+            Ok(r) => r,
+            Err(e) => return Availability { available: false, version: None, detail: e },
+        };
+        let me = OciRunner { inner: self.inner.clone() };
+        let tools = tokio::task::spawn_blocking(move || me.tools()).await.unwrap_or_default();
+        if let Some(missing) = tools.iter().find(|t| t.starts_with(&self.inner.settings.umoci) && t.contains("missing"))
+        {
+            return Availability { available: false, version: Some(runtime.version), detail: missing.clone() };
+        }
+        self.reap_once().await;
+        let mut detail = format!("{}; {}", runtime.version, tools.join(", "));
+        if !refused.is_empty() {
+            detail.push_str(&format!("; not used: {}", refused.join("; ")));
+        }
+        detail.push_str(&format!("; {}", self.inner.sandboxes.enforcement().describe()));
+        Availability { available: true, version: Some(runtime.version), detail }
+    }
+
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
+        let unpack = match self.id_map() {
+            Some((base, size)) => format!("ids {base}+{size}"),
+            None => "rootless".into(),
+        };
+        let mut key = BTreeMap::from([("unpack".to_string(), unpack)]);
+        match spec.descriptor.docker_image() {
+            Some(image) => {
+                key.insert("image".into(), image.to_string());
+                key.insert("image-store".into(), format!("{:?}", self.inner.settings.image_store));
+            }
+            None => {
+                key.insert("digest".into(), spec.addon.digest.clone());
+                key.insert("dockerfile".into(), spec.descriptor.dockerfile().to_string());
+            }
+        }
+        Ok(Some(key))
+    }
+
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        let label = spec.addon.label();
+        let fail = |m: String| RunnerError::build(NAME, &label, &m);
+        let (runtime, _) =
+            self.runtime().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })?;
+        let umoci = self.tool(&self.inner.settings.umoci, "unpacks images").map_err(fail)?;
+        let started = Instant::now();
+        let layout = spec.content_dir.join("layout");
+        let source = self.fetch(spec, &layout, &runtime, &log).await.map_err(fail)?;
+        let fetched = started.elapsed();
+        let (digest, config) = image::read_layout(&layout).map_err(fail)?;
+        image::unpack(&umoci, &layout, &spec.content_dir, self.id_map(), &log, self.inner.settings.build_timeout)
+            .await
+            .map_err(fail)?;
+        let _ = std::fs::remove_dir_all(&layout);
+        tracing::info!(
+            addon = %label,
+            "image {digest} from {source}: got in {fetched:?}, unpacked in {:?}",
+            started.elapsed() - fetched
+        );
+        let data = Recorded { source, config, id_map: self.id_map() };
+        Ok(Artifact {
+            reference: digest,
+            size: 0, // the root filesystem is in the cache entry itself
+            data: serde_json::to_value(&data).map_err(|e| fail(e.to_string()))?,
+        })
+    }
+
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        serde_json::from_value::<Recorded>(artifact.data.clone()).is_ok_and(|r| r.id_map == self.id_map())
+    }
+
+    async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let (runtime, _) =
+            self.runtime().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })?;
+        self.reap_once().await;
+        let (Some(artifact), Some(content)) = (&spec.artifact, &spec.artifact_dir) else {
+            return Err(setup(format!("{} was not built", spec.addon.label())));
+        };
+        let recorded: Recorded = serde_json::from_value(artifact.data.clone())
+            .map_err(|e| setup(format!("the cached image record of {}: {e}", spec.addon.label())))?;
+        let rootfs = image::rootfs_of(content);
+        if !rootfs.is_dir() {
+            return Err(setup(format!(
+                "the cached root filesystem {} is gone; `addon cache prune` and run again",
+                rootfs.display()
+            )));
+        }
+        let img = &recorded.config;
+        let mut user = bundle::resolve_user(&rootfs, &img.user).map_err(|e| setup(format!("image user: {e}")))?;
+        let id_map = self.id_map();
+        let owner = match id_map {
+            Some((base, size)) => {
+                if user.uid >= size || user.gid >= size {
+                    return Err(setup(format!("image user {}:{} is beyond the {size} ids mapped", user.uid, user.gid)));
+                }
+                Identity { uid: base + user.uid, gid: base + user.gid }
+            }
+            None => {
+                // Rootless, the container has one id: the engine's user as its root.
+                if user.uid != 0 {
+                    tracing::debug!(addon = %spec.addon.label(), "rootless: runs as the container's root, not uid {}", user.uid);
+                }
+                user = bundle::User { uid: 0, gid: 0, additional_gids: Vec::new(), ..user };
+                Identity::current()
+            }
+        };
+        let mounts = spec.mounts();
+        if id_map.is_some() {
+            crate::sandbox::claim(&[&mounts.work, &mounts.output, &mounts.cache], owner)
+                .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", owner.uid)))?;
+        }
+        let env = img.env(&spec.env_in(&crate::sandbox::Mounts::mnt(), true), &user.home);
+        let argv = img.argv(&spec.args).map_err(setup)?;
+        let enforcement: Enforcement = self.inner.sandboxes.enforcement();
+        let mut envelope = host::envelope_for(NAME, &spec, &enforcement)?;
+        let rlimits: Vec<(&'static str, u64)> =
+            envelope.rlimits().into_iter().filter_map(|(r, v)| bundle::rlimit_name(r).map(|n| (n, v))).collect();
+        let bundle_dir = spec.dirs.scratch.join("oci");
+        let io = |e: std::io::Error| setup(format!("making the bundle in {}: {e}", bundle_dir.display()));
+        std::fs::create_dir_all(&bundle_dir).map_err(io)?;
+        let id = host::container_id(&spec.run_id);
+        let state = self.state_dir();
+        make_state(&state).map_err(setup)?;
+        let root = mountpoint(&state, &id);
+        std::fs::create_dir_all(&root).map_err(|e| setup(format!("{}: {e}", root.display())))?;
+        let root = root.join("root");
+        let hosts = bundle_dir.join("hosts");
+        std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
+            .map_err(io)?;
+        let cgroup = enforcement_cgroup(&envelope.cgroup_procs(), &runtime);
+        let config = bundle::config_json(&RunConfig {
+            root: &root,
+            argv: &argv,
+            env: &env,
+            user: &user,
+            binds: Binds { work: &mounts.work, output: &mounts.output, cache: &mounts.cache, hosts: &hosts },
+            network: spec.network,
+            id_map,
+            rlimits: &rlimits,
+            cgroup: cgroup.as_deref(),
+        });
+        std::fs::write(bundle_dir.join("config.json"), config.to_string()).map_err(io)?;
+        // The writable layer: bounded by the output size (and charged to the run's memory).
+        let overlay_size = spec.limits.output_size.unwrap_or(4 << 30);
+        let cmd = self
+            .command(
+                &runtime.name,
+                &runtime.path,
+                &state,
+                &bundle_dir,
+                &id,
+                &rootfs,
+                overlay_size,
+                &envelope.cgroup_procs(),
+            )
+            .map_err(setup)?;
+        let noise: crate::NoiseFilter = Arc::new(|_: &str| false);
+        let program = argv.first().cloned().unwrap_or_default();
+        let spawned = host::spawn(NAME, &self.inner.runs, &spec, cmd, &program, &mut envelope, noise)?;
+        let mut events = spawned.watch(&self.inner.runs, &spec, envelope);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                let exited = matches!(e, RunEvent::Exited(_));
+                if exited {
+                    // A runtime killed mid-run (timeout, cancel) leaves its state behind.
+                    delete(&runtime.path, &state, &id).await;
+                }
+                let _ = tx.send(e).await;
+            }
+        });
+        Ok(Started { sandbox: runtime.name.clone(), events: rx })
+    }
+
+    async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
+        self.inner.runs.stop(run_id, grace);
+        Ok(())
+    }
+
+    async fn reap(&self) -> Result<u64, RunnerError> {
+        Ok(self.reap_now().await)
+    }
+}
+
+/// The control group runc makes for the container: relative, so below the runtime's own (the
+/// run's envelope), where the envelope's limits hold it. crun is told to make none.
+fn enforcement_cgroup(envelope: &[PathBuf], runtime: &Runtime) -> Option<String> {
+    (!envelope.is_empty() && runtime.name != "crun").then(|| "addon-oci".to_string())
+}
