@@ -30,7 +30,7 @@ impl Target {
     /// The descriptor section the runner serves.
     fn section(&self) -> &'static str {
         match self.runner {
-            "docker" | "docker-plugin" => "docker",
+            "docker" | "docker-plugin" | "oci" => "docker",
             "nix-flake" | "gvisor-nix" => "nix",
             _ => "trivial",
         }
@@ -45,6 +45,7 @@ impl Target {
     fn available(&self) -> bool {
         match self.runner {
             "docker" => require_docker(),
+            "oci" => require_oci(),
             "nix-flake" => require_nix() && require(self.sandbox),
             "docker-plugin" => require_docker() && require_plugin(&self.world(""), self.runner),
             "gvisor" => require_plugin(&self.world(""), self.runner),
@@ -71,12 +72,14 @@ impl Target {
         w
     }
 
-    /// The sandbox the result names.
-    fn sandbox_name(&self) -> &'static str {
-        if self.container() {
-            "docker"
+    /// The sandbox the result names (the OCI runtime the `oci` runner picked).
+    fn sandbox_name(&self) -> String {
+        if self.runner == "oci" {
+            oci_runtime()
+        } else if self.container() {
+            "docker".into()
         } else {
-            self.sandbox
+            self.sandbox.into()
         }
     }
 
@@ -284,7 +287,7 @@ fn exit_leftovers_are_killed(t: Target) {
 }
 
 fn engine_killed_takes_the_sandbox_along(t: Target) {
-    if t.container() {
+    if t.container() && t.runner != "oci" {
         return; // the daemon keeps the container; the next engine reaps it (tests/docker.rs)
     }
     if !t.available() {
@@ -564,7 +567,7 @@ fn hostile_kit_as_docker_group_user(t: Target) {
         missing(&format!("user {KIT_USER} (in group docker) is missing; scripts/test-all creates it"));
         return;
     };
-    if t.container() && !require_docker() {
+    if !t.available() {
         return;
     }
     let w = t.world("");
@@ -648,6 +651,7 @@ conformance! {
     nix_nspawn => "nix-flake" in "nspawn",
     docker => "docker" in "docker",
     docker_plugin => "docker-plugin" in "docker",
+    oci => "oci" in "oci",
     gvisor_plugin => "gvisor" in "gvisor",
     gvisor_nix_plugin => "gvisor-nix" in "gvisor",
 }

@@ -103,6 +103,10 @@ impl Enforcement {
 #[derive(Debug)]
 struct RunCgroup {
     cgroup: Cgroup,
+    /// cgroup v1: an eventfd the kernel signals when the group is out of memory. A v1 group's
+    /// `oom_kill` counts only kills of its own members, not of its child groups' (an OCI
+    /// runtime's container): the notification is for the group whose limit was hit.
+    oom_events: Option<std::os::fd::OwnedFd>,
 }
 
 const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
@@ -122,7 +126,10 @@ impl RunCgroup {
             b = b.cpu().period(period).quota(((c * period as f64) as i64).max(1000)).done();
         }
         let cgroup = b.build(hier).map_err(|e| format!("creating control group {name}: {e}"))?;
-        let cg = RunCgroup { cgroup };
+        let mut cg = RunCgroup { cgroup, oom_events: None };
+        if !cg.cgroup.v2() {
+            cg.oom_events = cg.controller_path("memory").and_then(|dir| oom_eventfd(&dir).ok());
+        }
         // The crate only warns when a directory cannot be made: check that each one exists.
         let procs = cg.procs_files();
         if procs.is_empty() || procs.iter().any(|p| !p.exists()) {
@@ -155,8 +162,37 @@ impl RunCgroup {
             .map(|s| s.to_controller().path().to_path_buf())
     }
 
+    /// Forks refused at the process limit: the group's own, and (cgroup v1 counts them where
+    /// the fork was) its child groups'.
     fn pids_refused(&self) -> u64 {
-        self.cgroup.controller_of::<cgroups_rs::pid::PidController>().and_then(|p| p.get_pid_events().ok()).unwrap_or(0)
+        let own = self
+            .cgroup
+            .controller_of::<cgroups_rs::pid::PidController>()
+            .and_then(|p| p.get_pid_events().ok())
+            .unwrap_or(0);
+        if own > 0 || self.cgroup.v2() {
+            return own;
+        }
+        let Some(dir) = self.controller_path("pids") else { return own };
+        walkdir::WalkDir::new(&dir)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_dir())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("pids.events")).ok())
+            .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("max ")?.trim().parse::<u64>().ok()))
+            .sum()
+    }
+
+    /// How many times the group ran out of memory (cgroup v1's notification).
+    fn oom_notified(&self) -> u64 {
+        use std::io::Read;
+        let Some(fd) = self.oom_events.as_ref().and_then(|fd| fd.try_clone().ok()) else { return 0 };
+        let mut buf = [0u8; 8];
+        match std::fs::File::from(fd).read(&mut buf) {
+            Ok(8) => u64::from_ne_bytes(buf),
+            _ => 0,
+        }
     }
 
     fn usage(&self) -> Usage {
@@ -171,7 +207,8 @@ impl RunCgroup {
             (read("memory", "memory.peak").and_then(|s| s.trim().parse().ok()), field(&events, "oom_kill "))
         } else {
             let oom = read("memory", "memory.oom_control").unwrap_or_default();
-            (read("memory", "memory.max_usage_in_bytes").and_then(|s| s.trim().parse().ok()), field(&oom, "oom_kill "))
+            let kills = field(&oom, "oom_kill ").unwrap_or(0).max(self.oom_notified().min(1));
+            (read("memory", "memory.max_usage_in_bytes").and_then(|s| s.trim().parse().ok()), Some(kills))
         };
         let cpu_ns = if self.cgroup.v2() {
             read("cpu", "cpu.stat").and_then(|s| field(&s, "usage_usec ")).map(|us| us * 1000)
@@ -197,6 +234,21 @@ impl RunCgroup {
         }
         tracing::warn!("control group {} could not be removed", self.cgroup.path());
     }
+}
+
+/// Registers an eventfd for the out-of-memory notifications of the v1 memory group `dir`.
+fn oom_eventfd(dir: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: eventfd returns a new descriptor (or -1), owned from here on.
+    let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if efd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: efd is a valid descriptor nobody else owns.
+    let efd = unsafe { OwnedFd::from_raw_fd(efd) };
+    let control = std::fs::File::open(dir.join("memory.oom_control"))?;
+    std::fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()))?;
+    Ok(efd)
 }
 
 /// The envelope of one run: created before the addon starts, watched while it runs, measured and
@@ -245,13 +297,18 @@ impl Envelope {
         self.root_pid = Some(pid);
     }
 
-    /// The processes of the run: its control group's, else the root process's tree.
+    /// The processes of the run: its control group's and its child groups' (an OCI runtime puts
+    /// the container in one of its own below), else the root process's tree.
     fn pids(&self) -> Vec<i32> {
         if let Some(cg) = &self.cgroup {
-            if let Some(procs) = cg.procs_files().first() {
-                if let Ok(text) = std::fs::read_to_string(procs) {
-                    return text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-                }
+            if let Some(dir) = cg.procs_files().first().and_then(|p| p.parent()) {
+                return walkdir::WalkDir::new(dir)
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e.file_type().is_dir())
+                    .filter_map(|e| std::fs::read_to_string(e.path().join("cgroup.procs")).ok())
+                    .flat_map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
+                    .collect();
             }
         }
         self.root_pid.map(|p| std::iter::once(p).chain(crate::process::descendants(p)).collect()).unwrap_or_default()

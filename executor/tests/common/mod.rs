@@ -35,6 +35,19 @@ pub fn require_docker() -> bool {
     gate("runners", "docker")
 }
 
+/// Gate for the daemonless `oci` runner (an OCI runtime, umoci, buildah, skopeo).
+pub fn require_oci() -> bool {
+    gate("runners", "oci")
+}
+
+/// The OCI runtime the `oci` runner picked here (`runc` or `crun`: what results name as sandbox).
+pub fn oci_runtime() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon")).args(["runners", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let oci = v["runners"].as_array().unwrap().iter().find(|r| r["name"] == "oci").cloned().unwrap_or_default();
+    oci["version"].as_str().unwrap_or("").split(' ').next().unwrap_or("").to_string()
+}
+
 /// Gate for a plugin configured in `w`.
 pub fn require_plugin(w: &World, name: &str) -> bool {
     let out = Command::new(env!("CARGO_BIN_EXE_addon"))

@@ -141,13 +141,8 @@ fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, String
         },
         _ => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
     };
-    let home = entry.map(|f| f[5].to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| {
-        if uid == 0 {
-            "/root".into()
-        } else {
-            "/".into()
-        }
-    });
+    // As Docker: the account's home, else `/` (an image without /etc/passwd has no /root).
+    let home = entry.map(|f| f[5].to_string()).filter(|h| !h.is_empty()).unwrap_or_else(|| "/".into());
     let name = entry.map(|f| f[0]);
     let mut additional_gids: Vec<u32> = match (group_part, name) {
         (None, Some(name)) => groups
@@ -238,7 +233,8 @@ pub fn config_json(c: &RunConfig<'_>) -> serde_json::Value {
         linux["cgroupsPath"] = json!(cg);
     }
     let mut rlimits = vec![
-        json!({"type": "RLIMIT_NOFILE", "hard": 4096, "soft": 1024}),
+        // As Docker gives its containers, within what the engine itself may give.
+        json!({"type": "RLIMIT_NOFILE", "hard": nofile(), "soft": nofile()}),
         json!({"type": "RLIMIT_CORE", "hard": 0, "soft": 0}),
     ];
     for (name, value) in c.rlimits {
@@ -262,6 +258,15 @@ pub fn config_json(c: &RunConfig<'_>) -> serde_json::Value {
         "mounts": mounts,
         "linux": linux,
     })
+}
+
+/// Open files a container may have: Docker's 1048576, or the engine's own hard limit if lower
+/// (a runtime cannot raise it).
+fn nofile() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes the struct it is given.
+    let hard = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 { lim.rlim_max } else { 1024 };
+    hard.min(1_048_576)
 }
 
 /// The rlimit names of the envelope's limits.
@@ -298,8 +303,9 @@ mod tests {
         assert!(e.contains("unable to find user nobody"), "{e}");
         let e = resolve_user_in(PASSWD, GROUP, "guile:wheel").unwrap_err();
         assert!(e.contains("group wheel"), "{e}");
-        // No passwd at all (FROM scratch): numbers and root work.
-        assert_eq!(resolve_user_in("", "", "").unwrap().uid, 0);
+        // No passwd at all (FROM scratch): numbers and root work, HOME is `/`.
+        let u = resolve_user_in("", "", "").unwrap();
+        assert_eq!((u.uid, u.home.as_str()), (0, "/"));
         assert!(resolve_user_in("", "", "app").is_err());
     }
 

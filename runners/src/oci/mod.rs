@@ -103,6 +103,8 @@ pub struct Runtime {
     pub name: String,
     pub path: PathBuf,
     pub version: String,
+    /// What its probe found (who containers run as).
+    pub detail: String,
 }
 
 #[derive(Debug)]
@@ -173,7 +175,7 @@ impl OciRunner {
             let p = self.inner.probes.get(probe_name, &settings, Some(&path), || self.trial(&name, &path));
             let version = p.version.clone().unwrap_or_else(|| name.clone());
             if p.available {
-                return Ok((Runtime { name, path, version }, refused));
+                return Ok((Runtime { name, path, version, detail: p.detail }, refused));
             }
             refused.push(format!("{version}: {}", p.detail));
         }
@@ -399,7 +401,32 @@ impl OciRunner {
         let dockerfile = spec.descriptor.dockerfile().to_string();
         let rel = normalise_relative(&dockerfile).map_err(|why| format!("runner.docker.build `{dockerfile}` {why}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
-        let mut cmd = tokio::process::Command::new(&buildah);
+        // Rootless, buildah's storage is the engine's own (a job server's account may have no
+        // home); as root, the system's (shared with podman, so its base images are found).
+        let storage: Vec<String> = if is_root() {
+            Vec::new()
+        } else {
+            let state = self.state_dir();
+            vec![
+                format!("--root={}", state.join("storage").display()),
+                format!("--runroot={}", state.join("runroot").display()),
+            ]
+        };
+        // A job server's account may have no home, where buildah keeps its locks and settings.
+        let home = std::env::var_os("HOME").map(PathBuf::from).filter(|h| writable_dir(h));
+        let own_home = (!is_root() && home.is_none()).then(|| self.state_dir().join("home"));
+        if let Some(h) = &own_home {
+            std::fs::create_dir_all(h).map_err(|e| format!("{}: {e}", h.display()))?;
+        }
+        let buildah_cmd = || {
+            let mut c = tokio::process::Command::new(&buildah);
+            c.args(&storage);
+            if let Some(h) = &own_home {
+                c.env("HOME", h);
+            }
+            c
+        };
+        let mut cmd = buildah_cmd();
         cmd.arg("build")
             .arg(format!("--runtime={}", runtime.path.display()))
             .arg("--isolation=oci")
@@ -412,15 +439,21 @@ impl OciRunner {
             .arg(&tag)
             .arg(&spec.addon_dir);
         image::run_tool(cmd, "buildah build", log, timeout).await?;
-        let mut push = tokio::process::Command::new(&buildah);
+        let mut push = buildah_cmd();
         push.args(["push", "--quiet", &tag]).arg(image::layout_ref(layout));
         let pushed = image::run_tool(push, "buildah push", log, timeout).await;
         // The image lives on in the engine's cache only.
-        let mut rmi = tokio::process::Command::new(&buildah);
+        let mut rmi = buildah_cmd();
         rmi.args(["rmi", "--force", &tag]);
         let _ = image::run_tool(rmi, "buildah rmi", log, Duration::from_secs(60)).await;
         pushed.map(|()| format!("Dockerfile {dockerfile} (buildah)"))
     }
+}
+
+fn writable_dir(p: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: access with a valid C string.
+    p.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0
 }
 
 fn base_name(tool: &str) -> String {
@@ -528,7 +561,7 @@ impl Runner for OciRunner {
             return Availability { available: false, version: Some(runtime.version), detail: missing.clone() };
         }
         self.reap_once().await;
-        let mut detail = format!("{}; {}", runtime.version, tools.join(", "));
+        let mut detail = format!("{}; {}", runtime.detail, tools.join(", "));
         if !refused.is_empty() {
             detail.push_str(&format!("; not used: {}", refused.join("; ")));
         }
@@ -645,7 +678,7 @@ impl Runner for OciRunner {
         let hosts = bundle_dir.join("hosts");
         std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
             .map_err(io)?;
-        let cgroup = enforcement_cgroup(&envelope.cgroup_procs(), &runtime);
+        let cgroup = enforcement_cgroup(&envelope.cgroup_procs(), &runtime, &id);
         let config = bundle::config_json(&RunConfig {
             root: &root,
             argv: &argv,
@@ -701,7 +734,8 @@ impl Runner for OciRunner {
 }
 
 /// The control group runc makes for the container: relative, so below the runtime's own (the
-/// run's envelope), where the envelope's limits hold it. crun is told to make none.
-fn enforcement_cgroup(envelope: &[PathBuf], runtime: &Runtime) -> Option<String> {
-    (!envelope.is_empty() && runtime.name != "crun").then(|| "addon-oci".to_string())
+/// run's envelope, whose limits hold it; its refused forks and out-of-memory events are read
+/// there), named after the container. crun is told to make none.
+fn enforcement_cgroup(envelope: &[PathBuf], runtime: &Runtime, id: &str) -> Option<String> {
+    (!envelope.is_empty() && runtime.name != "crun").then(|| id.to_string())
 }
