@@ -1,0 +1,243 @@
+//! The daemonless `oci` runner against the docker runner: the same docker addons (the contract
+//! script, output without a trailing newline, the Guile addon) give the same output and files;
+//! the image is got and unpacked once (`miss`, then `hit`); it works as a user with no access to
+//! any daemon; a pure addon's image never comes from the network; prune removes the root
+//! filesystem.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+
+const SCRIPT: &str = r#"
+echo "args=$*" >&2
+echo "cwd=$(pwd)" >&2
+for v in ADDON_DIR OUTPUT_DIR CACHE_DIR TMPDIR HOME FROM_CONFIG SECRET_TOKEN; do eval "echo $v=\${$v-unset}" >&2; done
+echo "input=$(cat arguments/user-input)" >&2
+echo "ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\n' ' ')" >&2
+mkdir -p "$OUTPUT_DIR/sub" && echo done > "$OUTPUT_DIR/out.txt" && printf 'no newline' > "$OUTPUT_DIR/sub/raw"
+printf '%s' '{"newItems": [{"files": ["out.txt"]}]}'
+"#;
+
+/// Runs `addon` through `runner` twice; returns both runs' output.
+fn twice(runner: &str, addon: &Path, out: &str) -> [(std::process::Output, serde_json::Value); 2] {
+    let w = World::new("auto", &format!("runner: [{runner}]\nenv:\n  same:\n    FROM_CONFIG: configured\n"));
+    let out_dir = w.path().join(out);
+    let run = || {
+        w.run_env(
+            &[addon.to_str().unwrap(), "--args", "Ada", "--output-dir", out_dir.to_str().unwrap()],
+            &[("SECRET_TOKEN", "s3cret")],
+        )
+    };
+    let first = run();
+    let files = tree(&out_dir);
+    let second = run();
+    assert_eq!(files, tree(&out_dir), "{runner}: the second run wrote the same files");
+    [first, second]
+}
+
+/// Every file under `dir` with its content.
+fn tree(dir: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in walkdir(dir) {
+        if e.is_file() {
+            let rel = e.strip_prefix(dir).unwrap().display().to_string();
+            out.push((rel, std::fs::read_to_string(&e).unwrap_or_default()));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn walkdir(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![p.to_path_buf()];
+    if p.is_dir() {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            out.extend(walkdir(&e.path()));
+        }
+    }
+    out
+}
+
+/// What the addon said about its world, without what differs by run (temp paths).
+fn seen(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
+    stderr_map(out).into_iter().filter(|(k, _)| !k.starts_with("build") && !k.contains(' ')).collect()
+}
+
+#[test]
+fn docker_addons_give_the_same_output_and_files_through_oci_as_through_docker() {
+    if !require_docker() || !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "");
+    let addon = w.docker_addon("same", PURE, SCRIPT, &format!("same-{}", std::process::id()));
+    let [(d1, dv1), (_, dv2)] = twice("docker", &addon, "out-docker");
+    let [(o1, ov1), (o2, ov2)] = twice("oci", &addon, "out-oci");
+    for (v, what) in [(&dv1, "docker 1"), (&dv2, "docker 2"), (&ov1, "oci 1"), (&ov2, "oci 2")] {
+        assert_eq!(v["addons"][0]["result"], "success", "{what}: {v}");
+    }
+    assert_eq!(ov1["addons"][0]["runner"], "oci");
+    assert_eq!(ov1["addons"][0]["sandbox"], oci_runtime());
+    assert_eq!((&ov1["addons"][0]["cache"], &ov2["addons"][0]["cache"]), (&"miss".into(), &"hit".into()));
+    // The second run neither builds nor unpacks.
+    let second = String::from_utf8_lossy(&o2.stderr);
+    assert!(!second.contains("build:") && !second.contains("unpacked"), "{second}");
+    assert_eq!(ov2["addons"][0]["phases_ms"]["build"], 0);
+    // Same collected output, same files, same world as the addon saw it.
+    assert_eq!(dv1["addons"][0]["output"], ov1["addons"][0]["output"]);
+    assert_eq!(dv1["output"], ov1["output"]);
+    let w_docker = tree(Path::new(dv1["output_dir"].as_str().unwrap()));
+    let w_oci = tree(Path::new(ov1["output_dir"].as_str().unwrap()));
+    assert_eq!(w_docker, w_oci);
+    let (sd, so) = (seen(&d1), seen(&o1));
+    assert_eq!(sd, so, "docker and oci give the addon the same world");
+    assert_eq!(so["ifaces"], "lo ", "a pure addon gets only lo");
+    assert_eq!(so["SECRET_TOKEN"], "unset");
+    assert_eq!(so["FROM_CONFIG"], "configured");
+}
+
+#[test]
+fn the_guile_addon_gives_the_same_output_through_oci_as_through_docker() {
+    if !require_docker() || !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "");
+    let addon = w.guile_addon(true);
+    let [(_, dv1), _] = twice("docker", &addon, "out-docker");
+    let [(o1, ov1), (o2, ov2)] = twice("oci", &addon, "out-oci");
+    assert_eq!(ov1["addons"][0]["result"], "success", "{ov1}\n{}", String::from_utf8_lossy(&o1.stderr));
+    assert_eq!((&ov1["addons"][0]["cache"], &ov2["addons"][0]["cache"]), (&"miss".into(), &"hit".into()));
+    assert_eq!(dv1["addons"][0]["output"], ov1["addons"][0]["output"]);
+    assert_eq!(
+        tree(Path::new(dv1["output_dir"].as_str().unwrap())),
+        tree(Path::new(ov1["output_dir"].as_str().unwrap()))
+    );
+    // The image's HOME holds the code compiled while building: no run compiles.
+    for out in [&o1, &o2] {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("HOME=/root"), "{stderr}");
+        let runs: Vec<&str> = stderr.lines().filter(|l| l.contains(";;; compiling") && !l.contains("build:")).collect();
+        assert!(runs.is_empty(), "no compilation at run time: {runs:?}");
+    }
+}
+
+/// A user who may reach no daemon (not in group docker) builds, unpacks and runs docker addons.
+#[test]
+fn runs_as_a_user_with_no_daemon() {
+    const USER: &str = "addon-rootless";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to act as {USER}");
+        return;
+    }
+    if !require_oci() {
+        return;
+    }
+    let groups = Command::new("id").args(["-nG", USER]).output().unwrap();
+    if !groups.status.success() {
+        missing(&format!("user {USER} is missing; scripts/test-all creates it"));
+        return;
+    }
+    assert!(
+        !String::from_utf8_lossy(&groups.stdout).split_whitespace().any(|g| g == "docker"),
+        "{USER} is in group docker"
+    );
+    let w = World::new("auto", "runner: [oci]\n");
+    let bin = w.path().join("addon");
+    std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
+    let addon = w.docker_addon("rootless", PURE, SCRIPT, &format!("rootless-{}", std::process::id()));
+    assert!(Command::new("chown").args(["-R", USER]).arg(w.path()).status().unwrap().success());
+    let run = || {
+        let out = Command::new("runuser")
+            .args(["-u", USER, "--", "env", "-u", "HOME", "-u", "DOCKER_HOST"])
+            .arg(&bin)
+            .args(["run", "--json", "--config"])
+            .arg(&w.config)
+            .arg(&addon)
+            .current_dir(w.path())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out, v)
+    };
+    let (out, v) = run();
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((&a["runner"], &a["cache"]), (&"oci".into(), &"miss".into()));
+    assert_eq!(seen(&out)["ifaces"], "lo ");
+    let (_, v) = run();
+    assert_eq!(v["addons"][0]["cache"], "hit", "{v}");
+    // It could not have asked a daemon: the socket is not its to open.
+    let probe =
+        Command::new("runuser").args(["-u", USER, "--", "test", "-w", "/var/run/docker.sock"]).status().unwrap();
+    assert!(!probe.success(), "{USER} can write the docker socket");
+}
+
+#[test]
+fn a_pure_addons_image_never_comes_from_the_network_and_a_local_store_serves_it() {
+    if !require_docker() || !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\n");
+    let named = |name: &str, image: &str| {
+        let root = w.path().join("addons-src").join(name);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("docspell-addon.yml"),
+            format!("meta:\n  name: {name}\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {image}\n{PURE}"),
+        )
+        .unwrap();
+        root
+    };
+    let addon = named("remote", "registry.invalid/nobody/none:1");
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{a}");
+    let err = a["error"].as_str().unwrap();
+    assert!(err.contains("never pulled") && err.contains("registry.invalid/nobody/none:1"), "{err}");
+    // An image in the Docker daemon's store, read once at build time.
+    let src =
+        w.docker_addon("stored", PURE, "echo from-store >&2\necho '{}'", &format!("stored-{}", std::process::id()));
+    let tag = format!("addon-oci-test/stored:{}", std::process::id());
+    let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&src).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let w2 = World::new("auto", "runner: [oci]\noci-runner: {image-store: docker}\n");
+    let addon = {
+        let root = w2.path().join("addons-src/stored");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(
+            root.join("docspell-addon.yml"),
+            format!("meta:\n  name: stored\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {tag}\n{PURE}"),
+        )
+        .unwrap();
+        root
+    };
+    let (out, v) = w2.run(&[addon.to_str().unwrap()]);
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("from-store"));
+    let (_, v) = w2.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["cache"], "hit");
+}
+
+#[test]
+fn prune_removes_the_root_filesystem() {
+    if !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\n");
+    let addon = w.docker_addon("pruned", PURE, "echo '{}'", &format!("pruned-{}", std::process::id()));
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    let rootfs: Vec<_> = walkdir(&w.path().join("cache")).into_iter().filter(|p| p.ends_with("image/rootfs")).collect();
+    assert_eq!(rootfs.len(), 1, "one unpacked root filesystem in the cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["cache", "prune", "--max-size", "0", "--config", w.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!rootfs[0].exists(), "prune removed {}", rootfs[0].display());
+}
