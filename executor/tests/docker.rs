@@ -231,7 +231,14 @@ fn podman(w: &World) -> Option<Podman> {
     }
     let sock = w.path().join("podman.sock");
     let conf = w.path().join("containers.conf");
-    std::fs::write(&conf, "[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n").unwrap();
+    // Podman prefers crun when it is installed (test-all installs it for the oci runner), and
+    // crun 1.8 refuses this host's hybrid cgroups: runc, as the oci runner's probe picks here.
+    let runtime = if oci_runtime() == "crun" { "crun" } else { "runc" };
+    std::fs::write(
+        &conf,
+        format!("[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"{runtime}\"\n"),
+    )
+    .unwrap();
     let service = Command::new("podman")
         .args(["system", "service", "--time=0", &format!("unix://{}", sock.display())])
         .env("CONTAINERS_CONF", &conf)
