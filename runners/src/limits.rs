@@ -276,7 +276,7 @@ impl Envelope {
         watched: Vec<PathBuf>,
     ) -> Result<Envelope, String> {
         let cgroup = match enforcement {
-            Enforcement::Cgroups { .. } => Some(RunCgroup::create(&format!("addon-engine/{run}"), &limits)?),
+            Enforcement::Cgroups { .. } => Some(RunCgroup::create(&Envelope::group_name(run), &limits)?),
             Enforcement::Rlimits { .. } => None,
         };
         let start_size = watched.iter().map(|d| tree_size(d)).sum();
@@ -289,6 +289,11 @@ impl Envelope {
             last_walk: Duration::ZERO,
             root_pid: None,
         })
+    }
+
+    /// The control group of run `run` (below each hierarchy's root).
+    pub fn group_name(run: &str) -> String {
+        format!("addon-engine/{run}")
     }
 
     /// The process the run hangs from, once started: files its tree holds open after unlinking

@@ -226,7 +226,7 @@ impl OciRunner {
             network: false,
             id_map: self.id_map(),
             rlimits: &[],
-            cgroup: is_root().then_some("addon-oci-probe"),
+            cgroup: None,
         });
         if let Some(mounts) = config["mounts"].as_array_mut() {
             for host_dir in ["/usr", "/bin", "/lib", "/lib64", "/etc/ld.so.cache"] {
@@ -296,6 +296,9 @@ impl OciRunner {
             cmd.arg("--cgroup-manager=disabled");
         }
         cmd.arg("run").arg(format!("--bundle={}", bundle_dir.display())).arg(id);
+        // runc moves the container into its group below the envelope; crun makes none, so it
+        // joins the envelope first and the container inherits it.
+        let cgroups = if name == "crun" { cgroups } else { &[] };
         // A /proc of the new PID namespace: the runtime finds its children there by their pids.
         NsPlan::pid_only().map_root().join_cgroups(cgroups).with_overlay(overlay).with_fresh_proc().install(&mut cmd);
         Ok(cmd)
@@ -343,6 +346,7 @@ impl OciRunner {
                 let _ = std::fs::remove_dir(e.path());
             }
         }
+        remove_stale_groups(Duration::from_secs(60));
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().to_string();
             if id.starts_with("addon-") && host::orphaned(&id) {
@@ -678,7 +682,7 @@ impl Runner for OciRunner {
         let hosts = bundle_dir.join("hosts");
         std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
             .map_err(io)?;
-        let cgroup = enforcement_cgroup(&envelope.cgroup_procs(), &runtime, &id);
+        let cgroup = container_cgroup(&envelope.cgroup_procs(), &runtime, &spec.run_id, &id);
         let config = bundle::config_json(&RunConfig {
             root: &root,
             argv: &argv,
@@ -691,6 +695,9 @@ impl Runner for OciRunner {
             cgroup: cgroup.as_deref(),
         });
         std::fs::write(bundle_dir.join("config.json"), config.to_string()).map_err(io)?;
+        if let Some(p) = std::env::var_os("ADDON_OCI_DUMP") {
+            let _ = std::fs::write(p, config.to_string());
+        }
         // The writable layer: bounded by the output size (and charged to the run's memory).
         let overlay_size = spec.limits.output_size.unwrap_or(4 << 30);
         let cmd = self
@@ -710,12 +717,14 @@ impl Runner for OciRunner {
         let spawned = host::spawn(NAME, &self.inner.runs, &spec, cmd, &program, &mut envelope, noise)?;
         let mut events = spawned.watch(&self.inner.runs, &spec, envelope);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let run_id = spec.run_id.clone();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
                 let exited = matches!(e, RunEvent::Exited(_));
                 if exited {
                     // A runtime killed mid-run (timeout, cancel) leaves its state behind.
                     delete(&runtime.path, &state, &id).await;
+                    remove_run_groups(&run_id);
                 }
                 let _ = tx.send(e).await;
             }
@@ -733,9 +742,47 @@ impl Runner for OciRunner {
     }
 }
 
-/// The control group runc makes for the container: relative, so below the runtime's own (the
-/// run's envelope, whose limits hold it; its refused forks and out-of-memory events are read
-/// there), named after the container. crun is told to make none.
-fn enforcement_cgroup(envelope: &[PathBuf], runtime: &Runtime, id: &str) -> Option<String> {
-    (!envelope.is_empty() && runtime.name != "crun").then(|| id.to_string())
+/// The control group runc puts the container in: a child of the run's envelope (whose limits
+/// hold it; the envelope reads its refused forks and out-of-memory events), named after the
+/// container. runc itself stays outside: on cgroup v1 every move into a group may wait for an
+/// RCU grace period (~10 ms), and runc moves the container anyway. crun is told to make no
+/// group; it joins the envelope itself instead (see [`OciRunner::command`]).
+fn container_cgroup(envelope: &[PathBuf], runtime: &Runtime, run_id: &str, id: &str) -> Option<String> {
+    (!envelope.is_empty() && runtime.name != "crun")
+        .then(|| format!("/{}/{id}", crate::limits::Envelope::group_name(run_id)))
+}
+
+/// Removes empty groups below `addon-engine` (in every hierarchy) older than `age`: what runs of
+/// killed engines left. A group with processes or child groups cannot be removed, so a live run
+/// keeps its own.
+fn remove_stale_groups(age: Duration) {
+    let old = |p: &Path| {
+        std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age)
+    };
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for run in std::fs::read_dir(hierarchy.path().join("addon-engine")).into_iter().flatten().flatten() {
+            let run = run.path();
+            if !run.is_dir() || !old(&run) {
+                continue;
+            }
+            for child in std::fs::read_dir(&run).into_iter().flatten().flatten() {
+                if child.path().is_dir() && old(&child.path()) {
+                    let _ = std::fs::remove_dir(child.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&run);
+        }
+    }
+}
+
+/// Removes what runc's group path left in the hierarchies the envelope does not use (cpuset,
+/// devices, freezer, ...: runc removes only the container's own group, not its parents).
+fn remove_run_groups(run_id: &str) {
+    let name = crate::limits::Envelope::group_name(run_id);
+    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let dir = e.path().join(&name);
+        if dir.is_dir() {
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
 }
