@@ -4,6 +4,9 @@
 //! with the engine's phases. The engine is used as a job server uses it (the library, one
 //! long-lived engine); the `addon run` command is timed too.
 //!
+//! (b) is a minimal bundle; (c) is the configuration the engine writes for a run (its mounts,
+//! seccomp profile, capabilities, id mapping) without the per-run overlay.
+//!
 //! `cargo bench -p addon-executor --bench oci` (needs root, runc or crun, umoci, buildah and a
 //! Docker daemon; BENCH_RUNS to change).
 
@@ -107,16 +110,45 @@ fn main() {
                   "gidMappings": [{"containerID": 0, "hostID": base, "size": 65536}]}
     });
     std::fs::write(bundle.join("config.json"), spec.to_string()).expect("write");
+    // The engine's own configuration of a run (bundle::config_json: its mounts, seccomp profile,
+    // capabilities, id mapping), over the same root filesystem read-only, without the overlay.
+    let same = dir.path().join("same-bundle");
+    for sub in ["work", "output", "cache"] {
+        let d = same.join(sub);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::os::unix::fs::chown(&d, Some(base), Some(base)).expect("chown");
+    }
+    std::fs::write(same.join("hosts"), "127.0.0.1 localhost\n").expect("write");
+    let user = addon_runners::oci::bundle::User { uid: 0, gid: 0, additional_gids: vec![], home: "/".into() };
+    let argv = ["/bin/sh".to_string(), "/run.sh".to_string()];
+    let mut same_config = addon_runners::oci::bundle::config_json(&addon_runners::oci::bundle::RunConfig {
+        root: &rootfs,
+        argv: &argv,
+        env: &["PATH=/bin".to_string()],
+        user: &user,
+        binds: addon_runners::oci::bundle::Binds {
+            work: &same.join("work"),
+            output: &same.join("output"),
+            cache: &same.join("cache"),
+            hosts: &same.join("hosts"),
+        },
+        network: false,
+        id_map: Some((base, addon_runners::oci::ID_RANGE)),
+        rlimits: &[],
+        cgroup: None,
+    });
+    same_config["root"]["readonly"] = serde_json::json!(true);
+    std::fs::write(same.join("config.json"), same_config.to_string()).expect("write");
     let state = dir.path().join("bare-state");
     let mut n = 0;
-    let mut bare_runtime = || {
+    let mut bare_runtime = |bundle: &Path| {
         n += 1;
         let mut c = Command::new(&runtime_name);
         c.arg(format!("--root={}", state.display()));
         if runtime_name == "crun" {
             c.arg("--cgroup-manager=disabled");
         }
-        c.args(["run", "--bundle"]).arg(&bundle).arg(format!("bare-{n}"));
+        c.args(["run", "--bundle"]).arg(bundle).arg(format!("bare-{n}"));
         c
     };
     let bare_docker = || {
@@ -126,12 +158,13 @@ fn main() {
     };
     let cli = || addon_run(&config_path, &addon);
     time(&mut cli());
-    let (mut e, mut phases, mut c, mut d, mut r) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut e, mut phases, mut c, mut d, mut r, mut rs) = (vec![], vec![], vec![], vec![], vec![], vec![]);
     for _ in 0..runs {
         let (t, p) = rt.block_on(run_once(&engine, &addon));
         e.push(t);
         phases.push(p);
-        r.push(time(&mut bare_runtime()));
+        r.push(time(&mut bare_runtime(&bundle)));
+        rs.push(time(&mut bare_runtime(&same)));
         c.push(time(&mut cli()));
         d.push(time(&mut bare_docker()));
     }
@@ -141,7 +174,7 @@ fn main() {
         v[v.len() / 2]
     };
     let fastest = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
-    let (em, cm, dm, rm) = (median(e.clone()), median(c), median(d), median(r.clone()));
+    let (em, cm, dm, rm, rsm) = (median(e.clone()), median(c), median(d), median(r.clone()), median(rs.clone()));
     println!("oci benchmark: median of {runs} runs each, interleaved (runtime: {runtime_name})");
     println!("  first run (buildah build + umoci unpack + run)  {:>8.1} ms", ms(first));
     println!(
@@ -169,6 +202,13 @@ fn main() {
         ms(em) / ms(rm),
         ms(fastest(&e)) / ms(fastest(&r)),
         ms(cm) / ms(rm)
+    );
+    println!(
+        "  (c) bare {runtime_name} run, the engine's bundle config       {:>8.1} ms   engine/(c) {:.2}x (fastest {:.2}x), CLI/(c) {:.2}x",
+        ms(rsm),
+        ms(em) / ms(rsm),
+        ms(fastest(&e)) / ms(fastest(&rs)),
+        ms(cm) / ms(rsm)
     );
     let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
 }
