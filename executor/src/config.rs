@@ -299,10 +299,12 @@ pub struct OciRunnerConfig {
     /// that ask for network; a pure addon's image never comes from the network), `always`.
     pub pull: OciPull,
     pub build_timeout: HumanDuration,
-    /// Network of Dockerfile builds: `host` (as Docspell's builds, which fetch packages) or
-    /// `none`.
+    /// Network of Dockerfile builds of addons that ask for network: `host` (as Docspell's
+    /// builds, which fetch packages) or `none`. A pure addon's build never has network and
+    /// never pulls its base image (unless `pull: always`).
     pub build_network: String,
-    /// As root, container ids 0..65535 are host ids from this one up (never the host's root).
+    /// As root, container ids 0..65535 are host ids from this one up (never the host's root);
+    /// Dockerfile builds use the 65536 ids after those.
     pub uid_base: u32,
     /// The runtime's state directory; null: `/run/addon-engine/oci` as root, else under the
     /// temp directory.
@@ -584,12 +586,12 @@ impl Config {
             );
         }
         if config.oci_runner.uid_base == 0
-            || u64::from(config.oci_runner.uid_base) + u64::from(addon_runners::oci::ID_RANGE) > u64::from(u32::MAX)
+            || u64::from(config.oci_runner.uid_base) + 2 * u64::from(addon_runners::oci::ID_RANGE) > u64::from(u32::MAX)
         {
             return Err(format!(
-                "oci-runner.uid-base: {} must be above 0 with {} ids free above it",
+                "oci-runner.uid-base: {} must be above 0 with {} ids free above it (containers, then builds)",
                 config.oci_runner.uid_base,
-                addon_runners::oci::ID_RANGE
+                2 * addon_runners::oci::ID_RANGE
             ));
         }
         if !["host", "none"].contains(&config.oci_runner.build_network.as_str()) {

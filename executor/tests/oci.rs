@@ -241,3 +241,44 @@ fn prune_removes_the_root_filesystem() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!rootfs[0].exists(), "prune removed {}", rootfs[0].display());
 }
+
+/// The addon's Dockerfile is the addon's code: a pure addon's build has no network, and as root
+/// its RUN steps run in a user namespace of unprivileged host ids. RUN options (`--mount` binds
+/// a path the builder resolves on the host) are refused with the line.
+#[test]
+fn builds_are_isolated_and_run_options_refused() {
+    if !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\n");
+    let addon =
+        w.docker_addon("isobuild", PURE, "cat /build-seen >&2\necho '{}'", &format!("iso-{}", std::process::id()));
+    let dockerfile = addon.join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+        "COPY run.sh /run.sh",
+        "RUN [\"/bin/sh\", \"-c\", \"echo build_ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\\\n' ' ') > /build-seen; echo build_uidmap=$(cat /proc/self/uid_map | tr -s ' ') >> /build-seen\"]\nCOPY run.sh /run.sh",
+    );
+    std::fs::write(&dockerfile, text).unwrap();
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    let seen = stderr_map(&out);
+    assert_eq!(seen["build_ifaces"].trim(), "lo", "a pure addon's build has no network");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let map = &seen["build_uidmap"];
+        let host: u64 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert!(host >= 2_147_265_536, "RUN steps run as unprivileged host ids: {map}");
+    }
+    // CVE-2024-1753: a bind of the host's root through a link in another stage.
+    let evil = w.docker_addon("evilbuild", PURE, "echo '{}'", "evil");
+    std::fs::write(
+        evil.join("Dockerfile"),
+        "FROM scratch AS evil\nCOPY busybox /bin/busybox\n\nFROM scratch\nCOPY busybox /bin/busybox\nRUN \\\n  --mount=type=bind,from=evil,source=/,target=/h,rw [\"/bin/busybox\", \"cat\", \"/h/etc/shadow\"]\n",
+    )
+    .unwrap();
+    let (_, v) = w.run(&[evil.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{a}");
+    let err = a["error"].as_str().unwrap();
+    assert!(err.contains("line 6") && err.contains("RUN options are refused"), "{err}");
+}

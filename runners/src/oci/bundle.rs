@@ -91,18 +91,27 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<User, String> {
     resolve_user_in(&passwd, &group, spec)
 }
 
-/// Reads at most 1 MiB of an image's file, and nothing through a symlink that leaves the root
-/// (an image's `/etc/passwd` may be a link to anywhere on the host).
+/// Reads at most 1 MiB of an image's `etc/NAME`, and nothing through a symlink (an image's
+/// `/etc` or `/etc/passwd` may be a link to anywhere on the host): `etc` must be a directory
+/// and the file a regular file, both opened without following links.
 fn read_small(path: &Path) -> String {
     use std::io::Read;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return String::new() };
-    if !meta.is_file() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let (Some(etc), Some(name)) = (path.parent(), path.file_name()) else { return String::new() };
+    let nofollow = |p: &Path, dir: bool| {
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).custom_flags(libc::O_NOFOLLOW | if dir { libc::O_DIRECTORY } else { 0 });
+        o.open(p)
+    };
+    let Ok(dir) = nofollow(etc, true) else { return String::new() };
+    // The file, relative to the directory just opened (no second lookup of `etc`).
+    let at = format!("/proc/self/fd/{}/{}", std::os::fd::AsRawFd::as_raw_fd(&dir), name.to_string_lossy());
+    let Ok(f) = nofollow(Path::new(&at), false) else { return String::new() };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
         return String::new();
     }
     let mut text = String::new();
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.take(1 << 20).read_to_string(&mut text);
-    }
+    let _ = f.take(1 << 20).read_to_string(&mut text);
     text
 }
 
@@ -307,6 +316,27 @@ mod tests {
         let u = resolve_user_in("", "", "").unwrap();
         assert_eq!((u.uid, u.home.as_str()), (0, "/"));
         assert!(resolve_user_in("", "", "app").is_err());
+    }
+
+    #[test]
+    fn an_images_etc_is_not_followed_out_of_its_root() {
+        let d = tempfile::tempdir().unwrap();
+        let host = d.path().join("host-etc");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("passwd"), "bob:x:1234:1234::/HOST-FILE:/bin/sh\n").unwrap();
+        let img = d.path().join("rootfs");
+        std::fs::create_dir_all(&img).unwrap();
+        std::os::unix::fs::symlink(&host, img.join("etc")).unwrap();
+        assert_eq!(resolve_user(&img, "1234").unwrap().home, "/");
+        // And a link at the file itself.
+        let img2 = d.path().join("rootfs2");
+        std::fs::create_dir_all(img2.join("etc")).unwrap();
+        std::os::unix::fs::symlink(host.join("passwd"), img2.join("etc/passwd")).unwrap();
+        assert_eq!(resolve_user(&img2, "1234").unwrap().home, "/");
+        let img3 = d.path().join("rootfs3");
+        std::fs::create_dir_all(img3.join("etc")).unwrap();
+        std::fs::write(img3.join("etc/passwd"), "bob:x:1234:1234::/home/bob:/bin/sh\n").unwrap();
+        assert_eq!(resolve_user(&img3, "1234").unwrap().home, "/home/bob");
     }
 
     #[test]

@@ -67,6 +67,49 @@ pub async fn run_tool(
     Err(format!("{what} failed ({status}): {last}{BUILD_LOG_MARK}{}", tail.join("\n")))
 }
 
+/// Refuses Dockerfile instructions the builder cannot be trusted with: `RUN` flags (`--mount`
+/// binds a path the builder resolves on the host, CVE-2024-1753 in buildah before 1.35.3;
+/// `--network` and `--security` widen what a step gets). Instructions are case-insensitive and
+/// may continue over lines ending in `\`.
+pub fn check_dockerfile(text: &str) -> Result<(), String> {
+    let mut instruction = String::new();
+    let mut first_line = 0;
+    let check = |ins: &str, line: usize| -> Result<(), String> {
+        let mut words = ins.split_whitespace();
+        if words.next().is_some_and(|w| w.eq_ignore_ascii_case("RUN")) {
+            if let Some(flag) = words.next().filter(|w| w.starts_with("--")) {
+                return Err(format!(
+                    "line {line}: `RUN {flag}`: RUN options are refused (the builder runs the addon's code; use a plain RUN)"
+                ));
+            }
+        }
+        Ok(())
+    };
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if instruction.is_empty() {
+            if trimmed.starts_with('#') || trimmed.is_empty() {
+                continue;
+            }
+            first_line = n + 1;
+        } else if trimmed.starts_with('#') {
+            continue; // a comment inside a continued instruction
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(rest) => {
+                instruction.push_str(rest);
+                instruction.push(' ');
+            }
+            None => {
+                instruction.push_str(trimmed);
+                check(&instruction, first_line)?;
+                instruction.clear();
+            }
+        }
+    }
+    check(&instruction, first_line)
+}
+
 /// A `docker://`-style reference with a tag (`busybox` is `busybox:latest`), as skopeo's
 /// `docker-daemon:` transport wants it.
 pub fn with_tag(image: &str) -> String {
@@ -121,13 +164,24 @@ pub fn read_layout(layout: &Path) -> Result<(String, ImageConfig), String> {
     Ok((config_digest.to_string(), config))
 }
 
+/// How the ids in an image's layers become host ids when it is unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdShift {
+    /// The first id in the layers (0, or where a build's user namespace put the image's root).
+    pub from: u32,
+    /// The host id it becomes.
+    pub to: u32,
+    pub size: u32,
+}
+
 /// Unpacks the image of `layout` into `content` (see [`rootfs_of`]): as the engine's own files
-/// when rootless, else with the image's ids moved up by `uid_base` (its root is not the host's).
+/// when rootless (`shift` None), else with the layers' ids moved as `shift` says (the image's
+/// root is not the host's).
 pub async fn unpack(
     umoci: &Path,
     layout: &Path,
     content: &Path,
-    id_map: Option<(u32, u32)>,
+    shift: Option<IdShift>,
     log: &LogSink,
     timeout: Duration,
 ) -> Result<(), String> {
@@ -139,9 +193,16 @@ pub async fn unpack(
     let bundle = image.join("unpacked");
     let mut cmd = tokio::process::Command::new(umoci);
     cmd.arg("unpack");
-    match id_map {
-        Some((base, size)) => {
-            cmd.arg(format!("--uid-map=0:{base}:{size}")).arg(format!("--gid-map=0:{base}:{size}"));
+    match shift {
+        Some(IdShift { from, to, size }) => {
+            // umoci wants the image's root mapped too, even when no file is its.
+            let mut maps = vec![format!("0:{to}:{size}")];
+            if from != 0 {
+                maps.push(format!("{from}:{to}:{size}"));
+            }
+            for m in maps {
+                cmd.arg(format!("--uid-map={m}")).arg(format!("--gid-map={m}"));
+            }
         }
         None => {
             cmd.arg("--rootless");
@@ -154,7 +215,7 @@ pub async fn unpack(
     // umoci's own records (the runtime configuration it proposes, an mtree of every file) are not
     // needed: the engine writes each run's configuration.
     let _ = std::fs::remove_dir_all(&bundle);
-    if id_map.is_none() {
+    if shift.is_none() {
         // Directories an image keeps read-only (0555) would keep `addon cache prune`, which runs
         // as the engine's user, from removing the entry.
         owner_writable_dirs(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
@@ -179,6 +240,22 @@ fn owner_writable_dirs(root: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_flags_are_refused_however_written() {
+        assert!(check_dockerfile("FROM scratch\nRUN echo --mount\nCOPY a /a\n").is_ok());
+        for evil in [
+            "FROM scratch\nRUN --mount=type=bind,from=x,source=/l,target=/h,rw cat /h/etc/shadow\n",
+            "from scratch\nrun   --mount=type=cache,target=/x true\n",
+            "FROM scratch\nRUN \\\n  --network=host true\n",
+            "FROM scratch\nRUN \\\n# a comment\n  --security=insecure true",
+        ] {
+            let e = check_dockerfile(evil).unwrap_err();
+            assert!(e.contains("RUN options are refused"), "{e}");
+        }
+        let e = check_dockerfile("FROM scratch\n\nRUN --mount=x y\n").unwrap_err();
+        assert!(e.starts_with("line 3:"), "{e}");
+    }
 
     #[test]
     fn references_get_a_tag() {

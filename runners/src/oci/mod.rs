@@ -266,7 +266,7 @@ impl OciRunner {
             Some((base, size)) => {
                 format!("as root; containers in a user namespace as host ids {base}-{}", base + size - 1)
             }
-            None => "rootless; the engine's user is the container's root, in a user namespace".to_string(),
+            None => "rootless; the engine's user is the container's root, in a user namespace; without control groups the memory limit is not enforced (the runtime cannot start under an address-space limit)".to_string(),
         };
         Probe::ok("oci-runtime", format!("{version} ({who})"), Some(version.clone()))
     }
@@ -404,7 +404,19 @@ impl OciRunner {
         let buildah = self.tool(&s.buildah, "builds Dockerfile addons")?;
         let dockerfile = spec.descriptor.dockerfile().to_string();
         let rel = normalise_relative(&dockerfile).map_err(|why| format!("runner.docker.build `{dockerfile}` {why}"))?;
+        let path = spec.addon_dir.join(&rel);
+        let text = std::fs::read(&path).map_err(|e| format!("{dockerfile}: {e}"))?;
+        image::check_dockerfile(&String::from_utf8_lossy(&text)).map_err(|e| format!("{dockerfile}: {e}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
+        // The build runs the addon's code (RUN steps) and, for a pure addon, gets no network and
+        // fetches no base image (`oci-runner.pull: always` allows both).
+        let online = match s.pull {
+            Pull::Always => true,
+            Pull::IfNetworking => spec.descriptor.networking(),
+            Pull::Never => false,
+        };
+        let network =
+            if spec.descriptor.networking() || s.pull == Pull::Always { s.build_network.as_str() } else { "none" };
         // Rootless, buildah's storage is the engine's own (a job server's account may have no
         // home); as root, the system's (shared with podman, so its base images are found).
         let storage: Vec<String> = if is_root() {
@@ -434,14 +446,19 @@ impl OciRunner {
         cmd.arg("build")
             .arg(format!("--runtime={}", runtime.path.display()))
             .arg("--isolation=oci")
-            .arg(format!("--network={}", s.build_network))
+            .arg(format!("--network={network}"))
+            .arg(if online { "--pull=true" } else { "--pull=never" })
             .arg("--layers=false")
-            .arg(format!("--label=org.addon-engine.addon={}", spec.addon.label()))
-            .arg("-f")
-            .arg(spec.addon_dir.join(rel))
-            .arg("-t")
-            .arg(&tag)
-            .arg(&spec.addon_dir);
+            .arg(format!("--label=org.addon-engine.addon={}", spec.addon.label()));
+        if let Some((base, size)) = self.id_map() {
+            // As root, RUN steps run in a user namespace of their own range of host ids (above
+            // the containers'), never as the host's root.
+            // Its layer keeps those host ids: squashed into one layer (base image included), they
+            // are moved back to the containers' range when unpacked.
+            let map = format!("0:{}:{size}", base + size);
+            cmd.arg(format!("--userns-uid-map={map}")).arg(format!("--userns-gid-map={map}")).arg("--squash");
+        }
+        cmd.arg("-f").arg(&path).arg("-t").arg(&tag).arg(&spec.addon_dir);
         image::run_tool(cmd, "buildah build", log, timeout).await?;
         let mut push = buildah_cmd();
         push.args(["push", "--quiet", &tag]).arg(image::layout_ref(layout));
@@ -603,7 +620,14 @@ impl Runner for OciRunner {
         let source = self.fetch(spec, &layout, &runtime, &log).await.map_err(fail)?;
         let fetched = started.elapsed();
         let (digest, config) = image::read_layout(&layout).map_err(fail)?;
-        image::unpack(&umoci, &layout, &spec.content_dir, self.id_map(), &log, self.inner.settings.build_timeout)
+        // A root build ran in the build range of ids, and its one (squashed) layer holds them.
+        let built = spec.descriptor.docker_image().is_none();
+        let shift = self.id_map().map(|(base, size)| image::IdShift {
+            from: if built { base + size } else { 0 },
+            to: base,
+            size,
+        });
+        image::unpack(&umoci, &layout, &spec.content_dir, shift, &log, self.inner.settings.build_timeout)
             .await
             .map_err(fail)?;
         let _ = std::fs::remove_dir_all(&layout);
@@ -668,8 +692,15 @@ impl Runner for OciRunner {
         let argv = img.argv(&spec.args).map_err(setup)?;
         let enforcement: Enforcement = self.inner.sandboxes.enforcement();
         let mut envelope = host::envelope_for(NAME, &spec, &enforcement)?;
-        let rlimits: Vec<(&'static str, u64)> =
-            envelope.rlimits().into_iter().filter_map(|(r, v)| bundle::rlimit_name(r).map(|n| (n, v))).collect();
+        // Without control groups (rootless here), the envelope's limits are rlimits, set by the
+        // runtime in the container's init before it starts the addon; all but the address space:
+        // the runtime's own init (Go) still runs under them and cannot under that one.
+        let rlimits: Vec<(&'static str, u64)> = envelope
+            .rlimits()
+            .into_iter()
+            .filter(|(r, _)| *r != libc::RLIMIT_AS)
+            .filter_map(|(r, v)| bundle::rlimit_name(r).map(|n| (n, v)))
+            .collect();
         let bundle_dir = spec.dirs.scratch.join("oci");
         let io = |e: std::io::Error| setup(format!("making the bundle in {}: {e}", bundle_dir.display()));
         std::fs::create_dir_all(&bundle_dir).map_err(io)?;
