@@ -304,8 +304,9 @@ impl OciRunner {
         Ok(cmd)
     }
 
-    /// Tool versions for `addon runners` (remembered like the runtime's).
-    fn tools(&self) -> Vec<String> {
+    /// The versions of umoci (which every image needs), buildah and skopeo, for `addon runners`
+    /// (remembered like the runtime's); Err for umoci when it is missing.
+    fn tools(&self) -> Result<Vec<String>, String> {
         let s = &self.inner.settings;
         let mut out = Vec::new();
         for (probe_name, tool, why) in [
@@ -313,17 +314,23 @@ impl OciRunner {
             ("oci-buildah", &s.buildah, "builds Dockerfiles"),
             ("oci-skopeo", &s.skopeo, "copies `image:` references"),
         ] {
-            let Ok(path) = which::which(tool) else {
-                out.push(format!("{tool} missing ({why}; apt-get install {})", base_name(tool)));
-                continue;
+            let p = match which::which(tool) {
+                Ok(path) => {
+                    self.inner.probes.get(probe_name, tool, Some(&path), || match crate::sandbox::version_of(&path) {
+                        Some(v) => Probe::ok(probe_name, v.replace(" version", ""), None),
+                        None => Probe::missing(probe_name, format!("{tool}: `--version` failed")),
+                    })
+                }
+                Err(_) => {
+                    Probe::missing(probe_name, format!("{tool} missing ({why}; apt-get install {})", base_name(tool)))
+                }
             };
-            let p = self.inner.probes.get(probe_name, tool, Some(&path), || match crate::sandbox::version_of(&path) {
-                Some(v) => Probe::ok(probe_name, v.replace(" version", ""), None),
-                None => Probe::missing(probe_name, format!("{tool}: `--version` failed")),
-            });
+            if !p.available && probe_name == "oci-umoci" {
+                return Err(p.detail);
+            }
             out.push(p.detail);
         }
-        out
+        Ok(out)
     }
 
     fn tool(&self, tool: &str, why: &str) -> Result<PathBuf, String> {
@@ -576,11 +583,15 @@ impl Runner for OciRunner {
             Err(e) => return Availability { available: false, version: None, detail: e },
         };
         let me = OciRunner { inner: self.inner.clone() };
-        let tools = tokio::task::spawn_blocking(move || me.tools()).await.unwrap_or_default();
-        if let Some(missing) = tools.iter().find(|t| t.starts_with(&self.inner.settings.umoci) && t.contains("missing"))
-        {
-            return Availability { available: false, version: Some(runtime.version), detail: missing.clone() };
-        }
+        let tools = match tokio::task::spawn_blocking(move || me.tools()).await {
+            Ok(Ok(tools)) => tools,
+            Ok(Err(missing)) => {
+                return Availability { available: false, version: Some(runtime.version), detail: missing }
+            }
+            Err(e) => {
+                return Availability { available: false, version: None, detail: format!("probing the tools: {e}") }
+            }
+        };
         self.reap_once().await;
         let mut detail = format!("{}; {}", runtime.detail, tools.join(", "));
         if !refused.is_empty() {
