@@ -142,6 +142,8 @@ impl OciRunner {
         self.inner.settings.state_dir.clone().unwrap_or_else(|| {
             if is_root() {
                 PathBuf::from("/run/addon-engine/oci")
+            } else if let Some(run) = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|d| owned_dir(d)) {
+                run.join("addon-engine-oci")
             } else {
                 std::env::temp_dir().join(format!("addon-engine-oci-{}", Identity::current().uid))
             }
@@ -393,7 +395,7 @@ impl OciRunner {
             }
             let mut failures = Vec::new();
             for source in &sources {
-                let mut cmd = tokio::process::Command::new(&skopeo);
+                let mut cmd = tool_command(&skopeo);
                 cmd.args(["copy", "--quiet", source]).arg(image::layout_ref(layout));
                 match image::run_tool(cmd, &format!("skopeo copy {source}"), log, timeout).await {
                     Ok(()) => return Ok(source.clone()),
@@ -442,7 +444,7 @@ impl OciRunner {
             std::fs::create_dir_all(h).map_err(|e| format!("{}: {e}", h.display()))?;
         }
         let buildah_cmd = || {
-            let mut c = tokio::process::Command::new(&buildah);
+            let mut c = tool_command(&buildah);
             c.args(&storage);
             if let Some(h) = &own_home {
                 c.env("HOME", h);
@@ -476,6 +478,22 @@ impl OciRunner {
         let _ = image::run_tool(rmi, "buildah rmi", log, Duration::from_secs(60)).await;
         pushed.map(|()| format!("Dockerfile {dockerfile} (buildah)"))
     }
+}
+
+/// A containers tool (buildah, skopeo): a runtime directory that is not this user's (a job
+/// server started by root's session, `runuser`) makes them fail, so it is left out then.
+fn tool_command(program: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(program);
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some_and(|d| !owned_dir(Path::new(&d))) {
+        c.env_remove("XDG_RUNTIME_DIR");
+    }
+    c
+}
+
+/// A directory (not a link) of this user.
+fn owned_dir(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == Identity::current().uid)
 }
 
 fn writable_dir(p: &Path) -> bool {
@@ -520,9 +538,19 @@ fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result
 /// containers' roots (each only mounted in its run's own mount namespace), which the container's
 /// root, an unprivileged id of the host, must be able to pass through.
 fn make_state(state: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let roots = state.join("roots");
     std::fs::create_dir_all(&roots).map_err(|e| format!("{}: {e}", roots.display()))?;
+    // In a shared temp directory someone else may have made it first: it must be ours.
+    for dir in [state, roots.as_path()] {
+        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !meta.is_dir() || meta.uid() != Identity::current().uid {
+            return Err(format!(
+                "{}: the OCI runtime's state directory is not a directory of this user (set oci-runner.state-dir)",
+                dir.display()
+            ));
+        }
+    }
     for dir in [state, roots.as_path()] {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
