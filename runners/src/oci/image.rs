@@ -220,7 +220,46 @@ pub async fn unpack(
         // as the engine's user, from removing the entry.
         owner_writable_dirs(&rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
     }
+    make_mountpoints(&rootfs, shift.map(|s| s.to));
     Ok(())
+}
+
+/// Makes the mount points every run binds (`/mnt/work`, `/mnt/output`, `/mnt/cache`,
+/// `/etc/hosts`) in the cached root once, so that the runtime need not create them in each run's
+/// overlay. Only below real directories: where the image has a link on the way, nothing is made
+/// here (the runtime then makes them inside the root, resolving links there).
+fn make_mountpoints(rootfs: &Path, owner: Option<u32>) {
+    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let absent = |p: &Path| std::fs::symlink_metadata(p).is_err();
+    let own = |p: &Path| {
+        if let Some(id) = owner {
+            let _ = std::os::unix::fs::lchown(p, Some(id), Some(id));
+        }
+    };
+    let mnt = rootfs.join("mnt");
+    if absent(&mnt) && std::fs::create_dir(&mnt).is_ok() {
+        own(&mnt);
+    }
+    if real_dir(&mnt) {
+        for sub in ["work", "output", "cache"] {
+            let p = mnt.join(sub);
+            if absent(&p) && std::fs::create_dir(&p).is_ok() {
+                own(&p);
+            }
+        }
+    }
+    let etc = rootfs.join("etc");
+    if absent(&etc) && std::fs::create_dir(&etc).is_ok() {
+        own(&etc);
+    }
+    let hosts = etc.join("hosts");
+    if real_dir(&etc) && absent(&hosts) {
+        use std::os::unix::fs::OpenOptionsExt;
+        let made = std::fs::OpenOptions::new().write(true).create_new(true).custom_flags(libc::O_NOFOLLOW).open(&hosts);
+        if made.is_ok() {
+            own(&hosts);
+        }
+    }
 }
 
 fn owner_writable_dirs(root: &Path) -> std::io::Result<()> {
@@ -255,6 +294,26 @@ mod tests {
         }
         let e = check_dockerfile("FROM scratch\n\nRUN --mount=x y\n").unwrap_err();
         assert!(e.starts_with("line 3:"), "{e}");
+    }
+
+    #[test]
+    fn mount_points_are_made_only_below_real_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let root = d.path().join("rootfs");
+        std::fs::create_dir_all(&root).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("mnt")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
+        make_mountpoints(&root, None);
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing made through the image's links");
+        let plain = d.path().join("plain");
+        std::fs::create_dir_all(&plain).unwrap();
+        make_mountpoints(&plain, None);
+        for p in ["mnt/work", "mnt/output", "mnt/cache"] {
+            assert!(plain.join(p).is_dir(), "{p}");
+        }
+        assert!(plain.join("etc/hosts").is_file());
     }
 
     #[test]
