@@ -14,20 +14,7 @@ use std::time::{Duration, Instant};
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
     let dir = tempfile::tempdir().expect("tempdir");
-    let addon = dir.path().join("noop");
-    std::fs::create_dir(&addon).expect("mkdir");
-    std::fs::copy("/bin/busybox", addon.join("busybox")).expect("static busybox");
-    std::fs::write(
-        addon.join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n",
-    )
-    .expect("write");
-    std::fs::write(addon.join("run.sh"), "echo '{}'\n").expect("write");
-    std::fs::write(
-        addon.join("docspell-addon.yml"),
-        "meta: {name: bench-noop, version: \"1\"}\nrunner: {docker: {enable: true}}\noptions: {networking: false, collectOutput: true}\n",
-    )
-    .expect("write");
+    let addon = common::noop_addon(dir.path(), "bench-noop", "docker");
     let config = config_file(dir.path(), "config", "runner: [docker]\n");
     let engine = || addon_run(&config, &addon);
     let tag = "addon-bench-docspell:latest";

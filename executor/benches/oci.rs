@@ -14,9 +14,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+use addon_executor::{Config, Engine};
 use common::{addon_run, median, time};
 
 fn ms(d: Duration) -> f64 {
@@ -26,18 +26,8 @@ fn ms(d: Duration) -> f64 {
 /// One run through the engine: wall time and the phases it reported (prepare, run, collect,
 /// cleanup, in ms).
 async fn run_once(engine: &Engine, addon: &Path) -> (Duration, [u64; 4]) {
-    let req = RunRequest {
-        sources: vec![addon.display().to_string()],
-        runners: Some(vec!["oci".to_string()]),
-        fail_fast: Some(true),
-        ..Default::default()
-    };
-    let t = Instant::now();
-    let report = engine.run(req, None, CancellationToken::new()).await.expect("engine run");
-    let d = t.elapsed();
-    let a = &report.addons[0];
-    assert!(report.success, "{:?} {:?}", a.result, a.error);
-    let p = &a.phases_ms;
+    let (d, report) = common::engine_run(engine, addon, "oci").await;
+    let p = &report.addons[0].phases_ms;
     (d, [p.prepare, p.run, p.collect, p.cleanup])
 }
 
@@ -55,20 +45,7 @@ fn find(dir: &Path, end: &str) -> Option<PathBuf> {
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
     let dir = tempfile::tempdir().expect("tempdir");
-    let addon = dir.path().join("noop");
-    std::fs::create_dir(&addon).expect("mkdir");
-    std::fs::copy("/bin/busybox", addon.join("busybox")).expect("static busybox");
-    std::fs::write(
-        addon.join("Dockerfile"),
-        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n",
-    )
-    .expect("write");
-    std::fs::write(addon.join("run.sh"), "echo '{}'\n").expect("write");
-    std::fs::write(
-        addon.join("docspell-addon.yml"),
-        "meta: {name: bench-oci, version: \"1\"}\nrunner: {docker: {enable: true}}\noptions: {networking: false, collectOutput: true}\n",
-    )
-    .expect("write");
+    let addon = common::noop_addon(dir.path(), "bench-oci", "docker");
     let config_path = common::config_file(dir.path(), "config", "runner: [oci]\n");
     let config = Config::load(&config_path).expect("config");
     let tag = "addon-bench-oci:latest";

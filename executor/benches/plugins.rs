@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+use addon_executor::{Config, Engine};
 use common::{median, time};
 
 fn plugin(program: &str) -> PathBuf {
@@ -37,45 +37,9 @@ fn plugin(program: &str) -> PathBuf {
     p
 }
 
-fn write_addon(dir: &Path, name: &str, section: &str) -> PathBuf {
-    let addon = dir.join(name);
-    std::fs::create_dir_all(&addon).expect("mkdir");
-    let runner = match section {
-        "docker" => {
-            std::fs::copy("/bin/busybox", addon.join("busybox")).expect("static busybox (busybox-static)");
-            std::fs::write(
-                addon.join("Dockerfile"),
-                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n",
-            )
-            .expect("write");
-            "{docker: {enable: true}}"
-        }
-        _ => "{trivial: {enable: true, exec: run.sh}}",
-    };
-    std::fs::write(addon.join("run.sh"), "#!/bin/sh\necho '{}'\n").expect("write");
-    std::fs::set_permissions(addon.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
-    std::fs::write(
-        addon.join("docspell-addon.yml"),
-        format!("meta: {{name: {name}, version: \"1\"}}\nrunner: {runner}\noptions: {{networking: false, collectOutput: true}}\n"),
-    )
-    .expect("write");
-    addon
-}
-
 /// Wall time of one run through the engine.
 async fn run_once(engine: &Engine, addon: &Path, runner: &str) -> Duration {
-    let req = RunRequest {
-        sources: vec![addon.display().to_string()],
-        runners: Some(vec![runner.to_string()]),
-        fail_fast: Some(true),
-        ..Default::default()
-    };
-    let t = Instant::now();
-    let report = engine.run(req, None, CancellationToken::new()).await.expect("engine run");
-    let d = t.elapsed();
-    let a = &report.addons[0];
-    assert!(report.success, "{runner}: {:?} {:?}", a.result, a.error);
-    d
+    common::engine_run(engine, addon, runner).await.0
 }
 
 fn ms(d: Duration) -> f64 {
@@ -99,8 +63,8 @@ fn main() {
     )
     .expect("config");
     let config = Config::load(&config_path).expect("config");
-    let trivial = write_addon(dir.path(), "bench-trivial", "trivial");
-    let docker = write_addon(dir.path(), "bench-docker", "docker");
+    let trivial = common::noop_addon(dir.path(), "bench-trivial", "trivial");
+    let docker = common::noop_addon(dir.path(), "bench-docker", "docker");
     let script = trivial.join("run.sh");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {

@@ -40,3 +40,51 @@ pub fn addon_run(config: &Path, addon: &Path) -> Command {
     c.args(["run", "--json", "--config"]).arg(config).arg(addon);
     c
 }
+
+/// A no-op addon in `dir/name` for `section` (`docker`: a FROM-scratch image with the host's
+/// static busybox; else `trivial`): pure, printing `{}`.
+pub fn noop_addon(dir: &Path, name: &str, section: &str) -> PathBuf {
+    let addon = dir.join(name);
+    std::fs::create_dir_all(&addon).expect("mkdir");
+    let runner = match section {
+        "docker" => {
+            std::fs::copy("/bin/busybox", addon.join("busybox")).expect("static busybox (busybox-static)");
+            std::fs::write(
+                addon.join("Dockerfile"),
+                "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/sh\", \"/run.sh\"]\n",
+            )
+            .expect("write");
+            "{docker: {enable: true}}"
+        }
+        _ => "{trivial: {enable: true, exec: run.sh}}",
+    };
+    std::fs::write(addon.join("run.sh"), "#!/bin/sh\necho '{}'\n").expect("write");
+    std::fs::set_permissions(addon.join("run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    std::fs::write(
+        addon.join("docspell-addon.yml"),
+        format!("meta: {{name: {name}, version: \"1\"}}\nrunner: {runner}\noptions: {{networking: false, collectOutput: true}}\n"),
+    )
+    .expect("write");
+    addon
+}
+
+/// One run of `addon` on `runner` through a library engine (it must succeed): its wall time and
+/// the report.
+pub async fn engine_run(
+    engine: &addon_executor::Engine,
+    addon: &Path,
+    runner: &str,
+) -> (Duration, addon_executor::RunReport) {
+    let req = addon_executor::RunRequest {
+        sources: vec![addon.display().to_string()],
+        runners: Some(vec![runner.to_string()]),
+        fail_fast: Some(true),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let report = engine.run(req, None, addon_executor::CancellationToken::new()).await.expect("engine run");
+    let d = t.elapsed();
+    let a = &report.addons[0];
+    assert!(report.success, "{runner}: {:?} {:?}", a.result, a.error);
+    (d, report)
+}
