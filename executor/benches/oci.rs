@@ -1,14 +1,17 @@
-//! A cache-hit no-op docker addon through the daemonless `oci` runner against (a) a bare
-//! `docker run --rm --network none` of the same image and (b) a bare `runc run` (or crun, what
-//! the runner picked) of a bundle over the same cached root filesystem, interleaved in one run;
-//! with the engine's phases. The engine is used as a job server uses it (the library, one
-//! long-lived engine); the `addon run` command is timed too.
+//! A cache-hit no-op docker addon through the daemonless `oci` runner, once with each OCI
+//! runtime that works here (crun, runc), against (a) a bare `docker run --rm --network none` of
+//! the same image and, per runtime, (b) a bare `crun run` / `runc run` of a minimal bundle over
+//! the same cached root filesystem and (c) of the configuration the engine writes for a run (its
+//! mounts, seccomp profile, capabilities, id mapping) without the per-run overlay; all
+//! interleaved in one run, with the engine's phases. The engine is used as a job server uses it
+//! (the library, one long-lived engine per runtime); the `addon run` command (runtime `auto`) is
+//! timed too.
 //!
-//! (b) is a minimal bundle; (c) is the configuration the engine writes for a run (its mounts,
-//! seccomp profile, capabilities, id mapping) without the per-run overlay.
+//! On a host with hybrid cgroups crun starts only with the v2 hierarchy out of its sight; the
+//! bare crun gets that too (a private mount namespace with it covered), and nothing else.
 //!
-//! `cargo bench -p addon-executor --bench oci` (needs root, runc or crun, umoci, buildah and a
-//! Docker daemon; BENCH_RUNS to change).
+//! `cargo bench -p addon-executor --bench oci` (needs root, crun and/or runc, umoci, buildah and
+//! a Docker daemon; BENCH_RUNS to change).
 
 mod common;
 
@@ -47,17 +50,25 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let addon = common::noop_addon(dir.path(), "bench-oci", "docker");
     let config_path = common::config_file(dir.path(), "config", "runner: [oci]\n");
-    let config = Config::load(&config_path).expect("config");
     let tag = "addon-bench-oci:latest";
     time(Command::new("docker").env("DOCKER_BUILDKIT", "0").args(["build", "-q", "-t", tag]).arg(&addon));
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let engine = Engine::new(config);
-    // Warm up: the image is built, unpacked and cached; the runtime probed.
-    let (first, _) = rt.block_on(run_once(&engine, &addon));
-    let runtime = rt.block_on(async { engine.runner("oci").expect("oci").probe().await });
-    let runtime_name = runtime.version.unwrap_or_default().split(' ').next().unwrap_or("runc").to_string();
-    // The bare runtime: a bundle over the same cached root filesystem (read-only, no overlay),
-    // with the same namespaces and id mapping, no engine.
+    // One engine per runtime, sharing the cache: the first run builds and unpacks, the others hit.
+    let mut first = None;
+    let mut engines = Vec::new();
+    for name in ["crun", "runc"] {
+        let path = common::config_file(dir.path(), name, &format!("runner: [oci]\noci-runner: {{runtime: {name}}}\n"));
+        let engine = Engine::new(Config::load(&path).expect("config"));
+        let probe = rt.block_on(async { engine.runner("oci").expect("oci").probe().await });
+        if !probe.available {
+            println!("({name} is left out: {})", probe.detail);
+            continue;
+        }
+        let (t, _) = rt.block_on(run_once(&engine, &addon));
+        first.get_or_insert(t);
+        engines.push((name, engine));
+    }
+    assert!(!engines.is_empty(), "no OCI runtime works here");
     let rootfs = find(&dir.path().join("cache"), "image/rootfs").expect("the cached root filesystem");
     // The container's root (an unprivileged id of the host) must pass through to it; the engine
     // reaches it through a mount point of its own instead.
@@ -70,8 +81,102 @@ fn main() {
             p = d.parent();
         }
     }
-    let bundle = dir.path().join("bare-bundle");
-    std::fs::create_dir_all(&bundle).expect("mkdir");
+    let (minimal, same) = bare_bundles(dir.path(), &rootfs);
+    let state = dir.path().join("bare-state");
+    let mut n = 0;
+    let mut bare_runtime = |runtime: &str, bundle: &Path| {
+        n += 1;
+        let mut c = Command::new(runtime);
+        c.arg(format!("--root={}", state.display()));
+        if runtime == "crun" {
+            c.arg("--cgroup-manager=disabled");
+            if let Some(v2) = addon_runners::oci::hybrid_v2_mount() {
+                addon_runners::sandbox::ns::NsPlan::prepare_only().with_cover(v2).install_std(&mut c);
+            }
+        }
+        c.args(["run", "--bundle"]).arg(bundle).arg(format!("bare-{n}"));
+        c
+    };
+    let bare_docker = || {
+        let mut c = Command::new("docker");
+        c.args(["run", "--rm", "--network", "none", tag]);
+        c
+    };
+    let cli = || addon_run(&config_path, &addon);
+    time(&mut cli());
+    struct Times {
+        engine: Vec<Duration>,
+        phases: Vec<[u64; 4]>,
+        minimal: Vec<Duration>,
+        same: Vec<Duration>,
+    }
+    let mut per: Vec<Times> =
+        engines.iter().map(|_| Times { engine: vec![], phases: vec![], minimal: vec![], same: vec![] }).collect();
+    let (mut c, mut d) = (vec![], vec![]);
+    for _ in 0..runs {
+        for ((name, engine), t) in engines.iter().zip(per.iter_mut()) {
+            let (e, p) = rt.block_on(run_once(engine, &addon));
+            t.engine.push(e);
+            t.phases.push(p);
+            t.minimal.push(time(&mut bare_runtime(name, &minimal)));
+            t.same.push(time(&mut bare_runtime(name, &same)));
+        }
+        c.push(time(&mut cli()));
+        d.push(time(&mut bare_docker()));
+    }
+    let fastest = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
+    let (cm, dm) = (median(c), median(d));
+    println!("oci benchmark: median of {runs} runs each, interleaved");
+    println!("  first run (buildah build + umoci unpack + run)     {:>8.1} ms", ms(first.unwrap_or_default()));
+    println!("  (a) docker run --rm --network none                 {:>8.1} ms", ms(dm));
+    println!(
+        "  addon run --json (CLI, runtime auto)               {:>8.1} ms   CLI/(a) {:.2}x",
+        ms(cm),
+        ms(cm) / ms(dm)
+    );
+    for ((name, _), t) in engines.iter().zip(&per) {
+        let phase = |i: usize| {
+            let mut v: Vec<u64> = t.phases.iter().map(|p| p[i]).collect();
+            v.sort();
+            v[v.len() / 2]
+        };
+        let (em, bm, sm) = (median(t.engine.clone()), median(t.minimal.clone()), median(t.same.clone()));
+        println!("  {name}:");
+        println!(
+            "    engine, cache hit (library, warm engine)       {:>8.1} ms   fastest {:.1} ms   engine/(a) {:.2}x",
+            ms(em),
+            ms(fastest(&t.engine)),
+            ms(em) / ms(dm)
+        );
+        println!(
+            "      phases (median ms): prepare {}, run {}, collect {}, cleanup {}",
+            phase(0),
+            phase(1),
+            phase(2),
+            phase(3)
+        );
+        println!(
+            "    (b) bare {name} run, minimal bundle               {:>8.1} ms   engine/(b) {:.2}x (fastest {:.2}x)",
+            ms(bm),
+            ms(em) / ms(bm),
+            ms(fastest(&t.engine)) / ms(fastest(&t.minimal))
+        );
+        println!(
+            "    (c) bare {name} run, the engine's bundle config   {:>8.1} ms   engine/(c) {:.2}x (fastest {:.2}x)",
+            ms(sm),
+            ms(em) / ms(sm),
+            ms(fastest(&t.engine)) / ms(fastest(&t.same))
+        );
+    }
+    let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
+}
+
+/// Two bundles over `rootfs` (read-only, no overlay), with the engine's namespaces and id
+/// mapping: a minimal one, and the engine's own configuration of a run (`bundle::config_json`).
+fn bare_bundles(dir: &Path, rootfs: &Path) -> (PathBuf, PathBuf) {
+    use addon_runners::oci::bundle;
+    let minimal = dir.join("bare-bundle");
+    std::fs::create_dir_all(&minimal).expect("mkdir");
     let base = addon_runners::oci::OciSettings::default().uid_base;
     let spec = serde_json::json!({
         "ociVersion": "1.0.2",
@@ -86,24 +191,22 @@ fn main() {
                   "uidMappings": [{"containerID": 0, "hostID": base, "size": 65536}],
                   "gidMappings": [{"containerID": 0, "hostID": base, "size": 65536}]}
     });
-    std::fs::write(bundle.join("config.json"), spec.to_string()).expect("write");
-    // The engine's own configuration of a run (bundle::config_json: its mounts, seccomp profile,
-    // capabilities, id mapping), over the same root filesystem read-only, without the overlay.
-    let same = dir.path().join("same-bundle");
+    std::fs::write(minimal.join("config.json"), spec.to_string()).expect("write");
+    let same = dir.join("same-bundle");
     for sub in ["work", "output", "cache"] {
         let d = same.join(sub);
         std::fs::create_dir_all(&d).expect("mkdir");
         std::os::unix::fs::chown(&d, Some(base), Some(base)).expect("chown");
     }
     std::fs::write(same.join("hosts"), "127.0.0.1 localhost\n").expect("write");
-    let user = addon_runners::oci::bundle::User { uid: 0, gid: 0, additional_gids: vec![], home: "/".into() };
+    let user = bundle::User { uid: 0, gid: 0, additional_gids: vec![], home: "/".into() };
     let argv = ["/bin/sh".to_string(), "/run.sh".to_string()];
-    let mut same_config = addon_runners::oci::bundle::config_json(&addon_runners::oci::bundle::RunConfig {
-        root: &rootfs,
+    let mut config = bundle::config_json(&bundle::RunConfig {
+        root: rootfs,
         argv: &argv,
         env: &["PATH=/bin".to_string()],
         user: &user,
-        binds: addon_runners::oci::bundle::Binds {
+        binds: bundle::Binds {
             work: &same.join("work"),
             output: &same.join("output"),
             cache: &same.join("cache"),
@@ -114,78 +217,7 @@ fn main() {
         rlimits: &[],
         cgroup: None,
     });
-    same_config["root"]["readonly"] = serde_json::json!(true);
-    std::fs::write(same.join("config.json"), same_config.to_string()).expect("write");
-    let state = dir.path().join("bare-state");
-    let mut n = 0;
-    let mut bare_runtime = |bundle: &Path| {
-        n += 1;
-        let mut c = Command::new(&runtime_name);
-        c.arg(format!("--root={}", state.display()));
-        if runtime_name == "crun" {
-            c.arg("--cgroup-manager=disabled");
-        }
-        c.args(["run", "--bundle"]).arg(bundle).arg(format!("bare-{n}"));
-        c
-    };
-    let bare_docker = || {
-        let mut c = Command::new("docker");
-        c.args(["run", "--rm", "--network", "none", tag]);
-        c
-    };
-    let cli = || addon_run(&config_path, &addon);
-    time(&mut cli());
-    let (mut e, mut phases, mut c, mut d, mut r, mut rs) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for _ in 0..runs {
-        let (t, p) = rt.block_on(run_once(&engine, &addon));
-        e.push(t);
-        phases.push(p);
-        r.push(time(&mut bare_runtime(&bundle)));
-        rs.push(time(&mut bare_runtime(&same)));
-        c.push(time(&mut cli()));
-        d.push(time(&mut bare_docker()));
-    }
-    let phase = |i: usize| {
-        let mut v: Vec<u64> = phases.iter().map(|p| p[i]).collect();
-        v.sort();
-        v[v.len() / 2]
-    };
-    let fastest = |v: &[Duration]| v.iter().min().copied().unwrap_or_default();
-    let (em, cm, dm, rm, rsm) = (median(e.clone()), median(c), median(d), median(r.clone()), median(rs.clone()));
-    println!("oci benchmark: median of {runs} runs each, interleaved (runtime: {runtime_name})");
-    println!("  first run (buildah build + umoci unpack + run)  {:>8.1} ms", ms(first));
-    println!(
-        "  engine, cache hit (library, warm engine)        {:>8.1} ms   fastest {:.1} ms",
-        ms(em),
-        ms(fastest(&e))
-    );
-    println!(
-        "    phases (median ms): prepare {}, run {}, collect {}, cleanup {}",
-        phase(0),
-        phase(1),
-        phase(2),
-        phase(3)
-    );
-    println!("  addon run --json (CLI, new process each time)   {:>8.1} ms", ms(cm));
-    println!(
-        "  (a) docker run --rm --network none              {:>8.1} ms   engine/(a) {:.2}x, CLI/(a) {:.2}x",
-        ms(dm),
-        ms(em) / ms(dm),
-        ms(cm) / ms(dm)
-    );
-    println!(
-        "  (b) bare {runtime_name} run of the same root filesystem     {:>8.1} ms   engine/(b) {:.2}x (fastest {:.2}x), CLI/(b) {:.2}x",
-        ms(rm),
-        ms(em) / ms(rm),
-        ms(fastest(&e)) / ms(fastest(&r)),
-        ms(cm) / ms(rm)
-    );
-    println!(
-        "  (c) bare {runtime_name} run, the engine's bundle config       {:>8.1} ms   engine/(c) {:.2}x (fastest {:.2}x), CLI/(c) {:.2}x",
-        ms(rsm),
-        ms(em) / ms(rsm),
-        ms(fastest(&e)) / ms(fastest(&rs)),
-        ms(cm) / ms(rsm)
-    );
-    let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
+    config["root"]["readonly"] = serde_json::json!(true);
+    std::fs::write(same.join("config.json"), config.to_string()).expect("write");
+    (minimal, same)
 }

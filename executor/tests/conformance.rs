@@ -55,9 +55,11 @@ impl Target {
     }
 
     fn world(&self, extra: &str) -> World {
-        let runner = match self.runner {
-            "nix-flake" => nix_config(""),
-            r => format!("runner: [{r}]\n"),
+        let runner = match (self.runner, self.sandbox) {
+            ("nix-flake", _) => nix_config(""),
+            // The `oci` runner with one runtime named, rather than the one `auto` picks.
+            ("oci", rt @ ("runc" | "crun")) => format!("runner: [oci]\noci-runner: {{runtime: {rt}}}\n"),
+            (r, _) => format!("runner: [{r}]\n"),
         };
         let sandbox = if self.container() || self.plugin().is_some() { "auto" } else { self.sandbox };
         let w = World::new(sandbox, &format!("{runner}{extra}"));
@@ -74,7 +76,9 @@ impl Target {
 
     /// The sandbox the result names (the OCI runtime the `oci` runner picked).
     fn sandbox_name(&self) -> String {
-        if self.runner == "oci" {
+        if self.runner == "oci" && self.sandbox != "oci" {
+            self.sandbox.into()
+        } else if self.runner == "oci" {
             oci_runtime()
         } else if self.container() {
             "docker".into()
@@ -652,6 +656,7 @@ conformance! {
     docker => "docker" in "docker",
     docker_plugin => "docker-plugin" in "docker",
     oci => "oci" in "oci",
+    oci_runc => "oci" in "runc",
     gvisor_plugin => "gvisor" in "gvisor",
     gvisor_nix_plugin => "gvisor-nix" in "gvisor",
 }

@@ -176,6 +176,56 @@ fn runs_as_a_user_with_no_daemon() {
     assert!(!probe.success(), "{USER} can write the docker socket");
 }
 
+/// Rootless there are no control groups: crun (unlike runc, whose Go init cannot run under it)
+/// takes the memory limit as an address-space limit, and an addon that wants more fails.
+#[test]
+fn rootless_crun_limits_memory() {
+    const USER: &str = "addon-rootless";
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root to act as {USER}");
+        return;
+    }
+    if !require_oci() {
+        return;
+    }
+    if which::which("crun").is_err() {
+        missing("crun is not installed (scripts/test-all installs it)");
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\noci-runner: {runtime: crun}\nlimits: {memory: 64Mi}\n");
+    let bin = w.path().join("addon");
+    std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
+    let marker = format!("rootless-mem-{}", std::process::id());
+    let small = w.docker_addon("small", PURE, "#!/bin/sh\necho '{}'\n", &marker);
+    let hog = w.docker_addon(
+        "hog",
+        PURE,
+        "#!/bin/sh\nx=$(head -c 200000000 /dev/zero | tr '\\0' a)\necho got ${#x}\n",
+        &marker,
+    );
+    assert!(Command::new("chown").args(["-R", USER]).arg(w.path()).status().unwrap().success());
+    let run = |addon: &Path| {
+        let out = Command::new("runuser")
+            .args(["-u", USER, "--", "env", "-u", "HOME"])
+            .arg(&bin)
+            .args(["run", "--json", "--config"])
+            .arg(&w.config)
+            .arg(addon)
+            .current_dir(w.path())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        v["addons"][0].clone()
+    };
+    let a = run(&small);
+    assert_eq!((&a["result"], &a["sandbox"]), (&"success".into(), &"crun".into()), "{a}");
+    let a = run(&hog);
+    assert_ne!(a["result"], "success", "200 MB in 64 MiB: {a}");
+    assert!(a["stderr_tail"].to_string().contains("out of memory"), "{a}");
+}
+
 #[test]
 fn a_pure_addons_image_never_comes_from_the_network_and_a_local_store_serves_it() {
     if !require_docker() || !require_oci() {

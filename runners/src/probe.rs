@@ -124,16 +124,17 @@ impl ProbeCache {
     }
 }
 
-/// What a probe result depends on: the tool's binary, the kernel, the user.
+/// What a probe result depends on: the tool's binary, the engine's own binary (a new engine may
+/// probe differently), the kernel, the user.
 fn identity(name: &str, settings: &str, tool: Option<&Path>) -> String {
     use std::os::unix::fs::MetadataExt;
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let tool_id = tool
-        .and_then(|t| std::fs::metadata(t).ok().map(|m| format!("{}:{}:{}", t.display(), m.size(), m.mtime())))
-        .unwrap_or_default();
+    let id = |t: &Path| std::fs::metadata(t).ok().map(|m| format!("{}:{}:{}", t.display(), m.size(), m.mtime()));
+    let tool_id = tool.and_then(id).unwrap_or_default();
+    let engine_id = std::env::current_exe().ok().as_deref().and_then(id).unwrap_or_default();
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
-    format!("{name}|{settings}|{tool_id}|{}|{uid}", kernel.trim())
+    format!("{name}|{settings}|{tool_id}|{engine_id}|{}|{uid}", kernel.trim())
 }
 
 fn now() -> u64 {

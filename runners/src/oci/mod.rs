@@ -268,7 +268,15 @@ impl OciRunner {
             Some((base, size)) => {
                 format!("as root; containers in a user namespace as host ids {base}-{}", base + size - 1)
             }
-            None => "rootless; the engine's user is the container's root, in a user namespace; without control groups the memory limit is not enforced (the runtime cannot start under an address-space limit)".to_string(),
+            None if name == "crun" => "rootless; the engine's user is the container's root, in a user namespace; without control groups memory is limited as address space".to_string(),
+            None => "rootless; the engine's user is the container's root, in a user namespace; without control groups the memory limit is not enforced (runc's init cannot run under an address-space limit; crun's can)".to_string(),
+        };
+        let who = match hybrid_v2_mount() {
+            Some(v2) if name == "crun" => format!(
+                "{who}; cgroups are hybrid here, so crun runs with {} covered and makes no groups (the run's envelope holds the limits), and builds use runc",
+                v2.display()
+            ),
+            _ => who,
         };
         Probe::ok("oci-runtime", format!("{version} ({who})"), Some(version.clone()))
     }
@@ -302,7 +310,13 @@ impl OciRunner {
         // joins the envelope first and the container inherits it.
         let cgroups = if name == "crun" { cgroups } else { &[] };
         // A /proc of the new PID namespace: the runtime finds its children there by their pids.
-        NsPlan::pid_only().map_root().join_cgroups(cgroups).with_overlay(overlay).with_fresh_proc().install(&mut cmd);
+        let mut plan = NsPlan::pid_only().map_root().join_cgroups(cgroups).with_overlay(overlay).with_fresh_proc();
+        if name == "crun" {
+            if let Some(v2) = hybrid_v2_mount() {
+                plan = plan.with_cover(v2);
+            }
+        }
+        plan.install(&mut cmd);
         Ok(cmd)
     }
 
@@ -451,9 +465,10 @@ impl OciRunner {
             }
             c
         };
+        let build_runtime = build_runtime(runtime)?;
         let mut cmd = buildah_cmd();
         cmd.arg("build")
-            .arg(format!("--runtime={}", runtime.path.display()))
+            .arg(format!("--runtime={}", build_runtime.display()))
             .arg("--isolation=oci")
             .arg(format!("--network={network}"))
             .arg(if online { "--pull=true" } else { "--pull=never" })
@@ -478,6 +493,21 @@ impl OciRunner {
         let _ = image::run_tool(rmi, "buildah rmi", log, Duration::from_secs(60)).await;
         pushed.map(|()| format!("Dockerfile {dockerfile} (buildah)"))
     }
+}
+
+/// The runtime buildah runs a Dockerfile's RUN steps with: the run's, except crun on a hybrid
+/// cgroup host. Runs cover the v2 hierarchy from crun (see [`hybrid_v2_mount`]); buildah's
+/// containers ask crun for groups of their own, which it would make in that hierarchy, so
+/// builds there use runc.
+fn build_runtime(runtime: &Runtime) -> Result<PathBuf, String> {
+    if runtime.name != "crun" || hybrid_v2_mount().is_none() {
+        return Ok(runtime.path.clone());
+    }
+    which::which("runc").map_err(|_| {
+        "crun cannot run build steps on this host (cgroups in hybrid mode: v1 controllers and a v2 \
+         hierarchy with controllers) and runc, which can, is not installed (apt-get install runc)"
+            .to_string()
+    })
 }
 
 /// A containers tool (buildah, skopeo): a runtime directory that is not this user's (a job
@@ -732,12 +762,12 @@ impl Runner for OciRunner {
         let enforcement: Enforcement = self.inner.sandboxes.enforcement();
         let mut envelope = host::envelope_for(NAME, &spec, &enforcement)?;
         // Without control groups (rootless here), the envelope's limits are rlimits, set by the
-        // runtime in the container's init before it starts the addon; all but the address space:
-        // the runtime's own init (Go) still runs under them and cannot under that one.
+        // runtime in the container's init before it starts the addon. runc's init (Go) goes on
+        // running under them and cannot under an address-space limit: with runc, all but that.
         let rlimits: Vec<(&'static str, u64)> = envelope
             .rlimits()
             .into_iter()
-            .filter(|(r, _)| *r != libc::RLIMIT_AS)
+            .filter(|(r, _)| *r != libc::RLIMIT_AS || runtime.name == "crun")
             .filter_map(|(r, v)| bundle::rlimit_name(r).map(|n| (n, v)))
             .collect();
         let bundle_dir = spec.dirs.scratch.join("oci");
@@ -810,6 +840,26 @@ impl Runner for OciRunner {
     async fn reap(&self) -> Result<u64, RunnerError> {
         Ok(self.reap_now().await)
     }
+}
+
+/// The cgroup v2 hierarchy of a hybrid host (v1 controllers at `/sys/fs/cgroup/<name>`, v2 at
+/// `/sys/fs/cgroup/unified`), if this is one. crun (1.8) refuses to start a container next to a
+/// v2 hierarchy that has controllers, even when told to manage no cgroups; it is told that
+/// here (the run's envelope, joined before, holds the limits), so the engine covers the v2
+/// hierarchy in the runtime's own mount namespace and crun works as on a v1 host. The container
+/// stays in the engine's v2 group (no controllers are used there), and sees no /sys at all.
+pub fn hybrid_v2_mount() -> Option<&'static Path> {
+    const ROOT: &str = "/sys/fs/cgroup";
+    const V2: &str = "/sys/fs/cgroup/unified";
+    let magic = |p: &str| -> Option<libc::__fsword_t> {
+        let c = std::ffi::CString::new(p).ok()?;
+        // SAFETY: statfs with a valid C string and a zeroed, correctly sized buffer.
+        unsafe {
+            let mut st: libc::statfs = std::mem::zeroed();
+            (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st.f_type)
+        }
+    };
+    (magic(ROOT) == Some(libc::TMPFS_MAGIC) && magic(V2) == Some(libc::CGROUP2_SUPER_MAGIC)).then(|| Path::new(V2))
 }
 
 /// The control group runc puts the container in: a child of the run's envelope (whose limits

@@ -309,7 +309,8 @@ impl Sandboxes {
                 crate::limits::Enforcement::Cgroups { version } => {
                     Probe::ok("limits", e.describe(), Some(version.to_string()))
                 }
-                crate::limits::Enforcement::Rlimits { .. } => Probe::missing("limits", e.describe()),
+                // The reason alone: `describe` is made again from it below.
+                crate::limits::Enforcement::Rlimits { why } => Probe::missing("limits", why.clone()),
             }
         });
         match (p.available, p.version.as_deref()) {

@@ -176,6 +176,8 @@ pub struct NsPlan {
     mounts: Option<MountPlan>,
     root: Option<RootPlan>,
     overlay: Option<OverlayPlan>,
+    /// A host mount hidden under an empty read-only tmpfs in the private mount namespace.
+    cover: Option<CString>,
     /// Mount a /proc of the new PID namespace (programs that read /proc/<pid> of their own
     /// children, such as nix, need it; it also hides the host's processes).
     fresh_proc: bool,
@@ -211,6 +213,7 @@ impl NsPlan {
             mounts: None,
             root: None,
             overlay: None,
+            cover: None,
             fresh_proc: false,
             drop_to: None,
             seccomp: None,
@@ -258,6 +261,14 @@ impl NsPlan {
     /// (an OCI runtime's bundle root), gone with the namespace.
     pub fn with_overlay(mut self, overlay: OverlayPlan) -> NsPlan {
         self.overlay = Some(overlay);
+        self
+    }
+
+    /// Also a private mount namespace where `path` (a mount point of the host) is covered by an
+    /// empty read-only tmpfs: what the program must not see of the host, such as the cgroup v2
+    /// hierarchy of a hybrid host, which crun refuses to start next to.
+    pub fn with_cover(mut self, path: &Path) -> NsPlan {
+        self.cover = Some(cstring(path));
         self
     }
 
@@ -363,7 +374,11 @@ impl NsPlan {
             if self.user_ns {
                 flags |= libc::CLONE_NEWUSER;
             }
-            let mount_ns = self.mounts.is_some() || self.root.is_some() || self.overlay.is_some() || self.fresh_proc;
+            let mount_ns = self.mounts.is_some()
+                || self.root.is_some()
+                || self.overlay.is_some()
+                || self.cover.is_some()
+                || self.fresh_proc;
             if mount_ns {
                 flags |= libc::CLONE_NEWNS;
             }
@@ -388,6 +403,16 @@ impl NsPlan {
             }
             if let Some(o) = &self.overlay {
                 mount_overlay(o)?;
+            }
+            if let Some(path) = &self.cover {
+                let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                check(libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    flags,
+                    c"size=4k,mode=0555".as_ptr().cast(),
+                ))?;
             }
             if !self.pid_ns {
                 return self.become_addon();
