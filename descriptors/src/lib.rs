@@ -17,7 +17,7 @@ pub mod source;
 
 pub use archive::{extract_zip, ArchiveError, Limits};
 pub use diagnostic::{Diagnostic, Pos, Severity};
-pub use digest::{digest_dir, ContentDigest};
+pub use digest::{digest_dir, ContentDigest, DigestCache};
 pub use model::{Descriptor, Options, Section, Trigger, DESCRIPTOR_FILES};
 pub use output::{AddonOutput, OutputError};
 pub use parse::{normalise_relative, parse_descriptor, Parsed};

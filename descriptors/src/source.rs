@@ -149,6 +149,19 @@ pub fn load_dir_with_digest(
     digest: Option<ContentDigest>,
     keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 ) -> Result<LoadedAddon, SourceError> {
+    match digest {
+        Some(d) => load_dir_digested_by(root, |_| Ok(d), keep),
+        None => load_dir_digested_by(root, digest_dir, keep),
+    }
+}
+
+/// Loads an unpacked addon whose content digest `digest` computes (once the descriptor is
+/// found): a [`crate::DigestCache`] of a long-lived engine, for one.
+pub fn load_dir_digested_by(
+    root: &Path,
+    digest: impl FnOnce(&Path) -> std::io::Result<ContentDigest>,
+    keep: Option<Box<dyn std::any::Any + Send + Sync>>,
+) -> Result<LoadedAddon, SourceError> {
     let descriptor_path = DESCRIPTOR_FILES
         .iter()
         .map(|n| root.join(n))
@@ -156,10 +169,7 @@ pub fn load_dir_with_digest(
         .ok_or_else(|| SourceError::NoDescriptor { path: root.to_path_buf() })?;
     let text = read_descriptor(&descriptor_path)?;
     let parsed = parse_descriptor(&text, Some(root));
-    let digest = match digest {
-        Some(d) => d,
-        None => digest_dir(root)?,
-    };
+    let digest = digest(root)?;
     Ok(LoadedAddon {
         root: Some(root.to_path_buf()),
         descriptor_path,

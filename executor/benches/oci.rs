@@ -2,8 +2,10 @@
 //! runtime that works here (crun, runc), against (a) a bare `docker run --rm --network none` of
 //! the same image and, per runtime, (b) a bare `crun run` / `runc run` of a minimal bundle over
 //! the same cached root filesystem and (c) of the configuration the engine writes for a run (its
-//! mounts, seccomp profile, capabilities, id mapping) without the per-run overlay; all
-//! interleaved in one run, with the engine's phases. The engine is used as a job server uses it
+//! mounts, seccomp profile, capabilities, id mapping) without the per-run overlay, and (d) that
+//! bundle started in a new control group with the run's limits (what the engine does for every
+//! run; on cgroup v1 the move into a group waits for an RCU grace period unless the host mounts
+//! cgroups with `favordynmods`); all interleaved in one run, with the engine's phases. The engine is used as a job server uses it
 //! (the library, one long-lived engine per runtime); the `addon run` command (runtime `auto`) is
 //! timed too.
 //!
@@ -20,6 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use addon_executor::{Config, Engine};
+use addon_runners::sandbox::ns::NsPlan;
 use common::{addon_run, median, time};
 
 fn ms(d: Duration) -> f64 {
@@ -83,19 +86,53 @@ fn main() {
     }
     let (minimal, same) = bare_bundles(dir.path(), &rootfs);
     let state = dir.path().join("bare-state");
-    let mut n = 0;
-    let mut bare_runtime = |runtime: &str, bundle: &Path| {
-        n += 1;
+    let n = std::cell::Cell::new(0);
+    // A bare runtime start; in the control groups whose `cgroup.procs` are `join` when given.
+    let bare_runtime = |runtime: &str, bundle: &Path, join: &[PathBuf]| {
+        n.set(n.get() + 1);
         let mut c = Command::new(runtime);
         c.arg(format!("--root={}", state.display()));
+        let mut plan = None;
         if runtime == "crun" {
             c.arg("--cgroup-manager=disabled");
             if let Some(v2) = addon_runners::oci::hybrid_v2_mount() {
-                addon_runners::sandbox::ns::NsPlan::prepare_only().with_cover(v2).install_std(&mut c);
+                plan = Some(NsPlan::prepare_only().with_cover(v2));
             }
         }
-        c.args(["run", "--bundle"]).arg(bundle).arg(format!("bare-{n}"));
+        if !join.is_empty() {
+            plan = Some(plan.unwrap_or_else(NsPlan::prepare_only).join_cgroups(join));
+        }
+        if let Some(plan) = plan {
+            plan.install_std(&mut c);
+        }
+        c.args(["run", "--bundle"]).arg(bundle).arg(format!("bare-{}", n.get()));
         c
+    };
+    // (d): the same, started in a new control group (cgroup v1 here: memory, pids, cpu, cpuacct)
+    // with the run's limits, made and removed around it, as the engine does for a run.
+    let v1 = Path::new("/sys/fs/cgroup/memory").is_dir();
+    let in_group = |runtime: &str, bundle: &Path| -> Option<Duration> {
+        if !v1 {
+            return None;
+        }
+        let t = std::time::Instant::now();
+        let name = format!("addon-engine/bare-{}-{}", std::process::id(), n.get());
+        let dirs: Vec<PathBuf> = ["memory", "pids", "cpu", "cpuacct"]
+            .iter()
+            .map(|h| Path::new("/sys/fs/cgroup").join(h).join(&name))
+            .collect();
+        for d in &dirs {
+            std::fs::create_dir_all(d).expect("cgroup");
+        }
+        std::fs::write(dirs[0].join("memory.limit_in_bytes"), "1073741824").expect("memory limit");
+        std::fs::write(dirs[1].join("pids.max"), "512").expect("pids limit");
+        std::fs::write(dirs[2].join("cpu.cfs_quota_us"), "100000").expect("cpu limit");
+        let procs: Vec<PathBuf> = dirs.iter().map(|d| d.join("cgroup.procs")).collect();
+        time(&mut bare_runtime(runtime, bundle, &procs));
+        for d in &dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        Some(t.elapsed())
     };
     let bare_docker = || {
         let mut c = Command::new("docker");
@@ -109,17 +146,21 @@ fn main() {
         phases: Vec<[u64; 4]>,
         minimal: Vec<Duration>,
         same: Vec<Duration>,
+        grouped: Vec<Duration>,
     }
-    let mut per: Vec<Times> =
-        engines.iter().map(|_| Times { engine: vec![], phases: vec![], minimal: vec![], same: vec![] }).collect();
+    let mut per: Vec<Times> = engines
+        .iter()
+        .map(|_| Times { engine: vec![], phases: vec![], minimal: vec![], same: vec![], grouped: vec![] })
+        .collect();
     let (mut c, mut d) = (vec![], vec![]);
     for _ in 0..runs {
         for ((name, engine), t) in engines.iter().zip(per.iter_mut()) {
             let (e, p) = rt.block_on(run_once(engine, &addon));
             t.engine.push(e);
             t.phases.push(p);
-            t.minimal.push(time(&mut bare_runtime(name, &minimal)));
-            t.same.push(time(&mut bare_runtime(name, &same)));
+            t.minimal.push(time(&mut bare_runtime(name, &minimal, &[])));
+            t.same.push(time(&mut bare_runtime(name, &same, &[])));
+            t.grouped.extend(in_group(name, &same));
         }
         c.push(time(&mut cli()));
         d.push(time(&mut bare_docker()));
@@ -167,6 +208,15 @@ fn main() {
             ms(em) / ms(sm),
             ms(fastest(&t.engine)) / ms(fastest(&t.same))
         );
+        if !t.grouped.is_empty() {
+            let gm = median(t.grouped.clone());
+            println!(
+                "    (d) (c) in a new control group with the limits {:>8.1} ms   engine/(d) {:.2}x (fastest {:.2}x)",
+                ms(gm),
+                ms(em) / ms(gm),
+                ms(fastest(&t.engine)) / ms(fastest(&t.grouped))
+            );
+        }
     }
     let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use addon_cache::{Cache, Entry};
-use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, LoadedAddon, Section};
+use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, DigestCache, LoadedAddon, Section};
 use addon_runners::{
     AddonRef, Artifact, BuildSpec, CacheUse, Ending, ExitKind, LogStream, ProbeCache, RunDirs, RunEvent, Runner,
     RunnerError, SandboxKind, Sandboxes, StartSpec,
@@ -89,6 +89,8 @@ pub struct Engine {
     config: Config,
     runners: Vec<RunnerSlot>,
     sandboxes: Arc<Sandboxes>,
+    /// Digests of addon directories this engine has read (an unchanged one is not read again).
+    digests: DigestCache,
 }
 
 impl std::fmt::Debug for Engine {
@@ -141,7 +143,7 @@ impl Engine {
             })
             .collect();
         runners.extend(crate::plugins::slots(&config));
-        Engine { config, runners, sandboxes }
+        Engine { config, runners, sandboxes, digests: DigestCache::new() }
     }
 
     /// An engine with a chosen set of runners (tests, or embedders that compile some out).
@@ -166,7 +168,7 @@ impl Engine {
                 });
             }
         }
-        Engine { config, runners: slots, sandboxes }
+        Engine { config, runners: slots, sandboxes, digests: DigestCache::new() }
     }
 
     pub fn config(&self) -> &Config {
@@ -225,7 +227,7 @@ impl Engine {
     /// Explains runner resolution for one addon without running anything.
     pub async fn plan(&self, source: &str, runners: Option<&[String]>) -> Result<PlanReport, EngineError> {
         let scratch = self.scratch()?;
-        let addon = source::open(source, &self.config, scratch.path(), None)
+        let addon = source::open(source, &self.config, scratch.path(), None, Some(&self.digests))
             .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
         let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
         let order = runners.unwrap_or(&self.config.runner.0);
@@ -328,7 +330,7 @@ impl Engine {
         for src in &req.sources {
             let started = Instant::now();
             let addon = tracing::info_span!("open", source = %src)
-                .in_scope(|| source::open(src, &self.config, scratch.path(), Some(&cache)));
+                .in_scope(|| source::open(src, &self.config, scratch.path(), Some(&cache), Some(&self.digests)));
             opening.push(started.elapsed());
             match addon {
                 Ok(a) if a.root.is_none() => {

@@ -429,7 +429,7 @@ fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u
     let color = color_stderr();
     let mut code = 0u8;
     for src in sources {
-        let (report, text) = match addon_executor::source::open(src, config, scratch.path(), None) {
+        let (report, text) = match addon_executor::source::open(src, config, scratch.path(), None, None) {
             Ok(addon) => (ValidationReport::from_addon(src, &addon), Some(addon.descriptor_text.clone())),
             Err(e) => (ValidationReport::from_error(src, &e), None),
         };

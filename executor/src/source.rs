@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use addon_cache::{Cache, Key, Kind};
-use addon_descriptors::{archive, source, ContentDigest, LoadedAddon, SourceError, SourceKind};
+use addon_descriptors::{archive, source, ContentDigest, DigestCache, LoadedAddon, SourceError, SourceKind};
 
 use crate::config::Config;
 use crate::fetch::{self, FetchError};
@@ -36,7 +36,15 @@ impl OpenError {
 
 /// Opens a source. Archives (downloaded or local) are unpacked below `scratch`, or, with a
 /// cache, into a cache entry keyed by the archive's sha256 so the same zip is unpacked once.
-pub fn open(source: &str, config: &Config, scratch: &Path, cache: Option<&Cache>) -> Result<LoadedAddon, OpenError> {
+/// Directories are digested through `digests` when given (an unchanged directory is not read
+/// again).
+pub fn open(
+    source: &str,
+    config: &Config,
+    scratch: &Path,
+    cache: Option<&Cache>,
+    digests: Option<&DigestCache>,
+) -> Result<LoadedAddon, OpenError> {
     let limits = config.archive.limits();
     let downloaded;
     let path = if fetch::is_url(source) {
@@ -80,6 +88,10 @@ pub fn open(source: &str, config: &Config, scratch: &Path, cache: Option<&Cache>
             }
             Ok(source::load_dir_with_digest(&root, digest, Some(Box::new(entry)))?)
         }
+        (_, SourceKind::Dir(dir)) => match digests {
+            Some(digests) => Ok(source::load_dir_digested_by(&dir, |root| digests.digest(root), None)?),
+            None => Ok(source::load_dir(&dir, None)?),
+        },
         _ => Ok(source::load(path, limits, Some(scratch))?),
     }
 }

@@ -402,3 +402,38 @@ fn symlinks_never_leave_an_addons_output() {
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "decoding-error", "{v}");
 }
+
+/// A long-lived engine remembers the digests of addon directories it read, and still sees every
+/// change: the same content in place with its old timestamps back is a new digest and a new run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_lived_engine_sees_a_changed_addon_directory() {
+    use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("changing", PURE, "echo '{\"files\": [], \"commands\": []}'");
+    let run_sh = addon.join("run.sh");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options().write(true).open(&run_sh).unwrap().set_modified(old).unwrap();
+    // Settled, as a job server's installed addons are.
+    tokio::time::sleep(addon_descriptors::DigestCache::SETTLE + std::time::Duration::from_millis(200)).await;
+    let engine = Engine::new(Config::load(&w.config).unwrap());
+    let run = || async {
+        let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+        let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
+        let a = &report.addons[0];
+        assert_eq!(a.result, addon_executor::AddonResult::Success, "{a:?}");
+        (a.digest.clone(), report.output)
+    };
+    let (first, _) = run().await;
+    let (second, _) = run().await;
+    assert_eq!(first, second);
+    assert_eq!(first, Some(addon_descriptors::digest_dir(&addon).unwrap().to_string()));
+    // Same length, same mtime: only the content (and the ctime the kernel keeps) differ.
+    let before = std::fs::read_to_string(&run_sh).unwrap();
+    let after = before.replace("\"commands\": []", "\"commands\":[] ");
+    assert_eq!((before.len(), before != after), (after.len(), true));
+    std::fs::write(&run_sh, after).unwrap();
+    std::fs::File::options().write(true).open(&run_sh).unwrap().set_modified(old).unwrap();
+    let (third, _) = run().await;
+    assert_ne!(third, first, "a changed file is a new digest");
+    assert_eq!(third, Some(addon_descriptors::digest_dir(&addon).unwrap().to_string()));
+}
