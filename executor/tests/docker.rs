@@ -232,8 +232,9 @@ fn podman(w: &World) -> Option<Podman> {
     let sock = w.path().join("podman.sock");
     let conf = w.path().join("containers.conf");
     // Podman prefers crun when it is installed (test-all installs it for the oci runner), and
-    // crun 1.8 refuses this host's hybrid cgroups: runc, as the oci runner's probe picks here.
-    let runtime = if oci_runtime() == "crun" { "crun" } else { "runc" };
+    // crun 1.8 refuses hosts with hybrid cgroups (the oci runner hides the v2 hierarchy from it;
+    // podman does not): runc when it is there.
+    let runtime = if which::which("runc").is_ok() { "runc" } else { "crun" };
     std::fs::write(
         &conf,
         format!("[containers]\ndefault_ulimits = [\"nofile=20000:20000\", \"nproc=32768:32768\"]\n[engine]\nruntime = \"{runtime}\"\n"),
