@@ -123,79 +123,94 @@ fn the_guile_addon_gives_the_same_output_through_oci_as_through_docker() {
     }
 }
 
-/// A user who may reach no daemon (not in group docker) builds, unpacks and runs docker addons.
-#[test]
-fn runs_as_a_user_with_no_daemon() {
-    const USER: &str = "addon-rootless";
+/// The unprivileged user the rootless tests run the engine as (not in group docker).
+const ROOTLESS: &str = "addon-rootless";
+
+/// Whether the rootless tests can run: as root (to act as [`ROOTLESS`]), with the oci runner
+/// available and the user present and outside group docker.
+fn rootless_ready() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to act as {USER}");
-        return;
+        eprintln!("SKIPPED: needs root to act as {ROOTLESS}");
+        return false;
     }
     if !require_oci() {
-        return;
+        return false;
     }
-    let groups = Command::new("id").args(["-nG", USER]).output().unwrap();
+    let groups = Command::new("id").args(["-nG", ROOTLESS]).output().unwrap();
     if !groups.status.success() {
-        missing(&format!("user {USER} is missing; scripts/test-all creates it"));
-        return;
+        return missing(&format!("user {ROOTLESS} is missing; scripts/test-all creates it"));
     }
     assert!(
         !String::from_utf8_lossy(&groups.stdout).split_whitespace().any(|g| g == "docker"),
-        "{USER} is in group docker"
+        "{ROOTLESS} is in group docker"
     );
-    let w = World::new("auto", "runner: [oci]\n");
+    true
+}
+
+/// A world the rootless user owns, with its own copy of the `addon` binary, and a way to run an
+/// addon of it as that user (without HOME or DOCKER_HOST): its output and JSON report.
+fn rootless_world(config: &str) -> (World, impl Fn(&Path) -> (std::process::Output, serde_json::Value)) {
+    let w = World::new("auto", config);
     let bin = w.path().join("addon");
     std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
-    let addon = w.docker_addon("rootless", PURE, SCRIPT, &format!("rootless-{}", std::process::id()));
-    assert!(Command::new("chown").args(["-R", USER]).arg(w.path()).status().unwrap().success());
-    let run = || {
+    let (dir, config) = (w.path().to_path_buf(), w.config.clone());
+    let run = move |addon: &Path| {
         let out = Command::new("runuser")
-            .args(["-u", USER, "--", "env", "-u", "HOME", "-u", "DOCKER_HOST"])
+            .args(["-u", ROOTLESS, "--", "env", "-u", "HOME", "-u", "DOCKER_HOST"])
             .arg(&bin)
             .args(["run", "--json", "--config"])
-            .arg(&w.config)
-            .arg(&addon)
-            .current_dir(w.path())
+            .arg(&config)
+            .arg(addon)
+            .current_dir(&dir)
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         (out, v)
     };
-    let (out, v) = run();
+    (w, run)
+}
+
+/// Gives the world's files to the rootless user (after its addons are written).
+fn give_to_rootless(w: &World) {
+    assert!(Command::new("chown").args(["-R", ROOTLESS]).arg(w.path()).status().unwrap().success());
+}
+
+/// A user who may reach no daemon (not in group docker) builds, unpacks and runs docker addons.
+#[test]
+fn runs_as_a_user_with_no_daemon() {
+    if !rootless_ready() {
+        return;
+    }
+    let (w, run) = rootless_world("runner: [oci]\n");
+    let addon = w.docker_addon("rootless", PURE, SCRIPT, &format!("rootless-{}", std::process::id()));
+    give_to_rootless(&w);
+    let (out, v) = run(&addon);
     let a = &v["addons"][0];
     assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!((&a["runner"], &a["cache"]), (&"oci".into(), &"miss".into()));
     assert_eq!(seen(&out)["ifaces"], "lo ");
-    let (_, v) = run();
+    let (_, v) = run(&addon);
     assert_eq!(v["addons"][0]["cache"], "hit", "{v}");
     // It could not have asked a daemon: the socket is not its to open.
     let probe =
-        Command::new("runuser").args(["-u", USER, "--", "test", "-w", "/var/run/docker.sock"]).status().unwrap();
-    assert!(!probe.success(), "{USER} can write the docker socket");
+        Command::new("runuser").args(["-u", ROOTLESS, "--", "test", "-w", "/var/run/docker.sock"]).status().unwrap();
+    assert!(!probe.success(), "{ROOTLESS} can write the docker socket");
 }
 
 /// Rootless there are no control groups: crun (unlike runc, whose Go init cannot run under it)
 /// takes the memory limit as an address-space limit, and an addon that wants more fails.
 #[test]
 fn rootless_crun_limits_memory() {
-    const USER: &str = "addon-rootless";
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to act as {USER}");
-        return;
-    }
-    if !require_oci() {
+    if !rootless_ready() {
         return;
     }
     if which::which("crun").is_err() {
         missing("crun is not installed (scripts/test-all installs it)");
         return;
     }
-    let w = World::new("auto", "runner: [oci]\noci-runner: {runtime: crun}\nlimits: {memory: 64Mi}\n");
-    let bin = w.path().join("addon");
-    std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
+    let (w, run) = rootless_world("runner: [oci]\noci-runner: {runtime: crun}\nlimits: {memory: 64Mi}\n");
     let marker = format!("rootless-mem-{}", std::process::id());
     let small = w.docker_addon("small", PURE, "#!/bin/sh\necho '{}'\n", &marker);
     let hog = w.docker_addon(
@@ -204,24 +219,10 @@ fn rootless_crun_limits_memory() {
         "#!/bin/sh\nx=$(head -c 200000000 /dev/zero | tr '\\0' a)\necho got ${#x}\n",
         &marker,
     );
-    assert!(Command::new("chown").args(["-R", USER]).arg(w.path()).status().unwrap().success());
-    let run = |addon: &Path| {
-        let out = Command::new("runuser")
-            .args(["-u", USER, "--", "env", "-u", "HOME"])
-            .arg(&bin)
-            .args(["run", "--json", "--config"])
-            .arg(&w.config)
-            .arg(addon)
-            .current_dir(w.path())
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-        v["addons"][0].clone()
-    };
-    let a = run(&small);
+    give_to_rootless(&w);
+    let a = run(&small).1["addons"][0].clone();
     assert_eq!((&a["result"], &a["sandbox"]), (&"success".into(), &"crun".into()), "{a}");
-    let a = run(&hog);
+    let a = run(&hog).1["addons"][0].clone();
     assert_ne!(a["result"], "success", "200 MB in 64 MiB: {a}");
     assert!(a["stderr_tail"].to_string().contains("out of memory"), "{a}");
 }
