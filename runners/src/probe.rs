@@ -131,7 +131,8 @@ fn identity(name: &str, settings: &str, tool: Option<&Path>) -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let id = |t: &Path| std::fs::metadata(t).ok().map(|m| format!("{}:{}:{}", t.display(), m.size(), m.mtime()));
     let tool_id = tool.and_then(id).unwrap_or_default();
-    let engine_id = std::env::current_exe().ok().as_deref().and_then(id).unwrap_or_default();
+    static ENGINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let engine_id = ENGINE.get_or_init(|| std::env::current_exe().ok().as_deref().and_then(id).unwrap_or_default());
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
     format!("{name}|{settings}|{tool_id}|{engine_id}|{}|{uid}", kernel.trim())
