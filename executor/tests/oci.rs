@@ -227,22 +227,25 @@ fn rootless_crun_limits_memory() {
     assert!(a["stderr_tail"].to_string().contains("out of memory"), "{a}");
 }
 
+/// A pure docker addon of `w` that runs `image` (no Dockerfile).
+fn image_addon(w: &World, name: &str, image: &str) -> std::path::PathBuf {
+    let root = w.path().join("addons-src").join(name);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("docspell-addon.yml"),
+        format!("meta:\n  name: {name}\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {image}\n{PURE}"),
+    )
+    .unwrap();
+    root
+}
+
 #[test]
 fn a_pure_addons_image_never_comes_from_the_network_and_a_local_store_serves_it() {
     if !require_docker() || !require_oci() {
         return;
     }
     let w = World::new("auto", "runner: [oci]\n");
-    let named = |name: &str, image: &str| {
-        let root = w.path().join("addons-src").join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("docspell-addon.yml"),
-            format!("meta:\n  name: {name}\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {image}\n{PURE}"),
-        )
-        .unwrap();
-        root
-    };
+    let named = |name: &str, image: &str| image_addon(&w, name, image);
     let addon = named("remote", "registry.invalid/nobody/none:1");
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     let a = &v["addons"][0];
@@ -256,16 +259,7 @@ fn a_pure_addons_image_never_comes_from_the_network_and_a_local_store_serves_it(
     let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&src).output().unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let w2 = World::new("auto", "runner: [oci]\noci-runner: {image-store: docker}\n");
-    let addon = {
-        let root = w2.path().join("addons-src/stored");
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("docspell-addon.yml"),
-            format!("meta:\n  name: stored\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {tag}\n{PURE}"),
-        )
-        .unwrap();
-        root
-    };
+    let addon = image_addon(&w2, "stored", &tag);
     let (out, v) = w2.run(&[addon.to_str().unwrap()]);
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
     assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
