@@ -859,7 +859,11 @@ pub fn hybrid_v2_mount() -> Option<&'static Path> {
             (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st.f_type)
         }
     };
-    (magic(ROOT) == Some(libc::TMPFS_MAGIC) && magic(V2) == Some(libc::CGROUP2_SUPER_MAGIC)).then(|| Path::new(V2))
+    // The host's layout does not change under a running engine: looked at once, not per run.
+    static HYBRID: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    HYBRID
+        .get_or_init(|| magic(ROOT) == Some(libc::TMPFS_MAGIC) && magic(V2) == Some(libc::CGROUP2_SUPER_MAGIC))
+        .then(|| Path::new(V2))
 }
 
 /// The control group runc puts the container in: a child of the run's envelope (whose limits
