@@ -31,7 +31,13 @@ fn same_sandbox(sandboxes: &Sandboxes, kind: SandboxKind, run: &Path, script: &P
     let scratch = run.join("root");
     let sandbox = sandboxes.get(kind);
     let enforcement = sandboxes.enforcement();
-    let limits = Limits { memory: Some(1 << 30), pids: Some(512), cpus: Some(1.0), output_size: Some(1 << 30) };
+    let limits = Limits {
+        memory: Some(1 << 30),
+        pids: Some(512),
+        cpus: Some(1.0),
+        output_size: Some(1 << 30),
+        output_entries: None,
+    };
     let started = Instant::now();
     let envelope =
         addon_runners::limits::Envelope::new(&format!("bench-{n}"), limits, &enforcement, vec![]).expect("envelope");

@@ -100,7 +100,13 @@ pub struct LimitsConfig {
     pub cpus: Option<f64>,
     /// What one run may add to its directories (output, work, CACHE_DIR, HOME).
     pub output_size: Option<ByteSize>,
+    /// How many files, directories and links one run may add to those directories (empty files
+    /// cost no bytes, but each takes one of the file system's inodes).
+    pub output_entries: Option<u64>,
 }
+
+/// The default of `limits.output-entries`: as many as an addon archive may hold.
+pub const DEFAULT_OUTPUT_ENTRIES: u64 = 100_000;
 
 impl Default for LimitsConfig {
     fn default() -> Self {
@@ -109,6 +115,7 @@ impl Default for LimitsConfig {
             pids: Some(512),
             cpus: Some(1.0),
             output_size: Some(ByteSize(1 << 30)),
+            output_entries: Some(DEFAULT_OUTPUT_ENTRIES),
         }
     }
 }
@@ -121,6 +128,7 @@ pub struct LimitsOverride {
     pub pids: Option<u64>,
     pub cpus: Option<f64>,
     pub output_size: Option<ByteSize>,
+    pub output_entries: Option<u64>,
 }
 
 impl LimitsConfig {
@@ -130,6 +138,7 @@ impl LimitsConfig {
         self.pids = o.pids.or(self.pids);
         self.cpus = o.cpus.or(self.cpus);
         self.output_size = o.output_size.or(self.output_size);
+        self.output_entries = o.output_entries.or(self.output_entries);
         self
     }
 
@@ -139,6 +148,7 @@ impl LimitsConfig {
             pids: self.pids,
             cpus: self.cpus,
             output_size: self.output_size.map(|b| b.0),
+            output_entries: self.output_entries,
         }
     }
 
@@ -685,7 +695,7 @@ working-dir: /tmp/w
 cache-dir: /tmp/c
 env: {my-addon: {TOKEN: abc}}
 archive: {max-size: 1GiB, max-entries: 100000, download-timeout: 5m}
-limits: {memory: 1GiB, pids: 512, cpus: 1, output-size: 1GiB}
+limits: {memory: 1GiB, pids: 512, cpus: 1, output-size: 1GiB, output-entries: 100000}
 addon-limits: {big-addon: {memory: 4GiB}}
 "#,
         )

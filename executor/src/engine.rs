@@ -567,7 +567,7 @@ impl Engine {
                 Err(e) => {
                     outcome.error = Some(format!("preparing the run of {label}: {e}"));
                     self.cleanup(&work_dir, req.keep_work);
-                    let _ = fs::remove_dir_all(&staging);
+                    crate::settle::remove(&staging);
                     return outcome;
                 }
             };
@@ -636,10 +636,15 @@ impl Engine {
         };
         let collecting = Instant::now();
         let collect_span = tracing::info_span!("collect", addon = %label).entered();
-        // Only files and directories leave an addon's output: a symlink there (`x -> /etc/shadow`)
-        // would name a host file to whoever reads the output next.
-        for removed in keep_only_files(&staging) {
-            tracing::warn!(addon = %label, "removed {} from its output: only files and directories are kept", removed.display());
+        // Only files and directories leave an addon's output, owned by the engine's user and
+        // without privileges: a symlink there (`x -> /etc/shadow`) would name a host file to
+        // whoever reads the output next, a setuid file made by a container's root would be a
+        // root shell. A walk that cannot finish removes the output and fails the run.
+        let output_settled = crate::settle::output(&staging);
+        if let Ok(s) = &output_settled {
+            if s.removed_count > 0 {
+                tracing::warn!(addon = %label, "removed {} entries from its output that are not files or directories: {}", s.removed_count, s.removed.join(", "));
+            }
         }
         match ran {
             Err(e) => {
@@ -662,25 +667,36 @@ impl Engine {
                 judge(&mut outcome, &supervised, d, &staging, timeout, &limits);
             }
         }
-        // Nothing the addon leaves behind may carry privileges on the host (a setuid file made
-        // by a container's root), and its output belongs to the engine's user again.
-        match addon_runners::sandbox::defuse(&[&staging, &cache_dir, &home_dir]) {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::warn!(addon = %label, "removed setuid/setgid bits or file capabilities from {n} of its files")
-            }
-            Err(e) => tracing::warn!(addon = %label, "removing setuid bits from its files: {e}"),
+        // Nothing the addon keeps between runs may carry privileges on the host either.
+        let mut unsafe_trees = Vec::new();
+        if let Err(e) = output_settled {
+            unsafe_trees.push(e);
         }
-        if let Err(e) = addon_runners::sandbox::claim(&[&staging], addon_runners::sandbox::Identity::current()) {
-            tracing::warn!(addon = %label, "taking back the output files: {e}");
+        for (dir, what) in [(&cache_dir, "its CACHE_DIR"), (&home_dir, "its HOME")] {
+            match crate::settle::kept(dir, what) {
+                Ok(s) if s.defused + s.removed_count > 0 => tracing::warn!(
+                    addon = %label,
+                    "{what}: removed setuid/setgid bits or file capabilities from {} entries and removed {} special files ({})",
+                    s.defused,
+                    s.removed_count,
+                    s.removed.join(", ")
+                ),
+                Ok(_) => {}
+                Err(e) => unsafe_trees.push(e),
+            }
+        }
+        if !unsafe_trees.is_empty() {
+            outcome.result = AddonResult::ExecutionFailed;
+            outcome.output = None;
+            outcome.error = Some(format!("after the run of {label}: {}", unsafe_trees.join("; ")));
         }
         if outcome.result == AddonResult::Success {
-            if let Err(e) = merge_dir(&staging, output_dir) {
+            if let Err(e) = addon_tree::merge_into(&staging, output_dir) {
                 outcome.result = AddonResult::ExecutionFailed;
                 outcome.error = Some(format!("moving the output of {label} into {}: {e}", output_dir.display()));
             }
         }
-        if outcome.result != AddonResult::Success && dir_has_entries(&staging) {
+        if outcome.result != AddonResult::Success && crate::settle::has_entries(&staging) {
             let rejected = output_dir.join(".rejected").join(format!("{idx}-{label}-{attempt_no}"));
             if fs::create_dir_all(rejected.parent().unwrap_or(output_dir)).is_ok()
                 && fs::rename(&staging, &rejected).is_ok()
@@ -693,7 +709,7 @@ impl Engine {
         drop(collect_span);
         let cleaning = Instant::now();
         tracing::info_span!("cleanup", addon = %label).in_scope(|| {
-            let _ = fs::remove_dir_all(&staging);
+            crate::settle::remove(&staging);
             self.cleanup(&work_dir, req.keep_work);
         });
         drop((data, home));
@@ -903,10 +919,19 @@ impl Engine {
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             fs::create_dir_all(&work)?;
             fs::create_dir_all(work.with_extension("root"))?;
+            fs::create_dir_all(addon_dir2.parent().unwrap_or(&work))?;
             copy_tree(&root, &addon_dir2)?;
             fs::create_dir_all(work.join("arguments"))?;
             fs::write(work.join("arguments/user-input"), user_input)?;
             fs::create_dir_all(work.join("temp"))?;
+            // Private to the engine's user: while an addon runs, what it writes there is not yet
+            // made safe (a container's root can make a setuid file), and no other user of the
+            // host may reach it.
+            fs::create_dir_all(staging.parent().unwrap_or(&staging))?;
+            let _ = std::fs::set_permissions(
+                staging.parent().unwrap_or(&staging),
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            );
             fs::create_dir_all(&staging)?;
             fs::create_dir_all(&cache_dir2)?;
             for (dest, src) in &inputs {
@@ -953,14 +978,15 @@ impl Engine {
     }
 
     fn cleanup(&self, work: &Path, keep: bool) {
-        let _ = remove_tree(&work.with_extension("root"));
+        crate::settle::remove(&work.with_extension("root"));
         if keep {
-            tracing::info!("keeping the run directory {}", work.display());
+            match crate::settle::kept_work(work) {
+                Ok(_) => tracing::info!("keeping the run directory {}", work.display()),
+                Err(e) => tracing::error!("not keeping the run directory {}: {e}", work.display()),
+            }
             return;
         }
-        if remove_tree(work).is_err() {
-            tracing::warn!("could not remove the run directory {}", work.display());
-        }
+        crate::settle::remove(work);
     }
 }
 
@@ -1253,52 +1279,18 @@ fn failed_source(src: &str, msg: &str) -> AddonReport {
     }
 }
 
-/// Copies a tree, keeping modes, modification times and symlinks (as links). Times matter:
-/// interpreters (Guile, Python) judge a compiled file fresh when it is newer than its source, so a
-/// copy stamped "now" would make every run compile again.
-pub(crate) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    let meta = fs::symlink_metadata(src)?;
-    if meta.file_type().is_symlink() {
-        let target = fs::read_link(src)?;
-        fs::os::unix::fs::symlink(target, dst)?;
-    } else if meta.is_dir() {
-        fs::create_dir_all(dst)?;
-        for e in fs::read_dir(src)? {
-            let e = e?;
-            copy_tree(&e.path(), &dst.join(e.file_name()))?;
+/// Copies a tree that is not the addon's own doing yet (the addon's source, `--input`, `--item`)
+/// into a run directory: modes (without setuid bits), times and links kept, by the walk that
+/// never follows a link.
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    match addon_tree::copy_tree(src, dst) {
+        Ok(0) => Ok(()),
+        Ok(n) => {
+            tracing::debug!("{}: {n} fifos, sockets or devices were not copied", src.display());
+            Ok(())
         }
-        fs::set_permissions(dst, meta.permissions())?;
-    } else if meta.is_file() {
-        fs::copy(src, dst)?;
-        if let Ok(mtime) = meta.modified() {
-            // futimens needs ownership, not write access: read-only files keep their time too.
-            std::fs::File::open(dst)?.set_modified(mtime)?;
-        }
+        Err(e) => Err(std::io::Error::other(e.to_string())),
     }
-    Ok(())
-}
-
-/// Moves every entry of `from` into `to`, replacing what is there (a later addon wins).
-fn merge_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    if !from.exists() {
-        return Ok(());
-    }
-    for e in fs::read_dir(from)? {
-        let e = e?;
-        let target = to.join(e.file_name());
-        let is_dir = e.file_type()?.is_dir();
-        match fs::symlink_metadata(&target) {
-            Ok(m) if m.is_dir() && is_dir => {
-                merge_dir(&e.path(), &target)?;
-                continue;
-            }
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&target)?,
-            Ok(_) => fs::remove_file(&target)?,
-            Err(_) => {}
-        }
-        fs::rename(e.path(), &target)?;
-    }
-    Ok(())
 }
 
 /// A run's output as its events arrive: stdout collected up to a limit (or logged line by line
@@ -1378,51 +1370,6 @@ fn drain_lines(buf: &mut Vec<u8>) -> Vec<String> {
     while let Some(pos) = buf.iter().position(|b| *b == b'\n').or((buf.len() > MAX_LINE).then_some(MAX_LINE - 1)) {
         let line: Vec<u8> = buf.drain(..=pos).collect();
         out.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
-    }
-    out
-}
-
-/// Removes everything below `dir` that is neither a regular file nor a directory (symlinks,
-/// fifos, sockets, devices), without following links. Returns what was removed.
-fn keep_only_files(dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return removed };
-    for e in rd.flatten() {
-        let Ok(kind) = e.file_type() else { continue };
-        if kind.is_dir() {
-            removed.extend(keep_only_files(&e.path()));
-        } else if !kind.is_file() && std::fs::remove_file(e.path()).is_ok() {
-            removed.push(e.path());
-        }
-    }
-    removed
-}
-
-fn dir_has_entries(p: &Path) -> bool {
-    std::fs::read_dir(p).map(|mut d| d.next().is_some()).unwrap_or(false)
-}
-
-/// Removes a tree, first making directories writable (addons may chmod them).
-fn remove_tree(p: &Path) -> std::io::Result<()> {
-    if std::fs::remove_dir_all(p).is_ok() || !p.exists() {
-        return Ok(());
-    }
-    use std::os::unix::fs::PermissionsExt;
-    for e in walk_dirs(p) {
-        let _ = std::fs::set_permissions(&e, std::fs::Permissions::from_mode(0o700));
-    }
-    fs::remove_dir_all(p)
-}
-
-fn walk_dirs(p: &Path) -> Vec<PathBuf> {
-    let mut out = vec![p.to_path_buf()];
-    let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o700));
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.extend(walk_dirs(&e.path()));
-            }
-        }
     }
     out
 }

@@ -42,6 +42,7 @@ pub mod engine;
 pub mod plugins;
 pub mod report;
 pub mod resolve;
+mod settle;
 
 pub use engine::{Engine, EngineError, Event, RunRequest};
 pub use report::{AddonResult, RunReport};

@@ -498,6 +498,7 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
             pids: args.pids,
             cpus: args.cpus,
             output_size: None,
+            output_entries: None,
         },
     };
     for (_, src) in &request.inputs {

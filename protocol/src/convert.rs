@@ -143,6 +143,7 @@ fn limits_to_pb(l: &Limits) -> pb::Limits {
         pids: l.pids.unwrap_or(0),
         cpus: l.cpus.unwrap_or(0.0),
         output_size: l.output_size.unwrap_or(0),
+        output_entries: l.output_entries.unwrap_or(0),
     }
 }
 
@@ -154,6 +155,7 @@ fn limits_from_pb(l: Option<&pb::Limits>) -> Limits {
         pids: some(l.pids),
         cpus: (l.cpus > 0.0 && l.cpus.is_finite()).then_some(l.cpus),
         output_size: some(l.output_size),
+        output_entries: some(l.output_entries),
     }
 }
 
@@ -331,7 +333,13 @@ mod tests {
                 scratch: "/s".into(),
             },
             network: false,
-            limits: Limits { memory: Some(1 << 30), pids: Some(64), cpus: Some(0.5), output_size: None },
+            limits: Limits {
+                memory: Some(1 << 30),
+                pids: Some(64),
+                cpus: Some(0.5),
+                output_size: None,
+                output_entries: Some(1000),
+            },
             sandbox: Some(SandboxKind::Bwrap),
         };
         let back = start_spec_from_pb(&start_spec_to_pb(&spec)).unwrap();

@@ -7,7 +7,7 @@
 //! and measures it afterwards (peak memory, CPU time, OOM kills). Containers get the same limits
 //! from their runtime (see the docker runner).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use cgroups_rs::cgroup_builder::CgroupBuilder;
@@ -25,6 +25,10 @@ pub struct Limits {
     pub cpus: Option<f64>,
     /// Bytes the addon may add to its directories (output, work, CACHE_DIR, HOME) in one run.
     pub output_size: Option<u64>,
+    /// Entries (files, directories, links) the addon may add to those directories in one run:
+    /// empty files cost no bytes but use up the file system's inodes.
+    #[serde(default)]
+    pub output_entries: Option<u64>,
 }
 
 /// What a run used, as far as it could be measured.
@@ -45,6 +49,11 @@ pub enum Breach {
     Pids(u64),
     /// The addon wrote more than the output size allows.
     OutputSize { limit: u64, written: u64 },
+    /// The addon made more entries than the limit allows.
+    OutputEntries { limit: u64, made: u64 },
+    /// What the addon wrote could not be measured (the walk over its directories failed): it is
+    /// stopped rather than left unwatched.
+    Unmeasurable(String),
 }
 
 impl std::fmt::Display for Breach {
@@ -55,6 +64,13 @@ impl std::fmt::Display for Breach {
                 f,
                 "it wrote {written} bytes, more than its output limit of {limit} bytes (setting limits.output-size) and was stopped"
             ),
+            Breach::OutputEntries { limit, made } => write!(
+                f,
+                "it made {made} files and directories, more than its limit of {limit} (setting limits.output-entries) and was stopped"
+            ),
+            Breach::Unmeasurable(why) => {
+                write!(f, "what it wrote could not be measured ({why}), so it was stopped")
+            }
         }
     }
 }
@@ -257,9 +273,10 @@ fn oom_eventfd(dir: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
 pub struct Envelope {
     limits: Limits,
     cgroup: Option<RunCgroup>,
-    /// Directories whose growth counts against `output_size`, with their size at the start.
+    /// Directories whose growth counts against `output_size` and `output_entries`, with what
+    /// they held at the start.
     watched: Vec<PathBuf>,
-    start_size: u64,
+    start: addon_tree::Measure,
     last_size_check: Option<Instant>,
     /// How long the last walk of the watched directories took (the next waits ten times that).
     last_walk: Duration,
@@ -279,12 +296,12 @@ impl Envelope {
             Enforcement::Cgroups { .. } => Some(RunCgroup::create(&Envelope::group_name(run), &limits)?),
             Enforcement::Rlimits { .. } => None,
         };
-        let start_size = watched.iter().map(|d| tree_size(d)).sum();
+        let start = measure_all(&watched)?;
         Ok(Envelope {
             limits,
             cgroup,
             watched,
-            start_size,
+            start,
             last_size_check: None,
             last_walk: Duration::ZERO,
             root_pid: None,
@@ -348,19 +365,26 @@ impl Envelope {
                 return Some(Breach::Pids(max));
             }
         }
-        if let Some(limit) = self.limits.output_size {
+        if self.limits.output_size.is_some() || self.limits.output_entries.is_some() {
             // Walking the directories costs: at most a tenth of the time goes to it (RLIMIT_FSIZE
             // stops any single file at once, where the sandbox sets it).
             let every = (self.last_walk * 10).max(Duration::from_millis(150));
             if self.last_size_check.is_none_or(|t| t.elapsed() >= every) {
                 let walk = Instant::now();
                 self.last_size_check = Some(walk);
-                let now: u64 =
-                    self.watched.iter().map(|d| tree_size(d)).sum::<u64>() + unlinked_open_size(&self.pids());
+                let now = match measure_all(&self.watched) {
+                    Ok(m) => m,
+                    Err(e) => return Some(Breach::Unmeasurable(e)),
+                };
+                let hidden = unlinked_open_size(&self.pids());
                 self.last_walk = walk.elapsed();
-                let written = now.saturating_sub(self.start_size);
-                if written > limit {
+                let written = (now.bytes + hidden).saturating_sub(self.start.bytes);
+                if let Some(limit) = self.limits.output_size.filter(|l| written > *l) {
                     return Some(Breach::OutputSize { limit, written });
+                }
+                let made = now.entries.saturating_sub(self.start.entries);
+                if let Some(limit) = self.limits.output_entries.filter(|l| made > *l) {
+                    return Some(Breach::OutputEntries { limit, made });
                 }
             }
         }
@@ -412,17 +436,11 @@ fn unlinked_open_size(pids: &[i32]) -> u64 {
     total
 }
 
-/// Bytes in files below `dir` (allocated size, so sparse files count for what they take).
-fn tree_size(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(|m| m.is_file())
-        .map(|m| m.blocks() * 512)
-        .sum()
+/// What the directories hold together (by the walk that never follows a link; a failed walk is
+/// an error, never a smaller number).
+fn measure_all(dirs: &[PathBuf]) -> Result<addon_tree::Measure, String> {
+    dirs.iter()
+        .try_fold(addon_tree::Measure::default(), |sum, d| Ok(sum + addon_tree::measure(d).map_err(|e| e.to_string())?))
 }
 
 #[cfg(test)]
@@ -431,7 +449,13 @@ mod tests {
 
     #[test]
     fn rlimits_stand_in_for_a_missing_cgroup() {
-        let limits = Limits { memory: Some(1 << 30), pids: Some(512), cpus: Some(1.0), output_size: Some(1 << 20) };
+        let limits = Limits {
+            memory: Some(1 << 30),
+            pids: Some(512),
+            cpus: Some(1.0),
+            output_size: Some(1 << 20),
+            output_entries: None,
+        };
         let e = Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![]).unwrap();
         let r = e.rlimits();
         assert!(r.contains(&(libc::RLIMIT_AS, 1 << 30)));
@@ -452,5 +476,20 @@ mod tests {
         std::fs::write(dir.path().join("after"), vec![1u8; 20_000]).unwrap();
         e.last_size_check = None;
         assert!(matches!(e.check(), Some(Breach::OutputSize { limit: 10_000, .. })));
+    }
+
+    #[test]
+    fn an_inode_flood_is_a_breach() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("before"), "").unwrap();
+        let limits = Limits { output_entries: Some(100), ..Limits::default() };
+        let mut e =
+            Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![dir.path().into()]).unwrap();
+        assert_eq!(e.check(), None);
+        for i in 0..101 {
+            std::fs::write(dir.path().join(format!("empty-{i}")), "").unwrap();
+        }
+        e.last_size_check = None;
+        assert_eq!(e.check(), Some(Breach::OutputEntries { limit: 100, made: 101 }));
     }
 }

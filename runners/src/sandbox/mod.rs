@@ -219,47 +219,14 @@ impl Default for SandboxSettings {
     }
 }
 
-/// Takes from files below `dirs` what an addon could have given them to reach past its sandbox
-/// later: setuid and setgid bits (a container's root, or nspawn's id-mapped root, makes files
-/// owned by the host's root) and file capabilities. Links are not followed.
-pub fn defuse(dirs: &[&Path]) -> std::io::Result<u64> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut changed = 0;
+/// Gives the trees `dirs` to `who` before an addon runs as that identity, and makes them safe on
+/// the way (no setuid or setgid bits, no file capabilities, no fifos, sockets or devices; links
+/// kept as links). The trees may hold what earlier runs of the addon left, and a concurrent run
+/// may change them during the walk: the walk goes by descriptors and never leaves a tree.
+pub fn claim(dirs: &[&Path], who: Identity) -> Result<(), addon_tree::TreeError> {
+    let how = addon_tree::Sanitize { owner: Some((who.uid, who.gid)), keep_symlinks: true };
     for dir in dirs {
-        for entry in walkdir::WalkDir::new(dir).follow_links(false).into_iter().flatten() {
-            if !entry.file_type().is_file() {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            let mode = meta.permissions().mode();
-            if mode & 0o6000 != 0 {
-                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode & 0o1777))?;
-                changed += 1;
-            }
-            let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(entry.path().as_os_str()))
-                .unwrap_or_default();
-            // SAFETY: lremovexattr with valid C strings; ENODATA (no such attribute) is the usual answer.
-            if unsafe { libc::lremovexattr(name.as_ptr(), c"security.capability".as_ptr()) } == 0 {
-                changed += 1;
-            }
-        }
-    }
-    Ok(changed)
-}
-
-/// Gives `dirs` (recursively) to `who`, changing only what differs. Used when a root engine
-/// runs the addon as its own identity, and to take the output back afterwards.
-pub fn claim(dirs: &[&Path], who: Identity) -> std::io::Result<()> {
-    use std::os::unix::fs::MetadataExt;
-    for dir in dirs {
-        for entry in walkdir::WalkDir::new(dir).follow_links(false) {
-            let entry = entry.map_err(std::io::Error::other)?;
-            let meta = entry.metadata().map_err(std::io::Error::other)?;
-            if meta.uid() != who.uid || meta.gid() != who.gid {
-                std::os::unix::fs::lchown(entry.path(), Some(who.uid), Some(who.gid))
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", entry.path().display())))?;
-            }
-        }
+        addon_tree::sanitize(dir, &how)?;
     }
     Ok(())
 }

@@ -1,0 +1,71 @@
+//! What the engine keeps of an addon's run, made safe first: its output (only files and
+//! directories, owned by the engine's user), its `CACHE_DIR` and `HOME` (no setuid or setgid
+//! bits, no file capabilities, no fifos, sockets or devices), its work directory when asked to
+//! keep it. Every walk goes through `addon_tree`, by descriptors; a walk that fails is never
+//! skipped: the tree is removed instead, and the run fails saying why.
+//!
+//! What it must never do: keep a tree whose walk did not finish, or follow anything in it.
+
+use std::path::Path;
+
+use addon_tree::{Sanitize, Sanitized};
+
+/// Who the engine's user is, to take files back: `None` when the engine is root (root controls
+/// whatever owner a file has, and `CACHE_DIR` and `HOME` stay with the sandbox's identity).
+fn engine_owner() -> Option<(u32, u32)> {
+    let me = addon_tree::current_owner();
+    (me.0 != 0).then_some(me)
+}
+
+/// The output of one addon (its staging folder): only files and directories, all owned by the
+/// engine's user, nothing privileged. On error the folder is removed.
+pub(crate) fn output(staging: &Path) -> Result<Sanitized, String> {
+    let how = Sanitize { owner: Some(addon_tree::current_owner()), keep_symlinks: false };
+    or_remove(staging, addon_tree::sanitize(staging, &how), "its output")
+}
+
+/// A tree the addon keeps between runs (`CACHE_DIR`, `HOME`): links stay (a virtualenv has
+/// them), nothing privileged or special does; an unprivileged engine must own every entry. On
+/// error the tree is emptied: the next run starts without it.
+pub(crate) fn kept(dir: &Path, what: &str) -> Result<Sanitized, String> {
+    let how = Sanitize { owner: engine_owner(), keep_symlinks: true };
+    let r = addon_tree::sanitize(dir, &how);
+    let out = or_remove(dir, r, what);
+    if out.is_err() {
+        // The entry itself stays (it is the cache's); a new, empty content folder takes its place.
+        let _ = std::fs::create_dir_all(dir);
+    }
+    out
+}
+
+/// A work directory kept for debugging (`--keep-work`).
+pub(crate) fn kept_work(work: &Path) -> Result<Sanitized, String> {
+    let how = Sanitize { owner: Some(addon_tree::current_owner()), keep_symlinks: true };
+    or_remove(work, addon_tree::sanitize(work, &how), "its work directory")
+}
+
+fn or_remove(dir: &Path, r: Result<Sanitized, addon_tree::TreeError>, what: &str) -> Result<Sanitized, String> {
+    match r {
+        Ok(s) => Ok(s),
+        Err(e) => {
+            let removal = match addon_tree::remove_tree(dir) {
+                Ok(()) => "it was removed".to_string(),
+                Err(r) => format!("removing it failed too: {r}"),
+            };
+            Err(format!("{what} could not be made safe to keep ({e}); {removal}"))
+        }
+    }
+}
+
+/// Removes a tree the run is done with, logging a failure loudly (a tree that cannot be removed
+/// stays where the engine's user alone can reach it).
+pub(crate) fn remove(dir: &Path) {
+    if let Err(e) = addon_tree::remove_tree(dir) {
+        tracing::error!("could not remove {}: {e}", dir.display());
+    }
+}
+
+/// Whether a directory holds anything.
+pub(crate) fn has_entries(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+}
