@@ -270,12 +270,12 @@ impl Cache {
             retire(&dir, &bucket, &key.hash())?;
         }
         let tmp = bucket.join(format!(".tmp-{}-{}", key.hash(), std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let _ = remove_tree(&tmp);
         fs::create_dir_all(tmp.join("content")).map_err(io(&tmp))?;
         let data = match build(&tmp.join("content")) {
             Ok(d) => d,
             Err(message) => {
-                let _ = std::fs::remove_dir_all(&tmp);
+                let _ = remove_tree(&tmp);
                 return Err(CacheError::Build { label: label.to_string(), message });
             }
         };
@@ -325,7 +325,7 @@ impl Cache {
     /// entry is older than `older_than`. Entries in use are skipped. Returns what was removed, so
     /// the owner can release what lives outside the cache (docker images).
     pub fn prune(&self, max_size: Option<u64>, older_than: Option<Duration>) -> Vec<EntryInfo> {
-        self.prune_with(max_size, older_than, |p| std::fs::remove_dir_all(p))
+        self.prune_with(max_size, older_than, remove_tree)
     }
 
     /// [`Cache::prune`] with the final deletion given (tests make it fail, as a crash would).
@@ -391,8 +391,7 @@ static TRASH_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Renames an entry out of its place, then deletes it. The caller holds its exclusive lock.
 fn retire(dir: &Path, bucket: &Path, hash: &str) -> Result<(), CacheError> {
-    retire_with(dir, bucket, hash, &|p| std::fs::remove_dir_all(p))
-        .map_err(|source| CacheError::Io { path: dir.to_path_buf(), source })
+    retire_with(dir, bucket, hash, &remove_tree).map_err(|source| CacheError::Io { path: dir.to_path_buf(), source })
 }
 
 fn retire_with(
@@ -468,12 +467,15 @@ fn last_used(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes an entry takes (entries hold trees an addon wrote, its CACHE_DIR and HOME: measured by
+/// the walk that follows no link; what cannot be measured counts as nothing).
 fn dir_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
-    }
-    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| dir_size(&e.path())).sum()).unwrap_or(0)
+    addon_tree::measure(p).map(|m| m.length).unwrap_or(0)
+}
+
+/// Removes an entry's folder (possibly a tree an addon wrote) without following anything in it.
+fn remove_tree(p: &Path) -> std::io::Result<()> {
+    addon_tree::remove_tree(p).map_err(|e| std::io::Error::new(e.kind(), e.to_string()))
 }
 
 #[cfg(test)]

@@ -327,3 +327,49 @@ fn builds_are_isolated_and_run_options_refused() {
     let err = a["error"].as_str().unwrap();
     assert!(err.contains("line 6") && err.contains("RUN options are refused"), "{err}");
 }
+
+/// The attack review's two ways to smuggle `RUN --mount` past the Dockerfile check (a blank line
+/// inside a `\` continuation; a `# escape=` directive with a backtick continuation), each with a
+/// build context holding `hostlink -> <a host directory>`: the build is refused before buildah
+/// runs, and nothing of the host is read or written.
+#[test]
+fn run_options_smuggled_through_the_dockerfile_grammar_are_refused() {
+    if !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\n");
+    let host = w.path().join("host-dir");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("secret.txt"), "host secret").unwrap();
+    let steal = r#"["/bin/busybox", "sh", "-c", "cp /h/secret.txt /stolen; echo x > /h/planted"]"#;
+    for (name, dockerfile) in [
+        ("blank-line", format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN \\\n\n  --mount=type=bind,source=hostlink,target=/h,rw {steal}\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/busybox\", \"sh\", \"/run.sh\"]\n")),
+        ("escape", format!("# escape=`\nFROM scratch\nCOPY busybox /bin/busybox\nRUN `\n  --mount=type=bind,source=hostlink,target=/h,rw {steal}\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/busybox\", \"sh\", \"/run.sh\"]\n")),
+    ] {
+        let addon = w.docker_addon(name, PURE, "echo '{}'", &format!("{name}-{}", std::process::id()));
+        std::fs::write(addon.join("Dockerfile"), dockerfile).unwrap();
+        std::os::unix::fs::symlink(&host, addon.join("hostlink")).unwrap();
+        let (_, v) = w.run(&[addon.to_str().unwrap()]);
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "execution-failed", "{name}: {a}");
+        let err = a["error"].as_str().unwrap_or_default();
+        assert!(err.contains("RUN options are refused") && err.contains("--mount"), "{name}: {err}");
+        assert!(!host.join("planted").exists(), "{name}: the build wrote on the host");
+    }
+}
+
+/// A build context with a link that leads out of it is refused, whatever the Dockerfile says.
+#[test]
+fn a_build_context_with_a_link_out_of_it_is_refused() {
+    if !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\n");
+    let addon = w.docker_addon("linked", PURE, "echo '{}'", &format!("linked-{}", std::process::id()));
+    std::os::unix::fs::symlink("/etc", addon.join("hostlink")).unwrap();
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "execution-failed", "{a}");
+    let err = a["error"].as_str().unwrap_or_default();
+    assert!(err.contains("build context") && err.contains("hostlink") && err.contains("outside"), "{err}");
+}

@@ -732,13 +732,10 @@ async fn forget(client: &mut Client, id: &str, timeout: Duration) {
     let _ = tokio::time::timeout(timeout, client.forget(pb::ForgetRequest { id: id.to_string() })).await;
 }
 
-/// Bytes of the regular files under `p` (not following symlinks).
+/// Bytes of the files under `p`, by the walk that follows no link (nothing, when it cannot be
+/// measured: the copy back is bounded all the same).
 fn tree_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
-    if !meta.is_dir() {
-        return if meta.is_file() { meta.len() } else { 0 };
-    }
-    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| tree_size(&e.path())).sum()).unwrap_or(0)
+    addon_tree::measure(p).map(|m| m.length).unwrap_or(0)
 }
 
 fn describe(s: &tonic::Status) -> String {

@@ -30,31 +30,14 @@ pub fn pack(dir: &Path, out: mpsc::Sender<Vec<u8>>) -> io::Result<()> {
         return Err(bad(format!("{} is not a directory", dir.display())));
     }
     let writer = ChunkWriter { buf: Vec::with_capacity(CHUNK), out };
-    let mut tar = tar::Builder::new(writer);
-    tar.follow_symlinks(false);
-    tar.mode(tar::HeaderMode::Complete);
-    append_tree(&mut tar, dir, Path::new(""))?;
-    // Writes the end-of-archive blocks, which the receiver requires.
-    let mut writer = tar.into_inner()?;
-    writer.flush()
-}
-
-fn append_tree<W: Write>(tar: &mut tar::Builder<W>, root: &Path, rel: &Path) -> io::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for e in entries {
-        let rel = rel.join(e.file_name());
-        let kind = e.file_type()?;
-        if kind.is_dir() {
-            tar.append_dir(&rel, e.path())?;
-            append_tree(tar, root, &rel)?;
-        } else if kind.is_file() || kind.is_symlink() {
-            tar.append_path_with_name(e.path(), &rel)?;
-        } else {
-            tracing::debug!("not copying {} (neither file, directory nor symlink)", e.path().display());
-        }
+    // Read by the walk that acts on checked descriptors: a concurrent run of the same addon
+    // cannot swap a file of its CACHE_DIR for a link to a host file while it is packed.
+    let (mut writer, packed) = addon_tree::pack_tar(dir, writer, addon_tree::Links::Keep)
+        .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
+    for p in packed.left_out {
+        tracing::debug!("not copying {} (neither file, directory nor symlink)", p.display());
     }
-    Ok(())
+    writer.flush()
 }
 
 struct ChunkWriter {

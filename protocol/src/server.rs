@@ -76,7 +76,7 @@ fn run_ended(state: &State, id: &str) {
         }
     };
     if forget {
-        let _ = std::fs::remove_dir_all(state.staging.path().join(id));
+        let _ = addon_tree::remove_tree(&state.staging.path().join(id));
     }
 }
 
@@ -560,7 +560,7 @@ impl RunnerService for Service {
             }
         };
         if done && dir.exists() {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            let _ = tokio::task::spawn_blocking(move || addon_tree::remove_tree(&dir)).await;
         }
         Ok(Response::new(pb::ForgetResponse {}))
     }
@@ -718,7 +718,7 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
     }
     // The process exits without running destructors (tasks still hold the state): remove the
     // copies of runs here.
-    let _ = std::fs::remove_dir_all(service.state.staging.path());
+    let _ = addon_tree::remove_tree(service.state.staging.path());
     Ok(())
 }
 

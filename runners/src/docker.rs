@@ -277,11 +277,10 @@ async fn build(
     })
 }
 
-fn tar_dir(dir: &Path) -> std::io::Result<Vec<u8>> {
-    let mut b = tar::Builder::new(Vec::new());
-    b.follow_symlinks(false);
-    b.append_dir_all(".", dir)?;
-    b.into_inner()
+/// The build context: the addon's files, read by the walk that follows nothing; a symlink that
+/// leads out of the context is refused (the builder would copy what it points to).
+fn tar_dir(dir: &Path) -> Result<Vec<u8>, addon_tree::TreeError> {
+    addon_tree::pack_tar(dir, Vec::new(), addon_tree::Links::Inside).map(|(tar, _)| tar)
 }
 
 /// Removes containers whose engine is gone (labelled with a pid that no longer runs the same

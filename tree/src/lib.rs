@@ -22,9 +22,11 @@
 //! stop early and report success.
 
 mod ops;
+mod tar;
 mod walk;
 
 pub use ops::{copy_tree, measure, merge_into, remove_tree, sanitize, Measure, Sanitize, Sanitized};
+pub use tar::{links_stay_inside, pack_tar, Links, Packed};
 pub use walk::{walk, Event, Kind, Node, Stat, Visit};
 
 use std::path::{Path, PathBuf};

@@ -17,12 +17,14 @@ pub struct Measure {
     pub bytes: u64,
     /// Entries below the root (files, directories, links, anything).
     pub entries: u64,
+    /// What `ls` would add up: the lengths of everything but directories.
+    pub length: u64,
 }
 
 impl std::ops::Add for Measure {
     type Output = Measure;
     fn add(self, o: Measure) -> Measure {
-        Measure { bytes: self.bytes + o.bytes, entries: self.entries + o.entries }
+        Measure { bytes: self.bytes + o.bytes, entries: self.entries + o.entries, length: self.length + o.length }
     }
 }
 
@@ -37,6 +39,9 @@ pub fn measure(root: &Path) -> Result<Measure, TreeError> {
             m.entries += 1;
         }
         m.bytes += n.stat.allocated;
+        if n.stat.kind != Kind::Dir {
+            m.length += n.stat.size;
+        }
         Ok(Visit::Continue)
     });
     match r {
@@ -119,6 +124,9 @@ pub fn sanitize(root: &Path, how: &Sanitize) -> Result<Sanitized, TreeError> {
             out.measure.entries += 1;
         }
         out.measure.bytes += n.stat.allocated;
+        if n.stat.kind != Kind::Dir {
+            out.measure.length += n.stat.size;
+        }
         Ok(Visit::Continue)
     })?;
     Ok(out)

@@ -308,7 +308,8 @@ pub fn host_rootfs(root: &Path, programs: &[&str], dirs: &[&str]) {
     }
 }
 
-/// Copies `path` into `root` at the same place, following (and recreating) symlinks hop by hop.
+/// Copies `path` into `root` at the same place, following (and recreating, relative to `root`)
+/// symlinks hop by hop.
 fn copy_with_links(path: &Path, root: &Path) {
     let mut p = path.to_path_buf();
     for _ in 0..16 {
@@ -319,7 +320,16 @@ fn copy_with_links(path: &Path, root: &Path) {
         match std::fs::read_link(&at) {
             Ok(target) => {
                 if std::fs::symlink_metadata(&dest).is_err() {
-                    std::os::unix::fs::symlink(&target, &dest).unwrap();
+                    // Relative within the root, as it resolves in the image: a build context may
+                    // hold no link that leads out of it.
+                    let inside = if target.is_absolute() {
+                        let depth = at.strip_prefix("/").unwrap().components().count() - 1;
+                        let up: PathBuf = std::iter::repeat_n("..", depth).collect();
+                        up.join(target.strip_prefix("/").unwrap())
+                    } else {
+                        target.clone()
+                    };
+                    std::os::unix::fs::symlink(&inside, &dest).unwrap();
                 }
                 p = if target.is_absolute() { target } else { parent.join(target) };
             }

@@ -16,6 +16,7 @@
 //!   namespace whose init dies with the engine, so nothing outlives a run or a killed engine.
 
 pub mod bundle;
+pub mod dockerfile;
 pub mod image;
 
 use std::collections::BTreeMap;
@@ -429,7 +430,14 @@ impl OciRunner {
         let rel = normalise_relative(&dockerfile).map_err(|why| format!("runner.docker.build `{dockerfile}` {why}"))?;
         let path = spec.addon_dir.join(&rel);
         let text = std::fs::read(&path).map_err(|e| format!("{dockerfile}: {e}"))?;
-        image::check_dockerfile(&String::from_utf8_lossy(&text)).map_err(|e| format!("{dockerfile}: {e}"))?;
+        // The Dockerfile is the addon's code: read as buildah reads it, before buildah does.
+        let version = crate::sandbox::version_of(&buildah).unwrap_or_default();
+        let mount_safe = dockerfile::parse_version(&version).is_some_and(|v| v >= dockerfile::BUILDAH_MOUNT_FIXED);
+        let builder = if version.is_empty() { "buildah".to_string() } else { version.clone() };
+        dockerfile::check(&String::from_utf8_lossy(&text), mount_safe, &builder)
+            .map_err(|e| format!("{dockerfile}: {e}"))?;
+        // Nothing in the context may lead out of it (a `COPY` or a `RUN --mount` through a link).
+        addon_tree::links_stay_inside(&spec.addon_dir).map_err(|e| format!("the build context: {e}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
         // The build runs the addon's code (RUN steps) and, for a pure addon, gets no network and
         // fetches no base image (`oci-runner.pull: always` allows both).

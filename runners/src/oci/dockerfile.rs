@@ -1,0 +1,254 @@
+//! A Dockerfile read the way its builders read it (BuildKit's and buildah's parser), to decide
+//! what a build may do before buildah runs the addon's code:
+//! - parser directives at the top (`# escape=`` ` ``, `# syntax=...`): only before any other
+//!   line, comment or blank line;
+//! - an instruction continues over lines ending in the escape character (trailing blanks
+//!   allowed); comment lines and blank lines inside a continuation are skipped, not ends;
+//! - an instruction's flags are the words right after its keyword that start with `--`.
+//!
+//! Where builders have read a file differently over the years, every reading is checked and the
+//! strictest wins: the text is judged with the escape character its directives name and with the
+//! default one.
+
+/// One instruction: where it starts, its keyword (upper case) and its flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instruction {
+    /// 1-based line of the keyword.
+    pub line: usize,
+    pub keyword: String,
+    /// Words after the keyword that start with `--` (for `ONBUILD`, those of the instruction
+    /// it wraps, whose keyword is `ONBUILD <KEYWORD>`).
+    pub flags: Vec<String>,
+}
+
+/// The escape character the directives at the top name (`\` unless `# escape=`` ` ``).
+fn escape_of(lines: &[&str]) -> Result<char, String> {
+    let mut escape = '\\';
+    let mut seen = false;
+    for (n, line) in lines.iter().enumerate() {
+        let Some((key, value)) = directive(line) else { break };
+        if key.eq_ignore_ascii_case("escape") {
+            if seen {
+                return Err(format!("line {}: only one escape parser directive can be used", n + 1));
+            }
+            seen = true;
+            escape = match value {
+                "\\" => '\\',
+                "`" => '`',
+                other => return Err(format!("line {}: invalid escape character `{other}` (only \\ and `)", n + 1)),
+            };
+        }
+    }
+    Ok(escape)
+}
+
+/// `# key=value` at the top of a file: `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
+fn directive(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix('#')?.trim_start();
+    let key_len = rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len());
+    let key = &rest[..key_len];
+    if !key.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    let value = rest[key_len..].trim_start().strip_prefix('=')?.trim();
+    (!value.is_empty()).then_some((key, value))
+}
+
+fn is_comment(line: &str) -> bool {
+    line.trim_start().starts_with('#')
+}
+
+/// The line without the escape character (and blanks after it) at its end, and whether it had one.
+fn continued(line: &str, escape: char) -> (&str, bool) {
+    let trimmed = line.trim_end_matches([' ', '\t']);
+    match trimmed.strip_suffix(escape) {
+        Some(rest) => (rest, true),
+        None => (line, false),
+    }
+}
+
+/// The instructions of `text` read with escape character `escape`.
+fn instructions_with(lines: &[&str], escape: char) -> Vec<Instruction> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < lines.len() {
+        let line = lines[i];
+        i += 1;
+        if line.trim().is_empty() || is_comment(line) {
+            continue;
+        }
+        let start = i;
+        let (first, mut more) = continued(line, escape);
+        let mut text = first.to_string();
+        while more && i < lines.len() {
+            let next = lines[i];
+            i += 1;
+            if is_comment(next) || next.trim().is_empty() {
+                continue;
+            }
+            let (part, again) = continued(next, escape);
+            text.push_str(part);
+            more = again;
+        }
+        if let Some(ins) = instruction(&text, start) {
+            out.push(ins);
+        }
+    }
+    out
+}
+
+/// Keyword and flags of one logical line.
+fn instruction(text: &str, line: usize) -> Option<Instruction> {
+    let text = text.trim_start();
+    let end = text.find(char::is_whitespace).unwrap_or(text.len());
+    let keyword = text[..end].to_ascii_uppercase();
+    if keyword.is_empty() {
+        return None;
+    }
+    let mut rest = &text[end..];
+    let mut keyword = keyword;
+    if keyword == "ONBUILD" {
+        let inner = rest.trim_start();
+        let e = inner.find(char::is_whitespace).unwrap_or(inner.len());
+        keyword = format!("ONBUILD {}", inner[..e].to_ascii_uppercase());
+        rest = &inner[e..];
+    }
+    let mut flags = Vec::new();
+    for word in rest.split(char::is_whitespace).filter(|w| !w.is_empty()) {
+        if !word.starts_with("--") || word == "--" {
+            break;
+        }
+        flags.push(word.to_string());
+    }
+    Some(Instruction { line, keyword, flags })
+}
+
+/// Every instruction of the Dockerfile `text`, as each reading sees it (see the module docs).
+pub fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let escape = escape_of(&lines)?;
+    let mut all = instructions_with(&lines, escape);
+    if escape != '\\' {
+        all.extend(instructions_with(&lines, '\\'));
+    }
+    Ok(all)
+}
+
+/// The buildah release from which `RUN --mount` is taken as safe: the fixes of CVE-2024-1753
+/// (1.35.1: a bind mount's source could be any host path), CVE-2024-9407 (1.37.4:
+/// `bind-propagation`), CVE-2024-9675 (1.38.0: a cache mount's source) and CVE-2024-11218
+/// (1.38.1: changes in bind mounts kept).
+pub const BUILDAH_MOUNT_FIXED: (u32, u32, u32) = (1, 38, 1);
+
+/// Refuses what a build may not do: `RUN --network` and `RUN --security` always (they widen
+/// what a step gets beyond the `network.build` setting and the builder's confinement), any other
+/// `RUN` option unless `mount_safe` (a builder without the known `--mount` escapes), and the same
+/// inside `ONBUILD`. `builder` names the builder in the message.
+pub fn check(text: &str, mount_safe: bool, builder: &str) -> Result<(), String> {
+    for ins in instructions(text)? {
+        if ins.keyword != "RUN" && ins.keyword != "ONBUILD RUN" {
+            continue;
+        }
+        for flag in &ins.flags {
+            let name = flag.split('=').next().unwrap_or(flag);
+            let allowed = mount_safe && name == "--mount";
+            if !allowed {
+                let why = if name == "--mount" {
+                    let (a, b, c) = BUILDAH_MOUNT_FIXED;
+                    format!(
+                        "{builder} resolves `RUN --mount` sources on the host before buildah {a}.{b}.{c} \
+                         (CVE-2024-1753, CVE-2024-9407, CVE-2024-9675, CVE-2024-11218); use a plain RUN, or a \
+                         buildah of {a}.{b}.{c} or later"
+                    )
+                } else {
+                    "it would widen what the step may reach beyond the engine's build settings; use a plain RUN"
+                        .to_string()
+                };
+                return Err(format!("line {}: `{} {flag}`: RUN options are refused: {why}", ins.line, ins.keyword));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `buildah version` output (`Version:         1.28.2`) as numbers.
+pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))
+        .or_else(|| text.split_whitespace().find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit())))?
+        .trim();
+    let mut parts = v.split(|c: char| !c.is_ascii_digit()).filter(|p| !p.is_empty()).map(|p| p.parse::<u32>());
+    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next().and_then(Result::ok).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        check(text, false, "buildah 1.28").expect_err(text)
+    }
+
+    #[test]
+    fn run_options_are_refused_however_the_file_is_written() {
+        for evil in [
+            "FROM scratch\nRUN --mount=type=bind,from=x,source=/l,target=/h,rw cat /h/etc/shadow\n",
+            "from scratch\nrun   --mount=type=cache,target=/x true\n",
+            "FROM scratch\nRUN \\\n  --network=host true\n",
+            "FROM scratch\nRUN \\\n# a comment\n  --security=insecure true",
+            // A blank line inside a continuation is skipped, not an end (the attack review's first form).
+            "FROM scratch\nRUN \\\n\n  --mount=type=bind,source=hostlink,target=/h cat /h/x\n",
+            "FROM scratch\nRUN \\\n   \t \n--mount=type=bind,source=/,target=/h true\n",
+            // The escape directive (its second form): a backtick continues the line.
+            "# escape=`\nFROM scratch\nRUN `\n  --mount=type=bind,source=hostlink,target=/h cat /h/x\n",
+            "#escape = `\r\nFROM scratch\r\nRUN `  \r\n\r\n --mount=x y\r\n",
+            // Trailing blanks after the escape character still continue.
+            "FROM scratch\nRUN \\   \n--mount=x y\n",
+            "FROM scratch\nRUN\t--mount=x y\n",
+            "\u{feff}FROM scratch\nRUN --mount=x y\n",
+            "FROM scratch\nONBUILD RUN --mount=x y\n",
+            "FROM scratch\nonbuild run --network=host y\n",
+        ] {
+            assert!(refused(evil).contains("RUN options are refused"), "{evil:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_dockerfiles_pass() {
+        for fine in [
+            "FROM scratch\nRUN echo --mount\nCOPY --from=build /a /a\nCOPY --chown=1:1 a /a\n",
+            "FROM debian:bookworm-slim\nRUN apt-get update \\\n  && apt-get install -y \\\n    qpdf \\\n  # the PDF tools\n    poppler-utils\n",
+            "# syntax=docker/dockerfile:1\n# escape=\\\nFROM scratch\nRUN true\n",
+            "FROM scratch\nRUN [\"--mount=x\", \"y\"]\n",
+            "FROM scratch\n# RUN --mount=x is only a comment\n",
+        ] {
+            assert!(check(fine, false, "buildah").is_ok(), "{fine:?}: {:?}", check(fine, false, "buildah"));
+        }
+    }
+
+    #[test]
+    fn directives_count_only_at_the_top() {
+        // After an instruction, `# escape=` is a comment: the backslash still continues lines.
+        let ins = instructions("FROM scratch\n# escape=`\nRUN a \\\n--mount=x\n").unwrap();
+        assert_eq!(ins.len(), 2);
+        assert!(refused("FROM scratch\n# escape=`\nRUN \\\n--mount=x y\n").contains("line 3"));
+        assert!(check("# escape=x\nFROM scratch\n", false, "b").unwrap_err().contains("invalid escape"));
+    }
+
+    #[test]
+    fn a_fixed_builder_may_mount_but_never_widen() {
+        assert!(check("FROM scratch\nRUN --mount=type=cache,target=/root/.cache pip install x\n", true, "b").is_ok());
+        let e = check("FROM scratch\nRUN --network=host true\n", true, "b").unwrap_err();
+        assert!(e.contains("--network=host"), "{e}");
+        let e = refused("FROM scratch\n\nRUN --mount=x y\n");
+        assert!(e.starts_with("line 3:") && e.contains("1.38.1") && e.contains("CVE-2024-1753"), "{e}");
+    }
+
+    #[test]
+    fn buildah_versions() {
+        assert_eq!(parse_version("Version:         1.28.2\nGo Version: go1.19"), Some((1, 28, 2)));
+        assert_eq!(parse_version("buildah version 1.38.1 (image-spec 1.1.0)"), Some((1, 38, 1)));
+    }
+}
