@@ -382,21 +382,13 @@ impl Runner for GvisorRunner {
                     .trivial_exec()
                     .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
                 let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
+                // Made executable inside the addon only (a link to a host file is refused).
+                addon_tree::make_executable(&spec.dirs.addon, std::path::Path::new(&rel))
+                    .map_err(|e| setup(e.to_string()))?;
                 (spec.dirs.addon.join(rel), Vec::new())
             }
             other => return Err(setup(format!("serves trivial and nix addons, not {other}"))),
         };
-        if spec.section == Section::Trivial {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(&program)
-                .map_err(|e| setup(format!("{}: {e}", program.display())))?
-                .permissions()
-                .mode();
-            if mode & 0o555 != 0o555 {
-                std::fs::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
-                    .map_err(|e| setup(e.to_string()))?;
-            }
-        }
         let mounts = spec.mounts();
         addon_runners::sandbox::claim(&[&mounts.work, &mounts.output, &mounts.cache, &mounts.home], self.identity())
             .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", self.settings.uid)))?;

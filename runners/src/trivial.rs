@@ -1,6 +1,6 @@
 //! The trivial runner: run the descriptor's `exec` from the unpacked addon, in the sandbox.
 
-use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,14 +56,10 @@ impl Runner for TrivialRunner {
             .trivial_exec()
             .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
         let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
-        let program = spec.dirs.addon.join(rel);
-        // Docspell makes the program executable; zips from elsewhere often lose the bit.
-        let meta = fs_err::metadata(&program).map_err(|e| setup(e.to_string()))?;
-        let mode = meta.permissions().mode();
-        if mode & 0o111 != 0o111 {
-            fs_err::set_permissions(&program, std::fs::Permissions::from_mode(mode | 0o555))
-                .map_err(|e| setup(e.to_string()))?;
-        }
+        let program = spec.dirs.addon.join(&rel);
+        // Docspell makes the program executable; zips from elsewhere often lose the bit. Only
+        // inside the addon: a program that is a link to a host file is refused, not chmodded.
+        addon_tree::make_executable(&spec.dirs.addon, Path::new(&rel)).map_err(|e| setup(e.to_string()))?;
         crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[])
     }
 

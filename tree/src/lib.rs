@@ -25,7 +25,7 @@ mod ops;
 mod tar;
 mod walk;
 
-pub use ops::{copy_tree, measure, merge_into, remove_tree, sanitize, Measure, Sanitize, Sanitized};
+pub use ops::{copy_tree, make_executable, measure, merge_into, remove_tree, sanitize, Measure, Sanitize, Sanitized};
 pub use tar::{links_stay_inside, pack_tar, Links, Packed};
 pub use walk::{walk, Event, Kind, Node, Stat, Visit};
 

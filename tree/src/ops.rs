@@ -364,3 +364,33 @@ pub fn merge_into(from: &Path, to: &Path) -> Result<(), TreeError> {
         }
     })
 }
+
+/// Makes the file at `rel` below `root` readable and executable by everyone (`a+rx`), as
+/// Docspell does for a trivial addon's program. `rel` is resolved below
+/// `root` only: a link on the way or at the end that leads out of `root` is an error, never a
+/// chmod of a host file. Returns the file's mode afterwards.
+pub fn make_executable(root: &Path, rel: &Path) -> Result<u32, TreeError> {
+    use rustix::fs::ResolveFlags;
+    let at = rel.display().to_string();
+    let err = |what: &'static str, e: Errno| TreeError::new(root, at.clone(), what, e.into());
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err("opening", e))?;
+    let fd = rustix::fs::openat2(
+        &dir,
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| err("opening (it must stay inside the addon)", e))?;
+    let st = crate::walk::Stat::from(&rustix::fs::fstat(&fd).map_err(|e| err("reading", e))?);
+    if st.kind != Kind::File {
+        return Err(err("making executable", Errno::ACCESS));
+    }
+    let mode = (st.perm | 0o555) & 0o1777;
+    if mode != st.perm {
+        rustix::fs::chmodat(CWD, crate::walk::magic(fd.as_fd()), Mode::from_raw_mode(mode), AtFlags::empty())
+            .map_err(|e| err("making executable", e))?;
+    }
+    Ok(mode)
+}

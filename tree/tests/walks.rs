@@ -297,3 +297,25 @@ fn file_capabilities_are_removed() {
     let mut buf = [0u8; 64];
     assert!(rustix::fs::getxattr(&f, c"security.capability", &mut buf[..]).is_err(), "the capability is gone");
 }
+
+/// A trivial addon's program is made executable through the addon's own tree only: a program
+/// that is a link to a host file is refused, and the host file keeps its mode.
+#[test]
+fn a_program_linked_to_a_host_file_is_not_made_executable() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("shadow");
+    std::fs::write(&host, "secret").unwrap();
+    std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let addon = dir.path().join("addon");
+    std::fs::create_dir_all(addon.join("bin")).unwrap();
+    std::os::unix::fs::symlink(&host, addon.join("run.sh")).unwrap();
+    std::os::unix::fs::symlink("../../shadow", addon.join("bin/up")).unwrap();
+    std::fs::write(addon.join("bin/real"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(addon.join("bin/real"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::os::unix::fs::symlink("bin/real", addon.join("inside")).unwrap();
+    for rel in ["run.sh", "bin/up", "../shadow"] {
+        assert!(addon_tree::make_executable(&addon, Path::new(rel)).is_err(), "{rel}");
+    }
+    assert_eq!(std::fs::metadata(&host).unwrap().permissions().mode() & 0o7777, 0o640, "the host file is untouched");
+    assert_eq!(addon_tree::make_executable(&addon, Path::new("inside")).unwrap(), 0o755, "a link inside is fine");
+}
