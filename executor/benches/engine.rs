@@ -54,6 +54,7 @@ fn same_sandbox(sandboxes: &Sandboxes, kind: SandboxKind, run: &Path, script: &P
         scratch: &scratch,
         cgroups: &cgroups,
         rlimits: &rlimits,
+        tmpfs: addon_runners::sandbox::view::TmpfsBound::of(&limits),
     };
     let mut cmd = sandbox.build(&spec);
     let out = cmd.as_std_mut().stdout(std::process::Stdio::null()).output().expect("spawn");

@@ -98,6 +98,8 @@ struct Process<'a> {
     args: &'a [String],
     env: &'a [(String, String)],
     extra_ro: &'a [PathBuf],
+    /// Bounds of the private tmpfs mounts.
+    tmpfs: addon_runners::sandbox::view::TmpfsBound,
 }
 
 #[derive(Debug)]
@@ -189,7 +191,13 @@ impl GvisorRunner {
             Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
         let id = host::container_id("probe");
         let result = async {
-            let probe = Process { program: Path::new("/bin/true"), args: &[], env: &[], extra_ro: &[] };
+            let probe = Process {
+                program: Path::new("/bin/true"),
+                args: &[],
+                env: &[],
+                extra_ro: &[],
+                tmpfs: Default::default(),
+            };
             let bundle = self.bundle(&dirs[4], &mounts, false, probe)?;
             let mut cmd = self.runsc(false);
             cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
@@ -222,10 +230,10 @@ impl GvisorRunner {
 
     /// Writes an OCI bundle for `process` under `scratch`; returns its directory.
     fn bundle(&self, scratch: &Path, mounts: &Mounts, network: bool, process: Process<'_>) -> Result<PathBuf, String> {
-        let Process { program, args, env, extra_ro } = process;
+        let Process { program, args, env, extra_ro, tmpfs } = process;
         let inside = Mounts::mnt();
         let id = self.identity();
-        let view = View::host_program(mounts, &inside, network, extra_ro, Inside { uid: id.uid, gid: id.gid });
+        let view = View::host_program(mounts, &inside, network, extra_ro, Inside { uid: id.uid, gid: id.gid }, tmpfs);
         let bundle = scratch.join("gvisor-bundle");
         let rootfs = bundle.join("rootfs");
         let files = bundle.join("files");
@@ -272,9 +280,11 @@ impl GvisorRunner {
                     oci_mounts
                         .push(json!({"destination": at, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
                 }
-                Step::Tmpfs(p) => {
+                Step::Tmpfs { at: p, bound } => {
                     make_point(p, true)?;
-                    oci_mounts.push(json!({"destination": p, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}));
+                    let mut options = vec!["nosuid".to_string(), "nodev".to_string()];
+                    options.extend(bound.options().split(',').map(str::to_string));
+                    oci_mounts.push(json!({"destination": p, "type": "tmpfs", "source": "tmpfs", "options": options}));
                 }
                 Step::Dev | Step::Proc => {}
             }
@@ -400,7 +410,13 @@ impl Runner for GvisorRunner {
                 &spec.dirs.scratch,
                 &mounts,
                 spec.network,
-                Process { program: &program, args: &spec.args, env: &env, extra_ro: &extra_ro },
+                Process {
+                    program: &program,
+                    args: &spec.args,
+                    env: &env,
+                    extra_ro: &extra_ro,
+                    tmpfs: addon_runners::sandbox::view::TmpfsBound::of(&spec.limits),
+                },
             )
             .map_err(setup)?;
         let id = host::container_id(&spec.run_id);

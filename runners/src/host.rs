@@ -92,6 +92,7 @@ pub fn start(
             scratch: &spec.dirs.scratch,
             cgroups: &cgroups,
             rlimits: &rlimits,
+            tmpfs: crate::sandbox::view::TmpfsBound::of(&spec.limits),
         })
         .map_err(|e| RunnerError::sandbox(runner, &e))?;
     tracing::debug!(addon = %spec.addon.label(), sandbox = sandbox.name(), program = %program.display(), "starting");

@@ -57,7 +57,7 @@ impl Sandbox for Bwrap {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso, cgroups, rlimits, .. } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, cgroups, rlimits, tmpfs, .. } = *spec;
         let inside = self.view(mounts);
         // A root engine first binds the run's directories at /mnt in a mount namespace of its
         // own (it can reach them; the addon's identity could not, through the engine's private
@@ -66,7 +66,8 @@ impl Sandbox for Bwrap {
         let root = is_root();
         let who = if root { self.identity } else { Identity::current() };
         let sources = if root { inside.clone() } else { mounts.clone() };
-        let view = View::host_program(&sources, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid });
+        let view =
+            View::host_program(&sources, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid }, tmpfs);
         let mut c = Command::new(bwrap_path().unwrap_or_else(|| PathBuf::from("bwrap")));
         // Engine-made files and the seccomp programs reach bwrap as inherited memory files.
         let mut data = Vec::new();
@@ -98,8 +99,11 @@ impl Sandbox for Bwrap {
                 Step::Dir(p) => {
                     c.arg("--dir").arg(p);
                 }
-                Step::Tmpfs(p) => {
-                    c.arg("--tmpfs").arg(p);
+                Step::Tmpfs { at, bound } => {
+                    if let Some(size) = bound.size {
+                        c.arg("--size").arg(size.to_string());
+                    }
+                    c.args(["--perms", "1777", "--tmpfs"]).arg(at);
                 }
                 Step::Dev => {
                     c.args(["--dev", "/dev"]);
@@ -198,6 +202,7 @@ impl Bwrap {
             scratch: &d,
             cgroups: &[],
             rlimits: &[],
+            tmpfs: Default::default(),
         };
         let how =
             if is_root() { format!("as uid {} (setting sandbox-user)", self.identity.uid) } else { String::new() };

@@ -118,6 +118,8 @@ pub struct Spec<'a> {
     pub cgroups: &'a [PathBuf],
     /// Resource limits the process gets.
     pub rlimits: &'a [(libc::__rlimit_resource_t, u64)],
+    /// The bounds of the private tmpfs mounts the sandbox makes.
+    pub tmpfs: view::TmpfsBound,
 }
 
 /// What the addon asks for.
@@ -346,6 +348,7 @@ mod tests {
             scratch: Path::new("/w/run.root"),
             cgroups: &[],
             rlimits: &[],
+            tmpfs: Default::default(),
         };
         let cmd = Sandboxes::default().get(kind).build(&spec);
         let std = cmd.as_std();

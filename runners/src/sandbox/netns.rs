@@ -27,10 +27,11 @@ impl Netns {
     }
 
     fn plan(&self, spec: &Spec<'_>) -> Result<NsPlan, String> {
-        let Spec { mounts, extra_ro, iso, scratch, cgroups, rlimits, .. } = *spec;
+        let Spec { mounts, extra_ro, iso, scratch, cgroups, rlimits, tmpfs, .. } = *spec;
         let inside = self.view(mounts);
         let who = if is_root() { self.identity } else { Identity::current() };
-        let view = View::host_program(mounts, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid });
+        let view =
+            View::host_program(mounts, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid }, tmpfs);
         let filters = super::seccomp::filters()?;
         Ok(NsPlan::new(!iso.network)
             .with_ipc_uts()
@@ -116,6 +117,7 @@ impl Netns {
             scratch: &scratch,
             cgroups: &[],
             rlimits: &[],
+            tmpfs: Default::default(),
         };
         let plan = match self.plan(&spec) {
             Ok(p) => p,

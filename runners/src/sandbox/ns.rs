@@ -103,7 +103,7 @@ impl RootPlan {
         };
         for step in &view.steps {
             let target = match step {
-                Step::RoBind(p) | Step::Dir(p) | Step::Tmpfs(p) => Some(p.as_path()),
+                Step::RoBind(p) | Step::Dir(p) | Step::Tmpfs { at: p, .. } => Some(p.as_path()),
                 Step::Bind { at, .. } | Step::Symlink { at, .. } | Step::File { at, .. } => Some(at.as_path()),
                 Step::Dev | Step::Proc => None,
             };
@@ -126,7 +126,9 @@ impl RootPlan {
                 Step::File { at: to, contents } => {
                     ops.push(Op::File { dst: at(to), data: contents.as_bytes().to_vec() })
                 }
-                Step::Tmpfs(p) => ops.push(Op::Tmpfs { dst: at(p), options: c"mode=1777".into() }),
+                Step::Tmpfs { at: p, bound } => {
+                    ops.push(Op::Tmpfs { dst: at(p), options: CString::new(bound.options()).unwrap_or_default() })
+                }
                 Step::Dev => {
                     let dev = Path::new("/dev");
                     ops.push(Op::Tmpfs { dst: at(dev), options: c"mode=0755".into() });
@@ -137,7 +139,6 @@ impl RootPlan {
                     }
                     ops.push(Op::DevPts { dst: at(&dev.join("pts")) });
                     ops.push(Op::Symlink { target: c"pts/ptmx".into(), dst: at(&dev.join("ptmx")) });
-                    ops.push(Op::Tmpfs { dst: at(&dev.join("shm")), options: c"mode=1777".into() });
                     for (link, target) in [
                         ("fd", "/proc/self/fd"),
                         ("stdin", "/proc/self/fd/0"),

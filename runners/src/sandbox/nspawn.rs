@@ -172,11 +172,13 @@ impl Sandbox for Nspawn {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits, .. } = *spec;
         let inside = self.view(mounts);
         // Container root: uid 0 inside an unprivileged user namespace.
         let who = Inside { uid: 0, gid: 0 };
-        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who);
+        // nspawn makes its own /tmp and /dev/shm (charged to the run's control group: nspawn
+        // runs only as root).
+        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who, Default::default());
         let nspawn = self.path().unwrap_or_else(|| PathBuf::from(&self.binary));
         let (mut c, _) = self.launcher(&nspawn);
         c.args(BASE).args(hardening()).args(host_flags());

@@ -23,8 +23,9 @@ pub enum Step {
     Dir(PathBuf),
     /// A read-only file made by the engine.
     File { at: PathBuf, contents: String },
-    /// A private, writable tmpfs.
-    Tmpfs(PathBuf),
+    /// A private, writable tmpfs, bounded in bytes and inodes (it is memory: without a control
+    /// group nothing else would bound it).
+    Tmpfs { at: PathBuf, bound: TmpfsBound },
     /// A minimal /dev (null, zero, full, random, urandom, tty, pts, shm).
     Dev,
     /// A /proc of the sandbox's PID namespace.
@@ -60,6 +61,37 @@ const PROGRAM_ETC: [&str; 14] = [
     "/etc/papersize",
 ];
 
+/// The bounds of each private tmpfs (`/tmp`, `/var/tmp`, `/dev/shm`): the smaller of the run's
+/// memory and output size, and its entry limit. `None`: unbounded (no such limits).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TmpfsBound {
+    pub size: Option<u64>,
+    pub inodes: Option<u64>,
+}
+
+impl TmpfsBound {
+    /// The bound for a run with `limits`.
+    pub fn of(limits: &crate::Limits) -> TmpfsBound {
+        let size = match (limits.memory, limits.output_size) {
+            (Some(m), Some(o)) => Some(m.min(o)),
+            (m, o) => m.or(o),
+        };
+        TmpfsBound { size: size.map(|s| s.max(1 << 20)), inodes: limits.output_entries.map(|n| n.max(1024)) }
+    }
+
+    /// tmpfs mount options: `mode=1777` with `size=` and `nr_inodes=` where bounded.
+    pub fn options(&self) -> String {
+        let mut o = String::from("mode=1777");
+        if let Some(s) = self.size {
+            o.push_str(&format!(",size={s}"));
+        }
+        if let Some(n) = self.inodes {
+            o.push_str(&format!(",nr_inodes={n}"));
+        }
+        o
+    }
+}
+
 /// Who the addon is inside the sandbox, for the engine-made `/etc/passwd` and `/etc/group`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Inside {
@@ -70,7 +102,14 @@ pub struct Inside {
 impl View {
     /// The view for a host program: the system directories, a minimal `/etc`, `/dev`, `/proc`,
     /// a private `/tmp`, `extra_ro` (e.g. `/nix/store`) and the run's directories at `view`.
-    pub fn host_program(host: &Mounts, view: &Mounts, network: bool, extra_ro: &[PathBuf], who: Inside) -> View {
+    pub fn host_program(
+        host: &Mounts,
+        view: &Mounts,
+        network: bool,
+        extra_ro: &[PathBuf],
+        who: Inside,
+        tmpfs: TmpfsBound,
+    ) -> View {
         let mut steps = Vec::new();
         for dir in SYSTEM.iter().map(Path::new) {
             match std::fs::read_link(dir) {
@@ -86,8 +125,9 @@ impl View {
         steps.push(Step::File { at: "/etc/group".into(), contents: group(who) });
         steps.push(Step::Dev);
         steps.push(Step::Proc);
-        steps.push(Step::Tmpfs("/tmp".into()));
-        steps.push(Step::Tmpfs("/var/tmp".into()));
+        for at in ["/tmp", "/var/tmp", "/dev/shm"] {
+            steps.push(Step::Tmpfs { at: at.into(), bound: tmpfs });
+        }
         steps.extend(extra_ro.iter().filter(|p| p.exists()).map(|p| Step::RoBind(p.clone())));
         steps.push(Step::Dir("/mnt".into()));
         for (src, at) in host.pairs(view) {
@@ -121,7 +161,7 @@ mod tests {
 
     fn view(network: bool) -> View {
         let host = Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/d".into(), home: "/c/h".into() };
-        View::host_program(&host, &Mounts::mnt(), network, &[], Inside { uid: 1000, gid: 1000 })
+        View::host_program(&host, &Mounts::mnt(), network, &[], Inside { uid: 1000, gid: 1000 }, TmpfsBound::default())
     }
 
     #[test]
