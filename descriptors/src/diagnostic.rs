@@ -61,10 +61,12 @@ impl Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        let message = for_terminal(&self.message);
         let head = match &self.field {
-            Some(f) => format!("{label}: {f}: {}", self.message),
-            None => format!("{label}: {}", self.message),
+            Some(f) => format!("{label}: {}: {message}", for_terminal(f)),
+            None => format!("{label}: {message}"),
         };
+        let file = for_terminal(file);
         if color {
             match self.severity {
                 Severity::Error => {
@@ -83,7 +85,7 @@ impl Diagnostic {
                 if let Some(text) = source.and_then(|s| source_line(s, line)) {
                     let gutter = line.to_string().len();
                     let pad = " ".repeat(gutter);
-                    let text = text.replace('\t', " ");
+                    let text = for_terminal(&text.replace('\t', " ")).into_owned();
                     let _ = writeln!(out, "{pad} |");
                     let _ = writeln!(out, "{line} | {text}");
                     let caret_pad = " ".repeat(col.unwrap_or(1).saturating_sub(1));
@@ -139,5 +141,41 @@ mod tests {
         2 |   name: "a b"
           |         ^
         "#);
+    }
+}
+
+/// `text` made safe to print on a terminal: control characters (C0 but newline and tab, DEL,
+/// C1) are shown escaped (`\x1b`, `\u{9b}`), so that what an addon or its descriptor says can
+/// neither set the window title, clear the screen, move the cursor nor overwrite a line.
+pub fn for_terminal(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c);
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            if (c as u32) < 0x80 {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod terminal_tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        let evil = "\u{1b}]0;title\u{7}\u{1b}[2Jcleared\r\u{9b}31m ok\tand\nnext";
+        let clean = super::for_terminal(evil);
+        assert!(!clean.chars().any(|c| c.is_control() && c != '\n' && c != '\t'), "{clean:?}");
+        assert!(clean.contains("\\x1b]0;title\\x07") && clean.contains("\\u{9b}") && clean.contains("\\x0d"));
+        assert!(clean.contains("\tand\nnext"));
+        assert!(matches!(super::for_terminal("plain"), std::borrow::Cow::Borrowed(_)));
     }
 }

@@ -16,7 +16,7 @@ pub mod schema;
 pub mod source;
 
 pub use archive::{extract_zip, ArchiveError, Limits};
-pub use diagnostic::{Diagnostic, Pos, Severity};
+pub use diagnostic::{for_terminal, Diagnostic, Pos, Severity};
 pub use digest::{digest_dir, ContentDigest, DigestCache};
 pub use model::{Descriptor, Options, Section, Trigger, DESCRIPTOR_FILES};
 pub use output::{AddonOutput, OutputError};

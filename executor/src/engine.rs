@@ -1042,7 +1042,8 @@ const ITEM_ENV: [(&str, &str); 7] = [
 fn log_sink(label: &str, events: Option<Sender<Event>>, dropped: Arc<AtomicU64>) -> addon_runners::LogSink {
     let label = label.to_string();
     Arc::new(move |stream, line: &str| {
-        tracing::info!(target: "addon", "[{label}] {line}");
+        // What the addon printed is shown to people, never obeyed by their terminal.
+        tracing::info!(target: "addon", "[{}] {}", addon_descriptors::for_terminal(&label), addon_descriptors::for_terminal(line));
         if let Some(tx) = &events {
             let event = Event::Log { addon: label.clone(), stream, line: line.to_string() };
             if let Err(tokio::sync::mpsc::error::TrySendError::Full(_)) = tx.try_send(event) {

@@ -221,7 +221,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", addon_descriptors::for_terminal(&format!("{e:#}")));
             ExitCode::from(EXIT_TROUBLE)
         }
     }
@@ -251,6 +251,22 @@ fn init_logging(verbose: Option<u8>) {
         .init();
 }
 
+/// A writer for people: control characters in what goes through it (an addon's name, its
+/// stderr in an error, a path from an archive) are shown escaped, never obeyed by the terminal.
+struct Human<W>(W);
+
+impl<W: Write> Write for Human<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.0.write_all(addon_descriptors::for_terminal(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
 fn color_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
@@ -274,7 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&plan, false)?;
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut out = Human(std::io::stdout().lock());
                 writeln!(
                     out,
                     "{} {} ({}; {})",
@@ -314,7 +330,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&report, false)?;
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut out = Human(std::io::stdout().lock());
                 for c in &report.checks {
                     let status = match c.status {
                         addon_executor::check::Status::Pass => "PASS",
@@ -345,7 +361,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&report, false)?;
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut out = Human(std::io::stdout().lock());
                 writeln!(out, "runners:")?;
                 for r in &report.runners {
                     let v = r.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
@@ -377,7 +393,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             if cli.json {
                 print_json(&value, false)?;
             } else {
-                let mut out = std::io::stdout().lock();
+                let mut out = Human(std::io::stdout().lock());
                 let list = value
                     .get("entries")
                     .or_else(|| value.get("removed"))
@@ -455,14 +471,14 @@ fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u
                 let runners: Vec<&str> = report.runners.clone();
                 let purity = if report.pure { "pure" } else { "impure" };
                 let _ = writeln!(
-                    err,
+                    Human(&mut err),
                     "valid: {what} ({src}): runners {}; {purity}; {} warning(s); {}",
                     if runners.is_empty() { "none".to_string() } else { runners.join(", ") },
                     warnings,
                     report.digest.as_deref().unwrap_or("-")
                 );
             } else {
-                let _ = writeln!(err, "invalid: {what} ({src}): {errors} error(s), {warnings} warning(s)");
+                let _ = writeln!(Human(&mut err), "invalid: {what} ({src}): {errors} error(s), {warnings} warning(s)");
             }
         }
     }
@@ -524,7 +540,7 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
     if json {
         print_json(&report, false)?;
     } else {
-        let mut err = std::io::stderr().lock();
+        let mut err = Human(std::io::stderr().lock());
         for a in &report.addons {
             let how = match (&a.runner, &a.sandbox) {
                 (Some(r), Some(s)) => format!(

@@ -217,19 +217,63 @@ fn keeps_inside(sandbox: &str) {
     }
     let w = World::new(sandbox, "");
     let outside = w.path().join("outside.txt");
+    // Host paths the addon can see (bound read-only into the sandbox): writes there must fail
+    // with a read-only error, and nothing may change on the host. A path the sandbox does not
+    // have at all would prove nothing.
     let script = format!(
-        "if echo x > {o}; then echo wrote=outside >&2; fi\nif echo x > /etc/addon-evil; then echo wrote=etc >&2; fi\necho '{{}}'",
+        "if echo x > {o}; then echo wrote=outside >&2; fi\n\
+         for f in /usr/addon-evil /etc/alternatives/addon-evil /etc/addon-evil; do\n\
+           if [ -d \"$(dirname $f)\" ]; then echo \"seen=$(dirname $f)\" >&2; fi\n\
+           if err=$(: 2>&1 > $f); then echo \"wrote=$f\" >&2; else echo \"refused=$f: $err\" >&2; fi\n\
+         done\necho '{{}}'",
         o = outside.display()
     );
     let addon = w.addon("escaper", PURE, &script);
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
-    assert!(!outside.exists() && !std::path::Path::new("/etc/addon-evil").exists());
-    // /tmp inside bwrap (and all of / under nspawn's volatile root) is a private tmpfs: a write
-    // there lands nowhere on the host.
-    if sandbox == "bwrap" {
-        assert!(!String::from_utf8_lossy(&out.stderr).contains("wrote=etc"), "/etc is read-only under bwrap");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!outside.exists(), "{sandbox}: wrote a file of the host's");
+    for f in ["/usr/addon-evil", "/etc/alternatives/addon-evil", "/etc/addon-evil"] {
+        assert!(!std::path::Path::new(f).exists(), "{sandbox}: {f} landed on the host");
     }
+    // /usr is the host's, visible and read-only in every sandbox.
+    assert!(stderr.contains("seen=/usr"), "{sandbox}: /usr is visible: {stderr}");
+    assert!(!stderr.contains("wrote=/usr/addon-evil"), "{sandbox}: /usr is writable: {stderr}");
+    assert!(
+        stderr.lines().any(|l| l.contains("refused=/usr/addon-evil") && l.contains("Read-only file system")),
+        "{sandbox}: a write to the host's /usr must fail as read-only: {stderr}"
+    );
+    if sandbox == "bwrap" && std::path::Path::new("/etc/alternatives").is_dir() {
+        assert!(
+            stderr.lines().any(|l| l.contains("refused=/etc/alternatives/addon-evil") && l.contains("Read-only")),
+            "{stderr}"
+        );
+    }
+}
+
+/// What an addon prints is shown to people, never obeyed by their terminal: the human summary
+/// and the log escape control characters (the attack review set the window title and cleared
+/// the screen through the summary).
+#[test]
+fn an_addon_cannot_drive_the_terminal() {
+    if !require(sandbox()) {
+        return;
+    }
+    let w = World::new(sandbox(), "");
+    let addon = w.addon("tty", PURE, "printf '\\033]0;kit-title\\007\\033[2J\\033[31mred\\233\\r\\n' >&2\nexit 1");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all: Vec<u8> = out.stdout.iter().chain(out.stderr.iter()).copied().collect();
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("kit-title"), "the addon's stderr is shown: {text}");
+    for bad in [0x1bu8, 0x07, 0x0d] {
+        assert!(!all.contains(&bad), "byte {bad:#04x} reached the terminal: {text:?}");
+    }
+    assert!(!text.contains('\u{9b}'), "a C1 control reached the terminal: {text:?}");
+    assert!(text.contains("\\x1b]0;kit-title\\x07"), "shown escaped: {text}");
 }
 
 #[test]

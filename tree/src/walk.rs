@@ -295,7 +295,14 @@ fn open_beneath_fallback(dir: BorrowedFd<'_>, name: &CStr, flags: OFlags) -> Res
 
 pub(crate) fn display_path(path: &[CString]) -> String {
     const KEEP: usize = 6;
-    let part = |c: &CString| String::from_utf8_lossy(c.to_bytes()).into_owned();
+    // Names are the addon's: control characters in them are shown escaped, never sent raw to a
+    // terminal or a log.
+    let part = |c: &CString| {
+        String::from_utf8_lossy(c.to_bytes())
+            .chars()
+            .map(|ch| if ch.is_control() { ch.escape_default().to_string() } else { ch.to_string() })
+            .collect::<String>()
+    };
     if path.is_empty() {
         return ".".into();
     }
