@@ -23,10 +23,12 @@
 
 mod ops;
 mod tar;
+mod untar;
 mod walk;
 
 pub use ops::{copy_tree, make_executable, measure, merge_into, remove_tree, sanitize, Measure, Sanitize, Sanitized};
 pub use tar::{links_stay_inside, pack_tar, Links, Packed};
+pub use untar::{replace_content, unpack_tar, UnpackPolicy, Unpacked};
 pub use walk::{walk, Event, Kind, Node, Stat, Visit};
 
 use std::path::{Path, PathBuf};
