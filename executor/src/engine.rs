@@ -122,6 +122,7 @@ impl Engine {
                     build_timeout: config.docker_runner.build_timeout.0,
                     user: config.docker_runner.user.clone(),
                     build_network: config.docker_runner.build_network.clone(),
+                    helper: config.nspawn.helper(),
                 },
                 #[cfg(feature = "nix")]
                 nix: addon_runners::nix::NixSettings {

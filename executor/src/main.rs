@@ -213,6 +213,10 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == addon_runners::sandbox::nspawn::HELPER_COMMAND) {
         return sandbox_exec(&argv[2..]);
     }
+    #[cfg(feature = "docker")]
+    if argv.get(1).is_some_and(|a| a == addon_runners::docker::SETTLE_COMMAND) {
+        return settle_trees(&argv[2..]);
+    }
     let cli = Cli::parse();
     // `runners check` reports per check; the engine's own messages about its deliberately
     // failing addons would only bury that (-v shows them).
@@ -230,6 +234,35 @@ fn main() -> ExitCode {
 /// `addon __sandbox-exec PROGRAM ARGS...`: filter, then exec. Returns only on failure.
 fn sandbox_exec(rest: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(addon_runners::sandbox::seccomp::exec_filtered(rest))
+}
+
+/// `addon __settle UID:GID DIR:keep-links|files-only...`, inside the docker runner's settling
+/// container (see addon_runners::docker): every entry given to UID:GID, made safe. Exit 1 when
+/// a tree could not be settled (each is tried).
+#[cfg(feature = "docker")]
+fn settle_trees(args: &[std::ffi::OsString]) -> ExitCode {
+    let args: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let owner =
+        args.first().and_then(|o| o.split_once(':')).and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+    let Some(owner) = owner else {
+        eprintln!("usage: addon {} UID:GID DIR:keep-links|files-only...", addon_runners::docker::SETTLE_COMMAND);
+        return ExitCode::from(EXIT_TROUBLE);
+    };
+    let mut failed = false;
+    for tree in &args[1..] {
+        let (dir, how) = tree.rsplit_once(':').unwrap_or((tree, "files-only"));
+        let how = addon_tree::Sanitize { owner: Some(owner), keep_symlinks: how == "keep-links" };
+        match addon_tree::sanitize(std::path::Path::new(dir), &how) {
+            Ok(s) => {
+                eprintln!("{dir}: {} entries given, {} defused, {} removed", s.chowned, s.defused, s.removed_count)
+            }
+            Err(e) => {
+                eprintln!("{}", addon_descriptors::for_terminal(&e.to_string()));
+                failed = true;
+            }
+        }
+    }
+    ExitCode::from(if failed { EXIT_JUDGED } else { 0 })
 }
 
 /// `verbose` None: errors only.

@@ -49,5 +49,7 @@ fn settings(c: &DockerPluginConfig) -> DockerSettings {
         build_timeout: c.build_timeout,
         user: c.user.clone(),
         build_network: c.build_network.clone(),
+        // The `addon` binary beside this plugin's program (they are built and installed together).
+        helper: std::env::current_exe().ok().map(|p| p.with_file_name("addon")).filter(|p| p.is_file()),
     }
 }

@@ -22,7 +22,7 @@ const EVENT_BUFFER: usize = 64;
 /// Longest stderr line passed on (a binary blob without newlines cannot grow memory).
 const MAX_LINE: u64 = 64 * 1024;
 /// How often the envelope is asked about limits.
-const WATCH_EVERY: Duration = Duration::from_millis(200);
+const WATCH_EVERY: Duration = Duration::from_millis(50);
 
 /// The host runs of one runner, by run id, so that `stop` finds them.
 #[derive(Debug, Default)]
@@ -223,7 +223,7 @@ impl Spawned {
             // A limit hit just before the end (a refused fork the program died of) is still why
             // it ended.
             if breach.is_none() {
-                breach = envelope.check().map(|b| b.to_string());
+                breach = envelope.check_now().map(|b| b.to_string());
             }
             // After the sandbox process ends, its PID namespace is gone: nothing is left running,
             // and the pipes close once every holder is dead.

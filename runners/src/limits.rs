@@ -282,6 +282,9 @@ pub struct Envelope {
     last_walk: Duration,
     /// The process the run's tree hangs from (for files it holds open after unlinking them).
     root_pid: Option<i32>,
+    /// Bytes the run wrote where no walk of ours reaches (a container's writable layer, as its
+    /// runtime measures it).
+    elsewhere: u64,
 }
 
 impl Envelope {
@@ -305,6 +308,7 @@ impl Envelope {
             last_size_check: None,
             last_walk: Duration::ZERO,
             root_pid: None,
+            elsewhere: 0,
         })
     }
 
@@ -334,6 +338,20 @@ impl Envelope {
             }
         }
         self.root_pid.map(|p| std::iter::once(p).chain(crate::process::descendants(p)).collect()).unwrap_or_default()
+    }
+
+    /// Watches `dir` too (what it holds now does not count): a container's writable layer.
+    pub fn watch_also(&mut self, dir: PathBuf) {
+        if let Ok(m) = addon_tree::measure(&dir) {
+            self.start = self.start + m;
+            self.watched.push(dir);
+        }
+    }
+
+    /// What the run has written where the envelope's walks do not reach (a container's writable
+    /// layer): counted against `output_size` from the next check on.
+    pub fn set_written_elsewhere(&mut self, bytes: u64) {
+        self.elsewhere = bytes;
     }
 
     /// The `cgroup.procs` files the sandboxed process must join before it does anything else.
@@ -368,7 +386,7 @@ impl Envelope {
         if self.limits.output_size.is_some() || self.limits.output_entries.is_some() {
             // Walking the directories costs: at most a tenth of the time goes to it (RLIMIT_FSIZE
             // stops any single file at once, where the sandbox sets it).
-            let every = (self.last_walk * 10).max(Duration::from_millis(150));
+            let every = (self.last_walk * 10).max(Duration::from_millis(50));
             if self.last_size_check.is_none_or(|t| t.elapsed() >= every) {
                 let walk = Instant::now();
                 self.last_size_check = Some(walk);
@@ -376,9 +394,10 @@ impl Envelope {
                     Ok(m) => m,
                     Err(e) => return Some(Breach::Unmeasurable(e)),
                 };
-                let hidden = unlinked_open_size(&self.pids());
+                // The cadence follows the directory walk (what grows with the addon's trees).
                 self.last_walk = walk.elapsed();
-                let written = (now.bytes + hidden).saturating_sub(self.start.bytes);
+                let hidden = unlinked_open_size(&self.pids());
+                let written = (now.bytes + hidden + self.elsewhere).saturating_sub(self.start.bytes);
                 if let Some(limit) = self.limits.output_size.filter(|l| written > *l) {
                     return Some(Breach::OutputSize { limit, written });
                 }
@@ -389,6 +408,13 @@ impl Envelope {
             }
         }
         None
+    }
+
+    /// [`Envelope::check`] now, whenever the last walk was: the last look after the run ended
+    /// (a fill faster than the checks is still caught).
+    pub fn check_now(&mut self) -> Option<Breach> {
+        self.last_size_check = None;
+        self.check()
     }
 
     /// What the run used; the control group is removed.

@@ -292,3 +292,27 @@ pub fn human_secs(d: Duration) -> String {
         format!("{}ms", d.as_millis())
     }
 }
+
+/// A process handle (`pidfd_open`): signals reach the process it was opened for, never another
+/// that got its pid after it died.
+#[derive(Debug)]
+pub struct PidFd(std::os::fd::OwnedFd);
+
+impl PidFd {
+    pub fn open(pid: i32) -> Option<PidFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        // SAFETY: a descriptor nobody else owns.
+        (fd >= 0).then(|| PidFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// SIGKILL to the process (when it still exists).
+    pub fn kill(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: pidfd_send_signal on a descriptor we own, without siginfo.
+        unsafe {
+            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0);
+        }
+    }
+}

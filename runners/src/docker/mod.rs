@@ -6,6 +6,11 @@
 //! run, addon) and are removed after every run, on timeout and on stop; containers of an engine
 //! that died are reaped by the next one.
 
+mod settle;
+mod volumes;
+
+pub use settle::{COMMAND as SETTLE_COMMAND, IMAGE as SETTLE_IMAGE};
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -53,6 +58,9 @@ pub struct DockerSettings {
     pub user: Option<String>,
     /// Network of image builds (`none` to cut it); None: the daemon's default, as Docspell builds.
     pub build_network: Option<String>,
+    /// The engine's `addon` binary: an engine that is not root settles what a container wrote
+    /// with it (see `settle`).
+    pub helper: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -303,7 +311,7 @@ async fn reap(docker: &Docker) -> u64 {
         }
         if let Some(id) = c.id {
             tracing::warn!("removing container {id} left by a dead engine (pid {pid})");
-            let opts = RemoveContainerOptions { force: true, ..Default::default() };
+            let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
             if docker.remove_container(&id, Some(opts)).await.is_ok() {
                 removed += 1;
             }
@@ -453,19 +461,50 @@ impl Runner for DockerRunner {
         ]);
         let bind = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
         let limits = spec.limits;
+        // An engine that is not root cannot take back what the container's users write: a
+        // helper container does it after the run, or the addon does not run.
+        let settle_with = if crate::sandbox::is_root() {
+            None
+        } else {
+            let helper = self.settings.helper.clone().filter(|h| h.is_file()).ok_or_else(|| {
+                setup(
+                    "the engine is not root, so what the container writes must be given back to the engine's user \
+                     by the engine's helper, the `addon` binary, which was not found (set nspawn.helper, or put \
+                     `addon` in PATH)",
+                )
+            })?;
+            Some(helper)
+        };
+        let mut binds = vec![
+            bind(&spec.dirs.work, "/mnt/work"),
+            bind(&spec.dirs.output, "/mnt/output"),
+            bind(&spec.dirs.cache, "/mnt/cache"),
+        ];
+        let mut watched = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache].map(|p| p.to_path_buf()).to_vec();
+        // The image's VOLUMEs are directories of the run (filled from the image), never
+        // anonymous volumes of the daemon that outlive the run and count against nothing.
+        let volume_paths = volumes::of(docker, &image).await.map_err(setup)?;
+        let mut volume_dirs = Vec::new();
+        if !volume_paths.is_empty() {
+            let dir = spec.dirs.scratch.join("docker-volumes");
+            let filled = volumes::fill(docker, &image, &volume_paths, &dir, labels.clone(), limits.output_size)
+                .await
+                .map_err(setup)?;
+            for (host, inside) in filled {
+                binds.push(bind(&host, &inside));
+                watched.push(host.clone());
+                volume_dirs.push(host);
+            }
+        }
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: Some(spec.args.clone()),
             env: Some(env),
             working_dir: Some("/mnt/work".into()),
             user,
-            labels: Some(labels),
+            labels: Some(labels.clone()),
             host_config: Some(HostConfig {
-                binds: Some(vec![
-                    bind(&spec.dirs.work, "/mnt/work"),
-                    bind(&spec.dirs.output, "/mnt/output"),
-                    bind(&spec.dirs.cache, "/mnt/cache"),
-                ]),
+                binds: Some(binds),
                 network_mode: Some(if spec.network { "host" } else { "none" }.into()),
                 // Least privilege: no new privileges (setuid binaries stay what they are), and of
                 // Docker's default capabilities only those an addon needs to write its mounted
@@ -493,8 +532,9 @@ impl Runner for DockerRunner {
         let remove = |docker: Docker, id: String| async move {
             // Removed on every path. (Not auto-remove: Podman removes such a container before its
             // exit code can be read.)
-            if let Err(e) =
-                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await
+            if let Err(e) = docker
+                .remove_container(&id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }))
+                .await
             {
                 tracing::warn!("removing container {id}: {e}");
             }
@@ -520,11 +560,22 @@ impl Runner for DockerRunner {
         let docker = docker.clone();
         let containers = self.containers.clone();
         let run_id = spec.run_id.clone();
-        let watched = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache].map(|p| p.to_path_buf()).to_vec();
+        let mut trees = vec![
+            settle::Tree { host: spec.dirs.work.clone(), keep_symlinks: true },
+            settle::Tree { host: spec.dirs.output.clone(), keep_symlinks: false },
+            settle::Tree { host: spec.dirs.cache.clone(), keep_symlinks: true },
+        ];
+        trees.extend(volume_dirs.into_iter().map(|host| settle::Tree { host, keep_symlinks: true }));
         tokio::spawn(async move {
             let exit = follow(&docker, &id, output, &tx, limits, watched).await;
             containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
-            remove(docker, id).await;
+            remove(docker.clone(), id).await;
+            if let Some(helper) = settle_with {
+                if let Err(e) = settle::run(&docker, &helper, addon_tree::current_owner(), &trees, labels).await {
+                    let _ = tx.send(RunEvent::Failed(setup(e))).await;
+                    return;
+                }
+            }
             let _ = tx.send(RunEvent::Exited(exit)).await;
         });
         Ok(Started { sandbox: "docker".into(), events: rx })
@@ -569,7 +620,8 @@ async fn follow(
     limits: Limits,
     watched: Vec<std::path::PathBuf>,
 ) -> Exit {
-    let only_output = Limits { output_size: limits.output_size, ..Default::default() };
+    let only_output =
+        Limits { output_size: limits.output_size, output_entries: limits.output_entries, ..Default::default() };
     let no_cgroup = Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
     let mut envelope = match Envelope::new(id, only_output, &no_cgroup, watched) {
         Ok(e) => Some(e),
@@ -579,20 +631,35 @@ async fn follow(
         }
     };
     // Files the container's processes hold open after unlinking them count too.
-    let inspected = docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await;
-    if let (Some(env), Some(pid)) =
-        (envelope.as_mut(), inspected.ok().and_then(|c| c.state).and_then(|s| s.pid).filter(|p| *p > 0))
-    {
+    let inspected = docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await.ok();
+    let init = inspected.as_ref().and_then(|c| c.state.as_ref()).and_then(|s| s.pid).filter(|p| *p > 0);
+    if let (Some(env), Some(pid)) = (envelope.as_mut(), init) {
         env.set_root_pid(pid as i32);
+    }
+    // A handle on the container's init that a reused pid cannot fool (root engines only: the
+    // init is root's).
+    let init_fd = init.filter(|_| crate::sandbox::is_root()).and_then(|pid| crate::process::PidFd::open(pid as i32));
+    // The container's writable layer (its root, /tmp, the image's HOME): a root engine walks
+    // its upper directory like the run's own; otherwise the daemon measures it (`SizeRw`).
+    let upper = inspected
+        .and_then(|c| c.graph_driver)
+        .and_then(|g| g.data.get("UpperDir").cloned())
+        .map(std::path::PathBuf::from)
+        .filter(|p| crate::sandbox::is_root() && p.is_dir());
+    let ask_daemon = upper.is_none();
+    if let (Some(env), Some(upper)) = (envelope.as_mut(), upper) {
+        env.watch_also(upper);
     }
     let mut sampled = Sampled::default();
     // The runtime streams statistics about once a second; the limits are checked more often.
     let mut stats = docker.stats(id, Some(bollard::query_parameters::StatsOptions { stream: true, one_shot: false }));
-    let mut tick = tokio::time::interval(Duration::from_millis(150));
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut broken = None;
     let mut breach = None;
     let mut sent_stdout = 0u64;
+    // The daemon's measure of the writable layer: at most every 100 ms and a tenth of the time.
+    let mut layer_due = tokio::time::Instant::now();
     loop {
         tokio::select! {
             item = output.next() => match item {
@@ -617,14 +684,41 @@ async fn follow(
             },
             Some(Ok(s)) = stats.next() => sampled.take(s),
             _ = tick.tick(), if breach.is_none() => {
+                if ask_daemon && limits.output_size.is_some() && tokio::time::Instant::now() >= layer_due {
+                    let asked = tokio::time::Instant::now();
+                    let opts = bollard::query_parameters::InspectContainerOptions { size: true };
+                    if let Ok(c) = docker.inspect_container(id, Some(opts)).await {
+                        if let (Some(env), Some(rw)) = (envelope.as_mut(), c.size_rw) {
+                            env.set_written_elsewhere(rw.max(0) as u64);
+                        }
+                    }
+                    layer_due = tokio::time::Instant::now() + (asked.elapsed() * 10).max(Duration::from_millis(100));
+                }
                 let b = envelope.as_mut().and_then(|e| e.check()).map(|b| b.to_string()).or_else(|| sampled.pids_breach(limits.pids));
                 if let Some(why) = b {
                     // A breached limit gets no grace: the addon would go on filling the disk or
                     // forking.
+                    // A root engine kills the container's init itself (its PID namespace goes with
+                    // it) rather than wait for the daemon's round trip.
+                    if let Some(fd) = &init_fd {
+                        fd.kill();
+                    }
                     let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(0), ..Default::default() })).await;
                     breach = Some(why);
                 }
             }
+        }
+    }
+    // A limit passed just before the end (a fill faster than the checks) is still why it ended:
+    // one last look at the layer and the directories.
+    if breach.is_none() {
+        if let Some(env) = envelope.as_mut() {
+            let opts = bollard::query_parameters::InspectContainerOptions { size: true };
+            match docker.inspect_container(id, Some(opts)).await.map(|c| c.size_rw.unwrap_or(0)) {
+                Ok(rw) if ask_daemon => env.set_written_elsewhere(rw.max(0) as u64),
+                _ => {}
+            }
+            breach = env.check_now().map(|b| b.to_string());
         }
     }
     let code = match docker.wait_container(id, None::<bollard::query_parameters::WaitContainerOptions>).next().await {

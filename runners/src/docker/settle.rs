@@ -1,0 +1,180 @@
+//! For an engine that is not root: what a container wrote into the run's bound directories
+//! belongs to whoever the image runs as (often the host's root, with setuid bits if it liked),
+//! and the engine can neither take it back, defuse it nor remove it. After every such run a
+//! second, tiny container does it: from an empty image of the engine's own, it runs the
+//! engine's helper (`addon __settle`, the same walk by descriptors the engine uses) as the
+//! container's root with only the capabilities to change owners and modes, and gives every
+//! entry to the engine's user, without setuid or setgid bits, file capabilities or special
+//! files.
+//!
+//! The helper's program and libraries come from the host, bound read-only; nothing of the
+//! addon's image is in that container (its `/etc/ld.so.preload` or `ENV LD_PRELOAD` would
+//! otherwise run the addon's code as root), and it has no network.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{CreateImageOptions, LogsOptions, RemoveContainerOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+/// The engine's empty image the helper runs in.
+pub const IMAGE: &str = "addon-engine-settle:1";
+
+/// The command of the `addon` binary that does the work (see the executor's main).
+pub const COMMAND: &str = "__settle";
+
+/// One directory to settle: where it is bound in the helper's container, and whether links are
+/// kept (in `CACHE_DIR`, not in the output).
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub host: PathBuf,
+    pub keep_symlinks: bool,
+}
+
+/// The helper's program and the files the dynamic loader needs for it, as host paths:
+/// `(loader, libraries)`. Read from `ldd` once per helper.
+fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+    let out = std::process::Command::new("ldd")
+        .arg(helper)
+        .output()
+        .map_err(|e| format!("ldd {}: {e} (apt-get install libc-bin)", helper.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut loader = None;
+    let mut libs = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some((_, rest)) = line.split_once("=>") {
+            if let Some(p) = rest.split_whitespace().next().filter(|p| p.starts_with('/')) {
+                libs.push(PathBuf::from(p));
+            }
+        } else if let Some(p) = line.split_whitespace().next().filter(|p| p.starts_with('/')) {
+            loader = Some(PathBuf::from(p));
+        }
+    }
+    let loader = loader.ok_or_else(|| format!("ldd {} names no dynamic loader: {text}", helper.display()))?;
+    Ok((loader, libs))
+}
+
+/// Makes the engine's empty image once (`docker import` of a tar with the mount points).
+async fn ensure_image(docker: &Docker) -> Result<(), String> {
+    if docker.inspect_image(IMAGE).await.is_ok() {
+        return Ok(());
+    }
+    let mut b = tar::Builder::new(Vec::new());
+    for dir in ["mnt/", ".addon/", ".addon/lib/"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, dir, std::io::empty()).map_err(|e| e.to_string())?;
+    }
+    let rootfs = b.into_inner().map_err(|e| e.to_string())?;
+    let (repo, tag) = IMAGE.split_once(':').unwrap_or((IMAGE, "latest"));
+    let opts = CreateImageOptions {
+        from_src: Some("-".into()),
+        repo: Some(repo.into()),
+        tag: Some(tag.into()),
+        changes: vec![format!("LABEL {}=true", super::LABEL_MANAGED)],
+        ..Default::default()
+    };
+    let mut stream = docker.create_image(Some(opts), Some(bollard::body_full(bytes::Bytes::from(rootfs))), None);
+    while let Some(step) = stream.next().await {
+        step.map_err(|e| format!("making the engine's image {IMAGE}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Settles `trees` for the engine's user (`owner`) with `helper` (the `addon` binary).
+pub async fn run(
+    docker: &Docker,
+    helper: &Path,
+    owner: (u32, u32),
+    trees: &[Tree],
+    labels: HashMap<String, String>,
+) -> Result<(), String> {
+    ensure_image(docker).await?;
+    let (loader, libs) = runtime_files(helper)?;
+    let mut binds =
+        vec![format!("{}:/.addon/ld.so:ro", loader.display()), format!("{}:/.addon/addon:ro", helper.display())];
+    for lib in &libs {
+        let name = lib.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        binds.push(format!("{}:/.addon/lib/{name}:ro", lib.display()));
+    }
+    let mut cmd: Vec<String> = ["/.addon/ld.so", "--library-path", "/.addon/lib", "/.addon/addon", COMMAND]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    cmd.push(format!("{}:{}", owner.0, owner.1));
+    for (n, t) in trees.iter().enumerate() {
+        let inside = format!("/mnt/{n}");
+        binds.push(format!("{}:{inside}", t.host.display()));
+        cmd.push(format!("{inside}:{}", if t.keep_symlinks { "keep-links" } else { "files-only" }));
+    }
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.to_string()),
+        entrypoint: Some(cmd),
+        user: Some("0:0".into()),
+        labels: Some(labels),
+        env: Some(vec!["LD_PRELOAD=".into(), "LD_LIBRARY_PATH=".into()]),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            network_mode: Some("none".into()),
+            readonly_rootfs: Some(true),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            // To give entries to the engine's user, take bits off files it does not own, read
+            // and enter directories whatever their modes, remove special files and file
+            // capabilities.
+            cap_add: Some(
+                ["CHOWN", "FOWNER", "DAC_OVERRIDE", "DAC_READ_SEARCH", "SETFCAP"]
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect(),
+            ),
+            memory: Some(256 << 20),
+            pids_limit: Some(16),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+        .await
+        .map_err(|e| format!("creating the settling container: {e}"))?;
+    let id = created.id;
+    let result = async {
+        docker
+            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|e| format!("starting the settling container: {e}"))?;
+        let waited = tokio::time::timeout(
+            Duration::from_secs(600),
+            docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>).next(),
+        )
+        .await;
+        let code = match waited {
+            Ok(Some(Ok(r))) => r.status_code,
+            Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
+            Ok(_) => -1,
+            Err(_) => return Err("the settling container did not finish within 10 minutes".to_string()),
+        };
+        if code == 0 {
+            return Ok(());
+        }
+        let mut said = String::new();
+        let opts = LogsOptions { stdout: true, stderr: true, ..Default::default() };
+        let mut logs = docker.logs(&id, Some(opts));
+        while let Some(Ok(chunk)) = logs.next().await {
+            said.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Err(format!("settling the run's directories failed (exit {code}): {}", said.trim()))
+    }
+    .await;
+    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    let _ = docker.remove_container(&id, Some(rm)).await;
+    result
+}

@@ -1,0 +1,83 @@
+//! An image's `VOLUME`s. Docker gives each container an anonymous volume per `VOLUME` path,
+//! kept under the daemon's storage after the container, and not counted by any limit of ours.
+//! Instead the engine binds a directory of the run's own in its place, filled first with what
+//! the image holds there (as Docker fills a new volume): it is counted by `output-size` and
+//! `output-entries`, made safe and removed with the run like the other run directories.
+
+use std::path::{Path, PathBuf};
+
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{DownloadFromContainerOptions, RemoveContainerOptions};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+/// The `VOLUME` paths of `image` that the run's own mounts do not already cover.
+pub async fn of(docker: &Docker, image: &str) -> Result<Vec<String>, String> {
+    let inspected = docker.inspect_image(image).await.map_err(|e| format!("inspecting image {image}: {e}"))?;
+    let mut paths: Vec<String> =
+        inspected.config.and_then(|c| c.volumes).map(|v| v.into_iter().collect()).unwrap_or_default();
+    paths.retain(|p| !(p == "/mnt" || p.starts_with("/mnt/")) && p.starts_with('/'));
+    paths.sort();
+    Ok(paths)
+}
+
+/// For each of `paths`, a directory below `dir` holding what `image` has at that path, to bind
+/// in its place. `max_bytes` bounds what is copied out of the image.
+pub async fn fill(
+    docker: &Docker,
+    image: &str,
+    paths: &[String],
+    dir: &Path,
+    labels: std::collections::HashMap<String, String>,
+    max_bytes: Option<u64>,
+) -> Result<Vec<(PathBuf, String)>, String> {
+    // A container that never starts: Docker copies the image's content into its volumes at
+    // creation, and the archive API reads it from there.
+    let body = ContainerCreateBody {
+        image: Some(image.to_string()),
+        labels: Some(labels),
+        network_disabled: Some(true),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+        .await
+        .map_err(|e| format!("reading the VOLUMEs of {image}: {e}"))?;
+    let result = copy_out(docker, &created.id, paths, dir, max_bytes).await;
+    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    if let Err(e) = docker.remove_container(&created.id, Some(rm)).await {
+        tracing::warn!("removing container {}: {e}", created.id);
+    }
+    result
+}
+
+async fn copy_out(
+    docker: &Docker,
+    id: &str,
+    paths: &[String],
+    dir: &Path,
+    max_bytes: Option<u64>,
+) -> Result<Vec<(PathBuf, String)>, String> {
+    let mut out = Vec::new();
+    for (n, path) in paths.iter().enumerate() {
+        let mut tar = Vec::new();
+        let opts = DownloadFromContainerOptions { path: path.clone() };
+        let mut stream = docker.download_from_container(id, Some(opts));
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| format!("reading {path} of the image: {e}"))?;
+            tar.extend_from_slice(&chunk);
+            if max_bytes.is_some_and(|m| tar.len() as u64 > m.saturating_add(1 << 20)) {
+                return Err(format!("the image's VOLUME {path} holds more than the run's output size"));
+            }
+        }
+        let into = dir.join(format!("volume-{n}"));
+        let policy = addon_tree::UnpackPolicy { symlinks: true, max_bytes };
+        addon_tree::unpack_tar(&tar[..], &into, policy).map_err(|e| format!("unpacking {path} of the image: {e}"))?;
+        // The archive holds the directory itself, under its own name.
+        let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        let host = into.join(&name);
+        std::fs::create_dir_all(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        out.push((host, path.clone()));
+    }
+    Ok(out)
+}
