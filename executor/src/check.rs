@@ -472,8 +472,8 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         if ran.report.result != AddonResult::Success {
             return Err(fail(format!("the probe did not run to its end: {}", ran.describe())));
         }
-        let container = self.section() == Section::Docker;
-        let mut found: Vec<String> = judge(&ran.lines, container)
+        let caps = self.engine.runner(&self.name).map(|r| r.info().capabilities).unwrap_or_default();
+        let mut found: Vec<String> = judge(&ran.lines, &caps)
             .into_iter()
             .filter(|f| !network_only || NETWORK.iter().any(|n| f.starts_with(n)))
             .collect();
@@ -484,9 +484,6 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
             found.push(format!("writes outside the addon's directories: {escaped:?}"));
         }
         let total = ran.lines.iter().filter(|l| l.starts_with("kit ")).count();
-        if total < 20 {
-            return Err(fail(format!("the probe reported only {total} checks")));
-        }
         if found.is_empty() {
             Ok(if network_only {
                 "a pure addon reached no network: only lo, no host loopback (TCP, UDP, abstract unix), no raw or packet sockets".into()
@@ -578,26 +575,78 @@ pub fn run_sh_flake(name: &str, marker: &str) -> String {
 /// Capabilities a docker container keeps (CHOWN, DAC_OVERRIDE, FOWNER, FSETID, SETGID, SETUID).
 const DOCKER_CAPS: u64 = 0b1101_1011;
 
-/// What the probe found, for the runner: every check must find nothing. A container without a
-/// user namespace is uid 0 by design; there it may hold no more than the docker runner's minimal
-/// capabilities, and Docker's default seccomp profile lets a process trace its own children.
-pub fn judge(lines: &[String], container: bool) -> Vec<String> {
+/// Every check the probe makes in its `probe` mode: each must report, and a missing one is a
+/// finding (the probe did not run it, or its input did not reach it).
+pub const PROBE_CHECKS: [&str; 36] = [
+    "inherited-fds",
+    "daemon-sockets",
+    "shadow",
+    "gshadow",
+    "root-home",
+    "ssh-host-key",
+    "ssl-private",
+    "secret-file",
+    "other-user-file",
+    "engine-config",
+    "engine-environment",
+    "engine-command-line",
+    "writes-attempted",
+    "host-root",
+    "capabilities",
+    "new-privileges",
+    "no-seccomp",
+    "mount",
+    "ptrace-child",
+    "ptrace-init",
+    "keyring",
+    "user-namespace",
+    "bpf",
+    "userfaultfd",
+    "perf-event-open",
+    "kernel-module",
+    "proc-sys-write",
+    "sys-write",
+    "host-processes",
+    "interfaces",
+    "host-loopback-tcp",
+    "route-out",
+    "udp-attempted",
+    "raw-socket",
+    "packet-socket",
+    "abstract-unix",
+];
+
+/// What the probe found, for a runner that declares `caps`: every check must report and find
+/// nothing. Only what the runner declares is allowed: a runner that declares `host_root` (a
+/// container without a user namespace) may run the addon as the host's uid 0 with no more than
+/// the docker runner's minimal capabilities; one that declares `ptrace_children` may let a
+/// process trace its own children. A check that reports an error (its input did not reach the
+/// probe) is a finding, not a pass.
+pub fn judge(lines: &[String], caps: &addon_runners::Capabilities) -> Vec<String> {
     let mut found = Vec::new();
+    let mut reported = std::collections::BTreeSet::new();
     for l in lines.iter().filter_map(|l| l.strip_prefix("kit ")) {
         let Some((check, rest)) = l.split_once(" found=") else { continue };
-        if !rest.starts_with("yes") {
+        reported.insert(check.to_string());
+        if rest.starts_with("no") {
             continue;
         }
         let detail = rest.trim_start_matches("yes").trim();
-        let allowed = container
+        let allowed = rest.starts_with("yes")
             && match check {
-                "host-root" | "ptrace-child" => true,
-                "capabilities" => u64::from_str_radix(detail, 16).is_ok_and(|caps| caps & !DOCKER_CAPS == 0),
+                "host-root" => caps.host_root,
+                "ptrace-child" => caps.ptrace_children,
+                "capabilities" => {
+                    caps.host_root && u64::from_str_radix(detail, 16).is_ok_and(|c| c & !DOCKER_CAPS == 0)
+                }
                 _ => false,
             };
         if !allowed {
-            found.push(format!("{check}: {detail}"));
+            found.push(format!("{check}: {}", rest.trim()));
         }
+    }
+    for missing in PROBE_CHECKS.iter().filter(|c| !reported.contains(**c)) {
+        found.push(format!("{missing}: the probe did not report this check"));
     }
     found
 }
@@ -620,6 +669,8 @@ pub struct Bait {
     pub other_file: PathBuf,
     /// A value the probe must find nowhere it can read (it is given reversed).
     pub secret_value: String,
+    /// A stand-in for the engine's configuration when the caller has none to name (private).
+    config_bait: PathBuf,
     /// The caller's directory, outside the addon's.
     outside: PathBuf,
 }
@@ -671,6 +722,9 @@ impl Bait {
         if unsafe { libc::geteuid() } == 0 {
             std::os::unix::fs::chown(&other_file, Some(4242), Some(4242))?;
         }
+        let config_bait = outside.join(format!("engine-config-{marker}.yml"));
+        std::fs::write(&config_bait, "plugins: {}\n")?;
+        set_mode(&config_bait, 0o600);
         let secret_value = format!("kit-secret-{}-{marker}", std::process::id());
         // A host process with the secret in its environment: an addon that can read other
         // processes' environments finds it.
@@ -691,6 +745,7 @@ impl Bait {
             secret_file,
             other_file,
             secret_value,
+            config_bait,
             outside: outside.to_path_buf(),
             marker,
         })
@@ -709,9 +764,8 @@ impl Bait {
             ("OUTSIDE_DIR".into(), self.outside.display().to_string()),
             ("SECRET_VALUE".into(), self.secret_value.chars().rev().collect()),
         ];
-        if let Some(c) = engine_config {
-            env.push(("ENGINE_CONFIG".into(), c.display().to_string()));
-        }
+        let config = engine_config.unwrap_or(&self.config_bait);
+        env.push(("ENGINE_CONFIG".into(), config.display().to_string()));
         env
     }
 
@@ -743,6 +797,7 @@ impl Drop for Bait {
         }
         let _ = std::fs::remove_file(&self.secret_file);
         let _ = std::fs::remove_file(&self.other_file);
+        let _ = std::fs::remove_file(&self.config_bait);
     }
 }
 

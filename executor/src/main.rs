@@ -217,6 +217,10 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == addon_runners::docker::SETTLE_COMMAND) {
         return settle_trees(&argv[2..]);
     }
+    #[cfg(feature = "docker")]
+    if argv.get(1).is_some_and(|a| a == addon_runners::docker::WATCH_COMMAND) {
+        return watch_unlinked();
+    }
     let cli = Cli::parse();
     // `runners check` reports per check; the engine's own messages about its deliberately
     // failing addons would only bury that (-v shows them).
@@ -263,6 +267,42 @@ fn settle_trees(args: &[std::ffi::OsString]) -> ExitCode {
         }
     }
     ExitCode::from(if failed { EXIT_JUDGED } else { 0 })
+}
+
+/// `addon __watch-unlinked`, beside a container in its PID namespace (see addon_runners::docker):
+/// every 50 ms, `unlinked=N` on stdout, the bytes that the namespace's processes hold in files
+/// they unlinked. Runs until the namespace ends (or stdout closes).
+#[cfg(feature = "docker")]
+fn watch_unlinked() -> ExitCode {
+    // Not traceable, not readable through /proc by the container's processes.
+    // SAFETY: prctl with constant arguments.
+    unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
+    let me = std::process::id().to_string();
+    loop {
+        use std::os::unix::fs::MetadataExt;
+        let mut seen = std::collections::HashSet::new();
+        let mut total = 0u64;
+        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let name = p.file_name();
+            let name = name.to_string_lossy();
+            if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+                continue;
+            }
+            for fd in std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten() {
+                // The magic link leads to the open file itself, unlinked or not.
+                let Ok(m) = std::fs::metadata(fd.path()) else { continue };
+                if m.is_file() && m.nlink() == 0 && seen.insert((m.dev(), m.ino())) {
+                    total += m.blocks() * 512;
+                }
+            }
+        }
+        let mut out = std::io::stdout().lock();
+        if writeln!(out, "unlinked={total}").and_then(|()| out.flush()).is_err() {
+            return ExitCode::SUCCESS;
+        }
+        drop(out);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// `verbose` None: errors only.

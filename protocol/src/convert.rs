@@ -33,6 +33,8 @@ pub fn capabilities_to_pb(c: &Capabilities) -> pb::Capabilities {
         shares_host_filesystem: c.shares_host_filesystem,
         enforces_limits: c.enforces_limits,
         measures_resources: c.measures_resources,
+        host_root: c.host_root,
+        ptrace_children: c.ptrace_children,
     }
 }
 
@@ -46,6 +48,8 @@ pub fn capabilities_from_pb(c: &pb::Capabilities) -> Capabilities {
         shares_host_filesystem: c.shares_host_filesystem,
         enforces_limits: c.enforces_limits,
         measures_resources: c.measures_resources,
+        host_root: c.host_root,
+        ptrace_children: c.ptrace_children,
     }
 }
 

@@ -35,6 +35,14 @@ pub struct Capabilities {
     pub enforces_limits: bool,
     /// It reports peak memory and CPU time.
     pub measures_resources: bool,
+    /// The addon may be uid 0 of the host (a container without a user namespace), held to a
+    /// minimal set of capabilities and `no_new_privs`. Every runner that does not declare it is
+    /// held by the hostile-addon kit to "never the host's root".
+    #[serde(default)]
+    pub host_root: bool,
+    /// A process of the addon may trace its own children (Docker's default seccomp profile).
+    #[serde(default)]
+    pub ptrace_children: bool,
 }
 
 /// Who a runner is.

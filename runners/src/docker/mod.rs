@@ -9,7 +9,7 @@
 mod settle;
 mod volumes;
 
-pub use settle::{COMMAND as SETTLE_COMMAND, IMAGE as SETTLE_IMAGE};
+pub use settle::{COMMAND as SETTLE_COMMAND, IMAGE as SETTLE_IMAGE, WATCH_COMMAND};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -68,6 +68,8 @@ pub struct DockerRunner {
     settings: DockerSettings,
     client: OnceCell<Result<Docker, String>>,
     reaped: OnceCell<u64>,
+    /// Whether the daemon is Podman's compatible service (asked once).
+    podman: OnceCell<bool>,
     /// The container of each run, so that `stop` finds it.
     containers: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -78,7 +80,13 @@ fn setup(message: impl Into<String>) -> RunnerError {
 
 impl DockerRunner {
     pub fn new(settings: DockerSettings) -> DockerRunner {
-        DockerRunner { settings, client: OnceCell::new(), reaped: OnceCell::new(), containers: Arc::default() }
+        DockerRunner {
+            settings,
+            client: OnceCell::new(),
+            reaped: OnceCell::new(),
+            podman: OnceCell::new(),
+            containers: Arc::default(),
+        }
     }
 
     /// The address used: setting, then DOCKER_HOST, then the local socket.
@@ -352,6 +360,10 @@ impl Runner for DockerRunner {
                 shares_host_filesystem: true,
                 enforces_limits: true,
                 measures_resources: true,
+                // Docker 20.10 has no user namespace per container: its root is the host's,
+                // with the six capabilities above and no new privileges.
+                host_root: true,
+                ptrace_children: true,
             },
         }
     }
@@ -461,6 +473,24 @@ impl Runner for DockerRunner {
         ]);
         let bind = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
         let limits = spec.limits;
+        let podman = *self
+            .podman
+            .get_or_init(|| async {
+                docker
+                    .version()
+                    .await
+                    .ok()
+                    .and_then(|v| v.platform)
+                    .is_some_and(|p| p.name.to_lowercase().contains("podman"))
+            })
+            .await;
+        // No file may grow past the output size (RLIMIT_FSIZE, as in host sandboxes): a single
+        // file fills no faster than the limit allows. Not with Podman, which then replaces its
+        // configured limits with ones the host refuses.
+        let ulimits = limits.output_size.filter(|_| !podman).map(|size| {
+            let size = size.min(i64::MAX as u64) as i64;
+            vec![bollard::models::ResourcesUlimits { name: Some("fsize".into()), soft: Some(size), hard: Some(size) }]
+        });
         // An engine that is not root cannot take back what the container's users write: a
         // helper container does it after the run, or the addon does not run.
         let settle_with = if crate::sandbox::is_root() {
@@ -520,6 +550,7 @@ impl Runner for DockerRunner {
                 memory_swap: limits.memory.map(|m| m as i64),
                 pids_limit: limits.pids.map(|p| p as i64),
                 nano_cpus: limits.cpus.map(|c| (c * 1e9) as i64),
+                ulimits,
                 ..Default::default()
             }),
             ..Default::default()
@@ -567,7 +598,28 @@ impl Runner for DockerRunner {
         ];
         trees.extend(volume_dirs.into_iter().map(|host| settle::Tree { host, keep_symlinks: true }));
         tokio::spawn(async move {
-            let exit = follow(&docker, &id, output, &tx, limits, watched).await;
+            // An engine that is not root cannot see what the container's processes hold open
+            // after unlinking it: a watcher beside the container tells.
+            let watcher = match &settle_with {
+                Some(helper) => match settle::watch(&docker, helper, &id, labels.clone()).await {
+                    Ok(w) => w,
+                    Err(e) => {
+                        remove(docker.clone(), id.clone()).await;
+                        let _ = tx
+                            .send(RunEvent::Failed(setup(format!(
+                                "{e}; without it the run's disk use is not bounded, so it was stopped"
+                            ))))
+                            .await;
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let unlinked = watcher.as_ref().map(|w| w.bytes.clone());
+            let exit = follow(&docker, &id, output, &tx, limits, watched, unlinked).await;
+            if let Some(w) = watcher {
+                w.remove(&docker).await;
+            }
             containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
             remove(docker.clone(), id).await;
             if let Some(helper) = settle_with {
@@ -619,7 +671,10 @@ async fn follow(
     tx: &mpsc::Sender<RunEvent>,
     limits: Limits,
     watched: Vec<std::path::PathBuf>,
+    unlinked: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 ) -> Exit {
+    let held_open = || unlinked.as_ref().map_or(0, |u| u.load(std::sync::atomic::Ordering::Relaxed));
+    let mut layer_bytes = 0u64;
     let only_output =
         Limits { output_size: limits.output_size, output_entries: limits.output_entries, ..Default::default() };
     let no_cgroup = Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
@@ -687,12 +742,13 @@ async fn follow(
                 if ask_daemon && limits.output_size.is_some() && tokio::time::Instant::now() >= layer_due {
                     let asked = tokio::time::Instant::now();
                     let opts = bollard::query_parameters::InspectContainerOptions { size: true };
-                    if let Ok(c) = docker.inspect_container(id, Some(opts)).await {
-                        if let (Some(env), Some(rw)) = (envelope.as_mut(), c.size_rw) {
-                            env.set_written_elsewhere(rw.max(0) as u64);
-                        }
+                    if let Ok(rw) = docker.inspect_container(id, Some(opts)).await.map(|c| c.size_rw.unwrap_or(0)) {
+                        layer_bytes = rw.max(0) as u64;
                     }
                     layer_due = tokio::time::Instant::now() + (asked.elapsed() * 10).max(Duration::from_millis(100));
+                }
+                if let Some(env) = envelope.as_mut() {
+                    env.set_written_elsewhere(layer_bytes + held_open());
                 }
                 let b = envelope.as_mut().and_then(|e| e.check()).map(|b| b.to_string()).or_else(|| sampled.pids_breach(limits.pids));
                 if let Some(why) = b {
@@ -715,8 +771,8 @@ async fn follow(
         if let Some(env) = envelope.as_mut() {
             let opts = bollard::query_parameters::InspectContainerOptions { size: true };
             match docker.inspect_container(id, Some(opts)).await.map(|c| c.size_rw.unwrap_or(0)) {
-                Ok(rw) if ask_daemon => env.set_written_elsewhere(rw.max(0) as u64),
-                _ => {}
+                Ok(rw) if ask_daemon => env.set_written_elsewhere(rw.max(0) as u64 + held_open()),
+                _ => env.set_written_elsewhere(layer_bytes + held_open()),
             }
             breach = env.check_now().map(|b| b.to_string());
         }

@@ -26,6 +26,10 @@ pub const IMAGE: &str = "addon-engine-settle:1";
 /// The command of the `addon` binary that does the work (see the executor's main).
 pub const COMMAND: &str = "__settle";
 
+/// The command of the `addon` binary that watches a container's files held open after unlinking
+/// (see [`watch`]).
+pub const WATCH_COMMAND: &str = "__watch-unlinked";
+
 /// One directory to settle: where it is bound in the helper's container, and whether links are
 /// kept (in `CACHE_DIR`, not in the output).
 #[derive(Debug, Clone)]
@@ -85,6 +89,123 @@ async fn ensure_image(docker: &Docker) -> Result<(), String> {
         step.map_err(|e| format!("making the engine's image {IMAGE}: {e}"))?;
     }
     Ok(())
+}
+
+/// The helper's binds and the command line that starts it with the host's loader.
+fn helper_binds(helper: &Path, command: &str) -> Result<(Vec<String>, Vec<String>), String> {
+    let (loader, libs) = runtime_files(helper)?;
+    let mut binds =
+        vec![format!("{}:/.addon/ld.so:ro", loader.display()), format!("{}:/.addon/addon:ro", helper.display())];
+    for lib in &libs {
+        let name = lib.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        binds.push(format!("{}:/.addon/lib/{name}:ro", lib.display()));
+    }
+    let cmd = ["/.addon/ld.so", "--library-path", "/.addon/lib", "/.addon/addon", command]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    Ok((binds, cmd))
+}
+
+/// A watcher beside a running container (an engine that is not root cannot read the container's
+/// `/proc/PID/fd`): in the container's PID namespace, from the engine's empty image, it reports
+/// how many bytes the container's processes hold in files they unlinked (a disk fill no walk
+/// sees). It dies with the container's PID namespace.
+pub struct Watcher {
+    id: String,
+    /// The last report, in bytes.
+    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Watcher {
+    pub async fn remove(self, docker: &Docker) {
+        let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let _ = docker.remove_container(&self.id, Some(rm)).await;
+    }
+}
+
+/// Starts a [`Watcher`] on container `target` (None: it has ended already).
+pub async fn watch(
+    docker: &Docker,
+    helper: &Path,
+    target: &str,
+    labels: HashMap<String, String>,
+) -> Result<Option<Watcher>, String> {
+    ensure_image(docker).await?;
+    let (binds, cmd) = helper_binds(helper, WATCH_COMMAND)?;
+    let body = ContainerCreateBody {
+        image: Some(IMAGE.to_string()),
+        entrypoint: Some(cmd),
+        user: Some("0:0".into()),
+        labels: Some(labels),
+        env: Some(vec!["LD_PRELOAD=".into(), "LD_LIBRARY_PATH=".into()]),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            network_mode: Some("none".into()),
+            pid_mode: Some(format!("container:{target}")),
+            readonly_rootfs: Some(true),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            // To read the descriptors of the container's processes (another user's, possibly
+            // not dumpable); a capability the addon does not hold, so it cannot trace the watcher.
+            cap_add: Some(vec!["SYS_PTRACE".into(), "DAC_READ_SEARCH".into()]),
+            memory: Some(64 << 20),
+            pids_limit: Some(4),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+        .await
+        .map_err(|e| format!("creating the watching container: {e}"))?;
+    let id = created.id;
+    let attach = bollard::query_parameters::AttachContainerOptions {
+        stdout: true,
+        stderr: true,
+        stream: true,
+        logs: false,
+        ..Default::default()
+    };
+    let mut output = match docker.attach_container(&id, Some(attach)).await {
+        Ok(a) => a.output,
+        Err(e) => {
+            let _ =
+                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+            return Err(format!("attaching to the watching container: {e}"));
+        }
+    };
+    if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
+        let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        // A container that ended already holds nothing open.
+        let running = docker
+            .inspect_container(target, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.running)
+            .unwrap_or(false);
+        if !running {
+            return Ok(None);
+        }
+        return Err(format!("starting the watching container: {e}"));
+    }
+    let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = bytes.clone();
+    tokio::spawn(async move {
+        let mut partial = String::new();
+        while let Some(Ok(chunk)) = output.next().await {
+            partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            while let Some(pos) = partial.find('\n') {
+                let line: String = partial.drain(..=pos).collect();
+                if let Some(n) = line.trim().strip_prefix("unlinked=").and_then(|n| n.parse::<u64>().ok()) {
+                    seen.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+    Ok(Some(Watcher { id, bytes }))
 }
 
 /// Settles `trees` for the engine's user (`owner`) with `helper` (the `addon` binary).

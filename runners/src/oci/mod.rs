@@ -639,6 +639,9 @@ impl Runner for OciRunner {
                 shares_host_filesystem: true,
                 enforces_limits: true,
                 measures_resources: true,
+                // Always a user namespace: the container's root is never the host's.
+                host_root: false,
+                ptrace_children: false,
             },
         }
     }
