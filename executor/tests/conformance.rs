@@ -590,7 +590,7 @@ impl<'a> Runs<'a> {
 
     /// The engine's user (uid, gid).
     fn user(&self) -> (u32, u32) {
-        self.owner.unwrap_or_else(|| (0, 0))
+        self.owner.unwrap_or((0, 0))
     }
 
     fn command(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Command {
@@ -797,7 +797,7 @@ fn engine_walks_hold(t: Target, who: Who) {
 
 /// The last progress the probe reported (`<what>=N` MiB) in a run's stderr.
 fn reported_mib(stderr: &str, what: &str) -> Option<i64> {
-    stderr.lines().filter_map(|l| l.split_once(what).and_then(|(_, r)| r.trim().split(' ').next()?.parse().ok())).last()
+    stderr.lines().rev().find_map(|l| l.split_once(what).and_then(|(_, r)| r.trim().split(' ').next()?.parse().ok()))
 }
 
 /// Findings 6, 7 and 9, and the disk fill: what an addon writes is bounded near its limits
