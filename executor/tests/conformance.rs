@@ -58,10 +58,10 @@ impl Target {
     /// what the refusal must say.
     fn as_kit_user(&self) -> Result<(), &'static [&'static str]> {
         match (self.runner, self.sandbox) {
+            // Nix without its daemon builds as root only (the build users); asked first.
+            ("nix-flake", _) | ("gvisor-nix", _) => Err(&["nix"]),
             // nspawn needs root (or sudo, which the kit user has not).
             (_, "nspawn") => Err(&["nspawn"]),
-            // Nix without its daemon builds as root only (the build users).
-            ("nix-flake", _) | ("gvisor-nix", _) => Err(&["nix"]),
             // runsc needs root.
             ("gvisor", _) => Err(&["gvisor", "root"]),
             _ => Ok(()),

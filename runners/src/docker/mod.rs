@@ -476,12 +476,11 @@ impl Runner for DockerRunner {
         let podman = *self
             .podman
             .get_or_init(|| async {
-                docker
-                    .version()
-                    .await
-                    .ok()
-                    .and_then(|v| v.platform)
-                    .is_some_and(|p| p.name.to_lowercase().contains("podman"))
+                docker.version().await.ok().is_some_and(|v| {
+                    let platform = v.platform.map(|p| p.name).unwrap_or_default();
+                    let components = v.components.unwrap_or_default().into_iter().map(|c| c.name);
+                    std::iter::once(platform).chain(components).any(|n| n.to_lowercase().contains("podman"))
+                })
             })
             .await;
         // No file may grow past the output size (RLIMIT_FSIZE, as in host sandboxes): a single
