@@ -50,6 +50,23 @@ pub struct Config {
     pub addon_limits: BTreeMap<String, LimitsOverride>,
     /// Out-of-process runners, usable by name in `runner:` and `--runner`.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// Which addon a name means: `{ADDON_NAME: {origins: [...], digests: [...]}}`. The name's
+    /// settings (`env`, `addon-limits`) and its CACHE_DIR and HOME go only to an addon from one
+    /// of these origins (a URL or directory prefix) or with one of these content digests; see
+    /// README "Which addon a name means". Unpinned names belong to the first origin seen.
+    pub addons: BTreeMap<String, AddonPin>,
+}
+
+/// The addon a name means (see [`Config::addons`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AddonPin {
+    /// Where it may come from: URL prefixes (`https://github.com/docspell/`) or directories
+    /// (`/srv/addons/rotate-pdf`, which also covers what is below it). Versions of the addon
+    /// from any of them share its CACHE_DIR.
+    pub origins: Vec<String>,
+    /// Content digests it may have (`sha256:...`, as `addon validate` prints).
+    pub digests: Vec<String>,
 }
 
 /// A runner plugin: a program the engine starts (`command`) or a server it connects to
@@ -203,6 +220,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             addon_limits: BTreeMap::new(),
             plugins: BTreeMap::new(),
+            addons: BTreeMap::new(),
         }
     }
 }

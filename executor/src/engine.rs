@@ -50,6 +50,10 @@ pub struct RunRequest {
     pub keep_work: bool,
     /// Limits set for this run (over the configured `limits` and `addon-limits`).
     pub limits: crate::config::LimitsOverride,
+    /// `(SOURCE, ORIGIN)`: where the job server says the addon of SOURCE comes from (its own
+    /// record of it), which decides which addon its name means (see `identity`). Without one,
+    /// the source's location is the origin.
+    pub origins: Vec<(String, String)>,
 }
 
 /// Progress of a run, for job servers that want to follow it.
@@ -264,7 +268,10 @@ impl Engine {
                 sandbox: candidates.iter().find(|c| c.runner == r.name).and_then(|c| c.sandbox.clone()),
             })
         };
+        let origin = crate::identity::origin_of(source, None);
+        let identity = crate::identity::resolve(&self.config, &d.meta.name, &origin, &addon.digest.to_string(), false);
         Ok(PlanReport {
+            identity,
             addon: PlanAddon {
                 name: d.meta.name.clone(),
                 version: d.meta.version.clone(),
@@ -473,6 +480,18 @@ impl Engine {
             report.error = Some(impure_refusal(d));
             return report;
         }
+        let declared = req.origins.iter().find(|(s, _)| s == src).map(|(_, o)| o.as_str());
+        let ident = crate::identity::resolve(
+            &self.config,
+            &d.meta.name,
+            &crate::identity::origin_of(src, declared),
+            &addon.digest.to_string(),
+            true,
+        );
+        if let Some(note) = &ident.note {
+            tracing::warn!(addon = %d.id(), "{note}");
+        }
+        report.identity = Some(ident.clone());
         let order = req.runners.as_deref().unwrap_or(&self.config.runner.0);
         // Candidates are resolved one at a time, so a run probes only the runtimes it reaches.
         let names: Vec<String> = order
@@ -489,7 +508,7 @@ impl Engine {
                 continue;
             }
             let (Some(runner), Some(section)) = (self.runner(&cand.name), cand.section) else { continue };
-            let attempt = self.attempt(ctx, idx, attempt_no, d, addon, &runner, section, cand.sandbox).await;
+            let attempt = self.attempt(ctx, idx, attempt_no, d, addon, &ident, &runner, section, cand.sandbox).await;
             attempt_no += 1;
             report.runner = Some(cand.name.clone());
             report.sandbox = attempt.sandbox.clone();
@@ -539,6 +558,7 @@ impl Engine {
         attempt_no: usize,
         d: &Descriptor,
         addon: &LoadedAddon,
+        ident: &crate::identity::Identity,
         runner: &Arc<dyn Runner>,
         section: Section,
         sandbox: Option<SandboxKind>,
@@ -548,13 +568,13 @@ impl Engine {
         let work_dir = self.config.working_dir.join(format!("run-{run_id}-{idx}-{attempt_no}"));
         let staging = output_dir.join(STAGING).join(format!("{idx}-{label}-{attempt_no}"));
         let mut outcome = AttemptOutcome::failed(sandbox.map(|s| s.as_str().to_string()), String::new());
-        let limits = self.limits_for(d, req);
+        let limits = self.limits_for(d, ident, req);
         outcome.limits = limits;
         let started = Instant::now();
         let prepare_span = tracing::info_span!("prepare", addon = %label);
         // The addon's persistent CACHE_DIR (by name) and HOME (by name and version) are cache
         // entries, held (shared) for the whole run.
-        let (data, home) = match self.persistent_dirs(cache, d).instrument(prepare_span.clone()).await {
+        let (data, home) = match self.persistent_dirs(cache, d, ident).instrument(prepare_span.clone()).await {
             Ok(dirs) => dirs,
             Err(e) => {
                 outcome.error = Some(format!("the CACHE_DIR or HOME of {label}: {e}"));
@@ -613,7 +633,7 @@ impl Engine {
                     artifact,
                     artifact_dir: entry.as_ref().map(|e| e.content()),
                     args,
-                    env: self.extra_env(d, req),
+                    env: self.extra_env(d, ident, req),
                     dirs: RunDirs {
                         work: work_dir.clone(),
                         addon: addon_dir.clone(),
@@ -867,21 +887,32 @@ impl Engine {
         Ok((supervised, started.sandbox))
     }
 
-    /// The limits of one addon's run: configured, then per addon, then per request.
-    fn limits_for(&self, d: &Descriptor, req: &RunRequest) -> addon_runners::Limits {
+    /// The limits of one addon's run: configured, then per addon (when the name is its), then
+    /// per request.
+    fn limits_for(&self, d: &Descriptor, ident: &crate::identity::Identity, req: &RunRequest) -> addon_runners::Limits {
         let mut l = self.config.limits;
-        if let Some(o) = self.config.addon_limits.get(&d.meta.name) {
+        if let Some(o) = self.config.addon_limits.get(&d.meta.name).filter(|_| ident.settings) {
             l = l.with(o);
         }
         l.with(&req.limits).to_limits()
     }
 
-    /// The addon's CACHE_DIR (kept by name, as Docspell does) and HOME (kept by name and
-    /// version, so an interpreter's compile cache stays warm between runs of the same code).
-    async fn persistent_dirs(&self, cache: &Cache, d: &Descriptor) -> Result<(Entry<()>, Entry<()>), String> {
-        let data_key = addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name);
-        let home_key =
-            addon_cache::Key::new(addon_cache::Kind::Home).with("addon", &d.meta.name).with("version", &d.meta.version);
+    /// The addon's CACHE_DIR (kept by name and identity, so across its versions as Docspell
+    /// does, but never shared with another addon of the same name) and HOME (kept by name,
+    /// identity and version, so an interpreter's compile cache stays warm between runs of the
+    /// same code).
+    async fn persistent_dirs(
+        &self,
+        cache: &Cache,
+        d: &Descriptor,
+        ident: &crate::identity::Identity,
+    ) -> Result<(Entry<()>, Entry<()>), String> {
+        let data_key =
+            addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name).with("identity", &ident.key);
+        let home_key = addon_cache::Key::new(addon_cache::Kind::Home)
+            .with("addon", &d.meta.name)
+            .with("identity", &ident.key)
+            .with("version", &d.meta.version);
         let (cache, name, id) = (cache.clone(), d.meta.name.clone(), d.id());
         tokio::task::spawn_blocking(move || {
             let data = cache.get_or_build(&data_key, &name, |_, _| true, |_| Ok(())).map_err(|e| e.to_string())?;
@@ -957,7 +988,7 @@ impl Engine {
         Ok(addon_dir)
     }
 
-    fn extra_env(&self, d: &Descriptor, req: &RunRequest) -> Vec<(String, String)> {
+    fn extra_env(&self, d: &Descriptor, ident: &crate::identity::Identity, req: &RunRequest) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = Vec::new();
         let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into());
         env.push(("PATH".into(), path));
@@ -971,7 +1002,7 @@ impl Engine {
                 env.push((k.to_string(), v.to_string()));
             }
         }
-        if let Some(vars) = self.config.env.get(&d.meta.name) {
+        if let Some(vars) = self.config.env.get(&d.meta.name).filter(|_| ident.settings) {
             env.extend(vars.iter().map(|(k, v)| (k.clone(), v.clone())));
         }
         env.extend(req.env.iter().cloned());
@@ -1278,6 +1309,7 @@ fn failed_source(src: &str, msg: &str) -> AddonReport {
         resources: Resources::default(),
         phases_ms: Phases::default(),
         limits: None,
+        identity: None,
     }
 }
 

@@ -39,6 +39,7 @@ pub mod validate;
 
 pub use config::Config;
 pub mod engine;
+pub mod identity;
 pub mod plugins;
 pub mod report;
 pub mod resolve;

@@ -123,6 +123,11 @@ struct RunArgs {
     /// Copy file or directory SRC into the run directory at relative path DEST (repeatable).
     #[arg(long = "input", value_name = "DEST=SRC", value_parser = parse_key_value)]
     inputs: Vec<(String, String)>,
+    /// Where the addon of SOURCE comes from, as the job server knows it (repeatable): decides
+    /// which addon its name means, and so which CACHE_DIR, HOME, env and addon-limits it gets.
+    /// Default: the URL without its file name, or the directory's or zip's path.
+    #[arg(long = "origin", value_name = "SOURCE=ORIGIN", value_parser = parse_key_value)]
+    origins: Vec<(String, String)>,
     /// A Docspell item fixture, laid out as item/ with the ITEM_* variables set.
     #[arg(long, value_name = "DIR")]
     item: Option<PathBuf>,
@@ -380,6 +385,10 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                         c.runner, c.enabled, c.configured, c.available, c.reason
                     )?;
                 }
+                writeln!(out, "origin: {}", plan.identity.origin)?;
+                if let Some(note) = &plan.identity.note {
+                    writeln!(out, "note: {note}")?;
+                }
                 match &plan.selected {
                     Some(s) => {
                         writeln!(out, "selected: {} (sandbox {})", s.runner, s.sandbox.as_deref().unwrap_or("-"))?
@@ -577,6 +586,7 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
         user_input,
         env: args.env,
         inputs: args.inputs.into_iter().map(|(d, s)| (d, PathBuf::from(s))).collect(),
+        origins: args.origins,
         item: args.item,
         output_dir: args.output_dir,
         timeout: args.timeout,

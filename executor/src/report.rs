@@ -81,6 +81,9 @@ pub struct AddonReport {
     pub phases_ms: Phases,
     /// The limits it ran under.
     pub limits: Option<addon_runners::Limits>,
+    /// Which addon its name meant: its origin, and whether the name's settings and data are
+    /// its (see README "Which addon a name means").
+    pub identity: Option<crate::identity::Identity>,
 }
 
 /// How a run's process ended.
@@ -146,6 +149,8 @@ pub struct PlanReport {
     pub selected: Option<Selected>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Which addon its name would mean in a run (nothing is recorded by a plan).
+    pub identity: crate::identity::Identity,
 }
 
 #[derive(Debug, Clone, Serialize)]

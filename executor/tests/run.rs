@@ -481,3 +481,64 @@ async fn a_long_lived_engine_sees_a_changed_addon_directory() {
     assert_ne!(third, first, "a changed file is a new digest");
     assert_eq!(third, Some(addon_descriptors::digest_dir(&addon).unwrap().to_string()));
 }
+
+/// Finding 8 of the attack review: a different addon that declares the same `meta.name` gets
+/// none of that name's settings and none of its data; the honest addon keeps both across runs
+/// and a version upgrade; an administrator's pin decides which addon the name means.
+#[test]
+fn a_name_is_not_an_identity() {
+    if !require(sandbox()) {
+        return;
+    }
+    let extra =
+        "env:\n  shared-name:\n    API_TOKEN: admin-secret\naddon-limits:\n  shared-name:\n    memory: 768MiB\n";
+    let w = World::new(sandbox(), extra);
+    let script = |who: &str| {
+        format!(
+            "echo \"token=${{API_TOKEN-unset}}\" >&2\necho \"cache=$(cat $CACHE_DIR/owner 2>/dev/null || echo none)\" >&2\necho \"home=$(cat $HOME/owner 2>/dev/null || echo none)\" >&2\necho {who} > $CACHE_DIR/owner\necho {who} > $HOME/owner\necho '{{}}'"
+        )
+    };
+    let honest = w.addon("shared-name", PURE, &script("honest"));
+    // The squatter lives elsewhere and claims the same name.
+    let squatter = w.path().join("elsewhere/shared-name");
+    std::fs::create_dir_all(squatter.parent().unwrap()).unwrap();
+    let copied = std::process::Command::new("cp").arg("-a").arg(&honest).arg(&squatter).status().unwrap();
+    assert!(copied.success());
+    std::fs::write(squatter.join("run.sh"), format!("#!/bin/sh\n{}\n", script("squatter"))).unwrap();
+    let field = |out: &std::process::Output, k: &str| stderr_map(out).get(k).cloned().unwrap_or_default();
+
+    let (out, v) = w.run(&[honest.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert_eq!(field(&out, "token"), "admin-secret");
+    assert_eq!(v["addons"][0]["limits"]["memory"], 768 << 20);
+    let honest_identity = v["addons"][0]["identity"].clone();
+
+    let (out, v) = w.run(&[squatter.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}");
+    assert_eq!(field(&out, "token"), "unset", "the administrator's secret went to a squatter");
+    assert_eq!(field(&out, "cache"), "none", "the squatter read the honest addon's CACHE_DIR");
+    assert_eq!(field(&out, "home"), "none", "the squatter read the honest addon's HOME");
+    assert_eq!(a["limits"]["memory"], 1 << 30, "the name's addon-limits went to a squatter");
+    assert_eq!(honest_identity["settings"], true);
+    assert_eq!(a["identity"]["settings"], false);
+    assert!(a["identity"]["note"].as_str().unwrap_or_default().contains("belongs to the addon from"), "{a}");
+
+    // The honest addon's data was not overwritten, and survives an upgrade in place.
+    let yml = honest.join("docspell-addon.yml");
+    std::fs::write(&yml, std::fs::read_to_string(&yml).unwrap().replace("version: \"1.0\"", "version: \"1.1\""))
+        .unwrap();
+    let (out, v) = w.run(&[honest.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["version"], "1.1", "{v}");
+    assert_eq!(field(&out, "cache"), "honest", "the upgrade kept its CACHE_DIR, untouched by the squatter");
+    assert_eq!(field(&out, "token"), "admin-secret");
+
+    // The administrator pins the name to the other directory: now that one is the addon.
+    let pinned = format!("{extra}addons:\n  shared-name:\n    origins: [{}]\n", squatter.parent().unwrap().display());
+    let w2 = World::new(sandbox(), &pinned);
+    let (out, v) = w2.run(&[squatter.to_str().unwrap()]);
+    assert_eq!(field(&out, "token"), "admin-secret", "{v}");
+    let (out, v) = w2.run(&[honest.to_str().unwrap()]);
+    assert_eq!(field(&out, "token"), "unset", "{v}");
+    assert!(v["addons"][0]["identity"]["note"].as_str().unwrap_or_default().contains("pins this name"), "{v}");
+}
