@@ -72,7 +72,7 @@ impl CheckResult {
 }
 
 /// The checks, in the order they run.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 14] = [
     "available",
     "contract",
     "failure-cause",
@@ -83,7 +83,15 @@ pub const CHECKS: [&str; 10] = [
     "fork-bomb",
     "memory-hog",
     "disk-fill",
+    "nested-trees",
+    "cache-race",
+    "inode-flood",
+    "tmpfs-fill",
 ];
+
+/// What may pass the output size before the engine sees it and stops the addon (it writes a
+/// few GB a second into the page cache; limits are checked every 50 ms).
+const FILL_SLACK: u64 = 512 << 20;
 
 /// Runs every check against runner `name` of `config` (in a private working and cache
 /// directory). `only` limits the checks to some names.
@@ -219,6 +227,10 @@ impl Kit<'_> {
             "fork-bomb" => self.fork_bomb().await,
             "memory-hog" => self.memory_hog().await,
             "disk-fill" => self.disk_fill().await,
+            "nested-trees" => self.nested_trees().await,
+            "cache-race" => self.cache_race().await,
+            "inode-flood" => self.inode_flood().await,
+            "tmpfs-fill" => self.tmpfs_fill().await,
             other => Err(Outcome::Skip(format!("unknown check {other}"))),
         }
     }
@@ -544,11 +556,156 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
                 },
             )
             .await?;
-        let written = walk_size(&out);
-        if ran.report.termination == Some(Termination::Limit) && written < 1 << 30 {
-            Ok(format!("stopped at its output size (64 MiB); {written} bytes left"))
+        // What the probe says it wrote (what is left on disk says nothing of what it held open).
+        let written = last_number(&ran.lines, "kit-written=").unwrap_or(0) << 20;
+        let left = addon_tree::measure(&out).map(|m| m.length).unwrap_or(0);
+        if ran.report.termination == Some(Termination::Limit) && written <= (64 << 20) + FILL_SLACK {
+            Ok(format!("stopped at its output size (64 MiB) after {} MiB; {left} bytes left", written >> 20))
         } else {
-            Err(fail(format!("expected a stop at the output size; got {}; {written} bytes written", ran.describe())))
+            Err(fail(format!(
+                "expected a stop near the output size (64 MiB); got {}; {} MiB written",
+                ran.describe(),
+                written >> 20
+            )))
+        }
+    }
+
+    /// Directories nested past PATH_MAX in the output, CACHE_DIR and HOME with a setuid copy,
+    /// a link to /etc/shadow and a fifo at the bottom: nothing of that is left on the host.
+    async fn nested_trees(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-nested", "", Some(&probe))?;
+        let out = self.root.join("nested-out");
+        let ran = self
+            .go(&addon, Extra { user_input: "deepnest".into(), output_dir: Some(out.clone()), ..Default::default() })
+            .await?;
+        if !ran.lines.iter().any(|l| l.contains("OUTPUT_DIR: 1500 levels; setuid copy made")) {
+            return Err(fail(format!("the probe could not nest its directories: {}", ran.describe())));
+        }
+        let mut bad = unsafe_entries(&out, false)?;
+        bad.extend(unsafe_entries(&self.root.join("cache"), true)?);
+        if bad.is_empty() {
+            Ok("1500 levels in output, CACHE_DIR and HOME; no setuid file, link or fifo left".into())
+        } else {
+            Err(fail(format!("left on the host: {}", bad.join("; "))))
+        }
+    }
+
+    /// A second run of the same addon swaps a directory of the shared CACHE_DIR for a link to a
+    /// host directory while this engine runs the addon three times: the host directory's setuid
+    /// files keep their bits and owner.
+    async fn cache_race(&mut self) -> Checked {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let probe = self.probe()?;
+        let addon = self.addon("check-race", "", Some(&probe))?;
+        let host = self.root.join("race-host");
+        let io = |e: std::io::Error| fail(format!("setting the race's bait: {e}"));
+        std::fs::create_dir_all(&host).map_err(io)?;
+        let baits: Vec<PathBuf> = (0..10).map(|i| host.join(format!("setuid-{i}"))).collect();
+        for b in &baits {
+            std::fs::write(b, "#!/bin/sh\n").map_err(io)?;
+            std::fs::set_permissions(b, std::fs::Permissions::from_mode(0o4755)).map_err(io)?;
+        }
+        let before: Vec<(u32, u32)> =
+            baits.iter().filter_map(|b| std::fs::metadata(b).ok()).map(|m| (m.uid(), m.mode() & 0o7777)).collect();
+        let req = RunRequest {
+            sources: vec![addon.display().to_string()],
+            runners: Some(vec![self.name.clone()]),
+            user_input: "swaprace".into(),
+            env: vec![("RACE_TARGET".into(), host.display().to_string()), ("RACE_SECONDS".into(), "6".into())],
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        let b_run = self.engine.run(req, Some(tx), CancellationToken::new());
+        let a_runs = async {
+            let started = tokio::time::timeout(Duration::from_secs(120), async {
+                while let Some(e) = rx.recv().await {
+                    if matches!(&e, Event::Log { line, .. } if line.contains("kit-swaprace started")) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await
+            .unwrap_or(false);
+            if started {
+                for _ in 0..3 {
+                    let _ = self.go(&addon, Extra { user_input: "setuid".into(), ..Default::default() }).await;
+                }
+            }
+            // Drain the rest, so the swapping run is never held up by a full channel.
+            while rx.recv().await.is_some() {}
+            started
+        };
+        let (b, started) = tokio::join!(b_run, a_runs);
+        b.map_err(|e| fail(e.to_string()))?;
+        if !started {
+            return Err(fail("the swapping run never started"));
+        }
+        let after: Vec<(u32, u32)> =
+            baits.iter().filter_map(|b| std::fs::metadata(b).ok()).map(|m| (m.uid(), m.mode() & 0o7777)).collect();
+        if after == before {
+            Ok("a directory of CACHE_DIR swapped for a link to a host directory during three runs' walks: the host's setuid files kept their owner and bits".into())
+        } else {
+            Err(fail(format!(
+                "the host directory's files changed through the link: before {before:?}, after {after:?}"
+            )))
+        }
+    }
+
+    /// Empty files in CACHE_DIR until stopped: bounded by `output-entries`.
+    async fn inode_flood(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-inodes", "", Some(&probe))?;
+        let limits = LimitsOverride { output_entries: Some(20_000), ..Default::default() };
+        let ran = self
+            .go(
+                &addon,
+                Extra {
+                    user_input: "inodeflood".into(),
+                    limits,
+                    timeout: Some(Duration::from_secs(120)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let made = last_number(&ran.lines, "kit-inodeflood made=").unwrap_or(0);
+        let error = ran.report.error.clone().unwrap_or_default();
+        if ran.report.termination == Some(Termination::Limit) && error.contains("output-entries") && made <= 220_000 {
+            Ok(format!("stopped at its entry limit (20000) after {made}+ files"))
+        } else {
+            Err(fail(format!("expected a stop at the entry limit (20000); got {}; {made}+ files made", ran.describe())))
+        }
+    }
+
+    /// /dev/shm, /tmp and /var/tmp (memory, where they are a tmpfs): bounded near the output size.
+    async fn tmpfs_fill(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-tmpfs", "", Some(&probe))?;
+        let limits = LimitsOverride { output_size: Some(ByteSize(64 << 20)), ..Default::default() };
+        let ran = self
+            .go(
+                &addon,
+                Extra {
+                    user_input: "tmpfill".into(),
+                    env: vec![("TMPFS_BOUND_MIB".into(), "64".into())],
+                    limits,
+                    timeout: Some(Duration::from_secs(120)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let over: Vec<&String> =
+            ran.lines.iter().filter(|l| l.starts_with("kit tmpfs-") && l.contains("found=yes")).collect();
+        let reported = ran.lines.iter().filter(|l| l.starts_with("kit tmpfs-")).count();
+        if !over.is_empty() {
+            Err(fail(format!("more than the output size went into memory: {over:?}")))
+        } else if reported == 3 || ran.report.termination == Some(Termination::Limit) {
+            Ok("each of /dev/shm, /tmp, /var/tmp held at most the output size (64 MiB), or the run was stopped at it"
+                .into())
+        } else {
+            Err(fail(format!("the fills were neither bounded nor stopped: {}", ran.describe())))
         }
     }
 }
@@ -823,10 +980,37 @@ fn processes() -> Vec<(String, String)> {
     out
 }
 
-fn walk_size(p: &Path) -> u64 {
-    let Ok(meta) = std::fs::symlink_metadata(p) else { return 0 };
-    if !meta.is_dir() {
-        return meta.len();
+/// The last number an addon reported after `prefix` (the probe's progress lines).
+fn last_number(lines: &[String], prefix: &str) -> Option<u64> {
+    lines.iter().rev().find_map(|l| l.split_once(prefix).and_then(|(_, r)| r.split_whitespace().next()?.parse().ok()))
+}
+
+/// What must not be left on the host below `root` (walked by descriptors: the trees are deeper
+/// than PATH_MAX): setuid or setgid files, and fifos, sockets, devices (and links, unless
+/// `links_allowed`).
+fn unsafe_entries(root: &Path, links_allowed: bool) -> Result<Vec<String>, Outcome> {
+    let mut bad = Vec::new();
+    if !root.exists() {
+        return Ok(bad);
     }
-    std::fs::read_dir(p).map(|rd| rd.flatten().map(|e| walk_size(&e.path())).sum()).unwrap_or(0)
+    addon_tree::walk(root, false, |n| {
+        use addon_tree::Kind;
+        if n.event == addon_tree::Event::Leave {
+            return Ok(addon_tree::Visit::Continue);
+        }
+        let special = match n.stat.kind {
+            Kind::File | Kind::Dir => false,
+            Kind::Symlink => !links_allowed,
+            _ => true,
+        };
+        if special {
+            bad.push(format!("{} is a {}", n.display(), n.stat.kind.as_str()));
+        }
+        if n.stat.kind != Kind::Symlink && n.stat.perm & 0o6000 != 0 {
+            bad.push(format!("{} has mode {:o}", n.display(), n.stat.perm));
+        }
+        Ok(addon_tree::Visit::Continue)
+    })
+    .map_err(|e| fail(format!("walking {}: {e}", root.display())))?;
+    Ok(bad)
 }
