@@ -8,10 +8,8 @@
 use std::fmt;
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use fs_err as fs;
 use sha2::{Digest as _, Sha256};
 
 /// A content digest, printed as `sha256:<64 hex digits>`.
@@ -52,57 +50,67 @@ impl serde::Serialize for ContentDigest {
     }
 }
 
-/// Computes the digest of the directory tree at `root`.
+/// Computes the digest of the directory tree at `root` (by the walk that follows no link and
+/// reads each file through the descriptor it checked: an addon's tree may be any shape).
 pub fn digest_dir(root: &Path) -> io::Result<ContentDigest> {
+    use addon_tree::Kind;
     let mut hasher = Sha256::new();
     hasher.update(b"addon-digest-v1\0");
     let mut buf = vec![0u8; 256 * 1024];
-    let walker = walkdir::WalkDir::new(root).min_depth(1).follow_links(false).sort_by_file_name();
-    for entry in walker {
-        let entry = entry.map_err(|e| {
-            let path = e.path().map(|p| p.display().to_string()).unwrap_or_default();
-            io::Error::other(format!("cannot list {path}: {e}"))
-        })?;
-        let rel = entry.path().strip_prefix(root).map_err(io::Error::other)?;
-        let name = rel.as_os_str().as_bytes();
-        let ft = entry.file_type();
-        if ft.is_dir() {
-            hasher.update(b"d\0");
-            hasher.update(name);
-            hasher.update(b"\0");
-        } else if ft.is_symlink() {
-            let target = fs::read_link(entry.path())?;
-            hasher.update(b"l\0");
-            hasher.update(name);
-            hasher.update(b"\0");
-            hasher.update(target.as_os_str().as_bytes());
-            hasher.update(b"\0");
-        } else if ft.is_file() {
-            let mut file = fs::File::open(entry.path())?;
-            let meta = file.metadata()?;
-            let exec = meta.permissions().mode() & 0o111 != 0;
-            hasher.update(if exec { b"x\0" } else { b"f\0" });
-            hasher.update(name);
-            hasher.update(b"\0");
-            hasher.update(meta.len().to_le_bytes());
-            let mut total = 0u64;
-            loop {
-                let n = file.read(&mut buf)?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-                hasher.update(&buf[..n]);
-            }
-            if total != meta.len() {
-                return Err(io::Error::other(format!("{} changed while it was hashed", entry.path().display())));
-            }
-        } else {
-            return Err(io::Error::other(format!(
-                "{} is not a file, directory or symlink (sockets, fifos and devices are not addon content)",
-                entry.path().display()
-            )));
+    let mut failure: Option<io::Error> = None;
+    let walked = addon_tree::walk(root, false, |n| {
+        if n.depth == 0 || n.event == addon_tree::Event::Leave {
+            return Ok(addon_tree::Visit::Continue);
         }
+        let rel = n.rel_path();
+        let name = rel.as_os_str().as_bytes();
+        match n.stat.kind {
+            Kind::Dir => {
+                hasher.update(b"d\0");
+                hasher.update(name);
+                hasher.update(b"\0");
+            }
+            Kind::Symlink => {
+                let target = n.read_link()?;
+                hasher.update(b"l\0");
+                hasher.update(name);
+                hasher.update(b"\0");
+                hasher.update(target.as_bytes());
+                hasher.update(b"\0");
+            }
+            Kind::File => {
+                let mut file = n.open_read()?;
+                let exec = n.stat.perm & 0o111 != 0;
+                hasher.update(if exec { b"x\0" } else { b"f\0" });
+                hasher.update(name);
+                hasher.update(b"\0");
+                hasher.update(n.stat.size.to_le_bytes());
+                let mut total = 0u64;
+                loop {
+                    let got = file.read(&mut buf).map_err(|e| n.err("reading", e))?;
+                    if got == 0 {
+                        break;
+                    }
+                    total += got as u64;
+                    hasher.update(&buf[..got]);
+                }
+                if total != n.stat.size {
+                    failure = Some(io::Error::other(format!("{} changed while it was hashed", root.join(&rel).display())));
+                    return Ok(addon_tree::Visit::Skip);
+                }
+            }
+            _ => {
+                failure = Some(io::Error::other(format!(
+                    "{} is not a file, directory or symlink (sockets, fifos and devices are not addon content)",
+                    root.join(&rel).display()
+                )));
+            }
+        }
+        Ok(addon_tree::Visit::Continue)
+    });
+    walked.map_err(|e| io::Error::new(e.kind(), format!("cannot list {e}")))?;
+    if let Some(e) = failure {
+        return Err(e);
     }
     Ok(ContentDigest(format!("sha256:{}", hex::encode(hasher.finalize()))))
 }
@@ -169,24 +177,28 @@ impl DigestCache {
 /// What `lstat` says of every entry below `root` (and of the root), in walk order, as bytes;
 /// and the newest ctime or mtime among them.
 fn stat_listing(root: &Path) -> io::Result<(Vec<u8>, std::time::SystemTime)> {
-    use std::os::unix::fs::MetadataExt;
     let mut out = Vec::new();
     let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for entry in walkdir::WalkDir::new(root).follow_links(false).sort_by_file_name() {
-        let entry = entry.map_err(io::Error::other)?;
-        let m = entry.metadata().map_err(io::Error::other)?;
-        out.extend_from_slice(entry.path().as_os_str().as_bytes());
-        out.push(0);
-        for n in [m.dev(), m.ino(), u64::from(m.mode()), m.size(), m.nlink()] {
-            out.extend_from_slice(&n.to_le_bytes());
+    addon_tree::walk(root, false, |n| {
+        if n.event == addon_tree::Event::Leave {
+            return Ok(addon_tree::Visit::Continue);
         }
-        for (s, ns) in [(m.mtime(), m.mtime_nsec()), (m.ctime(), m.ctime_nsec())] {
+        let st = &n.stat;
+        out.extend_from_slice(n.rel_path().as_os_str().as_bytes());
+        out.push(0);
+        out.push(st.kind as u8);
+        for v in [st.dev, st.ino, u64::from(st.perm), st.size, st.nlink] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        for (s, ns) in [st.mtime, st.ctime] {
             out.extend_from_slice(&s.to_le_bytes());
             out.extend_from_slice(&ns.to_le_bytes());
-            let t = std::time::UNIX_EPOCH + std::time::Duration::new(s.max(0) as u64, ns.clamp(0, 999_999_999) as u32);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::new(s.max(0) as u64, ns.min(999_999_999));
             newest = newest.max(t);
         }
-    }
+        Ok(addon_tree::Visit::Continue)
+    })
+    .map_err(|e| io::Error::new(e.kind(), e.to_string()))?;
     Ok((out, newest))
 }
 
@@ -206,7 +218,7 @@ mod tests {
         let da = digest_dir(a.path()).unwrap();
         assert_eq!(da, digest_dir(b.path()).unwrap());
         assert!(ContentDigest::parse(da.as_str()).is_some());
-        std::fs::set_permissions(b.path().join("src/run.sh"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(b.path().join("src/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         assert_ne!(da, digest_dir(b.path()).unwrap(), "the exec bit counts");
         std::fs::write(a.path().join("src/run.sh"), b"echo ho").unwrap();
         assert_ne!(da, digest_dir(a.path()).unwrap());

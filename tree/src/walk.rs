@@ -73,6 +73,7 @@ pub struct Stat {
     pub dev: u64,
     pub ino: u64,
     pub mtime: (i64, u32),
+    pub ctime: (i64, u32),
 }
 
 impl Stat {
@@ -90,6 +91,7 @@ impl Stat {
             dev: st.st_dev,
             ino: st.st_ino,
             mtime: (st.st_mtime as i64, st.st_mtime_nsec as u32),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as u32),
         }
     }
 
@@ -151,7 +153,8 @@ impl<'a> Node<'a> {
         self.path.iter().map(|c| OsStr::from_bytes(c.to_bytes())).collect()
     }
 
-    pub(crate) fn err(&self, what: &'static str, e: impl Into<std::io::Error>) -> TreeError {
+    /// An error about this entry (for visitors that fail on it).
+    pub fn err(&self, what: &'static str, e: impl Into<std::io::Error>) -> TreeError {
         TreeError::new(self.root, self.display(), what, e.into())
     }
 

@@ -219,18 +219,15 @@ fn make_mountpoints(rootfs: &Path, owner: Option<u32>) {
     }
 }
 
-fn owner_writable_dirs(root: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    for entry in walkdir::WalkDir::new(root).follow_links(false) {
-        let entry = entry.map_err(std::io::Error::other)?;
-        if entry.file_type().is_dir() {
-            let mode = entry.metadata().map_err(std::io::Error::other)?.permissions().mode();
-            if mode & 0o700 != 0o700 {
-                std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode | 0o700))?;
-            }
+/// Gives the owner `rwx` on every directory of the unpacked image (by the walk that follows
+/// nothing: the image's content is the addon's).
+fn owner_writable_dirs(root: &Path) -> Result<(), addon_tree::TreeError> {
+    addon_tree::walk(root, true, |n| {
+        if n.event == addon_tree::Event::Enter && n.stat.perm & 0o700 != 0o700 {
+            n.chmod(n.stat.perm | 0o700)?;
         }
-    }
-    Ok(())
+        Ok(addon_tree::Visit::Continue)
+    })
 }
 
 #[cfg(test)]
