@@ -187,6 +187,16 @@ pub fn extract_zip(zip_path: &Path, target: &Path, limits: Limits) -> Result<Pat
         }
     }
     let content = unwrap_single_dir(&root)?;
+    // Links were checked against the archive's root; unwrapping moved the root down, so a link
+    // that climbed out of the top folder and back would now leave the addon: every link is
+    // checked again against the root the addon will have, as the kernel resolves it.
+    if let Err(e) = addon_tree::links_stay_inside(&content) {
+        return Err(ArchiveError::Entry {
+            path: zip_path.to_path_buf(),
+            entry: e.at.clone(),
+            reason: format!("after unwrapping the top folder, {}", e.source),
+        });
+    }
     fs::rename(&content, target)?;
     Ok(target.to_path_buf())
 }

@@ -61,9 +61,12 @@ impl Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
-        let message = for_terminal(&self.message);
+        // One line each, whatever the descriptor's keys hold (a newline in a key must not make
+        // a line of its own).
+        let one_line = |s: &str| for_terminal(s).replace('\n', "\\n");
+        let message = one_line(&self.message);
         let head = match &self.field {
-            Some(f) => format!("{label}: {}: {message}", for_terminal(f)),
+            Some(f) => format!("{label}: {}: {message}", one_line(f)),
             None => format!("{label}: {message}"),
         };
         let file = for_terminal(file);

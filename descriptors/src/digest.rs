@@ -95,7 +95,8 @@ pub fn digest_dir(root: &Path) -> io::Result<ContentDigest> {
                     hasher.update(&buf[..got]);
                 }
                 if total != n.stat.size {
-                    failure = Some(io::Error::other(format!("{} changed while it was hashed", root.join(&rel).display())));
+                    failure =
+                        Some(io::Error::other(format!("{} changed while it was hashed", root.join(&rel).display())));
                     return Ok(addon_tree::Visit::Skip);
                 }
             }
@@ -218,7 +219,8 @@ mod tests {
         let da = digest_dir(a.path()).unwrap();
         assert_eq!(da, digest_dir(b.path()).unwrap());
         assert!(ContentDigest::parse(da.as_str()).is_some());
-        std::fs::set_permissions(b.path().join("src/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(b.path().join("src/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         assert_ne!(da, digest_dir(b.path()).unwrap(), "the exec bit counts");
         std::fs::write(a.path().join("src/run.sh"), b"echo ho").unwrap();
         assert_ne!(da, digest_dir(a.path()).unwrap());

@@ -418,9 +418,13 @@ impl<'s> Walker<'s> {
             if let Some(e) = self.sub_section(v, "runner.docker", &DOCKER_KEYS) {
                 let enable = self.enable(&e, "runner.docker", pos(k));
                 let image = self.optional_string(&e, "runner.docker", "image");
-                if image.as_deref().is_some_and(|i| i.trim().is_empty() || i.chars().any(char::is_whitespace)) {
+                if let Some(why) = image.as_deref().and_then(|i| image_reference(i).err()) {
                     let at = e.get("image").map(|(_, v)| pos(v));
-                    self.error("runner.docker.image", "must be an image reference without whitespace", at);
+                    self.error(
+                        "runner.docker.image",
+                        format!("must be an image reference (`[registry/]name[:tag][@sha256:digest]`): {why}"),
+                        at,
+                    );
                 }
                 let build = self.optional_string(&e, "runner.docker", "build");
                 if let (Some(b), Some((_, bnode))) = (&build, e.get("build")) {
@@ -638,5 +642,129 @@ mod tests {
         assert!(normalise_relative("src/../../x").is_err());
         assert!(normalise_relative(".").is_err());
         assert!(normalise_relative("").is_err());
+    }
+}
+
+/// Checks that `s` is an image reference as Docker's reference grammar defines it
+/// (`[domain[:port]/]path[:tag][@algorithm:hex]`, path components lowercase), and nothing
+/// else: no transport (`docker-daemon:`, `oci:`), no storage specification (`[overlay@...]`),
+/// no path of the host. The runners hand it to tools (skopeo's `containers-storage:` reads a
+/// leading `[driver@root+runroot:options]` as a store to open, as root).
+pub fn image_reference(s: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{s}` {why}"));
+    if s.is_empty() || s.len() > 255 {
+        return bad("is empty or longer than 255 characters");
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest {
+        let Some((alg, hex)) = d.split_once(':') else { return bad("has a digest without an algorithm") };
+        let alg_ok = alg.split(['+', '.', '-', '_']).all(|c| {
+            c.chars().next().is_some_and(|f| f.is_ascii_alphabetic()) && c.chars().all(|ch| ch.is_ascii_alphanumeric())
+        });
+        if !alg_ok || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return bad("has a malformed digest");
+        }
+    }
+    // A tag follows the last `:` after the last `/` (a `:` before it is a registry's port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let ok = t.len() <= 128
+            && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return bad("has a malformed tag");
+        }
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    let first = parts[0];
+    if parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost") {
+        let (host, port) = match first.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (first, None),
+        };
+        let host_ok = !host.is_empty()
+            && host.split('.').all(|c| {
+                !c.is_empty()
+                    && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                    && !c.starts_with('-')
+                    && !c.ends_with('-')
+            });
+        if !host_ok || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit())) {
+            return bad("names a malformed registry");
+        }
+        parts.remove(0);
+    }
+    for c in &parts {
+        // alpha-numeric (separator alpha-numeric)*, separators `.`, `_`, `__`, `-`+.
+        let chars: Vec<char> = c.chars().collect();
+        let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+        if chars.is_empty() || !alnum(chars[0]) || !alnum(chars[chars.len() - 1]) {
+            return bad(
+                "has a path component that is empty or does not start and end with a lowercase letter or digit",
+            );
+        }
+        let mut i = 0;
+        while i < chars.len() {
+            if alnum(chars[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < chars.len() && !alnum(chars[i]) {
+                i += 1;
+            }
+            let sep: String = chars[start..i].iter().collect();
+            if !(sep == "." || sep == "_" || sep == "__" || sep.chars().all(|ch| ch == '-')) {
+                return bad("has characters an image name cannot have");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod image_reference_tests {
+    use super::image_reference;
+
+    #[test]
+    fn references_and_what_is_not_one() {
+        for ok in [
+            "busybox",
+            "library/busybox:1.36",
+            "docker.io/library/busybox:latest",
+            "localhost:5000/addon/x:1.0",
+            "ghcr.io/tiborrr/docspell-addon-example",
+            "my_org/my-addon__x.y:v1.2-rc_3",
+            "busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(image_reference(ok).is_ok(), "{ok}: {:?}", image_reference(ok));
+        }
+        for bad in [
+            "[overlay@/srv/store+/srv/run:overlay.mount_program=/srv/pwn]x:1",
+            "docker-daemon:busybox:latest",
+            "oci:/tmp/layout:x",
+            "dir:/etc",
+            "../containers/json",
+            "/etc/passwd",
+            "Busybox",
+            "busybox:",
+            "busybox:-x",
+            "busybox@sha256:xyz",
+            "a//b",
+            "a b",
+            "-v",
+            "busybox?x=1",
+            "",
+        ] {
+            assert!(image_reference(bad).is_err(), "{bad} was taken for a reference");
+        }
     }
 }

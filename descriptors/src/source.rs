@@ -162,12 +162,26 @@ pub fn load_dir_digested_by(
     digest: impl FnOnce(&Path) -> std::io::Result<ContentDigest>,
     keep: Option<Box<dyn std::any::Any + Send + Sync>>,
 ) -> Result<LoadedAddon, SourceError> {
-    let descriptor_path = DESCRIPTOR_FILES
-        .iter()
-        .map(|n| root.join(n))
-        .find(|p| p.is_file())
-        .ok_or_else(|| SourceError::NoDescriptor { path: root.to_path_buf() })?;
-    let text = read_descriptor(&descriptor_path)?;
+    // Read below the addon's root only (a descriptor that is a link out of it, as an archive
+    // could make one, is an error, never a host file), and never more than the limit, whatever
+    // the file's size says.
+    let mut found = None;
+    for name in DESCRIPTOR_FILES {
+        let read = addon_tree::read_beneath(root, Path::new(name), MAX_DESCRIPTOR_BYTES);
+        match read {
+            Ok(None) => continue,
+            Ok(Some(bytes)) => {
+                found = Some((root.join(name), bytes));
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::FileTooLarge => {
+                return Err(SourceError::DescriptorTooLarge { path: root.join(name) })
+            }
+            Err(e) => return Err(SourceError::Io(std::io::Error::new(e.kind(), e.to_string()))),
+        }
+    }
+    let (descriptor_path, bytes) = found.ok_or_else(|| SourceError::NoDescriptor { path: root.to_path_buf() })?;
+    let text = String::from_utf8(bytes).map_err(|_| SourceError::NotText { path: descriptor_path.clone() })?;
     let parsed = parse_descriptor(&text, Some(root));
     let digest = digest(root)?;
     Ok(LoadedAddon {
@@ -180,12 +194,19 @@ pub fn load_dir_digested_by(
     })
 }
 
+/// A descriptor file given alone (`addon validate FILE`): at most the limit is read, whatever
+/// its size says.
 fn read_descriptor(path: &Path) -> Result<String, SourceError> {
+    use std::io::Read;
     let len = fs::metadata(path)?.len();
     if len > MAX_DESCRIPTOR_BYTES {
         return Err(SourceError::DescriptorTooLarge { path: path.to_path_buf() });
     }
-    let bytes = fs::read(path)?;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?.take(MAX_DESCRIPTOR_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_DESCRIPTOR_BYTES {
+        return Err(SourceError::DescriptorTooLarge { path: path.to_path_buf() });
+    }
     String::from_utf8(bytes).map_err(|_| SourceError::NotText { path: path.to_path_buf() })
 }
 

@@ -85,6 +85,18 @@ fn escaping_symlinks_are_refused() {
     refused(&[E::Link("s", "."), E::Link("up", "s/..")], "up");
     // Writing through a link of the archive.
     refused(&[E::Link("d", "sub"), E::Dir("sub/"), E::File("d/x", b"x", 0o644)], "d/x");
+    // Inside the archive's root, but not inside the addon once its single top folder is
+    // unwrapped (the attack review read /etc/shadow as the descriptor this way).
+    refused(&[E::Dir("top/"), E::Link("top/docspell-addon.yml", "../etc/shadow")], "docspell-addon.yml");
+    refused(
+        &[
+            E::Dir("t0/"),
+            E::Dir("t0/t1/"),
+            E::File("t0/t1/docspell-addon.yml", DESC, 0o644),
+            E::Link("t0/t1/etc", "../../etc"),
+        ],
+        "etc",
+    );
 }
 
 #[test]

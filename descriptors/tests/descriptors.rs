@@ -78,6 +78,18 @@ fn each_broken_field_is_an_error_on_that_field() {
             Some(6),
         ),
         ("meta:\n  name: x\n  version: \"1\"\nrunner:\n  nix:\n    enable: 1\n".into(), "runner.nix.enable", Some(6)),
+        // An image reference and nothing else: skopeo reads `[driver@root+runroot:options]` as a
+        // store to open as root (the attack review ran its own program as root this way).
+        (
+            "meta:\n  name: x\n  version: \"1\"\nrunner:\n  docker:\n    enable: true\n    image: \"[overlay@/tmp/s+/tmp/r:overlay.mount_program=/tmp/p]x:1\"\n".into(),
+            "runner.docker.image",
+            Some(7),
+        ),
+        (
+            "meta:\n  name: x\n  version: \"1\"\nrunner:\n  docker:\n    enable: true\n    image: docker-daemon:busybox:latest\n".into(),
+            "runner.docker.image",
+            Some(7),
+        ),
         (
             "meta:\n  name: x\n  version: \"1\"\nrunner:\n  trivial:\n    enable: true\n".into(),
             "runner.trivial.exec",

@@ -26,7 +26,9 @@ mod tar;
 mod untar;
 mod walk;
 
-pub use ops::{copy_tree, make_executable, measure, merge_into, remove_tree, sanitize, Measure, Sanitize, Sanitized};
+pub use ops::{
+    copy_tree, make_executable, measure, merge_into, read_beneath, remove_tree, sanitize, Measure, Sanitize, Sanitized,
+};
 pub use tar::{links_stay_inside, pack_tar, Links, Packed};
 pub use untar::{replace_content, unpack_tar, UnpackPolicy, Unpacked};
 pub use walk::{walk, Event, Kind, Node, Stat, Visit};

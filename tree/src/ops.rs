@@ -394,3 +394,37 @@ pub fn make_executable(root: &Path, rel: &Path) -> Result<u32, TreeError> {
     }
     Ok(mode)
 }
+
+/// Reads the regular file at `rel` below `root`, resolved below `root` only (a link out of it
+/// is an error, never a read of a host file), at most `max` bytes: `Ok(None)` when there is no
+/// such entry; an error of kind `FileTooLarge` when it holds more (whatever its size says: a
+/// `/proc` file says 0), `InvalidInput` when it is not a regular file.
+pub fn read_beneath(root: &Path, rel: &Path, max: u64) -> Result<Option<Vec<u8>>, TreeError> {
+    use rustix::fs::ResolveFlags;
+    use std::io::Read;
+    let at = rel.display().to_string();
+    let err = |what: &'static str, e: std::io::Error| TreeError::new(root, at.clone(), what, e);
+    let dir = rustix::fs::open(root, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err("opening", e.into()))?;
+    let flags = OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd =
+        match rustix::fs::openat2(&dir, rel, flags, Mode::empty(), ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS)
+        {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(err("opening (it must stay inside the directory)", e.into())),
+        };
+    let st = rustix::fs::fstat(&fd).map_err(|e| err("reading", e.into()))?;
+    if crate::walk::Stat::from(&st).kind != Kind::File {
+        return Err(err("reading", std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::from(fd).take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(|e| err("reading", e))?;
+    if bytes.len() as u64 > max {
+        return Err(err(
+            "reading",
+            std::io::Error::new(std::io::ErrorKind::FileTooLarge, format!("larger than {max} bytes")),
+        ));
+    }
+    Ok(Some(bytes))
+}

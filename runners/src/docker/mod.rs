@@ -137,6 +137,7 @@ impl DockerRunner {
             .descriptor
             .docker_image()
             .ok_or_else(|| setup(format!("{} names no image and was not built", spec.addon.label())))?;
+        addon_descriptors::image_reference(image).map_err(|why| setup(format!("runner.docker.image: {why}")))?;
         if docker.inspect_image(image).await.is_err() {
             tracing::info!(addon = %spec.addon.label(), "pulling image {image}");
             let opts = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };

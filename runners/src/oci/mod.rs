@@ -387,6 +387,10 @@ impl OciRunner {
         let s = &self.inner.settings;
         let timeout = s.build_timeout;
         if let Some(reference) = spec.descriptor.docker_image() {
+            // A reference and nothing else reaches skopeo: `containers-storage:` would read a
+            // leading `[driver@root+runroot:options]` as a store to open as root (and run its
+            // mount program), `docker-daemon:` other forms.
+            addon_descriptors::image_reference(reference).map_err(|why| format!("runner.docker.image: {why}"))?;
             let skopeo = self.tool(&s.skopeo, "copies `image:` references")?;
             let mut sources = Vec::new();
             match s.image_store {
@@ -429,15 +433,18 @@ impl OciRunner {
         let dockerfile = spec.descriptor.dockerfile().to_string();
         let rel = normalise_relative(&dockerfile).map_err(|why| format!("runner.docker.build `{dockerfile}` {why}"))?;
         let path = spec.addon_dir.join(&rel);
-        let text = std::fs::read(&path).map_err(|e| format!("{dockerfile}: {e}"))?;
+        // Nothing in the context may lead out of it (a `COPY` or a `RUN --mount` through a link,
+        // or the Dockerfile itself).
+        addon_tree::links_stay_inside(&spec.addon_dir).map_err(|e| format!("the build context: {e}"))?;
+        let text = addon_tree::read_beneath(&spec.addon_dir, Path::new(&rel), 1 << 20)
+            .map_err(|e| format!("{dockerfile}: {e}"))?
+            .ok_or_else(|| format!("{dockerfile}: no such file in the addon"))?;
         // The Dockerfile is the addon's code: read as buildah reads it, before buildah does.
         let version = crate::sandbox::version_of(&buildah).unwrap_or_default();
         let mount_safe = dockerfile::parse_version(&version).is_some_and(|v| v >= dockerfile::BUILDAH_MOUNT_FIXED);
         let builder = if version.is_empty() { "buildah".to_string() } else { version.clone() };
         dockerfile::check(&String::from_utf8_lossy(&text), mount_safe, &builder)
             .map_err(|e| format!("{dockerfile}: {e}"))?;
-        // Nothing in the context may lead out of it (a `COPY` or a `RUN --mount` through a link).
-        addon_tree::links_stay_inside(&spec.addon_dir).map_err(|e| format!("the build context: {e}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
         // The build runs the addon's code (RUN steps) and, for a pure addon, gets no network and
         // fetches no base image (`oci-runner.pull: always` allows both).
