@@ -131,8 +131,7 @@ const ROOTLESS: &str = "addon-rootless";
 fn rootless_ready() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to act as {ROOTLESS}");
-        return false;
+        return missing(&format!("acting as {ROOTLESS} needs root"));
     }
     if !require_oci() {
         return false;

@@ -18,7 +18,7 @@ echo '{}'
 fn unprivileged_engine_isolates_too() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: not root, so the other tests already ran unprivileged");
+        missing("this test runs the engine as another, unprivileged user: it needs root");
         return;
     }
     use std::os::unix::fs::PermissionsExt;
@@ -75,7 +75,7 @@ fn unprivileged_engine_isolates_too() {
 fn the_default_working_directory_is_private_to_each_user() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: needs root to act as two users");
+        missing("this test acts as two users: it needs root");
         return;
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
