@@ -7,7 +7,7 @@
 //! and measures it afterwards (peak memory, CPU time, OOM kills). Containers get the same limits
 //! from their runtime (see the docker runner).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cgroups_rs::cgroup_builder::CgroupBuilder;
@@ -337,7 +337,11 @@ impl Envelope {
                     .collect();
             }
         }
-        self.root_pid.map(|p| std::iter::once(p).chain(crate::process::descendants(p)).collect()).unwrap_or_default()
+        // A run whose root process is gone holds nothing open (and /proc need not be scanned).
+        self.root_pid
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .map(|p| std::iter::once(p).chain(crate::process::descendants(p)).collect())
+            .unwrap_or_default()
     }
 
     /// Watches `dir` too (what it holds now does not count): a container's writable layer.

@@ -257,6 +257,22 @@ pub fn kill_tree(pid: i32, sig: i32, include_root: bool) {
 
 /// All descendants of `pid`, parents before children, from a scan of /proc.
 pub fn descendants(pid: i32) -> Vec<i32> {
+    // The kernel's own lists of children (`/proc/PID/task/TID/children`) walk only the subtree;
+    // without them, every process's parent is read.
+    if std::path::Path::new("/proc/self/task").join(std::process::id().to_string()).join("children").exists() {
+        let mut out = Vec::new();
+        let mut queue = VecDeque::from([pid]);
+        while let Some(p) = queue.pop_front() {
+            for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+                let Ok(text) = std::fs::read_to_string(task.path().join("children")) else { continue };
+                for c in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+                    out.push(c);
+                    queue.push_back(c);
+                }
+            }
+        }
+        return out;
+    }
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {

@@ -70,6 +70,9 @@ pub struct DockerRunner {
     reaped: OnceCell<u64>,
     /// Whether the daemon is Podman's compatible service (asked once).
     podman: OnceCell<bool>,
+    /// The `VOLUME`s of each image this runner ran (an image id's configuration never changes;
+    /// a name's may, so only ids are remembered).
+    volumes: Mutex<HashMap<String, Vec<String>>>,
     /// The container of each run, so that `stop` finds it.
     containers: Arc<Mutex<HashMap<String, String>>>,
 }
@@ -85,6 +88,7 @@ impl DockerRunner {
             client: OnceCell::new(),
             reaped: OnceCell::new(),
             podman: OnceCell::new(),
+            volumes: Mutex::default(),
             containers: Arc::default(),
         }
     }
@@ -513,7 +517,17 @@ impl Runner for DockerRunner {
         let mut watched = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache].map(|p| p.to_path_buf()).to_vec();
         // The image's VOLUMEs are directories of the run (filled from the image), never
         // anonymous volumes of the daemon that outlive the run and count against nothing.
-        let volume_paths = volumes::of(docker, &image).await.map_err(setup)?;
+        let known = self.volumes.lock().unwrap_or_else(|e| e.into_inner()).get(&image).cloned();
+        let volume_paths = match known {
+            Some(v) => v,
+            None => {
+                let v = volumes::of(docker, &image).await.map_err(setup)?;
+                if image.starts_with("sha256:") {
+                    self.volumes.lock().unwrap_or_else(|e| e.into_inner()).insert(image.clone(), v.clone());
+                }
+                v
+            }
+        };
         let mut volume_dirs = Vec::new();
         if !volume_paths.is_empty() {
             let dir = spec.dirs.scratch.join("docker-volumes");
@@ -769,11 +783,13 @@ async fn follow(
     // one last look at the layer and the directories.
     if breach.is_none() {
         if let Some(env) = envelope.as_mut() {
-            let opts = bollard::query_parameters::InspectContainerOptions { size: true };
-            match docker.inspect_container(id, Some(opts)).await.map(|c| c.size_rw.unwrap_or(0)) {
-                Ok(rw) if ask_daemon => env.set_written_elsewhere(rw.max(0) as u64 + held_open()),
-                _ => env.set_written_elsewhere(layer_bytes + held_open()),
+            if ask_daemon {
+                let opts = bollard::query_parameters::InspectContainerOptions { size: true };
+                if let Ok(rw) = docker.inspect_container(id, Some(opts)).await.map(|c| c.size_rw.unwrap_or(0)) {
+                    layer_bytes = rw.max(0) as u64;
+                }
             }
+            env.set_written_elsewhere(layer_bytes + held_open());
             breach = env.check_now().map(|b| b.to_string());
         }
     }
