@@ -569,19 +569,44 @@ impl Runner for DockerRunner {
             }),
             ..Default::default()
         };
-        let created = docker
-            .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
-            .await
-            .map_err(|e| setup(format!("creating a container from {image}: {e}")))?;
+        // An engine that is not root cannot see what the container's processes hold open after
+        // unlinking it: a watcher tells, from a PID namespace of its own that the container
+        // joins (so it watches from the first instruction, and whatever the addon leaves running
+        // dies when the watcher is removed).
+        let watcher = match &settle_with {
+            Some(helper) => Some(settle::watch(docker, helper, labels.clone()).await.map_err(|e| {
+                setup(format!("{e}; without it the run's disk use could not be bounded, so it does not run"))
+            })?),
+            None => None,
+        };
+        let mut body = body;
+        if let (Some(w), Some(hc)) = (&watcher, body.host_config.as_mut()) {
+            hc.pid_mode = Some(format!("container:{}", w.id));
+        }
+        let created = match docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(w) = watcher {
+                    w.remove(docker).await;
+                }
+                return Err(setup(format!("creating a container from {image}: {e}")));
+            }
+        };
         let id = created.id;
-        let remove = |docker: Docker, id: String| async move {
-            // Removed on every path. (Not auto-remove: Podman removes such a container before its
-            // exit code can be read.)
-            if let Err(e) = docker
-                .remove_container(&id, Some(RemoveContainerOptions { force: true, v: true, ..Default::default() }))
-                .await
-            {
-                tracing::warn!("removing container {id}: {e}");
+        let watcher_id = watcher.as_ref().map(|w| w.id.clone());
+        let remove = move |docker: Docker, id: String| {
+            let watcher_id = watcher_id.clone();
+            async move {
+                // Removed on every path. (Not auto-remove: Podman removes such a container before
+                // its exit code can be read.) The watcher after it: its PID namespace, and what
+                // is left in it, ends then.
+                for id in std::iter::once(id).chain(watcher_id) {
+                    let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                    if let Err(e) = docker.remove_container(&id, Some(opts)).await {
+                        tracing::warn!("removing container {id}: {e}");
+                    }
+                }
             }
         };
         // The streams are attached before the container starts, as the docker CLI does: following
@@ -611,29 +636,9 @@ impl Runner for DockerRunner {
             settle::Tree { host: spec.dirs.cache.clone(), keep_symlinks: true },
         ];
         trees.extend(volume_dirs.into_iter().map(|host| settle::Tree { host, keep_symlinks: true }));
+        let unlinked = watcher.map(|w| w.report);
         tokio::spawn(async move {
-            // An engine that is not root cannot see what the container's processes hold open
-            // after unlinking it: a watcher beside the container tells.
-            let watcher = match &settle_with {
-                Some(helper) => match settle::watch(&docker, helper, &id, labels.clone()).await {
-                    Ok(w) => w,
-                    Err(e) => {
-                        remove(docker.clone(), id.clone()).await;
-                        let _ = tx
-                            .send(RunEvent::Failed(setup(format!(
-                                "{e}; without it the run's disk use is not bounded, so it was stopped"
-                            ))))
-                            .await;
-                        return;
-                    }
-                },
-                None => None,
-            };
-            let unlinked = watcher.as_ref().map(|w| w.bytes.clone());
             let exit = follow(&docker, &id, output, &tx, limits, watched, unlinked).await;
-            if let Some(w) = watcher {
-                w.remove(&docker).await;
-            }
             containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
             remove(docker.clone(), id).await;
             if let Some(helper) = settle_with {
@@ -685,9 +690,9 @@ async fn follow(
     tx: &mpsc::Sender<RunEvent>,
     limits: Limits,
     watched: Vec<std::path::PathBuf>,
-    unlinked: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    unlinked: Option<settle::Report>,
 ) -> Exit {
-    let held_open = || unlinked.as_ref().map_or(0, |u| u.load(std::sync::atomic::Ordering::Relaxed));
+    let held_open = || unlinked.as_ref().map_or(0, settle::Report::bytes);
     let mut layer_bytes = 0u64;
     let only_output =
         Limits { output_size: limits.output_size, output_entries: limits.output_entries, ..Default::default() };
@@ -764,7 +769,9 @@ async fn follow(
                 if let Some(env) = envelope.as_mut() {
                     env.set_written_elsewhere(layer_bytes + held_open());
                 }
-                let b = envelope.as_mut().and_then(|e| e.check()).map(|b| b.to_string()).or_else(|| sampled.pids_breach(limits.pids));
+                // A watcher that stopped reporting measures nothing: the run is stopped.
+                let blind = unlinked.as_ref().and_then(settle::Report::stale).map(|why| crate::limits::Breach::Unmeasurable(why).to_string());
+                let b = blind.or_else(|| envelope.as_mut().and_then(|e| e.check()).map(|b| b.to_string())).or_else(|| sampled.pids_breach(limits.pids));
                 if let Some(why) = b {
                     // A breached limit gets no grace: the addon would go on filling the disk or
                     // forking.

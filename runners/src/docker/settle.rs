@@ -107,14 +107,39 @@ fn helper_binds(helper: &Path, command: &str) -> Result<(Vec<String>, Vec<String
     Ok((binds, cmd))
 }
 
-/// A watcher beside a running container (an engine that is not root cannot read the container's
-/// `/proc/PID/fd`): in the container's PID namespace, from the engine's empty image, it reports
-/// how many bytes the container's processes hold in files they unlinked (a disk fill no walk
-/// sees). It dies with the container's PID namespace.
+/// A watcher for a container that is about to start (an engine that is not root cannot read
+/// the container's `/proc/PID/fd`): from the engine's empty image, it is the init of a PID
+/// namespace the container then joins, and reports every 50 ms how many bytes the namespace's
+/// processes hold in files they unlinked (a disk fill no walk sees). Removing it ends the
+/// namespace and whatever the addon left running in it.
 pub struct Watcher {
-    id: String,
-    /// The last report, in bytes.
-    pub bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub id: String,
+    pub report: Report,
+}
+
+/// What a [`Watcher`] last said, and when.
+#[derive(Clone)]
+pub struct Report {
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Milliseconds since `since` of the last report (`u64::MAX` once the watcher is gone).
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    since: std::time::Instant,
+}
+
+impl Report {
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the watcher can no longer be trusted (gone, or silent for a second), if so.
+    pub fn stale(&self) -> Option<String> {
+        let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
+        if last == u64::MAX {
+            return Some("the watcher of its unlinked files stopped".into());
+        }
+        let now = self.since.elapsed().as_millis() as u64;
+        (now.saturating_sub(last) > 1000).then(|| "the watcher of its unlinked files went silent".into())
+    }
 }
 
 impl Watcher {
@@ -124,13 +149,8 @@ impl Watcher {
     }
 }
 
-/// Starts a [`Watcher`] on container `target` (None: it has ended already).
-pub async fn watch(
-    docker: &Docker,
-    helper: &Path,
-    target: &str,
-    labels: HashMap<String, String>,
-) -> Result<Option<Watcher>, String> {
+/// Starts a [`Watcher`].
+pub async fn watch(docker: &Docker, helper: &Path, labels: HashMap<String, String>) -> Result<Watcher, String> {
     ensure_image(docker).await?;
     let (binds, cmd) = helper_binds(helper, WATCH_COMMAND)?;
     let body = ContainerCreateBody {
@@ -143,12 +163,12 @@ pub async fn watch(
         host_config: Some(HostConfig {
             binds: Some(binds),
             network_mode: Some("none".into()),
-            pid_mode: Some(format!("container:{target}")),
             readonly_rootfs: Some(true),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             // To read the descriptors of the container's processes (another user's, possibly
-            // not dumpable); a capability the addon does not hold, so it cannot trace the watcher.
+            // not dumpable); a capability the addon does not hold, so it cannot trace the watcher
+            // (and, as its namespace's init, the watcher takes no signal it did not ask for).
             cap_add: Some(vec!["SYS_PTRACE".into(), "DAC_READ_SEARCH".into()]),
             memory: Some(64 << 20),
             pids_limit: Some(4),
@@ -161,6 +181,10 @@ pub async fn watch(
         .await
         .map_err(|e| format!("creating the watching container: {e}"))?;
     let id = created.id;
+    let fail = |e: String| async {
+        let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
+        Err(e)
+    };
     let attach = bollard::query_parameters::AttachContainerOptions {
         stdout: true,
         stderr: true,
@@ -170,29 +194,17 @@ pub async fn watch(
     };
     let mut output = match docker.attach_container(&id, Some(attach)).await {
         Ok(a) => a.output,
-        Err(e) => {
-            let _ =
-                docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
-            return Err(format!("attaching to the watching container: {e}"));
-        }
+        Err(e) => return fail(format!("attaching to the watching container: {e}")).await,
     };
     if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
-        let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
-        // A container that ended already holds nothing open.
-        let running = docker
-            .inspect_container(target, None::<bollard::query_parameters::InspectContainerOptions>)
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.running)
-            .unwrap_or(false);
-        if !running {
-            return Ok(None);
-        }
-        return Err(format!("starting the watching container: {e}"));
+        return fail(format!("starting the watching container: {e}")).await;
     }
-    let bytes = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let seen = bytes.clone();
+    let report = Report {
+        bytes: std::sync::Arc::default(),
+        last: std::sync::Arc::default(),
+        since: std::time::Instant::now(),
+    };
+    let r = report.clone();
     tokio::spawn(async move {
         let mut partial = String::new();
         while let Some(Ok(chunk)) = output.next().await {
@@ -200,12 +212,14 @@ pub async fn watch(
             while let Some(pos) = partial.find('\n') {
                 let line: String = partial.drain(..=pos).collect();
                 if let Some(n) = line.trim().strip_prefix("unlinked=").and_then(|n| n.parse::<u64>().ok()) {
-                    seen.store(n, std::sync::atomic::Ordering::Relaxed);
+                    r.bytes.store(n, std::sync::atomic::Ordering::Relaxed);
+                    r.last.store(r.since.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }
+        r.last.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
     });
-    Ok(Some(Watcher { id, bytes }))
+    Ok(Watcher { id, report })
 }
 
 /// Settles `trees` for the engine's user (`owner`) with `helper` (the `addon` binary).
