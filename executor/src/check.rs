@@ -72,7 +72,7 @@ impl CheckResult {
 }
 
 /// The checks, in the order they run.
-pub const CHECKS: [&str; 14] = [
+pub const CHECKS: [&str; 15] = [
     "available",
     "contract",
     "failure-cause",
@@ -87,6 +87,7 @@ pub const CHECKS: [&str; 14] = [
     "cache-race",
     "inode-flood",
     "tmpfs-fill",
+    "container-fill",
 ];
 
 /// What may pass the output size before the engine sees it and stops the addon (it writes a
@@ -231,6 +232,7 @@ impl Kit<'_> {
             "cache-race" => self.cache_race().await,
             "inode-flood" => self.inode_flood().await,
             "tmpfs-fill" => self.tmpfs_fill().await,
+            "container-fill" => self.container_fill().await,
             other => Err(Outcome::Skip(format!("unknown check {other}"))),
         }
     }
@@ -276,7 +278,7 @@ impl Kit<'_> {
                 let entry = if program.is_some() { "[\"/run.sh\"]" } else { "[\"/bin/sh\", \"/run.sh\"]" };
                 std::fs::write(
                     dir.join("Dockerfile"),
-                    format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nLABEL addon-check.marker={marker}\nCOPY run.sh /run.sh\nENTRYPOINT {entry}\n"),
+                    format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nLABEL addon-check.marker={marker}\nCOPY run.sh /run.sh\nVOLUME /data\nENTRYPOINT {entry}\n"),
                 )
                 .map_err(io)?;
             }
@@ -676,6 +678,42 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
             Ok(format!("stopped at its entry limit (20000) after {made}+ files"))
         } else {
             Err(fail(format!("expected a stop at the entry limit (20000); got {}; {made}+ files made", ran.describe())))
+        }
+    }
+
+    /// A container's own file system (its writable layer, an image `VOLUME` at /data): bounded
+    /// near the output size, and no volume left behind. Host runners' roots are read-only.
+    async fn container_fill(&mut self) -> Checked {
+        let probe = self.probe()?;
+        let addon = self.addon("check-rootfill", "", Some(&probe))?;
+        let limits = LimitsOverride { output_size: Some(ByteSize(64 << 20)), ..Default::default() };
+        let ran = self
+            .go(
+                &addon,
+                Extra {
+                    user_input: "rootfill".into(),
+                    limits,
+                    timeout: Some(Duration::from_secs(120)),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let root = last_number(&ran.lines, "kit-fill /kit-fill=").unwrap_or(0) << 20;
+        let volume = last_number(&ran.lines, "kit-fill /data/kit-fill=").unwrap_or(0) << 20;
+        let bound = (64 << 20) + FILL_SLACK;
+        if root <= bound && volume <= bound {
+            Ok(format!(
+                "its root took {} MiB and a VOLUME {} MiB under a 64 MiB output size ({})",
+                root >> 20,
+                volume >> 20,
+                ran.describe()
+            ))
+        } else {
+            Err(fail(format!(
+                "its root took {} MiB and a VOLUME {} MiB under a 64 MiB output size",
+                root >> 20,
+                volume >> 20
+            )))
         }
     }
 

@@ -224,7 +224,8 @@ fn main() -> ExitCode {
     }
     #[cfg(feature = "docker")]
     if argv.get(1).is_some_and(|a| a == addon_runners::docker::WATCH_COMMAND) {
-        return watch_unlinked();
+        let limit = argv.get(2).and_then(|l| l.to_str()?.parse().ok());
+        return watch_unlinked(limit);
     }
     let cli = Cli::parse();
     // `runners check` reports per check; the engine's own messages about its deliberately
@@ -274,11 +275,12 @@ fn settle_trees(args: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(if failed { EXIT_JUDGED } else { 0 })
 }
 
-/// `addon __watch-unlinked`, beside a container in its PID namespace (see addon_runners::docker):
-/// every 50 ms, `unlinked=N` on stdout, the bytes that the namespace's processes hold in files
-/// they unlinked. Runs until the namespace ends (or stdout closes).
+/// `addon __watch-unlinked [LIMIT]`, the init of the PID namespace a docker container joins
+/// (see addon_runners::docker): every 50 ms, `unlinked=N` on stdout, the bytes that the
+/// namespace's processes hold in files they unlinked. Past LIMIT bytes it kills them all at once
+/// (faster than the engine could through the daemon). Runs until removed (or stdout closes).
 #[cfg(feature = "docker")]
-fn watch_unlinked() -> ExitCode {
+fn watch_unlinked(limit: Option<u64>) -> ExitCode {
     // Not traceable, not readable through /proc by the container's processes.
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
@@ -300,6 +302,10 @@ fn watch_unlinked() -> ExitCode {
                     total += m.blocks() * 512;
                 }
             }
+        }
+        if limit.is_some_and(|l| total > l) {
+            // SAFETY: kill(2); from a PID namespace's init, -1 is every other process in it.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
         }
         let mut out = std::io::stdout().lock();
         if writeln!(out, "unlinked={total}").and_then(|()| out.flush()).is_err() {

@@ -399,7 +399,8 @@ impl Target {
             std::fs::write(
                 root.join("Dockerfile"),
                 format!(
-                    "FROM scratch\nLABEL test.marker={name}-{}\nCOPY run.sh /probe\nENTRYPOINT [\"/probe\"]\n",
+                    // A VOLUME, as images often declare: it must be bounded and gone with the run.
+                    "FROM scratch\nLABEL test.marker={name}-{}\nCOPY run.sh /probe\nVOLUME /data\nENTRYPOINT [\"/probe\"]\n",
                     std::process::id()
                 ),
             )

@@ -427,3 +427,54 @@ fn a_prune_during_a_run_keeps_its_image() {
     let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
     assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "artifact"), "{ls}");
 }
+
+/// Finding 5 of the attack review: an image that declares a VOLUME got an anonymous volume per
+/// run that was never removed and not counted by output-size (two runs left 202 MiB under a
+/// 32 MiB limit). Now the VOLUME is a directory of the run, filled from the image, counted and
+/// gone with the run.
+#[test]
+fn image_volumes_are_bounded_and_leave_nothing() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\nlimits: {output-size: 32MiB}\n");
+    // Files of 20 MiB (no single file may pass the output size: RLIMIT_FSIZE), 100 MiB in all.
+    let script = "cat /data/seed >&2\nfor i in 1 2 3 4 5; do dd if=/dev/zero of=/data/big$i bs=1M count=20 2>/dev/null; done\necho '{}'\n";
+    let addon = w.docker_addon("volumes", PURE, script, &format!("volumes-{}", std::process::id()));
+    let dockerfile = addon.join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+        "COPY run.sh /run.sh",
+        "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"mkdir -p /data && echo seeded > /data/seed\"]\nVOLUME /data\nCOPY run.sh /run.sh",
+    );
+    std::fs::write(&dockerfile, text).unwrap();
+    let volumes = || {
+        let out = std::process::Command::new("docker").args(["volume", "ls", "-q"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let before = volumes();
+    for _ in 0..2 {
+        let (out, v) = w.run(&[addon.to_str().unwrap()]);
+        let a = &v["addons"][0];
+        assert!(String::from_utf8_lossy(&out.stderr).contains("seeded"), "the image's content is in its VOLUME");
+        assert_eq!(a["termination"], "limit", "100 MiB into a VOLUME under a 32 MiB limit: {a}");
+    }
+    assert_eq!(volumes(), before, "no volume outlives its run");
+}
+
+/// Finding 6 of the attack review: what a container writes into its own file system (its
+/// writable layer: /, /tmp, the image's HOME) counts against output-size (1 GiB went into / under
+/// a 64 MiB limit); a breach ends as `limit`. (As the unprivileged engine user: the kit's
+/// fills_are_bounded_as_docker_group_user.)
+#[test]
+fn the_writable_layer_is_bounded() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\nlimits: {output-size: 32MiB}\n");
+    let script = "for i in 1 2 3 4 5; do dd if=/dev/zero of=/fill$i bs=1M count=20 2>/dev/null; done\necho '{}'\n";
+    let addon = w.docker_addon("layer", PURE, script, &format!("layer-{}", std::process::id()));
+    let (_, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["termination"], "limit", "100 MiB into the container's root under a 32 MiB limit: {a}");
+    assert!(a["error"].as_str().unwrap_or_default().contains("output-size"), "{a}");
+}

@@ -574,25 +574,27 @@ impl Runner for DockerRunner {
         // joins (so it watches from the first instruction, and whatever the addon leaves running
         // dies when the watcher is removed).
         let watcher = match &settle_with {
-            Some(helper) => Some(settle::watch(docker, helper, labels.clone()).await.map_err(|e| {
-                setup(format!("{e}; without it the run's disk use could not be bounded, so it does not run"))
-            })?),
+            Some(helper) => {
+                Some(settle::watch(docker, helper, limits.output_size, labels.clone()).await.map_err(|e| {
+                    setup(format!("{e}; without it the run's disk use could not be bounded, so it does not run"))
+                })?)
+            }
             None => None,
         };
         let mut body = body;
         if let (Some(w), Some(hc)) = (&watcher, body.host_config.as_mut()) {
             hc.pid_mode = Some(format!("container:{}", w.id));
         }
-        let created = match docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(w) = watcher {
-                    w.remove(docker).await;
+        let created =
+            match docker.create_container(None::<bollard::query_parameters::CreateContainerOptions>, body).await {
+                Ok(c) => c,
+                Err(e) => {
+                    if let Some(w) = watcher {
+                        w.remove(docker).await;
+                    }
+                    return Err(setup(format!("creating a container from {image}: {e}")));
                 }
-                return Err(setup(format!("creating a container from {image}: {e}")));
-            }
-        };
+            };
         let id = created.id;
         let watcher_id = watcher.as_ref().map(|w| w.id.clone());
         let remove = move |docker: Docker, id: String| {
@@ -732,8 +734,24 @@ async fn follow(
     let mut broken = None;
     let mut breach = None;
     let mut sent_stdout = 0u64;
-    // The daemon's measure of the writable layer: at most every 100 ms and a tenth of the time.
-    let mut layer_due = tokio::time::Instant::now();
+    // The daemon's measure of the writable layer, asked beside the loop (the daemon walks the
+    // layer to answer, and the checks must not wait for it): at most every 100 ms and a tenth
+    // of the time.
+    let layer = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let asking = (ask_daemon && limits.output_size.is_some()).then(|| {
+        let (docker, id, layer) = (docker.clone(), id.to_string(), layer.clone());
+        tokio::spawn(async move {
+            loop {
+                let asked = tokio::time::Instant::now();
+                let opts = bollard::query_parameters::InspectContainerOptions { size: true };
+                match docker.inspect_container(&id, Some(opts)).await {
+                    Ok(c) => layer.store(c.size_rw.unwrap_or(0).max(0) as u64, std::sync::atomic::Ordering::Relaxed),
+                    Err(_) => return,
+                }
+                tokio::time::sleep((asked.elapsed() * 10).max(Duration::from_millis(100))).await;
+            }
+        })
+    });
     loop {
         tokio::select! {
             item = output.next() => match item {
@@ -758,14 +776,7 @@ async fn follow(
             },
             Some(Ok(s)) = stats.next() => sampled.take(s),
             _ = tick.tick(), if breach.is_none() => {
-                if ask_daemon && limits.output_size.is_some() && tokio::time::Instant::now() >= layer_due {
-                    let asked = tokio::time::Instant::now();
-                    let opts = bollard::query_parameters::InspectContainerOptions { size: true };
-                    if let Ok(rw) = docker.inspect_container(id, Some(opts)).await.map(|c| c.size_rw.unwrap_or(0)) {
-                        layer_bytes = rw.max(0) as u64;
-                    }
-                    layer_due = tokio::time::Instant::now() + (asked.elapsed() * 10).max(Duration::from_millis(100));
-                }
+                layer_bytes = layer_bytes.max(layer.load(std::sync::atomic::Ordering::Relaxed));
                 if let Some(env) = envelope.as_mut() {
                     env.set_written_elsewhere(layer_bytes + held_open());
                 }
@@ -785,6 +796,9 @@ async fn follow(
                 }
             }
         }
+    }
+    if let Some(task) = asking {
+        task.abort();
     }
     // A limit passed just before the end (a fill faster than the checks) is still why it ended:
     // one last look at the layer and the directories.

@@ -149,10 +149,16 @@ impl Watcher {
     }
 }
 
-/// Starts a [`Watcher`].
-pub async fn watch(docker: &Docker, helper: &Path, labels: HashMap<String, String>) -> Result<Watcher, String> {
+/// Starts a [`Watcher`]; past `limit` bytes it kills the namespace's processes itself.
+pub async fn watch(
+    docker: &Docker,
+    helper: &Path,
+    limit: Option<u64>,
+    labels: HashMap<String, String>,
+) -> Result<Watcher, String> {
     ensure_image(docker).await?;
-    let (binds, cmd) = helper_binds(helper, WATCH_COMMAND)?;
+    let (binds, mut cmd) = helper_binds(helper, WATCH_COMMAND)?;
+    cmd.extend(limit.map(|l| l.to_string()));
     let body = ContainerCreateBody {
         image: Some(IMAGE.to_string()),
         entrypoint: Some(cmd),
@@ -169,7 +175,8 @@ pub async fn watch(docker: &Docker, helper: &Path, labels: HashMap<String, Strin
             // To read the descriptors of the container's processes (another user's, possibly
             // not dumpable); a capability the addon does not hold, so it cannot trace the watcher
             // (and, as its namespace's init, the watcher takes no signal it did not ask for).
-            cap_add: Some(vec!["SYS_PTRACE".into(), "DAC_READ_SEARCH".into()]),
+            // KILL: to stop the image's user, whoever it is, past the limit.
+            cap_add: Some(vec!["SYS_PTRACE".into(), "DAC_READ_SEARCH".into(), "KILL".into()]),
             memory: Some(64 << 20),
             pids_limit: Some(4),
             ..Default::default()
@@ -199,11 +206,8 @@ pub async fn watch(docker: &Docker, helper: &Path, labels: HashMap<String, Strin
     if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
         return fail(format!("starting the watching container: {e}")).await;
     }
-    let report = Report {
-        bytes: std::sync::Arc::default(),
-        last: std::sync::Arc::default(),
-        since: std::time::Instant::now(),
-    };
+    let report =
+        Report { bytes: std::sync::Arc::default(), last: std::sync::Arc::default(), since: std::time::Instant::now() };
     let r = report.clone();
     tokio::spawn(async move {
         let mut partial = String::new();

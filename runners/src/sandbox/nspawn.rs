@@ -172,13 +172,11 @@ impl Sandbox for Nspawn {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
-        let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits, .. } = *spec;
+        let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits, tmpfs } = *spec;
         let inside = self.view(mounts);
         // Container root: uid 0 inside an unprivileged user namespace.
         let who = Inside { uid: 0, gid: 0 };
-        // nspawn makes its own /tmp and /dev/shm (charged to the run's control group: nspawn
-        // runs only as root).
-        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who, Default::default());
+        let view = View::host_program(mounts, &inside, iso.network, extra_ro, who, tmpfs);
         let nspawn = self.path().unwrap_or_else(|| PathBuf::from(&self.binary));
         let (mut c, _) = self.launcher(&nspawn);
         c.args(BASE).args(hardening()).args(host_flags());
@@ -195,6 +193,10 @@ impl Sandbox for Nspawn {
                 // /usr (and the merged-/usr links) come with the volatile root.
                 Step::RoBind(p) if !p.starts_with("/usr") && p.exists() => {
                     c.arg(format!("--bind-ro={}", p.display()));
+                }
+                // Bounded like every sandbox's (the volatile root's own tmpfs is not).
+                Step::Tmpfs { at, bound } => {
+                    c.arg(format!("--tmpfs={}:{}", at.display(), bound.options()));
                 }
                 Step::File { at, contents } => {
                     let file = scratch.join(at.file_name().unwrap_or_default());
