@@ -584,8 +584,8 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         if !ran.lines.iter().any(|l| l.contains("OUTPUT_DIR: 1500 levels; setuid copy made")) {
             return Err(fail(format!("the probe could not nest its directories: {}", ran.describe())));
         }
-        let mut bad = unsafe_entries(&out, false)?;
-        bad.extend(unsafe_entries(&self.root.join("cache"), true)?);
+        let mut bad = unsafe_entries(&out, false, None).map_err(fail)?;
+        bad.extend(unsafe_entries(&self.root.join("cache"), true, None).map_err(fail)?);
         if bad.is_empty() {
             Ok("1500 levels in output, CACHE_DIR and HOME; no setuid file, link or fifo left".into())
         } else {
@@ -1023,10 +1023,11 @@ fn last_number(lines: &[String], prefix: &str) -> Option<u64> {
     lines.iter().rev().find_map(|l| l.split_once(prefix).and_then(|(_, r)| r.split_whitespace().next()?.parse().ok()))
 }
 
-/// What must not be left on the host below `root` (walked by descriptors: the trees are deeper
-/// than PATH_MAX): setuid or setgid files, and fifos, sockets, devices (and links, unless
-/// `links_allowed`).
-fn unsafe_entries(root: &Path, links_allowed: bool) -> Result<Vec<String>, Outcome> {
+/// What must not be left on the host below `root` after a run (walked by descriptors: the trees
+/// may be deeper than PATH_MAX): setuid or setgid entries, fifos, sockets, devices (and links,
+/// unless `links_allowed`), and entries not owned by `owner` when one is given. Shared with the
+/// conformance suite.
+pub fn unsafe_entries(root: &Path, links_allowed: bool, owner: Option<u32>) -> Result<Vec<String>, String> {
     let mut bad = Vec::new();
     if !root.exists() {
         return Ok(bad);
@@ -1045,10 +1046,13 @@ fn unsafe_entries(root: &Path, links_allowed: bool) -> Result<Vec<String>, Outco
             bad.push(format!("{} is a {}", n.display(), n.stat.kind.as_str()));
         }
         if n.stat.kind != Kind::Symlink && n.stat.perm & 0o6000 != 0 {
-            bad.push(format!("{} has mode {:o}", n.display(), n.stat.perm));
+            bad.push(format!("{} has mode {:o} (uid {})", n.display(), n.stat.perm, n.stat.uid));
+        }
+        if owner.is_some_and(|o| o != n.stat.uid) {
+            bad.push(format!("{} belongs to uid {}", n.display(), n.stat.uid));
         }
         Ok(addon_tree::Visit::Continue)
     })
-    .map_err(|e| fail(format!("walking {}: {e}", root.display())))?;
+    .map_err(|e| format!("walking {}: {e}", root.display()))?;
     Ok(bad)
 }

@@ -662,38 +662,9 @@ fn hostile_kit_as_docker_group_user(t: Target) {
     assert!(bait.escaped_writes().is_empty(), "{t:?} as {KIT_USER}: writes landed outside");
 }
 
-/// Every entry below `root` that must not be left on the host after a run, walked by
-/// descriptors (the trees are deeper than PATH_MAX): setuid or setgid files, and (`special`)
-/// links, fifos, sockets, devices; and entries not owned by `owner` when one is given.
+/// What must not be left on the host below `root` (see `check::unsafe_entries`).
 fn unsafe_entries(root: &std::path::Path, links_allowed: bool, owner: Option<u32>) -> Vec<String> {
-    let mut bad = Vec::new();
-    if !root.exists() {
-        return bad;
-    }
-    addon_tree::walk(root, false, |n| {
-        use addon_tree::Kind;
-        if n.event == addon_tree::Event::Leave {
-            return Ok(addon_tree::Visit::Continue);
-        }
-        let st = &n.stat;
-        let special = match st.kind {
-            Kind::File | Kind::Dir => false,
-            Kind::Symlink => !links_allowed,
-            _ => true,
-        };
-        if special {
-            bad.push(format!("{} is a {}", n.display(), st.kind.as_str()));
-        }
-        if st.kind != Kind::Symlink && st.perm & 0o6000 != 0 {
-            bad.push(format!("{} has mode {:o} (uid {})", n.display(), st.perm, st.uid));
-        }
-        if owner.is_some_and(|o| o != st.uid) {
-            bad.push(format!("{} belongs to uid {}", n.display(), st.uid));
-        }
-        Ok(addon_tree::Visit::Continue)
-    })
-    .unwrap_or_else(|e| panic!("walking {}: {e}", root.display()));
-    bad
+    addon_executor::check::unsafe_entries(root, links_allowed, owner).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Findings 1 to 3 of the attack review. A run nests directories past PATH_MAX in its output,

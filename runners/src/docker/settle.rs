@@ -62,6 +62,38 @@ fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
     Ok((loader, libs))
 }
 
+/// A container of the engine's empty image running the helper `cmd` as root with only `caps`,
+/// without network, new privileges or a writable root, and with none of any image's
+/// environment that could load code into it.
+fn helper_body(
+    cmd: Vec<String>,
+    binds: Vec<String>,
+    labels: HashMap<String, String>,
+    caps: &[&str],
+    memory: i64,
+) -> ContainerCreateBody {
+    ContainerCreateBody {
+        image: Some(IMAGE.to_string()),
+        entrypoint: Some(cmd),
+        user: Some("0:0".into()),
+        labels: Some(labels),
+        env: Some(vec!["LD_PRELOAD=".into(), "LD_LIBRARY_PATH=".into()]),
+        network_disabled: Some(true),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            network_mode: Some("none".into()),
+            readonly_rootfs: Some(true),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            cap_add: Some(caps.iter().map(|c| c.to_string()).collect()),
+            memory: Some(memory),
+            pids_limit: Some(16),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// Makes the engine's empty image once (`docker import` of a tar with the mount points).
 async fn ensure_image(docker: &Docker) -> Result<(), String> {
     if docker.inspect_image(IMAGE).await.is_ok() {
@@ -127,6 +159,7 @@ pub struct Report {
 }
 
 impl Report {
+    /// The most the container's processes held in unlinked files at once.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -159,30 +192,11 @@ pub async fn watch(
     ensure_image(docker).await?;
     let (binds, mut cmd) = helper_binds(helper, WATCH_COMMAND)?;
     cmd.extend(limit.map(|l| l.to_string()));
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.to_string()),
-        entrypoint: Some(cmd),
-        user: Some("0:0".into()),
-        labels: Some(labels),
-        env: Some(vec!["LD_PRELOAD=".into(), "LD_LIBRARY_PATH=".into()]),
-        network_disabled: Some(true),
-        host_config: Some(HostConfig {
-            binds: Some(binds),
-            network_mode: Some("none".into()),
-            readonly_rootfs: Some(true),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            // To read the descriptors of the container's processes (another user's, possibly
-            // not dumpable); a capability the addon does not hold, so it cannot trace the watcher
-            // (and, as its namespace's init, the watcher takes no signal it did not ask for).
-            // KILL: to stop the image's user, whoever it is, past the limit.
-            cap_add: Some(vec!["SYS_PTRACE".into(), "DAC_READ_SEARCH".into(), "KILL".into()]),
-            memory: Some(64 << 20),
-            pids_limit: Some(4),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    // To read the descriptors of the container's processes (another user's, possibly not
+    // dumpable; a capability the addon does not hold, so it cannot trace the watcher, and as
+    // its namespace's init the watcher takes no signal it did not ask for), and KILL to stop the
+    // image's user, whoever it is, past the limit.
+    let body = helper_body(cmd, binds, labels, &["SYS_PTRACE", "DAC_READ_SEARCH", "KILL"], 64 << 20);
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await
@@ -216,7 +230,9 @@ pub async fn watch(
             while let Some(pos) = partial.find('\n') {
                 let line: String = partial.drain(..=pos).collect();
                 if let Some(n) = line.trim().strip_prefix("unlinked=").and_then(|n| n.parse::<u64>().ok()) {
-                    r.bytes.store(n, std::sync::atomic::Ordering::Relaxed);
+                    // The most it held: past the limit the watcher kills, and the files go with
+                    // the processes; the run still ended at its limit.
+                    r.bytes.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
                     r.last.store(r.since.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }
@@ -252,34 +268,10 @@ pub async fn run(
         binds.push(format!("{}:{inside}", t.host.display()));
         cmd.push(format!("{inside}:{}", if t.keep_symlinks { "keep-links" } else { "files-only" }));
     }
-    let body = ContainerCreateBody {
-        image: Some(IMAGE.to_string()),
-        entrypoint: Some(cmd),
-        user: Some("0:0".into()),
-        labels: Some(labels),
-        env: Some(vec!["LD_PRELOAD=".into(), "LD_LIBRARY_PATH=".into()]),
-        network_disabled: Some(true),
-        host_config: Some(HostConfig {
-            binds: Some(binds),
-            network_mode: Some("none".into()),
-            readonly_rootfs: Some(true),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            // To give entries to the engine's user, take bits off files it does not own, read
-            // and enter directories whatever their modes, remove special files and file
-            // capabilities.
-            cap_add: Some(
-                ["CHOWN", "FOWNER", "DAC_OVERRIDE", "DAC_READ_SEARCH", "SETFCAP"]
-                    .iter()
-                    .map(|c| c.to_string())
-                    .collect(),
-            ),
-            memory: Some(256 << 20),
-            pids_limit: Some(16),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    // To give entries to the engine's user, take bits off files it does not own, read and enter
+    // directories whatever their modes, remove special files and file capabilities.
+    let caps = ["CHOWN", "FOWNER", "DAC_OVERRIDE", "DAC_READ_SEARCH", "SETFCAP"];
+    let body = helper_body(cmd, binds, labels, &caps, 256 << 20);
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await
