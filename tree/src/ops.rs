@@ -106,8 +106,11 @@ pub fn sanitize(root: &Path, how: &Sanitize) -> Result<Sanitized, TreeError> {
             defused = true;
         }
         // Looked for first: an unprivileged process may not even try to remove a `security.`
-        // attribute.
+        // attribute. Only on files someone may execute: capabilities take effect on exec alone,
+        // and only the file's owner (the engine's user, once given) could add an exec bit; it
+        // never does. (Looking costs a descriptor and a lookup per file; kept trees hold many.)
         if n.stat.kind == Kind::File
+            && n.stat.perm & 0o111 != 0
             && n.has_xattr(c"security.capability")?
             && n.remove_xattr(c"security.capability")?
         {

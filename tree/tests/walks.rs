@@ -285,6 +285,7 @@ fn file_capabilities_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("ping");
     std::fs::write(&f, "x").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
     // struct vfs_cap_data, revision 2: magic_etc (with the effective bit), then permitted and
     // inheritable, low and high words.
     let mut cap = Vec::new();
