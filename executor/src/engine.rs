@@ -662,6 +662,7 @@ impl Engine {
         // whoever reads the output next, a setuid file made by a container's root would be a
         // root shell. A walk that cannot finish removes the output and fails the run.
         let output_settled = crate::settle::output(&staging);
+        let output_safe = output_settled.is_ok();
         if let Ok(s) = &output_settled {
             if s.removed_count > 0 {
                 tracing::warn!(addon = %label, "removed {} entries from its output that are not files or directories: {}", s.removed_count, s.removed.join(", "));
@@ -717,7 +718,9 @@ impl Engine {
                 outcome.error = Some(format!("moving the output of {label} into {}: {e}", output_dir.display()));
             }
         }
-        if outcome.result != AddonResult::Success && crate::settle::has_entries(&staging) {
+        // Set aside only what was made safe: a tree whose walk failed (and that could not be
+        // removed) stays in the private staging folder, never where others read the output.
+        if outcome.result != AddonResult::Success && output_safe && crate::settle::has_entries(&staging) {
             let rejected = output_dir.join(".rejected").join(format!("{idx}-{label}-{attempt_no}"));
             if fs::create_dir_all(rejected.parent().unwrap_or(output_dir)).is_ok()
                 && fs::rename(&staging, &rejected).is_ok()

@@ -44,7 +44,14 @@ pub struct Identity {
 /// The origin of `source` (as given to `addon run`), or `declared` when the job server says.
 pub fn origin_of(source: &str, declared: Option<&str>) -> String {
     if let Some(d) = declared {
-        return d.to_string();
+        // Said by the job server; dot segments resolved all the same (a pin compares prefixes).
+        return if crate::fetch::is_url(d) {
+            url_origin(&format!("{}/x", d.trim_end_matches('/')))
+        } else if d.starts_with('/') {
+            without_dot_segments(d)
+        } else {
+            d.to_string()
+        };
     }
     if crate::fetch::is_url(source) {
         return url_origin(source);
@@ -56,14 +63,58 @@ pub fn origin_of(source: &str, declared: Option<&str>) -> String {
 /// segment (the archive's file name, which changes with each version).
 fn url_origin(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = rest.split('#').next().unwrap_or("");
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
     let host = authority.rsplit('@').next().unwrap_or(authority).to_lowercase();
-    let dir = &path[..path.rfind('/').map_or(1, |i| i + 1)];
-    format!("{}://{host}{dir}", scheme.to_lowercase())
+    // Slashes and dots a server decodes are decoded first: `/honest/..%2fevil%2fx.zip` is
+    // `/evil/x.zip` to it.
+    let path = without_dot_segments(&decode_separators(path));
+    match query {
+        // A query names the resource (`/download?addon=x`): the whole location is the origin.
+        Some(q) => format!("{}://{host}{path}?{q}", scheme.to_lowercase()),
+        None => {
+            let dir = &path[..path.rfind('/').map_or(1, |i| i + 1)];
+            format!("{}://{host}{dir}", scheme.to_lowercase())
+        }
+    }
+}
+
+/// `%2f`, `%5c` (slashes) and `%2e` (dots) decoded, as servers do before they resolve a path.
+fn decode_separators(path: &str) -> String {
+    let mut out = path.to_string();
+    for (enc, dec) in [("%2f", "/"), ("%2F", "/"), ("%5c", "/"), ("%5C", "/"), ("%2e", "."), ("%2E", ".")] {
+        out = out.replace(enc, dec);
+    }
+    out
+}
+
+/// A URL path or a path with `.` and `..` segments (also percent-encoded) resolved, as a server
+/// or the file system would: `/docspell/../evil/` is `/evil/`, never inside `/docspell/`.
+fn without_dot_segments(path: &str) -> String {
+    let decoded = decode_separators(path);
+    let mut out: Vec<&str> = Vec::new();
+    let trailing = decoded.ends_with('/');
+    for seg in decoded.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut p = format!("/{}", out.join("/"));
+    if trailing && p != "/" {
+        p.push('/');
+    }
+    p
 }
 
 /// Whether `origin` is within `prefix` (a URL prefix, or a directory and what is below it).
@@ -74,8 +125,8 @@ fn within(origin: &str, prefix: &str) -> bool {
             .strip_prefix(prefix)
             .is_some_and(|rest| prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'));
     }
-    let (o, p) = (Path::new(origin), Path::new(prefix.trim_end_matches('/')));
-    o.starts_with(p)
+    let (o, p) = (without_dot_segments(origin), without_dot_segments(prefix));
+    Path::new(&o).starts_with(Path::new(&p))
 }
 
 /// Decides who the addon `name` from `origin` with `digest` is. `record`: remember the first
@@ -100,7 +151,19 @@ pub fn resolve(config: &Config, name: &str, origin: &str, digest: &str, record: 
     }
     let first = first_origin(config, name, origin, record);
     match first {
-        Some(first) if first != origin => Identity {
+        // Who owns the name cannot be told (the record cannot be read or written): the name's
+        // settings go to nobody.
+        Err(why) => Identity {
+            origin: origin.into(),
+            pinned: false,
+            settings: false,
+            note: Some(format!(
+                "which addon the name {name} means cannot be told ({why}): this one runs with none of the name's \
+                 settings; pin the name under `addons:`"
+            )),
+            key: format!("origin:{origin}"),
+        },
+        Ok(Some(first)) if first != origin => Identity {
             origin: origin.into(),
             pinned: false,
             settings: false,
@@ -121,28 +184,46 @@ pub fn resolve(config: &Config, name: &str, origin: &str, digest: &str, record: 
     }
 }
 
-/// The first origin recorded for `name` (recording `origin` when none is and `record`).
-fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Option<String> {
+/// The first origin recorded for `name` (recording `origin` when none is and `record`; None
+/// when none is and not `record`). An error when the record cannot be read or written.
+fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Result<Option<String>, String> {
     use std::io::Write;
     let dir = config.cache_dir.join("names-v1");
-    let file = dir.join(format!("{}.txt", hex::encode(sha2::Sha256::digest(name.as_bytes()))));
-    if let Ok(text) = std::fs::read_to_string(&file) {
-        return text.lines().next().map(str::to_string);
+    let name_hash = hex::encode(sha2::Sha256::digest(name.as_bytes()));
+    let file = dir.join(format!("{name_hash}.txt"));
+    let read = |file: &Path| -> Result<Option<String>, String> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => match text.lines().next().filter(|l| !l.is_empty()) {
+                Some(first) => Ok(Some(first.to_string())),
+                None => Err(format!("{} is empty", file.display())),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("{}: {e}", file.display())),
+        }
+    };
+    if let Some(first) = read(&file)? {
+        return Ok(Some(first));
     }
     if !record {
-        return None;
+        return Ok(None);
     }
-    let _ = std::fs::create_dir_all(&dir);
-    // The first writer wins: a file made whole under a temporary name, then linked into place
-    // only if no other engine was first.
-    let tmp = dir.join(format!(".{}.{}", std::process::id(), hex::encode(sha2::Sha256::digest(origin.as_bytes()))));
-    let made = std::fs::File::create(&tmp).and_then(|mut f| writeln!(f, "{origin}\n{name}"));
-    if made.is_ok() && std::fs::hard_link(&tmp, &file).is_ok() {
-        let _ = std::fs::remove_file(&tmp);
-        return Some(origin.to_string());
-    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // The first writer wins: a file made whole (and synced) under a name of its own, then linked
+    // into place only if no other engine was first.
+    let tmp = dir.join(format!(".{name_hash}.{}.{:?}", std::process::id(), std::thread::current().id()));
+    let made = std::fs::File::create(&tmp).and_then(|mut f| {
+        writeln!(f, "{origin}\n{name}")?;
+        f.sync_all()
+    });
+    let linked = made.and_then(|()| std::fs::hard_link(&tmp, &file));
     let _ = std::fs::remove_file(&tmp);
-    std::fs::read_to_string(&file).ok().and_then(|t| t.lines().next().map(str::to_string))
+    match linked {
+        Ok(()) => Ok(Some(origin.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            read(&file)?.map(Some).ok_or_else(|| "the record vanished".into())
+        }
+        Err(e) => Err(format!("recording the name in {}: {e}", dir.display())),
+    }
 }
 
 #[cfg(test)]
@@ -155,8 +236,44 @@ mod tests {
             url_origin("https://github.com/docspell/rotate-pdf-addon/archive/refs/tags/v0.2.0.zip"),
             "https://github.com/docspell/rotate-pdf-addon/archive/refs/tags/"
         );
-        assert_eq!(url_origin("HTTPS://user:pw@Example.org:8080/a/b.zip?x=1#f"), "https://example.org:8080/a/");
+        assert_eq!(url_origin("HTTPS://user:pw@Example.org:8080/a/b.zip#f"), "https://example.org:8080/a/");
+        assert_eq!(url_origin("https://h/dl?f=a.zip"), "https://h/dl?f=a.zip", "a query names the resource");
+        assert_eq!(url_origin("http://h/honest/..%2fevil%2fx.zip"), "http://h/evil/");
         assert_eq!(url_origin("http://host"), "http://host/");
+        assert_eq!(url_origin("https://github.com/docspell/../evil/a.zip"), "https://github.com/evil/");
+        assert_eq!(url_origin("https://github.com/docspell/%2e%2e/evil/a.zip"), "https://github.com/evil/");
+        assert_eq!(without_dot_segments("/srv/addons/../evil"), "/srv/evil");
+    }
+
+    #[test]
+    fn dot_segments_do_not_pass_a_pin() {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = config(d.path());
+        c.addons.insert(
+            "a".into(),
+            crate::config::AddonPin {
+                origins: vec!["https://github.com/docspell/".into(), "/srv/addons".into()],
+                digests: vec![],
+            },
+        );
+        let sneaky = origin_of("https://github.com/docspell/../evil/a.zip", None);
+        assert!(!resolve(&c, "a", &sneaky, "sha256:1", true).settings, "{sneaky}");
+        let declared = origin_of("x", Some("/srv/addons/../evil"));
+        assert!(!resolve(&c, "a", &declared, "sha256:1", true).settings, "{declared}");
+        assert!(resolve(&c, "a", &origin_of("x", Some("/srv/addons/a")), "sha256:1", true).settings);
+        let upper = origin_of("HTTPS://GitHub.com/docspell/a/v1.zip", None);
+        assert!(resolve(&c, "a", &upper, "sha256:1", true).settings, "{upper}");
+    }
+
+    #[test]
+    fn an_unreadable_record_gives_the_settings_to_nobody() {
+        let d = tempfile::tempdir().unwrap();
+        let c = config(d.path());
+        std::fs::create_dir_all(d.path().join("names-v1")).unwrap();
+        let file = d.path().join("names-v1").join(format!("{}.txt", hex::encode(sha2::Sha256::digest(b"a"))));
+        std::fs::write(&file, "").unwrap();
+        let who = resolve(&c, "a", "/srv/a", "sha256:1", true);
+        assert!(!who.settings && who.note.unwrap().contains("cannot be told"));
     }
 
     fn config(dir: &Path) -> Config {

@@ -224,8 +224,7 @@ fn main() -> ExitCode {
     }
     #[cfg(feature = "docker")]
     if argv.get(1).is_some_and(|a| a == addon_runners::docker::WATCH_COMMAND) {
-        let limit = argv.get(2).and_then(|l| l.to_str()?.parse().ok());
-        return watch_unlinked(limit);
+        return watch_unlinked(&argv[2..]);
     }
     let cli = Cli::parse();
     // `runners check` reports per check; the engine's own messages about its deliberately
@@ -261,7 +260,7 @@ fn settle_trees(args: &[std::ffi::OsString]) -> ExitCode {
     let mut failed = false;
     for tree in &args[1..] {
         let (dir, how) = tree.rsplit_once(':').unwrap_or((tree, "files-only"));
-        let how = addon_tree::Sanitize { owner: Some(owner), keep_symlinks: how == "keep-links" };
+        let how = addon_tree::Sanitize { owner: Some(owner), keep_symlinks: how == "keep-links", dirs_writable: false };
         match addon_tree::sanitize(std::path::Path::new(dir), &how) {
             Ok(s) => {
                 eprintln!("{dir}: {} entries given, {} defused, {} removed", s.chowned, s.defused, s.removed_count)
@@ -275,44 +274,57 @@ fn settle_trees(args: &[std::ffi::OsString]) -> ExitCode {
     ExitCode::from(if failed { EXIT_JUDGED } else { 0 })
 }
 
-/// `addon __watch-unlinked [LIMIT]`, the init of the PID namespace a docker container joins
-/// (see addon_runners::docker): every 50 ms, `unlinked=N` on stdout, the bytes that the
-/// namespace's processes hold in files they unlinked. Past LIMIT bytes it kills them all at once
-/// (faster than the engine could through the daemon). Runs until removed (or stdout closes).
+/// `addon __watch-unlinked BYTES|- ENTRIES|- DIR...`, the init of the PID namespace a docker
+/// container joins (see addon_runners::docker::settle): it measures the run's directories
+/// (bound read-only at DIR..., readable to it whoever owns them) and the files the namespace's
+/// processes hold open or mapped after unlinking them, and says every 50 ms (less often while
+/// the trees are large) `grown=B entries=E`, the growth since it started (before the addon
+/// did). Past BYTES or ENTRIES it kills them all at once. A walk that fails says `error=...`.
 #[cfg(feature = "docker")]
-fn watch_unlinked(limit: Option<u64>) -> ExitCode {
+fn watch_unlinked(args: &[std::ffi::OsString]) -> ExitCode {
     // Not traceable, not readable through /proc by the container's processes.
     // SAFETY: prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
-    let me = std::process::id().to_string();
-    loop {
-        use std::os::unix::fs::MetadataExt;
-        let mut seen = std::collections::HashSet::new();
-        let mut total = 0u64;
-        for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let name = p.file_name();
-            let name = name.to_string_lossy();
-            if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
-                continue;
-            }
-            for fd in std::fs::read_dir(p.path().join("fd")).into_iter().flatten().flatten() {
-                // The magic link leads to the open file itself, unlinked or not.
-                let Ok(m) = std::fs::metadata(fd.path()) else { continue };
-                if m.is_file() && m.nlink() == 0 && seen.insert((m.dev(), m.ino())) {
-                    total += m.blocks() * 512;
-                }
-            }
-        }
-        if limit.is_some_and(|l| total > l) {
-            // SAFETY: kill(2); from a PID namespace's init, -1 is every other process in it.
-            unsafe { libc::kill(-1, libc::SIGKILL) };
-        }
+    let limit = |i: usize| args.get(i).and_then(|a| a.to_str()?.parse::<u64>().ok());
+    let (max_bytes, max_entries) = (limit(0), limit(1));
+    let dirs: Vec<PathBuf> = args.iter().skip(2).map(PathBuf::from).collect();
+    let measure = || {
+        dirs.iter().try_fold(addon_tree::Measure::default(), |sum, d| {
+            Ok::<_, addon_tree::TreeError>(sum + addon_tree::measure(d)?)
+        })
+    };
+    let say = |line: String| {
         let mut out = std::io::stdout().lock();
-        if writeln!(out, "unlinked={total}").and_then(|()| out.flush()).is_err() {
+        writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
+    };
+    let base = match measure() {
+        Ok(m) => m,
+        Err(e) => {
+            say(format!("error={}", e.to_string().replace('\n', " ")));
+            return ExitCode::from(EXIT_JUDGED);
+        }
+    };
+    loop {
+        let started = std::time::Instant::now();
+        let line = match measure() {
+            Ok(now) => {
+                let unlinked = addon_runners::limits::unlinked_open_size(&addon_runners::limits::other_processes());
+                let grown = now.bytes.saturating_sub(base.bytes) + unlinked;
+                let entries = now.entries.saturating_sub(base.entries);
+                if max_bytes.is_some_and(|m| grown > m) || max_entries.is_some_and(|m| entries > m) {
+                    // SAFETY: kill(2); from a PID namespace's init, -1 is every other process in it.
+                    unsafe { libc::kill(-1, libc::SIGKILL) };
+                }
+                format!("grown={grown} entries={entries}")
+            }
+            Err(e) => format!("error={}", e.to_string().replace('\n', " ")),
+        };
+        if !say(line) {
             return ExitCode::SUCCESS;
         }
-        drop(out);
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        let pause =
+            (started.elapsed() * 10).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_millis(500));
+        std::thread::sleep(pause);
     }
 }
 

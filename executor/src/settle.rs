@@ -20,7 +20,7 @@ fn engine_owner() -> Option<(u32, u32)> {
 /// The output of one addon (its staging folder): only files and directories, all owned by the
 /// engine's user, nothing privileged. On error the folder is removed.
 pub(crate) fn output(staging: &Path) -> Result<Sanitized, String> {
-    let how = Sanitize { owner: Some(addon_tree::current_owner()), keep_symlinks: false };
+    let how = Sanitize { owner: Some(addon_tree::current_owner()), keep_symlinks: false, dirs_writable: true };
     or_remove(staging, addon_tree::sanitize(staging, &how), "its output")
 }
 
@@ -28,7 +28,7 @@ pub(crate) fn output(staging: &Path) -> Result<Sanitized, String> {
 /// them), nothing privileged or special does; an unprivileged engine must own every entry. On
 /// error the tree is emptied: the next run starts without it.
 pub(crate) fn kept(dir: &Path, what: &str) -> Result<Sanitized, String> {
-    let how = Sanitize { owner: engine_owner(), keep_symlinks: true };
+    let how = Sanitize { owner: engine_owner(), keep_symlinks: true, dirs_writable: false };
     let r = addon_tree::sanitize(dir, &how);
     let out = or_remove(dir, r, what);
     if out.is_err() {
@@ -40,7 +40,7 @@ pub(crate) fn kept(dir: &Path, what: &str) -> Result<Sanitized, String> {
 
 /// A work directory kept for debugging (`--keep-work`).
 pub(crate) fn kept_work(work: &Path) -> Result<Sanitized, String> {
-    let how = Sanitize { owner: Some(addon_tree::current_owner()), keep_symlinks: true };
+    let how = Sanitize { owner: Some(addon_tree::current_owner()), keep_symlinks: true, dirs_writable: false };
     or_remove(work, addon_tree::sanitize(work, &how), "its work directory")
 }
 

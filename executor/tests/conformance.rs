@@ -767,6 +767,24 @@ fn engine_walks_hold(t: Target, who: Who) {
     assert!(bad.is_empty(), "{t:?} {who:?}: left on the host: {bad:#?}");
 }
 
+/// An honest addon that makes private directories (`mktemp -d`, mode 0700, as whoever the image
+/// runs as, root in a container) in TMPDIR and CACHE_DIR is measured and succeeds, whoever runs
+/// the engine: an unprivileged engine cannot read them itself.
+fn private_directories_are_measured(t: Target, who: Who) {
+    if !t.available() {
+        return;
+    }
+    let w = t.world("limits: {output-size: 64MiB}\n");
+    let script = "d=$(mktemp -d) && echo x > \"$d/f\" && mkdir -p \"$CACHE_DIR/p\" && chmod 700 \"$CACHE_DIR/p\" && echo y > \"$CACHE_DIR/p/f\" && echo '{}'";
+    let addon = t.addon(&w, "private", PURE, script);
+    let Some(runs) = runs_for(t, &w, who, &addon) else { return };
+    runs.own();
+    for _ in 0..2 {
+        let (out, v) = runs.run(&[addon.to_str().unwrap()], &[]);
+        assert_eq!(v["addons"][0]["result"], "success", "{t:?} {who:?}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
 /// The last progress the probe reported (`<what>=N` MiB) in a run's stderr.
 fn reported_mib(stderr: &str, what: &str) -> Option<i64> {
     stderr.lines().rev().find_map(|l| l.split_once(what).and_then(|(_, r)| r.trim().split(' ').next()?.parse().ok()))
@@ -887,6 +905,10 @@ macro_rules! conformance {
             fn engine_walks_hold_as_docker_group_user() { super::engine_walks_hold(T, Who::KitUser); }
             #[test]
             fn fills_are_bounded() { super::fills_are_bounded(T, Who::Root); }
+            #[test]
+            fn private_directories_are_measured() { super::private_directories_are_measured(T, Who::Root); }
+            #[test]
+            fn private_directories_are_measured_as_docker_group_user() { super::private_directories_are_measured(T, Who::KitUser); }
             #[test]
             fn fills_are_bounded_as_docker_group_user() { super::fills_are_bounded(T, Who::KitUser); }
         }

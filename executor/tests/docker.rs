@@ -478,3 +478,43 @@ fn the_writable_layer_is_bounded() {
     assert_eq!(a["termination"], "limit", "100 MiB into the container's root under a 32 MiB limit: {a}");
     assert!(a["error"].as_str().unwrap_or_default().contains("output-size"), "{a}");
 }
+
+/// The second attack review: an image whose VOLUME path is a link to a host directory got that
+/// directory bound into the container (read and written as root), and, for an unprivileged
+/// engine, given to the engine's user by the settle container. The run gets an empty directory
+/// there instead, and the host directory is untouched.
+#[test]
+fn a_volume_that_is_a_link_leads_nowhere() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let host = w.path().join("host-dir");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("secret"), "host secret").unwrap();
+    let script = "cat /data/secret >&2 || echo no-secret >&2\necho planted > /data/planted\necho '{}'\n";
+    let addon = w.docker_addon("vollink", PURE, script, &format!("vollink-{}", std::process::id()));
+    // The link reaches the image through a tar (the build context itself holds no link).
+    let staging = w.path().join("link-staging");
+    std::fs::create_dir(&staging).unwrap();
+    std::os::unix::fs::symlink(&host, staging.join("data")).unwrap();
+    let tar = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(&staging)
+        .arg("-cf")
+        .arg(addon.join("link.tar"))
+        .arg("data")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let dockerfile = addon.join("Dockerfile");
+    let text = std::fs::read_to_string(&dockerfile)
+        .unwrap()
+        .replace("COPY run.sh /run.sh", "ADD link.tar /\nVOLUME /data\nCOPY run.sh /run.sh");
+    std::fs::write(&dockerfile, text).unwrap();
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("host secret"), "the addon read a host file through its VOLUME: {stderr}\n{v}");
+    assert!(!host.join("planted").exists(), "the addon wrote a host directory through its VOLUME");
+    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 1);
+}

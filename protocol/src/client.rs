@@ -659,7 +659,7 @@ impl PluginRunner {
         });
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(bytes));
         let into = into.to_path_buf();
-        let policy = crate::copy::UnpackPolicy { symlinks: false, max_bytes };
+        let policy = crate::copy::UnpackPolicy { symlinks: false, max_bytes, owners: false };
         tokio::task::spawn_blocking(move || crate::copy::unpack(reader, &into, policy))
             .await
             .map_err(|e| self.failed(e.to_string()))?

@@ -104,7 +104,7 @@ mod tests {
         b.append_link(&mut h, path, to).unwrap();
     }
 
-    const STRICT: UnpackPolicy = UnpackPolicy { symlinks: false, max_bytes: Some(1000) };
+    const STRICT: UnpackPolicy = UnpackPolicy { symlinks: false, max_bytes: Some(1000), owners: false };
 
     #[test]
     fn a_directory_round_trips() {
@@ -146,7 +146,7 @@ mod tests {
         fs::write(src.path().join("a"), vec![0u8; 600]).unwrap();
         fs::write(src.path().join("b"), b"bee").unwrap();
         let bytes = packed(src.path()).unwrap();
-        let lax = UnpackPolicy { symlinks: false, max_bytes: None };
+        let lax = UnpackPolicy { symlinks: false, max_bytes: None, owners: false };
         // Header + two blocks of `a`: cut right after the first entry.
         let cut = &bytes[..512 * 3];
         let e = unpack(cut, tempfile::tempdir().unwrap().path(), lax).unwrap_err();

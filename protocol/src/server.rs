@@ -499,7 +499,7 @@ impl RunnerService for Service {
             Err(e) => Err(std::io::Error::other(e.to_string())),
         });
         let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(bytes));
-        let policy = crate::copy::UnpackPolicy { symlinks: true, max_bytes: None };
+        let policy = crate::copy::UnpackPolicy { symlinks: true, max_bytes: None, owners: false };
         let result = tokio::task::spawn_blocking(move || crate::copy::unpack(reader, &dest, policy))
             .await
             .map_err(|e| Status::internal(e.to_string()))?;

@@ -285,6 +285,8 @@ pub struct Envelope {
     /// Bytes the run wrote where no walk of ours reaches (a container's writable layer, as its
     /// runtime measures it).
     elsewhere: u64,
+    /// Entries it made there (as a watcher inside measures them).
+    elsewhere_entries: u64,
 }
 
 impl Envelope {
@@ -309,6 +311,7 @@ impl Envelope {
             last_walk: Duration::ZERO,
             root_pid: None,
             elsewhere: 0,
+            elsewhere_entries: 0,
         })
     }
 
@@ -358,6 +361,12 @@ impl Envelope {
         self.elsewhere = bytes;
     }
 
+    /// Entries the run made where the envelope's walks do not reach: counted against
+    /// `output_entries` from the next check on.
+    pub fn set_entries_elsewhere(&mut self, entries: u64) {
+        self.elsewhere_entries = entries;
+    }
+
     /// The `cgroup.procs` files the sandboxed process must join before it does anything else.
     pub fn cgroup_procs(&self) -> Vec<PathBuf> {
         self.cgroup.as_ref().map(RunCgroup::procs_files).unwrap_or_default()
@@ -390,7 +399,9 @@ impl Envelope {
         if self.limits.output_size.is_some() || self.limits.output_entries.is_some() {
             // Walking the directories costs: at most a tenth of the time goes to it (RLIMIT_FSIZE
             // stops any single file at once, where the sandbox sets it).
-            let every = (self.last_walk * 10).max(Duration::from_millis(50));
+            // At most a tenth of the time goes to walking, but never less often than twice a
+            // second: a large tree must not buy a flood time.
+            let every = (self.last_walk * 10).clamp(Duration::from_millis(50), Duration::from_millis(500));
             if self.last_size_check.is_none_or(|t| t.elapsed() >= every) {
                 let walk = Instant::now();
                 self.last_size_check = Some(walk);
@@ -405,7 +416,7 @@ impl Envelope {
                 if let Some(limit) = self.limits.output_size.filter(|l| written > *l) {
                     return Some(Breach::OutputSize { limit, written });
                 }
-                let made = now.entries.saturating_sub(self.start.entries);
+                let made = (now.entries + self.elsewhere_entries).saturating_sub(self.start.entries);
                 if let Some(limit) = self.limits.output_entries.filter(|l| made > *l) {
                     return Some(Breach::OutputEntries { limit, made });
                 }
@@ -447,23 +458,40 @@ impl Drop for Envelope {
     }
 }
 
-/// Bytes in files the processes `pids` hold open after unlinking them (a way to fill a disk
-/// that no directory walk sees), each file counted once.
-fn unlinked_open_size(pids: &[i32]) -> u64 {
+/// Bytes in files the processes `pids` hold open, or keep mapped, after unlinking them (a way
+/// to fill a disk that no directory walk sees), each file counted once. Mappings are read from
+/// `/proc/PID/map_files` (following those links needs CAP_SYS_ADMIN: a root engine's, the
+/// docker watcher's; others see the descriptors only).
+pub fn unlinked_open_size(pids: &[i32]) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut seen = std::collections::HashSet::new();
     let mut total = 0;
     for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
-        for fd in fds.flatten() {
-            // The magic link leads to the open file itself, unlinked or not.
-            let Ok(m) = std::fs::metadata(fd.path()) else { continue };
-            if m.is_file() && m.nlink() == 0 && seen.insert((m.dev(), m.ino())) {
-                total += m.blocks() * 512;
+        for kind in ["fd", "map_files"] {
+            let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/{kind}")) else { continue };
+            for e in entries.flatten() {
+                // The magic link leads to the file itself, unlinked or not.
+                let Ok(m) = std::fs::metadata(e.path()) else { continue };
+                if m.is_file() && m.nlink() == 0 && seen.insert((m.dev(), m.ino())) {
+                    total += m.blocks() * 512;
+                }
             }
         }
     }
     total
+}
+
+/// Every process this process can see, but itself (in a PID namespace of its own: the others of
+/// that namespace).
+pub fn other_processes() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| *p != me)
+        .collect()
 }
 
 /// What the directories hold together (by the walk that never follows a link; a failed walk is

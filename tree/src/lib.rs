@@ -58,6 +58,12 @@ impl TreeError {
     pub fn kind(&self) -> std::io::ErrorKind {
         self.source.kind()
     }
+
+    /// The entry went away (removed, or replaced by a rename) while the walk was at it: another
+    /// process changed the tree, and there is nothing left to act on.
+    pub fn vanished(&self) -> bool {
+        self.kind() == std::io::ErrorKind::NotFound || self.source.raw_os_error() == Some(libc::ESTALE)
+    }
 }
 
 /// The current process's effective user and group.

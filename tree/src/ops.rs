@@ -59,6 +59,9 @@ pub struct Sanitize {
     /// Keep symlinks (as links; never followed). Otherwise they are removed like fifos,
     /// sockets and devices, which always are.
     pub keep_symlinks: bool,
+    /// Give the owner `rwx` on every directory (a tree to be moved: a directory's entries, and
+    /// a directory moved to another parent, need it writable).
+    pub dirs_writable: bool,
 }
 
 /// What [`sanitize`] did.
@@ -84,55 +87,65 @@ const NAMED: usize = 20;
 /// owner. An error stops the walk and is returned: the caller must not keep the tree as it is.
 pub fn sanitize(root: &Path, how: &Sanitize) -> Result<Sanitized, TreeError> {
     let mut out = Sanitized::default();
-    walk(root, true, |n| {
-        if n.event == Event::Leave {
-            return Ok(Visit::Continue);
-        }
-        let remove = match n.stat.kind {
-            Kind::File | Kind::Dir => false,
-            Kind::Symlink => !how.keep_symlinks,
-            _ => true,
-        };
-        if remove {
-            out.removed_count += 1;
-            if out.removed.len() < NAMED {
-                out.removed.push(format!("{} ({})", n.display(), n.stat.kind.as_str()));
-            }
-            return Ok(Visit::Remove);
-        }
-        let mut defused = false;
-        if n.stat.kind != Kind::Symlink && n.stat.perm & 0o6000 != 0 {
-            n.chmod(n.stat.perm & !0o6000)?;
-            defused = true;
-        }
-        // Looked for first: an unprivileged process may not even try to remove a `security.`
-        // attribute. Only on files someone may execute: capabilities take effect on exec alone,
-        // and only the file's owner (the engine's user, once given) could add an exec bit; it
-        // never does. (Looking costs a descriptor and a lookup per file; kept trees hold many.)
-        if n.stat.kind == Kind::File
-            && n.stat.perm & 0o111 != 0
-            && n.has_xattr(c"security.capability")?
-            && n.remove_xattr(c"security.capability")?
-        {
-            defused = true;
-        }
-        out.defused += u64::from(defused);
-        if let Some((uid, gid)) = how.owner {
-            if n.stat.uid != uid || n.stat.gid != gid {
-                n.chown(uid, gid)?;
-                out.chowned += 1;
-            }
-        }
-        if n.depth > 0 {
-            out.measure.entries += 1;
-        }
-        out.measure.bytes += n.stat.allocated;
-        if n.stat.kind != Kind::Dir {
-            out.measure.length += n.stat.size;
-        }
-        Ok(Visit::Continue)
+    walk(root, true, |n| match sanitize_one(n, how, &mut out) {
+        // Gone while the walk was at it (a concurrent run of the addon): nothing to make safe.
+        Err(e) if e.vanished() && n.depth > 0 => Ok(Visit::Continue),
+        other => other,
     })?;
     Ok(out)
+}
+
+/// What [`sanitize`] does with one entry.
+fn sanitize_one(n: &Node<'_>, how: &Sanitize, out: &mut Sanitized) -> Result<Visit, TreeError> {
+    if n.event == Event::Leave {
+        return Ok(Visit::Continue);
+    }
+    let remove = match n.stat.kind {
+        Kind::File | Kind::Dir => false,
+        Kind::Symlink => !how.keep_symlinks,
+        _ => true,
+    };
+    if remove {
+        out.removed_count += 1;
+        if out.removed.len() < NAMED {
+            out.removed.push(format!("{} ({})", n.display(), n.stat.kind.as_str()));
+        }
+        return Ok(Visit::Remove);
+    }
+    let mut defused = false;
+    if n.stat.kind != Kind::Symlink && n.stat.perm & 0o6000 != 0 {
+        n.chmod(n.stat.perm & !0o6000)?;
+        defused = true;
+    }
+    // Looked for first: an unprivileged process may not even try to remove a `security.`
+    // attribute. Only on files someone may execute: capabilities take effect on exec alone, and
+    // only the file's owner (the engine's user, once given) could add an exec bit; it never
+    // does. (Looking costs a descriptor and a lookup per file; kept trees hold many.)
+    if n.stat.kind == Kind::File
+        && n.stat.perm & 0o111 != 0
+        && n.has_xattr(c"security.capability")?
+        && n.remove_xattr(c"security.capability")?
+    {
+        defused = true;
+    }
+    out.defused += u64::from(defused);
+    if let Some((uid, gid)) = how.owner {
+        if n.stat.uid != uid || n.stat.gid != gid {
+            n.chown(uid, gid)?;
+            out.chowned += 1;
+        }
+    }
+    if how.dirs_writable && n.stat.kind == Kind::Dir && n.stat.perm & 0o700 != 0o700 {
+        n.chmod((n.stat.perm & !0o6000) | 0o700)?;
+    }
+    if n.depth > 0 {
+        out.measure.entries += 1;
+    }
+    out.measure.bytes += n.stat.allocated;
+    if n.stat.kind != Kind::Dir {
+        out.measure.length += n.stat.size;
+    }
+    Ok(Visit::Continue)
 }
 
 /// Removes `path` and everything below it (a symlink or file at `path` is unlinked, never

@@ -14,6 +14,8 @@ pub struct UnpackPolicy {
     pub symlinks: bool,
     /// Bytes of file content at most.
     pub max_bytes: Option<u64>,
+    /// Entries keep the owners the archive names (needs root; setuid bits never come along).
+    pub owners: bool,
 }
 
 /// What an unpack did.
@@ -87,6 +89,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                     Err(_) => fs::create_dir(&target)?,
                 }
                 set_mode(&target, mode | 0o700)?;
+                own(&target, &entry, policy)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.header().size()?;
@@ -106,6 +109,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                     .map_err(|e| io::Error::new(e.kind(), format!("`{}`: {e}", rel.display())))?;
                 io::copy(&mut (&mut entry).take(size), &mut f)?;
                 drop(f);
+                own(&target, &entry, policy)?;
                 set_mode(&target, mode)?;
                 if let Ok(mtime) = entry.header().mtime() {
                     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
@@ -116,6 +120,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                 let link =
                     entry.link_name()?.ok_or_else(|| bad(format!("symlink `{}` has no target", rel.display())))?;
                 std::os::unix::fs::symlink(link.as_ref(), &target)?;
+                own(&target, &entry, policy)?;
             }
             other => left_out.push(format!("`{}`: a {other:?} entry", rel.display())),
         }
@@ -129,6 +134,17 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
         }));
     }
     Ok(Unpacked { bytes: total, left_out })
+}
+
+/// Gives `target` the owner the archive names for it, when the policy says so (the link itself,
+/// never what it points to).
+fn own<R: Read>(target: &Path, entry: &tar::Entry<'_, R>, policy: UnpackPolicy) -> io::Result<()> {
+    if !policy.owners {
+        return Ok(());
+    }
+    let (uid, gid) = (entry.header().uid()?, entry.header().gid()?);
+    let id = |v: u64| u32::try_from(v).map_err(|_| bad(format!("`{}`: owner {v} out of range", target.display())));
+    std::os::unix::fs::lchown(target, Some(id(uid)?), Some(id(gid)?))
 }
 
 fn set_mode(p: &Path, mode: u32) -> io::Result<()> {

@@ -274,10 +274,12 @@ pub(crate) fn magic(fd: BorrowedFd<'_>) -> String {
 pub(crate) fn open_beneath(dir: BorrowedFd<'_>, name: &CStr, flags: OFlags) -> Result<OwnedFd, Errno> {
     let resolve =
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_XDEV | ResolveFlags::NO_MAGICLINKS;
+    let mut tries = 0;
     loop {
+        tries += 1;
         match rustix::fs::openat2(dir, name, flags, Mode::empty(), resolve) {
             // A rename elsewhere in the file system made the kernel unsure: ask again.
-            Err(Errno::AGAIN) | Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) | Err(Errno::INTR) if tries < 64 => continue,
             Err(Errno::NOSYS) => return open_beneath_fallback(dir, name, flags),
             other => return other,
         }
@@ -340,7 +342,12 @@ impl Frame {
 fn list(dir: &mut Dir) -> Result<Vec<CString>, Errno> {
     let mut names = Vec::new();
     while let Some(e) = dir.read() {
-        let e = e?;
+        let e = match e {
+            Ok(e) => e,
+            // Removed since it was opened: it holds nothing any more.
+            Err(Errno::NOENT) => break,
+            Err(e) => return Err(e),
+        };
         let n = e.file_name();
         if n != c"." && n != c".." {
             names.push(n.to_owned());
@@ -388,8 +395,12 @@ pub fn walk(
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = match rustix::fs::open(root, flags, Mode::empty()) {
         Err(Errno::ACCESS) if fix_modes => {
-            let p = rustix::fs::open(root, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                .map_err(|e| root_err("opening", e))?;
+            let p = rustix::fs::open(
+                root,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| root_err("opening", e))?;
             let st = rustix::fs::fstat(&p).map_err(|e| root_err("opening", e))?;
             rustix::fs::chmodat(
                 CWD,

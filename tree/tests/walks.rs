@@ -47,7 +47,7 @@ fn a_tree_deeper_than_path_max_is_walked_whole() {
     drop(bottom);
     let m = measure(dir.path()).unwrap();
     assert_eq!(m.entries, levels as u64 + 3, "every entry counted");
-    let s = sanitize(dir.path(), &Sanitize { owner: None, keep_symlinks: false }).unwrap();
+    let s = sanitize(dir.path(), &Sanitize { owner: None, keep_symlinks: false, dirs_writable: false }).unwrap();
     assert_eq!(s.defused, 1, "the setuid file at the bottom lost its bits");
     assert_eq!(s.removed_count, 2, "the link and the fifo are gone: {:?}", s.removed);
     assert!(s.removed[0].contains("...("), "a deep path is shortened in messages: {}", s.removed[0]);
@@ -107,7 +107,7 @@ fn links_are_never_followed() {
     std::os::unix::fs::symlink(&host_file, tree.join("filelink")).unwrap();
     let (uid, gid) = addon_tree::current_owner();
     let owner = if is_root() { Some((4242, 4242)) } else { Some((uid, gid)) };
-    let s = sanitize(&tree, &Sanitize { owner, keep_symlinks: true }).unwrap();
+    let s = sanitize(&tree, &Sanitize { owner, keep_symlinks: true, dirs_writable: false }).unwrap();
     assert_eq!(s.removed_count, 0);
     let m = std::fs::metadata(&host_file).unwrap();
     assert_eq!(m.permissions().mode() & 0o7777, 0o4755, "the link's target keeps its bits");
@@ -115,7 +115,7 @@ fn links_are_never_followed() {
     if is_root() {
         assert_eq!(std::fs::symlink_metadata(tree.join("filelink")).unwrap().uid(), 4242, "the link itself is given");
     }
-    sanitize(&tree, &Sanitize { owner: None, keep_symlinks: false }).unwrap();
+    sanitize(&tree, &Sanitize { owner: None, keep_symlinks: false, dirs_writable: false }).unwrap();
     assert!(std::fs::symlink_metadata(tree.join("dirlink")).is_err());
     assert!(host_file.exists() && outside.exists(), "removing a link removes only the link");
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
@@ -259,7 +259,7 @@ fn a_directory_swapped_for_a_link_during_the_walk_leads_nowhere() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while std::time::Instant::now() < deadline {
         // Errors (the tree changed) are fine here; reaching the host is not.
-        let _ = sanitize(&cache, &Sanitize { owner: Some(owner), keep_symlinks: true });
+        let _ = sanitize(&cache, &Sanitize { owner: Some(owner), keep_symlinks: true, dirs_writable: false });
         let _ = measure(&cache);
         walks += 1;
     }

@@ -509,7 +509,7 @@ impl Runner for DockerRunner {
             })?;
             Some(helper)
         };
-        let mut binds = vec![
+        let binds = vec![
             bind(&spec.dirs.work, "/mnt/work"),
             bind(&spec.dirs.output, "/mnt/output"),
             bind(&spec.dirs.cache, "/mnt/cache"),
@@ -529,13 +529,20 @@ impl Runner for DockerRunner {
             }
         };
         let mut volume_dirs = Vec::new();
+        let mut volume_mounts = Vec::new();
         if !volume_paths.is_empty() {
             let dir = spec.dirs.scratch.join("docker-volumes");
             let filled = volumes::fill(docker, &image, &volume_paths, &dir, labels.clone(), limits.output_size)
                 .await
                 .map_err(setup)?;
             for (host, inside) in filled {
-                binds.push(bind(&host, &inside));
+                // A mount, not a `host:inside` string: an image's path may hold `:` or `,`.
+                volume_mounts.push(bollard::models::Mount {
+                    target: Some(inside),
+                    source: Some(host.display().to_string()),
+                    typ: Some(bollard::models::MountType::BIND),
+                    ..Default::default()
+                });
                 watched.push(host.clone());
                 volume_dirs.push(host);
             }
@@ -549,6 +556,7 @@ impl Runner for DockerRunner {
             labels: Some(labels.clone()),
             host_config: Some(HostConfig {
                 binds: Some(binds),
+                mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
                 network_mode: Some(if spec.network { "host" } else { "none" }.into()),
                 // Least privilege: no new privileges (setuid binaries stay what they are), and of
                 // Docker's default capabilities only those an addon needs to write its mounted
@@ -565,6 +573,15 @@ impl Runner for DockerRunner {
                 pids_limit: limits.pids.map(|p| p as i64),
                 nano_cpus: limits.cpus.map(|c| (c * 1e9) as i64),
                 ulimits,
+                // The daemon's copy of the container's output is bounded too (the engine reads
+                // it only should the attached stream break). Podman keeps its own defaults.
+                log_config: (!podman).then(|| bollard::models::HostConfigLogConfig {
+                    typ: Some("json-file".into()),
+                    config: Some(HashMap::from([
+                        ("max-size".to_string(), "64m".to_string()),
+                        ("max-file".to_string(), "1".to_string()),
+                    ])),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -575,7 +592,7 @@ impl Runner for DockerRunner {
         // dies when the watcher is removed).
         let watcher = match &settle_with {
             Some(helper) => {
-                Some(settle::watch(docker, helper, limits.output_size, labels.clone()).await.map_err(|e| {
+                Some(settle::watch(docker, helper, &watched, &limits, labels.clone()).await.map_err(|e| {
                     setup(format!("{e}; without it the run's disk use could not be bounded, so it does not run"))
                 })?)
             }
@@ -639,6 +656,9 @@ impl Runner for DockerRunner {
         ];
         trees.extend(volume_dirs.into_iter().map(|host| settle::Tree { host, keep_symlinks: true }));
         let unlinked = watcher.map(|w| w.report);
+        // The watcher measures the run's directories (the engine may not be able to read what
+        // the container's users made there): the engine walks only what it can.
+        let watched = if unlinked.is_some() { Vec::new() } else { watched };
         tokio::spawn(async move {
             let exit = follow(&docker, &id, output, &tx, limits, watched, unlinked).await;
             containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
@@ -699,11 +719,12 @@ async fn follow(
     let only_output =
         Limits { output_size: limits.output_size, output_entries: limits.output_entries, ..Default::default() };
     let no_cgroup = Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
-    let mut envelope = match Envelope::new(id, only_output, &no_cgroup, watched) {
-        Ok(e) => Some(e),
+    // A run that cannot be measured does not go on unmeasured: it is stopped at once.
+    let (mut envelope, unmeasured) = match Envelope::new(id, only_output, &no_cgroup, watched) {
+        Ok(e) => (Some(e), None),
         Err(e) => {
-            tracing::warn!("container {id}: the output size is not watched: {e}");
-            None
+            let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(0), ..Default::default() })).await;
+            (None, Some(crate::limits::Breach::Unmeasurable(e).to_string()))
         }
     };
     // Files the container's processes hold open after unlinking them count too.
@@ -732,7 +753,7 @@ async fn follow(
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut broken = None;
-    let mut breach = None;
+    let mut breach = unmeasured;
     let mut sent_stdout = 0u64;
     // The daemon's measure of the writable layer, asked beside the loop (the daemon walks the
     // layer to answer, and the checks must not wait for it): at most every 100 ms and a tenth
@@ -779,6 +800,8 @@ async fn follow(
                 layer_bytes = layer_bytes.max(layer.load(std::sync::atomic::Ordering::Relaxed));
                 if let Some(env) = envelope.as_mut() {
                     env.set_written_elsewhere(layer_bytes + held_open());
+            env.set_entries_elsewhere(unlinked.as_ref().map_or(0, settle::Report::entries));
+                    env.set_entries_elsewhere(unlinked.as_ref().map_or(0, settle::Report::entries));
                 }
                 // A watcher that stopped reporting measures nothing: the run is stopped.
                 let blind = unlinked.as_ref().and_then(settle::Report::stale).map(|why| crate::limits::Breach::Unmeasurable(why).to_string());
@@ -811,6 +834,7 @@ async fn follow(
                 }
             }
             env.set_written_elsewhere(layer_bytes + held_open());
+            env.set_entries_elsewhere(unlinked.as_ref().map_or(0, settle::Report::entries));
             breach = env.check_now().map(|b| b.to_string());
         }
     }

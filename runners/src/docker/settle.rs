@@ -139,11 +139,13 @@ fn helper_binds(helper: &Path, command: &str) -> Result<(Vec<String>, Vec<String
     Ok((binds, cmd))
 }
 
-/// A watcher for a container that is about to start (an engine that is not root cannot read
-/// the container's `/proc/PID/fd`): from the engine's empty image, it is the init of a PID
-/// namespace the container then joins, and reports every 50 ms how many bytes the namespace's
-/// processes hold in files they unlinked (a disk fill no walk sees). Removing it ends the
-/// namespace and whatever the addon left running in it.
+/// A watcher for a container that is about to start (an engine that is not root can neither
+/// read what the container's users make in the run's directories nor the container's
+/// `/proc/PID/fd`): from the engine's empty image, as root that may read and search anything
+/// (and nothing else), it is the init of a PID namespace the container then joins. It measures
+/// the run's directories and the files the namespace's processes hold open or mapped after
+/// unlinking them, reports the growth, and kills the namespace's processes itself past the
+/// limits. Removing it ends the namespace and whatever the addon left running in it.
 pub struct Watcher {
     pub id: String,
     pub report: Report,
@@ -152,26 +154,39 @@ pub struct Watcher {
 /// What a [`Watcher`] last said, and when.
 #[derive(Clone)]
 pub struct Report {
-    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    grown: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    entries: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// Milliseconds since `since` of the last report (`u64::MAX` once the watcher is gone).
     last: std::sync::Arc<std::sync::atomic::AtomicU64>,
     since: std::time::Instant,
 }
 
 impl Report {
-    /// The most the container's processes held in unlinked files at once.
+    /// The most the run's directories grew, with unlinked files, at once (bytes). Past the
+    /// limit the watcher kills, and the files go with the processes: the peak is what counts.
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.grown.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Why the watcher can no longer be trusted (gone, or silent for a second), if so.
+    /// The most entries the run's directories gained.
+    pub fn entries(&self) -> u64 {
+        self.entries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the watcher can no longer be trusted (its walk failed, it is gone, or silent for
+    /// three seconds), if so.
     pub fn stale(&self) -> Option<String> {
+        if let Some(e) = self.error.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+            return Some(format!("the watcher could not measure the run's directories: {e}"));
+        }
         let last = self.last.load(std::sync::atomic::Ordering::Relaxed);
         if last == u64::MAX {
-            return Some("the watcher of its unlinked files stopped".into());
+            return Some("the watcher of its directories and unlinked files stopped".into());
         }
         let now = self.since.elapsed().as_millis() as u64;
-        (now.saturating_sub(last) > 1000).then(|| "the watcher of its unlinked files went silent".into())
+        (now.saturating_sub(last) > 3000)
+            .then(|| "the watcher of its directories and unlinked files went silent".into())
     }
 }
 
@@ -182,21 +197,30 @@ impl Watcher {
     }
 }
 
-/// Starts a [`Watcher`]; past `limit` bytes it kills the namespace's processes itself.
+/// Starts a [`Watcher`] over the run's directories `dirs`; past `limits` it kills the
+/// namespace's processes itself.
 pub async fn watch(
     docker: &Docker,
     helper: &Path,
-    limit: Option<u64>,
+    dirs: &[PathBuf],
+    limits: &crate::limits::Limits,
     labels: HashMap<String, String>,
 ) -> Result<Watcher, String> {
     ensure_image(docker).await?;
-    let (binds, mut cmd) = helper_binds(helper, WATCH_COMMAND)?;
-    cmd.extend(limit.map(|l| l.to_string()));
-    // To read the descriptors of the container's processes (another user's, possibly not
-    // dumpable; a capability the addon does not hold, so it cannot trace the watcher, and as
-    // its namespace's init the watcher takes no signal it did not ask for), and KILL to stop the
-    // image's user, whoever it is, past the limit.
-    let body = helper_body(cmd, binds, labels, &["SYS_PTRACE", "DAC_READ_SEARCH", "KILL"], 64 << 20);
+    let (mut binds, mut cmd) = helper_binds(helper, WATCH_COMMAND)?;
+    let arg = |l: Option<u64>| l.map_or_else(|| "-".to_string(), |v| v.to_string());
+    cmd.push(arg(limits.output_size));
+    cmd.push(arg(limits.output_entries));
+    for (n, d) in dirs.iter().enumerate() {
+        binds.push(format!("{}:/mnt/{n}:ro", d.display()));
+        cmd.push(format!("/mnt/{n}"));
+    }
+    // SYS_PTRACE and DAC_READ_SEARCH to read the container's processes' descriptors and the
+    // run's directories whoever owns them (capabilities the addon does not hold, so it cannot
+    // trace the watcher; as its namespace's init the watcher takes no signal it did not ask
+    // for); KILL to stop the image's user, whoever it is, past the limits; SYS_ADMIN is not
+    // given, so files kept only mapped are not seen here.
+    let body = helper_body(cmd, binds, labels, &["SYS_PTRACE", "DAC_READ_SEARCH", "KILL"], 256 << 20);
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await
@@ -220,8 +244,13 @@ pub async fn watch(
     if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
         return fail(format!("starting the watching container: {e}")).await;
     }
-    let report =
-        Report { bytes: std::sync::Arc::default(), last: std::sync::Arc::default(), since: std::time::Instant::now() };
+    let report = Report {
+        grown: Default::default(),
+        entries: Default::default(),
+        error: Default::default(),
+        last: Default::default(),
+        since: std::time::Instant::now(),
+    };
     let r = report.clone();
     tokio::spawn(async move {
         let mut partial = String::new();
@@ -229,10 +258,14 @@ pub async fn watch(
             partial.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
             while let Some(pos) = partial.find('\n') {
                 let line: String = partial.drain(..=pos).collect();
-                if let Some(n) = line.trim().strip_prefix("unlinked=").and_then(|n| n.parse::<u64>().ok()) {
-                    // The most it held: past the limit the watcher kills, and the files go with
-                    // the processes; the run still ended at its limit.
-                    r.bytes.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                let line = line.trim();
+                if let Some(e) = line.strip_prefix("error=") {
+                    *r.error.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                }
+                let field = |k: &str| line.split(' ').find_map(|w| w.strip_prefix(k)?.parse::<u64>().ok());
+                if let (Some(g), Some(e)) = (field("grown="), field("entries=")) {
+                    r.grown.fetch_max(g, std::sync::atomic::Ordering::Relaxed);
+                    r.entries.fetch_max(e, std::sync::atomic::Ordering::Relaxed);
                     r.last.store(r.since.elapsed().as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
                 }
             }

@@ -14,11 +14,33 @@ use futures_util::StreamExt;
 /// The `VOLUME` paths of `image` that the run's own mounts do not already cover.
 pub async fn of(docker: &Docker, image: &str) -> Result<Vec<String>, String> {
     let inspected = docker.inspect_image(image).await.map_err(|e| format!("inspecting image {image}: {e}"))?;
-    let mut paths: Vec<String> =
+    let declared: Vec<String> =
         inspected.config.and_then(|c| c.volumes).map(|v| v.into_iter().collect()).unwrap_or_default();
-    paths.retain(|p| !(p == "/mnt" || p.starts_with("/mnt/")) && p.starts_with('/'));
+    // Every VOLUME becomes a directory of the run but those the run binds there already (a
+    // path is read as the daemon cleans it: `/mnt/../x` is `/x`).
+    let mut paths: Vec<String> = declared
+        .iter()
+        .map(|p| clean(p))
+        .filter(|p| p != "/" && !["/mnt/work", "/mnt/output", "/mnt/cache"].contains(&p.as_str()))
+        .collect();
     paths.sort();
+    paths.dedup();
     Ok(paths)
+}
+
+/// An absolute path with `.`, `..` and repeated slashes resolved.
+fn clean(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 /// For each of `paths`, a directory below `dir` holding what `image` has at that path, to bind
@@ -71,13 +93,35 @@ async fn copy_out(
             }
         }
         let into = dir.join(format!("volume-{n}"));
-        let policy = addon_tree::UnpackPolicy { symlinks: true, max_bytes };
-        addon_tree::unpack_tar(&tar[..], &into, policy).map_err(|e| format!("unpacking {path} of the image: {e}"))?;
-        // The archive holds the directory itself, under its own name.
+        let raw = into.join("raw");
+        // As root, the image's owners are kept (a `USER postgres` image writes its volume).
+        let policy = addon_tree::UnpackPolicy { symlinks: true, max_bytes, owners: crate::sandbox::is_root() };
+        addon_tree::unpack_tar(&tar[..], &raw, policy).map_err(|e| format!("unpacking {path} of the image: {e}"))?;
+        // The archive holds the path itself, under its own name. Only a real directory is bound:
+        // a link there (an image can make `/data` a link to any host path) would be resolved on
+        // the host by the daemon. In its place, the run gets an empty directory.
         let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_default();
-        let host = into.join(&name);
-        std::fs::create_dir_all(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        let host = into.join("content");
+        let unpacked = raw.join(&name);
+        let real_dir = std::fs::symlink_metadata(&unpacked).is_ok_and(|m| m.is_dir());
+        if real_dir {
+            std::fs::rename(&unpacked, &host).map_err(|e| format!("{}: {e}", host.display()))?;
+        } else {
+            std::fs::create_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+        }
+        addon_tree::remove_tree(&raw).map_err(|e| e.to_string())?;
         out.push((host, path.clone()));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn volume_paths_are_read_as_the_daemon_cleans_them() {
+        assert_eq!(super::clean("/mnt/../fill"), "/fill");
+        assert_eq!(super::clean("/data/"), "/data");
+        assert_eq!(super::clean("//a/./b/../c"), "/a/c");
+        assert_eq!(super::clean("/.."), "/");
+    }
 }

@@ -7,8 +7,11 @@
 //! - an instruction's flags are the words right after its keyword that start with `--`.
 //!
 //! Where builders have read a file differently over the years, every reading is checked and the
-//! strictest wins: the text is judged with the escape character its directives name and with the
-//! default one.
+//! strictest wins: the text is judged with both escape characters, whatever its directives say
+//! (builders differ on where a directive may stand). Flags are words the way the builders split
+//! them (on bytes: a byte 0x85 or 0xA0 inside a UTF-8 character ends a word there); a flag
+//! written so that builders could read it other ways (quotes, backslashes, bytes beyond ASCII,
+//! a value in the next word) is refused as such.
 
 /// One instruction: where it starts, its keyword (upper case) and its flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +22,9 @@ pub struct Instruction {
     /// Words after the keyword that start with `--` (for `ONBUILD`, those of the instruction
     /// it wraps, whose keyword is `ONBUILD <KEYWORD>`).
     pub flags: Vec<String>,
+    /// It opens a heredoc (`<<`): builders that read heredocs take the lines after it as its
+    /// body, which this check reads as instructions.
+    pub heredoc: bool,
 }
 
 /// The escape character the directives at the top name (`\` unless `# escape=`` ` ``).
@@ -42,9 +48,10 @@ fn escape_of(lines: &[&str]) -> Result<char, String> {
     Ok(escape)
 }
 
-/// `# key=value` at the top of a file: `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`.
+/// `# key=value` at the top of a file: `^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`, after
+/// leading blanks (builders strip them).
 fn directive(line: &str) -> Option<(&str, &str)> {
-    let rest = line.strip_prefix('#')?.trim_start();
+    let rest = line.trim_start().strip_prefix('#')?.trim_start();
     let key_len = rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len());
     let key = &rest[..key_len];
     if !key.starts_with(|c: char| c.is_ascii_alphabetic()) {
@@ -114,24 +121,32 @@ fn instruction(text: &str, line: usize) -> Option<Instruction> {
         rest = &inner[e..];
     }
     let mut flags = Vec::new();
-    for word in rest.split(char::is_whitespace).filter(|w| !w.is_empty()) {
+    // Split as the builders do, on bytes: any whitespace, and any character beyond ASCII (some of
+    // their bytes are spaces to them).
+    for word in rest.split(|c: char| c.is_whitespace() || !c.is_ascii()).filter(|w| !w.is_empty()) {
         if !word.starts_with("--") || word == "--" {
             break;
         }
         flags.push(word.to_string());
     }
-    Some(Instruction { line, keyword, flags })
+    // Anything they could read another way is a flag we cannot judge.
+    let region = rest.trim_start_matches(|c: char| c.is_whitespace() || !c.is_ascii());
+    if region.starts_with("--")
+        && (flags.iter().any(|f| f.contains(['"', '\'', '\\']) || !f.contains('=')) || !rest.is_ascii())
+    {
+        flags.push("--(written in a way the builders could read otherwise)".into());
+    }
+    let heredoc = rest.contains("<<");
+    Some(Instruction { line, keyword, flags, heredoc })
 }
 
 /// Every instruction of the Dockerfile `text`, as each reading sees it (see the module docs).
 pub fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
-    let escape = escape_of(&lines)?;
-    let mut all = instructions_with(&lines, escape);
-    if escape != '\\' {
-        all.extend(instructions_with(&lines, '\\'));
-    }
+    escape_of(&lines)?;
+    let mut all = instructions_with(&lines, '\\');
+    all.extend(instructions_with(&lines, '`'));
     Ok(all)
 }
 
@@ -149,6 +164,14 @@ pub fn check(text: &str, mount_safe: bool, builder: &str) -> Result<(), String> 
     for ins in instructions(text)? {
         if ins.keyword != "RUN" && ins.keyword != "ONBUILD RUN" {
             continue;
+        }
+        if mount_safe && ins.heredoc {
+            // A builder new enough to allow mounts reads heredocs (buildah 1.33 and later): its
+            // reading and this one part ways.
+            return Err(format!(
+                "line {}: `{} <<`: heredocs are refused with {builder} (put the script in a file of the addon and COPY it)",
+                ins.line, ins.keyword
+            ));
         }
         for flag in &ins.flags {
             let name = flag.split('=').next().unwrap_or(flag);
@@ -210,6 +233,10 @@ mod tests {
             "\u{feff}FROM scratch\nRUN --mount=x y\n",
             "FROM scratch\nONBUILD RUN --mount=x y\n",
             "FROM scratch\nonbuild run --network=host y\n",
+            // A directive after blanks still counts to builders.
+            " # escape=`\nFROM scratch\nRUN `\n  --mount=type=bind,source=/,target=/h cat /h/etc/shadow\n",
+            // Without any directive, a line ending in a backtick is read both ways.
+            "FROM scratch\nRUN `\n--mount=x y\n",
         ] {
             assert!(refused(evil).contains("RUN options are refused"), "{evil:?}");
         }
@@ -229,12 +256,27 @@ mod tests {
     }
 
     #[test]
-    fn directives_count_only_at_the_top() {
-        // After an instruction, `# escape=` is a comment: the backslash still continues lines.
+    fn both_escape_characters_are_always_read() {
+        // After an instruction, `# escape=` is a comment to builders: the backslash still
+        // continues lines (and the backtick reading is checked all the same).
         let ins = instructions("FROM scratch\n# escape=`\nRUN a \\\n--mount=x\n").unwrap();
-        assert_eq!(ins.len(), 2);
+        assert!(ins.iter().any(|i| i.keyword == "RUN" && i.flags.is_empty()), "{ins:?}");
         assert!(refused("FROM scratch\n# escape=`\nRUN \\\n--mount=x y\n").contains("line 3"));
         assert!(check("# escape=x\nFROM scratch\n", false, "b").unwrap_err().contains("invalid escape"));
+    }
+
+    #[test]
+    fn flags_a_builder_could_read_otherwise_are_refused_even_where_mounts_are_allowed() {
+        for evil in [
+            "FROM scratch\nRUN --mount=\"type=cache,target=/x y\" --network=host cmd\n",
+            "FROM scratch\nRUN --mount type=cache,target=/x --network=host cmd\n",
+            "FROM scratch\nRUN --mount=type=cache,target=/x\\ a --network=host cmd\n",
+            "FROM scratch\nRUN --mount=type=cache,target=/aÅ--network=host cmd\n",
+            "FROM scratch\nRUN --mount=type=cache,target=/x <<EOF\nrm -rf /\nEOF\n",
+        ] {
+            assert!(check(evil, true, "buildah 1.38.1").is_err(), "{evil:?}");
+        }
+        assert!(check("FROM scratch\nRUN --mount=type=cache,target=/root/.cache pip install x\n", true, "b").is_ok());
     }
 
     #[test]

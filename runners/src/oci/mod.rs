@@ -443,8 +443,9 @@ impl OciRunner {
         let version = crate::sandbox::version_of(&buildah).unwrap_or_default();
         let mount_safe = dockerfile::parse_version(&version).is_some_and(|v| v >= dockerfile::BUILDAH_MOUNT_FIXED);
         let builder = if version.is_empty() { "buildah".to_string() } else { version.clone() };
-        dockerfile::check(&String::from_utf8_lossy(&text), mount_safe, &builder)
-            .map_err(|e| format!("{dockerfile}: {e}"))?;
+        // Text, and nothing a builder could read another way (a stray byte 0x85 is a space to it).
+        let text = String::from_utf8(text).map_err(|_| format!("{dockerfile}: is not UTF-8 text"))?;
+        dockerfile::check(&text, mount_safe, &builder).map_err(|e| format!("{dockerfile}: {e}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
         // The build runs the addon's code (RUN steps) and, for a pure addon, gets no network and
         // fetches no base image (`oci-runner.pull: always` allows both).

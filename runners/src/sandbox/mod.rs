@@ -226,7 +226,7 @@ impl Default for SandboxSettings {
 /// kept as links). The trees may hold what earlier runs of the addon left, and a concurrent run
 /// may change them during the walk: the walk goes by descriptors and never leaves a tree.
 pub fn claim(dirs: &[&Path], who: Identity) -> Result<(), addon_tree::TreeError> {
-    let how = addon_tree::Sanitize { owner: Some((who.uid, who.gid)), keep_symlinks: true };
+    let how = addon_tree::Sanitize { owner: Some((who.uid, who.gid)), keep_symlinks: true, dirs_writable: false };
     for dir in dirs {
         addon_tree::sanitize(dir, &how)?;
     }
