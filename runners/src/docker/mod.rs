@@ -729,13 +729,26 @@ async fn follow(
     };
     // Files the container's processes hold open after unlinking them count too.
     let inspected = docker.inspect_container(id, None::<bollard::query_parameters::InspectContainerOptions>).await.ok();
-    let init = inspected.as_ref().and_then(|c| c.state.as_ref()).and_then(|s| s.pid).filter(|p| *p > 0);
+    // The daemon names the container's init by its pid in the daemon's PID namespace: only when
+    // that pid here is a process of this container (an engine in a container of its own sees
+    // other processes under those numbers) is it used, and only through a handle opened now and
+    // checked after (a pid reused meanwhile is not the container's).
+    let init = inspected
+        .as_ref()
+        .and_then(|c| c.state.as_ref())
+        .and_then(|s| s.pid)
+        .filter(|p| *p > 0)
+        .map(|p| p as i32)
+        .filter(|p| of_container(*p, id));
+    let init_fd = init
+        .filter(|_| crate::sandbox::is_root())
+        .and_then(crate::process::PidFd::open)
+        .filter(|_| init.is_some_and(|p| of_container(p, id)));
     if let (Some(env), Some(pid)) = (envelope.as_mut(), init) {
-        env.set_root_pid(pid as i32);
+        env.set_root_pid(pid);
+    } else if init.is_none() {
+        tracing::debug!("container {id}: its processes are not visible here; files they unlink are not counted");
     }
-    // A handle on the container's init that a reused pid cannot fool (root engines only: the
-    // init is root's).
-    let init_fd = init.filter(|_| crate::sandbox::is_root()).and_then(|pid| crate::process::PidFd::open(pid as i32));
     // The container's writable layer (its root, /tmp, the image's HOME): a root engine walks
     // its upper directory like the run's own; otherwise the daemon measures it (`SizeRw`).
     let upper = inspected
@@ -873,6 +886,12 @@ async fn follow(
         None => ExitKind::Code(code as i32),
     };
     Exit { kind, usage: sampled.usage(oom) }
+}
+
+/// Whether process `pid` (in this PID namespace) belongs to container `id`: its control group
+/// names the container.
+fn of_container(pid: i32, id: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| !id.is_empty() && c.contains(id))
 }
 
 /// What the runtime's statistics said while the container ran (a container's statistics are
