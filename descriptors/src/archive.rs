@@ -67,6 +67,11 @@ pub fn extract_zip(zip_path: &Path, target: &Path, limits: Limits) -> Result<Pat
         entry: entry.to_string(),
         reason: reason.to_string(),
     };
+    // The reader keeps one entry per name; an archive that lists a name twice would show one
+    // file to us and another to whoever reviews it with a different tool.
+    if archive.has_duplicate_names() {
+        return Err(refuse("(central directory)", "lists an entry name more than once"));
+    }
 
     // Pass 1: names and kinds only; nothing is written until the whole listing is sound.
     let mut entries: BTreeMap<Vec<String>, Kind> = BTreeMap::new();

@@ -180,3 +180,67 @@ fn wrapped_zip_unwraps_keeps_modes_and_digests_like_the_directory() {
     assert_eq!(from_zip.digest, from_dir.digest);
     assert_eq!(digest_dir(&root).unwrap(), digest_dir(&dir).unwrap());
 }
+
+/// Rewrites the mode the central directory records for every entry whose name ends in `suffix`.
+fn set_mode(bytes: &mut [u8], suffix: &str, mode: u32) {
+    let mut at = 0;
+    while let Some(p) = bytes[at..].windows(4).position(|w| w == b"PK\x01\x02") {
+        let h = at + p;
+        let name_len = u16::from_le_bytes([bytes[h + 28], bytes[h + 29]]) as usize;
+        let name = String::from_utf8_lossy(&bytes[h + 46..h + 46 + name_len]).into_owned();
+        if name.ends_with(suffix) {
+            bytes[h + 5] = 3; // made on Unix, so the mode is read
+            bytes[h + 38..h + 42].copy_from_slice(&(mode << 16).to_le_bytes());
+        }
+        at = h + 4;
+    }
+}
+
+#[test]
+fn special_modes_unpack_as_plain_files_and_duplicates_are_refused() {
+    // The attack review left zips with device, fifo and setuid entries untried: whatever mode an
+    // entry claims, it is written as a plain file without setuid, setgid or sticky bits.
+    let work = tempfile::tempdir().unwrap();
+    let zip = work.path().join("a.zip");
+    make_zip(
+        &zip,
+        &[
+            E::File("docspell-addon.yml", DESC, 0o644),
+            E::File("suid", b"x", 0o755),
+            E::File("chr", b"x", 0o644),
+            E::File("fifo", b"x", 0o644),
+            E::File("README", b"upper", 0o644),
+            E::File("readme", b"lower", 0o644),
+        ],
+    );
+    let mut bytes = std::fs::read(&zip).unwrap();
+    set_mode(&mut bytes, "suid", 0o107755);
+    set_mode(&mut bytes, "chr", 0o020666);
+    set_mode(&mut bytes, "fifo", 0o010666);
+    std::fs::write(&zip, bytes).unwrap();
+    let target = work.path().join("addon");
+    extract_zip(&zip, &target, Limits::default()).unwrap();
+    for name in ["suid", "chr", "fifo"] {
+        let m = std::fs::symlink_metadata(target.join(name)).unwrap();
+        assert!(m.file_type().is_file(), "{name} is a plain file");
+        assert_eq!(m.permissions().mode() & 0o7000, 0, "{name}: no setuid, setgid or sticky bit");
+    }
+    // Names differing in case are different files here, as on the sandbox's filesystem.
+    assert_eq!(std::fs::read(target.join("README")).unwrap(), b"upper");
+    assert_eq!(std::fs::read(target.join("readme")).unwrap(), b"lower");
+    // The same name twice is ambiguous (which one did the author mean?) and refused.
+    // The writer will not make such a zip; the second name is patched into place.
+    let dup = work.path().join("dup.zip");
+    make_zip(
+        &dup,
+        &[E::File("docspell-addon.yml", DESC, 0o644), E::File("dupA", b"1", 0o644), E::File("dupB", b"2", 0o644)],
+    );
+    let mut bytes = std::fs::read(&dup).unwrap();
+    while let Some(p) = bytes.windows(4).position(|w| w == b"dupB") {
+        bytes[p + 3] = b'A';
+    }
+    std::fs::write(&dup, bytes).unwrap();
+    let err = extract_zip(&dup, &work.path().join("d"), Limits::default()).unwrap_err();
+    assert!(err.to_string().contains("more than once"), "{err}");
+    assert!(!work.path().join("d").exists());
+}
