@@ -284,17 +284,7 @@ pub async fn run(
     labels: HashMap<String, String>,
 ) -> Result<(), String> {
     ensure_image(docker).await?;
-    let (loader, libs) = runtime_files(helper)?;
-    let mut binds =
-        vec![format!("{}:/.addon/ld.so:ro", loader.display()), format!("{}:/.addon/addon:ro", helper.display())];
-    for lib in &libs {
-        let name = lib.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-        binds.push(format!("{}:/.addon/lib/{name}:ro", lib.display()));
-    }
-    let mut cmd: Vec<String> = ["/.addon/ld.so", "--library-path", "/.addon/lib", "/.addon/addon", COMMAND]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let (mut binds, mut cmd) = helper_binds(helper, COMMAND)?;
     cmd.push(format!("{}:{}", owner.0, owner.1));
     for (n, t) in trees.iter().enumerate() {
         let inside = format!("/mnt/{n}");
