@@ -35,7 +35,7 @@ fn main() {
         "runner: [nix-flake]\nsandbox: bwrap\nnix-runner: {extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}\n",
     );
     let engine = || addon_run(&config, &addon);
-    let flake = format!("path:{}#default", addon.display());
+    let flake = format!("path:{}", addon.display());
     let docspell = || {
         // Docspell: nix build (evaluation each time, build cached in the store), then exec.
         let t = Instant::now();

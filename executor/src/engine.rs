@@ -532,11 +532,15 @@ impl Engine {
                 result: attempt.result,
                 error: attempt.error.clone(),
             });
-            let fall_through = d.pure() && attempt.result.may_fall_through() && !cancel.is_cancelled();
+            // A pure addon may run again elsewhere; an impure one only when nothing of it ran
+            // (its build or setup failed), since a run may have had effects beyond its output.
+            let never_ran = attempt.termination.is_none();
+            let fall_through = (d.pure() || never_ran) && attempt.result.may_fall_through() && !cancel.is_cancelled();
             if !fall_through {
                 break;
             }
-            tracing::info!(addon = %d.id(), runner = %cand.name, result = attempt.result.as_str(), "pure addon failed; trying the next runner, if any");
+            let why = if never_ran { "could not start" } else { "failed" };
+            tracing::info!(addon = %d.id(), runner = %cand.name, result = attempt.result.as_str(), "the addon {why} on this runner; trying the next runner, if any");
         }
         if attempt_no == 0 {
             if seen.is_empty() {
@@ -1415,12 +1419,17 @@ fn drain_lines(buf: &mut Vec<u8>) -> Vec<String> {
 mod tests {
     //! Resolution and fall-through decisions, with test doubles in place of real runtimes.
     use super::*;
-    use addon_runners::{Availability, Capabilities, Exit, ExitKind, RunEvent, RunnerInfo, StartSpec, Started};
+    use addon_runners::{
+        Availability, Capabilities, Exit, ExitKind, LogSink, RunEvent, RunnerInfo, StartSpec, Started,
+    };
+    use std::collections::BTreeMap;
 
     struct Fake {
         name: &'static str,
         section: Section,
         exit: i32,
+        /// Its build fails (it then never starts the addon).
+        build_fails: bool,
         calls: Arc<std::sync::Mutex<Vec<&'static str>>>,
     }
 
@@ -1441,6 +1450,13 @@ mod tests {
         }
         async fn probe(&self) -> Availability {
             Availability { available: true, version: None, detail: "fake".into() }
+        }
+        async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
+            Ok(self.build_fails.then(|| BTreeMap::from([("digest".to_string(), spec.addon.digest.clone())])))
+        }
+        async fn build(&self, spec: &BuildSpec, _log: LogSink) -> Result<Artifact, RunnerError> {
+            self.calls.lock().unwrap().push("build");
+            Err(RunnerError::build(self.name, &spec.addon.label(), "no base image"))
         }
         async fn start(&self, _spec: StartSpec) -> Result<Started, RunnerError> {
             self.calls.lock().unwrap().push(self.name);
@@ -1474,12 +1490,22 @@ mod tests {
     }
 
     async fn run_with(options: &str) -> (RunReport, Vec<&'static str>) {
+        run_with_build(options, false).await
+    }
+
+    async fn run_with_build(options: &str, build_fails: bool) -> (RunReport, Vec<&'static str>) {
         let dir = tempfile::tempdir().unwrap();
         let (addon, config) = docker_and_trivial(dir.path(), options);
         let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let runners: Vec<Arc<dyn Runner>> = vec![
-            Arc::new(Fake { name: "docker", section: Section::Docker, exit: 1, calls: calls.clone() }),
-            Arc::new(Fake { name: "trivial", section: Section::Trivial, exit: 0, calls: calls.clone() }),
+            Arc::new(Fake { name: "docker", section: Section::Docker, exit: 1, build_fails, calls: calls.clone() }),
+            Arc::new(Fake {
+                name: "trivial",
+                section: Section::Trivial,
+                exit: 0,
+                build_fails: false,
+                calls: calls.clone(),
+            }),
         ];
         let engine = Engine::with_runners(config, runners);
         let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
@@ -1505,6 +1531,17 @@ mod tests {
         assert_eq!(calls, vec!["docker"]);
         assert_eq!(report.addons[0].result, AddonResult::ExecutionError);
         assert_eq!(report.addons[0].exit_code, Some(1));
+    }
+
+    #[tokio::test]
+    async fn an_impure_addon_whose_build_failed_falls_through() {
+        // Nothing of it ran, so trying the next runner cannot repeat an effect.
+        let (report, calls) = run_with_build("options: {networking: true, collectOutput: true}", true).await;
+        assert_eq!(calls, vec!["build", "trivial"]);
+        let a = &report.addons[0];
+        assert_eq!(a.result, AddonResult::Success, "{a:?}");
+        assert_eq!(a.attempts[0].result, AddonResult::ExecutionFailed);
+        assert!(a.attempts[0].error.as_deref().unwrap_or("").contains("no base image"), "{a:?}");
     }
 
     #[tokio::test]

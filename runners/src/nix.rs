@@ -132,13 +132,16 @@ fn group_exists(name: &str) -> bool {
     unsafe { !libc::getgrnam(c.as_ptr()).is_null() }
 }
 
-/// `nix build path:<addon>#default --no-link --json`, supervised like an addon (timeout; the
+/// `nix build path:<addon> --no-link --json`, supervised like an addon (timeout; the
 /// whole process tree is stopped when the future is dropped); returns the output store path.
 async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBuf, String> {
     let mut cmd = tokio::process::Command::new(&s.nix_binary);
     cmd.args(FEATURES)
         .arg("build")
-        .arg(format!("path:{}#default", addon_dir.display()))
+        // No attribute, as Docspell builds it: nix then takes `packages.<system>.default` or,
+        // where flake-utils' `eachDefaultSystem` wrote the flake, `defaultPackage.<system>`
+        // (asking for `#default` finds only the first; the published addons have the second).
+        .arg(format!("path:{}", addon_dir.display()))
         .args(["--no-link", "--json"])
         .args(&s.extra_args);
     // nix reads /proc/<pid> of its builders, so the namespace gets a /proc of its own.
