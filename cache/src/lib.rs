@@ -44,10 +44,13 @@ pub enum Kind {
     Data,
     /// An addon's private HOME, kept between its runs.
     Home,
+    /// A build that failed, remembered for a while under its artifact's key (see
+    /// [`Cache::get_or_build_remembering`]), so that every run does not pay for it again.
+    FailedBuild,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Archive, Kind::Artifact, Kind::Data, Kind::Home];
+    pub const ALL: [Kind; 5] = [Kind::Archive, Kind::Artifact, Kind::Data, Kind::Home, Kind::FailedBuild];
 
     fn bucket(self) -> String {
         let name = match self {
@@ -55,6 +58,7 @@ impl Kind {
             Kind::Artifact => "artifacts",
             Kind::Data => "data",
             Kind::Home => "home",
+            Kind::FailedBuild => "failed-builds",
         };
         format!("{name}-{FORMAT}")
     }
@@ -65,6 +69,7 @@ impl Kind {
             Kind::Artifact => "artifact",
             Kind::Data => "data",
             Kind::Home => "home",
+            Kind::FailedBuild => "failed-build",
         }
     }
 }
@@ -110,7 +115,32 @@ pub enum CacheError {
     LockTimeout { path: PathBuf, label: String, waited: Duration },
     #[error("building cache entry for `{label}` failed: {message}")]
     Build { label: String, message: String },
+    /// The build failed earlier and is remembered; it was not tried again.
+    #[error("building cache entry for `{label}` failed {}s ago (remembered, not tried again): {message}", age.as_secs())]
+    Remembered { label: String, message: String, age: Duration },
 }
+
+/// Why a build failed, as the build of [`Cache::get_or_build_remembering`] returns it.
+#[derive(Debug, Clone)]
+pub struct BuildFailure {
+    pub message: String,
+    /// Whether the failure says something about the entry (a cancelled build does not).
+    pub remember: bool,
+}
+
+impl From<String> for BuildFailure {
+    fn from(message: String) -> Self {
+        BuildFailure { message, remember: true }
+    }
+}
+
+/// What a remembered failure records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedBuild {
+    pub message: String,
+}
+
+impl EntryData for FailedBuild {}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
@@ -242,6 +272,99 @@ impl Cache {
         F: FnOnce(&Path) -> Result<D, String>,
         V: Fn(&D, &Path) -> bool,
     {
+        self.get_or_build_inner(key, label, valid, |c| build(c).map_err(BuildFailure::from), Duration::ZERO)
+    }
+
+    /// [`Cache::get_or_build`], and a failed build is remembered for `remember_for`: until then
+    /// the entry is not built again and the same failure is returned as
+    /// [`CacheError::Remembered`] (a failure `build` marks as not worth remembering, such as a
+    /// cancelled build, is not recorded). A build that succeeds forgets the failure.
+    pub fn get_or_build_remembering<D, F, V>(
+        &self,
+        key: &Key,
+        label: &str,
+        valid: V,
+        build: F,
+        remember_for: Duration,
+    ) -> Result<Entry<D>, CacheError>
+    where
+        D: EntryData,
+        F: FnOnce(&Path) -> Result<D, BuildFailure>,
+        V: Fn(&D, &Path) -> bool,
+    {
+        self.get_or_build_inner(key, label, valid, build, remember_for)
+    }
+
+    /// The failure remembered for `key` (an artifact's key) and how long ago it happened, when
+    /// it is younger than `within`.
+    pub fn remembered_failure(&self, key: &Key, within: Duration) -> Option<(EntryMeta<FailedBuild>, Duration)> {
+        let (dir, _, _) = self.paths(&failure_key(key));
+        let meta = read_meta::<FailedBuild>(&dir)?;
+        // The record's mtime, written once, is when the build failed (finer than `created`).
+        let written = std::fs::metadata(dir.join("entry.json")).and_then(|m| m.modified()).ok()?;
+        let age = SystemTime::now().duration_since(written).unwrap_or_default();
+        (age < within).then_some((meta, age))
+    }
+
+    /// Forgets every remembered build failure not being written now; returns what was removed.
+    pub fn forget_failures(&self) -> Vec<EntryInfo> {
+        let mut removed = Vec::new();
+        for e in self.list().into_iter().filter(|e| e.kind == Kind::FailedBuild) {
+            let Ok(lock) = open_lock(&e.path.with_extension("lock")) else { continue };
+            if lock.try_lock().is_err() {
+                continue;
+            }
+            let Some(bucket) = e.path.parent() else { continue };
+            if retire_with(&e.path, bucket, &e.key, &remove_tree).is_ok() {
+                removed.push(e);
+            }
+        }
+        removed
+    }
+
+    /// Records (or with `failure` None, forgets) the failure of `key`'s build. The caller holds
+    /// the exclusive lock of `key`'s entry; the record's own lock guards it against pruning.
+    fn record_failure(&self, key: &Key, label: &str, failure: Option<&str>) -> Result<(), CacheError> {
+        let fkey = failure_key(key);
+        let (dir, lock_path, bucket) = self.paths(&fkey);
+        if failure.is_none() && !dir.exists() {
+            return Ok(());
+        }
+        fs::create_dir_all(&bucket).map_err(io(&bucket))?;
+        let lock = open_lock(&lock_path)?;
+        lock_with_timeout(&lock, &lock_path, label, self.lock_timeout, true)?;
+        if dir.exists() {
+            retire(&dir, &bucket, &fkey.hash())?;
+        }
+        let Some(message) = failure else { return Ok(()) };
+        let tmp = bucket.join(format!(".tmp-{}-{}", fkey.hash(), std::process::id()));
+        let _ = remove_tree(&tmp);
+        fs::create_dir_all(tmp.join("content")).map_err(io(&tmp))?;
+        let meta = EntryMeta {
+            key: fkey,
+            label: label.to_string(),
+            created: now(),
+            external_size: 0,
+            data: FailedBuild { message: message.to_string() },
+        };
+        let record = tmp.join("entry.json");
+        fs::write(&record, serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io(&record))?;
+        fs::rename(&tmp, &dir).map_err(io(&dir))
+    }
+
+    fn get_or_build_inner<D, F, V>(
+        &self,
+        key: &Key,
+        label: &str,
+        valid: V,
+        build: F,
+        remember_for: Duration,
+    ) -> Result<Entry<D>, CacheError>
+    where
+        D: EntryData,
+        F: FnOnce(&Path) -> Result<D, BuildFailure>,
+        V: Fn(&D, &Path) -> bool,
+    {
         let (dir, lock_path, bucket) = self.paths(key);
         fs::create_dir_all(&bucket).map_err(io(&bucket))?;
         // Fast path: a shared lock and a sound entry.
@@ -266,6 +389,13 @@ impl Cache {
         } else if dir.exists() {
             tracing::warn!("cache entry {} for {label} has no readable record; rebuilding", dir.display());
         }
+        if !remember_for.is_zero() {
+            // Under the exclusive lock: an engine that waited for another's failed build
+            // takes its failure instead of building again.
+            if let Some((meta, age)) = self.remembered_failure(key, remember_for) {
+                return Err(CacheError::Remembered { label: label.to_string(), message: meta.data.message, age });
+            }
+        }
         if dir.exists() {
             retire(&dir, &bucket, &key.hash())?;
         }
@@ -274,11 +404,21 @@ impl Cache {
         fs::create_dir_all(tmp.join("content")).map_err(io(&tmp))?;
         let data = match build(&tmp.join("content")) {
             Ok(d) => d,
-            Err(message) => {
+            Err(failure) => {
                 let _ = remove_tree(&tmp);
-                return Err(CacheError::Build { label: label.to_string(), message });
+                if !remember_for.is_zero() && failure.remember {
+                    if let Err(e) = self.record_failure(key, label, Some(&failure.message)) {
+                        tracing::warn!("remembering the failed build of {label}: {e}");
+                    }
+                }
+                return Err(CacheError::Build { label: label.to_string(), message: failure.message });
             }
         };
+        if !remember_for.is_zero() {
+            if let Err(e) = self.record_failure(key, label, None) {
+                tracing::warn!("forgetting the earlier failed build of {label}: {e}");
+            }
+        }
         let meta = EntryMeta {
             key: key.clone(),
             label: label.to_string(),
@@ -438,6 +578,11 @@ fn lock_with_timeout(f: &File, path: &Path, label: &str, timeout: Duration, excl
 /// Exclusive to shared. flock(2) converts in place, so no other writer can slip in between.
 fn downgrade(f: &File, path: &Path) -> Result<(), CacheError> {
     f.lock_shared().map_err(io(path))
+}
+
+/// The key a failure of `key`'s build is remembered under.
+fn failure_key(key: &Key) -> Key {
+    Key { kind: Kind::FailedBuild, parts: key.parts.clone() }
 }
 
 fn read_meta<D: DeserializeOwned>(dir: &Path) -> Option<EntryMeta<D>> {
@@ -685,5 +830,47 @@ mod tests {
         let err = cache.get_or_build(&key("x"), "x-1", |_, _| true, |_| Ok(())).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(".lock") && msg.contains("x-1"), "{msg}");
+    }
+
+    #[test]
+    fn a_failed_build_is_remembered_until_it_expires_succeeds_or_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let k = Key::new(Kind::Artifact).with("digest", "x");
+        let builds = std::cell::Cell::new(0);
+        let fail = |remember: bool| {
+            let builds = &builds;
+            move |_: &Path| -> Result<(), BuildFailure> {
+                builds.set(builds.get() + 1);
+                Err(BuildFailure { message: "no base image".into(), remember })
+            }
+        };
+        let minute = Duration::from_secs(60);
+        // Not worth remembering (a cancelled build): tried again.
+        let err = cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(false), minute).unwrap_err();
+        assert!(matches!(err, CacheError::Build { .. }), "{err}");
+        assert!(cache.remembered_failure(&k, minute).is_none());
+        // Remembered: the next call does not build and returns the same failure.
+        cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), minute).unwrap_err();
+        assert_eq!(builds.get(), 2);
+        let err = cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), minute).unwrap_err();
+        assert!(matches!(&err, CacheError::Remembered { message, .. } if message == "no base image"), "{err}");
+        assert_eq!(builds.get(), 2, "not built again");
+        assert!(cache.list().iter().any(|e| e.kind == Kind::FailedBuild), "listed");
+        // Expired (remembered for no time): built again.
+        cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), Duration::from_nanos(1)).unwrap_err();
+        assert_eq!(builds.get(), 3);
+        // Forgotten on request: built again.
+        assert_eq!(cache.forget_failures().len(), 1);
+        assert!(cache.remembered_failure(&k, minute).is_none());
+        cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), minute).unwrap_err();
+        assert_eq!(builds.get(), 4);
+        // A success (another engine's, after the record expired) forgets the failure.
+        let e = cache
+            .get_or_build_remembering(&k, "x-1", |_, _| true, |_| Ok::<(), BuildFailure>(()), Duration::from_nanos(1))
+            .unwrap();
+        assert!(!e.hit);
+        assert!(cache.remembered_failure(&k, minute).is_none());
+        assert!(!cache.list().iter().any(|e| e.kind == Kind::FailedBuild));
     }
 }

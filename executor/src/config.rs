@@ -41,6 +41,11 @@ pub struct Config {
     pub max_stdout: ByteSize,
     /// Time between SIGTERM and SIGKILL when a run is stopped.
     pub kill_grace: HumanDuration,
+    /// How long a failed build is remembered (by the artifact's key, with its error): runs in
+    /// that time do not build it again but fail at once, and fall through to the next runner;
+    /// `addon plan` and `addon cache ls` show it, `addon cache prune --failed-builds` forgets
+    /// it. `0s` turns this off.
+    pub remember_failed_builds: HumanDuration,
     /// Who addons run as when the engine is root (bwrap and netns): an unprivileged uid and gid
     /// of their own, without supplementary groups. No account should use them.
     pub sandbox_user: SandboxUser,
@@ -216,6 +221,7 @@ impl Default for Config {
             archive: ArchiveConfig::default(),
             max_stdout: ByteSize(16 << 20),
             kill_grace: HumanDuration(Duration::from_secs(2)),
+            remember_failed_builds: HumanDuration(Duration::from_secs(10 * 60)),
             sandbox_user: SandboxUser::default(),
             limits: LimitsConfig::default(),
             addon_limits: BTreeMap::new(),

@@ -237,9 +237,14 @@ impl Engine {
         let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
         let order = runners.unwrap_or(&self.config.runner.0);
         let resolved = resolve(&d, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
-        let candidates: Vec<Candidate> = resolved
-            .iter()
-            .map(|r| Candidate {
+        let mut candidates = Vec::new();
+        for r in &resolved {
+            let usable = r.enabled && r.configured && r.available;
+            let cannot_build = match (usable, addon.parsed.is_valid(), &addon.root) {
+                (true, true, Some(root)) => self.cannot_build(&d, &addon.digest.to_string(), root, r).await,
+                _ => None,
+            };
+            candidates.push(Candidate {
                 runner: r.name.clone(),
                 enabled: r.enabled,
                 configured: r.configured,
@@ -249,8 +254,9 @@ impl Engine {
                     isolates.then(|| r.name.clone())
                 }),
                 reason: r.reason.clone(),
-            })
-            .collect();
+                cannot_build,
+            });
+        }
         let mut reason = None;
         let selected = if !addon.parsed.is_valid() {
             reason = Some(format!("the descriptor is invalid: {}", first_error(&addon)));
@@ -259,9 +265,21 @@ impl Engine {
             reason = Some(impure_refusal(&d));
             None
         } else {
-            let first = resolved.iter().find(|r| r.enabled && r.configured && r.available);
+            let first = resolved
+                .iter()
+                .zip(&candidates)
+                .find(|(r, c)| r.enabled && r.configured && r.available && c.cannot_build.is_none());
+            let first = first.map(|(r, _)| r);
             if first.is_none() {
-                reason = Some(no_runner_reason(&resolved));
+                let builds: Vec<String> = candidates
+                    .iter()
+                    .filter_map(|c| c.cannot_build.as_ref().map(|why| format!("{}: {why}", c.runner)))
+                    .collect();
+                reason = Some(if builds.is_empty() {
+                    no_runner_reason(&resolved)
+                } else {
+                    format!("no runner can build it: {}", builds.join("; "))
+                });
             }
             first.map(|r| Selected {
                 runner: r.name.clone(),
@@ -283,6 +301,36 @@ impl Engine {
             selected,
             reason,
         })
+    }
+
+    /// Why runner `r` cannot build this addon, known before building: the runner can tell
+    /// (a flake with no default package), or its build failed recently and is remembered.
+    async fn cannot_build(
+        &self,
+        d: &Descriptor,
+        digest: &str,
+        root: &Path,
+        r: &crate::resolve::Resolved,
+    ) -> Option<String> {
+        let (Some(runner), Some(section)) = (self.runner(&r.name), r.section) else { return None };
+        let spec = BuildSpec {
+            addon: AddonRef { name: d.meta.name.clone(), version: d.meta.version.clone(), digest: digest.to_string() },
+            section,
+            descriptor: d.clone(),
+            addon_dir: root.to_path_buf(),
+            content_dir: PathBuf::new(),
+        };
+        if let Some(why) = runner.cannot_build(&spec).await {
+            return Some(why);
+        }
+        let remember = self.config.remember_failed_builds.0;
+        if remember.is_zero() {
+            return None;
+        }
+        let key = artifact_key(&runner, &spec).await.ok().flatten()?;
+        let (meta, age) = self.cache().ok()?.remembered_failure(&key, remember)?;
+        let first = meta.data.message.split(addon_runners::runner::BUILD_LOG_MARK).next().unwrap_or("").to_string();
+        Some(format!("{}: {first}", remembered_note(age, remember)))
     }
 
     fn scratch(&self) -> Result<tempfile::TempDir, EngineError> {
@@ -445,14 +493,20 @@ impl Engine {
         &self,
         max_size: Option<u64>,
         older_than: Option<Duration>,
+        failed_builds: bool,
     ) -> Result<PruneReport, EngineError> {
         let cache = self.cache()?;
+        let forgotten = if failed_builds { cache.forget_failures() } else { Vec::new() };
         // Entries are removed under their locks; what they owned outside the cache (a docker
         // image) is then released by the runner that made it.
         let pruner = cache.clone();
-        let removed = tokio::task::spawn_blocking(move || pruner.prune(max_size, older_than))
-            .await
-            .map_err(|e| EngineError::Cache(e.to_string()))?;
+        let mut removed = if max_size.is_some() || older_than.is_some() {
+            tokio::task::spawn_blocking(move || pruner.prune(max_size, older_than))
+                .await
+                .map_err(|e| EngineError::Cache(e.to_string()))?
+        } else {
+            Vec::new()
+        };
         for e in removed.iter().filter(|e| e.kind == addon_cache::Kind::Artifact) {
             let owner = e.meta.as_ref().and_then(|m| m.key.parts.get("runner")).cloned().unwrap_or_default();
             let (Some(runner), Some(artifact)) = (self.runner(&owner), e.data::<addon_runners::Artifact>()) else {
@@ -462,6 +516,7 @@ impl Engine {
                 tracing::warn!("{owner} runner: releasing what pruned entry {} owned: {err}", e.key);
             }
         }
+        removed.extend(forgotten);
         let total_size = cache.list().iter().map(|e| e.size).sum();
         Ok(PruneReport { removed, total_size })
     }
@@ -761,14 +816,8 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<(Option<Artifact>, Option<Entry<Artifact>>, CacheUse), RunnerError> {
         let info = runner.info();
-        let Some(parts) = runner.cache_key(spec).await? else { return Ok((None, None, CacheUse::None)) };
-        let mut key = addon_cache::Key::new(addon_cache::Kind::Artifact)
-            .with("runner", &info.name)
-            .with("runner-version", &info.version)
-            .with("section", spec.section.as_str());
-        for (k, v) in parts {
-            key = key.with(&k, v);
-        }
+        let Some(key) = artifact_key(runner, spec).await? else { return Ok((None, None, CacheUse::None)) };
+        let remember = self.config.remember_failed_builds.0;
         let (cache, runner2, spec, log, cancel) =
             (cache.clone(), runner.clone(), spec.clone(), log.clone(), cancel.clone());
         let handle = tokio::runtime::Handle::current();
@@ -778,7 +827,7 @@ impl Engine {
         let entry = tokio::task::spawn_blocking(move || {
             let valid_runner = runner2.clone();
             let valid_handle = handle.clone();
-            cache.get_or_build(
+            cache.get_or_build_remembering(
                 &key,
                 &label,
                 move |a: &Artifact, _| valid_handle.block_on(valid_runner.artifact_valid(a)),
@@ -786,17 +835,25 @@ impl Engine {
                     let spec = BuildSpec { content_dir: content.to_path_buf(), ..spec };
                     handle.block_on(async {
                         tokio::select! {
+                            // Only the build's own failure is remembered; a runtime that
+                            // could not be reached says nothing about the addon.
                             r = runner2.build(&spec, log) => r.map_err(|e| match e {
-                                RunnerError::Build { message, log_tail, .. } => {
-                                    format!("{message}{}{}", addon_runners::runner::BUILD_LOG_MARK, log_tail.join("\n"))
-                                }
-                                other => other.to_string(),
+                                RunnerError::Build { message, log_tail, .. } => addon_cache::BuildFailure {
+                                    message: format!("{message}{}{}", addon_runners::runner::BUILD_LOG_MARK, log_tail.join("\n")),
+                                    remember: true,
+                                },
+                                other => addon_cache::BuildFailure { message: other.to_string(), remember: false },
                             }),
-                            // Dropping the build stops it (the process is killed, the stream closed).
-                            _ = cancel.cancelled() => Err(format!("the run was cancelled during the {name} build")),
+                            // Dropping the build stops it (the process is killed, the stream
+                            // closed); a cancelled build says nothing about the addon.
+                            _ = cancel.cancelled() => Err(addon_cache::BuildFailure {
+                                message: format!("the run was cancelled during the {name} build"),
+                                remember: false,
+                            }),
                         }
                     })
                 },
+                remember,
             )
         })
         .await
@@ -809,6 +866,11 @@ impl Engine {
             Err(addon_cache::CacheError::Build { message, .. }) => {
                 Err(RunnerError::build(&info.name, &spec_label, &message))
             }
+            Err(addon_cache::CacheError::Remembered { message, age, .. }) => Err(RunnerError::build(
+                &info.name,
+                &spec_label,
+                &format!("{} (not tried again: {})", message, remembered_note(age, remember)),
+            )),
             Err(other) => Err(RunnerError::setup(&info.name, other.to_string())),
         }
     }
@@ -1255,6 +1317,30 @@ fn first_error(addon: &LoadedAddon) -> String {
             (None, _) => d.message.clone(),
         })
         .unwrap_or_else(|| "unknown problem".into())
+}
+
+/// The cache key of what `runner` builds for `spec` (None: it builds nothing).
+async fn artifact_key(runner: &Arc<dyn Runner>, spec: &BuildSpec) -> Result<Option<addon_cache::Key>, RunnerError> {
+    let info = runner.info();
+    let Some(parts) = runner.cache_key(spec).await? else { return Ok(None) };
+    let mut key = addon_cache::Key::new(addon_cache::Kind::Artifact)
+        .with("runner", &info.name)
+        .with("runner-version", &info.version)
+        .with("section", spec.section.as_str());
+    for (k, v) in parts {
+        key = key.with(&k, v);
+    }
+    Ok(Some(key))
+}
+
+/// How a remembered build failure is explained.
+fn remembered_note(age: Duration, remember: Duration) -> String {
+    format!(
+        "this build failed {} ago and is remembered for {} (setting remember-failed-builds; \
+         `addon cache prune --failed-builds` forgets it)",
+        addon_runners::process::human_secs(age),
+        addon_runners::process::human_secs(remember)
+    )
 }
 
 fn impure_refusal(d: &Descriptor) -> String {

@@ -91,7 +91,7 @@ enum CacheCommand {
     Ls,
     /// Remove least recently used entries until the limits hold; entries in use are kept.
     #[command(
-        after_help = "Examples:\n  addon cache prune --max-size 10GiB\n  addon cache prune --older-than 30d\n  addon cache prune --max-size 0   # everything not in use"
+        after_help = "Examples:\n  addon cache prune --max-size 10GiB\n  addon cache prune --older-than 30d\n  addon cache prune --max-size 0   # everything not in use\n  addon cache prune --failed-builds   # build again what failed recently"
     )]
     Prune {
         /// Keep at most this much (bytes, or 500MB, 10GiB).
@@ -100,6 +100,10 @@ enum CacheCommand {
         /// Remove entries not used for this long (30d, 12h).
         #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
         older_than: Option<std::time::Duration>,
+        /// Forget every remembered failed build (see `remember-failed-builds`), so the next
+        /// run builds again.
+        #[arg(long)]
+        failed_builds: bool,
     },
 }
 
@@ -396,12 +400,16 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     plan.addon.digest
                 )?;
                 for c in &plan.candidates {
-                    let mark = if c.enabled && c.configured && c.available { "+" } else { "-" };
+                    let usable = c.enabled && c.configured && c.available && c.cannot_build.is_none();
+                    let mark = if usable { "+" } else { "-" };
                     writeln!(
                         out,
                         "  {mark} {:<10} enabled={:<5} configured={:<5} available={:<5} {}",
                         c.runner, c.enabled, c.configured, c.available, c.reason
                     )?;
+                    if let Some(why) = &c.cannot_build {
+                        writeln!(out, "    cannot build it: {why}")?;
+                    }
                 }
                 writeln!(out, "origin: {}", plan.identity.origin)?;
                 if let Some(note) = &plan.identity.note {
@@ -482,12 +490,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let value = match cmd {
                 CacheCommand::Ls => serde_json::to_value(engine.cache_ls()?)?,
-                CacheCommand::Prune { max_size, older_than } => {
+                CacheCommand::Prune { max_size, older_than, failed_builds } => {
                     anyhow::ensure!(
-                        max_size.is_some() || older_than.is_some(),
-                        "cache prune: give --max-size and/or --older-than"
+                        max_size.is_some() || older_than.is_some() || failed_builds,
+                        "cache prune: give --max-size, --older-than and/or --failed-builds"
                     );
-                    serde_json::to_value(rt.block_on(engine.cache_prune(max_size, older_than))?)?
+                    serde_json::to_value(rt.block_on(engine.cache_prune(max_size, older_than, failed_builds))?)?
                 }
             };
             if cli.json {
@@ -546,7 +554,13 @@ fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u
     let mut code = 0u8;
     for src in sources {
         let (report, text) = match addon_executor::source::open(src, config, scratch.path(), None, None) {
-            Ok(addon) => (ValidationReport::from_addon(src, &addon), Some(addon.descriptor_text.clone())),
+            Ok(addon) => {
+                #[allow(unused_mut)] // without the nix feature nothing more is checked
+                let mut report = ValidationReport::from_addon(src, &addon);
+                #[cfg(feature = "nix")]
+                report.check_flake(&addon, &config.nix_runner.nix_binary);
+                (report, Some(addon.descriptor_text.clone()))
+            }
             Err(e) => (ValidationReport::from_error(src, &e), None),
         };
         if report.unreadable {

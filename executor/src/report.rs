@@ -171,6 +171,11 @@ pub struct Candidate {
     pub available: bool,
     pub sandbox: Option<String>,
     pub reason: String,
+    /// Why it cannot build this addon, found without building: what the addon lacks (a flake
+    /// with no default package), or its build failed a short while ago and is remembered
+    /// (setting `remember-failed-builds`). A runner with this is not selected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cannot_build: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -81,3 +81,28 @@ impl ValidationReport {
         }
     }
 }
+
+impl ValidationReport {
+    /// Where nix is installed, reads the flake of an addon that enables the nix section and
+    /// warns when `nix build` would find nothing to build in it (a flake without
+    /// `packages.<system>.default` or `defaultPackage.<system>`). A flake that cannot be read
+    /// here (inputs not in the store, offline) is not judged: the build will say.
+    #[cfg(feature = "nix")]
+    pub fn check_flake(&mut self, addon: &LoadedAddon, nix_binary: &str) {
+        use addon_runners::nix::{flake_default, FlakeDefault};
+        let (Some(d), Some(root)) = (addon.parsed.descriptor.as_ref(), addon.root.as_ref()) else { return };
+        if !d.sections().contains(&addon_descriptors::Section::Nix) || !root.join("flake.nix").is_file() {
+            return;
+        }
+        let Ok(nix) = which::which(nix_binary) else { return };
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let found = rt.block_on(flake_default(&nix.to_string_lossy(), root, std::time::Duration::from_secs(30)));
+        if let FlakeDefault::Missing(why) = found {
+            self.diagnostics.push(Diagnostic::warning(
+                Some("runner.nix".into()),
+                format!("the nix-flake runner cannot build this addon: {why}"),
+                None,
+            ));
+        }
+    }
+}

@@ -142,3 +142,58 @@ fn a_flake_utils_shaped_flake_with_only_default_package_runs() {
     assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(a["runner"], "nix-flake", "{a}");
 }
+
+fn addon_cmd(w: &World, args: &[&str]) -> (std::process::Output, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(args)
+        .args(["--json", "--config", w.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, v)
+}
+
+#[test]
+fn a_flake_nix_cannot_build_is_passed_over_by_plan_and_its_failed_build_is_remembered() {
+    if !require_nix() {
+        return;
+    }
+    // Only a named package: `nix build` with no attribute builds nothing from it.
+    let w = World::new("auto", &nix_config(""));
+    let addon = w.nix_addon("named", PURE, "printf '{}'", "x");
+    let flake = flake_utils_shaped("named", &format!("named-{}", std::process::id()));
+    std::fs::write(addon.join("flake.nix"), flake.replace("defaultPackage = eachSystem addon;", "")).unwrap();
+    let src = addon.to_str().unwrap();
+    let (out, plan) = addon_cmd(&w, &["plan", src]);
+    assert_eq!(out.status.code(), Some(1), "{plan}");
+    let nix = &plan["candidates"][0];
+    let why = nix["cannot_build"].as_str().unwrap_or_default();
+    assert!(why.contains("defaultPackage.x86_64-linux") && why.contains("packages.x86_64-linux.named"), "{plan}");
+    assert!(
+        plan["selected"].is_null() && plan["reason"].as_str().unwrap().contains("no runner can build it"),
+        "{plan}"
+    );
+    // validate warns about it, and the descriptor stays valid.
+    let (out, v) = addon_cmd(&w, &["validate", src]);
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    let warned = v["diagnostics"].as_array().unwrap().iter().any(|d| {
+        d["severity"] == "warning" && d["message"].as_str().unwrap_or("").contains("defaultPackage.x86_64-linux")
+    });
+    assert!(warned, "{v}");
+
+    // The run tries the build once; the next run does not build it again.
+    let (_, v) = w.run(&[src]);
+    let first = v["addons"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert_eq!(v["addons"][0]["result"], "execution-failed", "{v}");
+    assert!(!first.contains("not tried again"), "{first}");
+    let (_, v) = w.run(&[src]);
+    let again = v["addons"][0]["error"].as_str().unwrap_or_default();
+    assert!(again.contains("not tried again") && again.contains("remember-failed-builds"), "{again}");
+    let (_, ls) = addon_cmd(&w, &["cache", "ls"]);
+    assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "failed-build"), "{ls}");
+    // Forgotten on request: the next run builds (and fails) again.
+    let (out, _) = addon_cmd(&w, &["cache", "prune", "--failed-builds"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, v) = w.run(&[src]);
+    assert!(!v["addons"][0]["error"].as_str().unwrap_or_default().contains("not tried again"), "{v}");
+}

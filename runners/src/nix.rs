@@ -178,6 +178,92 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
     Ok(PathBuf::from(store_path))
 }
 
+/// What `nix build` builds from a flake given no attribute, read without building.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlakeDefault {
+    /// The attribute it builds (`packages.x86_64-linux.default` or `defaultPackage.x86_64-linux`).
+    Buildable(String),
+    /// Nothing: the flake has no such output; says what it has instead.
+    Missing(String),
+    /// The flake could not be read here (nix missing, inputs not available offline, an
+    /// evaluation error); the build will say more.
+    Unknown(String),
+}
+
+/// This machine's nix system name.
+pub fn nix_system() -> String {
+    format!("{}-linux", std::env::consts::ARCH)
+}
+
+/// Reads the outputs of the flake in `dir` with `nix flake show --json` (pure evaluation,
+/// offline, no import from derivation, the lock file left as it is), and tells what `nix build`
+/// with no attribute would build for this system: `packages.<system>.default`, else
+/// `defaultPackage.<system>` (flake-utils' shape). Stopped after `timeout`.
+pub async fn flake_default(nix: &str, dir: &Path, timeout: Duration) -> FlakeDefault {
+    let mut cmd = tokio::process::Command::new(nix);
+    cmd.args(FEATURES)
+        .args(["flake", "show", "--json", "--offline", "--no-write-lock-file"])
+        .args(["--option", "allow-import-from-derivation", "false"])
+        .arg(format!("path:{}", dir.display()))
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(timeout, cmd.output()).await {
+        Err(_) => {
+            return FlakeDefault::Unknown(format!(
+                "`nix flake show` did not finish within {}",
+                crate::process::human_secs(timeout)
+            ))
+        }
+        Ok(Err(e)) => return FlakeDefault::Unknown(format!("cannot run {nix}: {e}")),
+        Ok(Ok(o)) => o,
+    };
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| err.lines().next().unwrap_or(""));
+        return FlakeDefault::Unknown(format!("`nix flake show` failed: {}", first.trim()));
+    }
+    let Ok(outputs) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return FlakeDefault::Unknown("`nix flake show` printed no JSON".into());
+    };
+    default_output(&outputs, &nix_system())
+}
+
+/// [`flake_default`]'s reading of `nix flake show --json` output.
+pub fn default_output(outputs: &serde_json::Value, system: &str) -> FlakeDefault {
+    let is_drv = |v: &serde_json::Value| v.get("type").and_then(|t| t.as_str()) == Some("derivation");
+    for path in [["packages", system, "default"].as_slice(), ["defaultPackage", system].as_slice()] {
+        let found = path.iter().try_fold(outputs, |v, k| v.get(*k));
+        if found.is_some_and(is_drv) {
+            return FlakeDefault::Buildable(path.join("."));
+        }
+    }
+    let named: Vec<String> = outputs
+        .get("packages")
+        .and_then(|p| p.get(system))
+        .and_then(|p| p.as_object())
+        .map(|m| m.keys().map(|k| format!("packages.{system}.{k}")).collect())
+        .unwrap_or_default();
+    let systems: Vec<String> = ["packages", "defaultPackage"]
+        .iter()
+        .filter_map(|o| outputs.get(*o).and_then(|v| v.as_object()))
+        .flat_map(|m| m.keys().cloned())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let has = if !named.is_empty() {
+        format!("it has {}, but nix builds only a default", named.join(", "))
+    } else if !systems.is_empty() {
+        format!("it has packages for {} only", systems.join(", "))
+    } else {
+        let tops: Vec<&str> = outputs.as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+        format!("its outputs are: {}", if tops.is_empty() { "none".to_string() } else { tops.join(", ") })
+    };
+    FlakeDefault::Missing(format!(
+        "the flake provides neither packages.{system}.default nor defaultPackage.{system}, which `nix build` builds \
+         ({has})"
+    ))
+}
+
 /// Registers `link` (inside a cache entry) as an indirect GC root for `store_path`. Pruning the
 /// entry removes the link, and with it the protection.
 async fn add_gc_root(s: &NixSettings, link: &Path, store_path: &Path) -> Result<(), String> {
@@ -286,6 +372,20 @@ impl Runner for NixRunner {
 
     async fn artifact_valid(&self, artifact: &Artifact) -> bool {
         Path::new(&artifact.reference).is_dir()
+    }
+
+    async fn cannot_build(&self, spec: &BuildSpec) -> Option<String> {
+        if !spec.addon_dir.join("flake.nix").is_file() {
+            return Some("the addon has no flake.nix".into());
+        }
+        match flake_default(&self.settings.nix_binary, &spec.addon_dir, Duration::from_secs(30)).await {
+            FlakeDefault::Missing(why) => Some(why),
+            FlakeDefault::Buildable(_) => None,
+            FlakeDefault::Unknown(why) => {
+                tracing::debug!("reading the flake of {}: {why}", spec.addon.label());
+                None
+            }
+        }
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {

@@ -322,6 +322,14 @@ pub trait Runner: Send + Sync {
         Err(RunnerError::setup(&self.info().name, format!("builds nothing for {}", spec.addon.label())))
     }
 
+    /// Why this runner cannot build `spec`'s addon, when it can tell without building (a flake
+    /// with no default package): `addon plan` then passes over it. None when it can, or cannot
+    /// tell (the build will say). `spec.content_dir` is empty here.
+    async fn cannot_build(&self, spec: &BuildSpec) -> Option<String> {
+        let _ = spec;
+        None
+    }
+
     /// Whether a cached artifact is still usable (its image was not removed behind our back).
     async fn artifact_valid(&self, artifact: &Artifact) -> bool {
         let _ = artifact;
