@@ -373,3 +373,55 @@ fn a_build_context_with_a_link_out_of_it_is_refused() {
     let err = a["error"].as_str().unwrap_or_default();
     assert!(err.contains("build context") && err.contains("hostlink") && err.contains("outside"), "{err}");
 }
+
+/// An `image:` addon shaped like the published Python example: an interpreter that loads shared
+/// libraries, in an image that runs as a non-root `USER` (uid 5678), writing its output without
+/// a trailing newline and a file into its output directory.
+#[test]
+fn an_image_that_runs_as_a_non_root_user_runs_on_oci_and_docker() {
+    if !require_docker() || !require_oci() {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\noci-runner: {image-store: docker}\n");
+    let ctx = w.path().join("example-image");
+    host_rootfs(&ctx.join("rootfs"), &["/bin/dash", "/bin/mkdir"], &[]);
+    std::fs::create_dir_all(ctx.join("rootfs/etc")).unwrap();
+    let passwd = "root:x:0:0::/root:/bin/dash\nappuser:x:5678:5678::/home/appuser:/bin/dash\n";
+    std::fs::write(ctx.join("rootfs/etc/passwd"), passwd).unwrap();
+    std::fs::write(ctx.join("rootfs/etc/group"), "root:x:0:\nappuser:x:5678:\n").unwrap();
+    // Its output, and a cache it keeps in CACHE_DIR across runs (a directory made in the first).
+    std::fs::write(
+        ctx.join("run.sh"),
+        "printf 'from %s\\n' \"$0\" >&2\nprintf 'made by 5678' > \"$OUTPUT_DIR/note.txt\"\n\
+         mkdir -p \"$CACHE_DIR/models\" && printf x >> \"$CACHE_DIR/models/runs\" || exit 3\n\
+         printf '{\"files\":[]}'",
+    )
+    .unwrap();
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY rootfs/ /\nCOPY run.sh /app/run.sh\nLABEL test.marker=user-{}\nUSER appuser\nWORKDIR /app\nENTRYPOINT [\"/bin/dash\", \"/app/run.sh\"]\n",
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    let tag = format!("addon-oci-test/appuser:{}", std::process::id());
+    let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&ctx).output().unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let addon = image_addon(&w, "appuser", &tag);
+    for (runner, n) in [("oci", 1), ("oci", 2), ("docker", 1), ("docker", 2)] {
+        let out_dir = w.path().join(format!("out-{runner}-{n}"));
+        let (out, v) = w.run(&[addon.to_str().unwrap(), "--runner", runner, "--output-dir", out_dir.to_str().unwrap()]);
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "success", "{runner}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a["runner"], runner);
+        let note = std::fs::read_to_string(out_dir.join("note.txt"));
+        assert_eq!(
+            note.ok().as_deref(),
+            Some("made by 5678"),
+            "{runner}: {v}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+}

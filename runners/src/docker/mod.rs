@@ -340,6 +340,23 @@ fn hostname() -> String {
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.
 use crate::process::process_start;
 
+/// The numeric user and group the container `id` runs as when that is not root (which may
+/// write anything it is given) or the engine's own user (which owns the run's directories):
+/// `spec` is a docker `--user` (`name`, `uid`, `name:group`, `uid:gid`), names read from the
+/// container's `/etc/passwd` and `/etc/group` as Docker reads them.
+async fn container_user(docker: &Docker, id: &str, spec: &str) -> Result<Option<(u32, u32)>, String> {
+    let numeric = spec.split(':').all(|p| p.is_empty() || p.parse::<u32>().is_ok());
+    let (passwd, group) = if numeric {
+        (String::new(), String::new())
+    } else {
+        (volumes::small_file(docker, id, "/etc/passwd").await, volumes::small_file(docker, id, "/etc/group").await)
+    };
+    let user =
+        crate::oci::bundle::resolve_user_in(&passwd, &group, spec).map_err(|e| format!("the image's user: {e}"))?;
+    let engine = addon_tree::current_owner();
+    Ok((user.uid != 0 && (user.uid, user.gid) != engine).then_some((user.uid, user.gid)))
+}
+
 /// Removes the images of pruned cache entries.
 pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), String> {
     docker
@@ -547,6 +564,7 @@ impl Runner for DockerRunner {
                 volume_dirs.push(host);
             }
         }
+        let run_as = user.clone();
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: Some(spec.args.clone()),
@@ -628,6 +646,32 @@ impl Runner for DockerRunner {
                 }
             }
         };
+        // An image that runs as a user of its own (`USER appuser`) writes its output, work and
+        // cache directories as that user, as it would in Docker's own volumes.
+        let handed = async {
+            let spec_user = match run_as {
+                Some(u) => u,
+                None => volumes::user_of(docker, &image).await?,
+            };
+            let Some(who) = container_user(docker, &id, &spec_user).await? else { return Ok(()) };
+            let dirs: [&Path; 3] = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache];
+            match &settle_with {
+                None => crate::sandbox::claim(&dirs, crate::sandbox::Identity { uid: who.0, gid: who.1 })
+                    .map_err(|e| format!("giving the run's directories to the image's user {spec_user}: {e}")),
+                Some(helper) => {
+                    let trees: Vec<settle::Tree> =
+                        dirs.iter().map(|d| settle::Tree { host: d.to_path_buf(), keep_symlinks: true }).collect();
+                    settle::run(docker, helper, who, &trees, labels.clone())
+                        .await
+                        .map_err(|e| format!("giving the run's directories to the image's user {spec_user}: {e}"))
+                }
+            }
+        }
+        .await;
+        if let Err(e) = handed {
+            remove(docker.clone(), id.clone()).await;
+            return Err(setup(e));
+        }
         // The streams are attached before the container starts, as the docker CLI does: following
         // the logs after `start` misses the last unterminated writes of a short-lived container on
         // Docker 20.10 (an addon's JSON, printed without a newline just before it exits).

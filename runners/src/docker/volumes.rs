@@ -28,6 +28,36 @@ pub async fn of(docker: &Docker, image: &str) -> Result<Vec<String>, String> {
     Ok(paths)
 }
 
+/// The user `image` runs as (its `USER`; empty for root).
+pub async fn user_of(docker: &Docker, image: &str) -> Result<String, String> {
+    let inspected = docker.inspect_image(image).await.map_err(|e| format!("inspecting image {image}: {e}"))?;
+    Ok(inspected.config.and_then(|c| c.user).unwrap_or_default())
+}
+
+/// The text of a small regular file of container `id` (`/etc/passwd`), at most 1 MiB; empty
+/// when it is missing, not a regular file or larger.
+pub async fn small_file(docker: &Docker, id: &str, path: &str) -> String {
+    use std::io::Read;
+    let mut tar = Vec::new();
+    let mut stream = docker.download_from_container(id, Some(DownloadFromContainerOptions { path: path.into() }));
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else { return String::new() };
+        tar.extend_from_slice(&chunk);
+        if tar.len() > 2 << 20 {
+            return String::new();
+        }
+    }
+    let mut archive = tar::Archive::new(&tar[..]);
+    let Ok(mut entries) = archive.entries() else { return String::new() };
+    let Some(Ok(mut entry)) = entries.next() else { return String::new() };
+    if entry.header().entry_type() != tar::EntryType::Regular {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = (&mut entry).take(1 << 20).read_to_string(&mut text);
+    text
+}
+
 /// An absolute path with `.`, `..` and repeated slashes resolved.
 fn clean(path: &str) -> String {
     let mut out: Vec<&str> = Vec::new();

@@ -115,7 +115,7 @@ fn read_small(path: &Path) -> String {
     text
 }
 
-fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, String> {
+pub fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, String> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
