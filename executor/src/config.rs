@@ -677,7 +677,7 @@ impl Config {
             }
         }
         if config.runner.0.is_empty() {
-            return Err("runner: the runner list is empty; name at least one of docker, nix-flake, trivial".into());
+            return Err(format!("runner: the runner list is empty; name at least one of {}", known.join(", ")));
         }
         Ok(config)
     }

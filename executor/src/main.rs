@@ -19,8 +19,10 @@ const EXIT_TROUBLE: u8 = 2;
 #[command(
     name = "addon",
     version,
-    about = "Validate, plan and run Docspell addons with pluggable runners (docker, nix-flake, trivial)",
-    long_about = "Validate, plan and run Docspell addons with pluggable runners (docker, nix-flake, trivial).\n\n\
+    about = "Validate, plan and run Docspell addons with pluggable runners (docker, oci, nix-flake, trivial, plugins)",
+    long_about = "Validate, plan and run Docspell addons with pluggable runners: docker, oci (docker addons without a \
+daemon), nix-flake and trivial (in a sandbox: bwrap, netns or nspawn), and plugins such as gvisor. \
+`addon runners` shows which work here; `runner:` in the configuration orders them.\n\n\
 A SOURCE is an addon directory, a .zip file, an http(s):// URL of a zip, or (for `validate`) a \
 docspell-addon.yml file alone.\n\n\
 Exit codes: 0 everything succeeded; 1 the addon or descriptor was judged and failed; \
@@ -112,7 +114,8 @@ struct RunArgs {
     /// Addon directories, zip files or URLs, run in this order.
     #[arg(required = true, value_name = "SOURCE")]
     sources: Vec<String>,
-    /// Replaces the configured runner order for this run (repeatable: docker, nix-flake, trivial).
+    /// Replaces the configured runner order for this run (repeatable: docker, oci, nix-flake,
+    /// trivial, or a plugin's name).
     #[arg(long = "runner", value_name = "NAME")]
     runners: Vec<String>,
     /// Content of the user-input file handed to every addon (default: empty).
