@@ -335,6 +335,20 @@ fn watch_unlinked(args: &[std::ffi::OsString]) -> ExitCode {
     }
 }
 
+/// The first clause of a runner's or sandbox's detail (up to the first `; ` or ` (`), for a
+/// line a person reads; all of it when `verbose`.
+fn brief(detail: &str, verbose: bool) -> String {
+    if verbose {
+        return detail.to_string();
+    }
+    let end = [detail.find("; "), detail.find(" (")].into_iter().flatten().min().unwrap_or(detail.len());
+    let mut head: String = detail[..end].chars().take(120).collect();
+    if head.len() < detail.len() {
+        head.push_str(" …");
+    }
+    head
+}
+
 /// `verbose` None: errors only.
 fn init_logging(verbose: Option<u8>) {
     let default = match verbose {
@@ -405,10 +419,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 for c in &plan.candidates {
                     let usable = c.enabled && c.configured && c.available && c.cannot_build.is_none();
                     let mark = if usable { "+" } else { "-" };
+                    // Why a runner is not there stays whole (it says how to fix it); the rest is
+                    // the answer first, the detail on -v.
+                    let reason = if c.available { brief(&c.reason, cli.verbose > 0) } else { c.reason.clone() };
                     writeln!(
                         out,
-                        "  {mark} {:<10} enabled={:<5} configured={:<5} available={:<5} {}",
-                        c.runner, c.enabled, c.configured, c.available, c.reason
+                        "  {mark} {:<10} enabled={:<5} configured={:<5} available={:<5} {reason}",
+                        c.runner, c.enabled, c.configured, c.available
                     )?;
                     if let Some(why) = &c.cannot_build {
                         writeln!(out, "    cannot build it: {why}")?;
@@ -474,15 +491,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             } else {
                 let mut out = Human(std::io::stdout().lock());
                 writeln!(out, "runners:")?;
+                let verbose = cli.verbose > 0;
                 for r in &report.runners {
                     let v = r.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
-                    writeln!(out, "  {} {}{v}: {}", if r.available { "+" } else { "-" }, r.name, r.detail)?;
+                    let detail = if r.available { brief(&r.detail, verbose) } else { r.detail.clone() };
+                    writeln!(out, "  {} {}{v}: {detail}", if r.available { "+" } else { "-" }, r.name)?;
                 }
                 writeln!(out, "sandboxes:")?;
                 for s in &report.sandboxes {
                     let p = &s.probe;
-                    writeln!(out, "  {} {}: {}", if p.available { "+" } else { "-" }, p.name, p.detail)?;
+                    let detail = if p.available { brief(&p.detail, verbose) } else { p.detail.clone() };
+                    writeln!(out, "  {} {}: {detail}", if p.available { "+" } else { "-" }, p.name)?;
                     writeln!(out, "      {}", s.limits)?;
+                }
+                if !verbose {
+                    writeln!(out, "(-v shows every detail; --json all of it)")?;
                 }
             }
             Ok(0)
