@@ -30,6 +30,8 @@ pub struct Config {
     pub docker_runner: DockerRunnerConfig,
     /// The daemonless `oci` runner of docker addons.
     pub oci_runner: OciRunnerConfig,
+    /// What builds may reach.
+    pub network: NetworkConfig,
     /// Where run directories are made.
     pub working_dir: PathBuf,
     /// The artifact cache and the addons' persistent CACHE_DIR data.
@@ -215,6 +217,7 @@ impl Default for Config {
             nix_runner: NixRunnerConfig::default(),
             docker_runner: DockerRunnerConfig::default(),
             oci_runner: OciRunnerConfig::default(),
+            network: NetworkConfig::default(),
             working_dir: Config::default_working_dir(),
             cache_dir: dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("addon"),
             env: BTreeMap::new(),
@@ -296,9 +299,9 @@ pub struct DockerRunnerConfig {
     /// User inside the container: null keeps the image's user; `engine` uses the engine's
     /// uid:gid so output files stay readable; or an explicit `uid:gid`.
     pub user: Option<String>,
-    /// Network of image builds: null for the daemon's default (builds that fetch packages, as
-    /// Docspell's), `none` to build without network (a Dockerfile's RUN steps are the addon's
-    /// code too).
+    /// Deprecated: `network.build` says what every runner's builds reach. When set, `none`
+    /// takes this runner's builds off the network whatever `network.build` says.
+    #[schemars(skip)]
     pub build_network: Option<String>,
 }
 
@@ -310,6 +313,43 @@ impl Default for DockerRunnerConfig {
             user: None,
             build_network: None,
         }
+    }
+}
+
+/// `network:` of the configuration.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NetworkConfig {
+    /// What builds reach (a Dockerfile's `RUN` steps and its base image, nix's fetches), for
+    /// every runner that builds and whatever the addon's own `networking` says: builds are not
+    /// the run, and a real Dockerfile installs packages. `egress` (the default): what they need
+    /// from outside (until the egress network of impure runs exists, that is the host's network,
+    /// as Docspell's builds have); `host`: the host's network; `none`: no network (nix builds
+    /// `--offline`; a base image must be in a local store).
+    pub build: BuildNetwork,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BuildNetwork {
+    #[default]
+    Egress,
+    Host,
+    None,
+}
+
+impl BuildNetwork {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BuildNetwork::Egress => "egress",
+            BuildNetwork::Host => "host",
+            BuildNetwork::None => "none",
+        }
+    }
+
+    /// Whether builds get a network at all.
+    pub fn online(self) -> bool {
+        self != BuildNetwork::None
     }
 }
 
@@ -333,10 +373,10 @@ pub struct OciRunnerConfig {
     /// that ask for network; a pure addon's image never comes from the network), `always`.
     pub pull: OciPull,
     pub build_timeout: HumanDuration,
-    /// Network of Dockerfile builds of addons that ask for network: `host` (as Docspell's
-    /// builds, which fetch packages) or `none`. A pure addon's build never has network and
-    /// never pulls its base image (unless `pull: always`).
-    pub build_network: String,
+    /// Deprecated: `network.build` says what every runner's builds reach. When set, `none`
+    /// takes this runner's builds off the network whatever `network.build` says.
+    #[schemars(skip)]
+    pub build_network: Option<String>,
     /// As root, container ids 0..65535 are host ids from this one up (never the host's root);
     /// Dockerfile builds use the 65536 ids after those.
     pub uid_base: u32,
@@ -372,7 +412,7 @@ impl Default for OciRunnerConfig {
             image_store: OciImageStore::None,
             pull: OciPull::IfNetworking,
             build_timeout: HumanDuration(d.build_timeout),
-            build_network: d.build_network,
+            build_network: None,
             uid_base: d.uid_base,
             state_dir: None,
         }
@@ -380,8 +420,8 @@ impl Default for OciRunnerConfig {
 }
 
 impl OciRunnerConfig {
-    /// The runner's settings.
-    pub fn settings(&self) -> addon_runners::oci::OciSettings {
+    /// The runner's settings, its builds reaching `build`.
+    pub fn settings(&self, build: BuildNetwork) -> addon_runners::oci::OciSettings {
         use addon_runners::oci::{ImageStore, Pull};
         addon_runners::oci::OciSettings {
             runtime: self.runtime.clone(),
@@ -399,7 +439,13 @@ impl OciRunnerConfig {
                 OciPull::Always => Pull::Always,
             },
             build_timeout: self.build_timeout.0,
-            build_network: self.build_network.clone(),
+            // Builders know `host` and `none`; egress builds use the host's network for now.
+            build_network: if self.build_network.as_deref() == Some("none") || !build.online() {
+                "none"
+            } else {
+                "host"
+            }
+            .to_string(),
             uid_base: self.uid_base,
             state_dir: self.state_dir.clone(),
         }
@@ -628,8 +674,20 @@ impl Config {
                 2 * addon_runners::oci::ID_RANGE
             ));
         }
-        if !["host", "none"].contains(&config.oci_runner.build_network.as_str()) {
-            return Err(format!("oci-runner.build-network: `{}` is not host or none", config.oci_runner.build_network));
+        for (key, value) in [
+            ("oci-runner.build-network", &config.oci_runner.build_network),
+            ("docker-runner.build-network", &config.docker_runner.build_network),
+        ] {
+            match value.as_deref() {
+                None => {}
+                Some(v @ ("host" | "none")) => tracing::warn!(
+                    "{key} is deprecated: network.build says what every runner's builds reach (`{key}: {v}` {})",
+                    if v == "none" { "still keeps this runner's builds off the network" } else { "changes nothing" }
+                ),
+                Some(v) => {
+                    return Err(format!("{key}: `{v}` is not host or none (and is deprecated: use network.build)"))
+                }
+            }
         }
         config.limits.check("limits")?;
         for (name, p) in &config.plugins {

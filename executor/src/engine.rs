@@ -125,16 +125,27 @@ impl Engine {
                     host: config.docker_runner.host.clone(),
                     build_timeout: config.docker_runner.build_timeout.0,
                     user: config.docker_runner.user.clone(),
-                    build_network: config.docker_runner.build_network.clone(),
+                    // `host` is the daemon's default network for builds, as Docspell's.
+                    build_network: (config.network.build == crate::config::BuildNetwork::None
+                        || config.docker_runner.build_network.as_deref() == Some("none"))
+                    .then(|| "none".to_string()),
                     helper: config.nspawn.helper(),
                 },
                 #[cfg(feature = "nix")]
                 nix: addon_runners::nix::NixSettings {
                     nix_binary: config.nix_runner.nix_binary.clone(),
                     build_timeout: config.nix_runner.build_timeout.0,
-                    extra_args: config.nix_runner.extra_args.clone(),
+                    extra_args: {
+                        let mut a = config.nix_runner.extra_args.clone();
+                        if config.network.build == crate::config::BuildNetwork::None
+                            && !a.iter().any(|x| x == "--offline")
+                        {
+                            a.push("--offline".into());
+                        }
+                        a
+                    },
                 },
-                oci: config.oci_runner.settings(),
+                oci: config.oci_runner.settings(config.network.build),
             },
         };
         let mut runners: Vec<RunnerSlot> = addon_runners::builtin_factories()

@@ -286,15 +286,15 @@ fn prune_removes_the_root_filesystem() {
     assert!(!rootfs[0].exists(), "prune removed {}", rootfs[0].display());
 }
 
-/// The addon's Dockerfile is the addon's code: a pure addon's build has no network, and as root
-/// its RUN steps run in a user namespace of unprivileged host ids. RUN options (`--mount` binds
+/// The addon's Dockerfile is the addon's code: with `network.build: none` its build has no
+/// network, and as root its RUN steps run in a user namespace of unprivileged host ids. RUN options (`--mount` binds
 /// a path the builder resolves on the host) are refused with the line.
 #[test]
 fn builds_are_isolated_and_run_options_refused() {
     if !require_oci() {
         return;
     }
-    let w = World::new("auto", "runner: [oci]\n");
+    let w = World::new("auto", "runner: [oci]\nnetwork: {build: none}\n");
     let addon =
         w.docker_addon("isobuild", PURE, "cat /build-seen >&2\necho '{}'", &format!("iso-{}", std::process::id()));
     let dockerfile = addon.join("Dockerfile");
@@ -306,7 +306,7 @@ fn builds_are_isolated_and_run_options_refused() {
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
     let seen = stderr_map(&out);
-    assert_eq!(seen["build_ifaces"].trim(), "lo", "a pure addon's build has no network");
+    assert_eq!(seen["build_ifaces"].trim(), "lo", "network.build: none: the build has no network");
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         let map = &seen["build_uidmap"];

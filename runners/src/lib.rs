@@ -4,6 +4,7 @@
 //! Every runner, built in or a plugin, is a [`Runner`] made by a [`Factory`] of the registry.
 //! Adding a built-in runner is one new module and one line in [`builtin_factories`].
 
+pub mod build_failure;
 #[cfg(feature = "docker")]
 pub mod docker;
 pub mod host;

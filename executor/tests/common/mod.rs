@@ -349,3 +349,83 @@ fn copy_with_links(path: &Path, root: &Path) {
     }
     panic!("too many symlinks from {}", path.display());
 }
+
+/// A web server on a test host of its own: a network namespace this test makes, joined to the
+/// host by a veth pair on 198.51.100.<4·slot>/30 (a documentation range this machine does not
+/// route; each test picks its own slot). Serves `dir` at `http://198.51.100.<4·slot+2>:8080/`.
+/// Gone (server, namespace, veth) when dropped.
+pub struct WebHost {
+    ns: String,
+    server: std::process::Child,
+    /// `198.51.100.<4·slot+2>:8080`.
+    pub addr: String,
+}
+
+impl WebHost {
+    /// None (after [`missing`]) when this host cannot make one (not root, no `ip`).
+    pub fn start(slot: u8, dir: &Path) -> Option<WebHost> {
+        assert!(slot > 0 && slot < 64, "slot {slot}: 1..63");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || which::which("ip").is_err() {
+            missing("a test host in a network namespace needs root and ip (iproute2)");
+            return None;
+        }
+        let ns = format!("addon-t{slot}-{}", std::process::id());
+        let (outer, inner) = (format!("adt{slot}h{}", std::process::id() % 10000), format!("adt{slot}n"));
+        let (host_ip, web_ip) = (format!("198.51.100.{}", 4 * slot + 1), format!("198.51.100.{}", 4 * slot + 2));
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &outer]);
+        ip(&["link", "set", &outer, "up"]);
+        ip(&["-n", &ns, "addr", "add", &format!("{web_ip}/30"), "dev", &inner]);
+        ip(&["-n", &ns, "link", "set", &inner, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let addr = format!("{web_ip}:8080");
+        let server = Command::new("ip")
+            .args(["netns", "exec", &ns, "/bin/busybox", "httpd", "-f", "-p", &addr, "-h"])
+            .arg(dir)
+            .spawn()
+            .unwrap();
+        let host = WebHost { ns, server, addr };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&host.addr).is_ok() {
+                return Some(host);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the test web server at {} did not start", host.addr);
+    }
+}
+
+impl Drop for WebHost {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        // The veth pair goes with the namespace.
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// A Debian-like base image in the Docker daemon (`addon-test-debian:bookworm`: the host's static
+/// busybox with its applets, `/usr/local/bin` on PATH), for Dockerfiles written as published
+/// addons write theirs (`FROM debian:bookworm-slim`), built here since no image can be pulled.
+pub fn debian_like_base(w: &World) -> &'static str {
+    const TAG: &str = "addon-test-debian:bookworm";
+    let dir = w.path().join("debian-like-base");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("busybox")).expect("static busybox at /bin/busybox (busybox-static)");
+    std::fs::write(
+        dir.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\n\
+         RUN mkdir -p /usr/local/bin /etc /tmp /root && echo 'root:x:0:0:root:/root:/bin/sh' > /etc/passwd\n\
+         ENV PATH=/usr/local/bin:/usr/bin:/bin\n",
+    )
+    .unwrap();
+    let out = Command::new("docker").args(["build", "-q", "-t", TAG]).arg(&dir).output().unwrap();
+    assert!(out.status.success(), "building {TAG}: {}", String::from_utf8_lossy(&out.stderr));
+    TAG
+}

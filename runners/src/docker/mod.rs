@@ -198,6 +198,35 @@ fn socket_problem(addr: &str) -> Option<String> {
     }
 }
 
+/// `text` without the terminal colour sequences (`ESC [ ... m`) the daemon wraps a step's
+/// stderr in.
+fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("\u{1b}[") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+            Some(j) if after[j..].starts_with('m') => rest = &after[j + 1..],
+            _ => {
+                out.push_str("\u{1b}[");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The images the Dockerfile's stages start from (for what a failed build lacked).
+fn base_images(addon_dir: &Path, dockerfile: &str) -> Vec<String> {
+    let Ok(rel) = normalise_relative(dockerfile) else { return Vec::new() };
+    match addon_tree::read_beneath(addon_dir, Path::new(&rel), 1 << 20) {
+        Ok(Some(bytes)) => crate::oci::dockerfile::base_images(&String::from_utf8_lossy(&bytes)),
+        _ => Vec::new(),
+    }
+}
+
 /// Image names must be lowercase `[a-z0-9._-]`.
 fn image_tag(name: &str, short_digest: &str) -> String {
     let clean: String = name
@@ -220,6 +249,8 @@ async fn build(
     network: Option<String>,
     log: &crate::process::LogSink,
 ) -> Result<DockerImageMeta, String> {
+    let offline = network.as_deref() == Some("none");
+    let bases = &base_images(addon_dir, dockerfile);
     let context = tar_dir(addon_dir).map_err(|e| format!("packing the build context {}: {e}", addon_dir.display()))?;
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -255,6 +286,7 @@ async fn build(
         while let Some(item) = stream.next().await {
             let info = item.map_err(|e| e.to_string())?;
             if let Some(text) = info.stream.as_deref() {
+                let text = without_colours(text);
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
                     if line.starts_with("Step ") || line.starts_with("STEP ") {
                         step = line.to_string();
@@ -287,7 +319,21 @@ async fn build(
     }
     if let Err(e) = result {
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
-        return Err(format!("docker build{at}: {e}{BUILD_LOG_MARK}{}", tail.join("\n")));
+        let log = tail.join("\n");
+        let note = match crate::build_failure::lack(&format!("{e}\n{log}"), bases) {
+            Some(crate::build_failure::Lack::BaseImage) => format!(
+                " (base image {} is not among the Docker daemon's images and could not be pulled; load it with \
+                 `docker load` or `docker pull` where there is a network)",
+                bases.join(", ")
+            ),
+            Some(crate::build_failure::Lack::Network) if offline => {
+                " (builds have no network here: network.build: none; `egress` or `host` lets RUN steps fetch \
+                 what they need)"
+                    .to_string()
+            }
+            _ => String::new(),
+        };
+        return Err(format!("docker build{at}: {e}{note}{BUILD_LOG_MARK}{log}"));
     }
     let inspect = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?;
     tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());
@@ -974,5 +1020,16 @@ impl Sampled {
             oom_kills: u64::from(oom),
             pids_refused: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_are_taken_out_of_build_lines() {
+        assert_eq!(without_colours("\u{1b}[91mwget: failed\n\u{1b}[0m"), "wget: failed\n");
+        assert_eq!(without_colours("a \u{1b}[1;31mb\u{1b}[0m c \u{1b}[x"), "a b c \u{1b}[x");
     }
 }

@@ -25,6 +25,8 @@ pub struct Instruction {
     /// It opens a heredoc (`<<`): builders that read heredocs take the lines after it as its
     /// body, which this check reads as instructions.
     pub heredoc: bool,
+    /// The words after the flags (`debian:bookworm-slim AS build` of a `FROM`).
+    pub args: Vec<String>,
 }
 
 /// The escape character the directives at the top name (`\` unless `# escape=`` ` ``).
@@ -121,13 +123,15 @@ fn instruction(text: &str, line: usize) -> Option<Instruction> {
         rest = &inner[e..];
     }
     let mut flags = Vec::new();
+    let mut args = Vec::new();
     // Split as the builders do, on bytes: any whitespace, and any character beyond ASCII (some of
     // their bytes are spaces to them).
     for word in rest.split(|c: char| c.is_whitespace() || !c.is_ascii()).filter(|w| !w.is_empty()) {
-        if !word.starts_with("--") || word == "--" {
-            break;
+        if args.is_empty() && word.starts_with("--") && word != "--" {
+            flags.push(word.to_string());
+        } else {
+            args.push(word.to_string());
         }
-        flags.push(word.to_string());
     }
     // Anything they could read another way is a flag we cannot judge.
     let region = rest.trim_start_matches(|c: char| c.is_whitespace() || !c.is_ascii());
@@ -137,7 +141,7 @@ fn instruction(text: &str, line: usize) -> Option<Instruction> {
         flags.push("--(written in a way the builders could read otherwise)".into());
     }
     let heredoc = rest.contains("<<");
-    Some(Instruction { line, keyword, flags, heredoc })
+    Some(Instruction { line, keyword, flags, heredoc, args })
 }
 
 /// Every instruction of the Dockerfile `text`, as each reading sees it (see the module docs).
@@ -148,6 +152,30 @@ pub fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
     let mut all = instructions_with(&lines, '\\');
     all.extend(instructions_with(&lines, '`'));
     Ok(all)
+}
+
+/// The images the stages of the Dockerfile `text` start from (`FROM IMAGE [AS NAME]`), read
+/// with its own escape character: not `scratch`, not an earlier stage, not one named through
+/// an `ARG` (known only to the builder).
+pub fn base_images(text: &str) -> Vec<String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    let Ok(escape) = escape_of(&lines) else { return Vec::new() };
+    let mut stages: Vec<String> = Vec::new();
+    let mut bases = Vec::new();
+    for ins in instructions_with(&lines, escape).into_iter().filter(|i| i.keyword == "FROM") {
+        let Some(image) = ins.args.first() else { continue };
+        let earlier_stage = stages.contains(&image.to_ascii_lowercase());
+        if image != "scratch" && !image.contains('$') && !earlier_stage && !bases.contains(image) {
+            bases.push(image.clone());
+        }
+        if let [_, as_word, name, ..] = ins.args.as_slice() {
+            if as_word.eq_ignore_ascii_case("as") {
+                stages.push(name.to_ascii_lowercase());
+            }
+        }
+    }
+    bases
 }
 
 /// The buildah release from which `RUN --mount` is taken as safe: the fixes of CVE-2024-1753
@@ -212,6 +240,13 @@ mod tests {
 
     fn refused(text: &str) -> String {
         check(text, false, "buildah 1.28").expect_err(text)
+    }
+
+    #[test]
+    fn base_images_are_the_stages_starting_points() {
+        let text = "# escape=`\nFROM debian:bookworm-slim AS build\nRUN make\nFROM build AS test\nFROM `\n  scratch\n\
+                    FROM registry.example/tools:1 as tools\nARG BASE=x\nFROM $BASE\nFROM debian:bookworm-slim\n";
+        assert_eq!(base_images(text), vec!["debian:bookworm-slim", "registry.example/tools:1"]);
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub struct OciSettings {
     pub image_store: ImageStore,
     pub pull: Pull,
     pub build_timeout: Duration,
-    /// Network of Dockerfile builds (`host` or `none`).
+    /// Network of Dockerfile builds, whatever the addon's `networking` (`host` or `none`;
+    /// `network.build` of the configuration).
     pub build_network: String,
     /// First host id of the containers' ids when the engine is root.
     pub uid_base: u32,
@@ -447,15 +448,12 @@ impl OciRunner {
         let text = String::from_utf8(text).map_err(|_| format!("{dockerfile}: is not UTF-8 text"))?;
         dockerfile::check(&text, mount_safe, &builder).map_err(|e| format!("{dockerfile}: {e}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
-        // The build runs the addon's code (RUN steps) and, for a pure addon, gets no network and
-        // fetches no base image (`oci-runner.pull: always` allows both).
-        let online = match s.pull {
-            Pull::Always => true,
-            Pull::IfNetworking => spec.descriptor.networking(),
-            Pull::Never => false,
-        };
-        let network =
-            if spec.descriptor.networking() || s.pull == Pull::Always { s.build_network.as_str() } else { "none" };
+        // Builds are not the run: every build reaches what `network.build` says (a real
+        // Dockerfile installs packages), whatever the addon's `networking`. A base image found in
+        // a local store is used before any registry; one is pulled only with a build network and
+        // `oci-runner.pull` not `never`.
+        let network = s.build_network.as_str();
+        let online = network != "none" && s.pull != Pull::Never;
         // Rootless, buildah's storage is the engine's own (a job server's account may have no
         // home); as root, the system's (shared with podman, so its base images are found).
         let storage: Vec<String> = if is_root() {
@@ -482,12 +480,34 @@ impl OciRunner {
             c
         };
         let build_runtime = build_runtime(runtime)?;
+        let bases = dockerfile::base_images(&text);
+        if s.image_store == ImageStore::Docker {
+            // The Docker daemon's images serve as base images: copied into buildah's storage once.
+            for base in &bases {
+                let mut inspect = buildah_cmd();
+                inspect.args(["inspect", "--type", "image", "--format", "{{.FromImageID}}", base]);
+                let quiet: LogSink = std::sync::Arc::new(|_, _| {});
+                if image::run_tool(inspect, "buildah inspect", &quiet, Duration::from_secs(60)).await.is_ok() {
+                    continue;
+                }
+                let mut pull = buildah_cmd();
+                pull.args(["pull", "--quiet"]).arg(format!("docker-daemon:{}", image::with_tag(base)));
+                if let Err(e) = image::run_tool(pull, "buildah pull", log, timeout).await {
+                    let why = e.split(crate::runner::BUILD_LOG_MARK).next().unwrap_or_default();
+                    log(
+                        crate::process::LogStream::Stderr,
+                        &format!("build: base image {base} is not taken from the Docker daemon: {why}"),
+                    );
+                }
+            }
+        }
         let mut cmd = buildah_cmd();
         cmd.arg("build")
             .arg(format!("--runtime={}", build_runtime.display()))
             .arg("--isolation=oci")
             .arg(format!("--network={network}"))
-            .arg(if online { "--pull=true" } else { "--pull=never" })
+            // `false`: pulled only when not present (`true` asks the registry even then).
+            .arg(if online { "--pull=false" } else { "--pull=never" })
             .arg("--layers=false")
             .arg(format!("--label=org.addon-engine.addon={}", spec.addon.label()));
         if let Some((base, size)) = self.id_map() {
@@ -499,7 +519,9 @@ impl OciRunner {
             cmd.arg(format!("--userns-uid-map={map}")).arg(format!("--userns-gid-map={map}")).arg("--squash");
         }
         cmd.arg("-f").arg(&path).arg("-t").arg(&tag).arg(&spec.addon_dir);
-        image::run_tool(cmd, "buildah build", log, timeout).await?;
+        image::run_tool(cmd, "buildah build", log, timeout)
+            .await
+            .map_err(|e| explain_build_failure(e, &bases, network, online, s))?;
         let mut push = buildah_cmd();
         push.args(["push", "--quiet", &tag]).arg(image::layout_ref(layout));
         let pushed = image::run_tool(push, "buildah push", log, timeout).await;
@@ -508,6 +530,42 @@ impl OciRunner {
         rmi.args(["rmi", "--force", &tag]);
         let _ = image::run_tool(rmi, "buildah rmi", log, Duration::from_secs(60)).await;
         pushed.map(|()| format!("Dockerfile {dockerfile} (buildah)"))
+    }
+}
+
+/// A failed `buildah build` that failed for want of a base image or of network says so, and
+/// names the setting that changes it.
+fn explain_build_failure(error: String, bases: &[String], network: &str, online: bool, s: &OciSettings) -> String {
+    use crate::build_failure::{lack, Lack};
+    let (head, log) = error.split_once(crate::runner::BUILD_LOG_MARK).unwrap_or((&error, ""));
+    let store = match s.image_store {
+        ImageStore::None => {
+            "no local image store is read (oci-runner.image-store: none; `docker` or `podman` reads one)"
+        }
+        ImageStore::Docker => "not in the Docker daemon's images (oci-runner.image-store: docker)",
+        ImageStore::Podman => "not in podman's images (oci-runner.image-store: podman)",
+    };
+    let note = match lack(&format!("{head}\n{log}"), bases) {
+        Some(Lack::BaseImage) => {
+            let pulled = if online {
+                "and no registry gave it"
+            } else if network == "none" {
+                "and not pulled: builds have no network (network.build: none)"
+            } else {
+                "and not pulled (oci-runner.pull: never)"
+            };
+            format!(" (base image {} not found: {store}, {pulled})", bases.join(", "))
+        }
+        Some(Lack::Network) if network == "none" => {
+            " (builds have no network here: network.build: none; `egress` or `host` lets RUN steps fetch what they need)"
+                .to_string()
+        }
+        _ => return error,
+    };
+    if log.is_empty() {
+        format!("{head}{note}")
+    } else {
+        format!("{head}{note}{}{log}", crate::runner::BUILD_LOG_MARK)
     }
 }
 
