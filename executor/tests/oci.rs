@@ -376,7 +376,9 @@ fn a_build_context_with_a_link_out_of_it_is_refused() {
 
 /// An `image:` addon shaped like the published Python example: an interpreter that loads shared
 /// libraries, in an image that runs as a non-root `USER` (uid 5678), writing its output without
-/// a trailing newline and a file into its output directory.
+/// a trailing newline and a file into its output directory. The engine runs with umask 077, as
+/// job servers often do (systemd's `UMask=0077`): what it makes for the image (its root, mount
+/// points) must still let uid 5678 in.
 #[test]
 fn an_image_that_runs_as_a_non_root_user_runs_on_oci_and_docker() {
     if !require_docker() || !require_oci() {
@@ -409,6 +411,9 @@ fn an_image_that_runs_as_a_non_root_user_runs_on_oci_and_docker() {
     let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&ctx).output().unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let addon = image_addon(&w, "appuser", &tag);
+    // The engine (not the image) under umask 077.
+    // SAFETY: umask has no preconditions; this test's process is its own (nextest).
+    unsafe { libc::umask(0o077) };
     for (runner, n) in [("oci", 1), ("oci", 2), ("docker", 1), ("docker", 2)] {
         let out_dir = w.path().join(format!("out-{runner}-{n}"));
         let (out, v) = w.run(&[addon.to_str().unwrap(), "--runner", runner, "--output-dir", out_dir.to_str().unwrap()]);

@@ -166,6 +166,16 @@ pub async fn unpack(
         }
     }
     cmd.arg("--image").arg(format!("{}:{LAYOUT_TAG}", layout.display())).arg(&bundle);
+    // umoci makes what the layers do not name (the root itself, when no layer has `./`) with the
+    // process's umask: under a job server's `UMask=0077` the image's root would be 0700, and an
+    // image's non-root USER could not enter `/`. The image's modes, not the engine's umask.
+    // SAFETY: umask is async-signal-safe and touches nothing else of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
     run_tool(cmd, "umoci unpack", log, timeout).await?;
     let rootfs = rootfs_of(content);
     std::fs::rename(bundle.join("rootfs"), &rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
@@ -186,27 +196,32 @@ pub async fn unpack(
 /// overlay. Only below real directories: where the image has a link on the way, nothing is made
 /// here (the runtime then makes them inside the root, resolving links there).
 fn make_mountpoints(rootfs: &Path, owner: Option<u32>) {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
     let absent = |p: &Path| std::fs::symlink_metadata(p).is_err();
+    // Every user of the image enters them and reads /etc/hosts, whatever the engine's umask.
     let own = |p: &Path| {
+        let mode = if real_dir(p) { 0o755 } else { 0o644 };
+        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
         if let Some(id) = owner {
             let _ = std::os::unix::fs::lchown(p, Some(id), Some(id));
         }
     };
+    let mkdir = |p: &Path| std::fs::DirBuilder::new().mode(0o755).create(p).is_ok();
     let mnt = rootfs.join("mnt");
-    if absent(&mnt) && std::fs::create_dir(&mnt).is_ok() {
+    if absent(&mnt) && mkdir(&mnt) {
         own(&mnt);
     }
     if real_dir(&mnt) {
         for sub in ["work", "output", "cache"] {
             let p = mnt.join(sub);
-            if absent(&p) && std::fs::create_dir(&p).is_ok() {
+            if absent(&p) && mkdir(&p) {
                 own(&p);
             }
         }
     }
     let etc = rootfs.join("etc");
-    if absent(&etc) && std::fs::create_dir(&etc).is_ok() {
+    if absent(&etc) && mkdir(&etc) {
         own(&etc);
     }
     let hosts = etc.join("hosts");

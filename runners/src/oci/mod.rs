@@ -206,6 +206,10 @@ impl OciRunner {
             }
         }
         let _ = std::fs::write(d.join("hosts"), "127.0.0.1 localhost\n");
+        // As a run's, whatever the engine's umask: the container's root enters them.
+        for (p, mode) in [(d.join("work"), 0o755), (d.join("hosts"), 0o644), (lower.clone(), 0o755)] {
+            let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode));
+        }
         if let Some((base, _)) = self.id_map() {
             // The probe's root belongs to the container's root, as an unpacked image's does.
             if let Err(e) = std::os::unix::fs::chown(&lower, Some(base), Some(base)) {
@@ -859,6 +863,8 @@ impl Runner for OciRunner {
         let hosts = bundle_dir.join("hosts");
         std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
             .map_err(io)?;
+        // Every user of the image reads it, whatever the engine's umask.
+        std::fs::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
         let cgroup = container_cgroup(&envelope.cgroup_procs(), &runtime, &spec.run_id, &id);
         let config = bundle::config_json(&RunConfig {
             root: &root,
