@@ -1,12 +1,252 @@
 //! Addons written the way published Docspell addons are written (not copies of them), each run on
-//! every runner its sections allow: a Dockerfile on a Debian-like base whose `RUN` step fetches
-//! from the network while it builds.
+//! every runner its sections allow:
+//! - rotate-pdf-shaped: Guile with guile-json, qpdf and pdftotext on a Docspell item; nix
+//!   (flake-utils' shape: `defaultPackage.<system>` only), docker and trivial sections; pure; its
+//!   JSON without a trailing newline; the second run warm (no compilation);
+//! - audio-files-shaped: a shell addon with nix and trivial sections that calls a web service
+//!   while it runs (impure), here a test host in a network namespace;
+//! - a Dockerfile on a Debian-like base whose `RUN` step fetches from the network while it builds.
+//!
+//! (The example-shaped `image:` addon that runs as a non-root `USER` is in oci.rs.)
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::*;
 
-const PURE: &str = "options:\n  networking: false\n  collectOutput: true\n";
+const COMPILING: &str = ";;; compiling";
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A flake in flake-utils' shape with no inputs: `defaultPackage.<system>` and
+/// `packages.<system>.<name>`, no `packages.<system>.default`; the package is `src` installed as
+/// `bin/<name>`.
+fn flake_utils_flake(name: &str, src: &str, marker: &str) -> String {
+    format!(
+        r#"{{
+  description = "{name}, packaged as flake-utils' eachDefaultSystem does it";
+  outputs = {{ self }}:
+    let
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      eachSystem = f: builtins.listToAttrs (map (system: {{ name = system; value = f system; }}) systems);
+      addon = system: derivation {{
+        name = "{name}-{marker}";
+        inherit system;
+        builder = "/bin/busybox";
+        args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./{src}}} $out/bin/{name} && /bin/busybox chmod 555 $out/bin/{name}" ];
+      }};
+    in {{
+      packages = eachSystem (system: {{ {name} = addon system; }});
+      defaultPackage = eachSystem addon;
+    }};
+}}
+"#
+    )
+}
+
+/// The engine configuration for `runner` (a built-in, or the gVisor plugin as `gvisor` serving
+/// trivial and `gvisor-nix` serving nix), or None (after [`missing`]) when it is not here.
+fn world_for(runner: &str, sandbox: &str) -> Option<World> {
+    let ready = match runner {
+        "trivial" => require(sandbox),
+        "docker" => require_docker(),
+        "oci" => require_oci(),
+        "nix-flake" => require_nix(),
+        _ => true,
+    };
+    if !ready {
+        return None;
+    }
+    let config = match runner {
+        "nix-flake" => nix_config(""),
+        r => format!("runner: [{r}]\n"),
+    };
+    let w = World::new(sandbox, &config);
+    match runner {
+        "gvisor" => w.add_plugin("gvisor", "addon-runner-gvisor", "trivial", ""),
+        "gvisor-nix" => w.add_plugin(
+            "gvisor-nix",
+            "addon-runner-gvisor",
+            "nix",
+            "    config: {nix: {extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}}\n",
+        ),
+        _ => {}
+    }
+    if runner.starts_with("gvisor") && (!require_plugin(&w, runner) || (runner == "gvisor-nix" && !require_nix())) {
+        return None;
+    }
+    Some(w)
+}
+
+/// The rotate-pdf-shaped addon (tests/fixtures/rotate-addon with nix, docker and trivial
+/// sections), copied into `w`. The image (`image`: its root assembled from the host's busybox,
+/// guile with guile-json, qpdf and pdftotext, since nothing can be pulled here) installs the
+/// program and runs it once while building, so its compiled code is in the image's HOME.
+fn rotate_shaped(w: &World, marker: &str, image: bool) -> PathBuf {
+    let root = w.path().join("addons-src/rotate-test");
+    std::fs::create_dir_all(root.parent().unwrap()).unwrap();
+    let ok = std::process::Command::new("cp").arg("-a").arg(fixtures().join("rotate-addon")).arg(&root).status();
+    assert!(ok.unwrap().success());
+    std::fs::write(
+        root.join("docspell-addon.yml"),
+        "meta:\n  name: rotate-test\n  version: \"0.1\"\n  description: Rotates the item's PDFs.\n\
+         triggers:\n  - existing-item\nrunner:\n  nix:\n    enable: true\n  docker:\n    enable: true\n\
+         \x20 trivial:\n    enable: true\n    exec: src/addon.scm\n\
+         options:\n  networking: false\n  collectOutput: true\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("flake.nix"), flake_utils_flake("rotate-test", "src/addon.scm", marker)).unwrap();
+    std::fs::write(
+        root.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY rootfs/ /\nRUN [\"/usr/bin/busybox\", \"--install\", \"-s\", \"/usr/bin\"]\n\
+             ENV PATH=/usr/bin HOME=/root\nLABEL test.marker={marker}\nCOPY src/addon.scm /opt/addon/addon.scm\n\
+             RUN mkdir -p /tmp /root && (/opt/addon/addon.scm /none 2>/dev/null; true)\n\
+             ENTRYPOINT [\"/opt/addon/addon.scm\"]\n"
+        ),
+    )
+    .unwrap();
+    if image {
+        host_rootfs(
+            &root.join("rootfs"),
+            &["/usr/bin/busybox", "/usr/bin/guile", "/usr/bin/qpdf", "/usr/bin/pdftotext"],
+            &[
+                "/usr/lib/x86_64-linux-gnu/guile/3.0",
+                "/usr/share/guile/3.0",
+                "/usr/share/guile/site/3.0",
+                "/usr/lib/x86_64-linux-gnu/gconv",
+            ],
+        );
+    }
+    root
+}
+
+/// Two runs of the rotate-pdf-shaped addon on an item through `runner`: both rotate the PDF and
+/// extract its text; the second starts warm.
+fn rotate_on(runner: &str, sandbox: &str) {
+    let Some(w) = world_for(runner, sandbox) else { return };
+    let marker = format!("rotate-{runner}-{sandbox}-{}", std::process::id());
+    let addon = rotate_shaped(&w, &marker, matches!(runner, "docker" | "oci"));
+    let item = fixtures().join("rotate-item");
+    let out_dir = w.path().join("out");
+    let args = [
+        addon.to_str().unwrap(),
+        "--item",
+        item.to_str().unwrap(),
+        "--args",
+        r#"{"degree": "90"}"#,
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ];
+    for run in 1..=2 {
+        let (out, v) = w.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "success", "{runner}/{sandbox} run {run}: {v}\n{stderr}");
+        assert_eq!(a["runner"], runner, "{a}");
+        assert_eq!(a["output"]["files"][0]["itemId"], "item-7");
+        assert_eq!(a["output"]["files"][0]["pdfFiles"]["att-1"], "att-1.pdf");
+        let text = std::fs::read_to_string(out_dir.join("att-1.txt")).unwrap();
+        assert!(text.contains("Hello from a Docspell item"), "{text}");
+        let info = std::process::Command::new("pdfinfo").arg(out_dir.join("att-1.pdf")).output().unwrap();
+        assert!(String::from_utf8_lossy(&info.stdout).contains("Page rot:        90"), "the PDF is rotated");
+        let compiled: Vec<&str> = stderr.lines().filter(|l| l.contains(COMPILING) && !l.contains("build:")).collect();
+        if run == 2 || matches!(runner, "docker" | "oci") {
+            assert!(compiled.is_empty(), "{runner}/{sandbox} run {run} must start warm: {compiled:?}");
+        }
+    }
+}
+
+macro_rules! rotate_tests {
+    ($($name:ident => $runner:literal in $sandbox:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            rotate_on($runner, $sandbox);
+        }
+    )*};
+}
+
+rotate_tests! {
+    rotate_pdf_shaped_on_trivial_in_bwrap => "trivial" in "bwrap",
+    rotate_pdf_shaped_on_trivial_in_netns => "trivial" in "netns",
+    rotate_pdf_shaped_on_trivial_in_nspawn => "trivial" in "nspawn",
+    rotate_pdf_shaped_on_gvisor => "gvisor" in "auto",
+    rotate_pdf_shaped_on_docker => "docker" in "auto",
+    rotate_pdf_shaped_on_oci => "oci" in "auto",
+    rotate_pdf_shaped_on_nix_flake => "nix-flake" in "auto",
+    rotate_pdf_shaped_on_gvisor_nix => "gvisor-nix" in "auto",
+}
+
+/// The audio-files-shaped addon: nix and trivial sections, impure (it calls a web service while
+/// it runs, here `http://<web>/transcript`), a shell program writing a file into its output
+/// directory and its JSON without a trailing newline.
+fn audio_shaped(w: &World, web: &WebHost, marker: &str) -> PathBuf {
+    let root = w.path().join("addons-src/audio-test");
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::write(
+        root.join("docspell-addon.yml"),
+        "meta:\n  name: audio-test\n  version: \"0.2\"\ntriggers:\n  - final-process-item\n\
+         runner:\n  nix:\n    enable: true\n  trivial:\n    enable: true\n    exec: src/addon.sh\n\
+         options:\n  networking: true\n  collectOutput: true\n",
+    )
+    .unwrap();
+    // Its HTTP client is Guile's (web client): busybox wget fails about half its reads through
+    // gVisor's host network (runsc 20221219's hostinet returns EAGAIN to a blocking read; seen
+    // with a bare `runsc run` as well).
+    let script = format!(
+        "#!/bin/sh\nset -e\n# {marker}\n\
+         guile -c '(use-modules (web client) (ice-9 binary-ports)) \
+         (call-with-values (lambda () (http-get \"http://{}/transcript\" #:decode-body? #f)) \
+         (lambda (r body) (call-with-output-file (string-append (getenv \"OUTPUT_DIR\") \"/transcript.txt\") \
+         (lambda (p) (put-bytevector p body)))))'\n\
+         echo \"fetched=$(wc -c < \"$OUTPUT_DIR/transcript.txt\")\" >&2\n\
+         printf '{{\"files\":[{{\"itemId\":\"item-7\",\"textFiles\":{{\"att-1\":\"transcript.txt\"}}}}]}}'\n",
+        web.addr
+    );
+    let path = root.join("src/addon.sh");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(root.join("flake.nix"), flake_utils_flake("audio-test", "src/addon.sh", marker)).unwrap();
+    root
+}
+
+fn audio_on(runner: &str, sandbox: &str, slot: u8) {
+    let Some(w) = world_for(runner, sandbox) else { return };
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("transcript"), "the words spoken in the recording").unwrap();
+    let Some(web) = WebHost::start(slot, www.path()) else { return };
+    let addon = audio_shaped(&w, &web, &format!("audio-{runner}-{sandbox}-{}", std::process::id()));
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{runner}/{sandbox}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["runner"], runner, "{a}");
+    assert_eq!(a["pure"], false, "{a}");
+    assert_eq!(a["output"]["files"][0]["textFiles"]["att-1"], "transcript.txt");
+    let text = std::fs::read_to_string(out_dir.join("transcript.txt")).unwrap();
+    assert_eq!(text, "the words spoken in the recording");
+}
+
+macro_rules! audio_tests {
+    ($($name:ident => $runner:literal in $sandbox:literal at $slot:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            audio_on($runner, $sandbox, $slot);
+        }
+    )*};
+}
+
+audio_tests! {
+    audio_files_shaped_on_trivial_in_bwrap => "trivial" in "bwrap" at 2,
+    audio_files_shaped_on_trivial_in_netns => "trivial" in "netns" at 3,
+    audio_files_shaped_on_trivial_in_nspawn => "trivial" in "nspawn" at 4,
+    audio_files_shaped_on_gvisor => "gvisor" in "auto" at 5,
+    audio_files_shaped_on_nix_flake => "nix-flake" in "auto" at 6,
+    audio_files_shaped_on_gvisor_nix => "gvisor-nix" in "auto" at 7,
+}
 
 /// A pure addon whose Dockerfile starts from a Debian-like base in the Docker daemon and whose
 /// `RUN` step downloads its tool (from a test host in a network namespace): `marker` makes each

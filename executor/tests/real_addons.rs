@@ -1,7 +1,8 @@
 //! Addons written the way published Docspell addons are: an interpreter (Guile) reached through
 //! Debian's `/etc/alternatives`, compiling into a cache under HOME on its first run, printing its
 //! JSON without a trailing newline. Run under every sandbox and through docker; the second run
-//! must be warm (no compilation).
+//! must be warm (no compilation). The rotate-pdf-shaped addon runs on every runner in
+//! published.rs.
 
 mod common;
 
@@ -79,56 +80,4 @@ fn guile_addon_in_docker_keeps_the_images_home() {
     check_output(&v, "Grace");
     assert_eq!(v["addons"][0]["cache"], "hit");
     assert!(!String::from_utf8_lossy(&out.stderr).contains(COMPILING));
-}
-
-/// An addon in the shape of Docspell's rotate-pdf-addon (Guile with guile-json, qpdf,
-/// pdftotext, on an item): it must keep working inside every least-privilege sandbox.
-fn rotate_in(sandbox: &str) {
-    if !require(sandbox) {
-        return;
-    }
-    let w = World::new(sandbox, "runner: [trivial]\n");
-    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let addon = fixtures.join("rotate-addon");
-    let item = fixtures.join("rotate-item");
-    let out_dir = w.path().join("out");
-    let args = [
-        addon.to_str().unwrap(),
-        "--item",
-        item.to_str().unwrap(),
-        "--args",
-        r#"{"degree": "90"}"#,
-        "--output-dir",
-        out_dir.to_str().unwrap(),
-    ];
-    for run in 1..=2 {
-        let (out, v) = w.run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let a = &v["addons"][0];
-        assert_eq!(a["result"], "success", "{sandbox} run {run}: {v}\n{stderr}");
-        assert_eq!(a["output"]["files"][0]["itemId"], "item-7");
-        assert_eq!(a["output"]["files"][0]["pdfFiles"]["att-1"], "att-1.pdf");
-        let text = std::fs::read_to_string(out_dir.join("att-1.txt")).unwrap();
-        assert!(text.contains("Hello from a Docspell item"), "{text}");
-        let info = std::process::Command::new("pdfinfo").arg(out_dir.join("att-1.pdf")).output().unwrap();
-        assert!(String::from_utf8_lossy(&info.stdout).contains("Page rot:        90"), "the PDF is rotated");
-        if run == 2 {
-            assert!(!stderr.contains(COMPILING), "{sandbox}: the second run is warm: {stderr}");
-        }
-    }
-}
-
-#[test]
-fn rotate_addon_in_bwrap() {
-    rotate_in("bwrap");
-}
-
-#[test]
-fn rotate_addon_in_netns() {
-    rotate_in("netns");
-}
-
-#[test]
-fn rotate_addon_in_nspawn() {
-    rotate_in("nspawn");
 }

@@ -80,6 +80,19 @@ impl Nspawn {
                  nspawn cannot express), and none was found (setting nspawn.helper)",
             );
         };
+        let mode = std::fs::metadata(helper).map_or(0, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+        if mode & 0o001 == 0 {
+            // The addon's identity starts it inside the container.
+            return Probe::missing(
+                "nspawn",
+                format!(
+                    "the in-container helper {} (mode {:o}) cannot be run by the sandbox's user: it must be \
+                     executable by others (chmod 755; was it installed under umask 077?)",
+                    helper.display(),
+                    mode & 0o7777
+                ),
+            );
+        }
         let version = super::version_of(&path).unwrap_or_default();
         let (_, mut c) = self.launcher(&path);
         c.args(BASE).args(hardening()).args(["--private-network"]).args(host_flags());
