@@ -21,21 +21,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use addon_executor::{Config, Engine};
-use common::{median, time};
-
-fn plugin(program: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_BIN_EXE_addon")).with_file_name(program);
-    if !p.is_file() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let profile = if env!("CARGO_BIN_EXE_addon").contains("/release/") { "--release" } else { "--quiet" };
-        let ok = Command::new(cargo)
-            .args(["build", "--quiet", profile, "-p", "addon-runner-plugins", "--bins"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && p.is_file(), "{} is missing: cargo build --release -p addon-runner-plugins", p.display());
-    }
-    p
-}
+use common::{median, plugin, time};
 
 /// Wall time of one run through the engine.
 async fn run_once(engine: &Engine, addon: &Path, runner: &str) -> Duration {

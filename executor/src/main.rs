@@ -354,7 +354,8 @@ fn init_logging(verbose: Option<u8>) {
     let default = match verbose {
         None => "error",
         Some(0) => "warn,addon=info,addon_executor=info,addon_runners=info",
-        Some(1) => "debug",
+        // The HTTP of the plugin protocol and of the Docker API is for -vv.
+        Some(1) => "debug,h2=info,hyper=info,hyper_util=info,tower=info,tonic=info,bollard=info",
         Some(_) => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

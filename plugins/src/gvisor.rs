@@ -214,16 +214,28 @@ impl GvisorRunner {
         .await;
         self.delete(&id).await;
         match result {
-            Ok(()) => Availability {
-                available: true,
-                version: Some(version.clone()),
-                detail: format!(
-                    "{version}, platform {}; runs as uid {} without capabilities, {}",
-                    self.settings.platform.as_deref().unwrap_or("default"),
-                    self.settings.uid,
-                    self.enforcement.describe()
-                ),
-            },
+            Ok(()) => {
+                let platform = self.settings.platform.as_deref().unwrap_or("ptrace");
+                // What the administrator can change: measured with the rotate bench (a Guile addon
+                // starting qpdf and pdftotext), a bare `runsc run` under ptrace is ~9x bwrap.
+                let hint = if platform == "ptrace" {
+                    "; the ptrace platform (runsc's default) stops each system call in the host kernel, so \
+                     programs that make many (interpreters starting tools) run about 10x slower than in bwrap: \
+                     set the plugin's `config: {platform: kvm}` where /dev/kvm works, or `systrap` with runsc \
+                     2023 or later"
+                } else {
+                    ""
+                };
+                Availability {
+                    available: true,
+                    version: Some(version.clone()),
+                    detail: format!(
+                        "{version}, platform {platform}; runs as uid {} without capabilities, {}{hint}",
+                        self.settings.uid,
+                        self.enforcement.describe()
+                    ),
+                }
+            }
             Err(e) => unavailable(e),
         }
     }
@@ -368,12 +380,26 @@ impl Runner for GvisorRunner {
         }
     }
 
+    /// Whether runsc starts a sandbox here: a trial start costs 130-200 ms under ptrace, so a
+    /// success is kept, in memory and (for the next `addon` process, which starts this plugin
+    /// anew) in the state directory, while runsc's binary, this plugin's, the settings, the
+    /// kernel and the user stay the same, for at most 5 minutes. A failure is tried again.
     async fn probe(&self) -> Availability {
         let mut probed = self.probed.lock().await;
         if let Some(a) = probed.as_ref() {
             return a.clone();
         }
-        let a = self.probe_now().await;
+        let runsc = which::which(&self.settings.runsc).ok();
+        let s = &self.settings;
+        let key = format!("{}|{:?}|{}|{:?}|{}", s.runsc, s.platform, s.uid, s.extra_args, s.state_dir.display());
+        let cache = ProbeCache::new(Some(s.state_dir.join("probes")));
+        let p = cache
+            .get_async("gvisor", &key, runsc.as_deref(), async {
+                let a = self.probe_now().await;
+                addon_runners::Probe { name: "gvisor", available: a.available, detail: a.detail, version: a.version }
+            })
+            .await;
+        let a = Availability { available: p.available, version: p.version, detail: p.detail };
         if a.available {
             *probed = Some(a.clone());
         }

@@ -101,6 +101,34 @@ impl ProbeCache {
         p
     }
 
+    /// [`ProbeCache::get`] for a probe that is a future (a plugin's trial start under tokio).
+    pub async fn get_async(
+        &self,
+        name: &'static str,
+        settings: &str,
+        tool: Option<&Path>,
+        probe: impl std::future::Future<Output = Probe>,
+    ) -> Probe {
+        let key = identity(name, settings, tool);
+        if let Some(m) = self.memo.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if m.at.elapsed() < self.ttl {
+                return m.probe.clone();
+            }
+        }
+        let p = match self.read_disk(name, &key) {
+            Some(p) => p,
+            None => {
+                let p = probe.await;
+                if p.available {
+                    self.write_disk(name, &key, &p);
+                }
+                p
+            }
+        };
+        self.memo.lock().unwrap_or_else(|e| e.into_inner()).insert(key, Memo { at: Instant::now(), probe: p.clone() });
+        p
+    }
+
     fn file(&self, name: &str) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(format!("probe-{name}.json")))
     }

@@ -88,3 +88,19 @@ pub async fn engine_run(
     assert!(report.success, "{runner}: {:?} {:?}", a.result, a.error);
     (d, report)
 }
+
+/// A plugin program beside the `addon` binary, built (`cargo build -p addon-runner-plugins
+/// --bins`, in the bench's profile) when missing.
+pub fn plugin(program: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_BIN_EXE_addon")).with_file_name(program);
+    if !p.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let profile = if env!("CARGO_BIN_EXE_addon").contains("/release/") { "--release" } else { "--quiet" };
+        let ok = Command::new(cargo)
+            .args(["build", "--quiet", profile, "-p", "addon-runner-plugins", "--bins"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && p.is_file(), "{} is missing: cargo build --release -p addon-runner-plugins", p.display());
+    }
+    p
+}
