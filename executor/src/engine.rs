@@ -507,7 +507,13 @@ impl Engine {
         failed_builds: bool,
     ) -> Result<PruneReport, EngineError> {
         let cache = self.cache()?;
-        let forgotten = if failed_builds { cache.forget_failures() } else { Vec::new() };
+        let forgotten = if failed_builds {
+            // Their logs go with them.
+            let _ = std::fs::remove_dir_all(self.config.cache_dir.join(crate::build_log::DIR));
+            cache.forget_failures()
+        } else {
+            Vec::new()
+        };
         // Entries are removed under their locks; what they owned outside the cache (a docker
         // image) is then released by the runner that made it.
         let pruner = cache.clone();
@@ -829,8 +835,11 @@ impl Engine {
         let info = runner.info();
         let Some(key) = artifact_key(runner, spec).await? else { return Ok((None, None, CacheUse::None)) };
         let remember = self.config.remember_failed_builds.0;
-        let (cache, runner2, spec, log, cancel) =
-            (cache.clone(), runner.clone(), spec.clone(), log.clone(), cancel.clone());
+        // Shown as a progress line on a terminal, kept whole for the file a failure names.
+        let build_log = crate::build_log::BuildLog::new(&info.name, &spec.addon.label());
+        let log = build_log.sink(log.clone());
+        let (cache, runner2, spec, cancel) = (cache.clone(), runner.clone(), spec.clone(), cancel.clone());
+        let (log_dir, build_log2, runner_name) = (self.config.cache_dir.clone(), build_log.clone(), info.name.clone());
         let handle = tokio::runtime::Handle::current();
         let label = spec.addon.label();
         let spec_label = label.clone();
@@ -849,10 +858,20 @@ impl Engine {
                             // Only the build's own failure is remembered; a runtime that
                             // could not be reached says nothing about the addon.
                             r = runner2.build(&spec, log) => r.map_err(|e| match e {
-                                RunnerError::Build { message, log_tail, .. } => addon_cache::BuildFailure {
-                                    message: format!("{message}{}{}", addon_runners::runner::BUILD_LOG_MARK, log_tail.join("\n")),
-                                    remember: true,
-                                },
+                                RunnerError::Build { message, log_tail, .. } => {
+                                    let whole = build_log2
+                                        .save(&log_dir, &runner_name, &spec.addon.label())
+                                        .map(|f| format!(" (the whole build log: {})", f.display()))
+                                        .unwrap_or_default();
+                                    addon_cache::BuildFailure {
+                                        message: format!(
+                                            "{message}{whole}{}{}",
+                                            addon_runners::runner::BUILD_LOG_MARK,
+                                            log_tail.join("\n")
+                                        ),
+                                        remember: true,
+                                    }
+                                }
                                 other => addon_cache::BuildFailure { message: other.to_string(), remember: false },
                             }),
                             // Dropping the build stops it (the process is killed, the stream
@@ -869,6 +888,7 @@ impl Engine {
         })
         .await
         .map_err(|e| RunnerError::setup(&info.name, format!("build task failed: {e}")))?;
+        build_log.finish();
         match entry {
             Ok(e) => {
                 let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };

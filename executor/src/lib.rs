@@ -38,6 +38,7 @@ pub mod source;
 pub mod validate;
 
 pub use config::Config;
+pub mod build_log;
 pub mod engine;
 pub mod identity;
 pub mod plugins;

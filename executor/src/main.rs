@@ -102,8 +102,8 @@ enum CacheCommand {
         /// Remove entries not used for this long (30d, 12h).
         #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
         older_than: Option<std::time::Duration>,
-        /// Forget every remembered failed build (see `remember-failed-builds`), so the next
-        /// run builds again.
+        /// Forget every remembered failed build (see `remember-failed-builds`) and its saved
+        /// log (build-logs-v1/), so the next run builds again.
         #[arg(long)]
         failed_builds: bool,
     },

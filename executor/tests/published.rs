@@ -311,6 +311,10 @@ fn a_dockerfile_that_fetches_while_it_builds_builds_on_docker_and_oci() {
         assert_eq!(a["result"], "execution-failed", "{runner}: {a}");
         let err = a["error"].as_str().unwrap_or_default();
         assert!(err.contains("network.build: none") && err.contains("RUN"), "{runner}: {err}");
+        // The error carries the last lines; the whole log is kept in a file it names.
+        let log = err.split("(the whole build log: ").nth(1).and_then(|r| r.split(')').next()).expect(err);
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains("wget") && text.contains(&web.addr), "{runner}: {log}: {text}");
     }
     // oci reading no local store: the base image is found nowhere, and the error says where it
     // could have come from.

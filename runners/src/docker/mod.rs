@@ -269,18 +269,6 @@ async fn build(
     let mut tail: Vec<String> = Vec::new();
     let mut step = String::new();
     let started = Instant::now();
-    // On a terminal the build shows as one line with the current step; the full log still goes
-    // to the engine's log at debug level. Elsewhere (job servers, CI) every line is logged.
-    let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} building {prefix}: {wide_msg} {elapsed}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.set_prefix(label.to_string());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        bar
-    });
     let run = async {
         let mut stream = docker.build_image(opts, None, Some(bollard::body_full(bytes::Bytes::from(context))));
         while let Some(item) = stream.next().await {
@@ -290,14 +278,9 @@ async fn build(
                 for line in text.lines().filter(|l| !l.trim().is_empty()) {
                     if line.starts_with("Step ") || line.starts_with("STEP ") {
                         step = line.to_string();
-                        if let Some(bar) = &bar {
-                            bar.set_message(line.to_string());
-                        }
                     }
-                    match &bar {
-                        Some(_) => tracing::debug!(addon = %label, "build: {line}"),
-                        None => log(LogStream::Stderr, &format!("build: {line}")),
-                    }
+                    // The engine shows them (a progress line on a terminal) and keeps them.
+                    log(LogStream::Stderr, &format!("build: {line}"));
                     tail.push(line.to_string());
                     if tail.len() > STDERR_TAIL_LINES {
                         tail.remove(0);
@@ -314,9 +297,6 @@ async fn build(
         Ok(r) => r,
         Err(_) => Err(format!("did not finish within {timeout:?} (setting docker-runner.build-timeout)")),
     };
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
     if let Err(e) = result {
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
         let log = tail.join("\n");
