@@ -327,6 +327,17 @@ pub struct NetworkConfig {
     /// as Docspell's builds have); `host`: the host's network; `none`: no network (nix builds
     /// `--offline`; a base image must be in a local store).
     pub build: BuildNetwork,
+    /// What an impure addon (`networking: true`) reaches. Only `host` for now (the host's own
+    /// network, as Docspell gives it): the egress network of SPEC's default is not built yet, and
+    /// an engine that cannot give it says so rather than run addons with more than was meant.
+    pub impure: ImpureNetwork,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImpureNetwork {
+    #[default]
+    Host,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
