@@ -380,8 +380,10 @@ pub struct OciRunnerConfig {
     /// A local image store `image:` references are taken from first: `none`, `docker` (read
     /// once, when the image is first unpacked) or `podman`.
     pub image_store: OciImageStore,
-    /// When an `image:` may be pulled from a registry: `never`, `if-networking` (only for addons
-    /// that ask for network; a pure addon's image never comes from the network), `always`.
+    /// When an image (`image:`, a Dockerfile's base) may be pulled from a registry, after the
+    /// local stores and only when builds have a network (`network.build`): `missing` (the
+    /// default: when no local store has it; `always` is an older name of it), `if-networking`
+    /// (only for addons that ask for network), `never`.
     pub pull: OciPull,
     pub build_timeout: HumanDuration,
     /// Deprecated: `network.build` says what every runner's builds reach. When set, `none`
@@ -409,7 +411,8 @@ pub enum OciImageStore {
 pub enum OciPull {
     Never,
     IfNetworking,
-    Always,
+    #[serde(alias = "always")]
+    Missing,
 }
 
 impl Default for OciRunnerConfig {
@@ -421,7 +424,7 @@ impl Default for OciRunnerConfig {
             skopeo_binary: d.skopeo,
             umoci_binary: d.umoci,
             image_store: OciImageStore::None,
-            pull: OciPull::IfNetworking,
+            pull: OciPull::Missing,
             build_timeout: HumanDuration(d.build_timeout),
             build_network: None,
             uid_base: d.uid_base,
@@ -447,7 +450,7 @@ impl OciRunnerConfig {
             pull: match self.pull {
                 OciPull::Never => Pull::Never,
                 OciPull::IfNetworking => Pull::IfNetworking,
-                OciPull::Always => Pull::Always,
+                OciPull::Missing => Pull::Missing,
             },
             build_timeout: self.build_timeout.0,
             // Builders know `host` and `none`; egress builds use the host's network for now.

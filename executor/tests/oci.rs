@@ -238,26 +238,35 @@ fn image_addon(w: &World, name: &str, image: &str) -> std::path::PathBuf {
     root
 }
 
+/// Getting an `image:` is not running the addon: it may be pulled when no local store has it,
+/// unless builds have no network (`network.build: none`) or `oci-runner.pull` says otherwise;
+/// each refusal names its setting. (No test reaches a registry: only the refusals are run.)
 #[test]
-fn a_pure_addons_image_never_comes_from_the_network_and_a_local_store_serves_it() {
+fn an_image_is_pulled_only_as_the_settings_allow_and_a_local_store_serves_it() {
     if !require_docker() || !require_oci() {
         return;
     }
-    let w = World::new("auto", "runner: [oci]\n");
-    let named = |name: &str, image: &str| image_addon(&w, name, image);
-    let addon = named("remote", "registry.invalid/nobody/none:1");
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    let err = a["error"].as_str().unwrap();
-    assert!(err.contains("never pulled") && err.contains("registry.invalid/nobody/none:1"), "{err}");
+    for (runner, settings, says) in [
+        ("oci", "network: {build: none}\n", "network.build: none"),
+        ("oci", "oci-runner: {pull: if-networking}\n", "oci-runner.pull: if-networking"),
+        ("oci", "oci-runner: {pull: never}\n", "pulling is off"),
+        ("docker", "network: {build: none}\n", "network.build: none"),
+    ] {
+        let w = World::new("auto", &format!("runner: [{runner}]\n{settings}"));
+        let addon = image_addon(&w, "remote", "registry.invalid/nobody/none:1");
+        let (_, v) = w.run(&[addon.to_str().unwrap()]);
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "execution-failed", "{a}");
+        let err = a["error"].as_str().unwrap();
+        assert!(err.contains(says) && err.contains("registry.invalid/nobody/none:1"), "{runner} {settings}: {err}");
+    }
     // An image in the Docker daemon's store, read once at build time.
+    let w2 = World::new("auto", "runner: [oci]\noci-runner: {image-store: docker}\n");
     let src =
-        w.docker_addon("stored", PURE, "echo from-store >&2\necho '{}'", &format!("stored-{}", std::process::id()));
+        w2.docker_addon("stored", PURE, "echo from-store >&2\necho '{}'", &format!("stored-{}", std::process::id()));
     let tag = format!("addon-oci-test/stored:{}", std::process::id());
     let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&src).output().unwrap();
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
-    let w2 = World::new("auto", "runner: [oci]\noci-runner: {image-store: docker}\n");
     let addon = image_addon(&w2, "stored", &tag);
     let (out, v) = w2.run(&[addon.to_str().unwrap()]);
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();

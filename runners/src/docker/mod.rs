@@ -143,6 +143,13 @@ impl DockerRunner {
             .ok_or_else(|| setup(format!("{} names no image and was not built", spec.addon.label())))?;
         addon_descriptors::image_reference(image).map_err(|why| setup(format!("runner.docker.image: {why}")))?;
         if docker.inspect_image(image).await.is_err() {
+            if self.settings.build_network.as_deref() == Some("none") {
+                // Fetching the image is part of getting the addon, which `network.build` governs.
+                return Err(setup(format!(
+                    "image {image} is not present here and is not pulled: builds have no network \
+                     (network.build: none); load it with `docker load` or `docker pull` where there is one"
+                )));
+            }
             tracing::info!(addon = %spec.addon.label(), "pulling image {image}");
             let opts = CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() };
             let mut pull = docker.create_image(Some(opts), None, None);

@@ -53,13 +53,16 @@ pub enum ImageStore {
     Podman,
 }
 
-/// When an `image:` reference may be pulled from a registry.
+/// When an image (an `image:` reference, a Dockerfile's base) may be pulled from a registry:
+/// always after the local stores, and only when builds have a network (`network.build`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pull {
     Never,
-    /// Only for addons that ask for network (a pure addon's image never comes from the network).
+    /// Only for addons that ask for network.
     IfNetworking,
-    Always,
+    /// When no local store has it (fetching the addon's image is not running the addon: the
+    /// reference is the descriptor's text, so nothing of a run's data can leave through it).
+    Missing,
 }
 
 #[derive(Debug, Clone)]
@@ -89,7 +92,7 @@ impl Default for OciSettings {
             skopeo: "skopeo".into(),
             umoci: "umoci".into(),
             image_store: ImageStore::None,
-            pull: Pull::IfNetworking,
+            pull: Pull::Missing,
             build_timeout: Duration::from_secs(15 * 60),
             build_network: "host".into(),
             uid_base: 2_147_200_000,
@@ -403,18 +406,26 @@ impl OciRunner {
                 ImageStore::Podman => sources.push(format!("containers-storage:{reference}")),
                 ImageStore::None => {}
             }
-            let may_pull = match s.pull {
-                Pull::Always => true,
-                Pull::IfNetworking => spec.descriptor.networking(),
-                Pull::Never => false,
-            };
+            let offline = s.build_network == "none";
+            let may_pull = !offline
+                && match s.pull {
+                    Pull::Missing => true,
+                    Pull::IfNetworking => spec.descriptor.networking(),
+                    Pull::Never => false,
+                };
             if may_pull {
                 sources.push(format!("docker://{reference}"));
             }
             if sources.is_empty() {
                 return Err(format!(
                     "image {reference} is in no local store (oci-runner.image-store: none) and {} (oci-runner.pull)",
-                    if s.pull == Pull::Never { "pulling is off" } else { "a pure addon's image is never pulled" }
+                    if offline {
+                        "builds have no network (network.build: none)"
+                    } else if s.pull == Pull::Never {
+                        "pulling is off"
+                    } else {
+                        "a pure addon's image is not pulled (oci-runner.pull: if-networking)"
+                    }
                 ));
             }
             let mut failures = Vec::new();
@@ -429,8 +440,12 @@ impl OciRunner {
             }
             let pull_note = if may_pull {
                 ""
+            } else if offline {
+                " (not pulled: builds have no network, network.build: none)"
+            } else if s.pull == Pull::Never {
+                " (not pulled: oci-runner.pull: never)"
             } else {
-                " (not pulled: a pure addon's image never comes from the network unless oci-runner.pull is `always`)"
+                " (not pulled: a pure addon's image is not, with oci-runner.pull: if-networking)"
             };
             return Err(format!("image {reference} was found nowhere{pull_note}: {}", failures.join("; ")));
         }
@@ -487,15 +502,18 @@ impl OciRunner {
         let bases = dockerfile::base_images(&text);
         if s.image_store == ImageStore::Docker {
             // The Docker daemon's images serve as base images: copied into buildah's storage once.
-            for base in &bases {
+            // A reference and nothing else reaches buildah (a word like `-q` or a transport
+            // prefix is the addon's text, not a name): buildah reads FROM itself and says what
+            // is wrong with it.
+            for base in bases.iter().filter(|b| addon_descriptors::image_reference(b).is_ok()) {
                 let mut inspect = buildah_cmd();
-                inspect.args(["inspect", "--type", "image", "--format", "{{.FromImageID}}", base]);
+                inspect.args(["inspect", "--type", "image", "--format", "{{.FromImageID}}", "--", base]);
                 let quiet: LogSink = std::sync::Arc::new(|_, _| {});
                 if image::run_tool(inspect, "buildah inspect", &quiet, Duration::from_secs(60)).await.is_ok() {
                     continue;
                 }
                 let mut pull = buildah_cmd();
-                pull.args(["pull", "--quiet"]).arg(format!("docker-daemon:{}", image::with_tag(base)));
+                pull.args(["pull", "--quiet", "--"]).arg(format!("docker-daemon:{}", image::with_tag(base)));
                 if let Err(e) = image::run_tool(pull, "buildah pull", log, timeout).await {
                     let why = e.split(crate::runner::BUILD_LOG_MARK).next().unwrap_or_default();
                     log(
