@@ -5,7 +5,8 @@
 //!   JSON without a trailing newline; the second run warm (no compilation);
 //! - audio-files-shaped: a shell addon with nix and trivial sections that calls a web service
 //!   while it runs (impure), here a test host in a network namespace;
-//! - a Dockerfile on a Debian-like base whose `RUN` step fetches from the network while it builds.
+//! - a Dockerfile on a Debian-like base whose `RUN` step fetches from the network while it builds;
+//! - the example addon's program shape (Python with its C modules) as a trivial addon.
 //!
 //! (The example-shaped `image:` addon that runs as a non-root `USER` is in oci.rs.)
 
@@ -325,4 +326,59 @@ fn a_dockerfile_that_fetches_while_it_builds_builds_on_docker_and_oci() {
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     let err = v["addons"][0]["error"].as_str().unwrap_or_default().to_string();
     assert!(err.contains(&format!("base image {base} not found")) && err.contains("oci-runner.image-store"), "{err}");
+}
+
+/// The example addon's program shape (Python, as tiborrr/docspell-addon-example writes it) as a
+/// trivial addon: Debian's python3 and its C modules, the user's input read from the file named
+/// by the last argument, a file written into OUTPUT_DIR, the JSON printed without a newline.
+fn python_on(runner: &str, sandbox: &str) {
+    if !Path::new("/usr/bin/python3").is_file() {
+        missing("the Python addon runs Debian's /usr/bin/python3 (apt-get install python3)");
+        return;
+    }
+    let Some(w) = world_for(runner, sandbox) else { return };
+    let root = w.path().join("addons-src/python-test");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(
+        root.join("docspell-addon.yml"),
+        "meta:\n  name: python-test\n  version: \"0.3\"\nrunner:\n  trivial:\n    enable: true\n    exec: addon.py\n\
+         options:\n  networking: false\n  collectOutput: true\n",
+    )
+    .unwrap();
+    let program = root.join("addon.py");
+    std::fs::write(
+        &program,
+        "#!/usr/bin/python3\nimport json, os, sys, pathlib, hashlib\n\
+         user = json.loads(pathlib.Path(sys.argv[-1]).read_text())\n\
+         out = pathlib.Path(os.environ['OUTPUT_DIR'])\n\
+         (out / 'summary.txt').write_text('hello ' + user['name'] + ' ' + hashlib.sha256(b'x').hexdigest()[:8])\n\
+         print('python', sys.version.split()[0], file=sys.stderr)\n\
+         sys.stdout.write(json.dumps({'newItems': [{'metadata': {'tags': ['python']}, 'files': ['summary.txt']}]}))\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out_dir = w.path().join("out");
+    let (out, v) =
+        w.run(&[root.to_str().unwrap(), "--args", r#"{"name": "Ada"}"#, "--output-dir", out_dir.to_str().unwrap()]);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{runner}/{sandbox}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["runner"], runner, "{a}");
+    assert_eq!(a["output"]["newItems"][0]["metadata"]["tags"][0], "python", "{a}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("summary.txt")).unwrap(), "hello Ada 2d711642");
+}
+
+macro_rules! python_tests {
+    ($($name:ident => $runner:literal in $sandbox:literal,)*) => {$(
+        #[test]
+        fn $name() {
+            python_on($runner, $sandbox);
+        }
+    )*};
+}
+
+python_tests! {
+    python_addon_on_trivial_in_bwrap => "trivial" in "bwrap",
+    python_addon_on_trivial_in_netns => "trivial" in "netns",
+    python_addon_on_trivial_in_nspawn => "trivial" in "nspawn",
+    python_addon_on_gvisor => "gvisor" in "auto",
 }
