@@ -16,16 +16,24 @@ use std::time::Duration;
 
 use addon_runners::{LogSink, LogStream};
 
-/// How many lines of a build's log are kept for the file written when it fails.
+/// How many lines of a build's log are kept for the file written when it fails, at most
+/// [`KEEP_BYTES`] in all and each cut to [`LINE_BYTES`]: a build prints what the addon's code
+/// prints, and none of it may take the engine's memory or disk.
 pub const KEEP_LINES: usize = 20_000;
+pub const KEEP_BYTES: usize = 8 << 20;
+pub const LINE_BYTES: usize = 4096;
 
 /// Where failed builds' logs go, below the cache directory.
 pub const DIR: &str = "build-logs-v1";
 
 /// One build's log.
 pub struct BuildLog {
-    lines: Mutex<VecDeque<String>>,
-    bar: Option<indicatif::ProgressBar>,
+    /// The kept lines and their bytes.
+    lines: Mutex<(VecDeque<String>, usize)>,
+    /// What the progress line says before the step (None: no progress line, every line logged).
+    prefix: Option<String>,
+    /// Made at the first line: a cache hit shows none.
+    bar: std::sync::OnceLock<indicatif::ProgressBar>,
 }
 
 impl BuildLog {
@@ -33,18 +41,22 @@ impl BuildLog {
     /// logging is off.
     pub fn new(runner: &str, label: &str) -> Arc<BuildLog> {
         let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
-        let bar = (terminal && !tracing::enabled!(tracing::Level::DEBUG)).then(|| {
+        let prefix = (terminal && !tracing::enabled!(tracing::Level::DEBUG))
+            .then(|| addon_descriptors::for_terminal(&format!("building {label} ({runner})")).to_string());
+        Arc::new(BuildLog { lines: Mutex::new((VecDeque::new(), 0)), prefix, bar: std::sync::OnceLock::new() })
+    }
+
+    fn bar(&self, prefix: &str) -> &indicatif::ProgressBar {
+        self.bar.get_or_init(|| {
             let bar = indicatif::ProgressBar::new_spinner();
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{spinner} {prefix}: {wide_msg} {elapsed}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
             );
-            bar.set_prefix(addon_descriptors::for_terminal(&format!("building {label} ({runner})")).to_string());
-            bar.set_message("starting");
+            bar.set_prefix(prefix.to_string());
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
-        });
-        Arc::new(BuildLog { lines: Mutex::new(VecDeque::new()), bar })
+        })
     }
 
     /// A sink that keeps every line, and shows it (or the step it is at) before passing it on to
@@ -54,14 +66,22 @@ impl BuildLog {
         Arc::new(move |stream: LogStream, line: &str| {
             let text = line.strip_prefix("build: ").unwrap_or(line);
             {
-                let mut lines = me.lines.lock().unwrap_or_else(|e| e.into_inner());
-                if lines.len() == KEEP_LINES {
-                    lines.pop_front();
+                let mut kept = me.lines.lock().unwrap_or_else(|e| e.into_inner());
+                let (lines, bytes) = &mut *kept;
+                let mut cut = LINE_BYTES.min(text.len());
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
                 }
-                lines.push_back(text.to_string());
+                let line = if cut < text.len() { format!("{} [cut]", &text[..cut]) } else { text.to_string() };
+                *bytes += line.len();
+                lines.push_back(line);
+                while lines.len() > KEEP_LINES || *bytes > KEEP_BYTES {
+                    *bytes -= lines.pop_front().map_or(0, |l| l.len());
+                }
             }
-            match &me.bar {
-                Some(bar) => {
+            match &me.prefix {
+                Some(prefix) => {
+                    let bar = me.bar(prefix);
                     if let Some(step) = step_of(text) {
                         bar.set_message(addon_descriptors::for_terminal(step).to_string());
                     } else if !text.trim().is_empty() {
@@ -78,7 +98,7 @@ impl BuildLog {
 
     /// Clears the progress line (the build is over).
     pub fn finish(&self) {
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = self.bar.get() {
             bar.finish_and_clear();
         }
     }
@@ -87,7 +107,8 @@ impl BuildLog {
     /// earlier one of the same build); returns the file, or None when there is nothing to write
     /// or it could not be written.
     pub fn save(&self, cache_dir: &Path, runner: &str, label: &str) -> Option<PathBuf> {
-        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let kept = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = &kept.0;
         if lines.is_empty() {
             return None;
         }
@@ -149,6 +170,19 @@ mod tests {
         assert!(text.starts_with("line 5\n") && text.ends_with(&format!("line {}\n", KEEP_LINES + 4)));
         // Not a terminal here: every line went on to the run's log too.
         assert_eq!(seen.lock().unwrap().len(), KEEP_LINES + 5);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_the_whole_is_bounded() {
+        let log = BuildLog::new("docker", "big-1.0");
+        let sink = log.sink(Arc::new(|_, _: &str| {}));
+        let long = "é".repeat(LINE_BYTES);
+        for _ in 0..(2 * KEEP_BYTES / LINE_BYTES) {
+            sink(LogStream::Stderr, &long);
+        }
+        let (lines, bytes) = &*log.lines.lock().unwrap();
+        assert!(*bytes <= KEEP_BYTES && *bytes == lines.iter().map(String::len).sum::<usize>());
+        assert!(lines.iter().all(|l| l.len() <= LINE_BYTES + " [cut]".len() && l.ends_with(" [cut]")));
     }
 
     #[test]

@@ -299,8 +299,8 @@ pub struct DockerRunnerConfig {
     /// User inside the container: null keeps the image's user; `engine` uses the engine's
     /// uid:gid so output files stay readable; or an explicit `uid:gid`.
     pub user: Option<String>,
-    /// Deprecated: `network.build` says what every runner's builds reach. When set, `none`
-    /// takes this runner's builds off the network whatever `network.build` says.
+    /// Deprecated: `network.build` says what every runner's builds reach. When set, it is the
+    /// daemon's network for this runner's builds (`none`, `host`, a network's name), over it.
     #[schemars(skip)]
     pub build_network: Option<String>,
 }
@@ -322,10 +322,10 @@ impl Default for DockerRunnerConfig {
 pub struct NetworkConfig {
     /// What builds reach (a Dockerfile's `RUN` steps and its base image, nix's fetches), for
     /// every runner that builds and whatever the addon's own `networking` says: builds are not
-    /// the run, and a real Dockerfile installs packages. `egress` (the default): what they need
-    /// from outside (until the egress network of impure runs exists, that is the host's network,
-    /// as Docspell's builds have); `host`: the host's network; `none`: no network (nix builds
-    /// `--offline`; a base image must be in a local store).
+    /// the run, and a real Dockerfile installs packages. `egress` (the default): a network of
+    /// the build's own with outbound access (docker's bridge, buildah's private network), not
+    /// the host's own namespace; `host`: the host's network; `none`: no network (nix builds
+    /// `--offline`; images must be in a local store).
     pub build: BuildNetwork,
     /// What an impure addon (`networking: true`) reaches. Only `host` for now (the host's own
     /// network, as Docspell gives it): the egress network of SPEC's default is not built yet, and
@@ -386,8 +386,8 @@ pub struct OciRunnerConfig {
     /// (only for addons that ask for network), `never`.
     pub pull: OciPull,
     pub build_timeout: HumanDuration,
-    /// Deprecated: `network.build` says what every runner's builds reach. When set, `none`
-    /// takes this runner's builds off the network whatever `network.build` says.
+    /// Deprecated: `network.build` says what every runner's builds reach. When set, it is
+    /// buildah's `--network` for this runner's builds, over it.
     #[schemars(skip)]
     pub build_network: Option<String>,
     /// As root, container ids 0..65535 are host ids from this one up (never the host's root);
@@ -453,11 +453,15 @@ impl OciRunnerConfig {
                 OciPull::Missing => Pull::Missing,
             },
             build_timeout: self.build_timeout.0,
-            // Builders know `host` and `none`; egress builds use the host's network for now.
-            build_network: if self.build_network.as_deref() == Some("none") || !build.online() {
-                "none"
-            } else {
-                "host"
+            build_network: match self.build_network.as_deref() {
+                Some(deprecated) => deprecated,
+                // A network of the build's own (buildah's `private`: a CNI bridge as root,
+                // slirp4netns rootless), never the host's own namespace unless asked for.
+                None => match build {
+                    BuildNetwork::Egress => "private",
+                    BuildNetwork::Host => "host",
+                    BuildNetwork::None => "none",
+                },
             }
             .to_string(),
             uid_base: self.uid_base,
@@ -694,13 +698,11 @@ impl Config {
         ] {
             match value.as_deref() {
                 None => {}
-                Some(v @ ("host" | "none")) => tracing::warn!(
-                    "{key} is deprecated: network.build says what every runner's builds reach (`{key}: {v}` {})",
-                    if v == "none" { "still keeps this runner's builds off the network" } else { "changes nothing" }
+                Some("") => return Err(format!("{key}: empty (and deprecated: use network.build)")),
+                Some(v) => tracing::warn!(
+                    "{key} is deprecated: network.build says what every runner's builds reach; `{key}: {v}` \
+                     still decides this runner's, over network.build"
                 ),
-                Some(v) => {
-                    return Err(format!("{key}: `{v}` is not host or none (and is deprecated: use network.build)"))
-                }
             }
         }
         config.limits.check("limits")?;

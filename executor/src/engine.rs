@@ -125,10 +125,12 @@ impl Engine {
                     host: config.docker_runner.host.clone(),
                     build_timeout: config.docker_runner.build_timeout.0,
                     user: config.docker_runner.user.clone(),
-                    // `host` is the daemon's default network for builds, as Docspell's.
-                    build_network: (config.network.build == crate::config::BuildNetwork::None
-                        || config.docker_runner.build_network.as_deref() == Some("none"))
-                    .then(|| "none".to_string()),
+                    // Egress: the daemon's default (its bridge), as Docspell's builds.
+                    build_network: config.docker_runner.build_network.clone().or(match config.network.build {
+                        crate::config::BuildNetwork::Egress => None,
+                        crate::config::BuildNetwork::Host => Some("host".to_string()),
+                        crate::config::BuildNetwork::None => Some("none".to_string()),
+                    }),
                     helper: config.nspawn.helper(),
                 },
                 #[cfg(feature = "nix")]
@@ -606,7 +608,7 @@ impl Engine {
             });
             // A pure addon may run again elsewhere; an impure one only when nothing of it ran
             // (its build or setup failed), since a run may have had effects beyond its output.
-            let never_ran = attempt.termination.is_none();
+            let never_ran = !attempt.started;
             let fall_through = (d.pure() || never_ran) && attempt.result.may_fall_through() && !cancel.is_cancelled();
             if !fall_through {
                 break;
@@ -724,7 +726,10 @@ impl Engine {
                 };
                 let collect = d.collect_output().then_some(self.config.max_stdout.0);
                 let run_span = tracing::info_span!("run", addon = %label, runner = %runner.info().name);
-                let ran = self.follow(runner, spec, timeout, collect, &log, cancel).instrument(run_span).await;
+                let ran = self
+                    .follow(runner, spec, timeout, collect, &log, cancel, &mut outcome.started)
+                    .instrument(run_span)
+                    .await;
                 // The artifact's cache entry is held for the whole run: a concurrent prune
                 // cannot remove the image of a run in progress.
                 drop(entry);
@@ -860,7 +865,9 @@ impl Engine {
                             r = runner2.build(&spec, log) => r.map_err(|e| match e {
                                 RunnerError::Build { message, log_tail, .. } => {
                                     let whole = build_log2
-                                        .save(&log_dir, &runner_name, &spec.addon.label())
+                                        // The digest too: another addon claiming the name
+                                        // does not write over this one's log.
+                                        .save(&log_dir, &runner_name, &format!("{}-{}", spec.addon.label(), spec.addon.short_digest()))
                                         .map(|f| format!(" (the whole build log: {})", f.display()))
                                         .unwrap_or_default();
                                     addon_cache::BuildFailure {
@@ -910,6 +917,7 @@ impl Engine {
     /// logged, stderr logged with its tail kept, the timeout and cancellation enforced by asking
     /// the runner to stop (SIGTERM, grace, kill). A runner that does not report the end within
     /// the grace and some slack is a failed runner.
+    #[allow(clippy::too_many_arguments)] // one run, all of its inputs, and whether it started
     async fn follow(
         &self,
         runner: &Arc<dyn Runner>,
@@ -918,11 +926,14 @@ impl Engine {
         collect: Option<u64>,
         log: &addon_runners::LogSink,
         cancel: &CancellationToken,
+        started_flag: &mut bool,
     ) -> Result<(addon_runners::Supervised, String), RunnerError> {
         let name = runner.info().name;
         let started_at = Instant::now();
         let run_id = spec.run_id.clone();
         let mut started = runner.start(spec).await?;
+        // From here the addon may have run, whatever happens next.
+        *started_flag = true;
         let grace = self.config.kill_grace.0;
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
@@ -1197,6 +1208,8 @@ struct AttemptOutcome {
     rejected: Option<PathBuf>,
     log_lines_dropped: u64,
     termination: Option<Termination>,
+    /// The runner started it: something of it may have run (even when no ending was seen).
+    started: bool,
     resources: Resources,
     phases: Phases,
     limits: addon_runners::Limits,
@@ -1215,6 +1228,7 @@ impl AttemptOutcome {
             rejected: None,
             log_lines_dropped: 0,
             termination: None,
+            started: false,
             resources: Resources::default(),
             phases: Phases::default(),
             limits: addon_runners::Limits::default(),
@@ -1579,8 +1593,14 @@ mod tests {
             self.calls.lock().unwrap().push(self.name);
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             tx.send(RunEvent::Stdout(b"{}".to_vec())).await.unwrap();
-            let exit = Exit { kind: ExitKind::Code(self.exit), usage: Default::default() };
-            tx.send(RunEvent::Exited(exit)).await.unwrap();
+            if self.exit == LOST {
+                // The runner loses the run after starting it (a plugin that died mid-run).
+                let message = "lost the run".to_string();
+                tx.send(RunEvent::Failed(RunnerError::Runner { runner: self.name.into(), message })).await.unwrap();
+            } else {
+                let exit = Exit { kind: ExitKind::Code(self.exit), usage: Default::default() };
+                tx.send(RunEvent::Exited(exit)).await.unwrap();
+            }
             Ok(Started { sandbox: "fake".into(), events: rx })
         }
         async fn stop(&self, _run_id: &str, _grace: Duration) -> Result<(), RunnerError> {
@@ -1606,16 +1626,25 @@ mod tests {
         (addon, config)
     }
 
+    /// A [`Fake`] exit code: the run is lost after it started, with no ending seen.
+    const LOST: i32 = -999;
+
     async fn run_with(options: &str) -> (RunReport, Vec<&'static str>) {
         run_with_build(options, false).await
     }
 
     async fn run_with_build(options: &str, build_fails: bool) -> (RunReport, Vec<&'static str>) {
+        run_with_first(options, build_fails, 1).await
+    }
+
+    /// Runs with a docker [`Fake`] (whose build fails with `build_fails`, whose run ends with
+    /// `exit`) before a trivial one that succeeds.
+    async fn run_with_first(options: &str, build_fails: bool, exit: i32) -> (RunReport, Vec<&'static str>) {
         let dir = tempfile::tempdir().unwrap();
         let (addon, config) = docker_and_trivial(dir.path(), options);
         let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
         let runners: Vec<Arc<dyn Runner>> = vec![
-            Arc::new(Fake { name: "docker", section: Section::Docker, exit: 1, build_fails, calls: calls.clone() }),
+            Arc::new(Fake { name: "docker", section: Section::Docker, exit, build_fails, calls: calls.clone() }),
             Arc::new(Fake {
                 name: "trivial",
                 section: Section::Trivial,
@@ -1659,6 +1688,16 @@ mod tests {
         assert_eq!(a.result, AddonResult::Success, "{a:?}");
         assert_eq!(a.attempts[0].result, AddonResult::ExecutionFailed);
         assert!(a.attempts[0].error.as_deref().unwrap_or("").contains("no base image"), "{a:?}");
+    }
+
+    #[tokio::test]
+    async fn an_impure_addon_whose_run_was_lost_after_it_started_does_not_run_again() {
+        // No ending was seen, but it started: it may have had its effects.
+        let (report, calls) = run_with_first("options: {networking: true, collectOutput: true}", false, LOST).await;
+        assert_eq!(calls, vec!["docker"]);
+        let a = &report.addons[0];
+        assert_eq!(a.attempts.len(), 1, "{a:?}");
+        assert!(a.error.as_deref().unwrap_or("").contains("lost the run"), "{a:?}");
     }
 
     #[tokio::test]

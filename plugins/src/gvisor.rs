@@ -215,7 +215,14 @@ impl GvisorRunner {
         self.delete(&id).await;
         match result {
             Ok(()) => {
-                let platform = self.settings.platform.as_deref().unwrap_or("ptrace");
+                // runsc's default was ptrace until systrap took its place (mid-2023).
+                let release: u32 = version
+                    .split(|c: char| !c.is_ascii_digit())
+                    .find(|w| w.len() == 8)
+                    .and_then(|w| w.parse().ok())
+                    .unwrap_or(0);
+                let default = if release != 0 && release < 20230601 { "ptrace" } else { "default" };
+                let platform = self.settings.platform.as_deref().unwrap_or(default);
                 // What the administrator can change: measured with the rotate bench (a Guile addon
                 // starting qpdf and pdftotext), a bare `runsc run` under ptrace is ~9x bwrap.
                 let hint = if platform == "ptrace" {

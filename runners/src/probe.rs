@@ -134,7 +134,16 @@ impl ProbeCache {
     }
 
     fn read_disk(&self, name: &'static str, key: &str) -> Option<Probe> {
-        let text = std::fs::read(self.file(name)?).ok()?;
+        use std::os::unix::fs::MetadataExt;
+        let file = self.file(name)?;
+        // Only a result this user wrote (a directory others can write to must not plant one).
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let meta = std::fs::symlink_metadata(&file).ok()?;
+        if !meta.is_file() || meta.uid() != me {
+            return None;
+        }
+        let text = std::fs::read(&file).ok()?;
         let s: Stored = serde_json::from_slice(&text).ok()?;
         let age = now().saturating_sub(s.at);
         (s.key == key && age < self.ttl.as_secs()).then(|| Probe::ok(name, s.detail, s.version))
@@ -143,11 +152,13 @@ impl ProbeCache {
     fn write_disk(&self, name: &'static str, key: &str, p: &Probe) {
         let (Some(dir), Some(file)) = (&self.dir, self.file(name)) else { return };
         let stored = Stored { key: key.to_string(), detail: p.detail.clone(), version: p.version.clone(), at: now() };
-        let tmp = dir.join(format!(".probe-{name}.{}.tmp", std::process::id()));
-        let written = std::fs::create_dir_all(dir).is_ok()
-            && std::fs::write(&tmp, serde_json::to_vec(&stored).unwrap_or_default()).is_ok();
-        if !(written && std::fs::rename(&tmp, &file).is_ok()) {
-            let _ = std::fs::remove_file(&tmp);
+        if std::fs::create_dir_all(dir).is_err() {
+            return;
+        }
+        // A fresh file of a random name (never a planted one followed), renamed over the last.
+        let Ok(mut tmp) = tempfile::Builder::new().prefix(&format!(".probe-{name}.")).tempfile_in(dir) else { return };
+        if std::io::Write::write_all(&mut tmp, &serde_json::to_vec(&stored).unwrap_or_default()).is_ok() {
+            let _ = tmp.persist(&file);
         }
     }
 }

@@ -258,6 +258,18 @@ async fn build(
 ) -> Result<DockerImageMeta, String> {
     let offline = network.as_deref() == Some("none");
     let bases = &base_images(addon_dir, dockerfile);
+    if offline {
+        // The daemon pulls a missing base image whatever the build's network: not when builds
+        // have none.
+        for base in bases.iter().filter(|b| addon_descriptors::image_reference(b).is_ok()) {
+            if docker.inspect_image(base).await.is_err() {
+                return Err(format!(
+                    "base image {base} is not among the Docker daemon's images and is not pulled: builds have \
+                     no network (network.build: none); load it with `docker load` or `docker pull` where there is one"
+                ));
+            }
+        }
+    }
     let context = tar_dir(addon_dir).map_err(|e| format!("packing the build context {}: {e}", addon_dir.display()))?;
     let labels = HashMap::from([
         (LABEL_MANAGED.to_string(), "true".to_string()),
@@ -465,6 +477,9 @@ impl Runner for DockerRunner {
             ("digest".to_string(), spec.addon.digest.clone()),
             ("dockerfile".to_string(), spec.descriptor.dockerfile().to_string()),
             ("docker-host".to_string(), self.address()),
+            // What the build reached is part of what it made, and of why it failed (a failure
+            // remembered under `none` is not one under another setting).
+            ("build-network".to_string(), self.settings.build_network.clone().unwrap_or_else(|| "default".into())),
         ])))
     }
 

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 
 use super::bundle::ImageConfig;
 use crate::process::{LogSink, LogStream, STDERR_TAIL_LINES};
@@ -34,8 +34,18 @@ pub async fn run_tool(
 ) -> Result<(), String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let mut out = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut err = BufReader::new(child.stderr.take().expect("piped")).lines();
+    // Lines of at most MAX_LINE bytes (a longer one comes in pieces): a builder prints what the
+    // addon's RUN steps print, and no line of it may take the engine's memory.
+    const MAX_LINE: u64 = 64 * 1024;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut err = BufReader::new(child.stderr.take().expect("piped"));
+    async fn next_line(r: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> Option<String> {
+        let mut line = Vec::new();
+        match r.take(MAX_LINE).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string()),
+        }
+    }
     let mut tail: VecDeque<String> = VecDeque::new();
     let mut keep = |line: String| {
         log(LogStream::Stderr, &format!("build: {line}"));
@@ -48,8 +58,8 @@ pub async fn run_tool(
         let (mut out_done, mut err_done) = (false, false);
         while !(out_done && err_done) {
             tokio::select! {
-                l = out.next_line(), if !out_done => match l { Ok(Some(l)) => keep(l), _ => out_done = true },
-                l = err.next_line(), if !err_done => match l { Ok(Some(l)) => keep(l), _ => err_done = true },
+                l = next_line(&mut out), if !out_done => match l { Some(l) => keep(l), None => out_done = true },
+                l = next_line(&mut err), if !err_done => match l { Some(l) => keep(l), None => err_done = true },
             }
         }
         child.wait().await

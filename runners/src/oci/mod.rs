@@ -75,8 +75,8 @@ pub struct OciSettings {
     pub image_store: ImageStore,
     pub pull: Pull,
     pub build_timeout: Duration,
-    /// Network of Dockerfile builds, whatever the addon's `networking` (`host` or `none`;
-    /// `network.build` of the configuration).
+    /// buildah's `--network` for Dockerfile builds, whatever the addon's `networking`
+    /// (`private`, `host` or `none`, from `network.build` of the configuration).
     pub build_network: String,
     /// First host id of the containers' ids when the engine is root.
     pub uid_base: u32,
@@ -94,7 +94,7 @@ impl Default for OciSettings {
             image_store: ImageStore::None,
             pull: Pull::Missing,
             build_timeout: Duration::from_secs(15 * 60),
-            build_network: "host".into(),
+            build_network: "private".into(),
             uid_base: 2_147_200_000,
             state_dir: None,
         }
@@ -471,8 +471,24 @@ impl OciRunner {
         // Dockerfile installs packages), whatever the addon's `networking`. A base image found in
         // a local store is used before any registry; one is pulled only with a build network and
         // `oci-runner.pull` not `never`.
-        let network = s.build_network.as_str();
-        let online = network != "none" && s.pull != Pull::Never;
+        let (network, offline_why) = match s.build_network.as_str() {
+            // buildah 1.28 gives a rootless build no network of its own (its CNI bridge needs
+            // root, its slirp4netns fails here): no network rather than the host's own.
+            "private" if !is_root() => (
+                "none",
+                "an unprivileged engine's builds get no network of their own here (buildah's private network \
+                 needs root); network.build: host gives RUN steps the host's network",
+            ),
+            "none" => ("none", "network.build: none; `egress` or `host` lets RUN steps fetch what they need"),
+            n => (n, ""),
+        };
+        // Base images are fetched by buildah itself, not by a RUN step.
+        let online = s.build_network != "none"
+            && match s.pull {
+                Pull::Missing => true,
+                Pull::IfNetworking => spec.descriptor.networking(),
+                Pull::Never => false,
+            };
         // Rootless, buildah's storage is the engine's own (a job server's account may have no
         // home); as root, the system's (shared with podman, so its base images are found).
         let storage: Vec<String> = if is_root() {
@@ -543,7 +559,7 @@ impl OciRunner {
         cmd.arg("-f").arg(&path).arg("-t").arg(&tag).arg(&spec.addon_dir);
         image::run_tool(cmd, "buildah build", log, timeout)
             .await
-            .map_err(|e| explain_build_failure(e, &bases, network, online, s))?;
+            .map_err(|e| explain_build_failure(e, &bases, offline_why, online, s))?;
         let mut push = buildah_cmd();
         push.args(["push", "--quiet", &tag]).arg(image::layout_ref(layout));
         let pushed = image::run_tool(push, "buildah push", log, timeout).await;
@@ -557,7 +573,7 @@ impl OciRunner {
 
 /// A failed `buildah build` that failed for want of a base image or of network says so, and
 /// names the setting that changes it.
-fn explain_build_failure(error: String, bases: &[String], network: &str, online: bool, s: &OciSettings) -> String {
+fn explain_build_failure(error: String, bases: &[String], offline_why: &str, online: bool, s: &OciSettings) -> String {
     use crate::build_failure::{lack, Lack};
     let (head, log) = error.split_once(crate::runner::BUILD_LOG_MARK).unwrap_or((&error, ""));
     let store = match s.image_store {
@@ -571,17 +587,16 @@ fn explain_build_failure(error: String, bases: &[String], network: &str, online:
         Some(Lack::BaseImage) => {
             let pulled = if online {
                 "and no registry gave it"
-            } else if network == "none" {
+            } else if s.build_network == "none" {
                 "and not pulled: builds have no network (network.build: none)"
-            } else {
+            } else if s.pull == Pull::Never {
                 "and not pulled (oci-runner.pull: never)"
+            } else {
+                "and not pulled for a pure addon (oci-runner.pull: if-networking)"
             };
             format!(" (base image {} not found: {store}, {pulled})", bases.join(", "))
         }
-        Some(Lack::Network) if network == "none" => {
-            " (builds have no network here: network.build: none; `egress` or `host` lets RUN steps fetch what they need)"
-                .to_string()
-        }
+        Some(Lack::Network) if !offline_why.is_empty() => format!(" (RUN steps have no network here: {offline_why})"),
         _ => return error,
     };
     if log.is_empty() {
@@ -763,11 +778,21 @@ impl Runner for OciRunner {
             Some((base, size)) => format!("ids {base}+{size}"),
             None => "rootless".into(),
         };
-        let mut key = BTreeMap::from([("unpack".to_string(), unpack)]);
+        let s = &self.inner.settings;
+        // Where the image may come from is part of what was got, and of why getting it failed
+        // (a failure remembered under one setting is not one under another).
+        let mut key = BTreeMap::from([
+            ("unpack".to_string(), unpack),
+            ("build-network".to_string(), s.build_network.clone()),
+            ("image-store".to_string(), format!("{:?}", s.image_store)),
+            ("pull".to_string(), format!("{:?}", s.pull)),
+        ]);
+        if s.pull == Pull::IfNetworking {
+            key.insert("networking".into(), spec.descriptor.networking().to_string());
+        }
         match spec.descriptor.docker_image() {
             Some(image) => {
                 key.insert("image".into(), image.to_string());
-                key.insert("image-store".into(), format!("{:?}", self.inner.settings.image_store));
             }
             None => {
                 key.insert("digest".into(), spec.addon.digest.clone());
