@@ -272,27 +272,7 @@ impl Cache {
         F: FnOnce(&Path) -> Result<D, String>,
         V: Fn(&D, &Path) -> bool,
     {
-        self.get_or_build_inner(key, label, valid, |c| build(c).map_err(BuildFailure::from), Duration::ZERO)
-    }
-
-    /// [`Cache::get_or_build`], and a failed build is remembered for `remember_for`: until then
-    /// the entry is not built again and the same failure is returned as
-    /// [`CacheError::Remembered`] (a failure `build` marks as not worth remembering, such as a
-    /// cancelled build, is not recorded). A build that succeeds forgets the failure.
-    pub fn get_or_build_remembering<D, F, V>(
-        &self,
-        key: &Key,
-        label: &str,
-        valid: V,
-        build: F,
-        remember_for: Duration,
-    ) -> Result<Entry<D>, CacheError>
-    where
-        D: EntryData,
-        F: FnOnce(&Path) -> Result<D, BuildFailure>,
-        V: Fn(&D, &Path) -> bool,
-    {
-        self.get_or_build_inner(key, label, valid, build, remember_for)
+        self.get_or_build_remembering(key, label, valid, |c| build(c).map_err(BuildFailure::from), Duration::ZERO)
     }
 
     /// The failure remembered for `key` (an artifact's key) and how long ago it happened, when
@@ -352,7 +332,11 @@ impl Cache {
         fs::rename(&tmp, &dir).map_err(io(&dir))
     }
 
-    fn get_or_build_inner<D, F, V>(
+    /// [`Cache::get_or_build`], and a failed build is remembered for `remember_for`: until then
+    /// the entry is not built again and the same failure is returned as
+    /// [`CacheError::Remembered`] (a failure `build` marks as not worth remembering, such as a
+    /// cancelled build, is not recorded). A build that succeeds forgets the failure.
+    pub fn get_or_build_remembering<D, F, V>(
         &self,
         key: &Key,
         label: &str,

@@ -102,32 +102,6 @@ fn a_build_over_build_timeout_is_stopped_with_everything_it_started() {
     assert!(processes_with(&addon.display().to_string()).is_empty(), "no nix process is left");
 }
 
-/// A flake written the way the published nix addons write theirs (flake-utils'
-/// `eachDefaultSystem`, here without inputs): `defaultPackage.<system>` and a named package,
-/// no `packages.<system>.default`. Docspell builds it with `nix build` and no attribute.
-fn flake_utils_shaped(name: &str, marker: &str) -> String {
-    format!(
-        r#"{{
-  description = "An addon packaged as flake-utils does it";
-  outputs = {{ self }}:
-    let
-      systems = [ "x86_64-linux" "aarch64-linux" ];
-      eachSystem = f: builtins.listToAttrs (map (system: {{ name = system; value = f system; }}) systems);
-      addon = system: derivation {{
-        name = "{name}-{marker}";
-        inherit system;
-        builder = "/bin/busybox";
-        args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./run.sh}} $out/bin/{name} && /bin/busybox chmod 555 $out/bin/{name}" ];
-      }};
-    in {{
-      packages = eachSystem (system: {{ {name} = addon system; }});
-      defaultPackage = eachSystem addon;
-    }};
-}}
-"#
-    )
-}
-
 #[test]
 fn a_flake_utils_shaped_flake_with_only_default_package_runs() {
     if !require_nix() {
@@ -135,8 +109,11 @@ fn a_flake_utils_shaped_flake_with_only_default_package_runs() {
     }
     let w = World::new("auto", &nix_config(""));
     let addon = w.nix_addon("rotatepdf", PURE, "printf '{\"files\":[]}'", "x");
-    std::fs::write(addon.join("flake.nix"), flake_utils_shaped("rotatepdf", &format!("fu-{}", std::process::id())))
-        .unwrap();
+    std::fs::write(
+        addon.join("flake.nix"),
+        flake_utils_flake("rotatepdf", "run.sh", &format!("fu-{}", std::process::id())),
+    )
+    .unwrap();
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     let a = &v["addons"][0];
     assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -161,7 +138,7 @@ fn a_flake_nix_cannot_build_is_passed_over_by_plan_and_its_failed_build_is_remem
     // Only a named package: `nix build` with no attribute builds nothing from it.
     let w = World::new("auto", &nix_config(""));
     let addon = w.nix_addon("named", PURE, "printf '{}'", "x");
-    let flake = flake_utils_shaped("named", &format!("named-{}", std::process::id()));
+    let flake = flake_utils_flake("named", "run.sh", &format!("named-{}", std::process::id()));
     std::fs::write(addon.join("flake.nix"), flake.replace("defaultPackage = eachSystem addon;", "")).unwrap();
     let src = addon.to_str().unwrap();
     let (out, plan) = addon_cmd(&w, &["plan", src]);

@@ -22,32 +22,6 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// A flake in flake-utils' shape with no inputs: `defaultPackage.<system>` and
-/// `packages.<system>.<name>`, no `packages.<system>.default`; the package is `src` installed as
-/// `bin/<name>`.
-fn flake_utils_flake(name: &str, src: &str, marker: &str) -> String {
-    format!(
-        r#"{{
-  description = "{name}, packaged as flake-utils' eachDefaultSystem does it";
-  outputs = {{ self }}:
-    let
-      systems = [ "x86_64-linux" "aarch64-linux" ];
-      eachSystem = f: builtins.listToAttrs (map (system: {{ name = system; value = f system; }}) systems);
-      addon = system: derivation {{
-        name = "{name}-{marker}";
-        inherit system;
-        builder = "/bin/busybox";
-        args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./{src}}} $out/bin/{name} && /bin/busybox chmod 555 $out/bin/{name}" ];
-      }};
-    in {{
-      packages = eachSystem (system: {{ {name} = addon system; }});
-      defaultPackage = eachSystem addon;
-    }};
-}}
-"#
-    )
-}
-
 /// The engine configuration for `runner` (a built-in, or the gVisor plugin as `gvisor` serving
 /// trivial and `gvisor-nix` serving nix), or None (after [`missing`]) when it is not here.
 fn world_for(runner: &str, sandbox: &str) -> Option<World> {

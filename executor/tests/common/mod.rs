@@ -429,3 +429,29 @@ pub fn debian_like_base(w: &World) -> &'static str {
     assert!(out.status.success(), "building {TAG}: {}", String::from_utf8_lossy(&out.stderr));
     TAG
 }
+
+/// A flake in flake-utils' shape with no inputs: `defaultPackage.<system>` and
+/// `packages.<system>.<name>`, no `packages.<system>.default`; the package is `src` installed as
+/// `bin/<name>`.
+pub fn flake_utils_flake(name: &str, src: &str, marker: &str) -> String {
+    format!(
+        r#"{{
+  description = "{name}, packaged as flake-utils' eachDefaultSystem does it";
+  outputs = {{ self }}:
+    let
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      eachSystem = f: builtins.listToAttrs (map (system: {{ name = system; value = f system; }}) systems);
+      addon = system: derivation {{
+        name = "{name}-{marker}";
+        inherit system;
+        builder = "/bin/busybox";
+        args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{./{src}}} $out/bin/{name} && /bin/busybox chmod 555 $out/bin/{name}" ];
+      }};
+    in {{
+      packages = eachSystem (system: {{ {name} = addon system; }});
+      defaultPackage = eachSystem addon;
+    }};
+}}
+"#
+    )
+}
