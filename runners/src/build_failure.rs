@@ -9,6 +9,9 @@ pub enum Lack {
     BaseImage,
     /// A network: a step could not resolve or reach a host.
     Network,
+    /// The build's own network could not be made (buildah's private network: CNI plugins or
+    /// their configuration missing, or not allowed).
+    NetworkSetup,
 }
 
 /// Reads the builder's error and log (`text`), for a Dockerfile starting from `bases`.
@@ -28,6 +31,10 @@ pub fn lack(text: &str, bases: &[String]) -> Option<Lack> {
     ];
     if !bases.is_empty() && image_markers.iter().any(|m| t.contains(m)) {
         return Some(Lack::BaseImage);
+    }
+    let setup_markers = ["cni plugin", "failed to find plugin", "slirp4netns sync pipe"];
+    if setup_markers.iter().any(|m| t.contains(m)) {
+        return Some(Lack::NetworkSetup);
     }
     let network_markers = [
         "temporary failure in name resolution",
@@ -60,6 +67,8 @@ mod tests {
             ("wget: bad address 'example.org'", Some(Lack::Network)),
             ("wget: can't connect to remote host (198.51.100.2): Network is unreachable", Some(Lack::Network)),
             ("/bin/sh: make: not found", None),
+            ("plugin type=\"bridge\" failed (add): cni plugin bridge failed", Some(Lack::NetworkSetup)),
+            ("failed to find plugin \"bridge\" in path [/usr/lib/cni]", Some(Lack::NetworkSetup)),
         ] {
             assert_eq!(lack(text, &bases), want, "{text}");
         }

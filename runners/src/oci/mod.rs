@@ -597,6 +597,10 @@ fn explain_build_failure(error: String, bases: &[String], offline_why: &str, onl
             format!(" (base image {} not found: {store}, {pulled})", bases.join(", "))
         }
         Some(Lack::Network) if !offline_why.is_empty() => format!(" (RUN steps have no network here: {offline_why})"),
+        Some(Lack::NetworkSetup) => " (buildah could not make the build's own network: network.build: egress needs the \
+             CNI plugins and a network configuration, as podman installs them (apt-get install containernetworking-plugins \
+             podman); network.build: host gives builds the host's network instead)"
+            .to_string(),
         _ => return error,
     };
     if log.is_empty() {
