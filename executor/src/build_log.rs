@@ -103,10 +103,10 @@ impl BuildLog {
         }
     }
 
-    /// Writes the kept log to `<cache_dir>/build-logs-v1/<runner>-<label>.log` (replacing an
-    /// earlier one of the same build); returns the file, or None when there is nothing to write
+    /// Writes the kept log to `<cache_dir>/build-logs-v1/<runner>-<label>-<digest>.log` (replacing
+    /// an earlier one of the same build); returns the file, or None when there is nothing to write
     /// or it could not be written.
-    pub fn save(&self, cache_dir: &Path, runner: &str, label: &str) -> Option<PathBuf> {
+    pub fn save(&self, cache_dir: &Path, runner: &str, label: &str, digest: &str) -> Option<PathBuf> {
         let kept = self.lines.lock().unwrap_or_else(|e| e.into_inner());
         let lines = &kept.0;
         if lines.is_empty() {
@@ -114,7 +114,9 @@ impl BuildLog {
         }
         let dir = cache_dir.join(DIR);
         std::fs::create_dir_all(&dir).ok()?;
-        let file = dir.join(format!("{}-{}.log", file_safe(runner), file_safe(label)));
+        // The label is cut, never the digest: two addons whose names share a long beginning
+        // keep logs of their own.
+        let file = dir.join(format!("{}-{}-{}.log", file_safe(runner), file_safe(label), file_safe(digest)));
         let mut text = String::new();
         for l in lines.iter() {
             text.push_str(l);
@@ -145,7 +147,7 @@ fn step_of(line: &str) -> Option<&str> {
 /// `name` with only `[A-Za-z0-9._-]` (others as `_`), for a file name.
 fn file_safe(name: &str) -> String {
     let s: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(120).collect();
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' }).take(80).collect();
     s.trim_start_matches('.').to_string()
 }
 
@@ -163,8 +165,10 @@ mod tests {
             sink(LogStream::Stderr, &format!("build: line {i}"));
         }
         let d = tempfile::tempdir().unwrap();
-        let file = log.save(d.path(), "oci", "../evil/1.0").unwrap();
-        assert_eq!(file, d.path().join(DIR).join("oci-_evil_1.0.log"));
+        let file = log.save(d.path(), "oci", "../evil/1.0", "abc123").unwrap();
+        assert_eq!(file, d.path().join(DIR).join("oci-_evil_1.0-abc123.log"));
+        let long = log.save(d.path(), "oci", &"a".repeat(300), "abc123").unwrap();
+        assert!(long.to_string_lossy().ends_with(&format!("-{}-abc123.log", "a".repeat(80))), "{long:?}");
         let text = std::fs::read_to_string(&file).unwrap();
         assert_eq!(text.lines().count(), KEEP_LINES);
         assert!(text.starts_with("line 5\n") && text.ends_with(&format!("line {}\n", KEEP_LINES + 4)));

@@ -867,7 +867,7 @@ impl Engine {
                                     let whole = build_log2
                                         // The digest too: another addon claiming the name
                                         // does not write over this one's log.
-                                        .save(&log_dir, &runner_name, &format!("{}-{}", spec.addon.label(), spec.addon.short_digest()))
+                                        .save(&log_dir, &runner_name, &spec.addon.label(), spec.addon.short_digest())
                                         .map(|f| format!(" (the whole build log: {})", f.display()))
                                         .unwrap_or_default();
                                     addon_cache::BuildFailure {

@@ -439,3 +439,62 @@ fn an_image_that_runs_as_a_non_root_user_runs_on_oci_and_docker() {
     }
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
 }
+
+/// The attack review's ways to make the builder itself fetch or open what the build may not:
+/// `ADD <URL>` (the builder fetches it on the host's own network, its loopback included, even
+/// under `network.build: none`) and a `FROM` with a transport (`containers-storage:[...]` makes
+/// buildah open a store at paths of the addon's choosing). Refused before any builder runs, on
+/// docker and on oci: the loopback service sees no connection, no store is made.
+#[test]
+fn a_build_fetches_no_url_and_opens_no_store_of_the_host() {
+    if !require_docker() || !require_oci() {
+        return;
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let contacted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = contacted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut s = stream;
+            let _ = std::io::Write::write_all(&mut s, b"HTTP/1.0 200 OK\r\nContent-Length: 15\r\n\r\nSECRET-LOOPBACK");
+        }
+    });
+    let store = tempfile::tempdir().unwrap();
+    let (st, rr) = (store.path().join("st"), store.path().join("rr"));
+    for runner in ["docker", "oci"] {
+        for network in ["egress", "none"] {
+            let w = World::new(
+                "auto",
+                &format!("runner: [{runner}]\nnetwork: {{build: {network}}}\nremember-failed-builds: 0s\n"),
+            );
+            let marker = format!("loot-{runner}-{network}-{}", std::process::id());
+            let addon = w.docker_addon("loot", PURE, "echo '{}'", &marker);
+            let dockerfile = addon.join("Dockerfile");
+            let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+                "COPY run.sh /run.sh",
+                &format!("ADD http://127.0.0.1:{port}/index.html /loot\nCOPY run.sh /run.sh"),
+            );
+            std::fs::write(&dockerfile, text).unwrap();
+            let (out, v) = w.run(&[addon.to_str().unwrap()]);
+            let a = &v["addons"][0];
+            assert_eq!(a["result"], "execution-failed", "{runner}/{network}: {a}");
+            let err = a["error"].as_str().unwrap_or_default();
+            assert!(err.contains("ADD from a URL is refused") && err.contains("line 6"), "{runner}/{network}: {err}");
+            assert!(!String::from_utf8_lossy(&out.stderr).contains("SECRET-LOOPBACK") && !err.contains("SECRET"));
+        }
+        let w = World::new("auto", &format!("runner: [{runner}]\nremember-failed-builds: 0s\n"));
+        let addon = w.docker_addon("store", PURE, "echo '{}'", &format!("store-{runner}-{}", std::process::id()));
+        std::fs::write(
+            addon.join("Dockerfile"),
+            format!("FROM containers-storage:[overlay@{}+{}]foo\nCOPY run.sh /run.sh\n", st.display(), rr.display()),
+        )
+        .unwrap();
+        let (_, v) = w.run(&[addon.to_str().unwrap()]);
+        let err = v["addons"][0]["error"].as_str().unwrap_or_default().to_string();
+        assert!(err.contains("line 1: image") && err.contains("only an image reference"), "{runner}: {err}");
+        assert!(!st.exists() && !rr.exists(), "{runner}: a store was made at the addon's paths");
+    }
+    assert!(!contacted.load(std::sync::atomic::Ordering::SeqCst), "the builder fetched from the host's loopback");
+}

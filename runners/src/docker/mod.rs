@@ -225,12 +225,13 @@ fn without_colours(text: &str) -> String {
     out
 }
 
-/// The images the Dockerfile's stages start from (for what a failed build lacked).
-fn base_images(addon_dir: &Path, dockerfile: &str) -> Vec<String> {
-    let Ok(rel) = normalise_relative(dockerfile) else { return Vec::new() };
+/// The Dockerfile's text (for what the build takes from outside its context); None when it
+/// cannot be read (the daemon then says why).
+fn dockerfile_text(addon_dir: &Path, dockerfile: &str) -> Option<String> {
+    let rel = normalise_relative(dockerfile).ok()?;
     match addon_tree::read_beneath(addon_dir, Path::new(&rel), 1 << 20) {
-        Ok(Some(bytes)) => crate::oci::dockerfile::base_images(&String::from_utf8_lossy(&bytes)),
-        _ => Vec::new(),
+        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        _ => None,
     }
 }
 
@@ -257,7 +258,11 @@ async fn build(
     log: &crate::process::LogSink,
 ) -> Result<DockerImageMeta, String> {
     let offline = network.as_deref() == Some("none");
-    let bases = &base_images(addon_dir, dockerfile);
+    let text = dockerfile_text(addon_dir, dockerfile).unwrap_or_default();
+    // The daemon fetches an `ADD <URL>` itself, on the host's own network: refused, as are
+    // images named other than by a plain reference.
+    crate::oci::dockerfile::check_sources(&text).map_err(|e| format!("{dockerfile}: {e}"))?;
+    let bases = &crate::oci::dockerfile::base_images(&text);
     if offline {
         // The daemon pulls a missing base image whatever the build's network: not when builds
         // have none.

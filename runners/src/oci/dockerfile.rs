@@ -154,25 +154,150 @@ pub fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
     Ok(all)
 }
 
-/// The images the stages of the Dockerfile `text` start from (`FROM IMAGE [AS NAME]`), read
-/// with its own escape character: not `scratch`, not an earlier stage, not one named through
-/// an `ARG` (known only to the builder).
+/// What one reading of a Dockerfile takes from outside its build context.
+#[derive(Debug, Default)]
+struct Outside {
+    /// Images, by line: each stage's base (`FROM`) and `COPY`/`ADD --from=` an image.
+    images: Vec<(usize, String)>,
+    /// Remote sources of `ADD` (a URL, a git address), by line.
+    urls: Vec<(usize, String)>,
+    /// An image named through a variable the file gives no plain default, by line.
+    unresolved: Vec<(usize, String)>,
+}
+
+/// `word` with the global `ARG` defaults put in (`$NAME`, `${NAME}`); None when it uses a
+/// variable without one, or a form (`${NAME:-x}`) this does not read.
+fn substitute(word: &str, defaults: &[(String, String)]) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = word;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, tail) = if let Some(inner) = after.strip_prefix('{') {
+            let end = inner.find('}')?;
+            (&inner[..end], &inner[end + 1..])
+        } else {
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return None;
+        }
+        out.push_str(&defaults.iter().find(|(n, _)| n == name)?.1);
+        rest = tail;
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+fn outside_of(instructions: &[Instruction]) -> Outside {
+    let mut found = Outside::default();
+    let mut defaults: Vec<(String, String)> = Vec::new();
+    let mut stages: Vec<String> = Vec::new();
+    let mut seen_from = false;
+    for ins in instructions {
+        let keyword = ins.keyword.strip_prefix("ONBUILD ").unwrap_or(&ins.keyword);
+        match keyword {
+            // Only the ARGs before the first FROM are seen by FROM lines.
+            "ARG" if !seen_from => {
+                for a in &ins.args {
+                    if let Some((name, value)) = a.split_once('=') {
+                        let value = value.trim_matches('"').trim_matches('\'');
+                        defaults.push((name.to_string(), value.to_string()));
+                    }
+                }
+            }
+            "FROM" => {
+                seen_from = true;
+                let Some(image) = ins.args.first() else { continue };
+                match substitute(image, &defaults) {
+                    None => found.unresolved.push((ins.line, image.clone())),
+                    Some(image) => {
+                        if image != "scratch" && !stages.contains(&image.to_ascii_lowercase()) {
+                            found.images.push((ins.line, image));
+                        }
+                    }
+                }
+                if let [_, as_word, name, ..] = ins.args.as_slice() {
+                    if as_word.eq_ignore_ascii_case("as") {
+                        stages.push(name.to_ascii_lowercase());
+                    }
+                }
+            }
+            "COPY" | "ADD" => {
+                for flag in &ins.flags {
+                    let Some(from) = flag.strip_prefix("--from=") else { continue };
+                    match substitute(from, &defaults) {
+                        None => found.unresolved.push((ins.line, from.to_string())),
+                        Some(from) => {
+                            let stage = stages.contains(&from.to_ascii_lowercase())
+                                || (!from.is_empty() && from.chars().all(|c| c.is_ascii_digit()));
+                            if !stage {
+                                found.images.push((ins.line, from));
+                            }
+                        }
+                    }
+                }
+                if keyword == "ADD" {
+                    for a in &ins.args {
+                        let a = a.trim_matches(|c| c == '[' || c == ']' || c == ',' || c == '"');
+                        if a.contains("://") || a.starts_with("git@") {
+                            found.urls.push((ins.line, a.to_string()));
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// What a build may take from outside its context, checked before any builder reads the file,
+/// in every reading: images by a plain reference only (no transport such as
+/// `containers-storage:[driver@root+runroot:options]`, `docker-daemon:`, `oci:` or `dir:`, which
+/// make buildah open stores and paths of the host), named so the engine can read them (a
+/// variable needs a plain `ARG` default), and no `ADD` of a URL: the builder itself fetches it,
+/// on the host's own network (its loopback included), whatever `network.build` says.
+pub fn check_sources(text: &str) -> Result<(), String> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
+    escape_of(&lines)?;
+    for escape in ['\\', '`'] {
+        let found = outside_of(&instructions_with(&lines, escape));
+        if let Some((line, word)) = found.unresolved.first() {
+            return Err(format!(
+                "line {line}: `{word}`: an image named through a variable without a plain ARG default is refused \
+                 (the engine checks every image a build reads); write the image's name"
+            ));
+        }
+        for (line, image) in &found.images {
+            addon_descriptors::image_reference(image).map_err(|why| {
+                format!("line {line}: image {why}: only an image reference (no transport, no store or path) is allowed")
+            })?;
+        }
+        if let Some((line, url)) = found.urls.first() {
+            return Err(format!(
+                "line {line}: `ADD {url}`: ADD from a URL is refused: the builder fetches it on the host's own network, \
+                 whatever network.build says; fetch it in a RUN step (which gets the build's network) or put it in \
+                 the addon"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The images the Dockerfile `text` reads (stages' bases, `COPY`/`ADD --from=` an image),
+/// each once, with global ARG defaults put in, read with the file's own escape character:
+/// not `scratch`, not an earlier stage.
 pub fn base_images(text: &str) -> Vec<String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     let Ok(escape) = escape_of(&lines) else { return Vec::new() };
-    let mut stages: Vec<String> = Vec::new();
-    let mut bases = Vec::new();
-    for ins in instructions_with(&lines, escape).into_iter().filter(|i| i.keyword == "FROM") {
-        let Some(image) = ins.args.first() else { continue };
-        let earlier_stage = stages.contains(&image.to_ascii_lowercase());
-        if image != "scratch" && !image.contains('$') && !earlier_stage && !bases.contains(image) {
-            bases.push(image.clone());
-        }
-        if let [_, as_word, name, ..] = ins.args.as_slice() {
-            if as_word.eq_ignore_ascii_case("as") {
-                stages.push(name.to_ascii_lowercase());
-            }
+    let mut bases: Vec<String> = Vec::new();
+    for (_, image) in outside_of(&instructions_with(&lines, escape)).images {
+        if !bases.contains(&image) {
+            bases.push(image);
         }
     }
     bases
@@ -244,9 +369,38 @@ mod tests {
 
     #[test]
     fn base_images_are_the_stages_starting_points() {
-        let text = "# escape=`\nFROM debian:bookworm-slim AS build\nRUN make\nFROM build AS test\nFROM `\n  scratch\n\
-                    FROM registry.example/tools:1 as tools\nARG BASE=x\nFROM $BASE\nFROM debian:bookworm-slim\n";
-        assert_eq!(base_images(text), vec!["debian:bookworm-slim", "registry.example/tools:1"]);
+        let text = "# escape=`\nARG TAG=bookworm-slim\nFROM debian:${TAG} AS build\nRUN make\nFROM build AS test\n\
+                    FROM `\n  scratch\nFROM registry.example/tools:1 as tools\nCOPY --from=tools /a /b\n\
+                    COPY --from=0 /c /d\nCOPY --from=busybox:1 /bin/busybox /bin/\nFROM debian:bookworm-slim\n";
+        assert_eq!(base_images(text), vec!["debian:bookworm-slim", "registry.example/tools:1", "busybox:1"]);
+    }
+
+    #[test]
+    fn a_build_reads_images_by_reference_only_and_no_url() {
+        for ok in [
+            "FROM debian:bookworm-slim\nADD src.tar.gz /opt/\nCOPY --from=debian:12 /x /y\n",
+            "ARG BASE=debian:12\nFROM $BASE AS b\nFROM b\nCOPY --from=b /x /y\n",
+            "FROM scratch\nADD [\"a b\", \"/c\"]\n",
+        ] {
+            check_sources(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (evil, says) in [
+            ("FROM containers-storage:[overlay@/tmp/st+/tmp/rr]foo\n", "line 1: image"),
+            ("FROM docker-daemon:secret:latest\n", "line 1: image"),
+            ("FROM oci:/tmp/layout:x\n", "line 1: image"),
+            ("ARG B=containers-storage:[vfs@/x+/y]z\nFROM $B\n", "line 2: image"),
+            ("FROM $UNSET\n", "without a plain ARG default"),
+            ("FROM ${B:-debian}\n", "without a plain ARG default"),
+            ("FROM scratch\nCOPY --from=docker-daemon:x:1 /a /b\n", "line 2: image"),
+            ("FROM scratch\nADD http://127.0.0.1:18080/index.html /loot\n", "ADD from a URL is refused"),
+            ("FROM scratch\nADD [\"https://example.org/x\", \"/x\"]\n", "ADD from a URL is refused"),
+            ("FROM scratch\nADD git@example.org:x/y.git /src\n", "ADD from a URL is refused"),
+            ("FROM scratch\nONBUILD ADD http://127.0.0.1/x /x\n", "ADD from a URL is refused"),
+            ("# escape=`\nFROM scratch\nADD `\n  http://127.0.0.1/x /x\n", "ADD from a URL is refused"),
+        ] {
+            let e = check_sources(evil).expect_err(evil);
+            assert!(e.contains(says), "{evil}: {e}");
+        }
     }
 
     #[test]

@@ -466,6 +466,7 @@ impl OciRunner {
         // Text, and nothing a builder could read another way (a stray byte 0x85 is a space to it).
         let text = String::from_utf8(text).map_err(|_| format!("{dockerfile}: is not UTF-8 text"))?;
         dockerfile::check(&text, mount_safe, &builder).map_err(|e| format!("{dockerfile}: {e}"))?;
+        dockerfile::check_sources(&text).map_err(|e| format!("{dockerfile}: {e}"))?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
         // Builds are not the run: every build reaches what `network.build` says (a real
         // Dockerfile installs packages), whatever the addon's `networking`. A base image found in
