@@ -358,10 +358,6 @@ impl BuildNetwork {
         }
     }
 
-    /// Whether builds get a network at all.
-    pub fn online(self) -> bool {
-        self != BuildNetwork::None
-    }
 }
 
 /// The `oci` runner: docker addons without a daemon, from a cached root filesystem.
