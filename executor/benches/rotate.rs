@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use addon_executor::engine::ITEM_ENV;
 use common::{config_file, median, plugin, time};
 
 fn ms(d: Duration) -> f64 {
@@ -50,16 +51,6 @@ fn run_dir(dir: &Path, fixtures: &Path) -> PathBuf {
     assert!(ok.expect("chmod").success());
     work
 }
-
-const ITEM_ENV: [(&str, &str); 7] = [
-    ("ITEM_DIR", "item"),
-    ("ITEM_DATA_JSON", "item/item-data.json"),
-    ("ITEM_ARGS_JSON", "item/given-data.json"),
-    ("ITEM_PDF_DIR", "item/pdfs"),
-    ("ITEM_ORIGINAL_DIR", "item/originals"),
-    ("ITEM_ORIGINAL_JSON", "item/source-files.json"),
-    ("ITEM_PDF_JSON", "item/pdf-files.json"),
-];
 
 /// An OCI bundle in `dir/bundle` that runs `args` as uid 65534 in `/mnt/work`, with the host's
 /// `/usr` and `/etc` read-only, the run's directories at `/mnt/*`, no network.

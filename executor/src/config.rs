@@ -357,7 +357,6 @@ impl BuildNetwork {
             BuildNetwork::None => "none",
         }
     }
-
 }
 
 /// The `oci` runner: docker addons without a daemon, from a cached root filesystem.

@@ -1170,7 +1170,7 @@ struct RunCtx<'a> {
 }
 
 /// The item variables, relative to the working directory, as Docspell sets them.
-const ITEM_ENV: [(&str, &str); 7] = [
+pub const ITEM_ENV: [(&str, &str); 7] = [
     ("ITEM_DIR", "item"),
     ("ITEM_DATA_JSON", "item/item-data.json"),
     ("ITEM_ARGS_JSON", "item/given-data.json"),

@@ -16,6 +16,16 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
+/// One test per runner: `each_runner! { f; name => (args...), ... }` calls `f(args...)`.
+macro_rules! each_runner {
+    ($f:ident; $($name:ident => ($($arg:expr),*),)*) => {$(
+        #[test]
+        fn $name() {
+            $f($($arg),*);
+        }
+    )*};
+}
+
 const COMPILING: &str = ";;; compiling";
 
 fn fixtures() -> PathBuf {
@@ -135,24 +145,15 @@ fn rotate_on(runner: &str, sandbox: &str) {
     }
 }
 
-macro_rules! rotate_tests {
-    ($($name:ident => $runner:literal in $sandbox:literal,)*) => {$(
-        #[test]
-        fn $name() {
-            rotate_on($runner, $sandbox);
-        }
-    )*};
-}
-
-rotate_tests! {
-    rotate_pdf_shaped_on_trivial_in_bwrap => "trivial" in "bwrap",
-    rotate_pdf_shaped_on_trivial_in_netns => "trivial" in "netns",
-    rotate_pdf_shaped_on_trivial_in_nspawn => "trivial" in "nspawn",
-    rotate_pdf_shaped_on_gvisor => "gvisor" in "auto",
-    rotate_pdf_shaped_on_docker => "docker" in "auto",
-    rotate_pdf_shaped_on_oci => "oci" in "auto",
-    rotate_pdf_shaped_on_nix_flake => "nix-flake" in "auto",
-    rotate_pdf_shaped_on_gvisor_nix => "gvisor-nix" in "auto",
+each_runner! {rotate_on;
+    rotate_pdf_shaped_on_trivial_in_bwrap => ("trivial", "bwrap"),
+    rotate_pdf_shaped_on_trivial_in_netns => ("trivial", "netns"),
+    rotate_pdf_shaped_on_trivial_in_nspawn => ("trivial", "nspawn"),
+    rotate_pdf_shaped_on_gvisor => ("gvisor", "auto"),
+    rotate_pdf_shaped_on_docker => ("docker", "auto"),
+    rotate_pdf_shaped_on_oci => ("oci", "auto"),
+    rotate_pdf_shaped_on_nix_flake => ("nix-flake", "auto"),
+    rotate_pdf_shaped_on_gvisor_nix => ("gvisor-nix", "auto"),
 }
 
 /// The audio-files-shaped addon: nix and trivial sections, impure (it calls a web service while
@@ -205,22 +206,13 @@ fn audio_on(runner: &str, sandbox: &str, slot: u8) {
     assert_eq!(text, "the words spoken in the recording");
 }
 
-macro_rules! audio_tests {
-    ($($name:ident => $runner:literal in $sandbox:literal at $slot:literal,)*) => {$(
-        #[test]
-        fn $name() {
-            audio_on($runner, $sandbox, $slot);
-        }
-    )*};
-}
-
-audio_tests! {
-    audio_files_shaped_on_trivial_in_bwrap => "trivial" in "bwrap" at 2,
-    audio_files_shaped_on_trivial_in_netns => "trivial" in "netns" at 3,
-    audio_files_shaped_on_trivial_in_nspawn => "trivial" in "nspawn" at 4,
-    audio_files_shaped_on_gvisor => "gvisor" in "auto" at 5,
-    audio_files_shaped_on_nix_flake => "nix-flake" in "auto" at 6,
-    audio_files_shaped_on_gvisor_nix => "gvisor-nix" in "auto" at 7,
+each_runner! {audio_on;
+    audio_files_shaped_on_trivial_in_bwrap => ("trivial", "bwrap", 2),
+    audio_files_shaped_on_trivial_in_netns => ("trivial", "netns", 3),
+    audio_files_shaped_on_trivial_in_nspawn => ("trivial", "nspawn", 4),
+    audio_files_shaped_on_gvisor => ("gvisor", "auto", 5),
+    audio_files_shaped_on_nix_flake => ("nix-flake", "auto", 6),
+    audio_files_shaped_on_gvisor_nix => ("gvisor-nix", "auto", 7),
 }
 
 /// A pure addon whose Dockerfile starts from a Debian-like base in the Docker daemon and whose
@@ -341,18 +333,9 @@ fn python_on(runner: &str, sandbox: &str) {
     assert_eq!(std::fs::read_to_string(out_dir.join("summary.txt")).unwrap(), "hello Ada 2d711642");
 }
 
-macro_rules! python_tests {
-    ($($name:ident => $runner:literal in $sandbox:literal,)*) => {$(
-        #[test]
-        fn $name() {
-            python_on($runner, $sandbox);
-        }
-    )*};
-}
-
-python_tests! {
-    python_addon_on_trivial_in_bwrap => "trivial" in "bwrap",
-    python_addon_on_trivial_in_netns => "trivial" in "netns",
-    python_addon_on_trivial_in_nspawn => "trivial" in "nspawn",
-    python_addon_on_gvisor => "gvisor" in "auto",
+each_runner! {python_on;
+    python_addon_on_trivial_in_bwrap => ("trivial", "bwrap"),
+    python_addon_on_trivial_in_netns => ("trivial", "netns"),
+    python_addon_on_trivial_in_nspawn => ("trivial", "nspawn"),
+    python_addon_on_gvisor => ("gvisor", "auto"),
 }
