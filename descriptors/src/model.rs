@@ -20,12 +20,15 @@ pub struct Descriptor {
     pub meta: Meta,
     /// When the addon may run. Empty or absent means all triggers.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<Trigger>>")] // `triggers:` with no value is accepted
     pub triggers: Vec<Trigger>,
     /// Arguments placed before the path of the user-input file.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")] // `args:` with no value is accepted (real addons have it)
     pub args: Vec<String>,
     /// How the addon is built and run. Absent sections are auto-detected (flake.nix, Dockerfile).
     #[serde(default)]
+    #[schemars(with = "Option<RunnerSection>")]
     pub runner: RunnerSection,
     /// Absent: no network, output collected (the safe defaults).
     #[serde(default)]

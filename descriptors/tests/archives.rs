@@ -63,7 +63,30 @@ fn refused(entries: &[E<'_>], needle: &str) {
     assert!(!target.exists());
     let after: Vec<String> = listing(work.path()).into_iter().filter(|p| !p.ends_with("/out")).collect();
     assert_eq!(before, after, "nothing may be left behind");
-    assert!(!work.path().parent().unwrap().join("evil").exists());
+    // Where each entry would have landed had its name been followed (`out/evil` for
+    // `../evil`, `/tmp/evil-absolute` for an absolute name): nothing is there.
+    for e in entries {
+        let (E::File(name, ..) | E::Dir(name) | E::Link(name, _)) = e;
+        let landed = lexical(&target.join(name));
+        if !landed.starts_with(&target) {
+            assert!(std::fs::symlink_metadata(&landed).is_err(), "{} was written outside", landed.display());
+        }
+    }
+}
+
+/// `path` with `.` and `..` taken away without asking the file system.
+fn lexical(path: &Path) -> std::path::PathBuf {
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 #[test]

@@ -24,9 +24,13 @@ fn main() {
     std::fs::write(&input, "Ada").expect("write");
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
 
-    // The bare program, as Docspell's host runs start it (HOME inherited, so warm after once).
+    // Interleaved: each round runs the bare pair, then each sandbox's pair, so that a change in
+    // the machine's load falls on all of them alike.
+    const SANDBOXES: [&str; 3] = ["bwrap", "netns", "nspawn"];
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
+    let mut pairs: Vec<(Vec<Duration>, Vec<Duration>)> = SANDBOXES.iter().map(|_| (Vec::new(), Vec::new())).collect();
     for i in 0..runs {
+        // The bare program, as Docspell's host runs start it (HOME inherited, so warm after once).
         let home = dir.path().join(format!("bare-home-{i}"));
         std::fs::create_dir_all(&home).expect("mkdir");
         let bare = || {
@@ -36,13 +40,7 @@ fn main() {
         };
         cold.push(time(&mut bare()));
         warm.push(time(&mut bare()));
-    }
-    let (bare_cold, bare_warm) = (median(cold), median(warm));
-    println!("guile benchmark: median of {runs} first/second pairs (each pair with a new cache-dir)");
-    println!("  bare program               first {:>7.1} ms   second {:>7.1} ms", ms(bare_cold), ms(bare_warm));
-    for sandbox in ["bwrap", "netns", "nspawn"] {
-        let (mut first, mut second) = (Vec::new(), Vec::new());
-        for i in 0..runs {
+        for (sandbox, (first, second)) in SANDBOXES.iter().zip(pairs.iter_mut()) {
             let world = dir.path().join(format!("{sandbox}-{i}"));
             std::fs::create_dir_all(&world).expect("mkdir");
             let config = config_file(&world, "config", &format!("sandbox: {sandbox}\nrunner: [trivial]\n"));
@@ -54,6 +52,11 @@ fn main() {
             first.push(time(&mut engine()));
             second.push(time(&mut engine()));
         }
+    }
+    let (bare_cold, bare_warm) = (median(cold), median(warm));
+    println!("guile benchmark: median of {runs} first/second pairs, interleaved (each pair with a new cache-dir)");
+    println!("  bare program               first {:>7.1} ms   second {:>7.1} ms", ms(bare_cold), ms(bare_warm));
+    for (sandbox, (first, second)) in SANDBOXES.iter().zip(pairs) {
         let (f, s) = (median(first), median(second));
         println!(
             "  engine, trivial in {sandbox:<7} first {:>7.1} ms   second {:>7.1} ms   second/bare second {:.2}x",

@@ -1,5 +1,8 @@
-//! A cache-hit nix-flake addon run through the engine against Docspell's per-run path
-//! (`nix build` of the flake, then exec of the program), interleaved in the same run.
+//! A cache-hit nix-flake addon run through the engine against, interleaved in the same run:
+//! (a) the bare primitive, the built program started in a plain `bwrap` with the store bound
+//! read-only (what is left of the ratio is the engine's own work and its hardening), and
+//! (b) Docspell's per-run path (`nix build` of the flake, which evaluates it every time, then
+//! exec of the program on the bare host).
 //!
 //! `cargo bench -p addon-executor --bench nix` (needs nix and bwrap; BENCH_RUNS to change).
 
@@ -58,17 +61,45 @@ fn main() {
     };
     run(&mut engine());
     docspell();
-    let (mut e, mut d) = (Vec::new(), Vec::new());
+    // The store path of the built program, for the bare primitive.
+    let (_, out) = run(Command::new("nix").args([
+        "--extra-experimental-features",
+        "nix-command flakes",
+        "build",
+        &flake,
+        "--no-link",
+        "--json",
+        "--offline",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let program = format!("{}/bin/run", v[0]["outputs"]["out"].as_str().expect("out"));
+    let bare = || {
+        let mut c = Command::new("bwrap");
+        c.args(["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib"]);
+        c.args(["--symlink", "usr/lib64", "/lib64", "--ro-bind", "/nix/store", "/nix/store"]);
+        c.args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--unshare-all", "--die-with-parent"]);
+        c.arg("--").arg(&program).stdout(Stdio::null());
+        c
+    };
+    run(&mut bare());
+    let (mut e, mut b, mut d) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         e.push(run(&mut engine()).0);
+        b.push(run(&mut bare()).0);
         d.push(docspell());
     }
-    let (e, d) = (median(e), median(d));
+    let (e, b, d) = (median(e), median(b), median(d));
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!("nix benchmark: median of {runs} runs each, interleaved (input-free flake, --offline)");
-    println!("  engine, cache hit, in bwrap (addon run)  {:>7.1} ms", e.as_secs_f64() * 1e3);
+    println!("  engine, cache hit, in bwrap (addon run)      {:>7.1} ms", ms(e));
     println!(
-        "  Docspell path: nix build + exec, bare    {:>7.1} ms   ratio {:.2}x",
-        d.as_secs_f64() * 1e3,
-        e.as_secs_f64() / d.as_secs_f64()
+        "  (a) the built program in a plain bwrap       {:>7.1} ms   ratio engine/(a) {:.2}x",
+        ms(b),
+        ms(e) / ms(b)
+    );
+    println!(
+        "  (b) Docspell: nix build + exec, bare host    {:>7.1} ms   ratio engine/(b) {:.2}x",
+        ms(d),
+        ms(e) / ms(d)
     );
 }

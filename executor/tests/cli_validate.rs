@@ -147,3 +147,73 @@ fn schemas_are_json_schemas() {
     let out = addon(&["schema", "nothing"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The schema `addon schema WHICH` prints, compiled.
+fn schema(which: &str) -> jsonschema::Validator {
+    let out = addon(&["schema", which, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    jsonschema::validator_for(&v).unwrap_or_else(|e| panic!("the {which} schema is not a valid JSON Schema: {e}"))
+}
+
+fn yaml(text: &str) -> serde_json::Value {
+    serde_yaml::from_str(text).unwrap()
+}
+
+fn errors(v: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {
+    v.iter_errors(doc).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+}
+
+/// What editors and tools check against the schemas is what the engine accepts: every real
+/// descriptor, a full addon output, and the README's configuration pass; documents the engine
+/// refuses do not.
+#[test]
+fn schemas_accept_what_the_engine_accepts_and_refuse_what_it_refuses() {
+    let descriptor = schema("descriptor");
+    let mut seen = 0;
+    for e in std::fs::read_dir(fixtures()).unwrap() {
+        let path = e.unwrap().path();
+        let doc = yaml(&std::fs::read_to_string(&path).unwrap());
+        assert_eq!(errors(&descriptor, &doc), Vec::<String>::new(), "{}", path.display());
+        // The engine accepts it too.
+        assert_eq!(addon(&["validate", path.to_str().unwrap()]).status.code(), Some(0), "{}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 6, "the real descriptors are there: {seen}");
+    for bad in [
+        "runner: {trivial: {enable: true, exec: run.sh}}\n", // no meta
+        "meta: {name: x, version: \"1\"}\nrunner: {trivial: {enable: yes-please}}\n", // not a boolean
+        "meta: {name: x, version: \"1\"}\noptions: {networking: maybe}\n",
+    ] {
+        assert!(!errors(&descriptor, &yaml(bad)).is_empty(), "the schema should refuse: {bad}");
+    }
+
+    let output = schema("output");
+    let full = serde_json::json!({
+        "commands": [
+            {"command": "item-update", "itemId": "id-1", "actions": [{"action": "add-tags", "tags": ["x"]}]},
+            {"command": "attachment-update", "itemId": "id-1", "attachId": "a-1",
+             "actions": [{"action": "set-extracted-text", "text": "t"}]}
+        ],
+        "files": [{"itemId": "id-1", "textFiles": {"a.pdf": "a.txt"}, "pdfFiles": {}, "newFiles": []}],
+        "newItems": [{"metadata": {"direction": "incoming"}, "files": ["new.pdf"]}]
+    });
+    assert_eq!(errors(&output, &full), Vec::<String>::new());
+    addon_descriptors::AddonOutput::from_stdout(full.to_string().as_bytes()).expect("the engine reads it too");
+    assert_eq!(errors(&output, &serde_json::json!({})), Vec::<String>::new(), "every part is optional");
+    for bad in [serde_json::json!({"files": "a.pdf"}), serde_json::json!({"newItems": {}}), serde_json::json!([])] {
+        assert!(!errors(&output, &bad).is_empty(), "the schema should refuse: {bad}");
+    }
+
+    let config = schema("config");
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
+    let example = readme
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a configuration example");
+    let doc = yaml(example);
+    assert_eq!(errors(&config, &doc), Vec::<String>::new(), "README's example:\n{example}");
+    for bad in ["no-such-key: 1\n", "fail-fast: sometimes\n", "limits: {memory: [1]}\n"] {
+        assert!(!errors(&config, &yaml(bad)).is_empty(), "the schema should refuse: {bad}");
+    }
+}

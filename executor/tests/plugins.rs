@@ -543,7 +543,12 @@ fn runners_check_passes_the_gvisor_plugin() {
     }
     let (code, v, all) = runners_check(&w, &["gvisor", "--json"]);
     assert_eq!(code, 0, "{all}");
-    assert!(v["checks"].as_array().unwrap().iter().all(|c| c["status"] == "pass"), "{v}");
+    // Every check ran and passed: an empty or shortened list would pass an `all` test.
+    let all_checks = addon_executor::check::CHECKS.len() as u64;
+    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(all_checks), Some(0)), "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len() as u64, all_checks, "{v}");
+    assert!(checks.iter().all(|c| c["status"] == "pass" && c["passed"] == true), "{v}");
 }
 
 /// Mistakes in the command are named.
