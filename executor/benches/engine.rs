@@ -4,11 +4,17 @@
 //! - "same sandbox": the exact command the engine builds for this sandbox (same view, identity,
 //!   seccomp filter, namespaces), started directly from this benchmark, in a control group of its
 //!   own as the engine's runs are: what is left of the ratio is the engine's own work;
+//! - "plain in a fresh group": the plain tool below, started in a new control group with the
+//!   engine's default limits (made, joined before exec, and removed, as the engine does): what a
+//!   job server would pay doing it by hand with the same resource envelope;
 //! - "plain": the tool with the simplest isolating flags (`bwrap --ro-bind / / ...`,
 //!   `unshare -n -p -f`, `systemd-nspawn --volatile`), as before least privilege and limits: the
 //!   ratio also prices the hardening and the resource envelope.
 //!
-//! `cargo bench -p addon-executor --bench engine` (BENCH_RUNS to change the number of runs).
+//! Then throughput: 8 runs at a time, engine against the plain tool in a fresh group, in runs/s.
+//!
+//! `cargo bench -p addon-executor --bench engine` (BENCH_RUNS to change the number of runs,
+//! BENCH_SANDBOXES=bwrap,netns to pick sandboxes).
 
 mod common;
 
@@ -17,6 +23,7 @@ use common::{addon_run, config_file, median, time};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,13 +38,7 @@ fn same_sandbox(sandboxes: &Sandboxes, kind: SandboxKind, run: &Path, script: &P
     let scratch = run.join("root");
     let sandbox = sandboxes.get(kind);
     let enforcement = sandboxes.enforcement();
-    let limits = Limits {
-        memory: Some(1 << 30),
-        pids: Some(512),
-        cpus: Some(1.0),
-        output_size: Some(1 << 30),
-        output_entries: None,
-    };
+    let limits = DEFAULT_LIMITS;
     let started = Instant::now();
     let envelope =
         addon_runners::limits::Envelope::new(&format!("bench-{n}"), limits, &enforcement, vec![]).expect("envelope");
@@ -61,6 +62,52 @@ fn same_sandbox(sandboxes: &Sandboxes, kind: SandboxKind, run: &Path, script: &P
     assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
     let _usage = envelope.finish();
     started.elapsed()
+}
+
+/// Runs at a time in the throughput measurement.
+const PARALLEL: usize = 8;
+
+/// The engine's default limits (SPEC "Engine configuration").
+const DEFAULT_LIMITS: Limits = Limits {
+    memory: Some(1 << 30),
+    pids: Some(512),
+    cpus: Some(1.0),
+    output_size: Some(1 << 30),
+    output_entries: None,
+};
+
+/// `cmd` started in a control group of its own with the default limits (made before, joined
+/// between fork and exec, removed after), as a job server would do by hand.
+fn in_fresh_group(sandboxes: &Sandboxes, name: &str, mut cmd: Command) -> Duration {
+    let started = Instant::now();
+    let envelope =
+        addon_runners::limits::Envelope::new(name, DEFAULT_LIMITS, &sandboxes.enforcement(), vec![]).expect("envelope");
+    addon_runners::sandbox::ns::NsPlan::prepare_only()
+        .join_cgroups(&envelope.cgroup_procs())
+        .with_rlimits(&envelope.rlimits())
+        .install_std(&mut cmd);
+    let out = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).output().expect("spawn");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let _usage = envelope.finish();
+    started.elapsed()
+}
+
+/// Runs/s with `parallel` at a time over `total` runs of `one(n)`.
+fn throughput(parallel: usize, total: usize, one: impl Fn(usize) + Sync) -> f64 {
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..parallel {
+            s.spawn(|| loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= total {
+                    break;
+                }
+                one(n);
+            });
+        }
+    });
+    total as f64 / started.elapsed().as_secs_f64()
 }
 
 fn main() {
@@ -90,13 +137,18 @@ fn main() {
     let sandboxes = Sandboxes::new(&settings, Arc::new(ProbeCache::default()));
     let enforcement = sandboxes.enforcement();
 
+    let picked = std::env::var("BENCH_SANDBOXES").unwrap_or_else(|_| "bwrap,netns,nspawn".into());
     let mut table = Vec::new();
+    let mut rates = Vec::new();
     for kind in [SandboxKind::Bwrap, SandboxKind::Netns, SandboxKind::Nspawn] {
         let sandbox = kind.as_str();
+        if !picked.split(',').any(|p| p == sandbox) {
+            continue;
+        }
         let config = config_file(dir.path(), sandbox, &format!("sandbox: {sandbox}\n"));
-        let engine = || {
+        let engine = |out: &Path| {
             let mut c = addon_run(&config, &addon);
-            c.arg("--output-dir").arg(&out);
+            c.arg("--output-dir").arg(out);
             c
         };
         if let Some(owner) = sandboxes.get(kind).owner() {
@@ -129,16 +181,28 @@ fn main() {
         };
         let in_run = Path::new("/mnt/work/run.sh");
         // Warm-up: page cache, the engine's probe cache.
-        time(&mut engine());
+        time(&mut engine(&out));
         time(&mut plain());
         same_sandbox(&sandboxes, kind, &run, in_run, 0);
-        let (mut e, mut s, mut p) = (Vec::new(), Vec::new(), Vec::new());
+        in_fresh_group(&sandboxes, "bench-fresh", plain());
+        let (mut e, mut s, mut g, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for n in 0..runs {
-            e.push(time(&mut engine()));
+            e.push(time(&mut engine(&out)));
             s.push(same_sandbox(&sandboxes, kind, &run, in_run, n + 1));
+            g.push(in_fresh_group(&sandboxes, &format!("bench-fresh-{n}"), plain()));
             p.push(time(&mut plain()));
         }
-        table.push((sandbox, median(e), median(s), median(p)));
+        table.push((sandbox, median(e), median(s), median(g), median(p)));
+        // Throughput, 8 at a time: each engine run with its own output directory, as 8 jobs of
+        // a job server would be.
+        let total = (runs * 4).max(40);
+        let engine_rate = throughput(PARALLEL, total, |n| {
+            time(&mut engine(&dir.path().join(format!("out-{n}"))));
+        });
+        let plain_rate = throughput(PARALLEL, total, |n| {
+            in_fresh_group(&sandboxes, &format!("bench-rate-{n}"), plain());
+        });
+        rates.push((sandbox, engine_rate, plain_rate));
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let identity = if addon_runners::sandbox::is_root() {
@@ -150,15 +214,26 @@ fn main() {
         "engine benchmark: no-op pure addon, median of {runs} runs each, interleaved ({identity}; {})",
         enforcement.describe()
     );
-    println!("  sandbox   addon run | same sandbox, no engine   ratio | plain tool              ratio");
-    for (sandbox, e, s, p) in table {
+    println!(
+        "  sandbox   addon run | same sandbox, no engine   ratio | plain in a fresh group   ratio | plain tool   ratio"
+    );
+    for (sandbox, e, s, g, p) in table {
         println!(
-            "  {sandbox:<7} {:>8.2} ms | {:>8.2} ms              {:>5.2}x | {:>8.2} ms           {:>5.2}x",
+            "  {sandbox:<7} {:>8.2} ms | {:>8.2} ms              {:>5.2}x | {:>8.2} ms            {:>5.2}x | {:>6.2} ms {:>5.2}x",
             ms(e),
             ms(s),
             ms(e) / ms(s),
+            ms(g),
+            ms(e) / ms(g),
             ms(p),
             ms(e) / ms(p)
+        );
+    }
+    println!("  throughput, {PARALLEL} runs at a time:");
+    for (sandbox, engine, plain) in rates {
+        println!(
+            "  {sandbox:<7} addon run {engine:>6.1} runs/s | plain in a fresh group {plain:>6.1} runs/s ({:.2}x)",
+            engine / plain
         );
     }
     if let Enforcement::Cgroups { .. } = enforcement {

@@ -122,3 +122,34 @@ fn the_default_working_directory_is_private_to_each_user() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("working-dir") && err.contains("belongs to uid 0"), "{err}");
 }
+
+/// A job server started under `UMask=0077` (systemd services often are): the directories and
+/// files a root engine makes for the addon's root (netns builds the whole root, bwrap's /etc is
+/// laid out by the engine) are still readable by the addon's unprivileged identity. netns did
+/// not start at all under umask 077 ("cannot create namespaces ... Permission denied").
+#[test]
+fn a_strict_umask_does_not_shut_the_addon_out_of_its_root() {
+    let script = "test -r /etc/passwd && test -x /etc && test -r /etc/ld.so.cache || exit 3\n\
+                  id -un >&2\necho '{}'\n";
+    for sandbox in ["netns", "bwrap"] {
+        if !require(sandbox) {
+            continue;
+        }
+        let w = World::new(sandbox, "");
+        let addon = w.addon("umask", PURE, script);
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("umask 077; exec \"$@\"")
+            .arg("sh")
+            .arg(env!("CARGO_BIN_EXE_addon"))
+            .args(["run", "--json", "--config"])
+            .arg(&w.config)
+            .arg(&addon)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{sandbox}: {e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(v["addons"][0]["result"], "success", "{sandbox}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(v["addons"][0]["sandbox"], sandbox, "{v}");
+    }
+}

@@ -43,10 +43,12 @@ struct Bind {
     dst: CString,
 }
 
-/// A private `/mnt` (a tmpfs) with the run's directories bound into it, then `chdir`.
+/// A private `/mnt` (a tmpfs) with the run's directories bound into it, and parts of a view
+/// laid out below it ahead of the sandbox tool (see [`MountPlan::stage`]), then `chdir`.
 #[derive(Debug, Clone, Default)]
 pub struct MountPlan {
     binds: Vec<Bind>,
+    staged: Vec<Op>,
     chdir: Option<CString>,
 }
 
@@ -59,6 +61,16 @@ impl MountPlan {
 
     pub fn chdir(mut self, dir: &Path) -> MountPlan {
         self.chdir = Some(cstring(dir));
+        self
+    }
+
+    /// Lays out `steps` (binds, directories, symbolic links and engine-made files of a [`View`])
+    /// below `root` (a new directory below `/mnt`), with plain system calls: a sandbox tool then
+    /// binds the result in one operation instead of one per step (bubblewrap reads the whole
+    /// mount table for each of its binds).
+    pub fn stage(mut self, steps: &[Step], root: &Path) -> MountPlan {
+        self.staged.push(Op::Dir { dst: cstring(root), mode: 0o755 });
+        self.staged.extend(ops(steps, root));
         self
     }
 }
@@ -89,68 +101,7 @@ impl RootPlan {
     /// in `chdir` (a path inside the new root).
     pub fn new(view: &View, root: &Path, chdir: &Path) -> RootPlan {
         let at = |p: &Path| cstring(&root.join(p.strip_prefix("/").unwrap_or(p)));
-        let mut ops = Vec::new();
-        // Parents first (`/etc/ssl` before `/etc/ssl/certs`), each once.
-        let mut made = std::collections::BTreeSet::new();
-        let parents = |p: &Path, ops: &mut Vec<Op>, made: &mut std::collections::BTreeSet<PathBuf>| {
-            let mut todo: Vec<&Path> = p.ancestors().skip(1).take_while(|a| *a != Path::new("/")).collect();
-            todo.reverse();
-            for a in todo {
-                if made.insert(a.to_path_buf()) {
-                    ops.push(Op::Dir { dst: at(a), mode: 0o755 });
-                }
-            }
-        };
-        for step in &view.steps {
-            let target = match step {
-                Step::RoBind(p) | Step::Dir(p) | Step::Tmpfs { at: p, .. } => Some(p.as_path()),
-                Step::Bind { at, .. } | Step::Symlink { at, .. } | Step::File { at, .. } => Some(at.as_path()),
-                Step::Dev | Step::Proc => None,
-            };
-            if let Some(t) = target {
-                parents(t, &mut ops, &mut made);
-            }
-            match step {
-                Step::RoBind(p) => {
-                    ops.push(Op::Bind { src: cstring(p), dst: at(p), dir: p.is_dir(), read_only: true, device: false })
-                }
-                Step::Bind { src, at: to } => {
-                    ops.push(Op::Bind { src: cstring(src), dst: at(to), dir: true, read_only: false, device: false })
-                }
-                Step::Symlink { target, at: to } => ops.push(Op::Symlink { target: cstring(target), dst: at(to) }),
-                Step::Dir(p) => {
-                    if made.insert(p.clone()) {
-                        ops.push(Op::Dir { dst: at(p), mode: 0o755 })
-                    }
-                }
-                Step::File { at: to, contents } => {
-                    ops.push(Op::File { dst: at(to), data: contents.as_bytes().to_vec() })
-                }
-                Step::Tmpfs { at: p, bound } => {
-                    ops.push(Op::Tmpfs { dst: at(p), options: CString::new(bound.options()).unwrap_or_default() })
-                }
-                Step::Dev => {
-                    let dev = Path::new("/dev");
-                    ops.push(Op::Tmpfs { dst: at(dev), options: c"mode=0755".into() });
-                    for node in ["null", "zero", "full", "random", "urandom", "tty"] {
-                        let host = dev.join(node);
-                        let dst = at(&host);
-                        ops.push(Op::Bind { src: cstring(&host), dst, dir: false, read_only: false, device: true });
-                    }
-                    ops.push(Op::DevPts { dst: at(&dev.join("pts")) });
-                    ops.push(Op::Symlink { target: c"pts/ptmx".into(), dst: at(&dev.join("ptmx")) });
-                    for (link, target) in [
-                        ("fd", "/proc/self/fd"),
-                        ("stdin", "/proc/self/fd/0"),
-                        ("stdout", "/proc/self/fd/1"),
-                        ("stderr", "/proc/self/fd/2"),
-                    ] {
-                        ops.push(Op::Symlink { target: cstring(Path::new(target)), dst: at(&dev.join(link)) });
-                    }
-                }
-                Step::Proc => ops.push(Op::Dir { dst: at(Path::new("/proc")), mode: 0o555 }),
-            }
-        }
+        let ops = ops(&view.steps, root);
         RootPlan {
             root: cstring(root),
             old: cstring(&root.join(".oldroot")),
@@ -159,6 +110,72 @@ impl RootPlan {
             chdir: cstring(chdir),
         }
     }
+}
+
+/// The operations that lay out `steps` below `root` (paths of the view joined to it).
+fn ops(steps: &[Step], root: &Path) -> Vec<Op> {
+    let at = |p: &Path| cstring(&root.join(p.strip_prefix("/").unwrap_or(p)));
+    let mut ops = Vec::new();
+    // Parents first (`/etc/ssl` before `/etc/ssl/certs`), each once.
+    let mut made = std::collections::BTreeSet::new();
+    let parents = |p: &Path, ops: &mut Vec<Op>, made: &mut std::collections::BTreeSet<PathBuf>| {
+        let mut todo: Vec<&Path> = p.ancestors().skip(1).take_while(|a| *a != Path::new("/")).collect();
+        todo.reverse();
+        for a in todo {
+            if made.insert(a.to_path_buf()) {
+                ops.push(Op::Dir { dst: at(a), mode: 0o755 });
+            }
+        }
+    };
+    for step in steps {
+        let target = match step {
+            Step::RoBind(p) | Step::Dir(p) | Step::Tmpfs { at: p, .. } => Some(p.as_path()),
+            Step::Bind { at, .. } | Step::Symlink { at, .. } | Step::File { at, .. } => Some(at.as_path()),
+            Step::Dev | Step::Proc => None,
+        };
+        if let Some(t) = target {
+            parents(t, &mut ops, &mut made);
+        }
+        match step {
+            Step::RoBind(p) => {
+                ops.push(Op::Bind { src: cstring(p), dst: at(p), dir: p.is_dir(), read_only: true, device: false })
+            }
+            Step::Bind { src, at: to } => {
+                ops.push(Op::Bind { src: cstring(src), dst: at(to), dir: true, read_only: false, device: false })
+            }
+            Step::Symlink { target, at: to } => ops.push(Op::Symlink { target: cstring(target), dst: at(to) }),
+            Step::Dir(p) => {
+                if made.insert(p.clone()) {
+                    ops.push(Op::Dir { dst: at(p), mode: 0o755 })
+                }
+            }
+            Step::File { at: to, contents } => ops.push(Op::File { dst: at(to), data: contents.as_bytes().to_vec() }),
+            Step::Tmpfs { at: p, bound } => {
+                ops.push(Op::Tmpfs { dst: at(p), options: CString::new(bound.options()).unwrap_or_default() })
+            }
+            Step::Dev => {
+                let dev = Path::new("/dev");
+                ops.push(Op::Tmpfs { dst: at(dev), options: c"mode=0755".into() });
+                for node in ["null", "zero", "full", "random", "urandom", "tty"] {
+                    let host = dev.join(node);
+                    let dst = at(&host);
+                    ops.push(Op::Bind { src: cstring(&host), dst, dir: false, read_only: false, device: true });
+                }
+                ops.push(Op::DevPts { dst: at(&dev.join("pts")) });
+                ops.push(Op::Symlink { target: c"pts/ptmx".into(), dst: at(&dev.join("ptmx")) });
+                for (link, target) in [
+                    ("fd", "/proc/self/fd"),
+                    ("stdin", "/proc/self/fd/0"),
+                    ("stdout", "/proc/self/fd/1"),
+                    ("stderr", "/proc/self/fd/2"),
+                ] {
+                    ops.push(Op::Symlink { target: cstring(Path::new(target)), dst: at(&dev.join(link)) });
+                }
+            }
+            Step::Proc => ops.push(Op::Dir { dst: at(Path::new("/proc")), mode: 0o555 }),
+        }
+    }
+    ops
 }
 
 fn cstring(p: &Path) -> CString {
@@ -348,6 +365,10 @@ impl NsPlan {
             if libc::getppid() != self.parent_pid {
                 libc::_exit(137);
             }
+            // What is made here (a new root's directories and files, the addon's own files) is
+            // made for others to read, whatever the engine's umask: under a job server's
+            // `UMask=0077` a root engine's directories would shut the addon's identity out.
+            libc::umask(0o022);
             // Nothing the engine inherited or opened reaches the addon: every descriptor above
             // stderr is closed on exec (the standard library's exec-status pipe among them, as
             // it expects), except the ones the sandbox tool is given.
@@ -612,6 +633,7 @@ unsafe fn mount_plan(m: &MountPlan) -> io::Result<()> {
             mkdir(&b.dst, 0o755)?;
             bind(&b.src, &b.dst, false, false)?;
         }
+        apply(&m.staged)?;
         if let Some(dir) = &m.chdir {
             check(libc::chdir(dir.as_ptr()))?;
         }
@@ -619,19 +641,11 @@ unsafe fn mount_plan(m: &MountPlan) -> io::Result<()> {
     Ok(())
 }
 
-/// Builds the new root, mounts /proc (this is PID 1 of the new namespace), pivots into it and
-/// makes it read-only.
-unsafe fn enter_root(r: &RootPlan) -> io::Result<()> {
-    // SAFETY: mount/mkdir/symlink/open/pivot_root with valid NUL-terminated strings.
+/// Carries out `ops` in order.
+unsafe fn apply(ops: &[Op]) -> io::Result<()> {
+    // SAFETY: mount/mkdir/symlink/open with valid NUL-terminated strings.
     unsafe {
-        check(libc::mount(
-            c"tmpfs".as_ptr(),
-            r.root.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=0755".as_ptr().cast(),
-        ))?;
-        for op in &r.ops {
+        for op in ops {
             match op {
                 Op::Dir { dst, mode } => mkdir(dst, *mode)?,
                 Op::Bind { src, dst, dir, read_only, device } => {
@@ -679,6 +693,23 @@ unsafe fn enter_root(r: &RootPlan) -> io::Result<()> {
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Builds the new root, mounts /proc (this is PID 1 of the new namespace), pivots into it and
+/// makes it read-only.
+unsafe fn enter_root(r: &RootPlan) -> io::Result<()> {
+    // SAFETY: mount/mkdir/symlink/open/pivot_root with valid NUL-terminated strings.
+    unsafe {
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            r.root.as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            c"mode=0755".as_ptr().cast(),
+        ))?;
+        apply(&r.ops)?;
         // /proc of this PID namespace, mounted while the host's is still visible (a user
         // namespace may mount proc only then).
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
