@@ -20,7 +20,7 @@ use addon_descriptors::{normalise_relative, Section};
 use addon_runners::host::{self, HostRuns};
 use addon_runners::limits::Enforcement;
 use addon_runners::nix::{NixRunner, NixSettings};
-use addon_runners::process::kill_tree;
+use addon_runners::procfs::kill_tree;
 use addon_runners::sandbox::ns::{Identity, NsPlan};
 use addon_runners::sandbox::seccomp::HELPER_COMMAND;
 use addon_runners::sandbox::view::{Inside, Step, View};

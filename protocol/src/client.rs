@@ -5,7 +5,7 @@
 //! plugin and the tail of its stderr. For plugins that do not share the host filesystem it copies
 //! the run's directories in and the output back.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,9 +24,6 @@ use crate::convert;
 use crate::handshake::{self, Network};
 use crate::pb;
 use crate::pb::runner_client::RunnerClient;
-
-/// Lines of a plugin's stderr kept for error messages.
-const STDERR_TAIL: usize = 20;
 
 /// Where a plugin is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +64,7 @@ struct Process {
     killed: Mutex<Option<String>>,
     child: Mutex<tokio::process::Child>,
     pid: i32,
-    stderr: Arc<Mutex<VecDeque<String>>>,
+    stderr: Arc<Mutex<addon_runners::lines::Tail>>,
     stderr_done: Mutex<Option<tokio::task::JoinHandle<()>>>,
     _socket_dir: Option<tempfile::TempDir>,
 }
@@ -97,7 +94,7 @@ impl Process {
     }
 
     fn tail(&self) -> Vec<String> {
-        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).to_vec()
     }
 
     /// Waits a little for the process to end and its stderr to be read out.
@@ -395,18 +392,14 @@ impl PluginRunner {
             detail: format!("cannot start the plugin: {e}"),
         })?;
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        let stderr = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr = Arc::new(Mutex::new(addon_runners::lines::Tail::default()));
         let stderr_reader = child.stderr.take().map(|err| {
             let (tail, name) = (stderr.clone(), self.name().to_string());
             tokio::spawn(async move {
                 let mut err = BufReader::new(err);
                 while let Ok(Some(line)) = next_line_capped(&mut err).await {
                     tracing::debug!(plugin = %name, "{line}");
-                    let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                    if t.len() == STDERR_TAIL {
-                        t.pop_front();
-                    }
-                    t.push_back(line);
+                    tail.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
             })
         });

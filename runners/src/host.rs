@@ -9,18 +9,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::mpsc;
 
 use crate::limits::Envelope;
-use crate::process::kill_tree;
+use crate::procfs::kill_tree;
 use crate::runner::{Exit, ExitKind, RunEvent, RunnerError, StartSpec, Started};
 use crate::sandbox::{Isolation, SandboxKind, Sandboxes, Spec};
 
 /// How many events may wait for the engine before the addon's writes block.
 const EVENT_BUFFER: usize = 64;
-/// Longest stderr line passed on (a binary blob without newlines cannot grow memory).
-const MAX_LINE: u64 = 64 * 1024;
 /// How often the envelope is asked about limits.
 const WATCH_EVERY: Duration = Duration::from_millis(50);
 
@@ -170,25 +168,13 @@ pub fn spawn(
     let err_tx = tx.clone();
     let err_task = tokio::spawn(async move {
         let mut lines = BufReader::new(stderr);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match (&mut lines).take(MAX_LINE).read_until(b'\n', &mut line).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    let text = text.trim_end_matches(['\n', '\r']);
-                    if noise(text) {
-                        tracing::debug!("sandbox: {text}");
-                        continue;
-                    }
-                    if !line.ends_with(b"\n") {
-                        line.push(b'\n');
-                    }
-                    if err_tx.send(RunEvent::Stderr(line.clone())).await.is_err() {
-                        break;
-                    }
-                }
+        while let Some(text) = crate::lines::next_line(&mut lines).await {
+            if noise(&text) {
+                tracing::debug!("sandbox: {text}");
+                continue;
+            }
+            if err_tx.send(RunEvent::Stderr(format!("{text}\n").into_bytes())).await.is_err() {
+                break;
             }
         }
     });
@@ -234,7 +220,7 @@ impl Spawned {
             let usage = tokio::task::spawn_blocking(move || envelope.finish()).await.unwrap_or_default();
             let kind = match breach {
                 Some(why) => ExitKind::Limit(why),
-                None => ExitKind::Code(status.map(exit_code).unwrap_or(-1)),
+                None => ExitKind::Code(status.map(crate::lines::exit_code).unwrap_or(-1)),
             };
             let _ = tx.send(RunEvent::Exited(Exit { kind, usage })).await;
         });
@@ -242,16 +228,11 @@ impl Spawned {
     }
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
 /// A container id naming this process (pid and start time) and the run, so that a later reap
 /// knows whether its owner is gone.
 pub fn container_id(run: &str) -> String {
     let pid = std::process::id() as i32;
-    let start = crate::process::process_start(pid).unwrap_or_default();
+    let start = crate::procfs::process_start(pid).unwrap_or_default();
     let safe: String =
         run.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(40).collect();
     format!("addon-{pid}-{start}-{safe}")
@@ -263,5 +244,5 @@ pub fn orphaned(id: &str) -> bool {
     let (Some(pid), Some(start)) = (parts.next().and_then(|p| p.parse::<i32>().ok()), parts.next()) else {
         return false; // not ours
     };
-    crate::process::process_start(pid).as_deref() != Some(start)
+    crate::procfs::process_start(pid).as_deref() != Some(start)
 }

@@ -9,11 +9,13 @@ pub mod build_failure;
 pub mod docker;
 pub mod host;
 pub mod limits;
+pub mod lines;
 #[cfg(feature = "nix")]
 pub mod nix;
 pub mod oci;
 pub mod probe;
 pub mod process;
+pub mod procfs;
 pub mod runner;
 pub mod sandbox;
 pub mod trivial;

@@ -89,7 +89,7 @@ pub enum Enforcement {
 impl Enforcement {
     /// Probes whether this process may create control groups here.
     pub fn probe() -> Enforcement {
-        if !crate::sandbox::is_root() {
+        if !crate::procfs::is_root() {
             return Enforcement::Rlimits { why: "the engine is not root, so it cannot create control groups".into() };
         }
         let name = format!("addon-engine/probe-{}", std::process::id());
@@ -343,7 +343,7 @@ impl Envelope {
         // A run whose root process is gone holds nothing open (and /proc need not be scanned).
         self.root_pid
             .filter(|p| Path::new(&format!("/proc/{p}")).exists())
-            .map(|p| std::iter::once(p).chain(crate::process::descendants(p)).collect())
+            .map(|p| std::iter::once(p).chain(crate::procfs::descendants(p)).collect())
             .unwrap_or_default()
     }
 

@@ -6,17 +6,17 @@
 //! init ignores it by kernel rule, the addon's processes do not), a grace period, then SIGKILL to
 //! the whole tree; killing a namespace's init makes the kernel kill every process inside it.
 
-use std::collections::{HashMap, VecDeque};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncReadExt, BufReader};
+
+pub use crate::lines::STDERR_TAIL_LINES;
+use crate::lines::{exit_code, next_line, Tail};
+use crate::procfs::kill_tree;
 use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
-
-/// Lines of stderr kept for error messages.
-pub const STDERR_TAIL_LINES: usize = 20;
 
 /// Receives the addon's log lines (stderr, and stdout when it is not collected).
 pub type LogSink = Arc<dyn Fn(LogStream, &str) + Send + Sync>;
@@ -108,30 +108,17 @@ pub async fn supervise_watched(
     let log = sup.log.clone();
     let noise = sup.noise.clone();
     let stderr_task = tokio::spawn(async move {
-        let mut tail: VecDeque<String> = VecDeque::with_capacity(STDERR_TAIL_LINES);
+        let mut tail = Tail::default();
         let mut lines = BufReader::new(stderr);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            // Lines are capped so that a binary blob without newlines cannot grow memory.
-            match (&mut lines).take(64 * 1024).read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf);
-                    let line = line.trim_end_matches(['\n', '\r']);
-                    if noise.as_ref().is_some_and(|is_noise| is_noise(line)) {
-                        tracing::debug!("sandbox: {line}");
-                        continue;
-                    }
-                    log(LogStream::Stderr, line);
-                    if tail.len() == STDERR_TAIL_LINES {
-                        tail.pop_front();
-                    }
-                    tail.push_back(line.to_string());
-                }
+        while let Some(line) = next_line(&mut lines).await {
+            if noise.as_ref().is_some_and(|is_noise| is_noise(&line)) {
+                tracing::debug!("sandbox: {line}");
+                continue;
             }
+            log(LogStream::Stderr, &line);
+            tail.push(line);
         }
-        tail.into_iter().collect::<Vec<_>>()
+        tail.into_vec()
     });
 
     let limit = sup.collect_stdout;
@@ -158,13 +145,8 @@ pub async fn supervise_watched(
                 }
             }
             None => {
-                let mut line = Vec::new();
-                loop {
-                    line.clear();
-                    match (&mut reader).take(64 * 1024).read_until(b'\n', &mut line).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => log(LogStream::Stdout, String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r'])),
-                    }
+                while let Some(line) = next_line(&mut reader).await {
+                    log(LogStream::Stdout, &line);
                 }
             }
         }
@@ -205,11 +187,6 @@ pub async fn supervise_watched(
     Ok(Supervised { ending, stdout, stderr_tail, duration: start.elapsed(), usage: Default::default() })
 }
 
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
-}
-
 /// SIGTERM to everything below the child, a grace period, then SIGKILL to all of it.
 async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration) {
     if grace.is_zero() {
@@ -228,107 +205,11 @@ async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration)
     kill_tree(pid, libc::SIGKILL, true);
 }
 
-/// A process's start time in clock ticks since boot (with its pid, it names one process for good:
-/// pids are reused, start times of the same pid are not).
-/// None for a process that is gone, or dead and not yet reaped (a zombie).
-pub fn process_start(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split(' ');
-    if matches!(fields.next(), Some("Z" | "X" | "x")) {
-        return None;
-    }
-    fields.nth(18).map(str::to_string)
-}
-
-/// Sends `sig` to every descendant of `pid` (and to `pid` itself when `include_root`).
-pub fn kill_tree(pid: i32, sig: i32, include_root: bool) {
-    let mut targets = descendants(pid);
-    if include_root {
-        targets.insert(0, pid);
-    }
-    for p in targets {
-        // SAFETY: kill(2) has no memory effects; a stale pid at worst gets ESRCH.
-        unsafe {
-            libc::kill(p, sig);
-        }
-    }
-}
-
-/// All descendants of `pid`, parents before children, from a scan of /proc.
-pub fn descendants(pid: i32) -> Vec<i32> {
-    // The kernel's own lists of children (`/proc/PID/task/TID/children`) walk only the subtree;
-    // without them, every process's parent is read.
-    if std::path::Path::new("/proc/self/task").join(std::process::id().to_string()).join("children").exists() {
-        let mut out = Vec::new();
-        let mut queue = VecDeque::from([pid]);
-        while let Some(p) = queue.pop_front() {
-            for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
-                let Ok(text) = std::fs::read_to_string(task.path().join("children")) else { continue };
-                for c in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
-                    out.push(c);
-                    queue.push_back(c);
-                }
-            }
-        }
-        return out;
-    }
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-            if let Some(ppid) = parent_of(p) {
-                children.entry(ppid).or_default().push(p);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    let mut queue = VecDeque::from([pid]);
-    while let Some(p) = queue.pop_front() {
-        for &c in children.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
-            out.push(c);
-            queue.push_back(c);
-        }
-    }
-    out
-}
-
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses; fields resume after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split(' ').nth(1)?.parse().ok()
-}
-
 /// A timeout as people write it in the configuration: `900s`, `1500ms`.
 pub fn human_secs(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
-    }
-}
-
-/// A process handle (`pidfd_open`): signals reach the process it was opened for, never another
-/// that got its pid after it died.
-#[derive(Debug)]
-pub struct PidFd(std::os::fd::OwnedFd);
-
-impl PidFd {
-    pub fn open(pid: i32) -> Option<PidFd> {
-        use std::os::fd::FromRawFd;
-        // SAFETY: pidfd_open returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        // SAFETY: a descriptor nobody else owns.
-        (fd >= 0).then(|| PidFd(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) }))
-    }
-
-    /// SIGKILL to the process (when it still exists).
-    pub fn kill(&self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: pidfd_send_signal on a descriptor we own, without siginfo.
-        unsafe {
-            libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), libc::SIGKILL, std::ptr::null::<u8>(), 0);
-        }
     }
 }

@@ -113,7 +113,7 @@ pub(super) struct Collector {
     stdout: Vec<u8>,
     out_partial: Vec<u8>,
     err_partial: Vec<u8>,
-    tail: std::collections::VecDeque<String>,
+    tail: addon_runners::lines::Tail,
 }
 
 impl Collector {
@@ -155,10 +155,7 @@ impl Collector {
 
     fn stderr_line(&mut self, line: String, log: &addon_runners::LogSink) {
         log(LogStream::Stderr, &line);
-        if self.tail.len() == addon_runners::process::STDERR_TAIL_LINES {
-            self.tail.pop_front();
-        }
-        self.tail.push_back(line);
+        self.tail.push(line);
     }
 
     /// The collected stdout and stderr tail, with unterminated last lines flushed.
@@ -171,7 +168,7 @@ impl Collector {
         if !rest.trim().is_empty() {
             log(LogStream::Stdout, rest.trim_end());
         }
-        (self.stdout, self.tail.into_iter().collect())
+        (self.stdout, self.tail.into_vec())
     }
 }
 

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::limits::{Enforcement, Envelope, Limits};
-use crate::process::{LogSink, LogStream, STDERR_TAIL_LINES};
+use crate::process::{LogSink, LogStream};
 use crate::runner::{
     Artifact, Availability, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner, RunnerError, RunnerInfo,
     StartSpec, Started, BUILD_LOG_MARK,
@@ -290,7 +290,7 @@ async fn build(
         networkmode: network,
         ..Default::default()
     };
-    let mut tail: Vec<String> = Vec::new();
+    let mut tail = crate::lines::Tail::default();
     let mut step = String::new();
     let started = Instant::now();
     let run = async {
@@ -305,10 +305,7 @@ async fn build(
                     }
                     // The engine shows them (a progress line on a terminal) and keeps them.
                     log(LogStream::Stderr, &format!("build: {line}"));
-                    tail.push(line.to_string());
-                    if tail.len() > STDERR_TAIL_LINES {
-                        tail.remove(0);
-                    }
+                    tail.push(line);
                 }
             }
             if let Some(err) = info.error_detail.and_then(|d| d.message) {
@@ -323,7 +320,7 @@ async fn build(
     };
     if let Err(e) = result {
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
-        let log = tail.join("\n");
+        let log = tail.to_vec().join("\n");
         let note = match crate::build_failure::lack(&format!("{e}\n{log}"), bases) {
             Some(crate::build_failure::Lack::BaseImage) => format!(
                 " (base image {} is not among the Docker daemon's images and could not be pulled; load it with \
@@ -388,7 +385,7 @@ fn hostname() -> String {
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.
-use crate::process::process_start;
+use crate::procfs::process_start;
 
 /// The numeric user and group the container `id` runs as when that is not root (which may
 /// write anything it is given) or the engine's own user (which owns the run's directories):
@@ -839,7 +836,7 @@ async fn follow(
         .filter(|p| of_container(*p, id));
     let init_fd = init
         .filter(|_| crate::sandbox::is_root())
-        .and_then(crate::process::PidFd::open)
+        .and_then(crate::procfs::PidFd::open)
         .filter(|_| init.is_some_and(|p| of_container(p, id)));
     if let (Some(env), Some(pid)) = (envelope.as_mut(), init) {
         env.set_root_pid(pid);

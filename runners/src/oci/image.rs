@@ -4,15 +4,15 @@
 //! path outside the root filesystem) into the engine's cache entry, with the image's
 //! configuration kept beside it.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::BufReader;
 
 use super::bundle::ImageConfig;
-use crate::process::{LogSink, LogStream, STDERR_TAIL_LINES};
+use crate::lines::Tail;
+use crate::process::{LogSink, LogStream};
 use crate::runner::BUILD_LOG_MARK;
 
 /// The tag images get in the OCI layout.
@@ -34,32 +34,20 @@ pub async fn run_tool(
 ) -> Result<(), String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    // Lines of at most MAX_LINE bytes (a longer one comes in pieces): a builder prints what the
-    // addon's RUN steps print, and no line of it may take the engine's memory.
-    const MAX_LINE: u64 = 64 * 1024;
+    // A builder prints what the addon's RUN steps print: read in bounded lines (see `lines`).
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let mut err = BufReader::new(child.stderr.take().expect("piped"));
-    async fn next_line(r: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> Option<String> {
-        let mut line = Vec::new();
-        match r.take(MAX_LINE).read_until(b'\n', &mut line).await {
-            Ok(0) | Err(_) => None,
-            Ok(_) => Some(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string()),
-        }
-    }
-    let mut tail: VecDeque<String> = VecDeque::new();
+    let mut tail = Tail::default();
     let mut keep = |line: String| {
         log(LogStream::Stderr, &format!("build: {line}"));
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
+        tail.push(line);
     };
     let run = async {
         let (mut out_done, mut err_done) = (false, false);
         while !(out_done && err_done) {
             tokio::select! {
-                l = next_line(&mut out), if !out_done => match l { Some(l) => keep(l), None => out_done = true },
-                l = next_line(&mut err), if !err_done => match l { Some(l) => keep(l), None => err_done = true },
+                l = crate::lines::next_line(&mut out), if !out_done => match l { Some(l) => keep(l), None => out_done = true },
+                l = crate::lines::next_line(&mut err), if !err_done => match l { Some(l) => keep(l), None => err_done = true },
             }
         }
         child.wait().await
@@ -72,8 +60,8 @@ pub async fn run_tool(
     if status.success() {
         return Ok(());
     }
-    let tail: Vec<String> = tail.into_iter().collect();
-    let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+    let last = tail.last_non_empty().unwrap_or_default().to_string();
+    let tail = tail.into_vec();
     Err(format!("{what} failed ({status}): {last}{BUILD_LOG_MARK}{}", tail.join("\n")))
 }
 

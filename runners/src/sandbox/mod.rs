@@ -296,10 +296,7 @@ impl Default for Sandboxes {
     }
 }
 
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use crate::procfs::is_root;
 
 /// The first line a tool prints for `--version`.
 pub(crate) fn version_of(path: &Path) -> Option<String> {
