@@ -113,34 +113,36 @@ pub enum CacheError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("timed out after {waited:?} waiting for the cache lock {path} (another engine is building `{label}`)")]
     LockTimeout { path: PathBuf, label: String, waited: Duration },
-    #[error("building cache entry for `{label}` failed: {message}")]
-    Build { label: String, message: String },
+}
+
+/// Why [`Cache::get_or_build`] gave no entry: the cache itself failed, or the build did (with the
+/// builder's own error, typed as the builder made it).
+#[derive(Debug, thiserror::Error)]
+pub enum GetError<E: std::fmt::Display + std::fmt::Debug> {
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("building cache entry for `{label}` failed: {error}")]
+    Build { label: String, error: E },
     /// The build failed earlier and is remembered; it was not tried again.
-    #[error("building cache entry for `{label}` failed {}s ago (remembered, not tried again): {message}", age.as_secs())]
-    Remembered { label: String, message: String, age: Duration },
+    #[error("building cache entry for `{label}` failed {}s ago (remembered, not tried again): {error}", age.as_secs())]
+    Remembered { label: String, error: E, age: Duration },
 }
 
 /// Why a build failed, as the build of [`Cache::get_or_build_remembering`] returns it.
 #[derive(Debug, Clone)]
-pub struct BuildFailure {
-    pub message: String,
+pub struct BuildFailure<E> {
+    pub error: E,
     /// Whether the failure says something about the entry (a cancelled build does not).
     pub remember: bool,
 }
 
-impl From<String> for BuildFailure {
-    fn from(message: String) -> Self {
-        BuildFailure { message, remember: true }
-    }
-}
-
-/// What a remembered failure records.
+/// What a remembered failure records: the builder's error as it was.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FailedBuild {
-    pub message: String,
+pub struct FailedBuild<E> {
+    pub error: E,
 }
 
-impl EntryData for FailedBuild {}
+impl<E: Serialize + DeserializeOwned + Send + 'static> EntryData for FailedBuild<E> {}
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
     move |source| CacheError::Io { path: path.to_path_buf(), source }
@@ -266,20 +268,31 @@ impl Cache {
     ///
     /// `build` fills the given (empty) content folder and returns the owner data to record.
     /// `valid` tells whether an existing entry is still usable (e.g. its image still exists).
-    pub fn get_or_build<D, F, V>(&self, key: &Key, label: &str, valid: V, build: F) -> Result<Entry<D>, CacheError>
+    pub fn get_or_build<D, E, F, V>(&self, key: &Key, label: &str, valid: V, build: F) -> Result<Entry<D>, GetError<E>>
     where
         D: EntryData,
-        F: FnOnce(&Path) -> Result<D, String>,
+        E: std::fmt::Display + std::fmt::Debug,
+        F: FnOnce(&Path) -> Result<D, E>,
         V: Fn(&D, &Path) -> bool,
     {
-        self.get_or_build_remembering(key, label, valid, |c| build(c).map_err(BuildFailure::from), Duration::ZERO)
+        self.get_or_build_with(
+            key,
+            label,
+            valid,
+            |c| build(c).map_err(|error| BuildFailure { error, remember: false }),
+            None,
+        )
     }
 
     /// The failure remembered for `key` (an artifact's key) and how long ago it happened, when
     /// it is younger than `within`.
-    pub fn remembered_failure(&self, key: &Key, within: Duration) -> Option<(EntryMeta<FailedBuild>, Duration)> {
+    pub fn remembered_failure<E: Serialize + DeserializeOwned + Send + 'static>(
+        &self,
+        key: &Key,
+        within: Duration,
+    ) -> Option<(EntryMeta<FailedBuild<E>>, Duration)> {
         let (dir, _, _) = self.paths(&failure_key(key));
-        let meta = read_meta::<FailedBuild>(&dir)?;
+        let meta = read_meta::<FailedBuild<E>>(&dir)?;
         // The record's mtime, written once, is when the build failed (finer than `created`).
         let written = std::fs::metadata(dir.join("entry.json")).and_then(|m| m.modified()).ok()?;
         let age = SystemTime::now().duration_since(written).unwrap_or_default();
@@ -304,7 +317,7 @@ impl Cache {
 
     /// Records (or with `failure` None, forgets) the failure of `key`'s build. The caller holds
     /// the exclusive lock of `key`'s entry; the record's own lock guards it against pruning.
-    fn record_failure(&self, key: &Key, label: &str, failure: Option<&str>) -> Result<(), CacheError> {
+    fn record_failure<E: Serialize>(&self, key: &Key, label: &str, failure: Option<&E>) -> Result<(), CacheError> {
         let fkey = failure_key(key);
         let (dir, lock_path, bucket) = self.paths(&fkey);
         if failure.is_none() && !dir.exists() {
@@ -316,7 +329,7 @@ impl Cache {
         if dir.exists() {
             retire(&dir, &bucket, &fkey.hash())?;
         }
-        let Some(message) = failure else { return Ok(()) };
+        let Some(error) = failure else { return Ok(()) };
         let tmp = bucket.join(format!(".tmp-{}-{}", fkey.hash(), std::process::id()));
         let _ = remove_tree(&tmp);
         fs::create_dir_all(tmp.join("content")).map_err(io(&tmp))?;
@@ -325,7 +338,7 @@ impl Cache {
             label: label.to_string(),
             created: now(),
             external_size: 0,
-            data: FailedBuild { message: message.to_string() },
+            data: FailedBuild { error },
         };
         let record = tmp.join("entry.json");
         fs::write(&record, serde_json::to_vec_pretty(&meta).unwrap_or_default()).map_err(io(&record))?;
@@ -336,17 +349,46 @@ impl Cache {
     /// the entry is not built again and the same failure is returned as
     /// [`CacheError::Remembered`] (a failure `build` marks as not worth remembering, such as a
     /// cancelled build, is not recorded). A build that succeeds forgets the failure.
-    pub fn get_or_build_remembering<D, F, V>(
+    pub fn get_or_build_remembering<D, E, F, V>(
         &self,
         key: &Key,
         label: &str,
         valid: V,
         build: F,
         remember_for: Duration,
-    ) -> Result<Entry<D>, CacheError>
+    ) -> Result<Entry<D>, GetError<E>>
     where
         D: EntryData,
-        F: FnOnce(&Path) -> Result<D, BuildFailure>,
+        E: std::fmt::Display + std::fmt::Debug + Serialize + DeserializeOwned + Send + 'static,
+        F: FnOnce(&Path) -> Result<D, BuildFailure<E>>,
+        V: Fn(&D, &Path) -> bool,
+    {
+        if remember_for.is_zero() {
+            return self.get_or_build_with(key, label, valid, build, None);
+        }
+        let recall = |key: &Key| self.remembered_failure::<E>(key, remember_for).map(|(m, age)| (m.data.error, age));
+        let record = |key: &Key, label: &str, e: Option<&E>| self.record_failure(key, label, e);
+        self.get_or_build_with(key, label, valid, build, Some((&recall, &record)))
+    }
+
+    /// The one path of [`Cache::get_or_build`] and [`Cache::get_or_build_remembering`]; `memory`
+    /// recalls and records failures when they are remembered.
+    #[allow(clippy::type_complexity)] // the two callbacks of remembering, named where they are made
+    fn get_or_build_with<D, E, F, V>(
+        &self,
+        key: &Key,
+        label: &str,
+        valid: V,
+        build: F,
+        memory: Option<(
+            &dyn Fn(&Key) -> Option<(E, Duration)>,
+            &dyn Fn(&Key, &str, Option<&E>) -> Result<(), CacheError>,
+        )>,
+    ) -> Result<Entry<D>, GetError<E>>
+    where
+        D: EntryData,
+        E: std::fmt::Display + std::fmt::Debug,
+        F: FnOnce(&Path) -> Result<D, BuildFailure<E>>,
         V: Fn(&D, &Path) -> bool,
     {
         let (dir, lock_path, bucket) = self.paths(key);
@@ -373,11 +415,11 @@ impl Cache {
         } else if dir.exists() {
             tracing::warn!("cache entry {} for {label} has no readable record; rebuilding", dir.display());
         }
-        if !remember_for.is_zero() {
+        if let Some((recall, _)) = memory {
             // Under the exclusive lock: an engine that waited for another's failed build
             // takes its failure instead of building again.
-            if let Some((meta, age)) = self.remembered_failure(key, remember_for) {
-                return Err(CacheError::Remembered { label: label.to_string(), message: meta.data.message, age });
+            if let Some((error, age)) = recall(key) {
+                return Err(GetError::Remembered { label: label.to_string(), error, age });
             }
         }
         if dir.exists() {
@@ -390,16 +432,16 @@ impl Cache {
             Ok(d) => d,
             Err(failure) => {
                 let _ = remove_tree(&tmp);
-                if !remember_for.is_zero() && failure.remember {
-                    if let Err(e) = self.record_failure(key, label, Some(&failure.message)) {
+                if let (Some((_, record)), true) = (memory, failure.remember) {
+                    if let Err(e) = record(key, label, Some(&failure.error)) {
                         tracing::warn!("remembering the failed build of {label}: {e}");
                     }
                 }
-                return Err(CacheError::Build { label: label.to_string(), message: failure.message });
+                return Err(GetError::Build { label: label.to_string(), error: failure.error });
             }
         };
-        if !remember_for.is_zero() {
-            if let Err(e) = self.record_failure(key, label, None) {
+        if let Some((_, record)) = memory {
+            if let Err(e) = record(key, label, None) {
                 tracing::warn!("forgetting the earlier failed build of {label}: {e}");
             }
         }
@@ -639,7 +681,7 @@ mod tests {
                     |c| {
                         builds += 1;
                         std::fs::write(c.join("f"), b"x").map_err(|e| e.to_string())?;
-                        Ok(())
+                        Ok::<(), String>(())
                     },
                 )
                 .unwrap();
@@ -650,10 +692,11 @@ mod tests {
         // Damage the record: a miss with a rebuild, never an error.
         let entry = cache.list().pop().unwrap();
         std::fs::write(entry.path.join("entry.json"), b"{not json").unwrap();
-        let e = cache.get_or_build(&key("a"), "a-1", |_, _| true, |_| Ok(())).unwrap();
+        let e = cache.get_or_build(&key("a"), "a-1", |_, _| true, |_| Ok::<(), String>(())).unwrap();
         assert!(!e.hit);
         // A failed build leaves nothing behind.
-        let err = cache.get_or_build(&key("b"), "b-1", |_: &(), _| true, |_| Err("boom".into())).unwrap_err();
+        let err =
+            cache.get_or_build(&key("b"), "b-1", |_: &(), _| true, |_| Err::<(), String>("boom".into())).unwrap_err();
         assert!(err.to_string().contains("boom"));
         assert_eq!(cache.list().len(), 1);
     }
@@ -699,7 +742,7 @@ mod tests {
                             |_| {
                                 builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 std::thread::sleep(Duration::from_millis(200));
-                                Ok(())
+                                Ok::<(), String>(())
                             },
                         )
                         .unwrap();
@@ -726,7 +769,7 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let img = || Ok(Image { id: "sha256:1".into(), size: 5000 });
+        let img = || Ok::<Image, String>(Image { id: "sha256:1".into(), size: 5000 });
         let e = cache.get_or_build(&key("img"), "img", |_, _| true, |_| img()).unwrap();
         assert!(!e.hit);
         drop(e);
@@ -743,7 +786,9 @@ mod tests {
             out: String,
         }
         impl EntryData for Other {}
-        let e = cache.get_or_build(&key("img"), "img", |_, _| true, |_| Ok(Other { out: "x".into() })).unwrap();
+        let e = cache
+            .get_or_build(&key("img"), "img", |_, _| true, |_| Ok::<Other, String>(Other { out: "x".into() }))
+            .unwrap();
         assert!(!e.hit);
     }
 
@@ -754,7 +799,7 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, |_| Ok(())).unwrap());
+        drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, |_| Ok::<(), String>(())).unwrap());
         let (_, lock_path, _) = cache.paths(&key("a"));
         let inode = std::fs::metadata(&lock_path).unwrap().ino();
         let waiter = open_lock(&lock_path).unwrap();
@@ -774,7 +819,7 @@ mod tests {
             for i in 0..20 {
                 std::fs::write(c.join(format!("f{i}")), b"data").map_err(|e| e.to_string())?;
             }
-            Ok(())
+            Ok::<(), String>(())
         };
         drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, fill).unwrap());
         // The deletion dies halfway (a crash, a full disk): half of the files are gone.
@@ -811,7 +856,7 @@ mod tests {
         std::fs::create_dir_all(bucket).unwrap();
         let other = open_lock(&lock_path).unwrap();
         other.lock().unwrap();
-        let err = cache.get_or_build(&key("x"), "x-1", |_, _| true, |_| Ok(())).unwrap_err();
+        let err = cache.get_or_build(&key("x"), "x-1", |_, _| true, |_| Ok::<(), String>(())).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains(".lock") && msg.contains("x-1"), "{msg}");
     }
@@ -824,21 +869,21 @@ mod tests {
         let builds = std::cell::Cell::new(0);
         let fail = |remember: bool| {
             let builds = &builds;
-            move |_: &Path| -> Result<(), BuildFailure> {
+            move |_: &Path| -> Result<(), BuildFailure<String>> {
                 builds.set(builds.get() + 1);
-                Err(BuildFailure { message: "no base image".into(), remember })
+                Err(BuildFailure { error: "no base image".into(), remember })
             }
         };
         let minute = Duration::from_secs(60);
         // Not worth remembering (a cancelled build): tried again.
         let err = cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(false), minute).unwrap_err();
-        assert!(matches!(err, CacheError::Build { .. }), "{err}");
-        assert!(cache.remembered_failure(&k, minute).is_none());
+        assert!(matches!(err, GetError::Build { .. }), "{err}");
+        assert!(cache.remembered_failure::<String>(&k, minute).is_none());
         // Remembered: the next call does not build and returns the same failure.
         cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), minute).unwrap_err();
         assert_eq!(builds.get(), 2);
         let err = cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), minute).unwrap_err();
-        assert!(matches!(&err, CacheError::Remembered { message, .. } if message == "no base image"), "{err}");
+        assert!(matches!(&err, GetError::Remembered { error, .. } if error == "no base image"), "{err}");
         assert_eq!(builds.get(), 2, "not built again");
         assert!(cache.list().iter().any(|e| e.kind == Kind::FailedBuild), "listed");
         // Expired (remembered for no time): built again.
@@ -846,15 +891,21 @@ mod tests {
         assert_eq!(builds.get(), 3);
         // Forgotten on request: built again.
         assert_eq!(cache.forget_failures().len(), 1);
-        assert!(cache.remembered_failure(&k, minute).is_none());
+        assert!(cache.remembered_failure::<String>(&k, minute).is_none());
         cache.get_or_build_remembering(&k, "x-1", |_, _| true, fail(true), minute).unwrap_err();
         assert_eq!(builds.get(), 4);
         // A success (another engine's, after the record expired) forgets the failure.
         let e = cache
-            .get_or_build_remembering(&k, "x-1", |_, _| true, |_| Ok::<(), BuildFailure>(()), Duration::from_nanos(1))
+            .get_or_build_remembering(
+                &k,
+                "x-1",
+                |_, _| true,
+                |_| Ok::<(), BuildFailure<String>>(()),
+                Duration::from_nanos(1),
+            )
             .unwrap();
         assert!(!e.hit);
-        assert!(cache.remembered_failure(&k, minute).is_none());
+        assert!(cache.remembered_failure::<String>(&k, minute).is_none());
         assert!(!cache.list().iter().any(|e| e.kind == Kind::FailedBuild));
     }
 }

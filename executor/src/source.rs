@@ -75,7 +75,9 @@ pub fn open(
                     },
                 )
                 .map_err(|e| match e {
-                    addon_cache::CacheError::Build { message, .. } => OpenError::Archive(message),
+                    addon_cache::GetError::Build { error, .. } | addon_cache::GetError::Remembered { error, .. } => {
+                        OpenError::Archive(error)
+                    }
                     other => OpenError::Cache(other.to_string()),
                 })?;
             let root = entry.content().join("addon");

@@ -384,7 +384,8 @@ mod tests {
 
     #[test]
     fn errors_keep_their_kind() {
-        let e = RunnerError::build("x", "a-1", "it broke\n--- log ---\nline 1\nline 2");
+        let e = addon_runners::runner::BuildFailed::with_log("it broke", vec!["line 1".into(), "line 2".into()])
+            .into_error("x", "a-1");
         let back = error_from_pb("plug", "a-1", &error_to_pb(&e));
         assert_eq!(
             back,

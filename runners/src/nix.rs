@@ -16,8 +16,7 @@ use crate::host::HostRuns;
 use crate::probe::{Probe, ProbeCache};
 use crate::process::{supervise, Ending, LogSink, Supervision};
 use crate::runner::{
-    Artifact, Availability, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo, StartSpec, Started,
-    BUILD_LOG_MARK,
+    Artifact, Availability, BuildFailed, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo, StartSpec, Started,
 };
 use crate::sandbox::ns::NsPlan;
 use crate::sandbox::Sandboxes;
@@ -134,7 +133,7 @@ fn group_exists(name: &str) -> bool {
 
 /// `nix build path:<addon> --no-link --json`, supervised like an addon (timeout; the
 /// whole process tree is stopped when the future is dropped); returns the output store path.
-async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBuf, String> {
+async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBuf, BuildFailed> {
     let mut cmd = tokio::process::Command::new(&s.nix_binary);
     cmd.args(FEATURES)
         .arg("build")
@@ -155,20 +154,22 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
         noise: None,
     };
     let done = supervise(cmd, &supervision).await.map_err(|e| format!("cannot start {}: {e}", s.nix_binary))?;
-    let tail = done.stderr_tail.join("\n");
+    let tail = done.stderr_tail;
     match done.ending {
         Ending::Exited(0) => {}
-        Ending::Exited(code) => return Err(format!("nix build failed (exit code {code}){BUILD_LOG_MARK}{tail}")),
-        Ending::TimedOut(t) => {
-            return Err(format!(
-                "nix build timed out: it did not finish within {} (setting nix-runner.build-timeout) and was \
-                 stopped{BUILD_LOG_MARK}{tail}",
-                crate::process::human_secs(t)
-            ))
+        Ending::Exited(code) => {
+            return Err(BuildFailed::with_log(format!("nix build failed (exit code {code})"), tail))
         }
-        Ending::Cancelled => return Err("the nix build was cancelled; it was stopped".into()),
-        Ending::StdoutTooLarge(n) => return Err(format!("nix build printed more than {n} bytes of JSON")),
-        Ending::Limit(why) => return Err(format!("nix build stopped: {why}")),
+        Ending::TimedOut(t) => {
+            let why = format!(
+                "nix build timed out: it did not finish within {} (setting nix-runner.build-timeout) and was stopped",
+                crate::process::human_secs(t)
+            );
+            return Err(BuildFailed::with_log(why, tail));
+        }
+        Ending::Cancelled => return Err(String::from("the nix build was cancelled; it was stopped").into()),
+        Ending::StdoutTooLarge(n) => return Err(format!("nix build printed more than {n} bytes of JSON").into()),
+        Ending::Limit(why) => return Err(format!("nix build stopped: {why}").into()),
     }
     let out = String::from_utf8_lossy(&done.stdout);
     let parsed: serde_json::Value =
@@ -366,7 +367,7 @@ impl Runner for NixRunner {
     async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
         let out = build(&self.settings, &spec.addon_dir, log)
             .await
-            .map_err(|message| RunnerError::build(NAME, &spec.addon.label(), &message))?;
+            .map_err(|failed| failed.into_error(NAME, &spec.addon.label()))?;
         Ok(Artifact { reference: out.display().to_string(), size: 0, data: serde_json::Value::Null })
     }
 

@@ -267,8 +267,49 @@ pub enum RunnerError {
     Runner { runner: String, message: String },
 }
 
-/// Separates a build failure's message from its log tail (joined by [`BUILD_LOG_MARK`]).
-pub const BUILD_LOG_MARK: &str = "\n--- log ---\n";
+/// A failed build as a runner's own steps report it: what went wrong, and the last lines of the
+/// log of the tool that failed (none when no tool ran).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BuildFailed {
+    pub message: String,
+    pub log_tail: Vec<String>,
+}
+
+impl BuildFailed {
+    pub fn with_log(message: impl Into<String>, log_tail: Vec<String>) -> BuildFailed {
+        BuildFailed { message: message.into(), log_tail }
+    }
+
+    /// The runner's error for the build of `addon`.
+    pub fn into_error(self, runner: &str, addon: &str) -> RunnerError {
+        RunnerError::Build {
+            runner: runner.to_string(),
+            addon: addon.to_string(),
+            message: self.message,
+            log_tail: self.log_tail,
+        }
+    }
+}
+
+/// A step that failed before any tool printed a log.
+impl From<&str> for BuildFailed {
+    fn from(message: &str) -> BuildFailed {
+        BuildFailed { message: message.to_string(), log_tail: Vec::new() }
+    }
+}
+
+/// A step that failed before any tool printed a log.
+impl From<String> for BuildFailed {
+    fn from(message: String) -> BuildFailed {
+        BuildFailed { message, log_tail: Vec::new() }
+    }
+}
+
+impl std::fmt::Display for BuildFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
 
 impl RunnerError {
     pub fn setup(runner: &str, message: impl Into<String>) -> RunnerError {
@@ -279,15 +320,9 @@ impl RunnerError {
         RunnerError::Sandbox { runner: runner.to_string(), detail: e.to_string() }
     }
 
-    /// A failed build's message, with its log tail after [`BUILD_LOG_MARK`] when there is one.
+    /// A failed build with no log to show.
     pub fn build(runner: &str, addon: &str, message: &str) -> RunnerError {
-        let (message, tail) = message.split_once(BUILD_LOG_MARK).unwrap_or((message, ""));
-        RunnerError::Build {
-            runner: runner.to_string(),
-            addon: addon.to_string(),
-            message: message.to_string(),
-            log_tail: tail.lines().map(str::to_string).collect(),
-        }
+        BuildFailed::from(message.to_string()).into_error(runner, addon)
     }
 
     /// The last log lines of a failed build.

@@ -24,7 +24,6 @@ impl Engine {
         let (log_dir, build_log2, runner_name) = (self.config.cache_dir.clone(), build_log.clone(), info.name.clone());
         let handle = tokio::runtime::Handle::current();
         let label = spec.addon.label();
-        let spec_label = label.clone();
         let name = info.name.clone();
         let entry = tokio::task::spawn_blocking(move || {
             let valid_runner = runner2.clone();
@@ -40,28 +39,23 @@ impl Engine {
                             // Only the build's own failure is remembered; a runtime that
                             // could not be reached says nothing about the addon.
                             r = runner2.build(&spec, log) => r.map_err(|e| match e {
-                                RunnerError::Build { message, log_tail, .. } => {
+                                RunnerError::Build { runner, addon, message, log_tail } => {
                                     let whole = build_log2
                                         // The digest too: another addon claiming the name
                                         // does not write over this one's log.
                                         .save(&log_dir, &runner_name, &spec.addon.label(), spec.addon.short_digest())
                                         .map(|f| format!(" (the whole build log: {})", f.display()))
                                         .unwrap_or_default();
-                                    addon_cache::BuildFailure {
-                                        message: format!(
-                                            "{message}{whole}{}{}",
-                                            addon_runners::runner::BUILD_LOG_MARK,
-                                            log_tail.join("\n")
-                                        ),
-                                        remember: true,
-                                    }
+                                    let message = format!("{message}{whole}");
+                                    let error = RunnerError::Build { runner, addon, message, log_tail };
+                                    addon_cache::BuildFailure { error, remember: true }
                                 }
-                                other => addon_cache::BuildFailure { message: other.to_string(), remember: false },
+                                other => addon_cache::BuildFailure { error: other, remember: false },
                             }),
                             // Dropping the build stops it (the process is killed, the stream
                             // closed); a cancelled build says nothing about the addon.
                             _ = cancel.cancelled() => Err(addon_cache::BuildFailure {
-                                message: format!("the run was cancelled during the {name} build"),
+                                error: RunnerError::setup(&name, format!("the run was cancelled during the {name} build")),
                                 remember: false,
                             }),
                         }
@@ -69,24 +63,27 @@ impl Engine {
                 },
                 remember,
             )
+            .map_err(Box::new)
         })
         .await
         .map_err(|e| RunnerError::setup(&info.name, format!("build task failed: {e}")))?;
         build_log.finish();
-        match entry {
+        let e = match entry {
             Ok(e) => {
                 let used = if e.hit { CacheUse::Hit } else { CacheUse::Miss };
-                Ok((Some(e.data().clone()), Some(e), used))
+                return Ok((Some(e.data().clone()), Some(e), used));
             }
-            Err(addon_cache::CacheError::Build { message, .. }) => {
-                Err(RunnerError::build(&info.name, &spec_label, &message))
+            Err(e) => *e,
+        };
+        match e {
+            addon_cache::GetError::Build { error, .. } => Err(error),
+            addon_cache::GetError::Remembered { mut error, age, .. } => {
+                if let RunnerError::Build { message, .. } = &mut error {
+                    message.push_str(&format!(" (not tried again: {})", remembered_note(age, remember)));
+                }
+                Err(error)
             }
-            Err(addon_cache::CacheError::Remembered { message, age, .. }) => Err(RunnerError::build(
-                &info.name,
-                &spec_label,
-                &format!("{} (not tried again: {})", message, remembered_note(age, remember)),
-            )),
-            Err(other) => Err(RunnerError::setup(&info.name, other.to_string())),
+            addon_cache::GetError::Cache(e) => Err(RunnerError::setup(&info.name, e.to_string())),
         }
     }
 }

@@ -142,8 +142,11 @@ impl Engine {
             return None;
         }
         let key = artifact_key(&runner, &spec).await.ok().flatten()?;
-        let (meta, age) = self.cache().ok()?.remembered_failure(&key, remember)?;
-        let first = meta.data.message.split(addon_runners::runner::BUILD_LOG_MARK).next().unwrap_or("").to_string();
+        let (meta, age) = self.cache().ok()?.remembered_failure::<RunnerError>(&key, remember)?;
+        let first = match meta.data.error {
+            RunnerError::Build { message, .. } => message,
+            other => other.to_string(),
+        };
         Some(format!("{}: {first}", remembered_note(age, remember)))
     }
 }

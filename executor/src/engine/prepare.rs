@@ -28,7 +28,7 @@ impl Engine {
         cache: &Cache,
         d: &Descriptor,
         ident: &crate::identity::Identity,
-    ) -> Result<(Entry<()>, Entry<()>), String> {
+    ) -> Result<(Entry<()>, Entry<()>), addon_cache::GetError<std::io::Error>> {
         let data_key =
             addon_cache::Key::new(addon_cache::Kind::Data).with("addon", &d.meta.name).with("identity", &ident.key);
         let home_key = addon_cache::Key::new(addon_cache::Kind::Home)
@@ -36,20 +36,14 @@ impl Engine {
             .with("identity", &ident.key)
             .with("version", &d.meta.version);
         let (cache, name, id) = (cache.clone(), d.meta.name.clone(), d.id());
+        let label = id.clone();
         tokio::task::spawn_blocking(move || {
-            let data = cache.get_or_build(&data_key, &name, |_, _| true, |_| Ok(())).map_err(|e| e.to_string())?;
-            let home = cache
-                .get_or_build(
-                    &home_key,
-                    &id,
-                    |_, _| true,
-                    |c| fs::create_dir_all(c.join(".cache")).map_err(|e| e.to_string()),
-                )
-                .map_err(|e| e.to_string())?;
+            let data = cache.get_or_build(&data_key, &name, |_, _| true, |_| Ok::<(), std::io::Error>(()))?;
+            let home = cache.get_or_build(&home_key, &id, |_, _| true, |c| fs::create_dir_all(c.join(".cache")))?;
             Ok((data, home))
         })
         .await
-        .map_err(|e| e.to_string())?
+        .unwrap_or_else(|e| Err(addon_cache::GetError::Build { label, error: std::io::Error::other(e) }))
     }
 
     /// Lays out the run directory (SPEC "What an addon sees"). Returns the addon's copy.

@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::limits::{Enforcement, Envelope, Limits};
 use crate::process::{LogSink, LogStream};
 use crate::runner::{
-    Artifact, Availability, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner, RunnerError, RunnerInfo,
-    StartSpec, Started, BUILD_LOG_MARK,
+    Artifact, Availability, BuildFailed, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner, RunnerError,
+    RunnerInfo, StartSpec, Started,
 };
 
 pub const NAME: &str = "docker";
@@ -256,7 +256,7 @@ async fn build(
     timeout: Duration,
     network: Option<String>,
     log: &crate::process::LogSink,
-) -> Result<DockerImageMeta, String> {
+) -> Result<DockerImageMeta, BuildFailed> {
     let offline = network.as_deref() == Some("none");
     let text = dockerfile_text(addon_dir, dockerfile).unwrap_or_default();
     // The daemon fetches an `ADD <URL>` itself, on the host's own network: refused, as are
@@ -271,7 +271,8 @@ async fn build(
                 return Err(format!(
                     "base image {base} is not among the Docker daemon's images and is not pulled: builds have \
                      no network (network.build: none); load it with `docker load` or `docker pull` where there is one"
-                ));
+                )
+                .into());
             }
         }
     }
@@ -320,8 +321,8 @@ async fn build(
     };
     if let Err(e) = result {
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
-        let log = tail.to_vec().join("\n");
-        let note = match crate::build_failure::lack(&format!("{e}\n{log}"), bases) {
+        let log = tail.to_vec();
+        let note = match crate::build_failure::lack(&format!("{e}\n{}", log.join("\n")), bases) {
             Some(crate::build_failure::Lack::BaseImage) => format!(
                 " (base image {} is not among the Docker daemon's images and could not be pulled; load it with \
                  `docker load` or `docker pull` where there is a network)",
@@ -334,7 +335,7 @@ async fn build(
             }
             _ => String::new(),
         };
-        return Err(format!("docker build{at}: {e}{note}{BUILD_LOG_MARK}{log}"));
+        return Err(BuildFailed::with_log(format!("docker build{at}: {e}{note}"), log));
     }
     let inspect = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?;
     tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());
@@ -504,7 +505,7 @@ impl Runner for DockerRunner {
             &log,
         )
         .await
-        .map_err(|message| RunnerError::build(NAME, &label, &message))?;
+        .map_err(|failed| failed.into_error(NAME, &label))?;
         Ok(Artifact { reference: meta.id, size: meta.size, data: serde_json::json!({ "image": meta.image }) })
     }
 

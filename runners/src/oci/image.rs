@@ -13,7 +13,7 @@ use tokio::io::BufReader;
 use super::bundle::ImageConfig;
 use crate::lines::Tail;
 use crate::process::{LogSink, LogStream};
-use crate::runner::BUILD_LOG_MARK;
+use crate::runner::BuildFailed;
 
 /// The tag images get in the OCI layout.
 const LAYOUT_TAG: &str = "addon";
@@ -31,7 +31,7 @@ pub async fn run_tool(
     what: &str,
     log: &LogSink,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), BuildFailed> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| format!("{what}: cannot start: {e}"))?;
     // A builder prints what the addon's RUN steps print: read in bounded lines (see `lines`).
@@ -54,15 +54,15 @@ pub async fn run_tool(
     };
     let status = match tokio::time::timeout(timeout, run).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("{what}: {e}")),
-        Err(_) => return Err(format!("{what} did not finish within {}", crate::process::human_secs(timeout))),
+        Ok(Err(e)) => return Err(format!("{what}: {e}").into()),
+        Err(_) => return Err(format!("{what} did not finish within {}", crate::process::human_secs(timeout)).into()),
     };
     if status.success() {
         return Ok(());
     }
     let last = tail.last_non_empty().unwrap_or_default().to_string();
     let tail = tail.into_vec();
-    Err(format!("{what} failed ({status}): {last}{BUILD_LOG_MARK}{}", tail.join("\n")))
+    Err(BuildFailed::with_log(format!("{what} failed ({status}): {last}"), tail))
 }
 
 /// A `docker://`-style reference with a tag (`busybox` is `busybox:latest`), as skopeo's
@@ -139,7 +139,7 @@ pub async fn unpack(
     shift: Option<IdShift>,
     log: &LogSink,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), BuildFailed> {
     use std::os::unix::fs::PermissionsExt;
     let image = content.join("image");
     std::fs::create_dir_all(&image).map_err(|e| format!("{}: {e}", image.display()))?;

@@ -32,7 +32,8 @@ use crate::limits::Enforcement;
 use crate::probe::{Probe, ProbeCache};
 use crate::process::LogSink;
 use crate::runner::{
-    Artifact, Availability, BuildSpec, Capabilities, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started,
+    Artifact, Availability, BuildFailed, BuildSpec, Capabilities, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec,
+    Started,
 };
 use crate::sandbox::ns::{Identity, NsPlan, OverlayPlan};
 use crate::sandbox::{is_root, Sandboxes};
@@ -391,7 +392,13 @@ impl OciRunner {
     }
 
     /// Gets the image of `spec` into an OCI layout at `layout`; returns where it came from.
-    async fn fetch(&self, spec: &BuildSpec, layout: &Path, runtime: &Runtime, log: &LogSink) -> Result<String, String> {
+    async fn fetch(
+        &self,
+        spec: &BuildSpec,
+        layout: &Path,
+        runtime: &Runtime,
+        log: &LogSink,
+    ) -> Result<String, BuildFailed> {
         let s = &self.inner.settings;
         let timeout = s.build_timeout;
         if let Some(reference) = spec.descriptor.docker_image() {
@@ -426,7 +433,8 @@ impl OciRunner {
                     } else {
                         "a pure addon's image is not pulled (oci-runner.pull: if-networking)"
                     }
-                ));
+                )
+                .into());
             }
             let mut failures = Vec::new();
             for source in &sources {
@@ -434,7 +442,7 @@ impl OciRunner {
                 cmd.args(["copy", "--quiet", source]).arg(image::layout_ref(layout));
                 match image::run_tool(cmd, &format!("skopeo copy {source}"), log, timeout).await {
                     Ok(()) => return Ok(source.clone()),
-                    Err(e) => failures.push(e.split(crate::runner::BUILD_LOG_MARK).next().unwrap_or("").to_string()),
+                    Err(e) => failures.push(e.message),
                 }
                 let _ = std::fs::remove_dir_all(layout);
             }
@@ -447,7 +455,7 @@ impl OciRunner {
             } else {
                 " (not pulled: a pure addon's image is not, with oci-runner.pull: if-networking)"
             };
-            return Err(format!("image {reference} was found nowhere{pull_note}: {}", failures.join("; ")));
+            return Err(format!("image {reference} was found nowhere{pull_note}: {}", failures.join("; ")).into());
         }
         let buildah = self.tool(&s.buildah, "builds Dockerfile addons")?;
         let dockerfile = spec.descriptor.dockerfile().to_string();
@@ -532,7 +540,7 @@ impl OciRunner {
                 let mut pull = buildah_cmd();
                 pull.args(["pull", "--quiet", "--"]).arg(format!("docker-daemon:{}", image::with_tag(base)));
                 if let Err(e) = image::run_tool(pull, "buildah pull", log, timeout).await {
-                    let why = e.split(crate::runner::BUILD_LOG_MARK).next().unwrap_or_default();
+                    let why = e.message;
                     log(
                         crate::process::LogStream::Stderr,
                         &format!("build: base image {base} is not taken from the Docker daemon: {why}"),
@@ -574,9 +582,14 @@ impl OciRunner {
 
 /// A failed `buildah build` that failed for want of a base image or of network says so, and
 /// names the setting that changes it.
-fn explain_build_failure(error: String, bases: &[String], offline_why: &str, online: bool, s: &OciSettings) -> String {
+fn explain_build_failure(
+    mut error: BuildFailed,
+    bases: &[String],
+    offline_why: &str,
+    online: bool,
+    s: &OciSettings,
+) -> BuildFailed {
     use crate::build_failure::{lack, Lack};
-    let (head, log) = error.split_once(crate::runner::BUILD_LOG_MARK).unwrap_or((&error, ""));
     let store = match s.image_store {
         ImageStore::None => {
             "no local image store is read (oci-runner.image-store: none; `docker` or `podman` reads one)"
@@ -584,7 +597,7 @@ fn explain_build_failure(error: String, bases: &[String], offline_why: &str, onl
         ImageStore::Docker => "not in the Docker daemon's images (oci-runner.image-store: docker)",
         ImageStore::Podman => "not in podman's images (oci-runner.image-store: podman)",
     };
-    let note = match lack(&format!("{head}\n{log}"), bases) {
+    let note = match lack(&format!("{}\n{}", error.message, error.log_tail.join("\n")), bases) {
         Some(Lack::BaseImage) => {
             let pulled = if online {
                 "and no registry gave it"
@@ -604,11 +617,8 @@ fn explain_build_failure(error: String, bases: &[String], offline_why: &str, onl
             .to_string(),
         _ => return error,
     };
-    if log.is_empty() {
-        format!("{head}{note}")
-    } else {
-        format!("{head}{note}{}{log}", crate::runner::BUILD_LOG_MARK)
-    }
+    error.message.push_str(&note);
+    error
 }
 
 /// The runtime buildah runs a Dockerfile's RUN steps with: the run's, except crun on a hybrid
@@ -810,12 +820,13 @@ impl Runner for OciRunner {
     async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
         let label = spec.addon.label();
         let fail = |m: String| RunnerError::build(NAME, &label, &m);
+        let failed = |f: BuildFailed| f.into_error(NAME, &label);
         let (runtime, _) =
             self.runtime().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })?;
         let umoci = self.tool(&self.inner.settings.umoci, "unpacks images").map_err(fail)?;
         let started = Instant::now();
         let layout = spec.content_dir.join("layout");
-        let source = self.fetch(spec, &layout, &runtime, &log).await.map_err(fail)?;
+        let source = self.fetch(spec, &layout, &runtime, &log).await.map_err(failed)?;
         let fetched = started.elapsed();
         let (digest, config) = image::read_layout(&layout).map_err(fail)?;
         // A root build ran in the build range of ids, and its one (squashed) layer holds them.
@@ -827,7 +838,7 @@ impl Runner for OciRunner {
         });
         image::unpack(&umoci, &layout, &spec.content_dir, shift, &log, self.inner.settings.build_timeout)
             .await
-            .map_err(fail)?;
+            .map_err(failed)?;
         let _ = std::fs::remove_dir_all(&layout);
         tracing::info!(
             addon = %label,
