@@ -57,8 +57,15 @@ fn same_sandbox(sandboxes: &Sandboxes, kind: SandboxKind, run: &Path, script: &P
         rlimits: &rlimits,
         tmpfs: addon_runners::sandbox::view::TmpfsBound::of(&limits),
     };
-    let mut cmd = sandbox.build(&spec);
-    let out = cmd.as_std_mut().stdout(std::process::Stdio::null()).output().expect("spawn");
+    // As the engine starts it: with its handoff, when the sandbox has one.
+    let addon_runners::sandbox::Launch { mut cmd, handoff } = sandbox.launch(&spec).expect("sandbox");
+    let child = cmd.as_std_mut().stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped()).spawn();
+    drop(cmd);
+    let child = child.expect("spawn");
+    if let Some(handoff) = handoff {
+        handoff.complete(child.id() as i32).expect("handoff");
+    }
+    let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "{kind}: {}", String::from_utf8_lossy(&out.stderr));
     let _usage = envelope.finish();
     started.elapsed()

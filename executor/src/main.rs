@@ -360,13 +360,17 @@ fn init_logging(verbose: Option<u8>) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .with_ansi(color_stderr())
-        .init();
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    // ADDON_LOG_SPANS=1: each phase of a run (open, prepare, build, run, collect, cleanup) says
+    // when it ends and how long it took, with time since the engine started.
+    if std::env::var_os("ADDON_LOG_SPANS").is_some_and(|v| v == "1") {
+        fmt.with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+            .with_timer(tracing_subscriber::fmt::time::uptime())
+            .with_ansi(false)
+            .init();
+    } else {
+        fmt.without_time().with_ansi(color_stderr()).init();
+    }
 }
 
 /// A writer for people: control characters in what goes through it (an addon's name, its

@@ -79,8 +79,8 @@ pub fn start(
     let mut envelope = envelope_for(runner, spec, &sandboxes.enforcement())?;
     let (cgroups, rlimits) = (envelope.cgroup_procs(), envelope.rlimits());
     let env = spec.env_in(&sandbox.view(&mounts), false);
-    let cmd = sandbox
-        .command(&Spec {
+    let launch = sandbox
+        .launch(&Spec {
             program,
             args: &spec.args,
             env: &env,
@@ -96,7 +96,14 @@ pub fn start(
     tracing::debug!(addon = %spec.addon.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
     let own = sandbox.clone();
     let noise: crate::NoiseFilter = Arc::new(move |line: &str| own.is_own_message(line));
-    let spawned = spawn(runner, runs, spec, cmd, &program.display().to_string(), &mut envelope, noise)?;
+    let spawned = spawn(runner, runs, spec, launch.cmd, &program.display().to_string(), &mut envelope, noise)?;
+    if let Some(handoff) = launch.handoff {
+        // Into the run's control groups while the sandbox sets itself up; then it goes on.
+        if let Err(e) = handoff.complete(spawned.pid) {
+            runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.run_id);
+            return Err(RunnerError::setup(runner, format!("moving the sandbox into the run's control group: {e}")));
+        }
+    }
     let events = spawned.watch(runs, spec, envelope);
     Ok(Started { sandbox: sandbox.name().to_string(), events })
 }

@@ -57,6 +57,46 @@ impl Sandbox for Bwrap {
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
+        self.command_with(spec, None)
+    }
+
+    /// Started before it is in the run's control groups: bwrap reports its inner process on
+    /// `--info-fd` and waits on `--block-fd` after its setup, before the addon, while the engine
+    /// moves both processes (see [`super::Handoff`]).
+    fn launch(&self, spec: &Spec<'_>) -> Result<super::Launch, super::SandboxError> {
+        self.check(spec.iso)?;
+        if spec.cgroups.is_empty() {
+            return Ok(super::Launch { cmd: self.build(spec), handoff: None });
+        }
+        let (Ok((info_r, info_w)), Ok((block_r, block_w))) = (pipe(), pipe()) else {
+            // Without pipes, the process joins the groups itself, as before.
+            return Ok(super::Launch { cmd: self.build(spec), handoff: None });
+        };
+        let cmd = self.command_with(&Spec { cgroups: &[], ..*spec }, Some(HandoffFds { info: info_w, block: block_r }));
+        let handoff = super::Handoff { info: info_r, release: block_w, cgroups: spec.cgroups.to_vec() };
+        Ok(super::Launch { cmd, handoff: Some(handoff) })
+    }
+}
+
+/// The ends of the handoff pipes bwrap gets.
+struct HandoffFds {
+    info: OwnedFd,
+    block: OwnedFd,
+}
+
+/// A pipe, both ends closed on exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors nobody else owns.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl Bwrap {
+    fn command_with(&self, spec: &Spec<'_>, handoff: Option<HandoffFds>) -> Command {
         let Spec { program, args, env, mounts, extra_ro, iso, cgroups, rlimits, tmpfs, .. } = *spec;
         let inside = self.view(mounts);
         // A root engine first binds the run's directories at /mnt in a mount namespace of its
@@ -149,6 +189,14 @@ impl Sandbox for Bwrap {
                 tracing::error!("{e}");
                 c.arg("--seccomp-filter-missing");
             }
+        }
+        if let Some(h) = handoff {
+            c.arg("--info-fd").arg(h.info.as_raw_fd().to_string());
+            c.arg("--block-fd").arg(h.block.as_raw_fd().to_string());
+            // The engine's copies close with the command, once it is spawned: the info end
+            // then reaches its end when bwrap closes its own.
+            data.push(h.info);
+            data.push(h.block);
         }
         c.arg("--chdir").arg(&inside.work).arg("--").arg(mounts.translate(program, &inside)).args(args);
         c.env_clear().envs(env.iter().map(|(k, v)| (k, v)));

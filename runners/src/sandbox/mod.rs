@@ -191,6 +191,132 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
         self.check(spec.iso)?;
         Ok(self.build(spec))
     }
+
+    /// [`Sandbox::command`], and what the engine completes once it is spawned: a sandbox that
+    /// sets itself up while the engine moves it into the run's control groups (see [`Handoff`])
+    /// returns one. By default the process joins them itself before it execs.
+    fn launch(&self, spec: &Spec<'_>) -> Result<Launch, SandboxError> {
+        Ok(Launch { cmd: self.command(spec)?, handoff: None })
+    }
+}
+
+/// A command to spawn, and what completes its start.
+#[derive(Debug)]
+pub struct Launch {
+    pub cmd: Command,
+    pub handoff: Option<Handoff>,
+}
+
+/// A sandbox started before it is in the run's control groups, waiting for the engine: the
+/// engine learns the pid of its inner process, moves it and the outer one into the groups, then
+/// lets it go on to the addon. Moving a process into a new control group waits for an RCU grace
+/// period on cgroup v1 (several milliseconds here); done this way, the wait overlaps the
+/// sandbox's own setup instead of coming before it. No addon code runs before the move: the
+/// sandbox blocks until it is released, and a handoff that is not completed kills it first.
+#[derive(Debug)]
+pub struct Handoff {
+    /// Where the sandbox tool writes the pid of its inner process (and closes).
+    pub info: std::os::fd::OwnedFd,
+    /// Written once the move is done; the sandbox waits on the other end.
+    pub release: std::os::fd::OwnedFd,
+    /// The `cgroup.procs` files to join.
+    pub cgroups: Vec<std::path::PathBuf>,
+}
+
+impl Handoff {
+    /// Moves the sandbox's processes (`outer`, the spawned one, and the inner one it reports)
+    /// into the control groups and releases it. On any failure, both are killed before the
+    /// release end is closed (a closed end would release it too).
+    pub fn complete(self, outer: i32) -> std::io::Result<()> {
+        let Handoff { info, release, cgroups } = self;
+        let mut inner = None;
+        let moved = (|| {
+            let pid = read_child_pid(&info, std::time::Duration::from_secs(30))?;
+            inner = Some(pid);
+            for procs in &cgroups {
+                for p in [outer, pid] {
+                    std::fs::write(procs, p.to_string())
+                        .map_err(|e| std::io::Error::new(e.kind(), format!("joining {}: {e}", procs.display())))?;
+                }
+            }
+            Ok(())
+        })();
+        let released =
+            moved.and_then(|()| std::io::Write::write_all(&mut std::fs::File::from(release.try_clone()?), b"x"));
+        if released.is_err() {
+            kill([Some(outer), inner]);
+            // The waiting side takes a closed end as its release: it stays open until the
+            // killed processes are surely gone.
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                drop(release);
+            });
+        }
+        released
+    }
+}
+
+fn kill(pids: [Option<i32>; 2]) {
+    for pid in pids.into_iter().flatten() {
+        // SAFETY: kill(2) has no memory effects.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+/// The `"child-pid": N` a sandbox tool writes on its info descriptor (bubblewrap's
+/// `--info-fd`), read until the tool closes it or `within` passes.
+fn read_child_pid(info: &std::os::fd::OwnedFd, within: std::time::Duration) -> std::io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + within;
+    let mut text = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut pfd = libc::pollfd { fd: info.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: poll on one valid descriptor.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the sandbox did not report its process"));
+        }
+        let mut buf = [0u8; 512];
+        // SAFETY: read into a buffer of its length.
+        let got = unsafe { libc::read(info.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if got < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if got == 0 || text.len() > 64 * 1024 {
+            break;
+        }
+        text.extend_from_slice(&buf[..got as usize]);
+        // Whole once it parses: no need to wait for the end of the stream.
+        if let Some(pid) = child_pid_of(&String::from_utf8_lossy(&text)) {
+            return Ok(pid);
+        }
+    }
+    child_pid_of(&String::from_utf8_lossy(&text)).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "the sandbox ended before it reported its process: {}",
+            String::from_utf8_lossy(&text).trim()
+        ))
+    })
+}
+
+/// `N` of `"child-pid": N` in bubblewrap's info JSON.
+fn child_pid_of(text: &str) -> Option<i32> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    v.get("child-pid")?.as_i64().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }
 
 /// Settings of the sandboxes (from the engine configuration).
