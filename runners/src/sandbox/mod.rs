@@ -455,6 +455,67 @@ pub const HOST_ETC_NETWORK: [&str; 3] = ["/etc/resolv.conf", "/etc/hosts", "/etc
 mod tests {
     use super::*;
 
+    /// A stand-in for a sandbox tool speaking the handoff protocol (bubblewrap's `--info-fd`
+    /// and `--block-fd`): reports its pid on fd 3, waits on fd 4, then writes `marker`.
+    fn tool(marker: &Path) -> (std::process::Child, Handoff, tempfile::TempDir) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let pipe = || {
+            let mut fds = [0; 2];
+            // SAFETY: pipe2 fills two descriptors we then own.
+            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+            // SAFETY: fresh descriptors nobody else owns.
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let ((info_r, info_w), (block_r, block_w)) = (pipe(), pipe());
+        let (w, r) = (info_w.as_raw_fd(), block_r.as_raw_fd());
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("echo '{{\"child-pid\": '$$'}}' >&3; exec 3>&-; read x <&4; touch {}", marker.display()));
+        // SAFETY: dup2 only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                libc::dup2(w, 3);
+                libc::dup2(r, 4);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        drop((info_w, block_r));
+        let groups = tempfile::tempdir().unwrap();
+        (child, Handoff { info: info_r, release: block_w, cgroups: vec![] }, groups)
+    }
+
+    #[test]
+    fn a_completed_handoff_moves_both_processes_then_releases() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let (mut child, mut handoff, groups) = tool(&marker);
+        let procs = groups.path().join("cgroup.procs");
+        std::fs::write(&procs, "").unwrap();
+        handoff.cgroups = vec![procs.clone()];
+        handoff.complete(child.id() as i32).unwrap();
+        assert!(child.wait().unwrap().success());
+        assert!(marker.exists(), "released");
+        // Both pids were written (here the tool is its own inner process).
+        assert_eq!(std::fs::read_to_string(&procs).unwrap(), child.id().to_string());
+    }
+
+    #[test]
+    fn a_failed_handoff_kills_the_tool_before_it_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let (mut child, mut handoff, groups) = tool(&marker);
+        handoff.cgroups = vec![groups.path().join("no-such-group/cgroup.procs")];
+        let err = handoff.complete(child.id() as i32).unwrap_err();
+        assert!(err.to_string().contains("no-such-group"), "{err}");
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "killed, not released: {status:?}");
+        assert!(!marker.exists(), "what the sandbox would have started never ran");
+    }
+
     pub(crate) fn argv(kind: SandboxKind, network: bool) -> Vec<String> {
         let mounts =
             Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/data".into(), home: "/c/home".into() };
