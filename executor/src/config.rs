@@ -60,7 +60,7 @@ pub struct Config {
     /// Which addon a name means: `{ADDON_NAME: {origins: [...], digests: [...]}}`. The name's
     /// settings (`env`, `addon-limits`) and its CACHE_DIR and HOME go only to an addon from one
     /// of these origins (a URL or directory prefix) or with one of these content digests; see
-    /// README "Which addon a name means". Unpinned names belong to the first origin seen.
+    /// docs/usage.md "Which addon a name means". Unpinned names belong to the first origin seen.
     pub addons: BTreeMap<String, AddonPin>,
 }
 

@@ -82,7 +82,7 @@ pub struct AddonReport {
     /// The limits it ran under.
     pub limits: Option<addon_runners::Limits>,
     /// Which addon its name meant: its origin, and whether the name's settings and data are
-    /// its (see README "Which addon a name means").
+    /// its (see docs/usage.md "Which addon a name means").
     pub identity: Option<crate::identity::Identity>,
 }
 

@@ -164,7 +164,7 @@ fn errors(v: &jsonschema::Validator, doc: &serde_json::Value) -> Vec<String> {
 }
 
 /// What editors and tools check against the schemas is what the engine accepts: every real
-/// descriptor, a full addon output, and the README's configuration pass; documents the engine
+/// descriptor, a full addon output, and the configuration example of docs/configuration.md pass; documents the engine
 /// refuses do not.
 #[test]
 fn schemas_accept_what_the_engine_accepts_and_refuse_what_it_refuses() {
@@ -205,14 +205,15 @@ fn schemas_accept_what_the_engine_accepts_and_refuse_what_it_refuses() {
     }
 
     let config = schema("config");
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md")).unwrap();
-    let example = readme
+    let reference =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md")).unwrap();
+    let example = reference
         .split("```yaml\n")
         .nth(1)
         .and_then(|rest| rest.split("```").next())
-        .expect("README has a configuration example");
+        .expect("docs/configuration.md has a configuration example");
     let doc = yaml(example);
-    assert_eq!(errors(&config, &doc), Vec::<String>::new(), "README's example:\n{example}");
+    assert_eq!(errors(&config, &doc), Vec::<String>::new(), "docs/configuration.md's example:\n{example}");
     for bad in ["no-such-key: 1\n", "fail-fast: sometimes\n", "limits: {memory: [1]}\n"] {
         assert!(!errors(&config, &yaml(bad)).is_empty(), "the schema should refuse: {bad}");
     }
