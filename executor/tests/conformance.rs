@@ -372,7 +372,7 @@ fn failure_names_the_real_cause(t: Target) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The hostile-addon kit: a probe (tests/fixtures/hostile/probe.c, static) that tries to get out.
+// The hostile-addon kit: a probe (src/check/probe.c, static) that tries to get out.
 // ---------------------------------------------------------------------------------------------
 
 /// The probe, compiled once per test process.
@@ -383,7 +383,7 @@ fn probe_binary() -> PathBuf {
             let dir = std::env::temp_dir().join(format!("addon-kit-probe-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let out = dir.join("probe");
-            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hostile/probe.c");
+            let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/check/probe.c");
             let cc = std::process::Command::new("gcc")
                 .args(["-static", "-O2", "-o"])
                 .arg(&out)

@@ -10,6 +10,7 @@
 //! supervisor can stop all of it.
 
 mod bwrap;
+mod mounts;
 mod netns;
 pub mod ns;
 pub mod nspawn;

@@ -1,0 +1,179 @@
+//! Images: building an addon's Dockerfile with the daemon (its context packed by the walk that
+//! follows nothing, its sources checked first) and what the cache records of an image.
+
+use super::*;
+
+/// What a docker image cache entry records.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DockerImageMeta {
+    /// The tag it was built under.
+    pub image: String,
+    /// The image id (what runs and what prune removes).
+    pub id: String,
+    /// Its size in the daemon's storage.
+    pub size: u64,
+}
+
+impl addon_cache::EntryData for DockerImageMeta {
+    fn external_size(&self) -> u64 {
+        self.size
+    }
+}
+
+/// `text` without the terminal colour sequences (`ESC [ ... m`) the daemon wraps a step's
+/// stderr in.
+pub(super) fn without_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("\u{1b}[") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        match after.find(|c: char| !(c.is_ascii_digit() || c == ';')) {
+            Some(j) if after[j..].starts_with('m') => rest = &after[j + 1..],
+            _ => {
+                out.push_str("\u{1b}[");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The Dockerfile's text (for what the build takes from outside its context); None when it
+/// cannot be read (the daemon then says why).
+pub(super) fn dockerfile_text(addon_dir: &Path, dockerfile: &str) -> Option<String> {
+    let rel = normalise_relative(dockerfile).ok()?;
+    match addon_tree::read_beneath(addon_dir, Path::new(&rel), 1 << 20) {
+        Ok(Some(bytes)) => Some(String::from_utf8_lossy(&bytes).into_owned()),
+        _ => None,
+    }
+}
+
+/// Image names must be lowercase `[a-z0-9._-]`.
+pub(super) fn image_tag(name: &str, short_digest: &str) -> String {
+    let clean: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+        .collect();
+    format!("addon-{}:{short_digest}", clean.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
+}
+
+#[allow(clippy::too_many_arguments)] // one build, all of its inputs
+pub(super) async fn build(
+    docker: &Docker,
+    addon_dir: &Path,
+    dockerfile: &str,
+    tag: &str,
+    digest: &str,
+    label: &str,
+    timeout: Duration,
+    network: Option<String>,
+    log: &crate::process::LogSink,
+) -> Result<DockerImageMeta, BuildFailed> {
+    let offline = network.as_deref() == Some("none");
+    let text = dockerfile_text(addon_dir, dockerfile).unwrap_or_default();
+    // The daemon fetches an `ADD <URL>` itself, on the host's own network: refused, as are
+    // images named other than by a plain reference.
+    crate::oci::dockerfile::check_sources(&text).map_err(|e| format!("{dockerfile}: {e}"))?;
+    let bases = &crate::oci::dockerfile::base_images(&text);
+    if offline {
+        // The daemon pulls a missing base image whatever the build's network: not when builds
+        // have none.
+        for base in bases.iter().filter(|b| addon_descriptors::image_reference(b).is_ok()) {
+            if docker.inspect_image(base).await.is_err() {
+                return Err(format!(
+                    "base image {base} is not among the Docker daemon's images and is not pulled: builds have \
+                     no network (network.build: none); load it with `docker load` or `docker pull` where there is one"
+                )
+                .into());
+            }
+        }
+    }
+    let context = tar_dir(addon_dir).map_err(|e| format!("packing the build context {}: {e}", addon_dir.display()))?;
+    let labels = HashMap::from([
+        (LABEL_MANAGED.to_string(), "true".to_string()),
+        (LABEL_DIGEST.to_string(), digest.to_string()),
+        (LABEL_ADDON.to_string(), label.to_string()),
+    ]);
+    let opts = BuildImageOptions {
+        dockerfile: dockerfile.to_string(),
+        t: Some(tag.to_string()),
+        rm: true,
+        forcerm: true,
+        labels: Some(labels),
+        networkmode: network,
+        ..Default::default()
+    };
+    let mut tail = crate::lines::Tail::default();
+    let mut step = String::new();
+    let started = Instant::now();
+    let run = async {
+        let mut stream = docker.build_image(opts, None, Some(bollard::body_full(bytes::Bytes::from(context))));
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| e.to_string())?;
+            if let Some(text) = info.stream.as_deref() {
+                let text = without_colours(text);
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    if line.starts_with("Step ") || line.starts_with("STEP ") {
+                        step = line.to_string();
+                    }
+                    // The engine shows them (a progress line on a terminal) and keeps them.
+                    log(LogStream::Stderr, &format!("build: {line}"));
+                    tail.push(line);
+                }
+            }
+            if let Some(err) = info.error_detail.and_then(|d| d.message) {
+                return Err(err);
+            }
+        }
+        Ok(())
+    };
+    let result = match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("did not finish within {timeout:?} (setting docker-runner.build-timeout)")),
+    };
+    if let Err(e) = result {
+        let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
+        let log = tail.to_vec();
+        let note = match crate::build_failure::lack(&format!("{e}\n{}", log.join("\n")), bases) {
+            Some(crate::build_failure::Lack::BaseImage) => format!(
+                " (base image {} is not among the Docker daemon's images and could not be pulled; load it with \
+                 `docker load` or `docker pull` where there is a network)",
+                bases.join(", ")
+            ),
+            Some(crate::build_failure::Lack::Network) if offline => {
+                " (builds have no network here: network.build: none; `egress` or `host` lets RUN steps fetch \
+                 what they need)"
+                    .to_string()
+            }
+            _ => String::new(),
+        };
+        return Err(BuildFailed::with_log(format!("docker build{at}: {e}{note}"), log));
+    }
+    let inspect = docker.inspect_image(tag).await.map_err(|e| format!("built image {tag} cannot be inspected: {e}"))?;
+    tracing::info!(addon = %label, "built image {tag} in {:?}", started.elapsed());
+    Ok(DockerImageMeta {
+        image: tag.to_string(),
+        id: inspect.id.unwrap_or_else(|| tag.to_string()),
+        size: inspect.size.unwrap_or(0).max(0) as u64,
+    })
+}
+
+/// The build context: the addon's files, read by the walk that follows nothing; a symlink that
+/// leads out of the context is refused (the builder would copy what it points to).
+pub(super) fn tar_dir(dir: &Path) -> Result<Vec<u8>, addon_tree::TreeError> {
+    addon_tree::pack_tar(dir, Vec::new(), addon_tree::Links::Inside).map(|(tar, _)| tar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colours_are_taken_out_of_build_lines() {
+        assert_eq!(without_colours("\u{1b}[91mwget: failed\n\u{1b}[0m"), "wget: failed\n");
+        assert_eq!(without_colours("a \u{1b}[1;31mb\u{1b}[0m c \u{1b}[x"), "a b c \u{1b}[x");
+    }
+}
