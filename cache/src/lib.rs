@@ -294,7 +294,7 @@ impl Cache {
         let (dir, _, _) = self.paths(&failure_key(key));
         let meta = read_meta::<FailedBuild<E>>(&dir)?;
         // The record's mtime, written once, is when the build failed (finer than `created`).
-        let written = std::fs::metadata(dir.join("entry.json")).and_then(|m| m.modified()).ok()?;
+        let written = fs_err::metadata(dir.join("entry.json")).and_then(|m| m.modified()).ok()?;
         let age = SystemTime::now().duration_since(written).unwrap_or_default();
         (age < within).then_some((meta, age))
     }
@@ -464,7 +464,7 @@ impl Cache {
         let mut out = Vec::new();
         for kind in Kind::ALL {
             let bucket = self.root.join(kind.bucket());
-            let Ok(rd) = std::fs::read_dir(&bucket) else { continue };
+            let Ok(rd) = fs_err::read_dir(&bucket) else { continue };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with('.') || name.ends_with(".lock") || !e.path().is_dir() {
@@ -536,7 +536,7 @@ impl Cache {
     fn sweep(&self, remove: &impl Fn(&Path) -> std::io::Result<()>) {
         for kind in Kind::ALL {
             let bucket = self.root.join(kind.bucket());
-            let Ok(rd) = std::fs::read_dir(&bucket) else { continue };
+            let Ok(rd) = fs_err::read_dir(&bucket) else { continue };
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if name.starts_with(".trash-") {
@@ -568,7 +568,7 @@ fn retire_with(
 ) -> std::io::Result<()> {
     let n = TRASH_COUNTER.fetch_add(1, Ordering::Relaxed);
     let trash = bucket.join(format!(".trash-{hash}-{}-{n}", std::process::id()));
-    std::fs::rename(dir, &trash)?;
+    fs_err::rename(dir, &trash)?;
     if let Err(e) = remove(&trash) {
         // Out of place already: the next prune finishes the job.
         tracing::warn!("deleting {} (retired cache entry): {e}; the next prune retries", trash.display());
@@ -612,7 +612,7 @@ fn failure_key(key: &Key) -> Key {
 }
 
 fn read_meta<D: DeserializeOwned>(dir: &Path) -> Option<EntryMeta<D>> {
-    let text = std::fs::read(dir.join("entry.json")).ok()?;
+    let text = fs_err::read(dir.join("entry.json")).ok()?;
     let meta: EntryMeta<D> = serde_json::from_slice(&text).ok()?;
     dir.join("content").is_dir().then_some(meta)
 }
@@ -630,7 +630,7 @@ fn touch(dir: &Path) {
 }
 
 fn last_used(dir: &Path) -> u64 {
-    std::fs::metadata(dir.join("entry.json"))
+    fs_err::metadata(dir.join("entry.json"))
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
@@ -680,7 +680,7 @@ mod tests {
                     |_, _| true,
                     |c| {
                         builds += 1;
-                        std::fs::write(c.join("f"), b"x").map_err(|e| e.to_string())?;
+                        fs_err::write(c.join("f"), b"x").map_err(|e| e.to_string())?;
                         Ok::<(), String>(())
                     },
                 )
@@ -691,7 +691,7 @@ mod tests {
         assert_eq!(builds, 1);
         // Damage the record: a miss with a rebuild, never an error.
         let entry = cache.list().pop().unwrap();
-        std::fs::write(entry.path.join("entry.json"), b"{not json").unwrap();
+        fs_err::write(entry.path.join("entry.json"), b"{not json").unwrap();
         let e = cache.get_or_build(&key("a"), "a-1", |_, _| true, |_| Ok::<(), String>(())).unwrap();
         assert!(!e.hit);
         // A failed build leaves nothing behind.
@@ -705,7 +705,7 @@ mod tests {
     fn prune_skips_entries_in_use_and_goes_lru_first() {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap();
-        let fill = |c: &Path| std::fs::write(c.join("f"), vec![0u8; 1000]).map(|_| ()).map_err(|e| e.to_string());
+        let fill = |c: &Path| fs_err::write(c.join("f"), vec![0u8; 1000]).map(|_| ()).map_err(|e| e.to_string());
         let held = cache.get_or_build(&key("held"), "held", |_, _| true, fill).unwrap();
         drop(cache.get_or_build(&key("old"), "old", |_, _| true, fill).unwrap());
         drop(cache.get_or_build(&key("new"), "new", |_, _| true, fill).unwrap());
@@ -801,11 +801,11 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, |_| Ok::<(), String>(())).unwrap());
         let (_, lock_path, _) = cache.paths(&key("a"));
-        let inode = std::fs::metadata(&lock_path).unwrap().ino();
+        let inode = fs_err::metadata(&lock_path).unwrap().ino();
         let waiter = open_lock(&lock_path).unwrap();
         assert_eq!(cache.prune(Some(0), None).len(), 1);
         assert!(lock_path.exists(), "the lock file stays");
-        assert_eq!(std::fs::metadata(&lock_path).unwrap().ino(), inode, "and is the same file");
+        assert_eq!(fs_err::metadata(&lock_path).unwrap().ino(), inode, "and is the same file");
         // The waiter's lock and a new opener's lock exclude each other.
         waiter.lock().unwrap();
         assert!(open_lock(&lock_path).unwrap().try_lock_shared().is_err());
@@ -817,15 +817,15 @@ mod tests {
         let cache = Cache::open(dir.path()).unwrap();
         let fill = |c: &Path| {
             for i in 0..20 {
-                std::fs::write(c.join(format!("f{i}")), b"data").map_err(|e| e.to_string())?;
+                fs_err::write(c.join(format!("f{i}")), b"data").map_err(|e| e.to_string())?;
             }
             Ok::<(), String>(())
         };
         drop(cache.get_or_build(&key("a"), "a", |_: &(), _| true, fill).unwrap());
         // The deletion dies halfway (a crash, a full disk): half of the files are gone.
         let removed = cache.prune_with(Some(0), None, |p| {
-            for e in std::fs::read_dir(p.join("content"))?.flatten().take(10) {
-                std::fs::remove_file(e.path())?;
+            for e in fs_err::read_dir(p.join("content"))?.flatten().take(10) {
+                fs_err::remove_file(e.path())?;
             }
             Err(std::io::Error::other("crashed"))
         });
@@ -833,16 +833,16 @@ mod tests {
         assert!(cache.list().is_empty(), "nothing half-removed is listed");
         let e = cache.get_or_build(&key("a"), "a", |_: &(), c| c.join("f0").exists(), fill).unwrap();
         assert!(!e.hit, "a fresh build, not a hit on a half-removed entry");
-        assert_eq!(std::fs::read_dir(e.content()).unwrap().count(), 20);
+        assert_eq!(fs_err::read_dir(e.content()).unwrap().count(), 20);
         drop(e);
         // The next prune finishes the removal.
         let bucket = dir.path().join(Kind::Archive.bucket());
-        assert!(std::fs::read_dir(&bucket)
+        assert!(fs_err::read_dir(&bucket)
             .unwrap()
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(".trash-")));
         cache.prune(None, None);
-        assert!(!std::fs::read_dir(&bucket)
+        assert!(!fs_err::read_dir(&bucket)
             .unwrap()
             .flatten()
             .any(|e| e.file_name().to_string_lossy().starts_with(".trash-")));
@@ -853,7 +853,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cache = Cache::open(dir.path()).unwrap().with_lock_timeout(Duration::from_millis(200));
         let (_, lock_path, bucket) = cache.paths(&key("x"));
-        std::fs::create_dir_all(bucket).unwrap();
+        fs_err::create_dir_all(bucket).unwrap();
         let other = open_lock(&lock_path).unwrap();
         other.lock().unwrap();
         let err = cache.get_or_build(&key("x"), "x-1", |_, _| true, |_| Ok::<(), String>(())).unwrap_err();

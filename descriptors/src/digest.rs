@@ -212,17 +212,17 @@ mod tests {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
         for d in [a.path(), b.path()] {
-            std::fs::create_dir(d.join("src")).unwrap();
-            std::fs::write(d.join("src/run.sh"), b"echo hi").unwrap();
-            std::fs::write(d.join("docspell-addon.yml"), b"meta: {}").unwrap();
+            fs_err::create_dir(d.join("src")).unwrap();
+            fs_err::write(d.join("src/run.sh"), b"echo hi").unwrap();
+            fs_err::write(d.join("docspell-addon.yml"), b"meta: {}").unwrap();
         }
         let da = digest_dir(a.path()).unwrap();
         assert_eq!(da, digest_dir(b.path()).unwrap());
         assert!(ContentDigest::parse(da.as_str()).is_some());
-        std::fs::set_permissions(b.path().join("src/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        fs_err::set_permissions(b.path().join("src/run.sh"), std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .unwrap();
         assert_ne!(da, digest_dir(b.path()).unwrap(), "the exec bit counts");
-        std::fs::write(a.path().join("src/run.sh"), b"echo ho").unwrap();
+        fs_err::write(a.path().join("src/run.sh"), b"echo ho").unwrap();
         assert_ne!(da, digest_dir(a.path()).unwrap());
     }
 
@@ -230,9 +230,9 @@ mod tests {
     fn the_cache_answers_for_unchanged_settled_trees_only() {
         use std::time::{Duration, SystemTime};
         let d = tempfile::tempdir().unwrap();
-        std::fs::create_dir(d.path().join("src")).unwrap();
-        std::fs::write(d.path().join("src/run.sh"), b"echo hi").unwrap();
-        std::fs::write(d.path().join("docspell-addon.yml"), b"meta: {}").unwrap();
+        fs_err::create_dir(d.path().join("src")).unwrap();
+        fs_err::write(d.path().join("src/run.sh"), b"echo hi").unwrap();
+        fs_err::write(d.path().join("docspell-addon.yml"), b"meta: {}").unwrap();
         let cache = DigestCache::new();
         // Just written: not settled, so digested in full every time.
         let fresh = cache.digest(d.path()).unwrap();
@@ -246,21 +246,21 @@ mod tests {
         assert_eq!(cache.hits(), 1);
         // Same size, same mtime: the ctime still moves, and the digest follows the content.
         let old = SystemTime::now() - Duration::from_secs(3600);
-        std::fs::write(d.path().join("src/run.sh"), b"echo ho").unwrap();
+        fs_err::write(d.path().join("src/run.sh"), b"echo ho").unwrap();
         std::fs::File::options().write(true).open(d.path().join("src/run.sh")).unwrap().set_modified(old).unwrap();
         let changed = cache.digest(d.path()).unwrap();
         assert_ne!(changed, fresh);
         assert_eq!(changed, digest_dir(d.path()).unwrap());
         assert_eq!(cache.hits(), 1);
         // A new file anywhere below is a change too.
-        std::fs::write(d.path().join("src/new"), b"").unwrap();
+        fs_err::write(d.path().join("src/new"), b"").unwrap();
         assert_eq!(cache.digest(d.path()).unwrap(), digest_dir(d.path()).unwrap());
     }
 
     #[test]
     fn a_settled_tree_is_remembered() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("docspell-addon.yml"), b"meta: {}").unwrap();
+        fs_err::write(d.path().join("docspell-addon.yml"), b"meta: {}").unwrap();
         let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
         std::fs::File::options()
             .write(true)

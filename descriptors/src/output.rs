@@ -221,7 +221,7 @@ impl AddonOutput {
                 let mut at = dir.to_path_buf();
                 for part in rel.parent().into_iter().flat_map(|p| p.components()) {
                     at.push(part);
-                    match std::fs::symlink_metadata(&at) {
+                    match fs_err::symlink_metadata(&at) {
                         Ok(m) if m.is_dir() => {}
                         _ => {
                             return bad(
@@ -235,7 +235,7 @@ impl AddonOutput {
                     }
                 }
                 let full = dir.join(&rel);
-                match std::fs::symlink_metadata(&full) {
+                match fs_err::symlink_metadata(&full) {
                     Ok(m) if m.is_file() => {}
                     Ok(_) => return bad(path, format!("`{file}` is not a regular file in the output directory")),
                     Err(_) => return bad(path, format!("file `{file}` does not exist in the output directory")),
@@ -328,8 +328,8 @@ mod tests {
     fn files_behind_a_symlinked_directory_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/etc", dir.path().join("sub")).unwrap();
-        std::fs::create_dir(dir.path().join("real")).unwrap();
-        std::fs::write(dir.path().join("real/ok.txt"), "x").unwrap();
+        fs_err::create_dir(dir.path().join("real")).unwrap();
+        fs_err::write(dir.path().join("real/ok.txt"), "x").unwrap();
         let out = AddonOutput::from_stdout(br#"{"newItems": [{"files": ["sub/hostname"]}]}"#).unwrap();
         let e = out.check(Some(dir.path())).unwrap_err().to_string();
         assert!(e.contains("sub") && e.contains("not a directory"), "{e}");
@@ -393,7 +393,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = AddonOutput::from_stdout(br#"{"newItems":[{"files":["x.pdf"]}]}"#).unwrap();
         assert!(missing.check(Some(dir.path())).unwrap_err().to_string().contains("does not exist"));
-        std::fs::write(dir.path().join("x.pdf"), b"%PDF").unwrap();
+        fs_err::write(dir.path().join("x.pdf"), b"%PDF").unwrap();
         missing.check(Some(dir.path())).unwrap();
     }
 }

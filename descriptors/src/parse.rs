@@ -549,7 +549,7 @@ impl<'s> Walker<'s> {
             if let Some(exec) = &t.exec {
                 if let Ok(rel) = normalise_relative(exec) {
                     let p = root.join(&rel);
-                    let problem = match std::fs::metadata(&p) {
+                    let problem = match fs_err::metadata(&p) {
                         Err(_) => Some(format!("`{exec}` does not exist in the addon")),
                         Ok(m) if !m.is_file() => Some(format!("`{exec}` is not a file")),
                         Ok(_) => match (p.canonicalize(), root.canonicalize()) {

@@ -59,7 +59,7 @@ pub enum SourceKind {
 
 impl SourceKind {
     pub fn classify(path: &Path) -> Result<SourceKind, SourceError> {
-        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        let meta = fs_err::metadata(path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => SourceError::NotFound { path: path.to_path_buf() },
             _ => SourceError::Io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
         })?;

@@ -113,7 +113,7 @@ impl BuildLog {
             return None;
         }
         let dir = cache_dir.join(DIR);
-        std::fs::create_dir_all(&dir).ok()?;
+        fs_err::create_dir_all(&dir).ok()?;
         // The label is cut, never the digest: two addons whose names share a long beginning
         // keep logs of their own.
         let file = dir.join(format!("{}-{}-{}.log", file_safe(runner), file_safe(label), file_safe(digest)));
@@ -125,7 +125,7 @@ impl BuildLog {
         // Written beside and renamed over: a reader never sees half a log, and a link planted
         // at the name is replaced, not followed.
         let tmp = tempfile::NamedTempFile::new_in(&dir).ok()?;
-        std::fs::write(tmp.path(), text).ok()?;
+        fs_err::write(tmp.path(), text).ok()?;
         tmp.persist(&file).ok()?;
         Some(file)
     }
@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(file, d.path().join(DIR).join("oci-_evil_1.0-abc123.log"));
         let long = log.save(d.path(), "oci", &"a".repeat(300), "abc123").unwrap();
         assert!(long.to_string_lossy().ends_with(&format!("-{}-abc123.log", "a".repeat(80))), "{long:?}");
-        let text = std::fs::read_to_string(&file).unwrap();
+        let text = fs_err::read_to_string(&file).unwrap();
         assert_eq!(text.lines().count(), KEEP_LINES);
         assert!(text.starts_with("line 5\n") && text.ends_with(&format!("line {}\n", KEEP_LINES + 4)));
         // Not a terminal here: every line went on to the run's log too.

@@ -56,7 +56,7 @@ pub fn origin_of(source: &str, declared: Option<&str>) -> String {
     if crate::fetch::is_url(source) {
         return url_origin(source);
     }
-    std::fs::canonicalize(source).map(|p| p.display().to_string()).unwrap_or_else(|_| source.to_string())
+    fs_err::canonicalize(source).map(|p| p.display().to_string()).unwrap_or_else(|_| source.to_string())
 }
 
 /// `scheme://host[:port]/path/` of a URL: without user info, query, fragment and the last path
@@ -192,7 +192,7 @@ fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Resu
     let name_hash = hex::encode(sha2::Sha256::digest(name.as_bytes()));
     let file = dir.join(format!("{name_hash}.txt"));
     let read = |file: &Path| -> Result<Option<String>, String> {
-        match std::fs::read_to_string(file) {
+        match fs_err::read_to_string(file) {
             Ok(text) => match text.lines().next().filter(|l| !l.is_empty()) {
                 Some(first) => Ok(Some(first.to_string())),
                 None => Err(format!("{} is empty", file.display())),
@@ -207,7 +207,7 @@ fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Resu
     if !record {
         return Ok(None);
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs_err::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     // The first writer wins: a file made whole (and synced) under a name of its own, then linked
     // into place only if no other engine was first.
     let tmp = dir.join(format!(".{name_hash}.{}.{:?}", std::process::id(), std::thread::current().id()));
@@ -215,8 +215,8 @@ fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Resu
         writeln!(f, "{origin}\n{name}")?;
         f.sync_all()
     });
-    let linked = made.and_then(|()| std::fs::hard_link(&tmp, &file));
-    let _ = std::fs::remove_file(&tmp);
+    let linked = made.and_then(|()| fs_err::hard_link(&tmp, &file));
+    let _ = fs_err::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(Some(origin.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -269,9 +269,9 @@ mod tests {
     fn an_unreadable_record_gives_the_settings_to_nobody() {
         let d = tempfile::tempdir().unwrap();
         let c = config(d.path());
-        std::fs::create_dir_all(d.path().join("names-v1")).unwrap();
+        fs_err::create_dir_all(d.path().join("names-v1")).unwrap();
         let file = d.path().join("names-v1").join(format!("{}.txt", hex::encode(sha2::Sha256::digest(b"a"))));
-        std::fs::write(&file, "").unwrap();
+        fs_err::write(&file, "").unwrap();
         let who = resolve(&c, "a", "/srv/a", "sha256:1", true);
         assert!(!who.settings && who.note.unwrap().contains("cannot be told"));
     }

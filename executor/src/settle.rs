@@ -33,7 +33,7 @@ pub(crate) fn kept(dir: &Path, what: &str) -> Result<Sanitized, String> {
     let out = or_remove(dir, r, what);
     if out.is_err() {
         // The entry itself stays (it is the cache's); a new, empty content folder takes its place.
-        let _ = std::fs::create_dir_all(dir);
+        let _ = fs_err::create_dir_all(dir);
     }
     out
 }
@@ -67,5 +67,5 @@ pub(crate) fn remove(dir: &Path) {
 
 /// Whether a directory holds anything.
 pub(crate) fn has_entries(dir: &Path) -> bool {
-    std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
+    fs_err::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(false)
 }

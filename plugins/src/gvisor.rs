@@ -185,7 +185,7 @@ impl GvisorRunner {
         let d = dir.path();
         let dirs = ["work", "output", "cache", "home", "scratch"].map(|n| d.join(n));
         for x in &dirs {
-            let _ = std::fs::create_dir(x);
+            let _ = fs_err::create_dir(x);
         }
         let mounts =
             Mounts { work: dirs[0].clone(), output: dirs[1].clone(), cache: dirs[2].clone(), home: dirs[3].clone() };
@@ -257,8 +257,8 @@ impl GvisorRunner {
         let rootfs = bundle.join("rootfs");
         let files = bundle.join("files");
         let io = |e: std::io::Error| format!("making the bundle: {e}");
-        std::fs::create_dir_all(&rootfs).map_err(io)?;
-        std::fs::create_dir_all(&files).map_err(io)?;
+        fs_err::create_dir_all(&rootfs).map_err(io)?;
+        fs_err::create_dir_all(&files).map_err(io)?;
         let in_root = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
         let mut oci_mounts = vec![
             json!({"destination": "/proc", "type": "proc", "source": "proc"}),
@@ -267,12 +267,12 @@ impl GvisorRunner {
         let make_point = |at: &Path, dir: bool| -> Result<(), String> {
             let p = in_root(at);
             if let Some(parent) = p.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
+                fs_err::create_dir_all(parent).map_err(io)?;
             }
             if dir {
-                std::fs::create_dir_all(&p).map_err(io)
+                fs_err::create_dir_all(&p).map_err(io)
             } else {
-                std::fs::write(&p, b"").map_err(io)
+                fs_err::write(&p, b"").map_err(io)
             }
         };
         for (n, step) in view.steps.iter().enumerate() {
@@ -287,14 +287,14 @@ impl GvisorRunner {
                 }
                 Step::Symlink { target, at } => {
                     let p = in_root(at);
-                    if std::fs::symlink_metadata(&p).is_err() {
+                    if fs_err::symlink_metadata(&p).is_err() {
                         std::os::unix::fs::symlink(target, &p).map_err(io)?;
                     }
                 }
                 Step::Dir(p) => make_point(p, true)?,
                 Step::File { at, contents } => {
                     let f = files.join(format!("{n}"));
-                    std::fs::write(&f, contents).map_err(io)?;
+                    fs_err::write(&f, contents).map_err(io)?;
                     make_point(at, false)?;
                     oci_mounts
                         .push(json!({"destination": at, "type": "bind", "source": f, "options": ["rbind", "ro"]}));
@@ -351,7 +351,7 @@ impl GvisorRunner {
                 "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"]
             }
         });
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap_or_default())
+        fs_err::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config).unwrap_or_default())
             .map_err(io)?;
         Ok(bundle)
     }
@@ -435,7 +435,7 @@ impl Runner for GvisorRunner {
         let mounts = spec.mounts();
         addon_runners::sandbox::claim(&[&mounts.work, &mounts.output, &mounts.cache, &mounts.home], self.identity())
             .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", self.settings.uid)))?;
-        std::fs::create_dir_all(&self.settings.state_dir)
+        fs_err::create_dir_all(&self.settings.state_dir)
             .map_err(|e| setup(format!("{}: {e}", self.settings.state_dir.display())))?;
         let env = spec.env_in(&Mounts::mnt(), false);
         let bundle = self

@@ -76,7 +76,7 @@ mod tests {
 
     fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode))
     }
 
     fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {

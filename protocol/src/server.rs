@@ -322,7 +322,7 @@ impl RunnerService for Service {
             let base = self.staging(&wire.build_id)?;
             spec.addon_dir = base.join("addon");
             spec.content_dir = base.join("content");
-            std::fs::create_dir_all(&spec.content_dir).map_err(|e| Status::internal(e.to_string()))?;
+            fs_err::create_dir_all(&spec.content_dir).map_err(|e| Status::internal(e.to_string()))?;
         }
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
@@ -377,7 +377,7 @@ impl RunnerService for Service {
             spec.dirs.home = base.join("home");
             spec.dirs.scratch = base.join("scratch");
             for d in [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache, &spec.dirs.home, &spec.dirs.scratch] {
-                std::fs::create_dir_all(d).map_err(|e| Status::internal(format!("{}: {e}", d.display())))?;
+                fs_err::create_dir_all(d).map_err(|e| Status::internal(format!("{}: {e}", d.display())))?;
             }
         }
         let run_id = spec.run_id.clone();
@@ -608,7 +608,7 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
     }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = listen.as_ref().and_then(|l| l.tls.as_ref()) {
-        let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let read = |p: &Path| fs_err::read(p).map_err(|e| format!("{}: {e}", p.display()));
         let mut config = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
         if let Some(ca) = &tls.client_ca {
@@ -652,18 +652,18 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
     match network {
         Network::Unix => {
             // A stale socket of an earlier run is replaced; anything else at that path is not ours.
-            if let Ok(m) = std::fs::symlink_metadata(&address) {
+            if let Ok(m) = fs_err::symlink_metadata(&address) {
                 use std::os::unix::fs::FileTypeExt;
                 if !m.file_type().is_socket() {
                     return Err(format!("{address} exists and is not a socket"));
                 }
-                let _ = std::fs::remove_file(&address);
+                let _ = fs_err::remove_file(&address);
             }
             let listener =
                 tokio::net::UnixListener::bind(&address).map_err(|e| format!("listening on {address}: {e}"))?;
             // Whoever can connect can run programs as this plugin: its owner and group only.
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&address, std::fs::Permissions::from_mode(0o660))
+            fs_err::set_permissions(&address, std::fs::Permissions::from_mode(0o660))
                 .map_err(|e| format!("{address}: {e}"))?;
             print_handshake(
                 &info,
@@ -680,7 +680,7 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
                 r = router.serve_with_incoming_shutdown(incoming, stop) => r.map_err(|e| e.to_string())?,
                 _ = drained => {}
             }
-            let _ = std::fs::remove_file(&address);
+            let _ = fs_err::remove_file(&address);
         }
         Network::Tcp => {
             // Whoever reaches the port can run programs as this plugin: beyond loopback only

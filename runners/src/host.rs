@@ -50,7 +50,7 @@ impl HostRuns {
         let run_id = run_id.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            if runs.get(&run_id) == Some(&pid) && std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+            if runs.get(&run_id) == Some(&pid) && fs_err::metadata(format!("/proc/{pid}")).is_ok() {
                 kill_tree(pid, libc::SIGKILL, true);
             }
         });

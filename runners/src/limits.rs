@@ -195,7 +195,7 @@ impl RunCgroup {
             .into_iter()
             .flatten()
             .filter(|e| e.file_type().is_dir())
-            .filter_map(|e| std::fs::read_to_string(e.path().join("pids.events")).ok())
+            .filter_map(|e| fs_err::read_to_string(e.path().join("pids.events")).ok())
             .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("max ")?.trim().parse::<u64>().ok()))
             .sum()
     }
@@ -213,7 +213,7 @@ impl RunCgroup {
 
     fn usage(&self) -> Usage {
         let read = |ctl: &str, file: &str| -> Option<String> {
-            std::fs::read_to_string(self.controller_path(ctl)?.join(file)).ok()
+            fs_err::read_to_string(self.controller_path(ctl)?.join(file)).ok()
         };
         let field = |text: &str, key: &str| -> Option<u64> {
             text.lines().find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
@@ -263,7 +263,7 @@ fn oom_eventfd(dir: &std::path::Path) -> std::io::Result<std::os::fd::OwnedFd> {
     // SAFETY: efd is a valid descriptor nobody else owns.
     let efd = unsafe { OwnedFd::from_raw_fd(efd) };
     let control = std::fs::File::open(dir.join("memory.oom_control"))?;
-    std::fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()))?;
+    fs_err::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_raw_fd(), control.as_raw_fd()))?;
     Ok(efd)
 }
 
@@ -335,7 +335,7 @@ impl Envelope {
                     .into_iter()
                     .flatten()
                     .filter(|e| e.file_type().is_dir())
-                    .filter_map(|e| std::fs::read_to_string(e.path().join("cgroup.procs")).ok())
+                    .filter_map(|e| fs_err::read_to_string(e.path().join("cgroup.procs")).ok())
                     .flat_map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect::<Vec<i32>>())
                     .collect();
             }
@@ -347,12 +347,10 @@ impl Envelope {
             .unwrap_or_default()
     }
 
-    /// Watches `dir` too (what it holds now does not count): a container's writable layer.
-    pub fn watch_also(&mut self, dir: PathBuf) {
-        if let Ok(m) = addon_tree::measure(&dir) {
-            self.start = self.start + m;
-            self.watched.push(dir);
-        }
+    /// Also counts everything in `dir`, from nothing: a directory that was empty when the run
+    /// began (a container's writable layer), whatever it holds by the time it is found.
+    pub fn watch_from_empty(&mut self, dir: PathBuf) {
+        self.watched.push(dir);
     }
 
     /// What the run has written where the envelope's walks do not reach (a container's writable
@@ -468,10 +466,10 @@ pub fn unlinked_open_size(pids: &[i32]) -> u64 {
     let mut total = 0;
     for pid in pids {
         for kind in ["fd", "map_files"] {
-            let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/{kind}")) else { continue };
+            let Ok(entries) = fs_err::read_dir(format!("/proc/{pid}/{kind}")) else { continue };
             for e in entries.flatten() {
                 // The magic link leads to the file itself, unlinked or not.
-                let Ok(m) = std::fs::metadata(e.path()) else { continue };
+                let Ok(m) = fs_err::metadata(e.path()) else { continue };
                 if m.is_file() && m.nlink() == 0 && seen.insert((m.dev(), m.ino())) {
                     total += m.blocks() * 512;
                 }
@@ -485,7 +483,7 @@ pub fn unlinked_open_size(pids: &[i32]) -> u64 {
 /// that namespace).
 pub fn other_processes() -> Vec<i32> {
     let me = std::process::id() as i32;
-    std::fs::read_dir("/proc")
+    fs_err::read_dir("/proc")
         .into_iter()
         .flatten()
         .flatten()
@@ -504,6 +502,19 @@ fn measure_all(dirs: &[PathBuf]) -> Result<addon_tree::Measure, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A container's writable layer is found after the container started: what the addon wrote
+    /// before that look counts too (it was counted from the look on, and a fast fill passed
+    /// the limit under a loaded machine).
+    #[test]
+    fn a_layer_found_late_counts_from_empty() {
+        let layer = tempfile::tempdir().unwrap();
+        std::fs::write(layer.path().join("fill"), vec![0u8; 2 << 20]).unwrap();
+        let limits = Limits { output_size: Some(1 << 20), ..Default::default() };
+        let mut e = Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![]).unwrap();
+        e.watch_from_empty(layer.path().into());
+        assert!(matches!(e.check_now(), Some(Breach::OutputSize { .. })), "the 2 MiB written before count");
+    }
 
     #[test]
     fn rlimits_stand_in_for_a_missing_cgroup() {
@@ -526,12 +537,12 @@ mod tests {
     #[test]
     fn output_growth_is_a_breach() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("before"), vec![1u8; 8192]).unwrap();
+        fs_err::write(dir.path().join("before"), vec![1u8; 8192]).unwrap();
         let limits = Limits { output_size: Some(10_000), ..Limits::default() };
         let mut e =
             Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![dir.path().into()]).unwrap();
         assert_eq!(e.check(), None, "what was there before does not count");
-        std::fs::write(dir.path().join("after"), vec![1u8; 20_000]).unwrap();
+        fs_err::write(dir.path().join("after"), vec![1u8; 20_000]).unwrap();
         e.last_size_check = None;
         assert!(matches!(e.check(), Some(Breach::OutputSize { limit: 10_000, .. })));
     }
@@ -539,13 +550,13 @@ mod tests {
     #[test]
     fn an_inode_flood_is_a_breach() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("before"), "").unwrap();
+        fs_err::write(dir.path().join("before"), "").unwrap();
         let limits = Limits { output_entries: Some(100), ..Limits::default() };
         let mut e =
             Envelope::new("t", limits, &Enforcement::Rlimits { why: "test".into() }, vec![dir.path().into()]).unwrap();
         assert_eq!(e.check(), None);
         for i in 0..101 {
-            std::fs::write(dir.path().join(format!("empty-{i}")), "").unwrap();
+            fs_err::write(dir.path().join(format!("empty-{i}")), "").unwrap();
         }
         e.last_size_check = None;
         assert_eq!(e.check(), Some(Breach::OutputEntries { limit: 100, made: 101 }));

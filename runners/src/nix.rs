@@ -296,7 +296,7 @@ async fn add_gc_root(s: &NixSettings, link: &Path, store_path: &Path) -> Result<
 /// The first file of `<out>/bin` in name order, as Docspell takes the first.
 fn program_of(out: &Path) -> Result<PathBuf, String> {
     let bin = out.join("bin");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&bin)
+    let mut files: Vec<PathBuf> = fs_err::read_dir(&bin)
         .map_err(|e| format!("the build result {} has no bin/ folder: {e}", out.display()))?
         .flatten()
         .map(|e| e.path())
@@ -320,7 +320,7 @@ impl NixRunner {
         // re-added if an earlier engine died before adding it.
         if let Some(dir) = &spec.artifact_dir {
             let link = dir.join("result");
-            if std::fs::symlink_metadata(&link).is_err() {
+            if fs_err::symlink_metadata(&link).is_err() {
                 add_gc_root(&self.settings, &link, &out).await?;
             }
         }

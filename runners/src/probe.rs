@@ -139,11 +139,11 @@ impl ProbeCache {
         // Only a result this user wrote (a directory others can write to must not plant one).
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
-        let meta = std::fs::symlink_metadata(&file).ok()?;
+        let meta = fs_err::symlink_metadata(&file).ok()?;
         if !meta.is_file() || meta.uid() != me {
             return None;
         }
-        let text = std::fs::read(&file).ok()?;
+        let text = fs_err::read(&file).ok()?;
         let s: Stored = serde_json::from_slice(&text).ok()?;
         let age = now().saturating_sub(s.at);
         (s.key == key && age < self.ttl.as_secs()).then(|| Probe::ok(name, s.detail, s.version))
@@ -152,7 +152,7 @@ impl ProbeCache {
     fn write_disk(&self, name: &'static str, key: &str, p: &Probe) {
         let (Some(dir), Some(file)) = (&self.dir, self.file(name)) else { return };
         let stored = Stored { key: key.to_string(), detail: p.detail.clone(), version: p.version.clone(), at: now() };
-        if std::fs::create_dir_all(dir).is_err() {
+        if fs_err::create_dir_all(dir).is_err() {
             return;
         }
         // A fresh file of a random name (never a planted one followed), renamed over the last.
@@ -167,8 +167,8 @@ impl ProbeCache {
 /// probe differently), the kernel, the user.
 fn identity(name: &str, settings: &str, tool: Option<&Path>) -> String {
     use std::os::unix::fs::MetadataExt;
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let id = |t: &Path| std::fs::metadata(t).ok().map(|m| format!("{}:{}:{}", t.display(), m.size(), m.mtime()));
+    let kernel = fs_err::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let id = |t: &Path| fs_err::metadata(t).ok().map(|m| format!("{}:{}:{}", t.display(), m.size(), m.mtime()));
     let tool_id = tool.and_then(id).unwrap_or_default();
     static ENGINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let engine_id = ENGINE.get_or_init(|| std::env::current_exe().ok().as_deref().and_then(id).unwrap_or_default());
@@ -190,7 +190,7 @@ mod tests {
     fn results_are_kept_until_the_tool_changes_or_they_age() {
         let dir = tempfile::tempdir().unwrap();
         let tool = dir.path().join("tool");
-        std::fs::write(&tool, "v1").unwrap();
+        fs_err::write(&tool, "v1").unwrap();
         let calls = AtomicUsize::new(0);
         let probe = || {
             calls.fetch_add(1, Ordering::SeqCst);
@@ -204,7 +204,7 @@ mod tests {
         ProbeCache::new(Some(dir.path().join("probes"))).get("t", "", Some(&tool), probe);
         assert_eq!(calls.load(Ordering::SeqCst), 1, "remembered on disk");
         // The tool changed (reinstalled, upgraded): probed again.
-        std::fs::write(&tool, "version 2").unwrap();
+        fs_err::write(&tool, "version 2").unwrap();
         cache.get("t", "", Some(&tool), probe);
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Too old: probed again, in memory and on disk.

@@ -13,7 +13,7 @@ pub fn is_root() -> bool {
 /// pids are reused, start times of the same pid are not).
 /// None for a process that is gone, or dead and not yet reaped (a zombie).
 pub fn process_start(pid: i32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &stat[stat.rfind(')')? + 2..];
     let mut fields = rest.split(' ');
     if matches!(fields.next(), Some("Z" | "X" | "x")) {
@@ -44,8 +44,8 @@ pub fn descendants(pid: i32) -> Vec<i32> {
         let mut out = Vec::new();
         let mut queue = VecDeque::from([pid]);
         while let Some(p) = queue.pop_front() {
-            for task in std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
-                let Ok(text) = std::fs::read_to_string(task.path().join("children")) else { continue };
+            for task in fs_err::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten() {
+                let Ok(text) = fs_err::read_to_string(task.path().join("children")) else { continue };
                 for c in text.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
                     out.push(c);
                     queue.push_back(c);
@@ -55,7 +55,7 @@ pub fn descendants(pid: i32) -> Vec<i32> {
         return out;
     }
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
+    if let Ok(dir) = fs_err::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
             if let Some(ppid) = parent_of(p) {
@@ -75,7 +75,7 @@ pub fn descendants(pid: i32) -> Vec<i32> {
 }
 
 fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may hold spaces and parentheses; fields resume after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     rest.split(' ').nth(1)?.parse().ok()

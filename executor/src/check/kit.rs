@@ -145,17 +145,17 @@ impl Bait {
             }
         });
         let secret_file = outside.join(format!("root-only-secret-{marker}"));
-        std::fs::write(&secret_file, "top secret")?;
+        fs_err::write(&secret_file, "top secret")?;
         set_mode(&secret_file, 0o600);
         let other_file = outside.join(format!("other-users-file-{marker}"));
-        std::fs::write(&other_file, "private")?;
+        fs_err::write(&other_file, "private")?;
         set_mode(&other_file, 0o600);
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             std::os::unix::fs::chown(&other_file, Some(4242), Some(4242))?;
         }
         let config_bait = outside.join(format!("engine-config-{marker}.yml"));
-        std::fs::write(&config_bait, "plugins: {}\n")?;
+        fs_err::write(&config_bait, "plugins: {}\n")?;
         set_mode(&config_bait, 0o600);
         let secret_value = format!("kit-secret-{}-{marker}", std::process::id());
         // A host process with the secret in its environment: an addon that can read other
@@ -225,29 +225,29 @@ impl Drop for Bait {
         unsafe { libc::kill(-(self.host_process.id() as i32), libc::SIGKILL) };
         let _ = self.host_process.wait();
         for p in self.escaped_writes() {
-            let _ = std::fs::remove_file(p);
+            let _ = fs_err::remove_file(p);
         }
-        let _ = std::fs::remove_file(&self.secret_file);
-        let _ = std::fs::remove_file(&self.other_file);
-        let _ = std::fs::remove_file(&self.config_bait);
+        let _ = fs_err::remove_file(&self.secret_file);
+        let _ = fs_err::remove_file(&self.other_file);
+        let _ = fs_err::remove_file(&self.config_bait);
     }
 }
 
 pub(crate) fn set_mode(p: &Path, mode: u32) {
-    let _ = std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode));
+    let _ = fs_err::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(mode));
 }
 
 /// Every process and its command line.
 pub(crate) fn processes() -> Vec<(String, String)> {
     let me = std::process::id().to_string();
     let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
+    if let Ok(rd) = fs_err::read_dir("/proc") {
         for e in rd.flatten() {
             let pid = e.file_name().to_string_lossy().to_string();
             if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
                 continue;
             }
-            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            if let Ok(cmd) = fs_err::read(e.path().join("cmdline")) {
                 out.push((pid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
             }
         }

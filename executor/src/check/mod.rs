@@ -251,21 +251,21 @@ impl Kit<'_> {
         let marker = format!("{}-{}", std::process::id(), self.n);
         let dir = self.root.join("addons").join(format!("{name}-{}", self.n));
         let io = |e: std::io::Error| fail(format!("writing the check's addon: {e}"));
-        std::fs::create_dir_all(&dir).map_err(io)?;
+        fs_err::create_dir_all(&dir).map_err(io)?;
         let runner_yaml = match self.section() {
             Section::Trivial => "  trivial:\n    enable: true\n    exec: run.sh\n".to_string(),
             Section::Docker => "  docker:\n    enable: true\n".to_string(),
             Section::Nix => "  nix:\n    enable: true\n".to_string(),
         };
-        std::fs::write(
+        fs_err::write(
             dir.join("docspell-addon.yml"),
             format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag, second]\nrunner:\n{runner_yaml}{PURE}"),
         )
         .map_err(io)?;
         let run = dir.join("run.sh");
         match program {
-            Some(p) => std::fs::copy(p, &run).map(|_| ()).map_err(io)?,
-            None => std::fs::write(&run, format!("#!/bin/sh\n{script}\n")).map_err(io)?,
+            Some(p) => fs_err::copy(p, &run).map(|_| ()).map_err(io)?,
+            None => fs_err::write(&run, format!("#!/bin/sh\n{script}\n")).map_err(io)?,
         }
         set_mode(&run, 0o755);
         match self.section() {
@@ -277,16 +277,16 @@ impl Kit<'_> {
                         "docker checks build FROM-scratch images with the host's static busybox (apt-get install busybox-static)".into(),
                     ));
                 }
-                std::fs::copy(busybox, dir.join("busybox")).map_err(io)?;
+                fs_err::copy(busybox, dir.join("busybox")).map_err(io)?;
                 let entry = if program.is_some() { "[\"/run.sh\"]" } else { "[\"/bin/sh\", \"/run.sh\"]" };
-                std::fs::write(
+                fs_err::write(
                     dir.join("Dockerfile"),
                     format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN [\"/bin/busybox\", \"--install\", \"-s\", \"/bin\"]\nENV PATH=/bin\nLABEL addon-check.marker={marker}\nCOPY run.sh /run.sh\nVOLUME /data\nENTRYPOINT {entry}\n"),
                 )
                 .map_err(io)?;
             }
             Section::Nix => {
-                std::fs::write(dir.join("flake.nix"), run_sh_flake(name, &marker)).map_err(io)?;
+                fs_err::write(dir.join("flake.nix"), run_sh_flake(name, &marker)).map_err(io)?;
             }
         }
         Ok(dir)
@@ -355,7 +355,7 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         expect("arguments", "ok");
         expect("tmp", "writable");
         expect("cache_runs", "1");
-        if std::fs::read_to_string(out.join("result.txt")).ok().as_deref() != Some("result\n") {
+        if fs_err::read_to_string(out.join("result.txt")).ok().as_deref() != Some("result\n") {
             wrong.push("the output file did not arrive in the output directory".into());
         }
         let json_ok = ran.report.output.as_ref().is_some_and(|o| !o.files.is_empty());
@@ -449,7 +449,7 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         let built = self.probe.get_or_insert_with(|| {
             let src = root.join("probe.c");
             let out = root.join("probe");
-            std::fs::write(&src, PROBE_C).map_err(|e| e.to_string())?;
+            fs_err::write(&src, PROBE_C).map_err(|e| e.to_string())?;
             let cc =
                 std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).output().map_err(
                     |e| format!("the kit's probe is compiled with gcc -static: {e} (apt-get install gcc libc6-dev)"),
@@ -605,14 +605,14 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
         let addon = self.addon("check-race", "", Some(&probe))?;
         let host = self.root.join("race-host");
         let io = |e: std::io::Error| fail(format!("setting the race's bait: {e}"));
-        std::fs::create_dir_all(&host).map_err(io)?;
+        fs_err::create_dir_all(&host).map_err(io)?;
         let baits: Vec<PathBuf> = (0..10).map(|i| host.join(format!("setuid-{i}"))).collect();
         for b in &baits {
-            std::fs::write(b, "#!/bin/sh\n").map_err(io)?;
-            std::fs::set_permissions(b, std::fs::Permissions::from_mode(0o4755)).map_err(io)?;
+            fs_err::write(b, "#!/bin/sh\n").map_err(io)?;
+            fs_err::set_permissions(b, std::fs::Permissions::from_mode(0o4755)).map_err(io)?;
         }
         let before: Vec<(u32, u32)> =
-            baits.iter().filter_map(|b| std::fs::metadata(b).ok()).map(|m| (m.uid(), m.mode() & 0o7777)).collect();
+            baits.iter().filter_map(|b| fs_err::metadata(b).ok()).map(|m| (m.uid(), m.mode() & 0o7777)).collect();
         let req = RunRequest {
             sources: vec![addon.display().to_string()],
             runners: Some(vec![self.name.clone()]),
@@ -649,7 +649,7 @@ printf '%s' '{"files": [{"itemId": "item-1", "textFiles": {"att-1": "result.txt"
             return Err(fail("the swapping run never started"));
         }
         let after: Vec<(u32, u32)> =
-            baits.iter().filter_map(|b| std::fs::metadata(b).ok()).map(|m| (m.uid(), m.mode() & 0o7777)).collect();
+            baits.iter().filter_map(|b| fs_err::metadata(b).ok()).map(|m| (m.uid(), m.mode() & 0o7777)).collect();
         if after == before {
             Ok("a directory of CACHE_DIR swapped for a link to a host directory during three runs' walks: the host's setuid files kept their owner and bits".into())
         } else {

@@ -379,7 +379,7 @@ impl Engine {
         let cache = self.cache()?;
         let forgotten = if failed_builds {
             // Their logs go with them.
-            let _ = std::fs::remove_dir_all(self.config.cache_dir.join(crate::build_log::DIR));
+            let _ = fs_err::remove_dir_all(self.config.cache_dir.join(crate::build_log::DIR));
             cache.forget_failures()
         } else {
             Vec::new()
@@ -563,10 +563,10 @@ mod tests {
     /// An addon enabling docker and trivial, and a config preferring docker, inside `dir`.
     fn docker_and_trivial(dir: &Path, options: &str) -> (PathBuf, Config) {
         let addon = dir.join("a");
-        std::fs::create_dir(&addon).unwrap();
-        std::fs::write(addon.join("Dockerfile"), "FROM scratch").unwrap();
-        std::fs::write(addon.join("run.sh"), "#!/bin/sh").unwrap();
-        std::fs::write(
+        fs_err::create_dir(&addon).unwrap();
+        fs_err::write(addon.join("Dockerfile"), "FROM scratch").unwrap();
+        fs_err::write(addon.join("run.sh"), "#!/bin/sh").unwrap();
+        fs_err::write(
             addon.join("docspell-addon.yml"),
             format!("meta: {{name: a, version: \"1\"}}\nrunner: {{docker: {{enable: true}}, trivial: {{enable: true, exec: run.sh}}}}\n{options}"),
         )

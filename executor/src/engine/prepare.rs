@@ -76,7 +76,7 @@ impl Engine {
             // made safe (a container's root can make a setuid file), and no other user of the
             // host may reach it.
             fs::create_dir_all(staging.parent().unwrap_or(&staging))?;
-            let _ = std::fs::set_permissions(
+            let _ = fs_err::set_permissions(
                 staging.parent().unwrap_or(&staging),
                 std::os::unix::fs::PermissionsExt::from_mode(0o700),
             );

@@ -180,7 +180,7 @@ impl PluginRunner {
             .connect_timeout(self.settings.timeout)
             .tcp_nodelay(true);
         if url.starts_with("https://") {
-            let read = |p: &Path| std::fs::read(p).map_err(|e| self.failed(format!("TLS file {}: {e}", p.display())));
+            let read = |p: &Path| fs_err::read(p).map_err(|e| self.failed(format!("TLS file {}: {e}", p.display())));
             let mut config = tonic::transport::ClientTlsConfig::new();
             // Without a CA of its own, the server's certificate is checked against the host's.
             if tls.and_then(|t| t.ca.as_ref()).is_none() {

@@ -58,8 +58,10 @@ pub(super) async fn follow(
         .map(std::path::PathBuf::from)
         .filter(|p| crate::sandbox::is_root() && p.is_dir());
     let ask_daemon = upper.is_none();
+    // Counted from nothing: a new container's layer starts empty, and what the addon wrote
+    // before this look (a fast fill, a slow engine) is the addon's too.
     if let (Some(env), Some(upper)) = (envelope.as_mut(), upper) {
-        env.watch_also(upper);
+        env.watch_from_empty(upper);
     }
     let mut sampled = Sampled::default();
     // The runtime streams statistics about once a second; the limits are checked more often.
@@ -192,7 +194,7 @@ pub(super) async fn follow(
 /// Whether process `pid` (in this PID namespace) belongs to container `id`: its control group
 /// names the container.
 pub(super) fn of_container(pid: i32, id: &str) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| !id.is_empty() && c.contains(id))
+    fs_err::read_to_string(format!("/proc/{pid}/cgroup")).is_ok_and(|c| !id.is_empty() && c.contains(id))
 }
 
 /// What the runtime's statistics said while the container ran (a container's statistics are

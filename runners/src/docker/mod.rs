@@ -224,7 +224,7 @@ async fn reap(docker: &Docker) -> u64 {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+    fs_err::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.

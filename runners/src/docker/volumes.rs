@@ -133,11 +133,11 @@ async fn copy_out(
         let name = Path::new(path).file_name().map(|n| n.to_os_string()).unwrap_or_default();
         let host = into.join("content");
         let unpacked = raw.join(&name);
-        let real_dir = std::fs::symlink_metadata(&unpacked).is_ok_and(|m| m.is_dir());
+        let real_dir = fs_err::symlink_metadata(&unpacked).is_ok_and(|m| m.is_dir());
         if real_dir {
-            std::fs::rename(&unpacked, &host).map_err(|e| format!("{}: {e}", host.display()))?;
+            fs_err::rename(&unpacked, &host).map_err(|e| format!("{}: {e}", host.display()))?;
         } else {
-            std::fs::create_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
+            fs_err::create_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
         }
         addon_tree::remove_tree(&raw).map_err(|e| e.to_string())?;
         out.push((host, path.clone()));

@@ -322,20 +322,20 @@ mod tests {
     fn an_images_etc_is_not_followed_out_of_its_root() {
         let d = tempfile::tempdir().unwrap();
         let host = d.path().join("host-etc");
-        std::fs::create_dir_all(&host).unwrap();
-        std::fs::write(host.join("passwd"), "bob:x:1234:1234::/HOST-FILE:/bin/sh\n").unwrap();
+        fs_err::create_dir_all(&host).unwrap();
+        fs_err::write(host.join("passwd"), "bob:x:1234:1234::/HOST-FILE:/bin/sh\n").unwrap();
         let img = d.path().join("rootfs");
-        std::fs::create_dir_all(&img).unwrap();
+        fs_err::create_dir_all(&img).unwrap();
         std::os::unix::fs::symlink(&host, img.join("etc")).unwrap();
         assert_eq!(resolve_user(&img, "1234").unwrap().home, "/");
         // And a link at the file itself.
         let img2 = d.path().join("rootfs2");
-        std::fs::create_dir_all(img2.join("etc")).unwrap();
+        fs_err::create_dir_all(img2.join("etc")).unwrap();
         std::os::unix::fs::symlink(host.join("passwd"), img2.join("etc/passwd")).unwrap();
         assert_eq!(resolve_user(&img2, "1234").unwrap().home, "/");
         let img3 = d.path().join("rootfs3");
-        std::fs::create_dir_all(img3.join("etc")).unwrap();
-        std::fs::write(img3.join("etc/passwd"), "bob:x:1234:1234::/home/bob:/bin/sh\n").unwrap();
+        fs_err::create_dir_all(img3.join("etc")).unwrap();
+        fs_err::write(img3.join("etc/passwd"), "bob:x:1234:1234::/home/bob:/bin/sh\n").unwrap();
         assert_eq!(resolve_user(&img3, "1234").unwrap().home, "/home/bob");
     }
 

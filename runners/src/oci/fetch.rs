@@ -58,7 +58,7 @@ impl OciRunner {
                     Ok(()) => return Ok(source.clone()),
                     Err(e) => failures.push(e.message),
                 }
-                let _ = std::fs::remove_dir_all(layout);
+                let _ = fs_err::remove_dir_all(layout);
             }
             let pull_note = if may_pull {
                 ""
@@ -127,7 +127,7 @@ impl OciRunner {
         let home = std::env::var_os("HOME").map(PathBuf::from).filter(|h| writable_dir(h));
         let own_home = (!is_root() && home.is_none()).then(|| self.state_dir().join("home"));
         if let Some(h) = &own_home {
-            std::fs::create_dir_all(h).map_err(|e| format!("{}: {e}", h.display()))?;
+            fs_err::create_dir_all(h).map_err(|e| format!("{}: {e}", h.display()))?;
         }
         let buildah_cmd = || {
             let mut c = tool_command(&buildah);

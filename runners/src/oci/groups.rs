@@ -41,20 +41,20 @@ pub(super) fn container_cgroup(envelope: &[PathBuf], runtime: &Runtime, run_id: 
 /// keeps its own.
 pub(super) fn remove_stale_groups(age: Duration) {
     let old = |p: &Path| {
-        std::fs::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age)
+        fs_err::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age)
     };
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        for run in std::fs::read_dir(hierarchy.path().join("addon-engine")).into_iter().flatten().flatten() {
+    for hierarchy in fs_err::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for run in fs_err::read_dir(hierarchy.path().join("addon-engine")).into_iter().flatten().flatten() {
             let run = run.path();
             if !run.is_dir() || !old(&run) {
                 continue;
             }
-            for child in std::fs::read_dir(&run).into_iter().flatten().flatten() {
+            for child in fs_err::read_dir(&run).into_iter().flatten().flatten() {
                 if child.path().is_dir() && old(&child.path()) {
-                    let _ = std::fs::remove_dir(child.path());
+                    let _ = fs_err::remove_dir(child.path());
                 }
             }
-            let _ = std::fs::remove_dir(&run);
+            let _ = fs_err::remove_dir(&run);
         }
     }
 }
@@ -63,10 +63,10 @@ pub(super) fn remove_stale_groups(age: Duration) {
 /// devices, freezer, ...: runc removes only the container's own group, not its parents).
 pub(super) fn remove_run_groups(run_id: &str) {
     let name = crate::limits::Envelope::group_name(run_id);
-    for e in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+    for e in fs_err::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
         let dir = e.path().join(&name);
         if dir.is_dir() {
-            let _ = std::fs::remove_dir(&dir);
+            let _ = fs_err::remove_dir(&dir);
         }
     }
 }

@@ -89,18 +89,18 @@ fn blob(layout: &Path, digest: &str) -> Result<Vec<u8>, String> {
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
         .ok_or_else(|| format!("the image layout names a blob `{digest}`: not a sha256 digest"))?;
     let path = layout.join("blobs/sha256").join(hex);
-    let meta = std::fs::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let meta = fs_err::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     if meta.len() > 16 << 20 {
         return Err(format!("{}: {} bytes is too large for a manifest or configuration", path.display(), meta.len()));
     }
-    std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+    fs_err::read(&path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The image in `layout` (tagged [`LAYOUT_TAG`]): its configuration digest (the image id) and
 /// its configuration.
 pub fn read_layout(layout: &Path) -> Result<(String, ImageConfig), String> {
     let index: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(layout.join("index.json")).map_err(|e| format!("{}/index.json: {e}", layout.display()))?,
+        &fs_err::read(layout.join("index.json")).map_err(|e| format!("{}/index.json: {e}", layout.display()))?,
     )
     .map_err(|e| format!("{}/index.json: {e}", layout.display()))?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
@@ -142,8 +142,8 @@ pub async fn unpack(
 ) -> Result<(), BuildFailed> {
     use std::os::unix::fs::PermissionsExt;
     let image = content.join("image");
-    std::fs::create_dir_all(&image).map_err(|e| format!("{}: {e}", image.display()))?;
-    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o700))
+    fs_err::create_dir_all(&image).map_err(|e| format!("{}: {e}", image.display()))?;
+    fs_err::set_permissions(&image, std::fs::Permissions::from_mode(0o700))
         .map_err(|e| format!("{}: {e}", image.display()))?;
     let bundle = image.join("unpacked");
     let mut cmd = tokio::process::Command::new(umoci);
@@ -176,10 +176,10 @@ pub async fn unpack(
     }
     run_tool(cmd, "umoci unpack", log, timeout).await?;
     let rootfs = rootfs_of(content);
-    std::fs::rename(bundle.join("rootfs"), &rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
+    fs_err::rename(bundle.join("rootfs"), &rootfs).map_err(|e| format!("{}: {e}", rootfs.display()))?;
     // umoci's own records (the runtime configuration it proposes, an mtree of every file) are not
     // needed: the engine writes each run's configuration.
-    let _ = std::fs::remove_dir_all(&bundle);
+    let _ = fs_err::remove_dir_all(&bundle);
     if shift.is_none() {
         // Directories an image keeps read-only (0555) would keep `addon cache prune`, which runs
         // as the engine's user, from removing the entry.
@@ -195,12 +195,12 @@ pub async fn unpack(
 /// here (the runtime then makes them inside the root, resolving links there).
 fn make_mountpoints(rootfs: &Path, owner: Option<u32>) {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let real_dir = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-    let absent = |p: &Path| std::fs::symlink_metadata(p).is_err();
+    let real_dir = |p: &Path| fs_err::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let absent = |p: &Path| fs_err::symlink_metadata(p).is_err();
     // Every user of the image enters them and reads /etc/hosts, whatever the engine's umask.
     let own = |p: &Path| {
         let mode = if real_dir(p) { 0o755 } else { 0o644 };
-        let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode));
+        let _ = fs_err::set_permissions(p, std::fs::Permissions::from_mode(mode));
         if let Some(id) = owner {
             let _ = std::os::unix::fs::lchown(p, Some(id), Some(id));
         }
@@ -251,15 +251,15 @@ mod tests {
     fn mount_points_are_made_only_below_real_directories() {
         let d = tempfile::tempdir().unwrap();
         let outside = d.path().join("outside");
-        std::fs::create_dir_all(&outside).unwrap();
+        fs_err::create_dir_all(&outside).unwrap();
         let root = d.path().join("rootfs");
-        std::fs::create_dir_all(&root).unwrap();
+        fs_err::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("mnt")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
         make_mountpoints(&root, None);
-        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing made through the image's links");
+        assert_eq!(fs_err::read_dir(&outside).unwrap().count(), 0, "nothing made through the image's links");
         let plain = d.path().join("plain");
-        std::fs::create_dir_all(&plain).unwrap();
+        fs_err::create_dir_all(&plain).unwrap();
         make_mountpoints(&plain, None);
         for p in ["mnt/work", "mnt/output", "mnt/cache"] {
             assert!(plain.join(p).is_dir(), "{p}");
@@ -279,9 +279,9 @@ mod tests {
     fn layouts_name_only_sha256_blobs() {
         let dir = tempfile::tempdir().unwrap();
         let l = dir.path();
-        std::fs::create_dir_all(l.join("blobs/sha256")).unwrap();
+        fs_err::create_dir_all(l.join("blobs/sha256")).unwrap();
         let evil = r#"{"manifests": [{"digest": "sha256:../../../etc/passwd"}]}"#;
-        std::fs::write(l.join("index.json"), evil).unwrap();
+        fs_err::write(l.join("index.json"), evil).unwrap();
         let e = read_layout(l).unwrap_err();
         assert!(e.contains("not a sha256 digest"), "{e}");
         let config = br#"{"config": {"Entrypoint": ["/run"], "User": "app"}}"#;
@@ -290,14 +290,14 @@ mod tests {
             hex::encode(sha2::Sha256::digest(b))
         };
         let c = hex(config);
-        std::fs::write(l.join("blobs/sha256").join(&c), config).unwrap();
+        fs_err::write(l.join("blobs/sha256").join(&c), config).unwrap();
         let manifest = format!(r#"{{"config": {{"digest": "sha256:{c}"}}, "layers": []}}"#);
         let m = hex(manifest.as_bytes());
-        std::fs::write(l.join("blobs/sha256").join(&m), &manifest).unwrap();
+        fs_err::write(l.join("blobs/sha256").join(&m), &manifest).unwrap();
         let index = format!(
             r#"{{"manifests": [{{"digest": "sha256:{m}", "annotations": {{"org.opencontainers.image.ref.name": "addon"}}}}]}}"#
         );
-        std::fs::write(l.join("index.json"), index).unwrap();
+        fs_err::write(l.join("index.json"), index).unwrap();
         let (id, cfg) = read_layout(l).unwrap();
         assert_eq!(id, format!("sha256:{c}"));
         assert_eq!((cfg.entrypoint, cfg.user.as_str()), (vec!["/run".to_string()], "app"));

@@ -210,14 +210,14 @@ impl OciRunner {
         let d = dir.path();
         let lower = d.join("lower");
         for sub in ["lower", "work", "bundle"] {
-            if let Err(e) = std::fs::create_dir_all(d.join(sub)) {
+            if let Err(e) = fs_err::create_dir_all(d.join(sub)) {
                 return fail(format!("{}: {e}", d.join(sub).display()));
             }
         }
-        let _ = std::fs::write(d.join("hosts"), "127.0.0.1 localhost\n");
+        let _ = fs_err::write(d.join("hosts"), "127.0.0.1 localhost\n");
         // As a run's, whatever the engine's umask: the container's root enters them.
         for (p, mode) in [(d.join("work"), 0o755), (d.join("hosts"), 0o644), (lower.clone(), 0o755)] {
-            let _ = std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode));
+            let _ = fs_err::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(mode));
         }
         if let Some((base, _)) = self.id_map() {
             // The probe's root belongs to the container's root, as an unpacked image's does.
@@ -253,12 +253,12 @@ impl OciRunner {
             }
         }
         let bundle_dir = d.join("bundle");
-        if let Err(e) = std::fs::write(bundle_dir.join("config.json"), config.to_string()) {
+        if let Err(e) = fs_err::write(bundle_dir.join("config.json"), config.to_string()) {
             return fail(e.to_string());
         }
         let state = self.state_dir();
-        if let Err(e) = make_state(&state)
-            .and_then(|()| std::fs::create_dir_all(mountpoint(&state, &id)).map_err(|e| e.to_string()))
+        if let Err(e) =
+            make_state(&state).and_then(|()| fs_err::create_dir_all(mountpoint(&state, &id)).map_err(|e| e.to_string()))
         {
             return fail(e);
         }
@@ -269,7 +269,7 @@ impl OciRunner {
         let mut cmd = cmd.into_std();
         cmd.stdin(std::process::Stdio::null());
         let out = run_with_timeout(cmd, Duration::from_secs(20));
-        let _ = std::fs::remove_dir(mountpoint(&state, &id));
+        let _ = fs_err::remove_dir(mountpoint(&state, &id));
         let out = match out {
             Ok(o) => o,
             Err(e) => return fail(e),
@@ -311,7 +311,7 @@ impl OciRunner {
         cgroups: &[PathBuf],
     ) -> Result<tokio::process::Command, String> {
         use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(lower).map_err(|e| format!("{}: {e}", lower.display()))?;
+        let meta = fs_err::metadata(lower).map_err(|e| format!("{}: {e}", lower.display()))?;
         let owner = if is_root() { (meta.uid(), meta.gid(), meta.mode()) } else { (0, 0, meta.mode()) };
         let overlay = OverlayPlan::new(lower, &mountpoint(state, id), overlay_size, owner, !is_root())?;
         let mut cmd = tokio::process::Command::new(path);
@@ -377,11 +377,11 @@ impl OciRunner {
     async fn reap_now(&self) -> u64 {
         let Ok((runtime, _)) = self.runtime().await else { return 0 };
         let state = self.state_dir();
-        let Ok(entries) = std::fs::read_dir(&state) else { return 0 };
+        let Ok(entries) = fs_err::read_dir(&state) else { return 0 };
         let mut removed = 0;
-        for e in std::fs::read_dir(state.join("roots")).into_iter().flatten().flatten() {
+        for e in fs_err::read_dir(state.join("roots")).into_iter().flatten().flatten() {
             if host::orphaned(&e.file_name().to_string_lossy()) {
-                let _ = std::fs::remove_dir(e.path());
+                let _ = fs_err::remove_dir(e.path());
             }
         }
         remove_stale_groups(Duration::from_secs(60));
@@ -410,7 +410,7 @@ fn tool_command(program: &Path) -> tokio::process::Command {
 /// A directory (not a link) of this user.
 fn owned_dir(p: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == Identity::current().uid)
+    fs_err::symlink_metadata(p).is_ok_and(|m| m.is_dir() && m.uid() == Identity::current().uid)
 }
 
 fn writable_dir(p: &Path) -> bool {
@@ -457,10 +457,10 @@ fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result
 fn make_state(state: &Path) -> Result<(), String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let roots = state.join("roots");
-    std::fs::create_dir_all(&roots).map_err(|e| format!("{}: {e}", roots.display()))?;
+    fs_err::create_dir_all(&roots).map_err(|e| format!("{}: {e}", roots.display()))?;
     // In a shared temp directory someone else may have made it first: it must be ours.
     for dir in [state, roots.as_path()] {
-        let meta = std::fs::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = fs_err::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if !meta.is_dir() || meta.uid() != Identity::current().uid {
             return Err(format!(
                 "{}: the OCI runtime's state directory is not a directory of this user (set oci-runner.state-dir)",
@@ -469,7 +469,7 @@ fn make_state(state: &Path) -> Result<(), String> {
         }
     }
     for dir in [state, roots.as_path()] {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     Ok(())
@@ -482,7 +482,7 @@ fn mountpoint(state: &Path, id: &str) -> PathBuf {
 
 /// Removes a container's state (and its control group) after its end.
 async fn delete(runtime: &Path, state: &Path, id: &str) {
-    let _ = std::fs::remove_dir(mountpoint(state, id));
+    let _ = fs_err::remove_dir(mountpoint(state, id));
     if !state.join(id).exists() {
         return; // `run` removed it
     }
@@ -600,7 +600,7 @@ impl Runner for OciRunner {
         image::unpack(&umoci, &layout, &spec.content_dir, shift, &log, self.inner.settings.build_timeout)
             .await
             .map_err(failed)?;
-        let _ = std::fs::remove_dir_all(&layout);
+        let _ = fs_err::remove_dir_all(&layout);
         tracing::info!(
             addon = %label,
             "image {digest} from {source}: got in {fetched:?}, unpacked in {:?}",
@@ -673,18 +673,18 @@ impl Runner for OciRunner {
             .collect();
         let bundle_dir = spec.dirs.scratch.join("oci");
         let io = |e: std::io::Error| setup(format!("making the bundle in {}: {e}", bundle_dir.display()));
-        std::fs::create_dir_all(&bundle_dir).map_err(io)?;
+        fs_err::create_dir_all(&bundle_dir).map_err(io)?;
         let id = host::container_id(&spec.run_id);
         let state = self.state_dir();
         make_state(&state).map_err(setup)?;
         let root = mountpoint(&state, &id);
-        std::fs::create_dir_all(&root).map_err(|e| setup(format!("{}: {e}", root.display())))?;
+        fs_err::create_dir_all(&root).map_err(|e| setup(format!("{}: {e}", root.display())))?;
         let root = root.join("root");
         let hosts = bundle_dir.join("hosts");
-        std::fs::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
+        fs_err::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
             .map_err(io)?;
         // Every user of the image reads it, whatever the engine's umask.
-        std::fs::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
+        fs_err::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
         let cgroup = container_cgroup(&envelope.cgroup_procs(), &runtime, &spec.run_id, &id);
         let config = bundle::config_json(&RunConfig {
             root: &root,
@@ -697,9 +697,9 @@ impl Runner for OciRunner {
             rlimits: &rlimits,
             cgroup: cgroup.as_deref(),
         });
-        std::fs::write(bundle_dir.join("config.json"), config.to_string()).map_err(io)?;
+        fs_err::write(bundle_dir.join("config.json"), config.to_string()).map_err(io)?;
         if let Some(p) = std::env::var_os("ADDON_OCI_DUMP") {
-            let _ = std::fs::write(p, config.to_string());
+            let _ = fs_err::write(p, config.to_string());
         }
         // The writable layer: bounded by the output size (and charged to the run's memory).
         let overlay_size = spec.limits.output_size.unwrap_or(4 << 30);

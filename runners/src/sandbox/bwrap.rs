@@ -266,7 +266,7 @@ impl Bwrap {
             Err(e) => return Probe::missing("bwrap", format!("cannot make a probe directory: {e}")),
         };
         let d = dir.path().to_path_buf();
-        let _ = std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let _ = fs_err::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         let mounts = Mounts { work: d.clone(), output: d.clone(), cache: d.clone(), home: d.clone() };
         let spec = Spec {
             program: Path::new("/bin/true"),

@@ -236,7 +236,7 @@ impl Handoff {
             inner = Some(pid);
             for procs in &cgroups {
                 for p in [outer, pid] {
-                    std::fs::write(procs, p.to_string())
+                    fs_err::write(procs, p.to_string())
                         .map_err(|e| std::io::Error::new(e.kind(), format!("joining {}: {e}", procs.display())))?;
                 }
             }
@@ -494,13 +494,13 @@ mod tests {
         let marker = dir.path().join("ran");
         let (mut child, mut handoff, groups) = tool(&marker);
         let procs = groups.path().join("cgroup.procs");
-        std::fs::write(&procs, "").unwrap();
+        fs_err::write(&procs, "").unwrap();
         handoff.cgroups = vec![procs.clone()];
         handoff.complete(child.id() as i32).unwrap();
         assert!(child.wait().unwrap().success());
         assert!(marker.exists(), "released");
         // Both pids were written (here the tool is its own inner process).
-        assert_eq!(std::fs::read_to_string(&procs).unwrap(), child.id().to_string());
+        assert_eq!(fs_err::read_to_string(&procs).unwrap(), child.id().to_string());
     }
 
     #[test]

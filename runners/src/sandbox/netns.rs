@@ -101,9 +101,9 @@ impl Netns {
             Err(e) => return Probe::missing("netns", format!("cannot make a probe directory: {e}")),
         };
         let d = dir.path().to_path_buf();
-        let _ = std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+        let _ = fs_err::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         let scratch = d.join("root");
-        if let Err(e) = std::fs::create_dir(&scratch) {
+        if let Err(e) = fs_err::create_dir(&scratch) {
             return Probe::missing("netns", format!("cannot make a probe directory: {e}"));
         }
         let mounts = Mounts { work: d.clone(), output: d.clone(), cache: d.clone(), home: d };

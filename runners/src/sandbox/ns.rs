@@ -377,7 +377,7 @@ impl NsPlan {
 /// Where this process's argv and environment strings live (fields 48 to 51 of
 /// /proc/self/stat); the same in a forked child.
 fn own_areas() -> [(usize, usize); 2] {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let stat = fs_err::read_to_string("/proc/self/stat").unwrap_or_default();
     let fields: Vec<usize> = stat
         .rsplit_once(')')
         .map(|(_, rest)| rest.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())

@@ -80,7 +80,7 @@ impl Nspawn {
                  nspawn cannot express), and none was found (setting nspawn.helper)",
             );
         };
-        let mode = std::fs::metadata(helper).map_or(0, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+        let mode = fs_err::metadata(helper).map_or(0, |m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
         if mode & 0o001 == 0 {
             // The addon's identity starts it inside the container.
             return Probe::missing(
@@ -213,7 +213,7 @@ impl Sandbox for Nspawn {
                 }
                 Step::File { at, contents } => {
                     let file = scratch.join(at.file_name().unwrap_or_default());
-                    match std::fs::write(&file, contents) {
+                    match fs_err::write(&file, contents) {
                         Ok(()) => {
                             c.arg(format!("--bind-ro={}:{}", file.display(), at.display()));
                         }

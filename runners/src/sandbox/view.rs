@@ -112,7 +112,7 @@ impl View {
     ) -> View {
         let mut steps = Vec::new();
         for dir in SYSTEM.iter().map(Path::new) {
-            match std::fs::read_link(dir) {
+            match fs_err::read_link(dir) {
                 Ok(target) => steps.push(Step::Symlink { target, at: dir.to_path_buf() }),
                 Err(_) if dir.is_dir() => steps.push(Step::RoBind(dir.to_path_buf())),
                 Err(_) => {}
