@@ -371,20 +371,9 @@ fn unavailable(detail: impl Into<String>) -> Availability {
 #[async_trait::async_trait]
 impl Runner for GvisorRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo {
-            name: NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            serves: vec![Section::Trivial, Section::Nix],
-            capabilities: Capabilities {
-                builds: true,
-                isolates_network: true,
-                isolates_filesystem: true,
-                shares_host_filesystem: true,
-                enforces_limits: true,
-                measures_resources: true,
-                ..Capabilities::default()
-            },
-        }
+        let capabilities =
+            Capabilities { builds: true, isolates_network: true, isolates_filesystem: true, ..Capabilities::SHIPPED };
+        RunnerInfo::shipped(NAME, &[Section::Trivial, Section::Nix], capabilities)
     }
 
     /// Whether runsc starts a sandbox here: a trial start costs 130-200 ms under ptrace, so a

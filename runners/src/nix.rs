@@ -333,19 +333,8 @@ impl NixRunner {
 #[async_trait::async_trait]
 impl Runner for NixRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo {
-            name: NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            serves: vec![Section::Nix],
-            capabilities: Capabilities {
-                builds: true,
-                uses_sandbox: true,
-                shares_host_filesystem: true,
-                enforces_limits: true,
-                measures_resources: true,
-                ..Capabilities::default()
-            },
-        }
+        let capabilities = Capabilities { builds: true, uses_sandbox: true, ..Capabilities::SHIPPED };
+        RunnerInfo::shipped(NAME, &[Section::Nix], capabilities)
     }
 
     async fn probe(&self) -> Availability {

@@ -45,6 +45,23 @@ pub struct Capabilities {
     pub ptrace_children: bool,
 }
 
+impl Capabilities {
+    /// What every runner shipped with the engine gives, whatever else it does: the run's
+    /// directories at their host paths, the run's limits enforced, its usage measured.
+    pub const SHIPPED: Capabilities = Capabilities {
+        isolates_network: false,
+        isolates_filesystem: false,
+        builds: false,
+        needs_daemon: false,
+        uses_sandbox: false,
+        shares_host_filesystem: true,
+        enforces_limits: true,
+        measures_resources: true,
+        host_root: false,
+        ptrace_children: false,
+    };
+}
+
 /// Who a runner is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerInfo {
@@ -54,6 +71,18 @@ pub struct RunnerInfo {
     /// The descriptor sections it serves.
     pub serves: Vec<Section>,
     pub capabilities: Capabilities,
+}
+
+impl RunnerInfo {
+    /// A runner shipped with the engine (so of its version) serving `serves`.
+    pub fn shipped(name: &str, serves: &[Section], capabilities: Capabilities) -> RunnerInfo {
+        RunnerInfo {
+            name: name.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            serves: serves.to_vec(),
+            capabilities,
+        }
+    }
 }
 
 /// Whether a runner works on this host.

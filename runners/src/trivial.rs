@@ -27,18 +27,7 @@ impl TrivialRunner {
 #[async_trait::async_trait]
 impl Runner for TrivialRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo {
-            name: NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            serves: vec![Section::Trivial],
-            capabilities: Capabilities {
-                uses_sandbox: true,
-                shares_host_filesystem: true,
-                enforces_limits: true,
-                measures_resources: true,
-                ..Capabilities::default()
-            },
-        }
+        RunnerInfo::shipped(NAME, &[Section::Trivial], Capabilities { uses_sandbox: true, ..Capabilities::SHIPPED })
     }
 
     async fn probe(&self) -> Availability {

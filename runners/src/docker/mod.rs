@@ -259,25 +259,18 @@ pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), String> {
 #[async_trait::async_trait]
 impl Runner for DockerRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo {
-            name: NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            serves: vec![Section::Docker],
-            capabilities: Capabilities {
-                isolates_network: true,
-                isolates_filesystem: true,
-                builds: true,
-                needs_daemon: true,
-                uses_sandbox: false,
-                shares_host_filesystem: true,
-                enforces_limits: true,
-                measures_resources: true,
-                // Docker 20.10 has no user namespace per container: its root is the host's,
-                // with the six capabilities above and no new privileges.
-                host_root: true,
-                ptrace_children: true,
-            },
-        }
+        let capabilities = Capabilities {
+            isolates_network: true,
+            isolates_filesystem: true,
+            builds: true,
+            needs_daemon: true,
+            // Docker 20.10 has no user namespace per container: its root is the host's, with
+            // the six capabilities above and no new privileges.
+            host_root: true,
+            ptrace_children: true,
+            ..Capabilities::SHIPPED
+        };
+        RunnerInfo::shipped(NAME, &[Section::Docker], capabilities)
     }
 
     async fn probe(&self) -> Availability {

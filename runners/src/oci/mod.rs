@@ -505,24 +505,10 @@ struct Recorded {
 #[async_trait::async_trait]
 impl Runner for OciRunner {
     fn info(&self) -> RunnerInfo {
-        RunnerInfo {
-            name: NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            serves: vec![Section::Docker],
-            capabilities: Capabilities {
-                isolates_network: true,
-                isolates_filesystem: true,
-                builds: true,
-                needs_daemon: false,
-                uses_sandbox: false,
-                shares_host_filesystem: true,
-                enforces_limits: true,
-                measures_resources: true,
-                // Always a user namespace: the container's root is never the host's.
-                host_root: false,
-                ptrace_children: false,
-            },
-        }
+        // Always a user namespace: the container's root is never the host's (no `host_root`).
+        let capabilities =
+            Capabilities { isolates_network: true, isolates_filesystem: true, builds: true, ..Capabilities::SHIPPED };
+        RunnerInfo::shipped(NAME, &[Section::Docker], capabilities)
     }
 
     async fn probe(&self) -> Availability {
