@@ -35,14 +35,6 @@ impl Sandbox for Bwrap {
         SandboxKind::Bwrap
     }
 
-    fn cuts_network(&self) -> bool {
-        true
-    }
-
-    fn isolates_filesystem(&self) -> bool {
-        true
-    }
-
     fn probe(&self) -> Probe {
         let path = bwrap_path();
         self.probes.get("bwrap", &format!("{:?}", self.identity), path.as_deref(), || self.probe_now(path.clone()))

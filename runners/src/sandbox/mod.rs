@@ -33,7 +33,8 @@ pub use ns::Identity;
 pub enum SandboxKind {
     /// bubblewrap: read-only host, private /tmp, new PID/IPC/UTS (and network) namespaces.
     Bwrap,
-    /// The engine's own network, PID and mount namespaces; the host filesystem, read-write.
+    /// The engine's own namespaces (network, PID, mount with a root built from what a program
+    /// needs, IPC, UTS), made with system calls and no external tool.
     Netns,
     /// systemd-nspawn with a volatile root built from the host.
     Nspawn,
@@ -141,11 +142,15 @@ pub enum SandboxError {
 pub trait Sandbox: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> SandboxKind;
 
-    /// Can this sandbox cut the network?
-    fn cuts_network(&self) -> bool;
+    /// Can this sandbox cut the network? Every one but the bare host.
+    fn cuts_network(&self) -> bool {
+        self.kind() != SandboxKind::None
+    }
 
-    /// Does it keep the addon from writing outside its directories?
-    fn isolates_filesystem(&self) -> bool;
+    /// Does it keep the addon from writing outside its directories? Every one but the bare host.
+    fn isolates_filesystem(&self) -> bool {
+        self.kind() != SandboxKind::None
+    }
 
     /// Whether it works here (remembered by the engine's probe cache).
     fn probe(&self) -> Probe;

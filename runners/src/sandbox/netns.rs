@@ -48,14 +48,6 @@ impl Sandbox for Netns {
         SandboxKind::Netns
     }
 
-    fn cuts_network(&self) -> bool {
-        true
-    }
-
-    fn isolates_filesystem(&self) -> bool {
-        true
-    }
-
     fn probe(&self) -> Probe {
         self.probes.get("netns", &format!("{:?}", self.identity), None, || self.probe_now())
     }

@@ -162,14 +162,6 @@ impl Sandbox for Nspawn {
         SandboxKind::Nspawn
     }
 
-    fn cuts_network(&self) -> bool {
-        true
-    }
-
-    fn isolates_filesystem(&self) -> bool {
-        true
-    }
-
     fn probe(&self) -> Probe {
         let path = self.path();
         let settings = format!("{}|{}", self.binary, self.sudo);

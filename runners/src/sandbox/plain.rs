@@ -15,14 +15,6 @@ impl Sandbox for Plain {
         SandboxKind::None
     }
 
-    fn cuts_network(&self) -> bool {
-        false
-    }
-
-    fn isolates_filesystem(&self) -> bool {
-        false
-    }
-
     fn probe(&self) -> Probe {
         Probe::ok("none", "bare host; no isolation", None)
     }
