@@ -39,9 +39,8 @@ fn main() {
     );
     let engine = || addon_run(&config, &addon);
     let flake = format!("path:{}", addon.display());
-    let docspell = || {
-        // Docspell: nix build (evaluation each time, build cached in the store), then exec.
-        let t = Instant::now();
+    // `nix build` of the flake, as Docspell runs it: the program it built.
+    let nix_build = || {
         let (_, out) = run(Command::new("nix").args([
             "--extra-experimental-features",
             "nix-command flakes",
@@ -55,24 +54,18 @@ fn main() {
             "/bin/busybox",
         ]));
         let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
-        let path = format!("{}/bin/run", v[0]["outputs"]["out"].as_str().expect("out"));
-        run(Command::new(path).stdout(Stdio::null()));
+        format!("{}/bin/run", v[0]["outputs"]["out"].as_str().expect("out"))
+    };
+    let docspell = || {
+        // Docspell: nix build (evaluation each time, build cached in the store), then exec.
+        let t = Instant::now();
+        run(Command::new(nix_build()).stdout(Stdio::null()));
         t.elapsed()
     };
     run(&mut engine());
     docspell();
-    // The store path of the built program, for the bare primitive.
-    let (_, out) = run(Command::new("nix").args([
-        "--extra-experimental-features",
-        "nix-command flakes",
-        "build",
-        &flake,
-        "--no-link",
-        "--json",
-        "--offline",
-    ]));
-    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
-    let program = format!("{}/bin/run", v[0]["outputs"]["out"].as_str().expect("out"));
+    // The built program, for the bare primitive.
+    let program = nix_build();
     let bare = || {
         let mut c = Command::new("bwrap");
         c.args(["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib"]);

@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::ns::{check, cstring};
+use super::ns::{check, cstring, write_with};
 use super::view::{Step, View};
 
 /// One bind mount below a private `/mnt`.
@@ -274,15 +274,7 @@ unsafe fn apply(ops: &[Op]) -> io::Result<()> {
                 }
                 Op::Symlink { target, dst } => check(libc::symlink(target.as_ptr(), dst.as_ptr()))?,
                 Op::File { dst, data } => {
-                    let fd = libc::open(dst.as_ptr(), libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644);
-                    if fd < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                    let n = libc::write(fd, data.as_ptr().cast(), data.len());
-                    libc::close(fd);
-                    if n != data.len() as isize {
-                        return Err(io::Error::last_os_error());
-                    }
+                    write_with(dst, data, libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC, 0o644)?
                 }
                 Op::Tmpfs { dst, options } => {
                     mkdir(dst, 0o755)?;

@@ -421,9 +421,15 @@ fn status_code(status: i32) -> i32 {
 }
 
 unsafe fn write_file(path: &CStr, data: &[u8]) -> io::Result<()> {
+    // SAFETY: as write_with.
+    unsafe { write_with(path, data, libc::O_WRONLY | libc::O_CLOEXEC, 0) }
+}
+
+/// Writes `data` to `path` opened with `flags` (and `mode` when it creates it).
+pub(super) unsafe fn write_with(path: &CStr, data: &[u8], flags: libc::c_int, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: plain open/write/close on a valid C string.
     unsafe {
-        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        let fd = libc::open(path.as_ptr(), flags, mode);
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
