@@ -228,14 +228,10 @@ fn rootless_crun_limits_memory() {
 
 /// A pure docker addon of `w` that runs `image` (no Dockerfile).
 fn image_addon(w: &World, name: &str, image: &str) -> std::path::PathBuf {
-    let root = w.path().join("addons-src").join(name);
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        root.join("docspell-addon.yml"),
-        format!("meta:\n  name: {name}\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {image}\n{PURE}"),
+    w.addon_dir(
+        name,
+        &format!("meta:\n  name: {name}\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {image}\n{PURE}"),
     )
-    .unwrap();
-    root
 }
 
 /// Getting an `image:` is not running the addon: it may be pulled when no local store has it,

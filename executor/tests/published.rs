@@ -219,13 +219,10 @@ each_runner! {audio_on;
 /// `RUN` step downloads its tool (from a test host in a network namespace): `marker` makes each
 /// build its own.
 fn fetching_addon(w: &World, web: &WebHost, base: &str, marker: &str) -> std::path::PathBuf {
-    let root = w.path().join("addons-src").join(marker);
-    std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(
-        root.join("docspell-addon.yml"),
-        format!("meta:\n  name: fetching\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n{PURE}"),
-    )
-    .unwrap();
+    let root = w.addon_dir(
+        marker,
+        &format!("meta:\n  name: fetching\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n{PURE}"),
+    );
     std::fs::write(
         root.join("Dockerfile"),
         format!(

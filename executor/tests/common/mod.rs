@@ -127,16 +127,21 @@ impl World {
     }
 
     /// Writes an addon with a descriptor and a shell script `run.sh`.
-    pub fn addon(&self, name: &str, options: &str, script: &str) -> PathBuf {
-        let root = self.path().join("addons-src").join(name);
+    /// A new addon folder `addons-src/<dir>` holding `descriptor` as its docspell-addon.yml.
+    pub fn addon_dir(&self, dir: &str, descriptor: &str) -> PathBuf {
+        let root = self.path().join("addons-src").join(dir);
         std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("docspell-addon.yml"),
-            format!(
+        std::fs::write(root.join("docspell-addon.yml"), descriptor).unwrap();
+        root
+    }
+
+    pub fn addon(&self, name: &str, options: &str, script: &str) -> PathBuf {
+        let root = self.addon_dir(
+            name,
+            &format!(
                 "meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag, second]\nrunner:\n  trivial:\n    enable: true\n    exec: run.sh\n{options}"
             ),
-        )
-        .unwrap();
+        );
         let run = root.join("run.sh");
         std::fs::write(&run, format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -146,13 +151,10 @@ impl World {
     /// Writes a docker addon: a FROM-scratch image with the host's static busybox and `run.sh` as
     /// entrypoint. `marker` goes into the Dockerfile so each test builds its own image.
     pub fn docker_addon(&self, name: &str, options: &str, script: &str, marker: &str) -> PathBuf {
-        let root = self.path().join("addons-src").join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("docspell-addon.yml"),
-            format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag]\nrunner:\n  docker:\n    enable: true\n{options}"),
-        )
-        .unwrap();
+        let root = self.addon_dir(
+            name,
+            &format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag]\nrunner:\n  docker:\n    enable: true\n{options}"),
+        );
         std::fs::copy("/bin/busybox", root.join("busybox")).expect("static busybox at /bin/busybox (busybox-static)");
         std::fs::write(
             root.join("Dockerfile"),
@@ -234,13 +236,10 @@ impl World {
     /// Writes a nix-flake addon whose default package installs `script` as `bin/run`, built
     /// offline with the host's static busybox as builder. `marker` makes its store path unique.
     pub fn nix_addon(&self, name: &str, options: &str, script: &str, marker: &str) -> PathBuf {
-        let root = self.path().join("addons-src").join(name);
-        std::fs::create_dir_all(&root).unwrap();
-        std::fs::write(
-            root.join("docspell-addon.yml"),
-            format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag]\nrunner:\n  nix:\n    enable: true\n{options}"),
-        )
-        .unwrap();
+        let root = self.addon_dir(
+            name,
+            &format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag]\nrunner:\n  nix:\n    enable: true\n{options}"),
+        );
         std::fs::write(root.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::write(root.join("flake.nix"), addon_executor::check::run_sh_flake(name, marker)).unwrap();
         root
