@@ -235,14 +235,15 @@ impl Handoff {
     /// release end is closed (a closed end would release it too).
     pub fn complete(self, outer: i32) -> std::io::Result<()> {
         let Handoff { info, release, cgroups } = self;
+        // The inner process is not the engine's child: it is held by a process handle opened at
+        // once, so that a kill reaches it and never a process that got its pid after it died.
         let mut inner = None;
         let moved = (|| {
             let pid = read_child_pid(&info, std::time::Duration::from_secs(30))?;
-            inner = Some(pid);
+            inner = crate::procfs::PidFd::open(pid);
             for procs in &cgroups {
                 for p in [outer, pid] {
-                    fs_err::write(procs, p.to_string())
-                        .map_err(|e| std::io::Error::new(e.kind(), format!("joining {}: {e}", procs.display())))?;
+                    fs_err::write(procs, p.to_string())?;
                 }
             }
             Ok(())
@@ -250,7 +251,14 @@ impl Handoff {
         let released =
             moved.and_then(|()| std::io::Write::write_all(&mut std::fs::File::from(release.try_clone()?), b"x"));
         if released.is_err() {
-            kill([Some(outer), inner]);
+            if let Some(inner) = &inner {
+                inner.kill();
+            }
+            // The outer process is the engine's child, not yet waited for: its pid is its own.
+            // SAFETY: kill(2) has no memory effects.
+            unsafe {
+                libc::kill(outer, libc::SIGKILL);
+            }
             // The waiting side takes a closed end as its release: it stays open until the
             // killed processes are surely gone.
             std::thread::spawn(move || {
@@ -259,15 +267,6 @@ impl Handoff {
             });
         }
         released
-    }
-}
-
-fn kill(pids: [Option<i32>; 2]) {
-    for pid in pids.into_iter().flatten() {
-        // SAFETY: kill(2) has no memory effects.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
     }
 }
 
