@@ -152,6 +152,13 @@ impl RunCgroup {
             cg.delete();
             return Err(format!("control group {name} could not be created under /sys/fs/cgroup"));
         }
+        // An engine that was killed left its runs' groups behind (empty: their processes died
+        // with their PID namespaces); the first run of each engine removes them.
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(|| {
+            let parents = procs.iter().filter_map(|p| p.parent()?.parent().map(Path::to_path_buf));
+            remove_groups_of_dead_engines(parents);
+        });
         if let Some(m) = limits.memory {
             // No swap beyond the memory limit, where swap is accounted.
             if let Some(mem) = cg.cgroup.controller_of::<cgroups_rs::memory::MemController>() {
@@ -249,6 +256,29 @@ impl RunCgroup {
             std::thread::sleep(Duration::from_millis(10));
         }
         tracing::warn!("control group {} could not be removed", self.cgroup.path());
+    }
+}
+
+/// Removes the empty `run-<ms>-<pid>-...` groups in `parents` whose engine (`pid`) is gone. A
+/// group that still holds a process, or whose pid runs (its engine, or another process that got
+/// the pid), is left alone.
+fn remove_groups_of_dead_engines(parents: impl Iterator<Item = PathBuf>) {
+    for parent in parents {
+        let Ok(entries) = fs_err::read_dir(&parent) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            let Some(pid) =
+                name.strip_prefix("run-").and_then(|r| r.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
+                // rmdir refuses a group with processes or child groups: only empty ones go.
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    tracing::debug!("removed the control group {} of an engine that is gone", e.path().display());
+                }
+            }
+        }
     }
 }
 
@@ -502,6 +532,29 @@ fn measure_all(dirs: &[PathBuf]) -> Result<addon_tree::Measure, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A killed engine's run groups are removed by the next engine: empty ones whose engine is
+    /// gone, and no other.
+    #[test]
+    fn groups_of_dead_engines_are_removed_and_no_others() {
+        let parent = tempfile::tempdir().unwrap();
+        let dead = 2_000_000_000; // above any pid_max
+        let me = std::process::id();
+        for name in
+            [format!("run-1-{dead}-0-0-0"), format!("run-1-{me}-0-0-0"), format!("run-2-{dead}-0-0-0"), "other".into()]
+        {
+            std::fs::create_dir(parent.path().join(name)).unwrap();
+        }
+        // A group that still holds something (a container's child group) stays.
+        std::fs::create_dir(parent.path().join(format!("run-2-{dead}-0-0-0/child"))).unwrap();
+        remove_groups_of_dead_engines(std::iter::once(parent.path().to_path_buf()));
+        let mut left: Vec<String> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other".to_string(), format!("run-1-{me}-0-0-0"), format!("run-2-{dead}-0-0-0")]);
+    }
 
     /// A container's writable layer is found after the container started: what the addon wrote
     /// before that look counts too (it was counted from the look on, and a fast fill passed
