@@ -214,6 +214,33 @@ fn schemas_accept_what_the_engine_accepts_and_refuse_what_it_refuses() {
         .expect("docs/configuration.md has a configuration example");
     let doc = yaml(example);
     assert_eq!(errors(&config, &doc), Vec::<String>::new(), "docs/configuration.md's example:\n{example}");
+    // And the reference leaves no setting out: every key of the schema (and of its sections
+    // that the example writes out) is in the example.
+    let schema_json: serde_json::Value =
+        serde_json::from_slice(&addon(&["schema", "config", "--json"]).stdout).unwrap();
+    let resolve = |v: &serde_json::Value| -> serde_json::Value {
+        let mut v = v.clone();
+        for _ in 0..4 {
+            let r = v.get("$ref").or_else(|| v.get("allOf").and_then(|a| a.get(0)).and_then(|a| a.get("$ref")));
+            let Some(name) = r.and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/$defs/")) else { break };
+            v = schema_json["$defs"][name].clone();
+        }
+        v
+    };
+    let mut missing = Vec::new();
+    for (key, prop) in schema_json["properties"].as_object().unwrap() {
+        let Some(written) = doc.get(key) else {
+            missing.push(key.clone());
+            continue;
+        };
+        if let (Some(props), Some(written)) = (resolve(prop)["properties"].as_object().cloned(), written.as_object()) {
+            if key == "plugins" || key == "addon-limits" || key == "env" || key == "addons" {
+                continue; // maps by name, not sections
+            }
+            missing.extend(props.keys().filter(|k| !written.contains_key(*k)).map(|k| format!("{key}.{k}")));
+        }
+    }
+    assert!(missing.is_empty(), "settings docs/configuration.md does not show: {missing:?}");
     for bad in ["no-such-key: 1\n", "fail-fast: sometimes\n", "limits: {memory: [1]}\n"] {
         assert!(!errors(&config, &yaml(bad)).is_empty(), "the schema should refuse: {bad}");
     }
