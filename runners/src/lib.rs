@@ -26,7 +26,7 @@ use addon_descriptors::Section;
 
 pub use limits::{Breach, Enforcement, Limits, Usage};
 pub use probe::{Probe, ProbeCache};
-pub use process::{Ending, LogSink, LogStream, NoiseFilter, Supervised, Supervision};
+pub use process::{Ending, LogSink, LogStream, NoiseFilter, Supervised};
 pub use runner::{
     AddonRef, Artifact, Availability, BuildSpec, CacheUse, Capabilities, Exit, ExitKind, RunDirs, RunEvent, Runner,
     RunnerError, RunnerInfo, StartSpec, Started,

@@ -14,7 +14,7 @@ use addon_descriptors::Section;
 
 use crate::host::HostRuns;
 use crate::probe::{Probe, ProbeCache};
-use crate::process::{supervise, Ending, LogSink, Supervision};
+use crate::process::{run_tool, LogSink, ToolFailure};
 use crate::runner::{
     Artifact, Availability, BuildFailed, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo, StartSpec, Started,
 };
@@ -145,33 +145,24 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
         .args(&s.extra_args);
     // nix reads /proc/<pid> of its builders, so the namespace gets a /proc of its own.
     NsPlan::pid_only().with_fresh_proc().install(&mut cmd);
-    let supervision = Supervision {
-        timeout: s.build_timeout,
-        kill_grace: Duration::from_secs(2),
-        collect_stdout: Some(1 << 20),
-        log: Arc::new(move |stream, line: &str| log(stream, &format!("nix: {line}"))),
-        cancel: tokio_util::sync::CancellationToken::new(),
-        noise: None,
-    };
-    let done = supervise(cmd, &supervision).await.map_err(|e| format!("cannot start {}: {e}", s.nix_binary))?;
-    let tail = done.stderr_tail;
-    match done.ending {
-        Ending::Exited(0) => {}
-        Ending::Exited(code) => {
-            return Err(BuildFailed::with_log(format!("nix build failed (exit code {code})"), tail))
+    let stdout = match run_tool(cmd, "nix: ", &log, s.build_timeout, Some(1 << 20)).await {
+        Ok(stdout) => stdout,
+        Err(ToolFailure::Start(e)) => return Err(format!("cannot start {}: {e}", s.nix_binary).into()),
+        Err(ToolFailure::Exit { code, tail }) => {
+            return Err(BuildFailed::with_log(format!("nix build failed (exit code {code})"), tail.into_vec()))
         }
-        Ending::TimedOut(t) => {
+        Err(ToolFailure::TimedOut { tail }) => {
             let why = format!(
                 "nix build timed out: it did not finish within {} (setting nix-runner.build-timeout) and was stopped",
-                crate::process::human_secs(t)
+                crate::process::human_secs(s.build_timeout)
             );
-            return Err(BuildFailed::with_log(why, tail));
+            return Err(BuildFailed::with_log(why, tail.into_vec()));
         }
-        Ending::Cancelled => return Err(String::from("the nix build was cancelled; it was stopped").into()),
-        Ending::StdoutTooLarge(n) => return Err(format!("nix build printed more than {n} bytes of JSON").into()),
-        Ending::Limit(why) => return Err(format!("nix build stopped: {why}").into()),
-    }
-    let out = String::from_utf8_lossy(&done.stdout);
+        Err(ToolFailure::TooMuchOutput(n)) => {
+            return Err(format!("nix build printed more than {n} bytes of JSON").into())
+        }
+    };
+    let out = String::from_utf8_lossy(&stdout);
     let parsed: serde_json::Value =
         serde_json::from_str(&out).map_err(|e| format!("nix build printed no JSON ({e}): {out}"))?;
     let store_path =

@@ -1,22 +1,16 @@
-//! Process supervision: start a prepared command, stream its output with bounded memory, enforce
-//! the timeout and cancellation, and make sure nothing it started outlives it.
-//!
-//! Every sandbox puts the addon in its own PID namespace, so "everything it started" is the
-//! descendants of the child we spawned. Stopping is: SIGTERM to every descendant (the namespace's
-//! init ignores it by kernel rule, the addon's processes do not), a grace period, then SIGKILL to
-//! the whole tree; killing a namespace's init makes the kernel kill every process inside it.
+//! What supervision is made of beside the runs themselves (`host`): how a run ended and what was
+//! seen of it, the log callback, and tools run to their end (the build steps of nix and oci),
+//! their output read in bounded lines (`lines`) and killed at their timeout.
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, BufReader};
+use tokio::process::Command;
 
 pub use crate::lines::STDERR_TAIL_LINES;
 use crate::lines::{exit_code, next_line, Tail};
-use crate::procfs::kill_tree;
-use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 
 /// Receives the addon's log lines (stderr, and stdout when it is not collected).
 pub type LogSink = Arc<dyn Fn(LogStream, &str) + Send + Sync>;
@@ -58,151 +52,103 @@ pub struct Supervised {
     pub usage: crate::limits::Usage,
 }
 
-/// Limits and plumbing for one supervised process.
-#[derive(Clone)]
-pub struct Supervision {
-    pub timeout: Duration,
-    pub kill_grace: Duration,
-    /// Collect stdout up to this many bytes; None streams stdout to the log instead.
-    pub collect_stdout: Option<u64>,
-    pub log: LogSink,
-    pub cancel: CancellationToken,
-    /// Lines on stderr that are not the addon's (logged at debug level, kept out of the tail).
-    pub noise: Option<NoiseFilter>,
+/// Why a tool run to its end (a build step: nix build, buildah, skopeo, umoci) failed.
+#[derive(Debug)]
+pub enum ToolFailure {
+    /// It could not be started.
+    Start(std::io::Error),
+    /// It exited with this code (128 + N for signal N); the last lines it printed.
+    Exit { code: i32, tail: Tail },
+    /// It ran past its timeout and was killed.
+    TimedOut { tail: Tail },
+    /// It printed more than this many bytes on stdout, which was collected.
+    TooMuchOutput(u64),
 }
 
-impl std::fmt::Debug for Supervision {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervision")
-            .field("timeout", &self.timeout)
-            .field("kill_grace", &self.kill_grace)
-            .field("collect_stdout", &self.collect_stdout)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Called a few times a second while a process runs (with its pid); a breach stops it.
-pub type Watch<'a> = &'a mut (dyn FnMut(i32) -> Option<crate::limits::Breach> + Send);
-
-/// How often a [`Watch`] is asked.
-const WATCH_EVERY: Duration = Duration::from_millis(200);
-
-/// Spawns `cmd` and supervises it to the end. `cmd` must already carry its sandbox.
-pub async fn supervise(cmd: Command, sup: &Supervision) -> std::io::Result<Supervised> {
-    supervise_watched(cmd, sup, None).await
-}
-
-/// [`supervise`], also stopping the process when `watch` reports a breach of its limits.
-pub async fn supervise_watched(
+/// Runs a tool to its end: its output lines go to `log` (prefixed with `prefix`) with the last
+/// ones kept, stdout is collected instead when `collect_stdout` bounds it, and at `timeout` it
+/// is killed (a tool started in a PID namespace of its own takes everything it started along).
+/// Returns the collected stdout.
+pub async fn run_tool(
     mut cmd: Command,
-    sup: &Supervision,
-    mut watch: Option<Watch<'_>>,
-) -> std::io::Result<Supervised> {
-    let start = Instant::now();
+    prefix: &str,
+    log: &LogSink,
+    timeout: Duration,
+    collect_stdout: Option<u64>,
+) -> Result<Vec<u8>, ToolFailure> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child = cmd.spawn()?;
-    let pid = child.id().map(|p| p as i32);
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
-
-    let log = sup.log.clone();
-    let noise = sup.noise.clone();
-    let stderr_task = tokio::spawn(async move {
-        let mut tail = Tail::default();
-        let mut lines = BufReader::new(stderr);
-        while let Some(line) = next_line(&mut lines).await {
-            if noise.as_ref().is_some_and(|is_noise| is_noise(&line)) {
-                tracing::debug!("sandbox: {line}");
-                continue;
-            }
-            log(LogStream::Stderr, &line);
-            tail.push(line);
-        }
-        tail.into_vec()
-    });
-
-    let limit = sup.collect_stdout;
-    let log = sup.log.clone();
-    let overflow = CancellationToken::new();
-    let overflow_set = overflow.clone();
-    let stdout_task = tokio::spawn(async move {
-        let mut out = Vec::new();
-        let mut reader = BufReader::new(stdout);
-        match limit {
-            Some(limit) => {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match reader.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if out.len() as u64 + n as u64 > limit {
-                                overflow_set.cancel();
-                                break;
-                            }
-                            out.extend_from_slice(&buf[..n]);
+    let mut child = cmd.spawn().map_err(ToolFailure::Start)?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut err = BufReader::new(child.stderr.take().expect("piped"));
+    let mut tail = Tail::default();
+    let mut collected = Vec::new();
+    let mut too_much = None;
+    let run = async {
+        let (mut out_done, mut err_done) = (false, false);
+        while !(out_done && err_done) {
+            tokio::select! {
+                got = next_out(&mut out, collect_stdout.is_some()), if !out_done => match got {
+                    Out::End => out_done = true,
+                    Out::Bytes(bytes) => {
+                        let limit = collect_stdout.unwrap_or(0);
+                        if collected.len() as u64 + bytes.len() as u64 > limit {
+                            too_much = Some(limit);
+                            return None;
                         }
+                        collected.extend_from_slice(&bytes);
                     }
-                }
-            }
-            None => {
-                while let Some(line) = next_line(&mut reader).await {
-                    log(LogStream::Stdout, &line);
-                }
-            }
-        }
-        out
-    });
-
-    let deadline = tokio::time::sleep(sup.timeout);
-    tokio::pin!(deadline);
-    let mut tick = tokio::time::interval(WATCH_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut ending = loop {
-        tokio::select! {
-            status = child.wait() => break Ending::Exited(status.map(exit_code).unwrap_or(-1)),
-            _ = &mut deadline => break Ending::TimedOut(sup.timeout),
-            _ = sup.cancel.cancelled() => break Ending::Cancelled,
-            _ = overflow.cancelled() => break Ending::StdoutTooLarge(limit.unwrap_or(0)),
-            _ = tick.tick(), if watch.is_some() => {
-                if let Some(breach) = watch.as_mut().and_then(|w| w(pid.unwrap_or(0))) {
-                    break Ending::Limit(breach.to_string());
-                }
+                    Out::Line(l) => {
+                        log(LogStream::Stdout, &format!("{prefix}{l}"));
+                        tail.push(l);
+                    }
+                },
+                l = next_line(&mut err), if !err_done => match l {
+                    Some(l) => {
+                        log(LogStream::Stderr, &format!("{prefix}{l}"));
+                        tail.push(l);
+                    }
+                    None => err_done = true,
+                },
             }
         }
+        Some(child.wait().await)
     };
-    // After a normal exit nothing is left to stop: every sandbox runs the addon in its own PID
-    // namespace, whose init ended with the addon and took every leftover process with it.
-    // A breached limit gets no grace: the addon would go on filling the disk or forking.
-    let grace = if matches!(ending, Ending::Limit(_)) { Duration::ZERO } else { sup.kill_grace };
-    if let (Some(pid), false) = (pid, matches!(ending, Ending::Exited(_))) {
-        stop_tree(pid, &mut child, grace).await;
+    let ended = tokio::time::timeout(timeout, run).await;
+    match ended {
+        Ok(Some(Ok(status))) if status.success() => Ok(collected),
+        Ok(Some(Ok(status))) => Err(ToolFailure::Exit { code: exit_code(status), tail }),
+        Ok(Some(Err(e))) => Err(ToolFailure::Start(e)),
+        Ok(None) => {
+            let _ = child.start_kill();
+            Err(ToolFailure::TooMuchOutput(too_much.unwrap_or(0)))
+        }
+        Err(_) => {
+            let _ = child.start_kill();
+            Err(ToolFailure::TimedOut { tail })
+        }
     }
-    let _ = child.wait().await;
-    // Pipes close once every holder is dead; the readers then finish.
-    let stdout = stdout_task.await.unwrap_or_default();
-    let stderr_tail = stderr_task.await.unwrap_or_default();
-    if overflow.is_cancelled() && matches!(ending, Ending::Exited(_)) {
-        ending = Ending::StdoutTooLarge(limit.unwrap_or(0));
-    }
-    Ok(Supervised { ending, stdout, stderr_tail, duration: start.elapsed(), usage: Default::default() })
 }
 
-/// SIGTERM to everything below the child, a grace period, then SIGKILL to all of it.
-async fn stop_tree(pid: i32, child: &mut tokio::process::Child, grace: Duration) {
-    if grace.is_zero() {
-        kill_tree(pid, libc::SIGKILL, true);
-        return;
+/// What a tool's stdout gave next.
+enum Out {
+    Line(String),
+    Bytes(Vec<u8>),
+    End,
+}
+
+/// The next chunk of bytes (collected) or line (logged) of `r`.
+async fn next_out(r: &mut BufReader<tokio::process::ChildStdout>, collect: bool) -> Out {
+    if !collect {
+        return next_line(r).await.map_or(Out::End, Out::Line);
     }
-    // The child itself (a sandbox shim or bwrap) is spared the SIGTERM: its death would take the
-    // namespace down at once and leave the addon no grace.
-    kill_tree(pid, libc::SIGTERM, false);
-    let deadline = tokio::time::sleep(grace);
-    tokio::pin!(deadline);
-    tokio::select! {
-        _ = child.wait() => {}
-        _ = &mut deadline => {}
+    let mut chunk = vec![0u8; 16 * 1024];
+    match r.read(&mut chunk).await {
+        Ok(0) | Err(_) => Out::End,
+        Ok(n) => {
+            chunk.truncate(n);
+            Out::Bytes(chunk)
+        }
     }
-    kill_tree(pid, libc::SIGKILL, true);
 }
 
 /// A timeout as people write it in the configuration: `900s`, `1500ms`.
@@ -211,5 +157,46 @@ pub fn human_secs(d: Duration) -> String {
         format!("{}s", d.as_secs())
     } else {
         format!("{}ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    fn quiet() -> LogSink {
+        Arc::new(|_, _| {})
+    }
+
+    #[tokio::test]
+    async fn a_tool_is_run_to_its_end_and_says_how_it_failed() {
+        let t = Duration::from_secs(10);
+        let out = run_tool(sh("echo '{\"a\": 1}'; echo noise >&2"), "", &quiet(), t, Some(1024)).await.unwrap();
+        assert_eq!(out, b"{\"a\": 1}\n", "stdout collected as it was");
+        match run_tool(sh("echo step one; echo broke >&2; exit 7"), "", &quiet(), t, None).await {
+            Err(ToolFailure::Exit { code: 7, tail }) => {
+                // Both streams, in the order they were read.
+                let mut lines = tail.to_vec();
+                lines.sort();
+                assert_eq!(lines, ["broke", "step one"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        match run_tool(sh("echo started; exec sleep 30"), "", &quiet(), Duration::from_millis(300), None).await {
+            Err(ToolFailure::TimedOut { tail }) => assert_eq!(tail.to_vec(), ["started"]),
+            other => panic!("{other:?}"),
+        }
+        let flood = sh("head -c 100000 /dev/zero");
+        assert!(matches!(run_tool(flood, "", &quiet(), t, Some(1000)).await, Err(ToolFailure::TooMuchOutput(1000))));
+        assert!(matches!(
+            run_tool(Command::new("/no/such/tool"), "", &quiet(), t, None).await,
+            Err(ToolFailure::Start(_))
+        ));
     }
 }

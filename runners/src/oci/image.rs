@@ -5,14 +5,10 @@
 //! configuration kept beside it.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::BufReader;
-
 use super::bundle::ImageConfig;
-use crate::lines::Tail;
-use crate::process::{LogSink, LogStream};
+use crate::process::{LogSink, ToolFailure};
 use crate::runner::BuildFailed;
 
 /// The tag images get in the OCI layout.
@@ -24,45 +20,27 @@ pub fn rootfs_of(content: &Path) -> PathBuf {
     content.join("image").join("rootfs")
 }
 
-/// Runs one tool to its end, its output lines going to the build log; on failure the error
-/// names the tool and carries the last lines.
+/// Runs one tool to its end (see [`crate::process::run_tool`]), its output lines going to the
+/// build log; on failure the error names the tool and carries the last lines.
 pub async fn run_tool(
-    mut cmd: tokio::process::Command,
+    cmd: tokio::process::Command,
     what: &str,
     log: &LogSink,
     timeout: Duration,
 ) -> Result<(), BuildFailed> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| format!("{what}: cannot start: {e}"))?;
-    // A builder prints what the addon's RUN steps print: read in bounded lines (see `lines`).
-    let mut out = BufReader::new(child.stdout.take().expect("piped"));
-    let mut err = BufReader::new(child.stderr.take().expect("piped"));
-    let mut tail = Tail::default();
-    let mut keep = |line: String| {
-        log(LogStream::Stderr, &format!("build: {line}"));
-        tail.push(line);
-    };
-    let run = async {
-        let (mut out_done, mut err_done) = (false, false);
-        while !(out_done && err_done) {
-            tokio::select! {
-                l = crate::lines::next_line(&mut out), if !out_done => match l { Some(l) => keep(l), None => out_done = true },
-                l = crate::lines::next_line(&mut err), if !err_done => match l { Some(l) => keep(l), None => err_done = true },
-            }
+    match crate::process::run_tool(cmd, "build: ", log, timeout, None).await {
+        Ok(_) => Ok(()),
+        Err(ToolFailure::Start(e)) => Err(format!("{what}: cannot start: {e}").into()),
+        Err(ToolFailure::Exit { code, tail }) => {
+            let last = tail.last_non_empty().unwrap_or_default().to_string();
+            Err(BuildFailed::with_log(format!("{what} failed (exit code {code}): {last}"), tail.into_vec()))
         }
-        child.wait().await
-    };
-    let status = match tokio::time::timeout(timeout, run).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("{what}: {e}").into()),
-        Err(_) => return Err(format!("{what} did not finish within {}", crate::process::human_secs(timeout)).into()),
-    };
-    if status.success() {
-        return Ok(());
+        Err(ToolFailure::TimedOut { tail }) => Err(BuildFailed::with_log(
+            format!("{what} did not finish within {}", crate::process::human_secs(timeout)),
+            tail.into_vec(),
+        )),
+        Err(ToolFailure::TooMuchOutput(_)) => Err(format!("{what}: printed too much").into()),
     }
-    let last = tail.last_non_empty().unwrap_or_default().to_string();
-    let tail = tail.into_vec();
-    Err(BuildFailed::with_log(format!("{what} failed ({status}): {last}"), tail))
 }
 
 /// A `docker://`-style reference with a tag (`busybox` is `busybox:latest`), as skopeo's
