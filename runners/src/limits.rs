@@ -155,10 +155,7 @@ impl RunCgroup {
         // An engine that was killed left its runs' groups behind (empty: their processes died
         // with their PID namespaces); the first run of each engine removes them.
         static SWEPT: std::sync::Once = std::sync::Once::new();
-        SWEPT.call_once(|| {
-            let parents = procs.iter().filter_map(|p| p.parent()?.parent().map(Path::to_path_buf));
-            remove_groups_of_dead_engines(parents);
-        });
+        SWEPT.call_once(|| remove_stale_groups(STALE_AFTER));
         if let Some(m) = limits.memory {
             // No swap beyond the memory limit, where swap is accounted.
             if let Some(mem) = cg.cgroup.controller_of::<cgroups_rs::memory::MemController>() {
@@ -259,24 +256,44 @@ impl RunCgroup {
     }
 }
 
-/// Removes the empty `run-<ms>-<pid>-...` groups in `parents` whose engine (`pid`) is gone. A
-/// group that still holds a process, or whose pid runs (its engine, or another process that got
-/// the pid), is left alone.
-fn remove_groups_of_dead_engines(parents: impl Iterator<Item = PathBuf>) {
+/// How old an empty run group must be to count as left behind when its engine is not known to
+/// be gone.
+pub const STALE_AFTER: Duration = Duration::from_secs(60);
+
+/// Removes the empty run groups below `addon-engine`, in every hierarchy, that runs of killed
+/// engines left: those whose engine (the pid in `run-<ms>-<pid>-...`) is gone, and any older
+/// than `age`, with the empty child groups a runtime made in them (runc's). A group with
+/// processes or child groups cannot be removed, so a live run keeps its own.
+pub fn remove_stale_groups(age: Duration) {
+    let root = Path::new("/sys/fs/cgroup");
+    let hierarchies = fs_err::read_dir(root).into_iter().flatten().flatten().map(|h| h.path());
+    let parents = std::iter::once(root.to_path_buf()).chain(hierarchies).map(|h| h.join("addon-engine"));
+    remove_stale_groups_in(parents, age);
+}
+
+fn remove_stale_groups_in(parents: impl Iterator<Item = PathBuf>, age: Duration) {
+    let old = |p: &Path| {
+        fs_err::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age)
+    };
+    let owner_gone = |name: &str| {
+        let pid = name.strip_prefix("run-").and_then(|r| r.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok());
+        pid.is_some_and(|pid| pid > 0 && !Path::new(&format!("/proc/{pid}")).exists())
+    };
     for parent in parents {
-        let Ok(entries) = fs_err::read_dir(&parent) else { continue };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            let Some(pid) =
-                name.strip_prefix("run-").and_then(|r| r.split('-').nth(1)).and_then(|p| p.parse::<i32>().ok())
-            else {
+        for run in fs_err::read_dir(&parent).into_iter().flatten().flatten() {
+            let path = run.path();
+            let gone = owner_gone(&run.file_name().to_string_lossy());
+            if !path.is_dir() || !(gone || old(&path)) {
                 continue;
-            };
-            if pid > 0 && !Path::new(&format!("/proc/{pid}")).exists() {
-                // rmdir refuses a group with processes or child groups: only empty ones go.
-                if std::fs::remove_dir(e.path()).is_ok() {
-                    tracing::debug!("removed the control group {} of an engine that is gone", e.path().display());
+            }
+            for child in fs_err::read_dir(&path).into_iter().flatten().flatten() {
+                if child.path().is_dir() && (gone || old(&child.path())) {
+                    let _ = std::fs::remove_dir(child.path());
                 }
+            }
+            // rmdir refuses a group with processes or child groups: only empty ones go.
+            if std::fs::remove_dir(&path).is_ok() {
+                tracing::debug!("removed the control group {} that a run left", path.display());
             }
         }
     }
@@ -545,9 +562,11 @@ mod tests {
         {
             std::fs::create_dir(parent.path().join(name)).unwrap();
         }
-        // A group that still holds something (a container's child group) stays.
+        // A group that still holds something stays (here a child that cannot be removed, as a
+        // group with processes could not).
         std::fs::create_dir(parent.path().join(format!("run-2-{dead}-0-0-0/child"))).unwrap();
-        remove_groups_of_dead_engines(std::iter::once(parent.path().to_path_buf()));
+        std::fs::write(parent.path().join(format!("run-2-{dead}-0-0-0/child/held")), "").unwrap();
+        remove_stale_groups_in(std::iter::once(parent.path().to_path_buf()), Duration::from_secs(3600));
         let mut left: Vec<String> = std::fs::read_dir(parent.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into())

@@ -36,29 +36,6 @@ pub(super) fn container_cgroup(envelope: &[PathBuf], runtime: &Runtime, run_id: 
         .then(|| format!("/{}/{id}", crate::limits::Envelope::group_name(run_id)))
 }
 
-/// Removes empty groups below `addon-engine` (in every hierarchy) older than `age`: what runs of
-/// killed engines left. A group with processes or child groups cannot be removed, so a live run
-/// keeps its own.
-pub(super) fn remove_stale_groups(age: Duration) {
-    let old = |p: &Path| {
-        fs_err::metadata(p).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).is_some_and(|e| e > age)
-    };
-    for hierarchy in fs_err::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        for run in fs_err::read_dir(hierarchy.path().join("addon-engine")).into_iter().flatten().flatten() {
-            let run = run.path();
-            if !run.is_dir() || !old(&run) {
-                continue;
-            }
-            for child in fs_err::read_dir(&run).into_iter().flatten().flatten() {
-                if child.path().is_dir() && old(&child.path()) {
-                    let _ = fs_err::remove_dir(child.path());
-                }
-            }
-            let _ = fs_err::remove_dir(&run);
-        }
-    }
-}
-
 /// Removes what runc's group path left in the hierarchies the envelope does not use (cpuset,
 /// devices, freezer, ...: runc removes only the container's own group, not its parents).
 pub(super) fn remove_run_groups(run_id: &str) {

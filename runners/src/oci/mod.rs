@@ -22,7 +22,7 @@ mod groups;
 pub mod image;
 
 pub use groups::hybrid_v2_mount;
-use groups::{container_cgroup, remove_run_groups, remove_stale_groups};
+use groups::{container_cgroup, remove_run_groups};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -384,7 +384,7 @@ impl OciRunner {
                 let _ = fs_err::remove_dir(e.path());
             }
         }
-        remove_stale_groups(Duration::from_secs(60));
+        crate::limits::remove_stale_groups(crate::limits::STALE_AFTER);
         for e in entries.flatten() {
             let id = e.file_name().to_string_lossy().to_string();
             if id.starts_with("addon-") && host::orphaned(&id) {
