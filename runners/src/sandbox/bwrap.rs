@@ -60,7 +60,7 @@ impl Sandbox for Bwrap {
         if spec.cgroups.is_empty() {
             return Ok(super::Launch { cmd: self.build(spec), handoff: None });
         }
-        let (Ok((info_r, info_w)), Ok((block_r, block_w))) = (pipe(), pipe()) else {
+        let (Ok((info_r, info_w)), Ok((block_r, block_w))) = (super::pipe(), super::pipe()) else {
             // Without pipes, the process joins the groups itself, as before.
             return Ok(super::Launch { cmd: self.build(spec), handoff: None });
         };
@@ -74,17 +74,6 @@ impl Sandbox for Bwrap {
 struct HandoffFds {
     info: OwnedFd,
     block: OwnedFd,
-}
-
-/// A pipe, both ends closed on exec.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors nobody else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 impl Bwrap {

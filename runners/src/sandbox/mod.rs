@@ -270,6 +270,18 @@ impl Handoff {
     }
 }
 
+/// A pipe (read end, write end), both ends closed on exec.
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors nobody else owns.
+    Ok(unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) })
+}
+
 /// The `"child-pid": N` a sandbox tool writes on its info descriptor (bubblewrap's
 /// `--info-fd`), read until the tool closes it or `within` passes.
 fn read_child_pid(info: &std::os::fd::OwnedFd, within: std::time::Duration) -> std::io::Result<i32> {
@@ -465,15 +477,7 @@ mod tests {
     fn tool(marker: &Path) -> (std::process::Child, Handoff, tempfile::TempDir) {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
-        let pipe = || {
-            let mut fds = [0; 2];
-            // SAFETY: pipe2 fills two descriptors we then own.
-            assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-            // SAFETY: fresh descriptors nobody else owns.
-            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
-        };
-        use std::os::fd::{FromRawFd, OwnedFd};
-        let ((info_r, info_w), (block_r, block_w)) = (pipe(), pipe());
+        let ((info_r, info_w), (block_r, block_w)) = (pipe().unwrap(), pipe().unwrap());
         let (w, r) = (info_w.as_raw_fd(), block_r.as_raw_fd());
         let mut cmd = std::process::Command::new("sh");
         cmd.arg("-c")
