@@ -2,16 +2,19 @@
 //! `addons.executor-config`. Unknown keys are errors that name the key, the file and the line.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use addon_runners::sandbox::nspawn::NspawnSettings;
+use addon_runners::settings::{check_keys, SectionError};
+pub use addon_runners::settings::{parse_duration, BuildNetwork, HumanDuration};
+use addon_runners::{SandboxKind, Sections};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Engine configuration. Every key is optional; absent keys take the defaults shown.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+#[serde(default, rename_all = "kebab-case")]
 #[schemars(title = "addon engine configuration")]
 pub struct Config {
     /// Runner preference, first to last: a list or a comma-separated string.
@@ -22,14 +25,10 @@ pub struct Config {
     pub run_timeout: HumanDuration,
     /// false: impure addons (network, or side effects without collected output) are refused.
     pub allow_impure: bool,
-    /// Sandbox for trivial and nix-flake runs.
+    /// Sandbox for trivial and nix-flake runs: `auto` (the strongest available of bwrap,
+    /// netns; never none), `bwrap`, `netns`, `nspawn`, or `none` (the bare host: only by
+    /// explicit choice).
     pub sandbox: SandboxChoice,
-    /// Docspell-style nspawn settings; `enabled: true` means `sandbox: nspawn`.
-    pub nspawn: NspawnConfig,
-    pub nix_runner: NixRunnerConfig,
-    pub docker_runner: DockerRunnerConfig,
-    /// The daemonless `oci` runner of docker addons.
-    pub oci_runner: OciRunnerConfig,
     /// What builds may reach.
     pub network: NetworkConfig,
     /// Where run directories are made.
@@ -62,6 +61,12 @@ pub struct Config {
     /// of these origins (a URL or directory prefix) or with one of these content digests; see
     /// docs/usage.md "Which addon a name means". Unpinned names belong to the first origin seen.
     pub addons: BTreeMap<String, AddonPin>,
+    /// The sections that runners and sandboxes own (`docker-runner:`, `nix-runner:`,
+    /// `oci-runner:`, `nspawn:`): each is its component's settings type, read and checked by
+    /// [`Config::from_yaml`]; take one out with `config.components.get::<DockerSettings>()`.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub components: Sections,
 }
 
 /// The addon a name means (see [`Config::addons`]).
@@ -213,10 +218,6 @@ impl Default for Config {
             run_timeout: HumanDuration(Duration::from_secs(15 * 60)),
             allow_impure: true,
             sandbox: SandboxChoice::Auto,
-            nspawn: NspawnConfig::default(),
-            nix_runner: NixRunnerConfig::default(),
-            docker_runner: DockerRunnerConfig::default(),
-            oci_runner: OciRunnerConfig::default(),
             network: NetworkConfig::default(),
             working_dir: Config::default_working_dir(),
             cache_dir: dirs::cache_dir().unwrap_or_else(std::env::temp_dir).join("addon"),
@@ -230,88 +231,7 @@ impl Default for Config {
             addon_limits: BTreeMap::new(),
             plugins: BTreeMap::new(),
             addons: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct NspawnConfig {
-    pub enabled: bool,
-    /// Used when the engine is not root.
-    pub sudo_binary: String,
-    pub nspawn_binary: String,
-    /// The `addon` binary, run inside each container to install the seccomp filter nspawn cannot
-    /// express; null: this program when it is `addon`, else `addon` in PATH.
-    pub helper: Option<PathBuf>,
-}
-
-impl Default for NspawnConfig {
-    fn default() -> Self {
-        NspawnConfig {
-            enabled: false,
-            sudo_binary: "sudo".into(),
-            nspawn_binary: "systemd-nspawn".into(),
-            helper: None,
-        }
-    }
-}
-
-impl NspawnConfig {
-    /// The helper binary: the setting, else this program when it is `addon`, else `addon` in
-    /// PATH.
-    pub fn helper(&self) -> Option<PathBuf> {
-        self.helper.clone().or_else(|| {
-            std::env::current_exe().ok().filter(|p| p.file_name().is_some_and(|n| n == "addon")).or_else(which_addon)
-        })
-    }
-}
-
-fn which_addon() -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("addon")).find(|p| p.is_file())
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct NixRunnerConfig {
-    pub nix_binary: String,
-    pub build_timeout: HumanDuration,
-    /// Extra arguments for `nix build` (for example `--offline`).
-    pub extra_args: Vec<String>,
-}
-
-impl Default for NixRunnerConfig {
-    fn default() -> Self {
-        NixRunnerConfig {
-            nix_binary: "nix".into(),
-            build_timeout: HumanDuration(Duration::from_secs(15 * 60)),
-            extra_args: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct DockerRunnerConfig {
-    /// Docker API address; null: `DOCKER_HOST`, else the local socket.
-    pub host: Option<String>,
-    pub build_timeout: HumanDuration,
-    /// User inside the container: null keeps the image's user; `engine` uses the engine's
-    /// uid:gid so output files stay readable; or an explicit `uid:gid`.
-    pub user: Option<String>,
-    /// Deprecated: `network.build` says what every runner's builds reach. When set, it is the
-    /// daemon's network for this runner's builds (`none`, `host`, a network's name), over it.
-    #[schemars(skip)]
-    pub build_network: Option<String>,
-}
-
-impl Default for DockerRunnerConfig {
-    fn default() -> Self {
-        DockerRunnerConfig {
-            host: None,
-            build_timeout: HumanDuration(Duration::from_secs(15 * 60)),
-            user: None,
-            build_network: None,
+            components: Sections::default(),
         }
     }
 }
@@ -340,131 +260,6 @@ pub enum ImpureNetwork {
     Host,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum BuildNetwork {
-    #[default]
-    Egress,
-    Host,
-    None,
-}
-
-impl BuildNetwork {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BuildNetwork::Egress => "egress",
-            BuildNetwork::Host => "host",
-            BuildNetwork::None => "none",
-        }
-    }
-}
-
-/// The `oci` runner: docker addons without a daemon, from a cached root filesystem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct OciRunnerConfig {
-    /// OCI runtime: `auto` (crun, then runc: the first that starts a container here), `crun`,
-    /// `runc`, or a path.
-    pub runtime: String,
-    /// The Dockerfile builder (buildah; rootless when the engine is not root).
-    pub buildah_binary: String,
-    /// Copies `image:` references from local stores and registries.
-    pub skopeo_binary: String,
-    /// Unpacks images into root filesystems.
-    pub umoci_binary: String,
-    /// A local image store `image:` references are taken from first: `none`, `docker` (read
-    /// once, when the image is first unpacked) or `podman`.
-    pub image_store: OciImageStore,
-    /// When an image (`image:`, a Dockerfile's base) may be pulled from a registry, after the
-    /// local stores and only when builds have a network (`network.build`): `missing` (the
-    /// default: when no local store has it; `always` is an older name of it), `if-networking`
-    /// (only for addons that ask for network), `never`.
-    pub pull: OciPull,
-    pub build_timeout: HumanDuration,
-    /// Deprecated: `network.build` says what every runner's builds reach. When set, it is
-    /// buildah's `--network` for this runner's builds, over it.
-    #[schemars(skip)]
-    pub build_network: Option<String>,
-    /// As root, container ids 0..65535 are host ids from this one up (never the host's root);
-    /// Dockerfile builds use the 65536 ids after those.
-    pub uid_base: u32,
-    /// The runtime's state directory; null: `/run/addon-engine/oci` as root, else under the
-    /// temp directory.
-    pub state_dir: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum OciImageStore {
-    None,
-    Docker,
-    Podman,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum OciPull {
-    Never,
-    IfNetworking,
-    #[serde(alias = "always")]
-    Missing,
-}
-
-impl Default for OciRunnerConfig {
-    fn default() -> Self {
-        let d = addon_runners::oci::OciSettings::default();
-        OciRunnerConfig {
-            runtime: d.runtime,
-            buildah_binary: d.buildah,
-            skopeo_binary: d.skopeo,
-            umoci_binary: d.umoci,
-            image_store: OciImageStore::None,
-            pull: OciPull::Missing,
-            build_timeout: HumanDuration(d.build_timeout),
-            build_network: None,
-            uid_base: d.uid_base,
-            state_dir: None,
-        }
-    }
-}
-
-impl OciRunnerConfig {
-    /// The runner's settings, its builds reaching `build`.
-    pub fn settings(&self, build: BuildNetwork) -> addon_runners::oci::OciSettings {
-        use addon_runners::oci::{ImageStore, Pull};
-        addon_runners::oci::OciSettings {
-            runtime: self.runtime.clone(),
-            buildah: self.buildah_binary.clone(),
-            skopeo: self.skopeo_binary.clone(),
-            umoci: self.umoci_binary.clone(),
-            image_store: match self.image_store {
-                OciImageStore::None => ImageStore::None,
-                OciImageStore::Docker => ImageStore::Docker,
-                OciImageStore::Podman => ImageStore::Podman,
-            },
-            pull: match self.pull {
-                OciPull::Never => Pull::Never,
-                OciPull::IfNetworking => Pull::IfNetworking,
-                OciPull::Missing => Pull::Missing,
-            },
-            build_timeout: self.build_timeout.0,
-            build_network: match self.build_network.as_deref() {
-                Some(deprecated) => deprecated,
-                // A network of the build's own (buildah's `private`: a CNI bridge as root,
-                // slirp4netns rootless), never the host's own namespace unless asked for.
-                None => match build {
-                    BuildNetwork::Egress => "private",
-                    BuildNetwork::Host => "host",
-                    BuildNetwork::None => "none",
-                },
-            }
-            .to_string(),
-            uid_base: self.uid_base,
-            state_dir: self.state_dir.clone(),
-        }
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ArchiveConfig {
@@ -489,17 +284,66 @@ impl ArchiveConfig {
     }
 }
 
-/// Which sandbox wraps trivial and nix-flake runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
+/// Which sandbox wraps trivial and nix-flake runs: `auto`, or a sandbox by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SandboxChoice {
     /// The strongest available of bwrap, netns; never none.
     Auto,
-    Bwrap,
-    Nspawn,
-    Netns,
-    /// The bare host: only by explicit choice.
-    None,
+    /// This one (`none`, the bare host, only by explicit choice).
+    Kind(SandboxKind),
+}
+
+impl SandboxChoice {
+    pub const NSPAWN: SandboxChoice = SandboxChoice::Kind(SandboxKind::Nspawn);
+    pub const NONE: SandboxChoice = SandboxChoice::Kind(SandboxKind::None);
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxChoice::Auto => "auto",
+            SandboxChoice::Kind(k) => k.as_str(),
+        }
+    }
+
+    /// `auto` or a sandbox's name.
+    pub fn parse(name: &str) -> Option<SandboxChoice> {
+        match name {
+            "auto" => Some(SandboxChoice::Auto),
+            other => SandboxKind::parse(other).map(SandboxChoice::Kind),
+        }
+    }
+
+    fn names() -> Vec<&'static str> {
+        std::iter::once("auto")
+            .chain(addon_runners::sandbox::builtin_sandboxes().iter().map(|f| f.kind.as_str()))
+            .collect()
+    }
+}
+
+impl Serialize for SandboxChoice {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SandboxChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        SandboxChoice::parse(&name).ok_or_else(|| {
+            serde::de::Error::custom(format_args!(
+                "unknown sandbox `{name}`, expected one of {}",
+                SandboxChoice::names().join(", ")
+            ))
+        })
+    }
+}
+
+impl JsonSchema for SandboxChoice {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SandboxChoice".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "enum": SandboxChoice::names()})
+    }
 }
 
 /// The runner order, by name; accepts `[nix-flake, docker]` or `"nix-flake, docker"` (and
@@ -570,39 +414,6 @@ pub fn parse_runner_names(names: &[String], known: &[String]) -> Result<Vec<Stri
     Ok(out)
 }
 
-/// A duration written as `500ms`, `30s`, `15m`, `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
-#[schemars(with = "String")]
-pub struct HumanDuration(pub Duration);
-
-impl fmt::Display for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Parses `500ms`, `30s`, `15m`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration `{s}` ({e}); write e.g. 500ms, 30s, 15m"))
-}
-
 /// A size in bytes: a number, or text like `1GiB`, `500MB`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
 #[schemars(with = "String")]
@@ -653,6 +464,14 @@ impl Config {
         std::env::temp_dir().join(format!("addon-work-{uid}"))
     }
 
+    /// The engine's `addon` binary, for helpers run inside sandboxes and containers:
+    /// `nspawn.helper`, else this program when it is `addon`, else `addon` in PATH.
+    pub fn helper(&self) -> Option<PathBuf> {
+        self.components.get::<NspawnSettings>().helper.or_else(|| {
+            std::env::current_exe().ok().filter(|p| p.file_name().is_some_and(|n| n == "addon")).or_else(which_addon)
+        })
+    }
+
     /// Every runner name this configuration can use: the built-in runners, then its plugins.
     pub fn runner_names(&self) -> Vec<String> {
         builtin_runner_names().into_iter().map(str::to_string).chain(self.plugins.keys().cloned()).collect()
@@ -669,36 +488,29 @@ impl Config {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
+        let (sections, absent) = addon_runners::config_sections();
+        // The top-level keys first, so that a misspelt one is named with its line (the struct
+        // below takes the components' sections in without looking at them).
+        let keys: Vec<&str> =
+            engine_keys().iter().map(String::as_str).chain(sections.iter().map(|s| s.key)).chain(absent).collect();
+        check_keys(text, &keys).map_err(|e| e.to_string())?;
         let mut config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-        if config.nspawn.enabled && config.sandbox == SandboxChoice::Auto {
-            config.sandbox = SandboxChoice::Nspawn;
+        config.components = Sections::read(text, &sections).map_err(|e| match e {
+            SectionError::Parse(message) => message,
+            e @ SectionError::Check { .. } => e.to_string(),
+        })?;
+        for (_, settings) in config.components.iter() {
+            for warning in settings.warnings() {
+                tracing::warn!("{warning}");
+            }
+        }
+        if config.components.get::<NspawnSettings>().enabled && config.sandbox == SandboxChoice::Auto {
+            config.sandbox = SandboxChoice::NSPAWN;
         }
         if config.sandbox_user.uid == 0 || config.sandbox_user.gid == 0 {
             return Err(
                 "sandbox-user: uid and gid must not be 0 (root); give an unprivileged identity no account uses".into(),
             );
-        }
-        if config.oci_runner.uid_base == 0
-            || u64::from(config.oci_runner.uid_base) + 2 * u64::from(addon_runners::oci::ID_RANGE) > u64::from(u32::MAX)
-        {
-            return Err(format!(
-                "oci-runner.uid-base: {} must be above 0 with {} ids free above it (containers, then builds)",
-                config.oci_runner.uid_base,
-                2 * addon_runners::oci::ID_RANGE
-            ));
-        }
-        for (key, value) in [
-            ("oci-runner.build-network", &config.oci_runner.build_network),
-            ("docker-runner.build-network", &config.docker_runner.build_network),
-        ] {
-            match value.as_deref() {
-                None => {}
-                Some("") => return Err(format!("{key}: empty (and deprecated: use network.build)")),
-                Some(v) => tracing::warn!(
-                    "{key} is deprecated: network.build says what every runner's builds reach; `{key}: {v}` \
-                     still decides this runner's, over network.build"
-                ),
-            }
         }
         config.limits.check("limits")?;
         for (name, p) in &config.plugins {
@@ -763,9 +575,39 @@ impl Config {
     }
 }
 
-/// The JSON Schema of the configuration.
+/// The engine's own top-level keys (those of [`Config`] but its components' sections).
+fn engine_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        let schema = schemars::schema_for!(Config);
+        schema.get("properties").and_then(|p| p.as_object()).map(|p| p.keys().cloned().collect()).unwrap_or_default()
+    })
+}
+
+fn which_addon() -> Option<PathBuf> {
+    std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join("addon")).find(|p| p.is_file())
+}
+
+/// The JSON Schema of the configuration: the engine's keys, and each component's section with
+/// its own schema (a section of a runner not built into this engine takes anything).
 pub fn config_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+    let mut generator =
+        schemars::generate::SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true).into_generator();
+    let mut schema = generator.root_schema_for::<Config>().to_value();
+    let (sections, absent) = addon_runners::config_sections();
+    if let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        for s in &sections {
+            properties.insert(s.key.to_string(), (s.schema)(&mut generator).to_value());
+        }
+        for key in absent {
+            properties.insert(
+                key.to_string(),
+                serde_json::json!({"description": "The settings of a runner not built into this engine (unused)."}),
+            );
+        }
+    }
+    schema["additionalProperties"] = serde_json::Value::Bool(false);
+    schema
 }
 
 #[cfg(test)]
@@ -800,7 +642,7 @@ addon-limits: {big-addon: {memory: 4GiB}}
         assert_eq!(c.runner.0, ["nix-flake", "docker", "trivial"]);
         assert_eq!(c.run_timeout.0, Duration::from_secs(90));
         assert_eq!(c.archive.max_size.0, 1 << 30);
-        assert_eq!(c.sandbox, SandboxChoice::Netns);
+        assert_eq!(c.sandbox, SandboxChoice::Kind(SandboxKind::Netns));
         assert_eq!(c.env["my-addon"]["TOKEN"], "abc");
     }
 
@@ -829,8 +671,35 @@ addon-limits: {big-addon: {memory: 4GiB}}
     }
 
     #[test]
+    fn components_read_their_own_sections() {
+        let c =
+            Config::from_yaml("oci-runner: {runtime: crun, pull: always}\nnspawn: {nspawn-binary: /opt/n}\n").unwrap();
+        let oci: addon_runners::oci::OciSettings = c.components.get();
+        assert_eq!((oci.runtime.as_str(), oci.pull), ("crun", addon_runners::oci::Pull::Missing));
+        assert_eq!(c.components.get::<NspawnSettings>().nspawn_binary, "/opt/n");
+        let e = Config::from_yaml("fail-fast: true\noci-runner:\n  runtme: crun\n").unwrap_err();
+        assert!(e.contains("oci-runner") && e.contains("runtme") && e.contains("line 3"), "{e}");
+        let e = Config::from_yaml("oci-runner: {uid-base: 0}").unwrap_err();
+        assert!(e.starts_with("oci-runner.uid-base: 0 must be above 0"), "{e}");
+        // A runner's section reads whether or not the runner is built into this engine.
+        Config::from_yaml("docker-runner: {host: unix:///run/d.sock}\nnix-runner: {extra-args: [--offline]}\n")
+            .unwrap();
+    }
+
+    #[test]
+    fn every_section_is_in_the_schema_and_nothing_else_is() {
+        let schema = config_schema();
+        let properties = schema["properties"].as_object().unwrap();
+        for key in ["docker-runner", "nix-runner", "oci-runner", "nspawn", "runner", "limits"] {
+            assert!(properties.contains_key(key), "{key} missing from the schema");
+        }
+        assert_eq!(schema["additionalProperties"], false);
+        assert!(properties["oci-runner"]["properties"]["uid-base"]["description"].is_string(), "doc comments carried");
+    }
+
+    #[test]
     fn nspawn_enabled_selects_nspawn() {
         let c = Config::from_yaml("nspawn: {enabled: true}").unwrap();
-        assert_eq!(c.sandbox, SandboxChoice::Nspawn);
+        assert_eq!(c.sandbox, SandboxChoice::NSPAWN);
     }
 }

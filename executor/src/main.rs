@@ -589,7 +589,7 @@ fn validate(sources: &[String], config: &Config, json: bool) -> anyhow::Result<u
                 #[allow(unused_mut)] // without the nix feature nothing more is checked
                 let mut report = ValidationReport::from_addon(src, &addon);
                 #[cfg(feature = "nix")]
-                report.check_flake(&addon, &config.nix_runner.nix_binary);
+                report.check_flake(&addon, &config.components.get::<addon_runners::nix::NixSettings>().nix_binary);
                 (report, Some(addon.descriptor_text.clone()))
             }
             Err(e) => (ValidationReport::from_error(src, &e), None),

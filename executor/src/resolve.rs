@@ -61,10 +61,7 @@ pub fn pick_sandbox(sandboxes: &Sandboxes, choice: SandboxChoice) -> Result<Sand
                 .collect();
             format!("sandbox auto found no usable sandbox ({}); `auto` never falls back to none", why.join("; "))
         }),
-        SandboxChoice::Bwrap => Ok(SandboxKind::Bwrap),
-        SandboxChoice::Netns => Ok(SandboxKind::Netns),
-        SandboxChoice::Nspawn => Ok(SandboxKind::Nspawn),
-        SandboxChoice::None => Ok(SandboxKind::None),
+        SandboxChoice::Kind(kind) => Ok(kind),
     }
 }
 

@@ -2,7 +2,8 @@
 //! choosing between them (the executor does that from the declared [`Capabilities`]).
 //!
 //! Every runner, built in or a plugin, is a [`Runner`] made by a [`Factory`] of the registry.
-//! Adding a built-in runner is one new module and one line in [`builtin_factories`].
+//! Adding a built-in runner is one new module and one line in [`builtin_factories`]; its
+//! settings are its own type, read from its section of the configuration ([`settings`]).
 
 pub mod build_failure;
 #[cfg(feature = "docker")]
@@ -18,6 +19,7 @@ pub mod process;
 pub mod procfs;
 pub mod runner;
 pub mod sandbox;
+pub mod settings;
 pub mod trivial;
 
 use std::sync::Arc;
@@ -32,23 +34,19 @@ pub use runner::{
     RunnerError, RunnerInfo, StartSpec, Started,
 };
 pub use sandbox::{Isolation, Mounts, Sandbox, SandboxError, SandboxKind, SandboxSettings, Sandboxes};
+pub use settings::{BuildNetwork, ComponentSettings, ConfigSection, Sections};
 
-/// Settings of the built-in runners that have any.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    #[cfg(feature = "docker")]
-    pub docker: docker::DockerSettings,
-    #[cfg(feature = "nix")]
-    pub nix: nix::NixSettings,
-    pub oci: oci::OciSettings,
-}
-
-/// What a factory makes a runner from: the engine's sandboxes and probe cache, and settings.
+/// What a factory makes a runner from: the engine's sandboxes and probe cache, the
+/// configuration's sections (where a runner finds its own settings), and what is the engine's.
 #[derive(Debug, Clone)]
 pub struct RunnerContext {
     pub sandboxes: Arc<Sandboxes>,
     pub probes: Arc<ProbeCache>,
-    pub settings: Settings,
+    pub sections: Sections,
+    /// What builds reach (`network.build`).
+    pub build_network: BuildNetwork,
+    /// The engine's `addon` binary, for helpers that run inside a sandbox or container.
+    pub helper: Option<std::path::PathBuf>,
 }
 
 /// A runner's constructor.
@@ -61,6 +59,11 @@ pub struct Factory {
     pub name: &'static str,
     /// The descriptor sections it serves.
     pub serves: &'static [Section],
+    /// Its section of the engine configuration (`docker-runner`), when it has settings. A
+    /// runner not compiled in keeps its key, so that its configuration still reads.
+    pub config_key: Option<&'static str>,
+    /// How that section reads; None when the runner is not compiled into this engine.
+    pub settings: Option<ConfigSection>,
     /// None when the runner is not compiled into this engine.
     pub make: Option<MakeRunner>,
 }
@@ -71,38 +74,69 @@ impl std::fmt::Debug for Factory {
     }
 }
 
+/// The sections of the configuration that runners and sandboxes own, with the keys of those
+/// not compiled into this engine (read as anything, and unused).
+pub fn config_sections() -> (Vec<ConfigSection>, Vec<&'static str>) {
+    let runners = builtin_factories();
+    let sandboxes = sandbox::builtin_sandboxes();
+    let sections: Vec<ConfigSection> =
+        runners.iter().filter_map(|f| f.settings).chain(sandboxes.iter().filter_map(|s| s.settings)).collect();
+    let absent =
+        runners.iter().filter_map(|f| f.config_key).filter(|k| !sections.iter().any(|s| s.key == *k)).collect();
+    (sections, absent)
+}
+
+/// One registry line: a runner compiled in behind `feature`, or only its name and key without it.
+macro_rules! factory {
+    ($feature:literal, $name:expr, $serves:expr, $key:expr, $settings:ty, $make:expr) => {
+        Factory {
+            name: $name,
+            serves: $serves,
+            config_key: Some($key),
+            #[cfg(feature = $feature)]
+            settings: Some(ConfigSection::of::<$settings>()),
+            #[cfg(not(feature = $feature))]
+            settings: None,
+            #[cfg(feature = $feature)]
+            make: Some($make),
+            #[cfg(not(feature = $feature))]
+            make: None,
+        }
+    };
+}
+
 /// The built-in runners, compiled in or not (a configuration may name one that is not; it is
 /// then reported as not built into this engine).
 pub fn builtin_factories() -> Vec<Factory> {
     vec![
-        Factory {
-            name: "docker",
-            serves: &[Section::Docker],
-            #[cfg(feature = "docker")]
-            make: Some(|ctx| Arc::new(docker::DockerRunner::new(ctx.settings.docker.clone()))),
-            #[cfg(not(feature = "docker"))]
-            make: None,
-        },
-        Factory {
-            name: "nix-flake",
-            serves: &[Section::Nix],
-            #[cfg(feature = "nix")]
-            make: Some(|ctx| {
-                Arc::new(nix::NixRunner::new(ctx.settings.nix.clone(), ctx.probes.clone(), ctx.sandboxes.clone()))
-            }),
-            #[cfg(not(feature = "nix"))]
-            make: None,
-        },
+        factory!("docker", "docker", &[Section::Docker], "docker-runner", docker::DockerSettings, |ctx| {
+            Arc::new(docker::DockerRunner::new(docker::DockerSettings::from_context(ctx)))
+        }),
+        factory!("nix", "nix-flake", &[Section::Nix], "nix-runner", nix::NixSettings, |ctx| {
+            Arc::new(nix::NixRunner::new(
+                nix::NixSettings::from_context(ctx),
+                ctx.probes.clone(),
+                ctx.sandboxes.clone(),
+            ))
+        }),
         Factory {
             name: "oci",
             serves: &[Section::Docker],
+            config_key: Some(<oci::OciSettings as ComponentSettings>::KEY),
+            settings: Some(ConfigSection::of::<oci::OciSettings>()),
             make: Some(|ctx| {
-                Arc::new(oci::OciRunner::new(ctx.settings.oci.clone(), ctx.probes.clone(), ctx.sandboxes.clone()))
+                Arc::new(oci::OciRunner::new(
+                    oci::OciSettings::from_context(ctx),
+                    ctx.probes.clone(),
+                    ctx.sandboxes.clone(),
+                ))
             }),
         },
         Factory {
             name: "trivial",
             serves: &[Section::Trivial],
+            config_key: None,
+            settings: None,
             make: Some(|ctx| Arc::new(trivial::TrivialRunner::new(ctx.sandboxes.clone()))),
         },
     ]

@@ -11,6 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use addon_descriptors::Section;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::host::HostRuns;
 use crate::probe::{Probe, ProbeCache};
@@ -20,15 +22,49 @@ use crate::runner::{
 };
 use crate::sandbox::ns::NsPlan;
 use crate::sandbox::Sandboxes;
+use crate::settings::{BuildNetwork, ComponentSettings, HumanDuration, DEFAULT_BUILD_TIMEOUT};
 
 pub const NAME: &str = "nix-flake";
 const FEATURES: [&str; 2] = ["--extra-experimental-features", "nix-command flakes"];
 
-#[derive(Debug, Clone)]
+/// The `nix-flake` runner's settings (`nix-runner:` of the engine configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NixSettings {
+    /// The `nix` program: a name in PATH or a path.
     pub nix_binary: String,
+    /// How long one `nix build` may take.
+    #[serde(with = "crate::settings::duration")]
+    #[schemars(with = "HumanDuration")]
     pub build_timeout: Duration,
+    /// Extra arguments for `nix build` (for example `--offline`).
     pub extra_args: Vec<String>,
+}
+
+impl Default for NixSettings {
+    fn default() -> Self {
+        NixSettings { nix_binary: "nix".into(), build_timeout: DEFAULT_BUILD_TIMEOUT, extra_args: Vec::new() }
+    }
+}
+
+impl ComponentSettings for NixSettings {
+    const KEY: &'static str = "nix-runner";
+
+    fn build_timeout(&self) -> Option<Duration> {
+        Some(self.build_timeout)
+    }
+}
+
+impl NixSettings {
+    /// The settings as configured, made whole with the network of builds: none means
+    /// `nix build --offline`.
+    pub fn from_context(ctx: &crate::RunnerContext) -> NixSettings {
+        let mut s: NixSettings = ctx.sections.get();
+        if ctx.build_network == BuildNetwork::None && !s.extra_args.iter().any(|a| a == "--offline") {
+            s.extra_args.push("--offline".into());
+        }
+        s
+    }
 }
 
 #[derive(Debug)]

@@ -130,36 +130,9 @@ impl Engine {
         let ctx = addon_runners::RunnerContext {
             sandboxes: sandboxes.clone(),
             probes,
-            settings: addon_runners::Settings {
-                #[cfg(feature = "docker")]
-                docker: addon_runners::docker::DockerSettings {
-                    host: config.docker_runner.host.clone(),
-                    build_timeout: config.docker_runner.build_timeout.0,
-                    user: config.docker_runner.user.clone(),
-                    // Egress: the daemon's default (its bridge), as Docspell's builds.
-                    build_network: config.docker_runner.build_network.clone().or(match config.network.build {
-                        crate::config::BuildNetwork::Egress => None,
-                        crate::config::BuildNetwork::Host => Some("host".to_string()),
-                        crate::config::BuildNetwork::None => Some("none".to_string()),
-                    }),
-                    helper: config.nspawn.helper(),
-                },
-                #[cfg(feature = "nix")]
-                nix: addon_runners::nix::NixSettings {
-                    nix_binary: config.nix_runner.nix_binary.clone(),
-                    build_timeout: config.nix_runner.build_timeout.0,
-                    extra_args: {
-                        let mut a = config.nix_runner.extra_args.clone();
-                        if config.network.build == crate::config::BuildNetwork::None
-                            && !a.iter().any(|x| x == "--offline")
-                        {
-                            a.push("--offline".into());
-                        }
-                        a
-                    },
-                },
-                oci: config.oci_runner.settings(config.network.build),
-            },
+            sections: config.components.clone(),
+            build_network: config.network.build,
+            helper: config.helper(),
         };
         let mut runners: Vec<RunnerSlot> = addon_runners::builtin_factories()
             .into_iter()
@@ -349,14 +322,8 @@ impl Engine {
                     .plugins
                     .values()
                     .map(|p| p.build_timeout.map(|t| t.0).unwrap_or(crate::plugins::DEFAULT_BUILD_TIMEOUT));
-                let longest = plugins
-                    .chain([
-                        self.config.docker_runner.build_timeout.0,
-                        self.config.nix_runner.build_timeout.0,
-                        self.config.oci_runner.build_timeout.0,
-                    ])
-                    .max()
-                    .unwrap_or_default();
+                let builds = self.config.components.iter().filter_map(|(_, s)| s.build_timeout());
+                let longest = plugins.chain(builds).max().unwrap_or_default();
                 c.with_lock_timeout(longest + std::time::Duration::from_secs(60))
             })
             .map_err(|e| EngineError::Cache(e.to_string()))
@@ -413,10 +380,9 @@ const STAGING: &str = ".addon-staging";
 
 fn sandbox_settings(config: &Config) -> addon_runners::SandboxSettings {
     addon_runners::SandboxSettings {
-        nspawn_binary: config.nspawn.nspawn_binary.clone(),
-        sudo_binary: config.nspawn.sudo_binary.clone(),
         identity: addon_runners::sandbox::Identity { uid: config.sandbox_user.uid, gid: config.sandbox_user.gid },
-        helper: config.nspawn.helper(),
+        helper: config.helper(),
+        sections: config.components.clone(),
     }
 }
 
@@ -657,7 +623,7 @@ mod tests {
         // An engine built without the docker and nix features has only the trivial runner.
         let dir = tempfile::tempdir().unwrap();
         let (addon, mut config) = docker_and_trivial(dir.path(), "");
-        config.sandbox = crate::config::SandboxChoice::None;
+        config.sandbox = crate::config::SandboxChoice::NONE;
         let sandboxes = Arc::new(Sandboxes::new(&sandbox_settings(&config), Arc::new(ProbeCache::new(None))));
         let engine =
             Engine::with_runners(config, vec![Arc::new(addon_runners::trivial::TrivialRunner::new(sandboxes))]);

@@ -30,6 +30,7 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, OnceCell};
 
@@ -38,6 +39,9 @@ use crate::process::{LogSink, LogStream};
 use crate::runner::{
     Artifact, Availability, BuildFailed, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner, RunnerError,
     RunnerInfo, StartSpec, Started,
+};
+use crate::settings::{
+    deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError, DEFAULT_BUILD_TIMEOUT,
 };
 
 pub const NAME: &str = "docker";
@@ -55,18 +59,74 @@ const LABEL_DIGEST: &str = "org.addon-engine.digest";
 /// directories and switch to its own users; nothing that reaches the kernel or the network.
 pub const CAPABILITIES: [&str; 6] = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "SETGID", "SETUID"];
 
-#[derive(Debug, Clone)]
+/// The `docker` runner's settings (`docker-runner:` of the engine configuration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DockerSettings {
-    /// API address; None: DOCKER_HOST, else the local socket.
+    /// Docker API address; null: `DOCKER_HOST`, else the local socket.
     pub host: Option<String>,
+    /// How long one image build may take.
+    #[serde(with = "crate::settings::duration")]
+    #[schemars(with = "HumanDuration")]
     pub build_timeout: Duration,
-    /// `engine` for the engine's uid:gid, or an explicit user; None keeps the image's user.
+    /// User inside the container: null keeps the image's user; `engine` uses the engine's
+    /// uid:gid so output files stay readable; or an explicit `uid:gid`.
     pub user: Option<String>,
-    /// Network of image builds (`none` to cut it); None: the daemon's default, as Docspell builds.
+    /// Deprecated: `network.build` says what every runner's builds reach. When set, it is the
+    /// daemon's network for this runner's builds (`none`, `host`, a network's name), over it.
+    /// Once the runner is made: the network of its builds (None: the daemon's default).
+    #[schemars(skip)]
     pub build_network: Option<String>,
     /// The engine's `addon` binary: an engine that is not root settles what a container wrote
-    /// with it (see `settle`).
+    /// with it (see `settle`). Not a setting: the engine's.
+    #[serde(skip)]
     pub helper: Option<std::path::PathBuf>,
+}
+
+impl Default for DockerSettings {
+    fn default() -> Self {
+        DockerSettings {
+            host: None,
+            build_timeout: DEFAULT_BUILD_TIMEOUT,
+            user: None,
+            build_network: None,
+            helper: None,
+        }
+    }
+}
+
+impl ComponentSettings for DockerSettings {
+    const KEY: &'static str = "docker-runner";
+
+    fn check(&self) -> Result<(), SettingError> {
+        if self.build_network.as_deref() == Some("") {
+            return Err(SettingError::new("build-network", "empty (and deprecated: use network.build)"));
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        deprecated_build_network(Self::KEY, self.build_network.as_deref())
+    }
+
+    fn build_timeout(&self) -> Option<Duration> {
+        Some(self.build_timeout)
+    }
+}
+
+impl DockerSettings {
+    /// The settings as configured, made whole with what is the engine's: the network of builds
+    /// (egress: the daemon's default, its bridge, as Docspell's builds) and the helper.
+    pub fn from_context(ctx: &crate::RunnerContext) -> DockerSettings {
+        let mut s: DockerSettings = ctx.sections.get();
+        s.build_network = s.build_network.or(match ctx.build_network {
+            BuildNetwork::Egress => None,
+            BuildNetwork::Host => Some("host".to_string()),
+            BuildNetwork::None => Some("none".to_string()),
+        });
+        s.helper = ctx.helper.clone();
+        s
+    }
 }
 
 #[derive(Debug)]

@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use addon_descriptors::{normalise_relative, Section};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use crate::host::{self, HostRuns};
@@ -42,6 +44,9 @@ use crate::runner::{
 };
 use crate::sandbox::ns::{Identity, NsPlan, OverlayPlan};
 use crate::sandbox::{is_root, Sandboxes};
+use crate::settings::{
+    deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError, DEFAULT_BUILD_TIMEOUT,
+};
 use bundle::{Binds, ImageConfig, RunConfig};
 
 pub const NAME: &str = "oci";
@@ -50,7 +55,8 @@ pub const NAME: &str = "oci";
 pub const ID_RANGE: u32 = 65536;
 
 /// Where `image:` references may come from besides a registry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum ImageStore {
     None,
     /// The Docker daemon's images (read at build time only, with `skopeo copy docker-daemon:`).
@@ -61,32 +67,61 @@ pub enum ImageStore {
 
 /// When an image (an `image:` reference, a Dockerfile's base) may be pulled from a registry:
 /// always after the local stores, and only when builds have a network (`network.build`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Pull {
     Never,
     /// Only for addons that ask for network.
     IfNetworking,
     /// When no local store has it (fetching the addon's image is not running the addon: the
     /// reference is the descriptor's text, so nothing of a run's data can leave through it).
+    #[serde(alias = "always")]
     Missing,
 }
 
-#[derive(Debug, Clone)]
+/// The `oci` runner's settings (`oci-runner:` of the engine configuration): docker addons
+/// without a daemon, from a cached root filesystem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct OciSettings {
-    /// `auto` (crun, then runc: the first that starts a container here), a name or a path.
+    /// OCI runtime: `auto` (crun, then runc: the first that starts a container here), `crun`,
+    /// `runc`, or a path.
     pub runtime: String,
+    /// The Dockerfile builder (buildah; rootless when the engine is not root).
+    #[serde(rename = "buildah-binary")]
     pub buildah: String,
+    /// Copies `image:` references from local stores and registries.
+    #[serde(rename = "skopeo-binary")]
     pub skopeo: String,
+    /// Unpacks images into root filesystems.
+    #[serde(rename = "umoci-binary")]
     pub umoci: String,
+    /// A local image store `image:` references are taken from first: `none`, `docker` (read
+    /// once, when the image is first unpacked) or `podman`.
     pub image_store: ImageStore,
+    /// When an image (`image:`, a Dockerfile's base) may be pulled from a registry, after the
+    /// local stores and only when builds have a network (`network.build`): `missing` (the
+    /// default: when no local store has it; `always` is an older name of it), `if-networking`
+    /// (only for addons that ask for network), `never`.
     pub pull: Pull,
+    /// How long one build (a Dockerfile, or fetching and unpacking an image) may take.
+    #[serde(with = "crate::settings::duration")]
+    #[schemars(with = "HumanDuration")]
     pub build_timeout: Duration,
+    /// Deprecated: `network.build` says what every runner's builds reach. When set, it is
+    /// buildah's `--network` for this runner's builds, over it.
+    #[serde(rename = "build-network")]
+    #[schemars(skip)]
+    pub build_network_setting: Option<String>,
     /// buildah's `--network` for Dockerfile builds, whatever the addon's `networking`
     /// (`private`, `host` or `none`, from `network.build` of the configuration).
+    #[serde(skip)]
     pub build_network: String,
-    /// First host id of the containers' ids when the engine is root.
+    /// As root, container ids 0..65535 are host ids from this one up (never the host's root);
+    /// Dockerfile builds use the 65536 ids after those.
     pub uid_base: u32,
-    /// The runtime's state; None: `/run/addon-engine/oci` as root, else under the temp dir.
+    /// The runtime's state directory; null: `/run/addon-engine/oci` as root, else under the
+    /// temp directory.
     pub state_dir: Option<PathBuf>,
 }
 
@@ -99,11 +134,57 @@ impl Default for OciSettings {
             umoci: "umoci".into(),
             image_store: ImageStore::None,
             pull: Pull::Missing,
-            build_timeout: Duration::from_secs(15 * 60),
+            build_timeout: DEFAULT_BUILD_TIMEOUT,
+            build_network_setting: None,
             build_network: "private".into(),
             uid_base: 2_147_200_000,
             state_dir: None,
         }
+    }
+}
+
+impl ComponentSettings for OciSettings {
+    const KEY: &'static str = "oci-runner";
+
+    fn check(&self) -> Result<(), SettingError> {
+        if self.uid_base == 0 || u64::from(self.uid_base) + 2 * u64::from(ID_RANGE) > u64::from(u32::MAX) {
+            return Err(SettingError::new(
+                "uid-base",
+                format!(
+                    "{} must be above 0 with {} ids free above it (containers, then builds)",
+                    self.uid_base,
+                    2 * ID_RANGE
+                ),
+            ));
+        }
+        if self.build_network_setting.as_deref() == Some("") {
+            return Err(SettingError::new("build-network", "empty (and deprecated: use network.build)"));
+        }
+        Ok(())
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        deprecated_build_network(Self::KEY, self.build_network_setting.as_deref())
+    }
+
+    fn build_timeout(&self) -> Option<Duration> {
+        Some(self.build_timeout)
+    }
+}
+
+impl OciSettings {
+    /// The settings as configured, made whole with the network of builds: a network of the
+    /// build's own (buildah's `private`: a CNI bridge as root, slirp4netns rootless), never the
+    /// host's own namespace unless asked for.
+    pub fn from_context(ctx: &crate::RunnerContext) -> OciSettings {
+        let mut s: OciSettings = ctx.sections.get();
+        s.build_network = match (&s.build_network_setting, ctx.build_network) {
+            (Some(deprecated), _) => deprecated.clone(),
+            (None, BuildNetwork::Egress) => "private".into(),
+            (None, BuildNetwork::Host) => "host".into(),
+            (None, BuildNetwork::None) => "none".into(),
+        };
+        s
     }
 }
 

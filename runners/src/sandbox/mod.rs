@@ -45,6 +45,11 @@ pub enum SandboxKind {
 impl SandboxKind {
     pub const ALL: [SandboxKind; 4] = [SandboxKind::Bwrap, SandboxKind::Netns, SandboxKind::Nspawn, SandboxKind::None];
 
+    /// The kind named `name` (as [`SandboxKind::as_str`] writes it).
+    pub fn parse(name: &str) -> Option<SandboxKind> {
+        SandboxKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxKind::Bwrap => "bwrap",
@@ -336,17 +341,55 @@ fn child_pid_of(text: &str) -> Option<i32> {
     v.get("child-pid")?.as_i64().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }
 
-/// Settings of the sandboxes (from the engine configuration).
+/// What sandboxes are made with: the engine's identity for addons and helper, and the
+/// configuration's sections, where a sandbox with settings finds its own.
 #[derive(Debug, Clone)]
 pub struct SandboxSettings {
-    pub nspawn_binary: String,
-    /// Used to start nspawn when the engine is not root.
-    pub sudo_binary: String,
     /// Who addons run as when the engine is root (bwrap, netns): an unprivileged identity of
     /// their own, with no supplementary groups.
     pub identity: Identity,
     /// The `addon` binary, run inside nspawn containers to install the seccomp filter.
     pub helper: Option<PathBuf>,
+    /// The components' sections of the configuration (`nspawn:`).
+    pub sections: crate::settings::Sections,
+}
+
+/// Makes one kind of sandbox.
+#[derive(Clone, Copy)]
+pub struct SandboxFactory {
+    pub kind: SandboxKind,
+    /// Its section of the engine configuration, when it has settings.
+    pub settings: Option<crate::settings::ConfigSection>,
+    pub make: fn(&SandboxSettings, Arc<ProbeCache>) -> Arc<dyn Sandbox>,
+}
+
+impl std::fmt::Debug for SandboxFactory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxFactory").field("kind", &self.kind).finish()
+    }
+}
+
+/// The sandboxes, one line each. Adding one is a module, a [`SandboxKind`], and a line here.
+pub fn builtin_sandboxes() -> Vec<SandboxFactory> {
+    use crate::settings::ConfigSection;
+    vec![
+        SandboxFactory {
+            kind: SandboxKind::Bwrap,
+            settings: None,
+            make: |s, p| Arc::new(bwrap::Bwrap::new(s.identity, p)),
+        },
+        SandboxFactory {
+            kind: SandboxKind::Netns,
+            settings: None,
+            make: |s, p| Arc::new(netns::Netns::new(s.identity, p)),
+        },
+        SandboxFactory {
+            kind: SandboxKind::Nspawn,
+            settings: Some(ConfigSection::of::<nspawn::NspawnSettings>()),
+            make: |s, p| Arc::new(nspawn::Nspawn::new(s, p)),
+        },
+        SandboxFactory { kind: SandboxKind::None, settings: None, make: |_, _| Arc::new(plain::Plain) },
+    ]
 }
 
 /// The default identity of addons under a root engine: a uid and gid no account uses, outside
@@ -355,12 +398,7 @@ pub const DEFAULT_IDENTITY: Identity = Identity { uid: 2_147_000_000, gid: 2_147
 
 impl Default for SandboxSettings {
     fn default() -> Self {
-        SandboxSettings {
-            nspawn_binary: "systemd-nspawn".into(),
-            sudo_binary: "sudo".into(),
-            identity: DEFAULT_IDENTITY,
-            helper: None,
-        }
+        SandboxSettings { identity: DEFAULT_IDENTITY, helper: None, sections: Default::default() }
     }
 }
 
@@ -385,15 +423,7 @@ pub struct Sandboxes {
 
 impl Sandboxes {
     pub fn new(settings: &SandboxSettings, probes: Arc<ProbeCache>) -> Sandboxes {
-        Sandboxes {
-            all: vec![
-                Arc::new(bwrap::Bwrap::new(settings.identity, probes.clone())),
-                Arc::new(netns::Netns::new(settings.identity, probes.clone())),
-                Arc::new(nspawn::Nspawn::new(settings, probes.clone())),
-                Arc::new(plain::Plain),
-            ],
-            probes,
-        }
+        Sandboxes { all: builtin_sandboxes().iter().map(|f| (f.make)(settings, probes.clone())).collect(), probes }
     }
 
     /// The sandbox of this kind.
@@ -618,7 +648,11 @@ mod tests {
     #[test]
     fn two_engines_keep_their_own_settings() {
         let probes = Arc::new(ProbeCache::default());
-        let settings = |bin: &str| SandboxSettings { nspawn_binary: bin.into(), ..SandboxSettings::default() };
+        let settings = |bin: &str| {
+            let mut s = SandboxSettings::default();
+            s.sections.set(nspawn::NspawnSettings { nspawn_binary: bin.into(), ..Default::default() });
+            s
+        };
         let a = Sandboxes::new(&settings("/opt/a/systemd-nspawn"), probes.clone());
         let b = Sandboxes::new(&settings("/opt/b/systemd-nspawn"), probes);
         let pa = a.get(SandboxKind::Nspawn).probe();

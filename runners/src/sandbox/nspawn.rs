@@ -15,10 +15,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 use super::ns::NsPlan;
 use super::view::{Inside, Step, View};
+use crate::settings::ComponentSettings;
+
 use super::{is_root, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, SandboxSettings, Spec};
 
 #[derive(Debug)]
@@ -39,14 +43,40 @@ pub use super::seccomp::HELPER_COMMAND;
 const DENIED_SYSCALLS: &str = "~@clock @cpu-emulation @debug @keyring @module @mount @obsolete @raw-io @reboot \
      @swap bpf perf_event_open userfaultfd io_uring_setup io_uring_enter io_uring_register unshare setns";
 
+/// Docspell-style nspawn settings (`nspawn:` of the engine configuration); `enabled: true`
+/// means `sandbox: nspawn`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct NspawnSettings {
+    /// Docspell's switch: true means `sandbox: nspawn` (when `sandbox` is `auto`).
+    pub enabled: bool,
+    /// Used when the engine is not root.
+    pub sudo_binary: String,
+    pub nspawn_binary: String,
+    /// The `addon` binary, run inside each container to install the seccomp filter nspawn cannot
+    /// express; null: this program when it is `addon`, else `addon` in PATH.
+    pub helper: Option<PathBuf>,
+}
+
+impl Default for NspawnSettings {
+    fn default() -> Self {
+        NspawnSettings {
+            enabled: false,
+            sudo_binary: "sudo".into(),
+            nspawn_binary: "systemd-nspawn".into(),
+            helper: None,
+        }
+    }
+}
+
+impl ComponentSettings for NspawnSettings {
+    const KEY: &'static str = "nspawn";
+}
+
 impl Nspawn {
     pub fn new(settings: &SandboxSettings, probes: Arc<ProbeCache>) -> Nspawn {
-        Nspawn {
-            binary: settings.nspawn_binary.clone(),
-            sudo: settings.sudo_binary.clone(),
-            helper: settings.helper.clone(),
-            probes,
-        }
+        let own: NspawnSettings = settings.sections.get();
+        Nspawn { binary: own.nspawn_binary, sudo: own.sudo_binary, helper: settings.helper.clone(), probes }
     }
 
     fn path(&self) -> Option<PathBuf> {
