@@ -37,6 +37,7 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Per-addon environment: `{ADDON_NAME: {KEY: VALUE}}`.
     pub env: BTreeMap<String, BTreeMap<String, String>>,
+    /// Addon archives (zips): how large, how many entries, how long a download may take.
     pub archive: ArchiveConfig,
     /// Most stdout collected from one addon; more is a failure.
     pub max_stdout: ByteSize,
@@ -109,8 +110,9 @@ pub struct PluginConfig {
 pub struct PluginTls {
     /// PEM file of the CA that signed the server's certificate.
     pub ca: Option<PathBuf>,
-    /// PEM files of the engine's client certificate and key (mutual TLS).
+    /// PEM file of the engine's client certificate (mutual TLS, with `key`).
     pub cert: Option<PathBuf>,
+    /// PEM file of the engine's client key (mutual TLS, with `cert`).
     pub key: Option<PathBuf>,
     /// The name the server's certificate is for, when not the address's host.
     pub domain: Option<String>,
@@ -153,10 +155,15 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LimitsOverride {
+    /// `limits.memory` for this addon.
     pub memory: Option<ByteSize>,
+    /// `limits.pids` for this addon.
     pub pids: Option<u64>,
+    /// `limits.cpus` for this addon.
     pub cpus: Option<f64>,
+    /// `limits.output-size` for this addon.
     pub output_size: Option<ByteSize>,
+    /// `limits.output-entries` for this addon.
     pub output_entries: Option<u64>,
 }
 
@@ -199,7 +206,9 @@ impl LimitsConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SandboxUser {
+    /// The addons' uid (not 0; default 2147000000).
     pub uid: u32,
+    /// The addons' gid (not 0; default 2147000000).
     pub gid: u32,
 }
 
@@ -263,8 +272,11 @@ pub enum ImpureNetwork {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ArchiveConfig {
+    /// Most bytes one addon archive (zip) may unpack to (and a download may be).
     pub max_size: ByteSize,
+    /// Most files, directories and links in one addon archive.
     pub max_entries: usize,
+    /// How long downloading one addon archive (an `https://` source) may take.
     pub download_timeout: HumanDuration,
 }
 
@@ -607,6 +619,12 @@ pub fn config_schema() -> serde_json::Value {
         }
     }
     schema["additionalProperties"] = serde_json::Value::Bool(false);
+    // Defaults that depend on who asks, written as the rule rather than this user's value.
+    for (key, rule) in
+        [("cache-dir", "$XDG_CACHE_HOME/addon (~/.cache/addon)"), ("working-dir", "$TMPDIR/addon-work-<uid>")]
+    {
+        schema["properties"][key]["default"] = serde_json::Value::from(rule);
+    }
     schema
 }
 

@@ -42,6 +42,7 @@ pub mod build_log;
 pub mod engine;
 pub mod identity;
 pub mod plugins;
+pub mod reference;
 pub mod report;
 pub mod resolve;
 mod settle;

@@ -84,6 +84,10 @@ enum Command {
     Schema {
         #[arg(value_enum)]
         which: SchemaKind,
+        /// The configuration's reference in Markdown instead (a table of every key, its type,
+        /// default and meaning; docs/configuration-reference.md is this).
+        #[arg(long)]
+        markdown: bool,
     },
 }
 
@@ -555,7 +559,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Schema { which } => {
+        Command::Schema { which: SchemaKind::Config, markdown: true } => {
+            print!("{}", addon_executor::reference::markdown(&config::config_schema()));
+            Ok(0)
+        }
+        Command::Schema { markdown: true, .. } => {
+            anyhow::bail!("--markdown makes the configuration's reference: `addon schema config --markdown`")
+        }
+        Command::Schema { which, markdown: false } => {
             let value = match which {
                 SchemaKind::Descriptor => schema::descriptor_schema(),
                 SchemaKind::Output => schema::output_schema(),

@@ -50,8 +50,9 @@ const DENIED_SYSCALLS: &str = "~@clock @cpu-emulation @debug @keyring @module @m
 pub struct NspawnSettings {
     /// Docspell's switch: true means `sandbox: nspawn` (when `sandbox` is `auto`).
     pub enabled: bool,
-    /// Used when the engine is not root.
+    /// `sudo`, which starts nspawn when the engine is not root (`sudo -n`).
     pub sudo_binary: String,
+    /// The `systemd-nspawn` program: a name in PATH or a path.
     pub nspawn_binary: String,
     /// The `addon` binary, run inside each container to install the seccomp filter nspawn cannot
     /// express; null: this program when it is `addon`, else `addon` in PATH.
