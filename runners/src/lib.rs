@@ -8,6 +8,7 @@
 pub mod build_failure;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod follow;
 pub mod host;
 pub mod limits;
 pub mod lines;

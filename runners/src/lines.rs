@@ -22,6 +22,19 @@ pub async fn next_line(r: &mut (impl AsyncBufRead + Unpin)) -> Option<String> {
     }
 }
 
+/// Removes and returns the complete lines at the front of `buf` (bytes, so that a character
+/// split between two chunks stays whole), without their line ends. Lines are capped at
+/// [`MAX_LINE`], so a binary blob cannot grow memory: a longer one comes in pieces.
+pub fn drain_lines(buf: &mut Vec<u8>) -> Vec<String> {
+    let max = MAX_LINE as usize;
+    let mut out = Vec::new();
+    while let Some(pos) = buf.iter().position(|b| *b == b'\n').or((buf.len() > max).then_some(max - 1)) {
+        let line: Vec<u8> = buf.drain(..=pos).collect();
+        out.push(String::from_utf8_lossy(&line).trim_end_matches(['\n', '\r']).to_string());
+    }
+    out
+}
+
 /// The last lines of a stream, at most a fixed number.
 #[derive(Debug, Clone)]
 pub struct Tail {
@@ -74,6 +87,22 @@ pub fn exit_code(status: std::process::ExitStatus) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunks_become_whole_lines_and_blobs_come_in_pieces() {
+        let mut buf = b"one\r\ntw".to_vec();
+        buf.extend_from_slice(&"é".as_bytes()[..1]);
+        assert_eq!(drain_lines(&mut buf), ["one"]);
+        buf.extend_from_slice(&"é".as_bytes()[1..]);
+        buf.extend_from_slice(b"o\n");
+        assert_eq!(drain_lines(&mut buf), ["twéo"], "a character split between chunks stays whole");
+        assert!(buf.is_empty());
+        let mut blob = vec![b'x'; MAX_LINE as usize * 2 + 10];
+        let pieces = drain_lines(&mut blob);
+        assert_eq!(pieces.len(), 2);
+        assert!(pieces.iter().all(|p| p.len() == MAX_LINE as usize));
+        assert_eq!(blob.len(), 10, "the rest waits for its line end");
+    }
 
     #[test]
     fn a_tail_keeps_the_last_lines() {

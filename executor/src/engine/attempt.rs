@@ -202,10 +202,14 @@ impl Engine {
         };
         let collect = at.d.collect_output().then_some(self.config.max_stdout.0);
         let span = tracing::info_span!("run", addon = %at.label, runner = %runner.info().name);
-        let ran = self
-            .follow(runner, spec, at.timeout, collect, &at.log, at.ctx.cancel, &mut at.outcome.started)
-            .instrument(span)
-            .await;
+        let how = addon_runners::follow::Follow {
+            timeout: at.timeout,
+            collect,
+            grace: self.config.kill_grace.0,
+            log: &at.log,
+            cancel: at.ctx.cancel,
+        };
+        let ran = addon_runners::follow::follow(runner, spec, how, &mut at.outcome.started).instrument(span).await;
         // The artifact's cache entry is held for the whole run: a concurrent prune cannot
         // remove the image of a run in progress.
         drop(entry);

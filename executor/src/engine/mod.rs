@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use addon_cache::{Cache, Entry};
 use addon_descriptors::{normalise_relative, AddonOutput, Descriptor, DigestCache, LoadedAddon, Section};
 use addon_runners::{
-    AddonRef, Artifact, BuildSpec, CacheUse, Ending, ExitKind, LogStream, ProbeCache, RunDirs, RunEvent, Runner,
-    RunnerError, SandboxKind, Sandboxes, StartSpec,
+    AddonRef, Artifact, BuildSpec, CacheUse, Ending, LogStream, ProbeCache, RunDirs, Runner, RunnerError, SandboxKind,
+    Sandboxes, StartSpec,
 };
 use fs_err as fs;
 use tokio::sync::mpsc::Sender;
