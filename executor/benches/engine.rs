@@ -186,20 +186,37 @@ fn main() {
             }
             c
         };
+        // The engine as a job server embeds it: one long-lived `Engine`, runs through the library.
+        let library = Arc::new(addon_executor::Engine::new(addon_executor::Config::load(&config).expect("config")));
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let in_process = |out: PathBuf| {
+            let request = addon_executor::RunRequest {
+                sources: vec![addon.display().to_string()],
+                output_dir: Some(out),
+                ..Default::default()
+            };
+            let started = Instant::now();
+            let report =
+                rt.block_on(library.run(request, None, addon_executor::CancellationToken::new())).expect("run");
+            assert!(report.success, "{report:?}");
+            started.elapsed()
+        };
         let in_run = Path::new("/mnt/work/run.sh");
         // Warm-up: page cache, the engine's probe cache.
         time(&mut engine(&out));
+        in_process(out.clone());
         time(&mut plain());
         same_sandbox(&sandboxes, kind, &run, in_run, 0);
         in_fresh_group(&sandboxes, "bench-fresh", plain());
-        let (mut e, mut s, mut g, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut e, mut l, mut s, mut g, mut p) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for n in 0..runs {
             e.push(time(&mut engine(&out)));
+            l.push(in_process(out.clone()));
             s.push(same_sandbox(&sandboxes, kind, &run, in_run, n + 1));
             g.push(in_fresh_group(&sandboxes, &format!("bench-fresh-{n}"), plain()));
             p.push(time(&mut plain()));
         }
-        table.push((sandbox, median(e), median(s), median(g), median(p)));
+        table.push((sandbox, median(e), median(l), median(s), median(g), median(p)));
         // Throughput, 8 at a time: each engine run with its own output directory, as 8 jobs of
         // a job server would be.
         let total = (runs * 4).max(40);
@@ -209,7 +226,38 @@ fn main() {
         let plain_rate = throughput(PARALLEL, total, |n| {
             in_fresh_group(&sandboxes, &format!("bench-rate-{n}"), plain());
         });
-        rates.push((sandbox, engine_rate, plain_rate));
+        // The library: 8 runs at a time on the job server's runtime.
+        let library_rate = {
+            let started = Instant::now();
+            rt.block_on(async {
+                let next = Arc::new(AtomicUsize::new(0));
+                let mut workers = tokio::task::JoinSet::new();
+                for _ in 0..PARALLEL {
+                    let (next, library, addon, base) =
+                        (next.clone(), library.clone(), addon.display().to_string(), dir.path().to_path_buf());
+                    workers.spawn(async move {
+                        loop {
+                            let n = next.fetch_add(1, Ordering::Relaxed);
+                            if n >= total {
+                                break;
+                            }
+                            let request = addon_executor::RunRequest {
+                                sources: vec![addon.clone()],
+                                output_dir: Some(base.join(format!("lib-out-{n}"))),
+                                ..Default::default()
+                            };
+                            let cancel = addon_executor::CancellationToken::new();
+                            assert!(library.run(request, None, cancel).await.expect("run").success);
+                        }
+                    });
+                }
+                while let Some(done) = workers.join_next().await {
+                    done.expect("worker");
+                }
+            });
+            total as f64 / started.elapsed().as_secs_f64()
+        };
+        rates.push((sandbox, engine_rate, library_rate, plain_rate));
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let identity = if addon_runners::sandbox::is_root() {
@@ -221,26 +269,29 @@ fn main() {
         "engine benchmark: no-op pure addon, median of {runs} runs each, interleaved ({identity}; {})",
         enforcement.describe()
     );
-    println!(
-        "  sandbox   addon run | same sandbox, no engine   ratio | plain in a fresh group   ratio | plain tool   ratio"
-    );
-    for (sandbox, e, s, g, p) in table {
+    println!("  `addon run`: one process per run, as a job server calling the command; library: one long-lived");
+    println!("  Engine, as a job server linking addon-executor. Ratios are each against the three baselines.");
+    println!("  sandbox   addon run   library | same sandbox, no engine | plain in a fresh group  | plain tool");
+    for (sandbox, e, l, s, g, p) in table {
+        let r = |base: Duration| format!("{:>5.2}x {:>5.2}x", ms(e) / ms(base), ms(l) / ms(base));
         println!(
-            "  {sandbox:<7} {:>8.2} ms | {:>8.2} ms              {:>5.2}x | {:>8.2} ms            {:>5.2}x | {:>6.2} ms {:>5.2}x",
+            "  {sandbox:<7} {:>8.2} ms {:>6.2} ms | {:>6.2} ms {} | {:>6.2} ms {} | {:>5.2} ms {}",
             ms(e),
+            ms(l),
             ms(s),
-            ms(e) / ms(s),
+            r(s),
             ms(g),
-            ms(e) / ms(g),
+            r(g),
             ms(p),
-            ms(e) / ms(p)
+            r(p)
         );
     }
     println!("  throughput, {PARALLEL} runs at a time:");
-    for (sandbox, engine, plain) in rates {
+    for (sandbox, engine, library, plain) in rates {
         println!(
-            "  {sandbox:<7} addon run {engine:>6.1} runs/s | plain in a fresh group {plain:>6.1} runs/s ({:.2}x)",
-            engine / plain
+            "  {sandbox:<7} addon run {engine:>6.1} runs/s, library {library:>6.1} runs/s | plain in a fresh group {plain:>6.1} runs/s ({:.2}x, {:.2}x)",
+            engine / plain,
+            library / plain
         );
     }
     if let Enforcement::Cgroups { .. } = enforcement {
