@@ -43,6 +43,7 @@ pub mod engine;
 pub mod identity;
 pub mod plugins;
 pub mod reference;
+pub mod render;
 pub mod report;
 pub mod resolve;
 mod settle;

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use addon_descriptors::schema;
 use addon_executor::config::{self, Config};
+use addon_executor::render::{Human, Render, Style};
 use addon_executor::validate::ValidationReport;
-use addon_executor::{AddonResult, CancellationToken, Engine, RunRequest};
+use addon_executor::{CancellationToken, Engine, RunRequest};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -339,20 +340,6 @@ fn watch_unlinked(args: &[std::ffi::OsString]) -> ExitCode {
     }
 }
 
-/// The first clause of a runner's or sandbox's detail (up to the first `; ` or ` (`), for a
-/// line a person reads; all of it when `verbose`.
-fn brief(detail: &str, verbose: bool) -> String {
-    if verbose {
-        return detail.to_string();
-    }
-    let end = [detail.find("; "), detail.find(" (")].into_iter().flatten().min().unwrap_or(detail.len());
-    let mut head: String = detail[..end].chars().take(120).collect();
-    if head.len() < detail.len() {
-        head.push_str(" …");
-    }
-    head
-}
-
 /// `verbose` None: errors only.
 fn init_logging(verbose: Option<u8>) {
     let default = match verbose {
@@ -377,27 +364,12 @@ fn init_logging(verbose: Option<u8>) {
     }
 }
 
-/// A writer for people: control characters in what goes through it (an addon's name, its
-/// stderr in an error, a path from an archive) are shown escaped, never obeyed by the terminal.
-struct Human<W>(W);
-
-impl<W: Write> Write for Human<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let text = String::from_utf8_lossy(buf);
-        self.0.write_all(addon_descriptors::for_terminal(&text).as_bytes())?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
-    }
-}
-
 fn color_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    let how = (cli.json, Style { verbose: cli.verbose > 0 });
     match cli.command {
         Command::Validate { sources } => {
             let config = Config::discover(cli.config.as_deref())?;
@@ -413,44 +385,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             let engine = Engine::new(config);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let plan = rt.block_on(engine.plan(&source, runners.as_deref()))?;
-            if cli.json {
-                print_json(&plan, false)?;
-            } else {
-                let mut out = Human(std::io::stdout().lock());
-                writeln!(
-                    out,
-                    "{} {} ({}; {})",
-                    plan.addon.name,
-                    plan.addon.version,
-                    if plan.pure { "pure" } else { "impure" },
-                    plan.addon.digest
-                )?;
-                for c in &plan.candidates {
-                    let usable = c.enabled && c.configured && c.available && c.cannot_build.is_none();
-                    let mark = if usable { "+" } else { "-" };
-                    // Why a runner is not there stays whole (it says how to fix it); the rest is
-                    // the answer first, the detail on -v.
-                    let reason = if c.available { brief(&c.reason, cli.verbose > 0) } else { c.reason.clone() };
-                    writeln!(
-                        out,
-                        "  {mark} {:<10} enabled={:<5} configured={:<5} available={:<5} {reason}",
-                        c.runner, c.enabled, c.configured, c.available
-                    )?;
-                    if let Some(why) = &c.cannot_build {
-                        writeln!(out, "    cannot build it: {why}")?;
-                    }
-                }
-                writeln!(out, "origin: {}", plan.identity.origin)?;
-                if let Some(note) = &plan.identity.note {
-                    writeln!(out, "note: {note}")?;
-                }
-                match &plan.selected {
-                    Some(s) => {
-                        writeln!(out, "selected: {} (sandbox {})", s.runner, s.sandbox.as_deref().unwrap_or("-"))?
-                    }
-                    None => writeln!(out, "selected: none: {}", plan.reason.as_deref().unwrap_or(""))?,
-                }
-            }
+            emit(&plan, how)?;
             Ok(if plan.selected.is_some() { 0 } else { EXIT_JUDGED })
         }
         Command::Runners { action: Some(RunnersCommand::Check { name, only }) } => {
@@ -464,98 +399,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             let report = rt.block_on(addon_executor::check::run(&config, &name, &only)).map_err(anyhow::Error::msg)?;
-            if cli.json {
-                print_json(&report, false)?;
-            } else {
-                let mut out = Human(std::io::stdout().lock());
-                for c in &report.checks {
-                    let status = match c.status {
-                        addon_executor::check::Status::Pass => "PASS",
-                        addon_executor::check::Status::Fail => "FAIL",
-                        addon_executor::check::Status::Skip => "SKIP",
-                    };
-                    writeln!(out, "{status} {:<18} {:>6} ms  {}", c.name, c.duration_ms, c.detail)?;
-                }
-                if report.all_passed() {
-                    writeln!(out, "{}: all {} checks passed", report.runner, report.checks.len())?;
-                } else {
-                    writeln!(
-                        out,
-                        "{}: {} of {} checks did not pass{}",
-                        report.runner,
-                        report.failed,
-                        report.checks.len(),
-                        if report.skipped > 0 { format!(" ({} skipped)", report.skipped) } else { String::new() }
-                    )?;
-                }
-            }
+            emit(&report, how)?;
             Ok(if report.all_passed() { 0 } else { EXIT_JUDGED })
         }
         Command::Runners { action: None } => {
             let config = Config::discover(cli.config.as_deref())?;
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let report = rt.block_on(Engine::new(config).probe());
-            if cli.json {
-                print_json(&report, false)?;
-            } else {
-                let mut out = Human(std::io::stdout().lock());
-                writeln!(out, "runners:")?;
-                let verbose = cli.verbose > 0;
-                for r in &report.runners {
-                    let v = r.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
-                    let detail = if r.available { brief(&r.detail, verbose) } else { r.detail.clone() };
-                    writeln!(out, "  {} {}{v}: {detail}", if r.available { "+" } else { "-" }, r.name)?;
-                }
-                writeln!(out, "sandboxes:")?;
-                for s in &report.sandboxes {
-                    let p = &s.probe;
-                    let detail = if p.available { brief(&p.detail, verbose) } else { p.detail.clone() };
-                    writeln!(out, "  {} {}: {detail}", if p.available { "+" } else { "-" }, p.name)?;
-                    writeln!(out, "      {}", s.limits)?;
-                }
-                if !verbose {
-                    writeln!(out, "(-v shows every detail; --json all of it)")?;
-                }
-            }
+            emit(&report, how)?;
             Ok(0)
         }
         Command::Cache(cmd) => {
             let config = Config::discover(cli.config.as_deref())?;
             let engine = Engine::new(config);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let value = match cmd {
-                CacheCommand::Ls => serde_json::to_value(engine.cache_ls()?)?,
+            match cmd {
+                CacheCommand::Ls => emit(&engine.cache_ls()?, how)?,
                 CacheCommand::Prune { max_size, older_than, failed_builds } => {
                     anyhow::ensure!(
                         max_size.is_some() || older_than.is_some() || failed_builds,
                         "cache prune: give --max-size, --older-than and/or --failed-builds"
                     );
-                    serde_json::to_value(rt.block_on(engine.cache_prune(max_size, older_than, failed_builds))?)?
+                    emit(&rt.block_on(engine.cache_prune(max_size, older_than, failed_builds))?, how)?
                 }
-            };
-            if cli.json {
-                print_json(&value, false)?;
-            } else {
-                let mut out = Human(std::io::stdout().lock());
-                let list = value
-                    .get("entries")
-                    .or_else(|| value.get("removed"))
-                    .and_then(|v| v.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                let verb = if value.get("removed").is_some() { "removed" } else { "entries" };
-                writeln!(out, "{verb}: {}", list.len())?;
-                for e in &list {
-                    writeln!(
-                        out,
-                        "  {:<13} {:>12} bytes  {}  {}",
-                        e["kind"].as_str().unwrap_or(""),
-                        e["size"],
-                        e["addon"].as_str().unwrap_or(""),
-                        e["key"].as_str().unwrap_or("")
-                    )?;
-                }
-                writeln!(out, "total size: {} bytes", value["total_size"])?;
             }
             Ok(0)
         }
@@ -576,6 +442,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(0)
         }
     }
+}
+
+/// A report on stdout: JSON with `--json`, else as people read it.
+fn emit<R: Render + serde::Serialize>(report: &R, (json, style): (bool, Style)) -> anyhow::Result<()> {
+    if json {
+        return print_json(report, false);
+    }
+    report.render_to(std::io::stdout().lock(), style).context("writing to stdout")
 }
 
 fn print_json(value: &impl serde::Serialize, pretty: bool) -> anyhow::Result<()> {
@@ -697,26 +571,7 @@ fn run_addons(args: RunArgs, config: Config, json: bool) -> anyhow::Result<u8> {
     if json {
         print_json(&report, false)?;
     } else {
-        let mut err = Human(std::io::stderr().lock());
-        for a in &report.addons {
-            let how = match (&a.runner, &a.sandbox) {
-                (Some(r), Some(s)) => format!(
-                    " ({r} in {s}, cache {}, {} ms)",
-                    serde_json::to_value(a.cache)?.as_str().unwrap_or("-"),
-                    a.duration_ms
-                ),
-                (Some(r), None) => format!(" ({r}, {} ms)", a.duration_ms),
-                _ => String::new(),
-            };
-            let name = if a.name.is_empty() { a.source.clone() } else { format!("{}-{}", a.name, a.version) };
-            writeln!(err, "{name}: {}{how}", a.result.as_str())?;
-            if a.result != AddonResult::Success {
-                if let Some(e) = &a.error {
-                    writeln!(err, "  {e}")?;
-                }
-            }
-        }
-        writeln!(err, "output directory: {}", report.output_dir.display())?;
+        report.render_to(std::io::stderr().lock(), Style::default())?;
         print_json(&report.output, true)?;
     }
     Ok(if report.success { 0 } else { EXIT_JUDGED })
