@@ -211,11 +211,56 @@ impl NsPlan {
         }
     }
 
-    /// Runs in the forked child: cgroups, limits, namespaces, mounts, then (with a PID namespace)
-    /// a shim and a mini init so the addon is not PID 1 (it keeps normal signal behaviour) and
-    /// orphans are reaped, then the addon's identity and filters.
+    /// The namespaces `enter` unshares (a pure function of the plan: the seam its tests use).
+    fn clone_flags(&self) -> libc::c_int {
+        let mut flags = 0;
+        if self.pid_ns {
+            flags |= libc::CLONE_NEWPID;
+        }
+        if self.cut_network {
+            flags |= libc::CLONE_NEWNET;
+        }
+        if self.ipc_uts {
+            flags |= libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+        }
+        if self.user_ns {
+            flags |= libc::CLONE_NEWUSER;
+        }
+        if self.needs_mount_ns() {
+            flags |= libc::CLONE_NEWNS;
+        }
+        flags
+    }
+
+    /// Whether anything of the plan mounts (then it gets a mount namespace of its own).
+    fn needs_mount_ns(&self) -> bool {
+        self.mounts.is_some()
+            || self.root.is_some()
+            || self.overlay.is_some()
+            || self.cover.is_some()
+            || self.fresh_proc
+    }
+
+    /// Runs in the forked child: what it inherits, then namespaces and mounts, then (with a PID
+    /// namespace) a shim and a mini init so the addon is not PID 1 (it keeps normal signal
+    /// behaviour) and orphans are reaped, then the addon's identity and filters.
     fn enter(&self) -> io::Result<()> {
-        // SAFETY: raw async-signal-safe system calls in a single-threaded forked child.
+        // SAFETY (each step): raw async-signal-safe system calls in a single-threaded forked
+        // child, on memory allocated before the fork.
+        unsafe {
+            self.inherit()?;
+            self.unshare()?;
+            if !self.pid_ns {
+                return self.become_addon();
+            }
+            self.shim_and_init()
+        }
+    }
+
+    /// The child's inheritance, settled: it dies with the engine, makes what others can read,
+    /// keeps only the descriptors it is given, is in its control groups and under its rlimits.
+    unsafe fn inherit(&self) -> io::Result<()> {
+        // SAFETY: see `enter`.
         unsafe {
             // Die with the engine. Checked against a race with an engine that already died.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
@@ -242,27 +287,16 @@ impl NsPlan {
                 let lim = libc::rlimit { rlim_cur: *value, rlim_max: *value };
                 check(libc::setrlimit(*resource, &lim))?;
             }
-            let mut flags = 0;
-            if self.pid_ns {
-                flags |= libc::CLONE_NEWPID;
-            }
-            if self.cut_network {
-                flags |= libc::CLONE_NEWNET;
-            }
-            if self.ipc_uts {
-                flags |= libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
-            }
-            if self.user_ns {
-                flags |= libc::CLONE_NEWUSER;
-            }
-            let mount_ns = self.mounts.is_some()
-                || self.root.is_some()
-                || self.overlay.is_some()
-                || self.cover.is_some()
-                || self.fresh_proc;
-            if mount_ns {
-                flags |= libc::CLONE_NEWNS;
-            }
+            Ok(())
+        }
+    }
+
+    /// The new namespaces ([`NsPlan::clone_flags`]), their id maps and loopback, and the mounts,
+    /// none of which propagates back to the host.
+    unsafe fn unshare(&self) -> io::Result<()> {
+        // SAFETY: see `enter`.
+        unsafe {
+            let flags = self.clone_flags();
             if flags != 0 {
                 check(libc::unshare(flags))?;
             }
@@ -274,8 +308,7 @@ impl NsPlan {
             if self.cut_network {
                 loopback_up()?;
             }
-            if mount_ns {
-                // Nothing done here may propagate back to the host.
+            if self.needs_mount_ns() {
                 let private = libc::MS_REC | libc::MS_PRIVATE;
                 check(libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()))?;
             }
@@ -295,10 +328,16 @@ impl NsPlan {
                     c"size=4k,mode=0555".as_ptr().cast(),
                 ))?;
             }
-            if !self.pid_ns {
-                return self.become_addon();
-            }
-            // The shim: stays in the engine's PID namespace and mirrors the init's exit.
+            Ok(())
+        }
+    }
+
+    /// With a PID namespace: this process stays outside as a shim that mirrors the exit of the
+    /// namespace's PID 1, a mini init that reaps orphans and whose death ends the namespace;
+    /// the init's child becomes the addon. Returns only in the addon (exec follows).
+    unsafe fn shim_and_init(&self) -> io::Result<()> {
+        // SAFETY: see `enter`.
+        unsafe {
             let init = libc::fork();
             if init < 0 {
                 return Err(io::Error::last_os_error());
@@ -465,4 +504,34 @@ unsafe fn loopback_up() -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(flags: libc::c_int, flag: libc::c_int) -> bool {
+        flags & flag == flag
+    }
+
+    #[test]
+    fn each_plan_unshares_what_it_says() {
+        let pure = NsPlan::new(true).with_ipc_uts().with_fresh_proc();
+        let f = pure.clone_flags();
+        for flag in [libc::CLONE_NEWPID, libc::CLONE_NEWNET, libc::CLONE_NEWIPC, libc::CLONE_NEWUTS, libc::CLONE_NEWNS]
+        {
+            assert!(has(f, flag), "a pure plan unshares {flag:#x}");
+        }
+        let impure = NsPlan::new(false).clone_flags();
+        assert!(!has(impure, libc::CLONE_NEWNET), "an impure plan keeps the network");
+        assert!(!has(impure, libc::CLONE_NEWNS), "nothing mounts: no mount namespace");
+        assert_eq!(has(impure, libc::CLONE_NEWUSER), !is_root_now(), "a user namespace when not root");
+        // bwrap's preparation: the tool makes the namespaces; here nothing is unshared.
+        assert_eq!(NsPlan::prepare_only().clone_flags(), 0);
+        assert!(has(NsPlan::prepare_only().with_cover(Path::new("/x")).clone_flags(), libc::CLONE_NEWNS));
+    }
+
+    fn is_root_now() -> bool {
+        Identity::current().uid == 0
+    }
 }
