@@ -188,15 +188,18 @@ impl LimitsConfig {
         }
     }
 
-    fn check(&self, at: &str) -> Result<(), String> {
+    fn check(&self, at: &str) -> Result<(), ConfigProblem> {
         if self.cpus.is_some_and(|c| !(c > 0.0 && c.is_finite())) {
-            return Err(format!("{at}.cpus must be a positive number of CPUs, like 1 or 0.5"));
+            return Err(ConfigProblem::setting(
+                format!("{at}.cpus"),
+                "must be a positive number of CPUs, like 1 or 0.5",
+            ));
         }
         if self.pids == Some(0) {
-            return Err(format!("{at}.pids must be at least 1"));
+            return Err(ConfigProblem::setting(format!("{at}.pids"), "must be at least 1"));
         }
         if self.memory.is_some_and(|m| m.0 < (4 << 20)) {
-            return Err(format!("{at}.memory must be at least 4MiB"));
+            return Err(ConfigProblem::setting(format!("{at}.memory"), "must be at least 4MiB"));
         }
         Ok(())
     }
@@ -399,8 +402,17 @@ pub fn builtin_runner_names() -> Vec<&'static str> {
     addon_runners::builtin_factories().iter().map(|f| f.name).collect()
 }
 
+/// A runner name that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunnerNameError {
+    #[error("runner `{0}` is listed twice")]
+    Twice(String),
+    #[error("unknown runner `{name}`; known runners: {}", known.join(", "))]
+    Unknown { name: String, known: Vec<String> },
+}
+
 /// Trims runner names, maps Docspell's `nix` to `nix-flake`, refuses duplicates.
-pub fn normalise_runner_names(names: &[String]) -> Result<Vec<String>, String> {
+pub fn normalise_runner_names(names: &[String]) -> Result<Vec<String>, RunnerNameError> {
     let mut out: Vec<String> = Vec::new();
     for n in names {
         let name = match n.trim() {
@@ -408,7 +420,7 @@ pub fn normalise_runner_names(names: &[String]) -> Result<Vec<String>, String> {
             other => other.to_string(),
         };
         if out.contains(&name) {
-            return Err(format!("runner `{n}` is listed twice"));
+            return Err(RunnerNameError::Twice(n.clone()));
         }
         out.push(name);
     }
@@ -416,12 +428,10 @@ pub fn normalise_runner_names(names: &[String]) -> Result<Vec<String>, String> {
 }
 
 /// Parses runner names against the known ones (built-in runners and `plugins`).
-pub fn parse_runner_names(names: &[String], known: &[String]) -> Result<Vec<String>, String> {
+pub fn parse_runner_names(names: &[String], known: &[String]) -> Result<Vec<String>, RunnerNameError> {
     let out = normalise_runner_names(names)?;
-    for name in &out {
-        if !known.contains(name) {
-            return Err(format!("unknown runner `{name}`; known runners: {}", known.join(", ")));
-        }
+    if let Some(name) = out.iter().find(|n| !known.contains(n)) {
+        return Err(RunnerNameError::Unknown { name: name.clone(), known: known.to_vec() });
     }
     Ok(out)
 }
@@ -452,19 +462,51 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-pub fn parse_size(s: &str) -> Result<u64, String> {
+/// A size that is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid size `{text}` ({reason}); write e.g. 1048576, 500MB, 1GiB")]
+pub struct SizeError {
+    pub text: String,
+    pub reason: String,
+}
+
+pub fn parse_size(s: &str) -> Result<u64, SizeError> {
     s.trim()
         .parse::<bytesize::ByteSize>()
         .map(|b| b.as_u64())
-        .map_err(|e| format!("invalid size `{s}` ({e}); write e.g. 1048576, 500MB, 1GiB"))
+        .map_err(|reason| SizeError { text: s.to_string(), reason })
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("config {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("config {path}: {problem}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        problem: ConfigProblem,
+    },
+}
+
+/// What is wrong with a configuration's text.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// Not the configuration's shape: serde's message, with the key, line and column.
+    #[error("{0}")]
+    Shape(#[from] serde_yaml::Error),
+    /// A component's section (`oci-runner.uid-base: ...`).
+    #[error("{0}")]
+    Section(#[from] SectionError),
+    /// A setting the shape allows and the engine does not.
+    #[error("{key}: {message}")]
+    Setting { key: String, message: String },
+}
+
+impl ConfigProblem {
+    fn setting(key: impl Into<String>, message: impl Into<String>) -> ConfigProblem {
+        ConfigProblem::Setting { key: key.into(), message: message.into() }
+    }
 }
 
 impl Config {
@@ -493,10 +535,10 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text =
             fs_err::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        Config::from_yaml(&text).map_err(|message| ConfigError::Invalid { path: path.to_path_buf(), message })
+        Config::from_yaml(&text).map_err(|problem| ConfigError::Invalid { path: path.to_path_buf(), problem })
     }
 
-    pub fn from_yaml(text: &str) -> Result<Config, String> {
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigProblem> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
@@ -505,12 +547,9 @@ impl Config {
         // below takes the components' sections in without looking at them).
         let keys: Vec<&str> =
             engine_keys().iter().map(String::as_str).chain(sections.iter().map(|s| s.key)).chain(absent).collect();
-        check_keys(text, &keys).map_err(|e| e.to_string())?;
-        let mut config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
-        config.components = Sections::read(text, &sections).map_err(|e| match e {
-            SectionError::Parse(message) => message,
-            e @ SectionError::Check { .. } => e.to_string(),
-        })?;
+        check_keys(text, &keys)?;
+        let mut config: Config = serde_yaml::from_str(text)?;
+        config.components = Sections::read(text, &sections)?;
         for (_, settings) in config.components.iter() {
             for warning in settings.warnings() {
                 tracing::warn!("{warning}");
@@ -520,43 +559,61 @@ impl Config {
             config.sandbox = SandboxChoice::NSPAWN;
         }
         if config.sandbox_user.uid == 0 || config.sandbox_user.gid == 0 {
-            return Err(
-                "sandbox-user: uid and gid must not be 0 (root); give an unprivileged identity no account uses".into(),
-            );
+            return Err(ConfigProblem::setting(
+                "sandbox-user",
+                "uid and gid must not be 0 (root); give an unprivileged identity no account uses",
+            ));
         }
         config.limits.check("limits")?;
         for (name, p) in &config.plugins {
             let at = format!("plugins.{name}");
             if builtin_runner_names().contains(&name.as_str()) {
-                return Err(format!("{at}: `{name}` is a built-in runner; give the plugin another name"));
+                return Err(ConfigProblem::setting(
+                    at.clone(),
+                    format!("`{name}` is a built-in runner; give the plugin another name"),
+                ));
             }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                return Err(format!("{at}: a plugin name is letters, digits, `-` and `_`"));
+                return Err(ConfigProblem::setting(at.clone(), "a plugin name is letters, digits, `-` and `_`"));
             }
             if let Some(a) = &p.address {
                 if !["unix:///", "http://", "https://"].iter().any(|s| a.starts_with(s)) {
-                    return Err(format!(
-                        "{at}.address: `{a}` is not unix:///PATH, http://HOST:PORT or https://HOST:PORT"
+                    return Err(ConfigProblem::setting(
+                        format!("{at}.address"),
+                        format!("`{a}` is not unix:///PATH, http://HOST:PORT or https://HOST:PORT"),
                     ));
                 }
                 if p.tls.is_some() && !a.starts_with("https://") {
-                    return Err(format!("{at}.tls: TLS settings need an https:// address"));
+                    return Err(ConfigProblem::setting(format!("{at}.tls"), "TLS settings need an https:// address"));
                 }
             }
             if p.timeout.is_some_and(|t| t.0.is_zero()) {
-                return Err(format!("{at}.timeout: must be more than 0"));
+                return Err(ConfigProblem::setting(format!("{at}.timeout"), "must be more than 0"));
             }
             match (&p.command, &p.address) {
-                (Some(c), None) if c.is_empty() => return Err(format!("{at}.command: give the program to start")),
+                (Some(c), None) if c.is_empty() => {
+                    return Err(ConfigProblem::setting(format!("{at}.command"), "give the program to start"))
+                }
                 (Some(_), None) | (None, Some(_)) => {}
-                _ => return Err(format!("{at}: give either `command` (a program to start) or `address` (a server)")),
+                _ => {
+                    return Err(ConfigProblem::setting(
+                        at.clone(),
+                        "give either `command` (a program to start) or `address` (a server)",
+                    ))
+                }
             }
             if p.serves.is_empty() {
-                return Err(format!("{at}.serves: name the descriptor sections it serves (docker, nix, trivial)"));
+                return Err(ConfigProblem::setting(
+                    format!("{at}.serves"),
+                    "name the descriptor sections it serves (docker, nix, trivial)",
+                ));
             }
             for section in &p.serves {
                 if addon_descriptors::Section::parse(section).is_none() {
-                    return Err(format!("{at}.serves: unknown section `{section}`; sections are docker, nix, trivial"));
+                    return Err(ConfigProblem::setting(
+                        format!("{at}.serves"),
+                        format!("unknown section `{section}`; sections are docker, nix, trivial"),
+                    ));
                 }
             }
         }
@@ -564,13 +621,12 @@ impl Config {
             config.limits.with(o).check(&format!("addon-limits.{name}"))?;
         }
         let known = config.runner_names();
-        for name in &config.runner.0 {
-            if !known.contains(name) {
-                return Err(format!("runner: unknown runner `{name}`; known runners: {}", known.join(", ")));
-            }
-        }
+        parse_runner_names(&config.runner.0, &known).map_err(|e| ConfigProblem::setting("runner", e.to_string()))?;
         if config.runner.0.is_empty() {
-            return Err(format!("runner: the runner list is empty; name at least one of {}", known.join(", ")));
+            return Err(ConfigProblem::setting(
+                "runner",
+                format!("the runner list is empty; name at least one of {}", known.join(", ")),
+            ));
         }
         Ok(config)
     }
@@ -666,11 +722,11 @@ addon-limits: {big-addon: {memory: 4GiB}}
 
     #[test]
     fn unknown_keys_name_key_and_line() {
-        let e = Config::from_yaml("fail-fast: true\nrun-timout: 5m\n").unwrap_err();
+        let e = Config::from_yaml("fail-fast: true\nrun-timout: 5m\n").unwrap_err().to_string();
         assert!(e.contains("run-timout") && e.contains("line 2"), "{e}");
-        let e = Config::from_yaml("runner: [trivial, podman]").unwrap_err();
+        let e = Config::from_yaml("runner: [trivial, podman]").unwrap_err().to_string();
         assert!(e.contains("podman"), "{e}");
-        let e = Config::from_yaml("run-timeout: soon").unwrap_err();
+        let e = Config::from_yaml("run-timeout: soon").unwrap_err().to_string();
         assert!(e.contains("soon"), "{e}");
     }
 
@@ -680,11 +736,11 @@ addon-limits: {big-addon: {memory: 4GiB}}
         assert_eq!(c.limits.memory, None);
         assert_eq!(c.limits.cpus, Some(0.5));
         assert_eq!(c.limits.pids, Some(512), "unnamed limits keep their defaults");
-        let e = Config::from_yaml("limits: {cpus: 0}").unwrap_err();
+        let e = Config::from_yaml("limits: {cpus: 0}").unwrap_err().to_string();
         assert!(e.contains("limits.cpus"), "{e}");
-        let e = Config::from_yaml("addon-limits: {x: {pids: 0}}").unwrap_err();
+        let e = Config::from_yaml("addon-limits: {x: {pids: 0}}").unwrap_err().to_string();
         assert!(e.contains("addon-limits.x.pids"), "{e}");
-        let e = Config::from_yaml("limits: {memroy: 1GiB}").unwrap_err();
+        let e = Config::from_yaml("limits: {memroy: 1GiB}").unwrap_err().to_string();
         assert!(e.contains("memroy"), "{e}");
     }
 
@@ -695,9 +751,9 @@ addon-limits: {big-addon: {memory: 4GiB}}
         let oci: addon_runners::oci::OciSettings = c.components.get();
         assert_eq!((oci.runtime.as_str(), oci.pull), ("crun", addon_runners::oci::Pull::Missing));
         assert_eq!(c.components.get::<NspawnSettings>().nspawn_binary, "/opt/n");
-        let e = Config::from_yaml("fail-fast: true\noci-runner:\n  runtme: crun\n").unwrap_err();
+        let e = Config::from_yaml("fail-fast: true\noci-runner:\n  runtme: crun\n").unwrap_err().to_string();
         assert!(e.contains("oci-runner") && e.contains("runtme") && e.contains("line 3"), "{e}");
-        let e = Config::from_yaml("oci-runner: {uid-base: 0}").unwrap_err();
+        let e = Config::from_yaml("oci-runner: {uid-base: 0}").unwrap_err().to_string();
         assert!(e.starts_with("oci-runner.uid-base: 0 must be above 0"), "{e}");
         // A runner's section reads whether or not the runner is built into this engine.
         Config::from_yaml("docker-runner: {host: unix:///run/d.sock}\nnix-runner: {extra-args: [--offline]}\n")

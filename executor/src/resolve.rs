@@ -51,15 +51,22 @@ pub struct Resolved {
     pub runnable: bool,
 }
 
+/// `sandbox: auto` found nothing it may use here (it never falls back to none).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sandbox auto found no usable sandbox ({}); `auto` never falls back to none", .why.join("; "))]
+pub struct NoSandbox {
+    /// Each candidate with why it cannot be used (`bwrap: ...`).
+    pub why: Vec<String>,
+}
+
 /// Which sandbox a host runner gets under `choice`, or why there is none.
-pub fn pick_sandbox(sandboxes: &Sandboxes, choice: SandboxChoice) -> Result<SandboxKind, String> {
+pub fn pick_sandbox(sandboxes: &Sandboxes, choice: SandboxChoice) -> Result<SandboxKind, NoSandbox> {
     match choice {
-        SandboxChoice::Auto => sandboxes.auto().ok_or_else(|| {
-            let why: Vec<String> = Sandboxes::AUTO
+        SandboxChoice::Auto => sandboxes.auto().ok_or_else(|| NoSandbox {
+            why: Sandboxes::AUTO
                 .iter()
                 .map(|s| format!("{}: {}", s.as_str(), sandboxes.get(*s).probe().detail))
-                .collect();
-            format!("sandbox auto found no usable sandbox ({}); `auto` never falls back to none", why.join("; "))
+                .collect(),
         }),
         SandboxChoice::Kind(kind) => Ok(kind),
     }
@@ -110,7 +117,7 @@ pub async fn resolve_one(
                 (false, false, probe.detail)
             } else if r.info().capabilities.uses_sandbox {
                 match pick_sandbox(sandboxes, sandbox_choice) {
-                    Err(why) => (false, true, why),
+                    Err(why) => (false, true, why.to_string()),
                     Ok(kind) => {
                         sandbox = Some(kind);
                         let s = sandboxes.get(kind);
