@@ -20,5 +20,7 @@ pub use diagnostic::{for_terminal, Diagnostic, Pos, Severity};
 pub use digest::{digest_dir, ContentDigest, DigestCache};
 pub use model::{Descriptor, Options, Section, Trigger, DESCRIPTOR_FILES};
 pub use output::{AddonOutput, OutputError};
-pub use parse::{image_reference, normalise_relative, parse_descriptor, Parsed};
+pub use parse::{
+    image_reference, normalise_relative, parse_descriptor, ImageReferenceError, ImageReferenceProblem, Parsed,
+};
 pub use source::{load, load_dir, LoadedAddon, SourceError, SourceKind};

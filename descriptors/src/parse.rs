@@ -645,27 +645,55 @@ mod tests {
     }
 }
 
+/// Why a text is not an image reference (see [`image_reference`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{reference}` {problem}")]
+pub struct ImageReferenceError {
+    /// The text as the descriptor or the Dockerfile gave it.
+    pub reference: String,
+    pub problem: ImageReferenceProblem,
+}
+
+/// The part of an image reference that is wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ImageReferenceProblem {
+    #[error("is empty or longer than 255 characters")]
+    Length,
+    #[error("has a digest without an algorithm")]
+    DigestWithoutAlgorithm,
+    #[error("has a malformed digest")]
+    MalformedDigest,
+    #[error("has a malformed tag")]
+    MalformedTag,
+    #[error("names a malformed registry")]
+    MalformedRegistry,
+    #[error("has a path component that is empty or does not start and end with a lowercase letter or digit")]
+    PathComponent,
+    #[error("has characters an image name cannot have")]
+    Characters,
+}
+
 /// Checks that `s` is an image reference as Docker's reference grammar defines it
 /// (`[domain[:port]/]path[:tag][@algorithm:hex]`, path components lowercase), and nothing
 /// else: no transport (`docker-daemon:`, `oci:`), no storage specification (`[overlay@...]`),
 /// no path of the host. The runners hand it to tools (skopeo's `containers-storage:` reads a
 /// leading `[driver@root+runroot:options]` as a store to open, as root).
-pub fn image_reference(s: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("`{s}` {why}"));
+pub fn image_reference(s: &str) -> Result<(), ImageReferenceError> {
+    let bad = |problem: ImageReferenceProblem| Err(ImageReferenceError { reference: s.to_string(), problem });
     if s.is_empty() || s.len() > 255 {
-        return bad("is empty or longer than 255 characters");
+        return bad(ImageReferenceProblem::Length);
     }
     let (rest, digest) = match s.split_once('@') {
         Some((r, d)) => (r, Some(d)),
         None => (s, None),
     };
     if let Some(d) = digest {
-        let Some((alg, hex)) = d.split_once(':') else { return bad("has a digest without an algorithm") };
+        let Some((alg, hex)) = d.split_once(':') else { return bad(ImageReferenceProblem::DigestWithoutAlgorithm) };
         let alg_ok = alg.split(['+', '.', '-', '_']).all(|c| {
             c.chars().next().is_some_and(|f| f.is_ascii_alphabetic()) && c.chars().all(|ch| ch.is_ascii_alphanumeric())
         });
         if !alg_ok || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
-            return bad("has a malformed digest");
+            return bad(ImageReferenceProblem::MalformedDigest);
         }
     }
     // A tag follows the last `:` after the last `/` (a `:` before it is a registry's port).
@@ -679,7 +707,7 @@ pub fn image_reference(s: &str) -> Result<(), String> {
             && t.chars().next().is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
             && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
         if !ok {
-            return bad("has a malformed tag");
+            return bad(ImageReferenceProblem::MalformedTag);
         }
     }
     let mut parts: Vec<&str> = name.split('/').collect();
@@ -697,7 +725,7 @@ pub fn image_reference(s: &str) -> Result<(), String> {
                     && !c.ends_with('-')
             });
         if !host_ok || port.is_some_and(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit())) {
-            return bad("names a malformed registry");
+            return bad(ImageReferenceProblem::MalformedRegistry);
         }
         parts.remove(0);
     }
@@ -706,9 +734,7 @@ pub fn image_reference(s: &str) -> Result<(), String> {
         let chars: Vec<char> = c.chars().collect();
         let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
         if chars.is_empty() || !alnum(chars[0]) || !alnum(chars[chars.len() - 1]) {
-            return bad(
-                "has a path component that is empty or does not start and end with a lowercase letter or digit",
-            );
+            return bad(ImageReferenceProblem::PathComponent);
         }
         let mut i = 0;
         while i < chars.len() {
@@ -722,7 +748,7 @@ pub fn image_reference(s: &str) -> Result<(), String> {
             }
             let sep: String = chars[start..i].iter().collect();
             if !(sep == "." || sep == "_" || sep == "__" || sep.chars().all(|ch| ch == '-')) {
-                return bad("has characters an image name cannot have");
+                return bad(ImageReferenceProblem::Characters);
             }
         }
     }

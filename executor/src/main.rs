@@ -169,17 +169,17 @@ struct RunArgs {
     cpus: Option<f64>,
 }
 
-fn parse_cpus(s: &str) -> Result<f64, String> {
+fn parse_cpus(s: &str) -> anyhow::Result<f64> {
     match s.trim().parse::<f64>() {
         Ok(c) if c > 0.0 && c.is_finite() => Ok(c),
-        _ => Err(format!("`{s}` is not a positive number of CPUs (1, 0.5, 2)")),
+        _ => anyhow::bail!("`{s}` is not a positive number of CPUs (1, 0.5, 2)"),
     }
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+fn parse_key_value(s: &str) -> anyhow::Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("`{s}` is not KEY=VALUE")),
+        _ => anyhow::bail!("`{s}` is not KEY=VALUE"),
     }
 }
 

@@ -198,7 +198,7 @@ impl GvisorRunner {
                 extra_ro: &[],
                 tmpfs: Default::default(),
             };
-            let bundle = self.bundle(&dirs[4], &mounts, false, probe)?;
+            let bundle = self.bundle(&dirs[4], &mounts, false, probe).map_err(|e| e.to_string())?;
             let mut cmd = self.runsc(false);
             cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
             cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -248,7 +248,13 @@ impl GvisorRunner {
     }
 
     /// Writes an OCI bundle for `process` under `scratch`; returns its directory.
-    fn bundle(&self, scratch: &Path, mounts: &Mounts, network: bool, process: Process<'_>) -> Result<PathBuf, String> {
+    fn bundle(
+        &self,
+        scratch: &Path,
+        mounts: &Mounts,
+        network: bool,
+        process: Process<'_>,
+    ) -> Result<PathBuf, BundleError> {
         let Process { program, args, env, extra_ro, tmpfs } = process;
         let inside = Mounts::mnt();
         let id = self.identity();
@@ -256,7 +262,7 @@ impl GvisorRunner {
         let bundle = scratch.join("gvisor-bundle");
         let rootfs = bundle.join("rootfs");
         let files = bundle.join("files");
-        let io = |e: std::io::Error| format!("making the bundle: {e}");
+        let io = BundleError::Io;
         fs_err::create_dir_all(&rootfs).map_err(io)?;
         fs_err::create_dir_all(&files).map_err(io)?;
         let in_root = |p: &Path| rootfs.join(p.strip_prefix("/").unwrap_or(p));
@@ -264,7 +270,7 @@ impl GvisorRunner {
             json!({"destination": "/proc", "type": "proc", "source": "proc"}),
             json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]}),
         ];
-        let make_point = |at: &Path, dir: bool| -> Result<(), String> {
+        let make_point = |at: &Path, dir: bool| -> Result<(), BundleError> {
             let p = in_root(at);
             if let Some(parent) = p.parent() {
                 fs_err::create_dir_all(parent).map_err(io)?;
@@ -288,7 +294,7 @@ impl GvisorRunner {
                 Step::Symlink { target, at } => {
                     let p = in_root(at);
                     if fs_err::symlink_metadata(&p).is_err() {
-                        std::os::unix::fs::symlink(target, &p).map_err(io)?;
+                        fs_err::os::unix::fs::symlink(target, &p).map_err(io)?;
                     }
                 }
                 Step::Dir(p) => make_point(p, true)?,
@@ -310,7 +316,7 @@ impl GvisorRunner {
         }
         // The program starts through this plugin's own binary, which installs the engine's
         // seccomp filter inside gVisor (runsc of 2022 ignores an OCI seccomp profile) and execs it.
-        let helper = std::env::current_exe().map_err(|e| format!("finding this plugin's program: {e}"))?;
+        let helper = std::env::current_exe().map_err(BundleError::OwnProgram)?;
         make_point(Path::new(HELPER_AT), false)?;
         oci_mounts
             .push(json!({"destination": HELPER_AT, "type": "bind", "source": helper, "options": ["rbind", "ro"]}));
@@ -364,6 +370,16 @@ impl GvisorRunner {
     }
 }
 
+/// Why a run's OCI bundle could not be written.
+#[derive(Debug, thiserror::Error)]
+enum BundleError {
+    /// fs-err's error names the path.
+    #[error("making the bundle: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("finding this plugin's program: {0}")]
+    OwnProgram(#[source] std::io::Error),
+}
+
 fn unavailable(detail: impl Into<String>) -> Availability {
     Availability { available: false, version: None, detail: detail.into() }
 }
@@ -406,7 +422,8 @@ impl Runner for GvisorRunner {
         let setup = |m: String| RunnerError::setup(NAME, m);
         let (program, extra_ro) = match spec.section {
             Section::Nix => {
-                (self.nix.program(&spec).await.map_err(setup)?, vec![PathBuf::from(addon_runners::nix::STORE)])
+                let program = self.nix.program(&spec).await.map_err(|e| setup(e.to_string()))?;
+                (program, vec![PathBuf::from(addon_runners::nix::STORE)])
             }
             Section::Trivial => {
                 let exec = spec
@@ -440,7 +457,7 @@ impl Runner for GvisorRunner {
                     tmpfs: addon_runners::sandbox::view::TmpfsBound::of(&spec.limits),
                 },
             )
-            .map_err(setup)?;
+            .map_err(|e| setup(e.to_string()))?;
         let id = host::container_id(&spec.run_id);
         let mut enveloped = spec.clone();
         enveloped.limits.pids = spec.limits.pids.map(|p| p + RUNSC_TASKS);

@@ -292,9 +292,33 @@ pub fn default_output(outputs: &serde_json::Value, system: &str) -> FlakeDefault
     ))
 }
 
+/// Why a built addon's program cannot be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    #[error("started without its build result")]
+    NotBuilt,
+    #[error("cannot run {}: {source}", tool.display())]
+    Spawn {
+        tool: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nix-store --add-root` failed; what it printed.
+    #[error("registering the GC root for {}: {stderr}", store_path.display())]
+    GcRoot { store_path: PathBuf, stderr: String },
+    #[error("the build result {} has no bin/ folder: {source}", out.display())]
+    NoBin {
+        out: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds no program", bin.display())]
+    NoProgram { bin: PathBuf },
+}
+
 /// Registers `link` (inside a cache entry) as an indirect GC root for `store_path`. Pruning the
 /// entry removes the link, and with it the protection.
-async fn add_gc_root(s: &NixSettings, link: &Path, store_path: &Path) -> Result<(), String> {
+async fn add_gc_root(s: &NixSettings, link: &Path, store_path: &Path) -> Result<(), ProgramError> {
     let nix_store = which::which(&s.nix_binary)
         .ok()
         .map(|p| p.with_file_name("nix-store"))
@@ -308,29 +332,28 @@ async fn add_gc_root(s: &NixSettings, link: &Path, store_path: &Path) -> Result<
         .arg(store_path)
         .output()
         .await
-        .map_err(|e| format!("cannot run {}: {e}", nix_store.display()))?;
+        .map_err(|source| ProgramError::Spawn { tool: nix_store.clone(), source })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "registering the GC root for {}: {}",
-            store_path.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(ProgramError::GcRoot {
+            store_path: store_path.to_path_buf(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 /// The first file of `<out>/bin` in name order, as Docspell takes the first.
-fn program_of(out: &Path) -> Result<PathBuf, String> {
+fn program_of(out: &Path) -> Result<PathBuf, ProgramError> {
     let bin = out.join("bin");
     let mut files: Vec<PathBuf> = fs_err::read_dir(&bin)
-        .map_err(|e| format!("the build result {} has no bin/ folder: {e}", out.display()))?
+        .map_err(|source| ProgramError::NoBin { out: out.to_path_buf(), source })?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.is_file())
         .collect();
     files.sort();
-    files.into_iter().next().ok_or_else(|| format!("{} holds no program", bin.display()))
+    files.into_iter().next().ok_or(ProgramError::NoProgram { bin })
 }
 
 /// What a nix run needs readable besides the view: the store.
@@ -339,8 +362,8 @@ pub const STORE: &str = "/nix/store";
 impl NixRunner {
     /// The program a run of `spec` starts: the first program of the built store path (whose GC
     /// root in the cache entry is made sure of). For other runners that run nix builds.
-    pub async fn program(&self, spec: &StartSpec) -> Result<PathBuf, String> {
-        let artifact = spec.artifact.as_ref().ok_or("started without its build result")?;
+    pub async fn program(&self, spec: &StartSpec) -> Result<PathBuf, ProgramError> {
+        let artifact = spec.artifact.as_ref().ok_or(ProgramError::NotBuilt)?;
         let out = PathBuf::from(&artifact.reference);
         // `result` in the cache entry is the GC root. It must point at the entry's final place
         // (the build ran in a temporary folder that was renamed), so it is added here, and
@@ -406,7 +429,7 @@ impl Runner for NixRunner {
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
-        let program = self.program(&spec).await.map_err(setup)?;
+        let program = self.program(&spec).await.map_err(|e| setup(e.to_string()))?;
         crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[PathBuf::from(STORE)])
     }
 

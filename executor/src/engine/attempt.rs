@@ -260,7 +260,7 @@ impl Engine {
         // Nothing the addon keeps between runs may carry privileges on the host either.
         let mut unsafe_trees = Vec::new();
         if let Err(e) = output_settled {
-            unsafe_trees.push(e);
+            unsafe_trees.push(e.to_string());
         }
         for (dir, what) in [(&run.cache_dir, "its CACHE_DIR"), (&run.home_dir, "its HOME")] {
             match crate::settle::kept(dir, what) {
@@ -272,7 +272,7 @@ impl Engine {
                     s.removed.join(", ")
                 ),
                 Ok(_) => {}
-                Err(e) => unsafe_trees.push(e),
+                Err(e) => unsafe_trees.push(e.to_string()),
             }
         }
         if !unsafe_trees.is_empty() {

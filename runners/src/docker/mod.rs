@@ -132,7 +132,7 @@ impl DockerSettings {
 #[derive(Debug)]
 pub struct DockerRunner {
     settings: DockerSettings,
-    client: OnceCell<Result<Docker, String>>,
+    client: OnceCell<Result<Docker, NoDaemon>>,
     reaped: OnceCell<u64>,
     /// Whether the daemon is Podman's compatible service (asked once).
     podman: OnceCell<bool>,
@@ -145,6 +145,111 @@ pub struct DockerRunner {
 
 fn setup(message: impl Into<String>) -> RunnerError {
     RunnerError::setup(NAME, message)
+}
+
+/// The daemon cannot be used (remembered per runner: every later call says the same).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NoDaemon {
+    #[error("no Docker daemon at {address}: {source}")]
+    Api {
+        address: String,
+        #[source]
+        source: Arc<bollard::errors::Error>,
+    },
+    #[error("no Docker daemon at {address}: no answer within 10s")]
+    Silent { address: String },
+    /// The plain reason the unix socket cannot be used (missing, permission denied), which the
+    /// HTTP client's error hides.
+    #[error("no Docker daemon at {address}: {}: {source}{}", socket.display(), socket_hint(source))]
+    Socket {
+        address: String,
+        socket: std::path::PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+fn socket_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::PermissionDenied {
+        " (run as root or as a member of the docker group)"
+    } else {
+        ""
+    }
+}
+
+/// What keeps a container from being prepared: the image's `VOLUME`s and user, and the
+/// helper containers of an engine that is not root.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("inspecting image {image}: {source}")]
+    Inspect {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("reading the VOLUMEs of {image}: {source}")]
+    VolumesOf {
+        image: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("reading {path} of the image: {source}")]
+    ReadVolume {
+        path: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the image's VOLUME {path} holds more than the run's output size")]
+    VolumeTooLarge { path: String },
+    #[error("unpacking {path} of the image: {source}")]
+    UnpackVolume {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the image's user: {0}")]
+    ImageUser(#[source] crate::oci::bundle::UserError),
+    /// Giving the run's directories to the image's user (`USER` or `docker-runner.user`) failed.
+    #[error("giving the run's directories to the image's user {user}: {source}")]
+    GiveDirs {
+        user: String,
+        #[source]
+        source: Box<DockerError>,
+    },
+    #[error("ldd {}: {source} (apt-get install libc-bin)", helper.display())]
+    Ldd {
+        helper: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("ldd {} names no dynamic loader: {said}", helper.display())]
+    NoLoader { helper: std::path::PathBuf, said: String },
+    #[error("{0}")]
+    PackImage(#[source] std::io::Error),
+    #[error("making the engine's image {}: {source}", settle::IMAGE)]
+    MakeImage {
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// A call about a helper container failed: `doing` says which (`creating the settling container`).
+    #[error("{doing}: {source}")]
+    Helper {
+        doing: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error("the settling container did not finish within 10 minutes")]
+    SettleTimeout,
+    #[error("settling the run's directories failed (exit {code}): {said}")]
+    SettleFailed { code: i64, said: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tree(#[from] addon_tree::TreeError),
 }
 
 impl DockerRunner {
@@ -169,20 +274,21 @@ impl DockerRunner {
     }
 
     /// Connects once, negotiating the API version.
-    pub async fn client(&self) -> Result<&Docker, String> {
+    pub async fn client(&self) -> Result<&Docker, NoDaemon> {
         let r = self
             .client
             .get_or_init(|| async {
-                let addr = self.address();
-                let docker = connect(&addr).map_err(|e| format!("no Docker daemon at {addr}: {e}"))?;
+                let address = self.address();
+                let docker =
+                    connect(&address).map_err(|e| NoDaemon::Api { address: address.clone(), source: Arc::new(e) })?;
                 tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
                     .await
-                    .map_err(|_| format!("no Docker daemon at {addr}: no answer within 10s"))?
-                    .map_err(|e| {
-                        format!(
-                            "no Docker daemon at {addr}: {}",
-                            socket_problem(&addr).unwrap_or_else(|| e.to_string())
-                        )
+                    .map_err(|_| NoDaemon::Silent { address: address.clone() })?
+                    .map_err(|e| match socket_problem(&address) {
+                        Some((socket, source)) => {
+                            NoDaemon::Socket { address: address.clone(), socket, source: Arc::new(source) }
+                        }
+                        None => NoDaemon::Api { address: address.clone(), source: Arc::new(e) },
                     })
             })
             .await;
@@ -195,7 +301,7 @@ impl DockerRunner {
     }
 
     async fn docker(&self) -> Result<&Docker, RunnerError> {
-        self.client().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })
+        self.client().await.map_err(|e| RunnerError::Unavailable { runner: NAME.into(), detail: e.to_string() })
     }
 
     /// The image to run: the built one, or the descriptor's (pulled only when absent).
@@ -242,16 +348,10 @@ fn connect(addr: &str) -> Result<Docker, bollard::errors::Error> {
 }
 
 /// The plain reason a unix socket cannot be used (missing, permission denied), which the HTTP
-/// client's error hides.
-fn socket_problem(addr: &str) -> Option<String> {
+/// client's error hides: the socket and the error of connecting to it.
+fn socket_problem(addr: &str) -> Option<(std::path::PathBuf, std::io::Error)> {
     let path = addr.strip_prefix("unix://").or_else(|| addr.starts_with('/').then_some(addr))?;
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => None,
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            Some(format!("{path}: {e} (run as root or as a member of the docker group)"))
-        }
-        Err(e) => Some(format!("{path}: {e}")),
-    }
+    std::os::unix::net::UnixStream::connect(path).err().map(|e| (path.into(), e))
 }
 
 /// Removes containers whose engine is gone (labelled with a pid that no longer runs the same
@@ -294,26 +394,21 @@ use crate::procfs::process_start;
 /// write anything it is given) or the engine's own user (which owns the run's directories):
 /// `spec` is a docker `--user` (`name`, `uid`, `name:group`, `uid:gid`), names read from the
 /// container's `/etc/passwd` and `/etc/group` as Docker reads them.
-async fn container_user(docker: &Docker, id: &str, spec: &str) -> Result<Option<(u32, u32)>, String> {
+async fn container_user(docker: &Docker, id: &str, spec: &str) -> Result<Option<(u32, u32)>, DockerError> {
     let numeric = spec.split(':').all(|p| p.is_empty() || p.parse::<u32>().is_ok());
     let (passwd, group) = if numeric {
         (String::new(), String::new())
     } else {
         (volumes::small_file(docker, id, "/etc/passwd").await, volumes::small_file(docker, id, "/etc/group").await)
     };
-    let user =
-        crate::oci::bundle::resolve_user_in(&passwd, &group, spec).map_err(|e| format!("the image's user: {e}"))?;
+    let user = crate::oci::bundle::resolve_user_in(&passwd, &group, spec).map_err(DockerError::ImageUser)?;
     let engine = addon_tree::current_owner();
     Ok((user.uid != 0 && (user.uid, user.gid) != engine).then_some((user.uid, user.gid)))
 }
 
 /// Removes the images of pruned cache entries.
-pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), String> {
-    docker
-        .remove_image(id, Some(RemoveImageOptions { force: true, ..Default::default() }), None)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+pub async fn remove_image(docker: &Docker, id: &str) -> Result<(), bollard::errors::Error> {
+    docker.remove_image(id, Some(RemoveImageOptions { force: true, ..Default::default() }), None).await.map(|_| ())
 }
 
 #[async_trait::async_trait]
@@ -337,7 +432,7 @@ impl Runner for DockerRunner {
         let addr = self.address();
         let docker = match self.client().await {
             Ok(d) => d,
-            Err(e) => return Availability { available: false, version: None, detail: e },
+            Err(e) => return Availability { available: false, version: None, detail: e.to_string() },
         };
         self.reap_once(docker).await;
         match docker.version().await {
@@ -484,7 +579,7 @@ impl Runner for DockerRunner {
         let volume_paths = match known {
             Some(v) => v,
             None => {
-                let v = volumes::of(docker, &image).await.map_err(setup)?;
+                let v = volumes::of(docker, &image).await.map_err(|e| setup(e.to_string()))?;
                 if image.starts_with("sha256:") {
                     self.volumes.lock().unwrap_or_else(|e| e.into_inner()).insert(image.clone(), v.clone());
                 }
@@ -497,7 +592,7 @@ impl Runner for DockerRunner {
             let dir = spec.dirs.scratch.join("docker-volumes");
             let filled = volumes::fill(docker, &image, &volume_paths, &dir, labels.clone(), limits.output_size)
                 .await
-                .map_err(setup)?;
+                .map_err(|e| setup(e.to_string()))?;
             for (host, inside) in filled {
                 // A mount, not a `host:inside` string: an image's path may hold `:` or `,`.
                 volume_mounts.push(bollard::models::Mount {
@@ -601,22 +696,21 @@ impl Runner for DockerRunner {
             };
             let Some(who) = container_user(docker, &id, &spec_user).await? else { return Ok(()) };
             let dirs: [&Path; 3] = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache];
-            match &settle_with {
+            let given = match &settle_with {
                 None => crate::sandbox::claim(&dirs, crate::sandbox::Identity { uid: who.0, gid: who.1 })
-                    .map_err(|e| format!("giving the run's directories to the image's user {spec_user}: {e}")),
+                    .map_err(DockerError::from),
                 Some(helper) => {
                     let trees: Vec<settle::Tree> =
                         dirs.iter().map(|d| settle::Tree { host: d.to_path_buf(), keep_symlinks: true }).collect();
-                    settle::run(docker, helper, who, &trees, labels.clone())
-                        .await
-                        .map_err(|e| format!("giving the run's directories to the image's user {spec_user}: {e}"))
+                    settle::run(docker, helper, who, &trees, labels.clone()).await
                 }
-            }
+            };
+            given.map_err(|e| DockerError::GiveDirs { user: spec_user, source: Box::new(e) })
         }
         .await;
         if let Err(e) = handed {
             remove(docker.clone(), id.clone()).await;
-            return Err(setup(e));
+            return Err(setup(e.to_string()));
         }
         // The streams are attached before the container starts, as the docker CLI does: following
         // the logs after `start` misses the last unterminated writes of a short-lived container on
@@ -655,7 +749,7 @@ impl Runner for DockerRunner {
             remove(docker.clone(), id).await;
             if let Some(helper) = settle_with {
                 if let Err(e) = settle::run(&docker, &helper, addon_tree::current_owner(), &trees, labels).await {
-                    let _ = tx.send(RunEvent::Failed(setup(e))).await;
+                    let _ = tx.send(RunEvent::Failed(setup(e.to_string()))).await;
                     return;
                 }
             }

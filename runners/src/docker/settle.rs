@@ -20,6 +20,8 @@ use bollard::query_parameters::{CreateImageOptions, LogsOptions, RemoveContainer
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::DockerError;
+
 /// The engine's empty image the helper runs in.
 pub const IMAGE: &str = "addon-engine-settle:1";
 
@@ -40,11 +42,11 @@ pub struct Tree {
 
 /// The helper's program and the files the dynamic loader needs for it, as host paths:
 /// `(loader, libraries)`. Read from `ldd` once per helper.
-fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
+fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), DockerError> {
     let out = std::process::Command::new("ldd")
         .arg(helper)
         .output()
-        .map_err(|e| format!("ldd {}: {e} (apt-get install libc-bin)", helper.display()))?;
+        .map_err(|source| DockerError::Ldd { helper: helper.to_path_buf(), source })?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut loader = None;
     let mut libs = Vec::new();
@@ -58,7 +60,8 @@ fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), String> {
             loader = Some(PathBuf::from(p));
         }
     }
-    let loader = loader.ok_or_else(|| format!("ldd {} names no dynamic loader: {text}", helper.display()))?;
+    let loader =
+        loader.ok_or_else(|| DockerError::NoLoader { helper: helper.to_path_buf(), said: text.to_string() })?;
     Ok((loader, libs))
 }
 
@@ -95,7 +98,7 @@ fn helper_body(
 }
 
 /// Makes the engine's empty image once (`docker import` of a tar with the mount points).
-async fn ensure_image(docker: &Docker) -> Result<(), String> {
+async fn ensure_image(docker: &Docker) -> Result<(), DockerError> {
     if docker.inspect_image(IMAGE).await.is_ok() {
         return Ok(());
     }
@@ -105,9 +108,9 @@ async fn ensure_image(docker: &Docker) -> Result<(), String> {
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
         h.set_size(0);
-        b.append_data(&mut h, dir, std::io::empty()).map_err(|e| e.to_string())?;
+        b.append_data(&mut h, dir, std::io::empty()).map_err(DockerError::PackImage)?;
     }
-    let rootfs = b.into_inner().map_err(|e| e.to_string())?;
+    let rootfs = b.into_inner().map_err(DockerError::PackImage)?;
     let (repo, tag) = IMAGE.split_once(':').unwrap_or((IMAGE, "latest"));
     let opts = CreateImageOptions {
         from_src: Some("-".into()),
@@ -118,13 +121,13 @@ async fn ensure_image(docker: &Docker) -> Result<(), String> {
     };
     let mut stream = docker.create_image(Some(opts), Some(bollard::body_full(bytes::Bytes::from(rootfs))), None);
     while let Some(step) = stream.next().await {
-        step.map_err(|e| format!("making the engine's image {IMAGE}: {e}"))?;
+        step.map_err(|source| DockerError::MakeImage { source })?;
     }
     Ok(())
 }
 
 /// The helper's binds and the command line that starts it with the host's loader.
-fn helper_binds(helper: &Path, command: &str) -> Result<(Vec<String>, Vec<String>), String> {
+fn helper_binds(helper: &Path, command: &str) -> Result<(Vec<String>, Vec<String>), DockerError> {
     let (loader, libs) = runtime_files(helper)?;
     let mut binds =
         vec![format!("{}:/.addon/ld.so:ro", loader.display()), format!("{}:/.addon/addon:ro", helper.display())];
@@ -205,7 +208,7 @@ pub async fn watch(
     dirs: &[PathBuf],
     limits: &crate::limits::Limits,
     labels: HashMap<String, String>,
-) -> Result<Watcher, String> {
+) -> Result<Watcher, DockerError> {
     ensure_image(docker).await?;
     let (mut binds, mut cmd) = helper_binds(helper, WATCH_COMMAND)?;
     let arg = |l: Option<u64>| l.map_or_else(|| "-".to_string(), |v| v.to_string());
@@ -224,11 +227,15 @@ pub async fn watch(
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await
-        .map_err(|e| format!("creating the watching container: {e}"))?;
+        .map_err(|source| DockerError::Helper { doing: "creating the watching container", source })?;
     let id = created.id;
-    let fail = |e: String| async {
-        let _ = docker.remove_container(&id, Some(RemoveContainerOptions { force: true, ..Default::default() })).await;
-        Err(e)
+    let fail = |doing: &'static str, source: bollard::errors::Error| {
+        let id = &id;
+        async move {
+            let rm = RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = docker.remove_container(id, Some(rm)).await;
+            Err(DockerError::Helper { doing, source })
+        }
     };
     let attach = bollard::query_parameters::AttachContainerOptions {
         stdout: true,
@@ -239,10 +246,10 @@ pub async fn watch(
     };
     let mut output = match docker.attach_container(&id, Some(attach)).await {
         Ok(a) => a.output,
-        Err(e) => return fail(format!("attaching to the watching container: {e}")).await,
+        Err(e) => return fail("attaching to the watching container", e).await,
     };
     if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
-        return fail(format!("starting the watching container: {e}")).await;
+        return fail("starting the watching container", e).await;
     }
     let report = Report {
         grown: Default::default(),
@@ -282,7 +289,7 @@ pub async fn run(
     owner: (u32, u32),
     trees: &[Tree],
     labels: HashMap<String, String>,
-) -> Result<(), String> {
+) -> Result<(), DockerError> {
     ensure_image(docker).await?;
     let (mut binds, mut cmd) = helper_binds(helper, COMMAND)?;
     cmd.push(format!("{}:{}", owner.0, owner.1));
@@ -298,13 +305,13 @@ pub async fn run(
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await
-        .map_err(|e| format!("creating the settling container: {e}"))?;
+        .map_err(|source| DockerError::Helper { doing: "creating the settling container", source })?;
     let id = created.id;
     let result = async {
         docker
             .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
             .await
-            .map_err(|e| format!("starting the settling container: {e}"))?;
+            .map_err(|source| DockerError::Helper { doing: "starting the settling container", source })?;
         let waited = tokio::time::timeout(
             Duration::from_secs(600),
             docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>).next(),
@@ -314,7 +321,7 @@ pub async fn run(
             Ok(Some(Ok(r))) => r.status_code,
             Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. }))) => code,
             Ok(_) => -1,
-            Err(_) => return Err("the settling container did not finish within 10 minutes".to_string()),
+            Err(_) => return Err(DockerError::SettleTimeout),
         };
         if code == 0 {
             return Ok(());
@@ -325,7 +332,7 @@ pub async fn run(
         while let Some(Ok(chunk)) = logs.next().await {
             said.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
         }
-        Err(format!("settling the run's directories failed (exit {code}): {}", said.trim()))
+        Err(DockerError::SettleFailed { code, said: said.trim().to_string() })
     }
     .await;
     let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };

@@ -11,9 +11,14 @@ use bollard::query_parameters::{DownloadFromContainerOptions, RemoveContainerOpt
 use bollard::Docker;
 use futures_util::StreamExt;
 
+use super::DockerError;
+
 /// The `VOLUME` paths of `image` that the run's own mounts do not already cover.
-pub async fn of(docker: &Docker, image: &str) -> Result<Vec<String>, String> {
-    let inspected = docker.inspect_image(image).await.map_err(|e| format!("inspecting image {image}: {e}"))?;
+pub async fn of(docker: &Docker, image: &str) -> Result<Vec<String>, DockerError> {
+    let inspected = docker
+        .inspect_image(image)
+        .await
+        .map_err(|source| DockerError::Inspect { image: image.to_string(), source })?;
     let declared: Vec<String> =
         inspected.config.and_then(|c| c.volumes).map(|v| v.into_iter().collect()).unwrap_or_default();
     // Every VOLUME becomes a directory of the run but those the run binds there already (a
@@ -29,8 +34,11 @@ pub async fn of(docker: &Docker, image: &str) -> Result<Vec<String>, String> {
 }
 
 /// The user `image` runs as (its `USER`; empty for root).
-pub async fn user_of(docker: &Docker, image: &str) -> Result<String, String> {
-    let inspected = docker.inspect_image(image).await.map_err(|e| format!("inspecting image {image}: {e}"))?;
+pub async fn user_of(docker: &Docker, image: &str) -> Result<String, DockerError> {
+    let inspected = docker
+        .inspect_image(image)
+        .await
+        .map_err(|source| DockerError::Inspect { image: image.to_string(), source })?;
     Ok(inspected.config.and_then(|c| c.user).unwrap_or_default())
 }
 
@@ -82,7 +90,7 @@ pub async fn fill(
     dir: &Path,
     labels: std::collections::HashMap<String, String>,
     max_bytes: Option<u64>,
-) -> Result<Vec<(PathBuf, String)>, String> {
+) -> Result<Vec<(PathBuf, String)>, DockerError> {
     // A container that never starts: Docker copies the image's content into its volumes at
     // creation, and the archive API reads it from there.
     let body = ContainerCreateBody {
@@ -94,7 +102,7 @@ pub async fn fill(
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await
-        .map_err(|e| format!("reading the VOLUMEs of {image}: {e}"))?;
+        .map_err(|source| DockerError::VolumesOf { image: image.to_string(), source })?;
     let result = copy_out(docker, &created.id, paths, dir, max_bytes).await;
     let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
     if let Err(e) = docker.remove_container(&created.id, Some(rm)).await {
@@ -109,24 +117,25 @@ async fn copy_out(
     paths: &[String],
     dir: &Path,
     max_bytes: Option<u64>,
-) -> Result<Vec<(PathBuf, String)>, String> {
+) -> Result<Vec<(PathBuf, String)>, DockerError> {
     let mut out = Vec::new();
     for (n, path) in paths.iter().enumerate() {
         let mut tar = Vec::new();
         let opts = DownloadFromContainerOptions { path: path.clone() };
         let mut stream = docker.download_from_container(id, Some(opts));
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| format!("reading {path} of the image: {e}"))?;
+            let chunk = chunk.map_err(|source| DockerError::ReadVolume { path: path.clone(), source })?;
             tar.extend_from_slice(&chunk);
             if max_bytes.is_some_and(|m| tar.len() as u64 > m.saturating_add(1 << 20)) {
-                return Err(format!("the image's VOLUME {path} holds more than the run's output size"));
+                return Err(DockerError::VolumeTooLarge { path: path.clone() });
             }
         }
         let into = dir.join(format!("volume-{n}"));
         let raw = into.join("raw");
         // As root, the image's owners are kept (a `USER postgres` image writes its volume).
         let policy = addon_tree::UnpackPolicy { symlinks: true, max_bytes, owners: crate::sandbox::is_root() };
-        addon_tree::unpack_tar(&tar[..], &raw, policy).map_err(|e| format!("unpacking {path} of the image: {e}"))?;
+        addon_tree::unpack_tar(&tar[..], &raw, policy)
+            .map_err(|source| DockerError::UnpackVolume { path: path.clone(), source })?;
         // The archive holds the path itself, under its own name. Only a real directory is bound:
         // a link there (an image can make `/data` a link to any host path) would be resolved on
         // the host by the daemon. In its place, the run gets an empty directory.
@@ -134,12 +143,9 @@ async fn copy_out(
         let host = into.join("content");
         let unpacked = raw.join(&name);
         let real_dir = fs_err::symlink_metadata(&unpacked).is_ok_and(|m| m.is_dir());
-        if real_dir {
-            fs_err::rename(&unpacked, &host).map_err(|e| format!("{}: {e}", host.display()))?;
-        } else {
-            fs_err::create_dir(&host).map_err(|e| format!("{}: {e}", host.display()))?;
-        }
-        addon_tree::remove_tree(&raw).map_err(|e| e.to_string())?;
+        let made = if real_dir { fs_err::rename(&unpacked, &host) } else { fs_err::create_dir(&host) };
+        made.map_err(|source| DockerError::Io { path: host.clone(), source })?;
+        addon_tree::remove_tree(&raw)?;
         out.push((host, path.clone()));
     }
     Ok(out)

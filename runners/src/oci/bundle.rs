@@ -24,6 +24,26 @@ pub struct ImageConfig {
     pub user: String,
 }
 
+/// What a container cannot take from its image's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageConfigError {
+    #[error("the image configuration: {0}")]
+    Parse(#[source] serde_json::Error),
+    #[error("the image has no ENTRYPOINT or CMD and the addon passes no arguments: nothing to run")]
+    NothingToRun,
+}
+
+/// An image's `User` that its `/etc/passwd` and `/etc/group` do not resolve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UserError {
+    #[error("unable to find user {name}: no matching entries in passwd file")]
+    NoSuchUser { name: String },
+    #[error("user {name}: bad uid `{uid}` in passwd")]
+    BadUid { name: String, uid: String },
+    #[error("unable to find group {name}: no matching entries in group file")]
+    NoSuchGroup { name: String },
+}
+
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
@@ -34,22 +54,22 @@ where
 
 impl ImageConfig {
     /// The `config` object of an OCI image configuration blob (absent: an image without one).
-    pub fn from_image_json(blob: &[u8]) -> Result<ImageConfig, String> {
+    pub fn from_image_json(blob: &[u8]) -> Result<ImageConfig, ImageConfigError> {
         #[derive(Deserialize)]
         struct Blob {
             #[serde(default, deserialize_with = "null_as_default")]
             config: ImageConfig,
         }
-        serde_json::from_slice::<Blob>(blob).map(|b| b.config).map_err(|e| format!("the image configuration: {e}"))
+        serde_json::from_slice::<Blob>(blob).map(|b| b.config).map_err(ImageConfigError::Parse)
     }
 
     /// The process to start, as Docker starts it: the entrypoint, then the run's arguments, or
     /// the image's `Cmd` when there are none.
-    pub fn argv(&self, args: &[String]) -> Result<Vec<String>, String> {
+    pub fn argv(&self, args: &[String]) -> Result<Vec<String>, ImageConfigError> {
         let tail = if args.is_empty() { &self.cmd } else { args };
         let argv: Vec<String> = self.entrypoint.iter().chain(tail).cloned().collect();
         if argv.is_empty() {
-            return Err("the image has no ENTRYPOINT or CMD and the addon passes no arguments: nothing to run".into());
+            return Err(ImageConfigError::NothingToRun);
         }
         Ok(argv)
     }
@@ -85,7 +105,7 @@ pub struct User {
 /// Resolves an image's `User` (`name`, `uid`, `name:group`, `uid:gid`; empty is root) against
 /// the root filesystem's `/etc/passwd` and `/etc/group`, as Docker does. Names that are not
 /// there are an error; numbers need no entry.
-pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<User, String> {
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<User, UserError> {
     let passwd = read_small(&rootfs.join("etc/passwd"));
     let group = read_small(&rootfs.join("etc/group"));
     resolve_user_in(&passwd, &group, spec)
@@ -115,7 +135,7 @@ fn read_small(path: &Path) -> String {
     text
 }
 
-pub fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, String> {
+pub fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, UserError> {
     let (user_part, group_part) = match spec.split_once(':') {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
@@ -131,12 +151,14 @@ pub fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, St
             accounts
                 .iter()
                 .find(|f| f[0] == user_part)
-                .ok_or_else(|| format!("unable to find user {user_part}: no matching entries in passwd file"))?,
+                .ok_or_else(|| UserError::NoSuchUser { name: user_part.to_string() })?,
         ),
     };
     let uid = match (user_part.parse::<u32>(), entry) {
         (Ok(uid), _) => uid,
-        (Err(_), Some(f)) => f[2].parse().map_err(|_| format!("user {user_part}: bad uid `{}` in passwd", f[2]))?,
+        (Err(_), Some(f)) => {
+            f[2].parse().map_err(|_| UserError::BadUid { name: user_part.to_string(), uid: f[2].to_string() })?
+        }
         (Err(_), None) => unreachable!("a name without an entry is an error above"),
     };
     let gid = match group_part {
@@ -146,7 +168,7 @@ pub fn resolve_user_in(passwd: &str, group: &str, spec: &str) -> Result<User, St
                 .iter()
                 .find(|f| f[0] == g)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?,
+                .ok_or_else(|| UserError::NoSuchGroup { name: g.to_string() })?,
         },
         _ => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
     };
@@ -309,9 +331,10 @@ mod tests {
         let u = resolve_user_in(PASSWD, GROUP, "nohome").unwrap();
         assert_eq!(u.home, "/");
         let e = resolve_user_in(PASSWD, GROUP, "nobody").unwrap_err();
-        assert!(e.contains("unable to find user nobody"), "{e}");
+        assert_eq!(e, UserError::NoSuchUser { name: "nobody".into() });
+        assert!(e.to_string().contains("unable to find user nobody"), "{e}");
         let e = resolve_user_in(PASSWD, GROUP, "guile:wheel").unwrap_err();
-        assert!(e.contains("group wheel"), "{e}");
+        assert!(e.to_string().contains("group wheel"), "{e}");
         // No passwd at all (FROM scratch): numbers and root work, HOME is `/`.
         let u = resolve_user_in("", "", "").unwrap();
         assert_eq!((u.uid, u.home.as_str()), (0, "/"));

@@ -29,21 +29,70 @@ pub struct Instruction {
     pub args: Vec<String>,
 }
 
+/// Why a Dockerfile is refused before any builder reads it. Every message starts with the line
+/// it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DockerfileError {
+    #[error("line {line}: only one escape parser directive can be used")]
+    EscapeTwice { line: usize },
+    #[error("line {line}: invalid escape character `{escape}` (only \\ and `)")]
+    BadEscape { line: usize, escape: String },
+    #[error(
+        "line {line}: `{word}`: an image named through a variable without a plain ARG default is refused \
+         (the engine checks every image a build reads); write the image's name"
+    )]
+    UnresolvedImage { line: usize, word: String },
+    #[error("line {line}: image {source}: only an image reference (no transport, no store or path) is allowed")]
+    Image {
+        line: usize,
+        #[source]
+        source: addon_descriptors::ImageReferenceError,
+    },
+    #[error(
+        "line {line}: `ADD {url}`: ADD from a URL is refused: the builder fetches it on the host's own network, \
+         whatever network.build says; fetch it in a RUN step (which gets the build's network) or put it in \
+         the addon"
+    )]
+    AddUrl { line: usize, url: String },
+    #[error(
+        "line {line}: `{keyword} <<`: heredocs are refused with {builder} (put the script in a file of the addon and COPY it)"
+    )]
+    Heredoc { line: usize, keyword: String, builder: String },
+    #[error(
+        "line {line}: `{keyword} {flag}`: RUN options are refused: {builder} resolves `RUN --mount` sources on the \
+         host before buildah {fixed} (CVE-2024-1753, CVE-2024-9407, CVE-2024-9675, CVE-2024-11218); use a plain \
+         RUN, or a buildah of {fixed} or later",
+        fixed = mount_fixed()
+    )]
+    MountBeforeFix { line: usize, keyword: String, flag: String, builder: String },
+    #[error(
+        "line {line}: `{keyword} {flag}`: RUN options are refused: it would widen what the step may reach beyond \
+         the engine's build settings; use a plain RUN"
+    )]
+    RunOption { line: usize, keyword: String, flag: String },
+}
+
+/// [`BUILDAH_MOUNT_FIXED`] as a version.
+fn mount_fixed() -> String {
+    let (a, b, c) = BUILDAH_MOUNT_FIXED;
+    format!("{a}.{b}.{c}")
+}
+
 /// The escape character the directives at the top name (`\` unless `# escape=`` ` ``).
-fn escape_of(lines: &[&str]) -> Result<char, String> {
+fn escape_of(lines: &[&str]) -> Result<char, DockerfileError> {
     let mut escape = '\\';
     let mut seen = false;
     for (n, line) in lines.iter().enumerate() {
         let Some((key, value)) = directive(line) else { break };
         if key.eq_ignore_ascii_case("escape") {
             if seen {
-                return Err(format!("line {}: only one escape parser directive can be used", n + 1));
+                return Err(DockerfileError::EscapeTwice { line: n + 1 });
             }
             seen = true;
             escape = match value {
                 "\\" => '\\',
                 "`" => '`',
-                other => return Err(format!("line {}: invalid escape character `{other}` (only \\ and `)", n + 1)),
+                other => return Err(DockerfileError::BadEscape { line: n + 1, escape: other.to_string() }),
             };
         }
     }
@@ -145,7 +194,7 @@ fn instruction(text: &str, line: usize) -> Option<Instruction> {
 }
 
 /// Every instruction of the Dockerfile `text`, as each reading sees it (see the module docs).
-pub fn instructions(text: &str) -> Result<Vec<Instruction>, String> {
+pub fn instructions(text: &str) -> Result<Vec<Instruction>, DockerfileError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     escape_of(&lines)?;
@@ -259,29 +308,21 @@ fn outside_of(instructions: &[Instruction]) -> Outside {
 /// make buildah open stores and paths of the host), named so the engine can read them (a
 /// variable needs a plain `ARG` default), and no `ADD` of a URL: the builder itself fetches it,
 /// on the host's own network (its loopback included), whatever `network.build` says.
-pub fn check_sources(text: &str) -> Result<(), String> {
+pub fn check_sources(text: &str) -> Result<(), DockerfileError> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let lines: Vec<&str> = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).collect();
     escape_of(&lines)?;
     for escape in ['\\', '`'] {
         let found = outside_of(&instructions_with(&lines, escape));
         if let Some((line, word)) = found.unresolved.first() {
-            return Err(format!(
-                "line {line}: `{word}`: an image named through a variable without a plain ARG default is refused \
-                 (the engine checks every image a build reads); write the image's name"
-            ));
+            return Err(DockerfileError::UnresolvedImage { line: *line, word: word.clone() });
         }
         for (line, image) in &found.images {
-            addon_descriptors::image_reference(image).map_err(|why| {
-                format!("line {line}: image {why}: only an image reference (no transport, no store or path) is allowed")
-            })?;
+            addon_descriptors::image_reference(image)
+                .map_err(|source| DockerfileError::Image { line: *line, source })?;
         }
         if let Some((line, url)) = found.urls.first() {
-            return Err(format!(
-                "line {line}: `ADD {url}`: ADD from a URL is refused: the builder fetches it on the host's own network, \
-                 whatever network.build says; fetch it in a RUN step (which gets the build's network) or put it in \
-                 the addon"
-            ));
+            return Err(DockerfileError::AddUrl { line: *line, url: url.clone() });
         }
     }
     Ok(())
@@ -313,7 +354,7 @@ pub const BUILDAH_MOUNT_FIXED: (u32, u32, u32) = (1, 38, 1);
 /// what a step gets beyond the `network.build` setting and the builder's confinement), any other
 /// `RUN` option unless `mount_safe` (a builder without the known `--mount` escapes), and the same
 /// inside `ONBUILD`. `builder` names the builder in the message.
-pub fn check(text: &str, mount_safe: bool, builder: &str) -> Result<(), String> {
+pub fn check(text: &str, mount_safe: bool, builder: &str) -> Result<(), DockerfileError> {
     for ins in instructions(text)? {
         if ins.keyword != "RUN" && ins.keyword != "ONBUILD RUN" {
             continue;
@@ -321,27 +362,22 @@ pub fn check(text: &str, mount_safe: bool, builder: &str) -> Result<(), String> 
         if mount_safe && ins.heredoc {
             // A builder new enough to allow mounts reads heredocs (buildah 1.33 and later): its
             // reading and this one part ways.
-            return Err(format!(
-                "line {}: `{} <<`: heredocs are refused with {builder} (put the script in a file of the addon and COPY it)",
-                ins.line, ins.keyword
-            ));
+            return Err(DockerfileError::Heredoc {
+                line: ins.line,
+                keyword: ins.keyword,
+                builder: builder.to_string(),
+            });
         }
         for flag in &ins.flags {
             let name = flag.split('=').next().unwrap_or(flag);
             let allowed = mount_safe && name == "--mount";
             if !allowed {
-                let why = if name == "--mount" {
-                    let (a, b, c) = BUILDAH_MOUNT_FIXED;
-                    format!(
-                        "{builder} resolves `RUN --mount` sources on the host before buildah {a}.{b}.{c} \
-                         (CVE-2024-1753, CVE-2024-9407, CVE-2024-9675, CVE-2024-11218); use a plain RUN, or a \
-                         buildah of {a}.{b}.{c} or later"
-                    )
+                let (line, keyword, flag) = (ins.line, ins.keyword.clone(), flag.clone());
+                return Err(if name == "--mount" {
+                    DockerfileError::MountBeforeFix { line, keyword, flag, builder: builder.to_string() }
                 } else {
-                    "it would widen what the step may reach beyond the engine's build settings; use a plain RUN"
-                        .to_string()
-                };
-                return Err(format!("line {}: `{} {flag}`: RUN options are refused: {why}", ins.line, ins.keyword));
+                    DockerfileError::RunOption { line, keyword, flag }
+                });
             }
         }
     }
@@ -364,7 +400,7 @@ mod tests {
     use super::*;
 
     fn refused(text: &str) -> String {
-        check(text, false, "buildah 1.28").expect_err(text)
+        check(text, false, "buildah 1.28").expect_err(text).to_string()
     }
 
     #[test]
@@ -398,7 +434,7 @@ mod tests {
             ("FROM scratch\nONBUILD ADD http://127.0.0.1/x /x\n", "ADD from a URL is refused"),
             ("# escape=`\nFROM scratch\nADD `\n  http://127.0.0.1/x /x\n", "ADD from a URL is refused"),
         ] {
-            let e = check_sources(evil).expect_err(evil);
+            let e = check_sources(evil).expect_err(evil).to_string();
             assert!(e.contains(says), "{evil}: {e}");
         }
     }
@@ -451,7 +487,7 @@ mod tests {
         let ins = instructions("FROM scratch\n# escape=`\nRUN a \\\n--mount=x\n").unwrap();
         assert!(ins.iter().any(|i| i.keyword == "RUN" && i.flags.is_empty()), "{ins:?}");
         assert!(refused("FROM scratch\n# escape=`\nRUN \\\n--mount=x y\n").contains("line 3"));
-        assert!(check("# escape=x\nFROM scratch\n", false, "b").unwrap_err().contains("invalid escape"));
+        assert!(check("# escape=x\nFROM scratch\n", false, "b").unwrap_err().to_string().contains("invalid escape"));
     }
 
     #[test]
@@ -471,7 +507,7 @@ mod tests {
     #[test]
     fn a_fixed_builder_may_mount_but_never_widen() {
         assert!(check("FROM scratch\nRUN --mount=type=cache,target=/root/.cache pip install x\n", true, "b").is_ok());
-        let e = check("FROM scratch\nRUN --network=host true\n", true, "b").unwrap_err();
+        let e = check("FROM scratch\nRUN --network=host true\n", true, "b").unwrap_err().to_string();
         assert!(e.contains("--network=host"), "{e}");
         let e = refused("FROM scratch\n\nRUN --mount=x y\n");
         assert!(e.starts_with("line 3:") && e.contains("1.38.1") && e.contains("CVE-2024-1753"), "{e}");

@@ -19,7 +19,7 @@ impl OciRunner {
             // A reference and nothing else reaches skopeo: `containers-storage:` would read a
             // leading `[driver@root+runroot:options]` as a store to open as root (and run its
             // mount program), `docker-daemon:` other forms.
-            addon_descriptors::image_reference(reference).map_err(|why| format!("runner.docker.image: {why}"))?;
+            addon_descriptors::image_reference(reference).map_err(OciError::Image)?;
             let skopeo = self.tool(&s.skopeo, "copies `image:` references")?;
             let mut sources = Vec::new();
             match s.image_store {
@@ -77,9 +77,9 @@ impl OciRunner {
         let path = spec.addon_dir.join(&rel);
         // Nothing in the context may lead out of it (a `COPY` or a `RUN --mount` through a link,
         // or the Dockerfile itself).
-        addon_tree::links_stay_inside(&spec.addon_dir).map_err(|e| format!("the build context: {e}"))?;
+        addon_tree::links_stay_inside(&spec.addon_dir).map_err(OciError::Context)?;
         let text = addon_tree::read_beneath(&spec.addon_dir, Path::new(&rel), 1 << 20)
-            .map_err(|e| format!("{dockerfile}: {e}"))?
+            .map_err(|source| OciError::ReadDockerfile { file: dockerfile.clone(), source })?
             .ok_or_else(|| format!("{dockerfile}: no such file in the addon"))?;
         // The Dockerfile is the addon's code: read as buildah reads it, before buildah does.
         let version = crate::sandbox::version_of(&buildah).unwrap_or_default();
@@ -87,8 +87,9 @@ impl OciRunner {
         let builder = if version.is_empty() { "buildah".to_string() } else { version.clone() };
         // Text, and nothing a builder could read another way (a stray byte 0x85 is a space to it).
         let text = String::from_utf8(text).map_err(|_| format!("{dockerfile}: is not UTF-8 text"))?;
-        dockerfile::check(&text, mount_safe, &builder).map_err(|e| format!("{dockerfile}: {e}"))?;
-        dockerfile::check_sources(&text).map_err(|e| format!("{dockerfile}: {e}"))?;
+        let refused = |source| OciError::Dockerfile { file: dockerfile.clone(), source };
+        dockerfile::check(&text, mount_safe, &builder).map_err(refused)?;
+        dockerfile::check_sources(&text).map_err(refused)?;
         let tag = format!("localhost/addon-oci-{}:{}", spec.addon.short_digest(), std::process::id());
         // Builds are not the run: every build reaches what `network.build` says (a real
         // Dockerfile installs packages), whatever the addon's `networking`. A base image found in
@@ -127,7 +128,7 @@ impl OciRunner {
         let home = std::env::var_os("HOME").map(PathBuf::from).filter(|h| writable_dir(h));
         let own_home = (!is_root() && home.is_none()).then(|| self.state_dir().join("home"));
         if let Some(h) = &own_home {
-            fs_err::create_dir_all(h).map_err(|e| format!("{}: {e}", h.display()))?;
+            fs_err::create_dir_all(h).map_err(OciError::io(h))?;
         }
         let buildah_cmd = || {
             let mut c = tool_command(&buildah);
@@ -239,13 +240,9 @@ pub(super) fn explain_build_failure(
 /// cgroup host. Runs cover the v2 hierarchy from crun (see [`hybrid_v2_mount`]); buildah's
 /// containers ask crun for groups of their own, which it would make in that hierarchy, so
 /// builds there use runc.
-pub(super) fn build_runtime(runtime: &Runtime) -> Result<PathBuf, String> {
+pub(super) fn build_runtime(runtime: &Runtime) -> Result<PathBuf, OciError> {
     if runtime.name != "crun" || hybrid_v2_mount().is_none() {
         return Ok(runtime.path.clone());
     }
-    which::which("runc").map_err(|_| {
-        "crun cannot run build steps on this host (cgroups in hybrid mode: v1 controllers and a v2 \
-         hierarchy with controllers) and runc, which can, is not installed (apt-get install runc)"
-            .to_string()
-    })
+    which::which("runc").map_err(|_| OciError::NoBuildRuntime)
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::bundle::ImageConfig;
+use super::bundle::{ImageConfig, ImageConfigError};
 use crate::process::{LogSink, ToolFailure};
 use crate::runner::BuildFailed;
 
@@ -59,40 +59,67 @@ pub fn layout_ref(layout: &Path) -> String {
     format!("oci:{}:{LAYOUT_TAG}", layout.display())
 }
 
+/// Why the image of an OCI layout could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("the image layout names a blob `{digest}`: not a sha256 digest")]
+    NotSha256 { digest: String },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{}: {size} bytes is too large for a manifest or configuration", path.display())]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{} lists no image", index.display())]
+    NoImage { index: PathBuf },
+    #[error("the image manifest: {0}")]
+    Manifest(#[source] serde_json::Error),
+    #[error("the image manifest names no configuration (an index of several platforms?)")]
+    NoConfig,
+    #[error(transparent)]
+    Config(#[from] ImageConfigError),
+}
+
 /// A blob of an OCI layout, by digest; only `sha256:` digests of 64 hex digits (a digest names a
 /// file: nothing else may).
-fn blob(layout: &Path, digest: &str) -> Result<Vec<u8>, String> {
+fn blob(layout: &Path, digest: &str) -> Result<Vec<u8>, LayoutError> {
     let hex = digest
         .strip_prefix("sha256:")
         .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
-        .ok_or_else(|| format!("the image layout names a blob `{digest}`: not a sha256 digest"))?;
+        .ok_or_else(|| LayoutError::NotSha256 { digest: digest.to_string() })?;
     let path = layout.join("blobs/sha256").join(hex);
-    let meta = fs_err::metadata(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let io = |source| LayoutError::Io { path: path.clone(), source };
+    let meta = fs_err::metadata(&path).map_err(io)?;
     if meta.len() > 16 << 20 {
-        return Err(format!("{}: {} bytes is too large for a manifest or configuration", path.display(), meta.len()));
+        return Err(LayoutError::TooLarge { size: meta.len(), path });
     }
-    fs_err::read(&path).map_err(|e| format!("{}: {e}", path.display()))
+    fs_err::read(&path).map_err(io)
 }
 
 /// The image in `layout` (tagged [`LAYOUT_TAG`]): its configuration digest (the image id) and
 /// its configuration.
-pub fn read_layout(layout: &Path) -> Result<(String, ImageConfig), String> {
-    let index: serde_json::Value = serde_json::from_slice(
-        &fs_err::read(layout.join("index.json")).map_err(|e| format!("{}/index.json: {e}", layout.display()))?,
-    )
-    .map_err(|e| format!("{}/index.json: {e}", layout.display()))?;
+pub fn read_layout(layout: &Path) -> Result<(String, ImageConfig), LayoutError> {
+    let index_path = layout.join("index.json");
+    let text = fs_err::read(&index_path).map_err(|source| LayoutError::Io { path: index_path.clone(), source })?;
+    let index: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|source| LayoutError::Json { path: index_path.clone(), source })?;
     let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
     let chosen = manifests
         .iter()
         .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == LAYOUT_TAG)
         .or(manifests.first())
-        .ok_or_else(|| format!("{}/index.json lists no image", layout.display()))?;
+        .ok_or(LayoutError::NoImage { index: index_path })?;
     let digest = chosen["digest"].as_str().unwrap_or_default();
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&blob(layout, digest)?).map_err(|e| format!("the image manifest: {e}"))?;
-    let config_digest = manifest["config"]["digest"]
-        .as_str()
-        .ok_or_else(|| "the image manifest names no configuration (an index of several platforms?)".to_string())?;
+    let manifest: serde_json::Value = serde_json::from_slice(&blob(layout, digest)?).map_err(LayoutError::Manifest)?;
+    let config_digest = manifest["config"]["digest"].as_str().ok_or(LayoutError::NoConfig)?;
     let config = ImageConfig::from_image_json(&blob(layout, config_digest)?)?;
     Ok((config_digest.to_string(), config))
 }
@@ -261,7 +288,8 @@ mod tests {
         let evil = r#"{"manifests": [{"digest": "sha256:../../../etc/passwd"}]}"#;
         fs_err::write(l.join("index.json"), evil).unwrap();
         let e = read_layout(l).unwrap_err();
-        assert!(e.contains("not a sha256 digest"), "{e}");
+        assert!(matches!(e, LayoutError::NotSha256 { .. }), "{e}");
+        assert!(e.to_string().contains("not a sha256 digest"), "{e}");
         let config = br#"{"config": {"Entrypoint": ["/run"], "User": "app"}}"#;
         let hex = |b: &[u8]| {
             use sha2::Digest;

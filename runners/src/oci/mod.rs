@@ -217,6 +217,78 @@ fn setup(message: impl Into<String>) -> RunnerError {
     RunnerError::setup(NAME, message)
 }
 
+/// No runtime works here (the runner's probe says why, at the runner's boundary).
+fn unavailable(e: OciError) -> RunnerError {
+    RunnerError::Unavailable { runner: NAME.into(), detail: e.to_string() }
+}
+
+/// What keeps the oci runner from getting an image or starting a container, before any tool's
+/// log explains more (those failures are [`BuildFailed`]s with the tool's last lines).
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("probing the OCI runtime: {0}")]
+    ProbeTask(#[source] tokio::task::JoinError),
+    /// Why each candidate (crun, runc, or the one configured) does not work here.
+    #[error("no OCI runtime starts a container here: {}", refused.join("; "))]
+    NoRuntime { refused: Vec<String> },
+    /// umoci, which every image needs, is missing or broken (its probe says how).
+    #[error("{detail}")]
+    Umoci { detail: String },
+    #[error("{tool} is not installed; it {why} (apt-get install {})", base_name(tool))]
+    NotInstalled { tool: String, why: &'static str },
+    #[error(
+        "crun cannot run build steps on this host (cgroups in hybrid mode: v1 controllers and a v2 \
+         hierarchy with controllers) and runc, which can, is not installed (apt-get install runc)"
+    )]
+    NoBuildRuntime,
+    #[error("runner.docker.image: {0}")]
+    Image(#[source] addon_descriptors::ImageReferenceError),
+    #[error("the build context: {0}")]
+    Context(#[source] addon_tree::TreeError),
+    /// The addon's Dockerfile (`runner.docker.build`), as the descriptor names it.
+    #[error("{file}: {source}")]
+    ReadDockerfile {
+        file: String,
+        #[source]
+        source: addon_tree::TreeError,
+    },
+    #[error("{file}: {source}")]
+    Dockerfile {
+        file: String,
+        #[source]
+        source: dockerfile::DockerfileError,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: the OCI runtime's state directory is not a directory of this user (set oci-runner.state-dir)", dir.display())]
+    StateNotOurs { dir: PathBuf },
+    #[error(transparent)]
+    Overlay(#[from] crate::sandbox::ns::OverlayError),
+    #[error("cannot start: {0}")]
+    Start(#[source] std::io::Error),
+    #[error("did not finish within {}", crate::process::human_secs(*timeout))]
+    TimedOut { timeout: Duration },
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+}
+
+impl OciError {
+    fn io(path: &Path) -> impl FnOnce(std::io::Error) -> OciError + '_ {
+        move |source| OciError::Io { path: path.to_path_buf(), source }
+    }
+}
+
+/// A step of getting the image that failed before any tool ran (the error is the message).
+impl From<OciError> for BuildFailed {
+    fn from(e: OciError) -> BuildFailed {
+        BuildFailed::from(e.to_string())
+    }
+}
+
 impl OciRunner {
     pub fn new(settings: OciSettings, probes: Arc<ProbeCache>, sandboxes: Arc<Sandboxes>) -> OciRunner {
         OciRunner {
@@ -243,14 +315,12 @@ impl OciRunner {
     }
 
     /// The runtime that works here, with why the others do not.
-    async fn runtime(&self) -> Result<(Runtime, Vec<String>), String> {
+    async fn runtime(&self) -> Result<(Runtime, Vec<String>), OciError> {
         let me = OciRunner { inner: self.inner.clone() };
-        tokio::task::spawn_blocking(move || me.runtime_blocking())
-            .await
-            .map_err(|e| format!("probing the OCI runtime: {e}"))?
+        tokio::task::spawn_blocking(move || me.runtime_blocking()).await.map_err(OciError::ProbeTask)?
     }
 
-    fn runtime_blocking(&self) -> Result<(Runtime, Vec<String>), String> {
+    fn runtime_blocking(&self) -> Result<(Runtime, Vec<String>), OciError> {
         let s = &self.inner.settings;
         let candidates: Vec<&str> = if s.runtime == "auto" { vec!["crun", "runc"] } else { vec![s.runtime.as_str()] };
         let mut refused = Vec::new();
@@ -273,7 +343,7 @@ impl OciRunner {
             }
             refused.push(format!("{version}: {}", p.detail));
         }
-        Err(format!("no OCI runtime starts a container here: {}", refused.join("; ")))
+        Err(OciError::NoRuntime { refused })
     }
 
     /// A real start of `/bin/true` (the host's, bound read-only) through the same bundle, overlay
@@ -338,14 +408,13 @@ impl OciRunner {
             return fail(e.to_string());
         }
         let state = self.state_dir();
-        if let Err(e) =
-            make_state(&state).and_then(|()| fs_err::create_dir_all(mountpoint(&state, &id)).map_err(|e| e.to_string()))
-        {
-            return fail(e);
+        let root = mountpoint(&state, &id);
+        if let Err(e) = make_state(&state).and_then(|()| fs_err::create_dir_all(&root).map_err(OciError::io(&root))) {
+            return fail(e.to_string());
         }
         let cmd = match self.command(name, path, &state, &bundle_dir, &id, &lower, 16 << 20, &[]) {
             Ok(c) => c,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e.to_string()),
         };
         let mut cmd = cmd.into_std();
         cmd.stdin(std::process::Stdio::null());
@@ -353,7 +422,7 @@ impl OciRunner {
         let _ = fs_err::remove_dir(mountpoint(&state, &id));
         let out = match out {
             Ok(o) => o,
-            Err(e) => return fail(e),
+            Err(e) => return fail(e.to_string()),
         };
         if !out.status.success() {
             let err = String::from_utf8_lossy(&out.stderr);
@@ -390,9 +459,9 @@ impl OciRunner {
         lower: &Path,
         overlay_size: u64,
         cgroups: &[PathBuf],
-    ) -> Result<tokio::process::Command, String> {
+    ) -> Result<tokio::process::Command, OciError> {
         use std::os::unix::fs::MetadataExt;
-        let meta = fs_err::metadata(lower).map_err(|e| format!("{}: {e}", lower.display()))?;
+        let meta = fs_err::metadata(lower).map_err(OciError::io(lower))?;
         let owner = if is_root() { (meta.uid(), meta.gid(), meta.mode()) } else { (0, 0, meta.mode()) };
         let overlay = OverlayPlan::new(lower, &mountpoint(state, id), overlay_size, owner, !is_root())?;
         let mut cmd = tokio::process::Command::new(path);
@@ -418,7 +487,7 @@ impl OciRunner {
 
     /// The versions of umoci (which every image needs), buildah and skopeo, for `addon runners`
     /// (remembered like the runtime's); Err for umoci when it is missing.
-    fn tools(&self) -> Result<Vec<String>, String> {
+    fn tools(&self) -> Result<Vec<String>, OciError> {
         let s = &self.inner.settings;
         let mut out = Vec::new();
         for (probe_name, tool, why) in [
@@ -438,16 +507,15 @@ impl OciRunner {
                 }
             };
             if !p.available && probe_name == "oci-umoci" {
-                return Err(p.detail);
+                return Err(OciError::Umoci { detail: p.detail });
             }
             out.push(p.detail);
         }
         Ok(out)
     }
 
-    fn tool(&self, tool: &str, why: &str) -> Result<PathBuf, String> {
-        which::which(tool)
-            .map_err(|_| format!("{tool} is not installed; it {why} (apt-get install {})", base_name(tool)))
+    fn tool(&self, tool: &str, why: &'static str) -> Result<PathBuf, OciError> {
+        which::which(tool).map_err(|_| OciError::NotInstalled { tool: tool.to_string(), why })
     }
 
     async fn reap_once(&self) {
@@ -505,10 +573,10 @@ fn base_name(tool: &str) -> String {
 }
 
 /// Runs a prepared command to its end within `timeout` (killing it at the deadline).
-fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result<std::process::Output, String> {
+fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result<std::process::Output, OciError> {
     use std::io::Read;
     cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let mut child = cmd.spawn().map_err(OciError::Start)?;
     let mut stderr = child.stderr.take().expect("piped");
     let reader = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -523,9 +591,9 @@ fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("did not finish within {}", crate::process::human_secs(timeout)));
+                return Err(OciError::TimedOut { timeout });
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(OciError::Wait(e)),
         }
     };
     let stderr = reader.join().unwrap_or_default();
@@ -535,23 +603,19 @@ fn run_with_timeout(mut cmd: std::process::Command, timeout: Duration) -> Result
 /// Makes the runtime's state directory, and below it `roots/`: the mount points of the
 /// containers' roots (each only mounted in its run's own mount namespace), which the container's
 /// root, an unprivileged id of the host, must be able to pass through.
-fn make_state(state: &Path) -> Result<(), String> {
+fn make_state(state: &Path) -> Result<(), OciError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let roots = state.join("roots");
-    fs_err::create_dir_all(&roots).map_err(|e| format!("{}: {e}", roots.display()))?;
+    fs_err::create_dir_all(&roots).map_err(OciError::io(&roots))?;
     // In a shared temp directory someone else may have made it first: it must be ours.
     for dir in [state, roots.as_path()] {
-        let meta = fs_err::symlink_metadata(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let meta = fs_err::symlink_metadata(dir).map_err(OciError::io(dir))?;
         if !meta.is_dir() || meta.uid() != Identity::current().uid {
-            return Err(format!(
-                "{}: the OCI runtime's state directory is not a directory of this user (set oci-runner.state-dir)",
-                dir.display()
-            ));
+            return Err(OciError::StateNotOurs { dir: dir.to_path_buf() });
         }
     }
     for dir in [state, roots.as_path()] {
-        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).map_err(OciError::io(dir))?;
     }
     Ok(())
 }
@@ -595,13 +659,13 @@ impl Runner for OciRunner {
     async fn probe(&self) -> Availability {
         let (runtime, refused) = match self.runtime().await {
             Ok(r) => r,
-            Err(e) => return Availability { available: false, version: None, detail: e },
+            Err(e) => return Availability { available: false, version: None, detail: e.to_string() },
         };
         let me = OciRunner { inner: self.inner.clone() };
         let tools = match tokio::task::spawn_blocking(move || me.tools()).await {
             Ok(Ok(tools)) => tools,
             Ok(Err(missing)) => {
-                return Availability { available: false, version: Some(runtime.version), detail: missing }
+                return Availability { available: false, version: Some(runtime.version), detail: missing.to_string() }
             }
             Err(e) => {
                 return Availability { available: false, version: None, detail: format!("probing the tools: {e}") }
@@ -649,14 +713,13 @@ impl Runner for OciRunner {
         let label = spec.addon.label();
         let fail = |m: String| RunnerError::build(NAME, &label, &m);
         let failed = |f: BuildFailed| f.into_error(NAME, &label);
-        let (runtime, _) =
-            self.runtime().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })?;
-        let umoci = self.tool(&self.inner.settings.umoci, "unpacks images").map_err(fail)?;
+        let (runtime, _) = self.runtime().await.map_err(unavailable)?;
+        let umoci = self.tool(&self.inner.settings.umoci, "unpacks images").map_err(|e| fail(e.to_string()))?;
         let started = Instant::now();
         let layout = spec.content_dir.join("layout");
         let source = self.fetch(spec, &layout, &runtime, &log).await.map_err(failed)?;
         let fetched = started.elapsed();
-        let (digest, config) = image::read_layout(&layout).map_err(fail)?;
+        let (digest, config) = image::read_layout(&layout).map_err(|e| fail(e.to_string()))?;
         // A root build ran in the build range of ids, and its one (squashed) layer holds them.
         let built = spec.descriptor.docker_image().is_none();
         let shift = self.id_map().map(|(base, size)| image::IdShift {
@@ -686,8 +749,7 @@ impl Runner for OciRunner {
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
-        let (runtime, _) =
-            self.runtime().await.map_err(|detail| RunnerError::Unavailable { runner: NAME.into(), detail })?;
+        let (runtime, _) = self.runtime().await.map_err(unavailable)?;
         self.reap_once().await;
         let (Some(artifact), Some(content)) = (&spec.artifact, &spec.artifact_dir) else {
             return Err(setup(format!("{} was not built", spec.addon.label())));
@@ -726,7 +788,7 @@ impl Runner for OciRunner {
                 .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", owner.uid)))?;
         }
         let env = img.env(&spec.env_in(&crate::sandbox::Mounts::mnt(), true), &user.home);
-        let argv = img.argv(&spec.args).map_err(setup)?;
+        let argv = img.argv(&spec.args).map_err(|e| setup(e.to_string()))?;
         let enforcement: Enforcement = self.inner.sandboxes.enforcement();
         let mut envelope = host::envelope_for(NAME, &spec, &enforcement)?;
         // Without control groups (rootless here), the envelope's limits are rlimits, set by the
@@ -743,9 +805,9 @@ impl Runner for OciRunner {
         fs_err::create_dir_all(&bundle_dir).map_err(io)?;
         let id = host::container_id(&spec.run_id);
         let state = self.state_dir();
-        make_state(&state).map_err(setup)?;
+        make_state(&state).map_err(|e| setup(e.to_string()))?;
         let root = mountpoint(&state, &id);
-        fs_err::create_dir_all(&root).map_err(|e| setup(format!("{}: {e}", root.display())))?;
+        fs_err::create_dir_all(&root).map_err(|e| setup(OciError::io(&root)(e).to_string()))?;
         let root = root.join("root");
         let hosts = bundle_dir.join("hosts");
         fs_err::write(&hosts, "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\taddon\n")
@@ -781,7 +843,7 @@ impl Runner for OciRunner {
                 overlay_size,
                 &envelope.cgroup_procs(),
             )
-            .map_err(setup)?;
+            .map_err(|e| setup(e.to_string()))?;
         let noise: crate::NoiseFilter = Arc::new(|_: &str| false);
         let program = argv.first().cloned().unwrap_or_default();
         let spawned = host::spawn(NAME, &self.inner.runs, &spec, cmd, &program, &mut envelope, noise)?;

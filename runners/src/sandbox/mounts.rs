@@ -152,6 +152,17 @@ fn ops(steps: &[Step], root: &Path) -> Vec<Op> {
     ops
 }
 
+/// Why an [`OverlayPlan`] cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    /// The overlay's options are a comma-separated list: a path with `,`, `:` or `\\` in it
+    /// could name other options or directories.
+    #[error("{}: an overlay path must be absolute, without `,`, `:` or `\\`", path.display())]
+    Path { path: PathBuf },
+    #[error("{0}")]
+    Options(#[source] std::ffi::NulError),
+}
+
 /// A writable overlay over a read-only lower directory: a tmpfs (bounded, and charged to the
 /// memory of whoever writes it) holds the upper and work directories and the merged root, so
 /// nothing the addon writes outside its directories reaches the host's disk or outlives the
@@ -178,11 +189,10 @@ impl OverlayPlan {
         size: u64,
         owner: (u32, u32, u32),
         user_xattr: bool,
-    ) -> Result<OverlayPlan, String> {
+    ) -> Result<OverlayPlan, OverlayError> {
         for p in [lower, at] {
-            let s = p.to_string_lossy();
-            if s.contains([',', ':', '\\']) || !p.is_absolute() {
-                return Err(format!("{s}: an overlay path must be absolute, without `,`, `:` or `\\`"));
+            if p.to_string_lossy().contains([',', ':', '\\']) || !p.is_absolute() {
+                return Err(OverlayError::Path { path: p.to_path_buf() });
             }
         }
         let c = |p: PathBuf| cstring(&p);
@@ -198,7 +208,7 @@ impl OverlayPlan {
             upper: c(upper),
             work: c(work),
             merged: c(merged),
-            options: CString::new(options).map_err(|e| e.to_string())?,
+            options: CString::new(options).map_err(OverlayError::Options)?,
             owner,
         })
     }

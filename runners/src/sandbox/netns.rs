@@ -26,7 +26,7 @@ impl Netns {
         Netns { identity, probes }
     }
 
-    fn plan(&self, spec: &Spec<'_>) -> Result<NsPlan, String> {
+    fn plan(&self, spec: &Spec<'_>) -> Result<NsPlan, super::seccomp::SeccompError> {
         let Spec { mounts, extra_ro, iso, scratch, cgroups, rlimits, tmpfs, .. } = *spec;
         let inside = self.view(mounts);
         let who = if is_root() { self.identity } else { Identity::current() };
@@ -113,7 +113,7 @@ impl Netns {
         };
         let plan = match self.plan(&spec) {
             Ok(p) => p,
-            Err(e) => return Probe::missing("netns", e),
+            Err(e) => return Probe::missing("netns", e.to_string()),
         };
         let mut c = std::process::Command::new("/bin/true");
         plan.install_std(&mut c);

@@ -19,7 +19,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use super::mounts::{enter_root, mount_overlay, mount_plan};
-pub use super::mounts::{MountPlan, OverlayPlan, RootPlan};
+pub use super::mounts::{MountPlan, OverlayError, OverlayPlan, RootPlan};
 use super::seccomp::Filters;
 
 /// Who the addon runs as on the host.

@@ -91,14 +91,20 @@ pub struct Filters {
     pub no_clone3: BpfProgram,
 }
 
+/// The filter could not be compiled (a rule seccompiler refuses for this architecture). Shared,
+/// as the filters are compiled once per process.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("compiling the seccomp filter: {0}")]
+pub struct SeccompError(#[source] std::sync::Arc<seccompiler::BackendError>);
+
 /// The filters, compiled once per process (they depend on nothing but this file).
-pub fn filters() -> Result<&'static Filters, String> {
-    static FILTERS: OnceLock<Result<Filters, String>> = OnceLock::new();
+pub fn filters() -> Result<&'static Filters, SeccompError> {
+    static FILTERS: OnceLock<Result<Filters, SeccompError>> = OnceLock::new();
     FILTERS.get_or_init(compile).as_ref().map_err(Clone::clone)
 }
 
-fn compile() -> Result<Filters, String> {
-    let err = |e: seccompiler::BackendError| format!("compiling the seccomp filter: {e}");
+fn compile() -> Result<Filters, SeccompError> {
+    let err = |e: seccompiler::BackendError| SeccompError(std::sync::Arc::new(e));
     let mut deny: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for (_, nr) in DENIED {
         deny.insert(*nr, Vec::new());
@@ -122,9 +128,9 @@ fn compile() -> Result<Filters, String> {
     let socket_rules = vec![SeccompRule::new(vec![packet]).map_err(err)?, SeccompRule::new(vec![raw]).map_err(err)?];
     deny.insert(libc::SYS_socket, socket_rules.clone());
     deny.insert(libc::SYS_socket | X32, socket_rules);
-    let program = |rules, action| -> Result<BpfProgram, String> {
+    let program = |rules, action| -> Result<BpfProgram, SeccompError> {
         let f = SeccompFilter::new(rules, SeccompAction::Allow, action, arch()).map_err(err)?;
-        BpfProgram::try_from(f).map_err(|e| format!("compiling the seccomp filter: {e}"))
+        BpfProgram::try_from(f).map_err(err)
     };
     let nosys = BTreeMap::from([(libc::SYS_clone3, Vec::new()), (libc::SYS_clone3 | X32, Vec::new())]);
     Ok(Filters {
