@@ -17,7 +17,7 @@
 //! What it must never do: give a name's settings or data to an addon the administrator did not
 //! mean, or lose an honest addon's data across runs and version upgrades.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use sha2::Digest;
@@ -184,21 +184,35 @@ pub fn resolve(config: &Config, name: &str, origin: &str, digest: &str, record: 
     }
 }
 
+/// The record of who owns a name cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error("{} is empty", .0.display())]
+    Empty(PathBuf),
+    /// fs-err's error names the path.
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("recording the name in {}: {source}", .dir.display())]
+    Write { dir: PathBuf, source: std::io::Error },
+    #[error("the record vanished")]
+    Vanished,
+}
+
 /// The first origin recorded for `name` (recording `origin` when none is and `record`; None
 /// when none is and not `record`). An error when the record cannot be read or written.
-fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Result<Option<String>, String> {
+fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Result<Option<String>, RecordError> {
     use std::io::Write;
     let dir = config.cache_dir.join("names-v1");
     let name_hash = hex::encode(sha2::Sha256::digest(name.as_bytes()));
     let file = dir.join(format!("{name_hash}.txt"));
-    let read = |file: &Path| -> Result<Option<String>, String> {
+    let read = |file: &Path| -> Result<Option<String>, RecordError> {
         match fs_err::read_to_string(file) {
             Ok(text) => match text.lines().next().filter(|l| !l.is_empty()) {
                 Some(first) => Ok(Some(first.to_string())),
-                None => Err(format!("{} is empty", file.display())),
+                None => Err(RecordError::Empty(file.to_path_buf())),
             },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("{}: {e}", file.display())),
+            Err(e) => Err(RecordError::Read(e)),
         }
     };
     if let Some(first) = read(&file)? {
@@ -207,7 +221,8 @@ fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Resu
     if !record {
         return Ok(None);
     }
-    fs_err::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let write = |source| RecordError::Write { dir: dir.clone(), source };
+    std::fs::create_dir_all(&dir).map_err(write)?;
     // The first writer wins: a file made whole (and synced) under a name of its own, then linked
     // into place only if no other engine was first.
     let tmp = dir.join(format!(".{name_hash}.{}.{:?}", std::process::id(), std::thread::current().id()));
@@ -215,14 +230,12 @@ fn first_origin(config: &Config, name: &str, origin: &str, record: bool) -> Resu
         writeln!(f, "{origin}\n{name}")?;
         f.sync_all()
     });
-    let linked = made.and_then(|()| fs_err::hard_link(&tmp, &file));
-    let _ = fs_err::remove_file(&tmp);
+    let linked = made.and_then(|()| std::fs::hard_link(&tmp, &file));
+    let _ = std::fs::remove_file(&tmp);
     match linked {
         Ok(()) => Ok(Some(origin.to_string())),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            read(&file)?.map(Some).ok_or_else(|| "the record vanished".into())
-        }
-        Err(e) => Err(format!("recording the name in {}: {e}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read(&file)?.map(Some).ok_or(RecordError::Vanished),
+        Err(e) => Err(write(e)),
     }
 }
 
