@@ -564,4 +564,18 @@ mod tests {
         e.last_size_check = None;
         assert_eq!(e.check(), Some(Breach::OutputEntries { limit: 100, made: 101 }));
     }
+
+    /// A run whose directories cannot be measured gets no envelope (it would go unwatched); the
+    /// error is the walk's, naming the directory.
+    #[test]
+    fn an_unmeasurable_directory_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // The walk follows no link, not even at its root.
+        let link = dir.path().join("link-to-elsewhere");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let e = Envelope::new("t", Limits::default(), &Enforcement::Rlimits { why: "test".into() }, vec![link])
+            .unwrap_err();
+        assert!(matches!(e, EnvelopeError::Unmeasurable(_)), "{e:?}");
+        assert!(e.to_string().contains("link-to-elsewhere"), "{e}");
+    }
 }
