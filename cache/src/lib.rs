@@ -74,6 +74,9 @@ impl Kind {
     }
 }
 
+/// The part of an artifact's key that names the runner that made it (see [`Key::artifact`]).
+const RUNNER_PART: &str = "runner";
+
 /// An explicit, ordered cache key. Every part that changes the artifact belongs in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Key {
@@ -86,6 +89,17 @@ impl Key {
         let mut parts = BTreeMap::new();
         parts.insert("format".to_string(), FORMAT.to_string());
         Key { kind, parts }
+    }
+
+    /// The key of an artifact that `runner` makes; the engine adds what else changes it.
+    pub fn artifact(runner: &str) -> Key {
+        Key::new(Kind::Artifact).with(RUNNER_PART, runner)
+    }
+
+    /// The runner that made the entry, as [`Key::artifact`] recorded it (an artifact, or a build
+    /// failure remembered under an artifact's key); None for other entries.
+    pub fn runner(&self) -> Option<&str> {
+        self.parts.get(RUNNER_PART).map(String::as_str)
     }
 
     pub fn with(mut self, name: &str, value: impl Into<String>) -> Key {
@@ -191,6 +205,12 @@ pub struct EntryInfo {
 }
 
 impl EntryInfo {
+    /// The runner that made the entry (see [`Key::runner`]); None when it is damaged or not
+    /// an artifact.
+    pub fn runner(&self) -> Option<&str> {
+        self.meta.as_ref()?.key.runner()
+    }
+
     /// The owner's data, read as `D` (None when the entry is damaged or of another kind).
     pub fn data<D: EntryData>(&self) -> Option<D> {
         serde_json::from_value(self.meta.as_ref()?.data.clone()).ok()
@@ -699,6 +719,21 @@ mod tests {
             cache.get_or_build(&key("b"), "b-1", |_: &(), _| true, |_| Err::<(), String>("boom".into())).unwrap_err();
         assert!(err.to_string().contains("boom"));
         assert_eq!(cache.list().len(), 1);
+    }
+
+    /// An artifact's key names its runner as the part `runner` it always had (entries made
+    /// before the accessor keep their names), and a pruned entry tells its runner from it.
+    #[test]
+    fn an_artifact_key_names_its_runner() {
+        let k = Key::artifact("oci").with("section", "docker");
+        assert_eq!(k.hash(), Key::new(Kind::Artifact).with("runner", "oci").with("section", "docker").hash());
+        assert_eq!(k.runner(), Some("oci"));
+        assert_eq!(key("a").runner(), None);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        drop(cache.get_or_build(&k, "a-1", |_, _| true, |_| Ok::<(), String>(())).unwrap());
+        let removed = cache.prune(Some(0), None);
+        assert_eq!(removed.iter().map(EntryInfo::runner).collect::<Vec<_>>(), vec![Some("oci")]);
     }
 
     #[test]

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use addon_descriptors::Section;
+use addon_runner_api::{Availability, Capabilities, Runner, RunnerError, RunnerInfo, SandboxKind, StartSpec, Started};
 use addon_runner_protocol::{FieldError, Plugin};
+// The engine's trivial runner and sandboxes: the one thing here beyond the interface.
 use addon_runners::sandbox::{SandboxSettings, Sandboxes};
 use addon_runners::trivial::TrivialRunner;
-use addon_runners::{Availability, Capabilities, ProbeCache, Runner, RunnerError, RunnerInfo, StartSpec, Started};
+use addon_runners::ProbeCache;
 use serde::Deserialize;
 
 /// `plugins.NAME.config` of the example plugin.
@@ -99,7 +101,7 @@ impl Runner for ExampleRunner {
 
     async fn start(&self, mut spec: StartSpec) -> Result<Started, RunnerError> {
         if self.fault("lies-about-isolation") {
-            spec.sandbox = Some(addon_runners::SandboxKind::None);
+            spec.sandbox = Some(SandboxKind::None);
         }
         if self.fault("crash-on-start") {
             eprintln!("example plugin: crashing on start, as configured");

@@ -132,7 +132,7 @@ impl GvisorRunner {
             settings,
             runs: Arc::default(),
             containers: Arc::default(),
-            enforcement: Enforcement::probe(),
+            enforcement: addon_runners::limits::probe_enforcement(),
             probed: tokio::sync::Mutex::new(None),
         }
     }

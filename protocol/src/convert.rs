@@ -1,12 +1,12 @@
-//! Conversions between the wire messages and the runner types of `addon-runners`. Everything that
+//! Conversions between the wire messages and the runner types of `addon-runner-api`. Everything that
 //! comes off the wire is checked: a malformed message is an error naming the field, never a panic.
 
 use std::path::PathBuf;
 
 use addon_descriptors::{Descriptor, Section};
-use addon_runners::{
-    AddonRef, Artifact, BuildSpec, Capabilities, Exit, ExitKind, Limits, RunDirs, RunnerError, RunnerInfo, SandboxKind,
-    StartSpec, Usage,
+use addon_runner_api::{
+    AddonRef, Artifact, ArtifactData, BuildSpec, Capabilities, Exit, ExitKind, Limits, RunDirs, RunnerError,
+    RunnerInfo, SandboxKind, StartSpec, Usage,
 };
 
 use crate::pb;
@@ -125,19 +125,11 @@ pub fn build_spec_from_pb(spec: &pb::BuildSpec) -> Result<BuildSpec, Malformed> 
 }
 
 pub fn artifact_to_pb(a: &Artifact) -> pb::Artifact {
-    pb::Artifact {
-        reference: a.reference.clone(),
-        size: a.size,
-        data_json: serde_json::to_string(&a.data).unwrap_or_else(|_| "null".into()),
-    }
+    pb::Artifact { reference: a.reference.clone(), size: a.size, data_json: a.data.to_json() }
 }
 
 pub fn artifact_from_pb(a: &pb::Artifact) -> Result<Artifact, Malformed> {
-    let data = if a.data_json.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&a.data_json).map_err(|e| malformed("Artifact.data_json", e.to_string()))?
-    };
+    let data = ArtifactData::from_json(&a.data_json).map_err(|e| malformed("Artifact.data_json", e.to_string()))?;
     Ok(Artifact { reference: a.reference.clone(), size: a.size, data })
 }
 
@@ -324,7 +316,11 @@ mod tests {
             addon: AddonRef { name: "a".into(), version: "1".into(), digest: "sha256:00".into() },
             section: Section::Trivial,
             descriptor: descriptor(),
-            artifact: Some(Artifact { reference: "img".into(), size: 3, data: serde_json::json!({"k": 1}) }),
+            artifact: Some(Artifact {
+                reference: "img".into(),
+                size: 3,
+                data: ArtifactData::of(&serde_json::json!({"k": 1})).unwrap(),
+            }),
             artifact_dir: Some("/c".into()),
             args: vec!["arguments/user-input".into()],
             env: vec![("PATH".into(), "/usr/bin".into())],
@@ -384,7 +380,7 @@ mod tests {
 
     #[test]
     fn errors_keep_their_kind() {
-        let e = addon_runners::runner::BuildFailed::with_log("it broke", vec!["line 1".into(), "line 2".into()])
+        let e = addon_runner_api::BuildFailed::with_log("it broke", vec!["line 1".into(), "line 2".into()])
             .into_error("x", "a-1");
         let back = error_from_pb("plug", "a-1", &error_to_pb(&e));
         assert_eq!(

@@ -1,12 +1,17 @@
 //! The runner plugin protocol, `addon.runner.v1` (gRPC; `proto/addon/runner/v1/runner.proto` is
-//! the contract): the engine's client for plugins ([`client::PluginRunner`], a
-//! [`addon_runners::Runner`] like any built-in), and the SDK for writing a plugin in Rust
-//! ([`server`]: implement [`server::Plugin`], call [`main`]).
+//! the contract): the engine's client for plugins (`client::PluginRunner`, a
+//! [`addon_runner_api::Runner`] like any built-in; feature `client`), and the SDK for writing a
+//! plugin in Rust (`server`: implement `server::Plugin`, call `main`; feature `server`).
+//!
+//! Both features are on by default. The SDK depends on the runner interface (`addon-runner-api`)
+//! and not on the engine's runners (`addon-runners`, with its control groups, seccomp and Docker
+//! client), which only the client needs: a plugin depends on this crate with
+//! `default-features = false, features = ["server"]`, and on `addon-runner-api`.
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //! use addon_runner_protocol::server::{FieldError, Plugin};
-//! use addon_runners::{Runner, RunnerInfo};
+//! use addon_runner_api::{Runner, RunnerInfo};
 //!
 //! struct MyPlugin;
 //!
@@ -24,10 +29,12 @@
 //! }
 //! ```
 
+#[cfg(feature = "client")]
 pub mod client;
 pub mod convert;
 pub mod copy;
 pub mod handshake;
+#[cfg(feature = "server")]
 pub mod server;
 
 /// The generated protocol types and services.
@@ -39,13 +46,24 @@ pub mod pb {
 /// The protocol version this crate speaks (the second field of the handshake line).
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// The gRPC metadata header in which an engine names its configuration (the sha256 of its
+/// `config:` as JSON), on Configure and every later call.
+pub const CONFIG_DIGEST_HEADER: &str = "addon-config-digest";
+
+/// How a call naming an unknown configuration is answered (FAILED_PRECONDITION); the engine
+/// configures the plugin again.
+pub const UNCONFIGURED: &str = "not configured";
+
 /// The proto file, for tools that generate stubs from the running engine's contract.
 pub const PROTO: &str = include_str!("../proto/addon/runner/v1/runner.proto");
 
+#[cfg(feature = "client")]
 pub use client::{ClientTls, Endpoint, PluginRunner, PluginSettings};
+#[cfg(feature = "server")]
 pub use server::{FieldError, Plugin};
 
 /// Command line of a plugin built with the SDK.
+#[cfg(feature = "server")]
 #[derive(Debug, clap::Parser)]
 #[command(
     about = "An addon runner plugin. An addon engine starts it (configure it under `plugins:`), or it serves \
@@ -71,6 +89,7 @@ struct Args {
 }
 
 /// Runs a plugin: parses its command line, logs to stderr (`RUST_LOG`), serves until SIGTERM.
+#[cfg(feature = "server")]
 pub fn main(plugin: impl Plugin) -> ! {
     use clap::Parser;
     let args = Args::parse();

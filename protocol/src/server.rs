@@ -1,4 +1,4 @@
-//! The plugin SDK: serve any [`addon_runners::Runner`] over the protocol. Implement [`Plugin`]
+//! The plugin SDK: serve any [`addon_runner_api::Runner`] over the protocol. Implement [`Plugin`]
 //! (who you are, and how your runner is made from its configuration), call [`main`], done: the
 //! handshake, the health service, run bookkeeping, CopyIn/CopyOut staging, stopping runs whose
 //! engine went away, and a clean exit on SIGTERM are the SDK's.
@@ -9,11 +9,13 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use addon_runners::{RunEvent, Runner, RunnerInfo};
+use addon_runner_api::{RunEvent, Runner, RunnerInfo};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
+
+pub use crate::{CONFIG_DIGEST_HEADER, UNCONFIGURED};
 
 use crate::convert;
 use crate::handshake::{self, Handshake, Network};
@@ -208,14 +210,6 @@ impl Service {
     }
 }
 
-/// The gRPC metadata header in which an engine names its configuration (the sha256 of its
-/// `config:` as JSON), on Configure and every later call.
-pub const CONFIG_DIGEST_HEADER: &str = "addon-config-digest";
-
-/// How a call naming an unknown configuration is answered (FAILED_PRECONDITION); the engine
-/// configures the plugin again.
-pub const UNCONFIGURED: &str = "not configured";
-
 fn config_digest(meta: &tonic::metadata::MetadataMap) -> String {
     meta.get(CONFIG_DIGEST_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
@@ -327,7 +321,7 @@ impl RunnerService for Service {
         let (tx, rx) = mpsc::channel(64);
         tokio::spawn(async move {
             let log_tx = tx.clone();
-            let log: addon_runners::LogSink = Arc::new(move |_, line: &str| {
+            let log: addon_runner_api::LogSink = Arc::new(move |_, line: &str| {
                 let _ =
                     log_tx.try_send(Ok(pb::BuildEvent { event: Some(pb::build_event::Event::Log(line.to_string())) }));
             });
@@ -505,7 +499,7 @@ impl RunnerService for Service {
             .map_err(|e| Status::internal(e.to_string()))?;
         let error = result
             .err()
-            .map(|e| convert::error_to_pb(&addon_runners::RunnerError::setup("", format!("copying in: {e}"))));
+            .map(|e| convert::error_to_pb(&addon_runner_api::RunnerError::setup("", format!("copying in: {e}"))));
         Ok(Response::new(pb::CopyInResponse { error }))
     }
 

@@ -117,7 +117,7 @@ pub fn envelope_for(
     let mounts = spec.mounts();
     let watched = vec![mounts.work.clone(), mounts.output.clone(), mounts.cache.clone(), mounts.home.clone()];
     let envelope = Envelope::new(&spec.run_id, spec.limits, enforcement, watched)
-        .map_err(|message| RunnerError::setup(runner, message))?;
+        .map_err(|e| RunnerError::setup(runner, e.to_string()))?;
     if !envelope.measures() {
         tracing::debug!(addon = %spec.addon.label(), "resource usage is not measured: {}", enforcement.describe());
     }

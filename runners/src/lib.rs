@@ -4,6 +4,12 @@
 //! Every runner, built in or a plugin, is a [`Runner`] made by a [`Factory`] of the registry.
 //! Adding a built-in runner is one new module and one line in [`builtin_factories`]; its
 //! settings are its own type, read from its section of the configuration ([`settings`]).
+//!
+//! The trait and the types of its signatures (specs, events, errors, [`Limits`], [`LogSink`],
+//! [`SandboxKind`], [`Mounts`]) belong to the `addon-runner-api` crate and are re-exported here
+//! at their old paths. A plugin depends on that crate and on `addon-runner-protocol`'s SDK, not
+//! on this one, unless it reuses a runner or sandbox of the engine (as `addon-runner-example`
+//! reuses the trivial runner).
 
 pub mod build_failure;
 #[cfg(feature = "docker")]
@@ -31,8 +37,8 @@ pub use limits::{Breach, Enforcement, Limits, Usage};
 pub use probe::{Probe, ProbeCache};
 pub use process::{Ending, LogSink, LogStream, NoiseFilter, Supervised};
 pub use runner::{
-    AddonRef, Artifact, Availability, BuildSpec, CacheUse, Capabilities, Exit, ExitKind, RunDirs, RunEvent, Runner,
-    RunnerError, RunnerInfo, StartSpec, Started,
+    AddonRef, Artifact, ArtifactData, Availability, BuildSpec, CacheUse, Capabilities, Exit, ExitKind, RunDirs,
+    RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started,
 };
 pub use sandbox::{Isolation, Mounts, Sandbox, SandboxError, SandboxKind, SandboxSettings, Sandboxes};
 pub use settings::{BuildNetwork, ComponentSettings, ConfigSection, Sections};

@@ -6,112 +6,44 @@
 //! enforced). The envelope also watches the run while it goes (a refused fork, the output size)
 //! and measures it afterwards (peak memory, CPU time, OOM kills). Containers get the same limits
 //! from their runtime (see the docker runner).
+//!
+//! The data (`Limits`, `Usage`, `Breach`, `Enforcement`) is `addon-runner-api`'s, re-exported
+//! here; this module is the enforcing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use cgroups_rs::cgroup_builder::CgroupBuilder;
 use cgroups_rs::{Cgroup, MaxValue};
-use serde::{Deserialize, Serialize};
 
-/// What one run may use. `None`: unlimited.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-pub struct Limits {
-    /// Bytes of memory (RAM; no swap beyond it).
-    pub memory: Option<u64>,
-    /// Processes and threads at once.
-    pub pids: Option<u64>,
-    /// CPUs' worth of time per period (1.5 = one and a half CPUs).
-    pub cpus: Option<f64>,
-    /// Bytes the addon may add to its directories (output, work, CACHE_DIR, HOME) in one run.
-    pub output_size: Option<u64>,
-    /// Entries (files, directories, links) the addon may add to those directories in one run:
-    /// empty files cost no bytes but use up the file system's inodes.
-    #[serde(default)]
-    pub output_entries: Option<u64>,
+pub use addon_runner_api::limits::{Breach, Enforcement, Limits, Usage};
+
+/// Why a run's envelope (or the probe's control group) could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("creating control group {name}: {source}")]
+    CreateGroup { name: String, source: cgroups_rs::error::Error },
+    /// The crate only warns when a directory cannot be made; the group is then incomplete.
+    #[error("control group {name} could not be created under /sys/fs/cgroup")]
+    GroupMissing { name: String },
+    /// A walk over the directories whose growth counts failed.
+    #[error(transparent)]
+    Unmeasurable(#[from] addon_tree::TreeError),
 }
 
-/// What a run used, as far as it could be measured.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub peak_memory_bytes: Option<u64>,
-    pub cpu_ms: Option<u64>,
-    /// Processes the kernel's OOM killer ended.
-    pub oom_kills: u64,
-    /// Forks refused because of the process limit.
-    pub pids_refused: u64,
-}
-
-/// A limit the addon ran into while it ran; the run is stopped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Breach {
-    /// The process limit refused a fork.
-    Pids(u64),
-    /// The addon wrote more than the output size allows.
-    OutputSize { limit: u64, written: u64 },
-    /// The addon made more entries than the limit allows.
-    OutputEntries { limit: u64, made: u64 },
-    /// What the addon wrote could not be measured (the walk over its directories failed): it is
-    /// stopped rather than left unwatched.
-    Unmeasurable(String),
-}
-
-impl std::fmt::Display for Breach {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Breach::Pids(n) => write!(f, "it reached its process limit ({n} processes and threads; setting limits.pids, option --pids) and was stopped"),
-            Breach::OutputSize { limit, written } => write!(
-                f,
-                "it wrote {written} bytes, more than its output limit of {limit} bytes (setting limits.output-size) and was stopped"
-            ),
-            Breach::OutputEntries { limit, made } => write!(
-                f,
-                "it made {made} files and directories, more than its limit of {limit} (setting limits.output-entries) and was stopped"
-            ),
-            Breach::Unmeasurable(why) => {
-                write!(f, "what it wrote could not be measured ({why}), so it was stopped")
-            }
-        }
+/// Probes how this process may enforce limits here: control groups when it may create them.
+pub fn probe_enforcement() -> Enforcement {
+    if !crate::procfs::is_root() {
+        return Enforcement::Rlimits { why: "the engine is not root, so it cannot create control groups".into() };
     }
-}
-
-/// How host sandboxes enforce limits on this host.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase", tag = "kind")]
-pub enum Enforcement {
-    /// A control group per run: memory, pids and CPU are enforced and measured.
-    Cgroups { version: u8 },
-    /// Process resource limits: memory as address space, processes per user, file size; CPU share
-    /// is not enforced and usage is not measured.
-    Rlimits { why: String },
-}
-
-impl Enforcement {
-    /// Probes whether this process may create control groups here.
-    pub fn probe() -> Enforcement {
-        if !crate::procfs::is_root() {
-            return Enforcement::Rlimits { why: "the engine is not root, so it cannot create control groups".into() };
+    let name = format!("addon-engine/probe-{}", std::process::id());
+    match RunCgroup::create(&name, &Limits { pids: Some(64), ..Limits::default() }) {
+        Ok(cg) => {
+            let version = if cg.cgroup.v2() { 2 } else { 1 };
+            cg.delete();
+            Enforcement::Cgroups { version }
         }
-        let name = format!("addon-engine/probe-{}", std::process::id());
-        match RunCgroup::create(&name, &Limits { pids: Some(64), ..Limits::default() }) {
-            Ok(cg) => {
-                let version = if cg.cgroup.v2() { 2 } else { 1 };
-                cg.delete();
-                Enforcement::Cgroups { version }
-            }
-            Err(e) => Enforcement::Rlimits { why: e },
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Enforcement::Cgroups { version } => {
-                format!("limits by cgroup v{version} per run (memory, pids, cpus; usage measured)")
-            }
-            Enforcement::Rlimits { why } => format!(
-                "limits by rlimits ({why}): memory as address space, pids per user, file size; cpus not enforced, usage not measured"
-            ),
-        }
+        Err(e) => Enforcement::Rlimits { why: e.to_string() },
     }
 }
 
@@ -128,7 +60,7 @@ struct RunCgroup {
 const CONTROLLERS: [&str; 4] = ["memory", "pids", "cpu", "cpuacct"];
 
 impl RunCgroup {
-    fn create(name: &str, limits: &Limits) -> Result<RunCgroup, String> {
+    fn create(name: &str, limits: &Limits) -> Result<RunCgroup, EnvelopeError> {
         let hier = cgroups_rs::hierarchies::auto();
         let mut b = CgroupBuilder::new(name).set_specified_controllers(CONTROLLERS.map(String::from).to_vec());
         if let Some(m) = limits.memory {
@@ -141,7 +73,7 @@ impl RunCgroup {
             let period = 100_000u64;
             b = b.cpu().period(period).quota(((c * period as f64) as i64).max(1000)).done();
         }
-        let cgroup = b.build(hier).map_err(|e| format!("creating control group {name}: {e}"))?;
+        let cgroup = b.build(hier).map_err(|source| EnvelopeError::CreateGroup { name: name.to_string(), source })?;
         let mut cg = RunCgroup { cgroup, oom_events: None };
         if !cg.cgroup.v2() {
             cg.oom_events = cg.controller_path("memory").and_then(|dir| oom_eventfd(&dir).ok());
@@ -150,7 +82,7 @@ impl RunCgroup {
         let procs = cg.procs_files();
         if procs.is_empty() || procs.iter().any(|p| !p.exists()) {
             cg.delete();
-            return Err(format!("control group {name} could not be created under /sys/fs/cgroup"));
+            return Err(EnvelopeError::GroupMissing { name: name.to_string() });
         }
         // An engine that was killed left its runs' groups behind (empty: their processes died
         // with their PID namespaces); the first run of each engine removes them.
@@ -343,7 +275,7 @@ impl Envelope {
         limits: Limits,
         enforcement: &Enforcement,
         watched: Vec<PathBuf>,
-    ) -> Result<Envelope, String> {
+    ) -> Result<Envelope, EnvelopeError> {
         let cgroup = match enforcement {
             Enforcement::Cgroups { .. } => Some(RunCgroup::create(&Envelope::group_name(run), &limits)?),
             Enforcement::Rlimits { .. } => None,
@@ -452,7 +384,7 @@ impl Envelope {
                 self.last_size_check = Some(walk);
                 let now = match measure_all(&self.watched) {
                     Ok(m) => m,
-                    Err(e) => return Some(Breach::Unmeasurable(e)),
+                    Err(e) => return Some(Breach::Unmeasurable(e.to_string())),
                 };
                 // The cadence follows the directory walk (what grows with the addon's trees).
                 self.last_walk = walk.elapsed();
@@ -541,9 +473,8 @@ pub fn other_processes() -> Vec<i32> {
 
 /// What the directories hold together (by the walk that never follows a link; a failed walk is
 /// an error, never a smaller number).
-fn measure_all(dirs: &[PathBuf]) -> Result<addon_tree::Measure, String> {
-    dirs.iter()
-        .try_fold(addon_tree::Measure::default(), |sum, d| Ok(sum + addon_tree::measure(d).map_err(|e| e.to_string())?))
+fn measure_all(dirs: &[PathBuf]) -> Result<addon_tree::Measure, addon_tree::TreeError> {
+    dirs.iter().try_fold(addon_tree::Measure::default(), |sum, d| Ok(sum + addon_tree::measure(d)?))
 }
 
 #[cfg(test)]
@@ -632,5 +563,19 @@ mod tests {
         }
         e.last_size_check = None;
         assert_eq!(e.check(), Some(Breach::OutputEntries { limit: 100, made: 101 }));
+    }
+
+    /// A run whose directories cannot be measured gets no envelope (it would go unwatched); the
+    /// error is the walk's, naming the directory.
+    #[test]
+    fn an_unmeasurable_directory_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        // The walk follows no link, not even at its root.
+        let link = dir.path().join("link-to-elsewhere");
+        std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+        let e = Envelope::new("t", Limits::default(), &Enforcement::Rlimits { why: "test".into() }, vec![link])
+            .unwrap_err();
+        assert!(matches!(e, EnvelopeError::Unmeasurable(_)), "{e:?}");
+        assert!(e.to_string().contains("link-to-elsewhere"), "{e}");
     }
 }

@@ -18,7 +18,8 @@ use crate::host::HostRuns;
 use crate::probe::{Probe, ProbeCache};
 use crate::process::{run_tool, LogSink, ToolFailure};
 use crate::runner::{
-    Artifact, Availability, BuildFailed, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo, StartSpec, Started,
+    Artifact, ArtifactData, Availability, BuildFailed, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo,
+    StartSpec, Started,
 };
 use crate::sandbox::ns::NsPlan;
 use crate::sandbox::Sandboxes;
@@ -407,7 +408,7 @@ impl Runner for NixRunner {
         let out = build(&self.settings, &spec.addon_dir, log)
             .await
             .map_err(|failed| failed.into_error(NAME, &spec.addon.label()))?;
-        Ok(Artifact { reference: out.display().to_string(), size: 0, data: serde_json::Value::Null })
+        Ok(Artifact { reference: out.display().to_string(), size: 0, data: ArtifactData::none() })
     }
 
     async fn artifact_valid(&self, artifact: &Artifact) -> bool {

@@ -12,17 +12,10 @@ use tokio::process::Command;
 pub use crate::lines::STDERR_TAIL_LINES;
 use crate::lines::{exit_code, next_line, Tail};
 
-/// Receives the addon's log lines (stderr, and stdout when it is not collected).
-pub type LogSink = Arc<dyn Fn(LogStream, &str) + Send + Sync>;
+pub use addon_runner_api::log::{LogSink, LogStream};
 
 /// Tells the lines a sandbox tool printed itself apart from the addon's.
 pub type NoiseFilter = Arc<dyn Fn(&str) -> bool + Send + Sync>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogStream {
-    Stdout,
-    Stderr,
-}
 
 /// How a supervised process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

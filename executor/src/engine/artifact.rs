@@ -95,8 +95,7 @@ pub(super) async fn artifact_key(
 ) -> Result<Option<addon_cache::Key>, RunnerError> {
     let info = runner.info();
     let Some(parts) = runner.cache_key(spec).await? else { return Ok(None) };
-    let mut key = addon_cache::Key::new(addon_cache::Kind::Artifact)
-        .with("runner", &info.name)
+    let mut key = addon_cache::Key::artifact(&info.name)
         .with("runner-version", &info.version)
         .with("section", spec.section.as_str());
     for (k, v) in parts {

@@ -362,8 +362,8 @@ impl Engine {
             Vec::new()
         };
         for e in removed.iter().filter(|e| e.kind == addon_cache::Kind::Artifact) {
-            let owner = e.meta.as_ref().and_then(|m| m.key.parts.get("runner")).cloned().unwrap_or_default();
-            let (Some(runner), Some(artifact)) = (self.runner(&owner), e.data::<addon_runners::Artifact>()) else {
+            let Some(owner) = e.runner() else { continue };
+            let (Some(runner), Some(artifact)) = (self.runner(owner), e.data::<addon_runners::Artifact>()) else {
                 continue;
             };
             if let Err(err) = runner.release(&artifact).await {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use addon_descriptors::Section;
-use addon_runners::{
+use addon_runner_api::{
     Artifact, Availability, BuildSpec, Capabilities, LogSink, LogStream, RunEvent, Runner, RunnerError, RunnerInfo,
     StartSpec, Started,
 };
@@ -63,14 +63,14 @@ pub struct PluginSettings {
     pub build_timeout: Duration,
 }
 
-/// Names the engine's configuration on every call ([`crate::server::CONFIG_DIGEST_HEADER`]), so
+/// Names the engine's configuration on every call ([`crate::CONFIG_DIGEST_HEADER`]), so
 /// that a plugin shared by engines of different configurations answers each with its own.
 #[derive(Clone)]
 struct NameConfig(tonic::metadata::AsciiMetadataValue);
 
 impl tonic::service::Interceptor for NameConfig {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert(crate::server::CONFIG_DIGEST_HEADER, self.0.clone());
+        request.metadata_mut().insert(crate::CONFIG_DIGEST_HEADER, self.0.clone());
         Ok(request)
     }
 }
@@ -160,8 +160,7 @@ impl PluginRunner {
     }
 
     fn note_unconfigured(&self, status: &tonic::Status) {
-        if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(crate::server::UNCONFIGURED)
-        {
+        if status.code() == tonic::Code::FailedPrecondition && status.message().starts_with(crate::UNCONFIGURED) {
             self.unconfigured.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
@@ -609,7 +608,7 @@ impl PluginRunRef {
         &self,
         runner: &PluginRunner,
         run_id: &str,
-        dirs: &addon_runners::RunDirs,
+        dirs: &addon_runner_api::RunDirs,
         output_size: Option<u64>,
         shares: bool,
     ) -> Result<(), RunnerError> {

@@ -25,7 +25,7 @@ pub(super) async fn follow(
         Ok(e) => (Some(e), None),
         Err(e) => {
             let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(0), ..Default::default() })).await;
-            (None, Some(crate::limits::Breach::Unmeasurable(e).to_string()))
+            (None, Some(crate::limits::Breach::Unmeasurable(e.to_string()).to_string()))
         }
     };
     // Files the container's processes hold open after unlinking them count too.

@@ -37,8 +37,8 @@ use tokio::sync::{mpsc, OnceCell};
 use crate::limits::{Enforcement, Envelope, Limits};
 use crate::process::{LogSink, LogStream};
 use crate::runner::{
-    Artifact, Availability, BuildFailed, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner, RunnerError,
-    RunnerInfo, StartSpec, Started,
+    Artifact, ArtifactData, Availability, BuildFailed, BuildSpec, Capabilities, Exit, ExitKind, RunEvent, Runner,
+    RunnerError, RunnerInfo, StartSpec, Started,
 };
 use crate::settings::{
     deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError, DEFAULT_BUILD_TIMEOUT,
@@ -141,6 +141,12 @@ pub struct DockerRunner {
     volumes: Mutex<HashMap<String, Vec<String>>>,
     /// The container of each run, so that `stop` finds it.
     containers: Arc<Mutex<HashMap<String, String>>>,
+}
+
+/// What a docker artifact records beside its image id (its reference): the tag it was built as.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    image: String,
 }
 
 fn setup(message: impl Into<String>) -> RunnerError {
@@ -496,7 +502,8 @@ impl Runner for DockerRunner {
         )
         .await
         .map_err(|failed| failed.into_error(NAME, &label))?;
-        Ok(Artifact { reference: meta.id, size: meta.size, data: serde_json::json!({ "image": meta.image }) })
+        let data = ArtifactData::of(&Recorded { image: meta.image }).map_err(|e| setup(e.to_string()))?;
+        Ok(Artifact { reference: meta.id, size: meta.size, data })
     }
 
     async fn artifact_valid(&self, artifact: &Artifact) -> bool {

@@ -39,8 +39,8 @@ use crate::limits::Enforcement;
 use crate::probe::{Probe, ProbeCache};
 use crate::process::LogSink;
 use crate::runner::{
-    Artifact, Availability, BuildFailed, BuildSpec, Capabilities, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec,
-    Started,
+    Artifact, ArtifactData, Availability, BuildFailed, BuildSpec, Capabilities, RunEvent, Runner, RunnerError,
+    RunnerInfo, StartSpec, Started,
 };
 use crate::sandbox::ns::{Identity, NsPlan, OverlayPlan};
 use crate::sandbox::{is_root, Sandboxes};
@@ -740,12 +740,12 @@ impl Runner for OciRunner {
         Ok(Artifact {
             reference: digest,
             size: 0, // the root filesystem is in the cache entry itself
-            data: serde_json::to_value(&data).map_err(|e| fail(e.to_string()))?,
+            data: ArtifactData::of(&data).map_err(|e| fail(e.to_string()))?,
         })
     }
 
     async fn artifact_valid(&self, artifact: &Artifact) -> bool {
-        serde_json::from_value::<Recorded>(artifact.data.clone()).is_ok_and(|r| r.id_map == self.id_map())
+        artifact.data.read::<Recorded>().is_ok_and(|r| r.id_map == self.id_map())
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
@@ -754,7 +754,9 @@ impl Runner for OciRunner {
         let (Some(artifact), Some(content)) = (&spec.artifact, &spec.artifact_dir) else {
             return Err(setup(format!("{} was not built", spec.addon.label())));
         };
-        let recorded: Recorded = serde_json::from_value(artifact.data.clone())
+        let recorded: Recorded = artifact
+            .data
+            .read()
             .map_err(|e| setup(format!("the cached image record of {}: {e}", spec.addon.label())))?;
         let rootfs = image::rootfs_of(content);
         if !rootfs.is_dir() {
