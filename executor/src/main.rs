@@ -451,6 +451,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Runners { action: Some(RunnersCommand::Check { name, only }) } => {
             let config = Config::discover(cli.config.as_deref())?;
+            // The file it came from (as `Config::discover` finds it), which the kit's probe must
+            // not read.
+            let config_path = cli.config.clone().or_else(|| {
+                std::env::var_os("ADDON_CONFIG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from)
+            });
             for o in &only {
                 anyhow::ensure!(
                     addon_executor::check::CHECKS.contains(&o.as_str()),
@@ -459,7 +464,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 );
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(addon_executor::check::run(&config, &name, &only)).map_err(anyhow::Error::msg)?;
+            let report = rt.block_on(addon_executor::check::run(addon_executor::check::Setup {
+                    config: &config,
+                    config_path: config_path.as_deref(),
+                    name: &name,
+                    only: &only,
+                })).map_err(anyhow::Error::msg)?;
             if cli.json {
                 print_json(&report, false)?;
             } else {
