@@ -3,6 +3,11 @@
 //! real addons through the engine with only that runner; a runner's declared capabilities are
 //! not taken on trust (one that says it isolates the network is held to it by the kit).
 //!
+//! This is the one place where each check is written (what addon it runs, what it asserts):
+//! the engine's conformance suite (`executor/tests/conformance.rs`) runs this command for each
+//! check against each runner and sandbox, as root and as an unprivileged user. It must never
+//! trust what a runner says of itself beyond what `judge` allows, nor pass a check it skipped.
+//!
 //! The kit's probe is a static C program (`check/probe.c`, built in), compiled
 //! here with `gcc -static`; without gcc the kit's checks are reported as skipped, never passed.
 
@@ -101,7 +106,8 @@ pub const CHECKS: [&str; 20] = [
 ];
 
 /// Checks whose verdict is what is left on this host (processes, files, what the bait saw).
-const JUDGED_HERE: [&str; 6] = ["timeout", "leftovers", "engine-death", "network-isolation", "hostile-kit", "double-fork"];
+const JUDGED_HERE: [&str; 6] =
+    ["timeout", "leftovers", "engine-death", "network-isolation", "hostile-kit", "double-fork"];
 
 /// A variable of the engine's environment that an addon must never see: when it is set (the
 /// conformance suite sets it), `contract` checks the addon's environment for it and the kit's
@@ -148,7 +154,7 @@ pub async fn run(setup: Setup<'_>) -> Result<CheckReport, String> {
     let mut kit = Kit {
         engine: &engine,
         name: name.to_string(),
-        caps: info.capabilities.clone(),
+        caps: info.capabilities,
         section,
         root: root.path().to_path_buf(),
         config_path: config_path.map(Path::to_path_buf),
@@ -361,7 +367,9 @@ impl Kit<'_> {
         };
         fs_err::write(
             dir.join("docspell-addon.yml"),
-            format!("meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag, second]\nrunner:\n{runner_yaml}{options}"),
+            format!(
+                "meta:\n  name: {name}\n  version: \"1.0\"\nargs: [--flag, second]\nrunner:\n{runner_yaml}{options}"
+            ),
         )
         .map_err(io)?;
         let run = dir.join("run.sh");
@@ -489,7 +497,9 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         }
         let builds = self.caps.builds;
         let mut wrong = Wrong::default();
-        wrong.unless(a.runner.as_deref() == Some(self.name.as_str()), || format!("the result names runner {:?}", a.runner));
+        wrong.unless(a.runner.as_deref() == Some(self.name.as_str()), || {
+            format!("the result names runner {:?}", a.runner)
+        });
         wrong.unless(a.sandbox.as_deref().is_some_and(|s| !s.is_empty()), || "the result names no sandbox".into());
         wrong.unless(a.pure, || "a pure addon's result says it was not pure".into());
         let first_cache = if builds { addon_runners::CacheUse::Miss } else { addon_runners::CacheUse::None };
@@ -552,7 +562,10 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         });
         let home = if self.container() { "1" } else { "2" };
         wrong.unless(m.get("home_runs").map(String::as_str) == Some(home), || {
-            format!("second run: home_runs {:?}, expected {home} (a host runner's HOME persists, a container's does not)", m.get("home_runs"))
+            format!(
+                "second run: home_runs {:?}, expected {home} (a host runner's HOME persists, a container's does not)",
+                m.get("home_runs")
+            )
         });
         let second_cache = if builds { addon_runners::CacheUse::Hit } else { addon_runners::CacheUse::None };
         wrong.unless(again.report.cache == second_cache, || {
@@ -587,7 +600,9 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         wrong.unless(err.contains("exited with code 127") && err.contains("no-such-program-xyz"), || {
             format!("the error does not name the exit code and the missing program: {err}")
         });
-        wrong.unless(err.contains("preparing the rotation"), || format!("the error holds no more than the last line: {err}"));
+        wrong.unless(err.contains("preparing the rotation"), || {
+            format!("the error holds no more than the last line: {err}")
+        });
         let chatter = |s: &str| s.contains("Attempted to remove");
         wrong.unless(!chatter(err) && !a.stderr_tail.iter().any(|l| chatter(l)), || {
             format!("the sandbox tool's chatter is in the error or the stderr tail: {err}")
@@ -627,13 +642,16 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
     /// check starts as the engine to kill.
     async fn engine_death(&mut self) -> Checked {
         let Some(program) = addon_program() else {
-            return Err(Outcome::Skip("this check starts the `addon` program as the engine to kill; run it from `addon runners check`".into()));
+            return Err(Outcome::Skip(
+                "this check starts the `addon` program as the engine to kill; run it from `addon runners check`".into(),
+            ));
         };
         let marker = self.marker(54_000);
         let script = format!("( setsid sleep {marker} & )\necho started >&2\nexec sleep {marker}\n");
         let addon = self.addon("check-orphan", PURE, &script, None)?;
         let config = self.root.join("engine.yml");
-        let yaml = serde_yaml::to_string(self.engine.config()).map_err(|e| fail(format!("writing the engine's configuration: {e}")))?;
+        let yaml = serde_yaml::to_string(self.engine.config())
+            .map_err(|e| fail(format!("writing the engine's configuration: {e}")))?;
         fs_err::write(&config, yaml).map_err(|e| fail(format!("writing the engine's configuration: {e}")))?;
         let mut engine = std::process::Command::new(&program)
             .arg("run")
@@ -801,8 +819,12 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
     async fn fork_bomb(&mut self) -> Checked {
         let addon = self.probe_addon("check-forkbomb", PURE)?;
         let limits = LimitsOverride { pids: Some(64), ..Default::default() };
-        let extra =
-            Extra { user_input: "forkbomb".into(), limits, timeout: Some(Duration::from_secs(60)), ..Default::default() };
+        let extra = Extra {
+            user_input: "forkbomb".into(),
+            limits,
+            timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
         let ran = self.go(&addon, extra).await?;
         let a = &ran.report;
         let mut wrong = Wrong::default();
@@ -824,7 +846,9 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         let a = &ran.report;
         let mut wrong = Wrong::default();
         wrong.unless(
-            a.termination == Some(Termination::Oom) && a.result == AddonResult::ExecutionError && ran.error().contains("OOM"),
+            a.termination == Some(Termination::Oom)
+                && a.result == AddonResult::ExecutionError
+                && ran.error().contains("OOM"),
             || format!("expected execution-error by the OOM killer; got {}", ran.describe()),
         );
         let memory = a.limits.as_ref().and_then(|l| l.memory);
@@ -893,7 +917,10 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         };
         let left = addon_tree::measure(&out).map(|m| m.length).unwrap_or(0);
         if ran.report.termination == Some(Termination::Limit) && written <= (FILL_LIMIT_MIB << 20) + FILL_SLACK {
-            Ok(format!("stopped at its output size ({FILL_LIMIT_MIB} MiB) after {} MiB; {left} bytes left", written >> 20))
+            Ok(format!(
+                "stopped at its output size ({FILL_LIMIT_MIB} MiB) after {} MiB; {left} bytes left",
+                written >> 20
+            ))
         } else {
             Err(fail(format!(
                 "expected a stop near the output size ({FILL_LIMIT_MIB} MiB); got {}; {} MiB written",
@@ -954,7 +981,10 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
         let state = || -> Vec<(u32, u32)> {
-            baits.iter().map(|b| fs_err::metadata(b).map(|m| (m.uid(), m.mode() & 0o7777)).unwrap_or_default()).collect()
+            baits
+                .iter()
+                .map(|b| fs_err::metadata(b).map(|m| (m.uid(), m.mode() & 0o7777)).unwrap_or_default())
+                .collect()
         };
         let before = state();
         let req = self.request(
@@ -1030,7 +1060,9 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         let out = self.root.join("inodes-out");
         let ran = self.go(&addon, self.fill("inodeflood", &out)).await?;
         let made = last_number(&ran.lines, "kit-inodeflood made=").unwrap_or(0);
-        if ran.report.termination == Some(Termination::Limit) && ran.error().contains("output-entries") && made <= 220_000
+        if ran.report.termination == Some(Termination::Limit)
+            && ran.error().contains("output-entries")
+            && made <= 220_000
         {
             Ok(format!("stopped at its entry limit (20000) after {made}+ files"))
         } else {
@@ -1049,7 +1081,11 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         let bound = (FILL_LIMIT_MIB << 20) + FILL_SLACK;
         let mut wrong = Wrong::default();
         wrong.unless(root <= bound && volume <= bound, || {
-            format!("its root took {} MiB and a VOLUME {} MiB under a {FILL_LIMIT_MIB} MiB output size", root >> 20, volume >> 20)
+            format!(
+                "its root took {} MiB and a VOLUME {} MiB under a {FILL_LIMIT_MIB} MiB output size",
+                root >> 20,
+                volume >> 20
+            )
         });
         if self.container() {
             // Stopped at the limit, or held to it by the file system (oci's overlay is a tmpfs
@@ -1116,12 +1152,10 @@ pub fn build_probe(dir: &Path) -> Result<PathBuf, String> {
     let src = dir.join("probe.c");
     let out = dir.join("probe");
     fs_err::write(&src, PROBE_C).map_err(|e| e.to_string())?;
-    let cc = std::process::Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .output()
-        .map_err(|e| format!("the kit's probe is compiled with gcc -static: {e} (apt-get install gcc libc6-dev)"))?;
+    let cc =
+        std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).output().map_err(|e| {
+            format!("the kit's probe is compiled with gcc -static: {e} (apt-get install gcc libc6-dev)")
+        })?;
     if !cc.status.success() {
         return Err(format!("compiling the kit's probe failed: {}", String::from_utf8_lossy(&cc.stderr)));
     }
