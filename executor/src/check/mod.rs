@@ -149,6 +149,10 @@ pub async fn run(setup: Setup<'_>) -> Result<CheckReport, String> {
         let known: Vec<String> = engine.config().runner_names();
         return Err(format!("no runner `{name}` here; known runners: {}", known.join(", ")));
     };
+    let started = Instant::now();
+    let probe = runner.probe().await;
+    let available = probe.available;
+    // After the probe: a plugin says what it is once it runs.
     let info = runner.info();
     let section = [Section::Trivial, Section::Docker, Section::Nix].into_iter().find(|s| info.serves.contains(s));
     let mut kit = Kit {
@@ -164,9 +168,6 @@ pub async fn run(setup: Setup<'_>) -> Result<CheckReport, String> {
     };
     let mut checks = Vec::new();
     let wanted = |c: &str| only.is_empty() || only.iter().any(|o| o == c);
-    let started = Instant::now();
-    let probe = runner.probe().await;
-    let available = probe.available;
     checks.push(CheckResult::new(
         "available",
         if available { Status::Pass } else { Status::Fail },
@@ -495,7 +496,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         if a.result != AddonResult::Success {
             return Err(fail(format!("a well-behaved addon did not succeed: {}", ran.describe())));
         }
-        let builds = self.caps.builds;
+        // What it declares aside: a trivial addon has nothing to build, the others have.
+        let builds = self.section() != Section::Trivial;
         let mut wrong = Wrong::default();
         wrong.unless(a.runner.as_deref() == Some(self.name.as_str()), || {
             format!("the result names runner {:?}", a.runner)
@@ -674,7 +676,13 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
                 }
             }
         });
-        let sleeps = || processes().into_iter().filter(|(_, c)| c.contains(&format!("sleep {marker}"))).count();
+        // The addon's processes (a sandbox with a kernel of its own, gVisor's, shows none on the
+        // host: there the runtime's own, which name the run's directory).
+        let work = self.root.join("work").display().to_string();
+        let sleeps = || {
+            let sleep = format!("sleep {marker}");
+            processes().into_iter().filter(|(_, c)| c.contains(&sleep) || c.contains(&work)).count()
+        };
         // "started" comes just before `exec sleep`: wait until the sleeps have been exec'd.
         let deadline = Instant::now() + Duration::from_secs(300);
         while !started.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
