@@ -198,12 +198,14 @@ enum RunnersCommand {
     /// configured: real addons through the engine with only that runner, in a private working
     /// and cache directory. Prints pass/fail per check; exits 1 when any check did not pass.
     ///
-    /// Checks: available, contract (directories, environment, arguments, output files and JSON,
-    /// CACHE_DIR, no second build), failure-cause, timeout, leftovers, network-isolation,
-    /// hostile-kit (daemon sockets, host secrets, writes outside, privileges, kernel
-    /// interfaces), fork-bomb, memory-hog, disk-fill. The kit's probe is compiled with
-    /// `gcc -static` (apt-get install gcc libc6-dev); without it those checks are skipped, which
-    /// is not a pass.
+    /// Checks: available, contract (directories, environment, arguments, item, inputs, output
+    /// files and JSON, CACHE_DIR and HOME, no second build), failure-cause, timeout, leftovers,
+    /// engine-death, network-isolation, hostile-kit (daemon sockets, host secrets, inherited
+    /// descriptors, writes outside, privileges, kernel interfaces), fork-bomb, memory-hog,
+    /// double-fork, setuid-files, disk-fill, unlinked-fill, nested-trees, cache-race,
+    /// inode-flood, tmpfs-fill, container-fill, private-directories. The kit's probe is compiled
+    /// with `gcc -static` (apt-get install gcc libc6-dev); without it those checks are skipped,
+    /// which is not a pass. With ADDON_CHECK_SECRET set, the engine's environment is bait too.
     Check {
         /// The runner's name (`trivial`, `docker`, `nix-flake`, or a plugin of `plugins:`).
         name: String,
@@ -390,6 +392,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Runners { action: Some(RunnersCommand::Check { name, only }) } => {
             let config = Config::discover(cli.config.as_deref())?;
+            // The file it came from (as `Config::discover` finds it), which the kit's probe must
+            // not read.
+            let config_path = cli
+                .config
+                .clone()
+                .or_else(|| std::env::var_os("ADDON_CONFIG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from));
             for o in &only {
                 anyhow::ensure!(
                     addon_executor::check::CHECKS.contains(&o.as_str()),
@@ -398,7 +406,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 );
             }
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = rt.block_on(addon_executor::check::run(&config, &name, &only)).map_err(anyhow::Error::msg)?;
+            let report = rt
+                .block_on(addon_executor::check::run(addon_executor::check::Setup {
+                    config: &config,
+                    config_path: config_path.as_deref(),
+                    name: &name,
+                    only: &only,
+                }))
+                .map_err(anyhow::Error::msg)?;
             emit(&report, how)?;
             Ok(if report.all_passed() { 0 } else { EXIT_JUDGED })
         }

@@ -24,6 +24,11 @@ echo done > "$OUTPUT_DIR/out.txt"
 echo '{"newItems": [{"files": ["out.txt"]}]}'
 "#;
 
+/// A world whose runner is docker, with `extra` configuration (None: skipped, no daemon).
+fn docker_world(extra: &str) -> Option<World> {
+    require_docker().then(|| World::new("auto", &format!("runner: [docker]\n{extra}")))
+}
+
 fn listener() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -101,17 +106,9 @@ fn contract_network_and_build_once() {
 
 #[test]
 fn a_failing_build_is_execution_failed_with_the_step() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     let addon = w.docker_addon("dfail", PURE, "echo '{}'", "fail");
-    let df = std::fs::read_to_string(addon.join("Dockerfile")).unwrap();
-    std::fs::write(
-        addon.join("Dockerfile"),
-        df.replace("ENV PATH=/bin", "ENV PATH=/bin\nRUN echo broken-step >&2 && exit 7"),
-    )
-    .unwrap();
+    edit(&addon.join("Dockerfile"), "ENV PATH=/bin", "ENV PATH=/bin\nRUN echo broken-step >&2 && exit 7");
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let a = &v["addons"][0];
@@ -127,10 +124,7 @@ fn a_failing_build_is_execution_failed_with_the_step() {
 
 #[test]
 fn a_container_ignoring_sigterm_is_killed_at_its_timeout() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     let addon = w.docker_addon("dstubborn", PURE, "trap '' TERM\nwhile true; do sleep 1; done\n", "stubborn");
     // The loop never ends by itself: that the engine returns at all means it was killed (a hang
     // is the test harness's timeout). What it reports must say so.
@@ -145,10 +139,7 @@ fn a_container_ignoring_sigterm_is_killed_at_its_timeout() {
 
 #[test]
 fn two_engines_build_a_new_addon_once() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     let addon = w.docker_addon("dtwice", PURE, "echo '{}'", &format!("twice-{}", std::process::id()));
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_addon"))
@@ -175,17 +166,11 @@ fn two_engines_build_a_new_addon_once() {
 
 #[test]
 fn prune_removes_entries_and_their_images() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     let addon = w.docker_addon("dprune", PURE, "echo '{}'", &format!("prune-{}", std::process::id()));
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["cache"], "miss");
-    let cfg = w.config.to_str().unwrap();
-    let ls =
-        Command::new(env!("CARGO_BIN_EXE_addon")).args(["cache", "ls", "--json", "--config", cfg]).output().unwrap();
-    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let ls = w.cli_json(&["cache", "ls"]);
     let entries = ls["entries"].as_array().unwrap();
     let image_entry = entries.iter().find(|e| e["kind"] == "artifact").expect("an image entry");
     assert_eq!(image_entry["addon"], "dprune-1.0");
@@ -193,10 +178,7 @@ fn prune_removes_entries_and_their_images() {
     assert!(entries.iter().any(|e| e["kind"] == "data"));
     let tag = format!("addon-dprune:{}", &v["addons"][0]["digest"].as_str().unwrap()[7..19]);
     assert!(Command::new("docker").args(["image", "inspect", &tag]).output().unwrap().status.success());
-    let pr = Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["cache", "prune", "--max-size", "0", "--json", "--config", cfg])
-        .output()
-        .unwrap();
+    let pr = w.cli(&["cache", "prune", "--max-size", "0", "--json"]);
     assert_eq!(pr.status.code(), Some(0), "{}", String::from_utf8_lossy(&pr.stderr));
     let pr: serde_json::Value = serde_json::from_slice(&pr.stdout).unwrap();
     assert_eq!(pr["removed"].as_array().unwrap().len(), entries.len());
@@ -306,10 +288,7 @@ fn output_arrives_whole_every_time(w: &World, marker: &str) {
 
 #[test]
 fn docker_output_without_newline_arrives_whole_in_50_of_50_runs() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     output_arrives_whole_every_time(&w, &format!("nonl-{}", std::process::id()));
 }
 
@@ -322,30 +301,20 @@ fn podman_output_without_newline_arrives_whole_in_50_of_50_runs() {
 
 #[test]
 fn containers_of_a_dead_engine_are_reaped_by_the_next() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     let addon = w.docker_addon("dorphan", PURE, "echo started >&2\nsleep 300\n", "orphan");
     let mut engine = w.spawn_until(&addon, "started");
     engine.kill().unwrap();
     engine.wait().unwrap();
     assert_eq!(containers_of("dorphan-1.0").len(), 1, "the daemon keeps the container of a killed engine");
     // The next engine that talks to docker removes it.
-    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["runners", "--config", w.config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    assert!(w.cli(&["runners"]).status.success());
     assert!(containers_of("dorphan-1.0").is_empty(), "reaped");
 }
 
 #[test]
 fn a_named_image_is_used_as_is_and_a_missing_one_fails_clearly() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     // Build an image outside the engine, as an admin would provide one.
     let src = w.docker_addon(
         "dnamedsrc",
@@ -389,13 +358,9 @@ fn a_named_image_is_used_as_is_and_a_missing_one_fails_clearly() {
 
 #[test]
 fn a_build_over_build_timeout_is_execution_failed() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\ndocker-runner: {build-timeout: 2s}\n");
+    let Some(w) = docker_world("docker-runner: {build-timeout: 2s}\n") else { return };
     let addon = w.docker_addon("dslowbuild", PURE, "echo '{}'", &format!("slow-{}", std::process::id()));
-    let df = std::fs::read_to_string(addon.join("Dockerfile")).unwrap();
-    std::fs::write(addon.join("Dockerfile"), df.replace("ENV PATH=/bin", "ENV PATH=/bin\nRUN sleep 60")).unwrap();
+    edit(&addon.join("Dockerfile"), "ENV PATH=/bin", "ENV PATH=/bin\nRUN sleep 60");
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let a = &v["addons"][0];
@@ -408,10 +373,7 @@ fn a_build_over_build_timeout_is_execution_failed() {
 /// for the whole run, not only while the image is looked up).
 #[test]
 fn a_prune_during_a_run_keeps_its_image() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     // An image no run holds, which the prune must remove: a prune that removed nothing would
     // otherwise pass.
     let idle = w.docker_addon("didle", PURE, "echo '{}'\n", &format!("idle-{}", std::process::id()));
@@ -419,12 +381,7 @@ fn a_prune_during_a_run_keeps_its_image() {
     let marker = format!("inuse-{}", std::process::id());
     let addon = w.docker_addon("dinuse", PURE, "echo started >&2\nsleep 3\necho '{}'\n", &marker);
     let engine = w.spawn_until(&addon, "started");
-    let cfg = w.config.to_str().unwrap();
-    let pr = Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["cache", "prune", "--max-size", "0", "--json", "--config", cfg])
-        .output()
-        .unwrap();
-    let pr: serde_json::Value = serde_json::from_slice(&pr.stdout).unwrap();
+    let pr = w.cli_json(&["cache", "prune", "--max-size", "0"]);
     let removed_artifacts: Vec<&str> = pr["removed"]
         .as_array()
         .unwrap()
@@ -435,9 +392,7 @@ fn a_prune_during_a_run_keeps_its_image() {
     assert_eq!(removed_artifacts, ["didle-1.0"], "only the idle image goes, the running addon's stays: {pr}");
     let out = engine.wait_with_output().unwrap();
     assert!(out.status.success());
-    let ls =
-        Command::new(env!("CARGO_BIN_EXE_addon")).args(["cache", "ls", "--json", "--config", cfg]).output().unwrap();
-    let ls: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    let ls = w.cli_json(&["cache", "ls"]);
     assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["kind"] == "artifact"), "{ls}");
 }
 
@@ -447,19 +402,15 @@ fn a_prune_during_a_run_keeps_its_image() {
 /// gone with the run.
 #[test]
 fn image_volumes_are_bounded_and_leave_nothing() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\nlimits: {output-size: 32MiB}\n");
+    let Some(w) = docker_world("limits: {output-size: 32MiB}\n") else { return };
     // Files of 20 MiB (no single file may pass the output size: RLIMIT_FSIZE), 100 MiB in all.
     let script = "cat /data/seed >&2\nfor i in 1 2 3 4 5; do dd if=/dev/zero of=/data/big$i bs=1M count=20 2>/dev/null; done\necho '{}'\n";
     let addon = w.docker_addon("volumes", PURE, script, &format!("volumes-{}", std::process::id()));
-    let dockerfile = addon.join("Dockerfile");
-    let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+    edit(
+        &addon.join("Dockerfile"),
         "COPY run.sh /run.sh",
         "RUN [\"/bin/busybox\", \"sh\", \"-c\", \"mkdir -p /data && echo seeded > /data/seed\"]\nVOLUME /data\nCOPY run.sh /run.sh",
     );
-    std::fs::write(&dockerfile, text).unwrap();
     let volumes = || {
         let out = std::process::Command::new("docker").args(["volume", "ls", "-q"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).lines().count()
@@ -480,10 +431,7 @@ fn image_volumes_are_bounded_and_leave_nothing() {
 /// fills_are_bounded_as_docker_group_user.)
 #[test]
 fn the_writable_layer_is_bounded() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\nlimits: {output-size: 32MiB}\n");
+    let Some(w) = docker_world("limits: {output-size: 32MiB}\n") else { return };
     let script = "for i in 1 2 3 4 5; do dd if=/dev/zero of=/fill$i bs=1M count=20 2>/dev/null; done\necho '{}'\n";
     let addon = w.docker_addon("layer", PURE, script, &format!("layer-{}", std::process::id()));
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
@@ -498,10 +446,7 @@ fn the_writable_layer_is_bounded() {
 /// there instead, and the host directory is untouched.
 #[test]
 fn a_volume_that_is_a_link_leads_nowhere() {
-    if !require_docker() {
-        return;
-    }
-    let w = World::new("auto", "runner: [docker]\n");
+    let Some(w) = docker_world("") else { return };
     let host = w.path().join("host-dir");
     std::fs::create_dir(&host).unwrap();
     std::fs::write(host.join("secret"), "host secret").unwrap();
@@ -520,11 +465,7 @@ fn a_volume_that_is_a_link_leads_nowhere() {
         .status()
         .unwrap();
     assert!(tar.success());
-    let dockerfile = addon.join("Dockerfile");
-    let text = std::fs::read_to_string(&dockerfile)
-        .unwrap()
-        .replace("COPY run.sh /run.sh", "ADD link.tar /\nVOLUME /data\nCOPY run.sh /run.sh");
-    std::fs::write(&dockerfile, text).unwrap();
+    edit(&addon.join("Dockerfile"), "COPY run.sh /run.sh", "ADD link.tar /\nVOLUME /data\nCOPY run.sh /run.sh");
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("host secret"), "the addon read a host file through its VOLUME: {stderr}\n{v}");

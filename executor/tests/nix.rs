@@ -36,11 +36,7 @@ fn a_cached_build_is_protected_from_the_garbage_collector_until_pruned() {
     assert!(!del.status.success(), "{path} must be protected while cached");
     assert!(std::path::Path::new(&path).exists());
     // ...and succeeds once the entry is pruned.
-    let pr = Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["cache", "prune", "--max-size", "0", "--config", w.config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(pr.status.success());
+    assert!(w.cli(&["cache", "prune", "--max-size", "0"]).status.success());
     let del = Command::new("nix-store").args(["--delete", &path]).output().unwrap();
     assert!(del.status.success(), "after prune the path is no longer rooted: {}", String::from_utf8_lossy(&del.stderr));
     assert!(!std::path::Path::new(&path).exists());
@@ -53,12 +49,7 @@ fn a_failing_flake_is_execution_failed_and_nothing_is_cached() {
     }
     let w = World::new("auto", &nix_config(""));
     let addon = w.nix_addon("nixbad", PURE, "echo '{}'", &format!("bad-{}", std::process::id()));
-    let flake = std::fs::read_to_string(addon.join("flake.nix")).unwrap();
-    std::fs::write(
-        addon.join("flake.nix"),
-        flake.replace("/bin/busybox mkdir", "echo build-went-wrong >&2; exit 3; /bin/busybox mkdir"),
-    )
-    .unwrap();
+    edit(&addon.join("flake.nix"), "/bin/busybox mkdir", "echo build-went-wrong >&2; exit 3; /bin/busybox mkdir");
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let a = &v["addons"][0];
@@ -82,12 +73,7 @@ fn a_build_over_build_timeout_is_stopped_with_everything_it_started() {
     let w = World::new("auto", &nix_config("build-timeout: 3s, "));
     let sleep = format!("{}", 600_000 + std::process::id() % 100_000);
     let addon = w.nix_addon("nixslow", PURE, "echo '{}'", &format!("slow-{}", std::process::id()));
-    let flake = std::fs::read_to_string(addon.join("flake.nix")).unwrap();
-    std::fs::write(
-        addon.join("flake.nix"),
-        flake.replace("/bin/busybox mkdir", &format!("/bin/busybox sleep {sleep}; /bin/busybox mkdir")),
-    )
-    .unwrap();
+    edit(&addon.join("flake.nix"), "/bin/busybox mkdir", &format!("/bin/busybox sleep {sleep}; /bin/busybox mkdir"));
     let started = std::time::Instant::now();
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     let took = started.elapsed();

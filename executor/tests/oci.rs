@@ -21,6 +21,11 @@ mkdir -p "$OUTPUT_DIR/sub" && echo done > "$OUTPUT_DIR/out.txt" && printf 'no ne
 printf '%s' '{"newItems": [{"files": ["out.txt"]}]}'
 "#;
 
+/// A world whose runner is oci, with `extra` configuration (None: skipped, no OCI runtime).
+fn oci_world(extra: &str) -> Option<World> {
+    require_oci().then(|| World::new("auto", &format!("runner: [oci]\n{extra}")))
+}
+
 /// Runs `addon` through `runner` twice; returns both runs' output.
 fn twice(runner: &str, addon: &Path, out: &str) -> [(std::process::Output, serde_json::Value); 2] {
     let w = World::new("auto", &format!("runner: [{runner}]\nenv:\n  same:\n    FROM_CONFIG: configured\n"));
@@ -261,8 +266,7 @@ fn an_image_is_pulled_only_as_the_settings_allow_and_a_local_store_serves_it() {
     let src =
         w2.docker_addon("stored", PURE, "echo from-store >&2\necho '{}'", &format!("stored-{}", std::process::id()));
     let tag = format!("addon-oci-test/stored:{}", std::process::id());
-    let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&src).output().unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    docker_build(&tag, &src);
     let addon = image_addon(&w2, "stored", &tag);
     let (out, v) = w2.run(&[addon.to_str().unwrap()]);
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
@@ -274,19 +278,13 @@ fn an_image_is_pulled_only_as_the_settings_allow_and_a_local_store_serves_it() {
 
 #[test]
 fn prune_removes_the_root_filesystem() {
-    if !require_oci() {
-        return;
-    }
-    let w = World::new("auto", "runner: [oci]\n");
+    let Some(w) = oci_world("") else { return };
     let addon = w.docker_addon("pruned", PURE, "echo '{}'", &format!("pruned-{}", std::process::id()));
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
     let rootfs: Vec<_> = walkdir(&w.path().join("cache")).into_iter().filter(|p| p.ends_with("image/rootfs")).collect();
     assert_eq!(rootfs.len(), 1, "one unpacked root filesystem in the cache");
-    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
-        .args(["cache", "prune", "--max-size", "0", "--config", w.config.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = w.cli(&["cache", "prune", "--max-size", "0"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!rootfs[0].exists(), "prune removed {}", rootfs[0].display());
 }
@@ -296,18 +294,14 @@ fn prune_removes_the_root_filesystem() {
 /// a path the builder resolves on the host) are refused with the line.
 #[test]
 fn builds_are_isolated_and_run_options_refused() {
-    if !require_oci() {
-        return;
-    }
-    let w = World::new("auto", "runner: [oci]\nnetwork: {build: none}\n");
+    let Some(w) = oci_world("network: {build: none}\n") else { return };
     let addon =
         w.docker_addon("isobuild", PURE, "cat /build-seen >&2\necho '{}'", &format!("iso-{}", std::process::id()));
-    let dockerfile = addon.join("Dockerfile");
-    let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+    edit(
+        &addon.join("Dockerfile"),
         "COPY run.sh /run.sh",
         "RUN [\"/bin/sh\", \"-c\", \"echo build_ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\\\n' ' ') > /build-seen; echo build_uidmap=$(cat /proc/self/uid_map | tr -s ' ') >> /build-seen\"]\nCOPY run.sh /run.sh",
     );
-    std::fs::write(&dockerfile, text).unwrap();
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
     let seen = stderr_map(&out);
@@ -339,10 +333,7 @@ fn builds_are_isolated_and_run_options_refused() {
 /// refused on its own: see the next test.)
 #[test]
 fn run_options_smuggled_through_the_dockerfile_grammar_are_refused() {
-    if !require_oci() {
-        return;
-    }
-    let w = World::new("auto", "runner: [oci]\n");
+    let Some(w) = oci_world("") else { return };
     let host = w.path().join("host-dir");
     std::fs::create_dir_all(&host).unwrap();
     std::fs::write(host.join("secret.txt"), "host secret").unwrap();
@@ -366,10 +357,7 @@ fn run_options_smuggled_through_the_dockerfile_grammar_are_refused() {
 /// A build context with a link that leads out of it is refused, whatever the Dockerfile says.
 #[test]
 fn a_build_context_with_a_link_out_of_it_is_refused() {
-    if !require_oci() {
-        return;
-    }
-    let w = World::new("auto", "runner: [oci]\n");
+    let Some(w) = oci_world("") else { return };
     let addon = w.docker_addon("linked", PURE, "echo '{}'", &format!("linked-{}", std::process::id()));
     std::os::unix::fs::symlink("/etc", addon.join("hostlink")).unwrap();
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
@@ -413,8 +401,7 @@ fn an_image_that_runs_as_a_non_root_user_runs_on_oci_and_docker() {
     )
     .unwrap();
     let tag = format!("addon-oci-test/appuser:{}", std::process::id());
-    let built = Command::new("docker").args(["build", "-q", "-t", &tag]).arg(&ctx).output().unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    docker_build(&tag, &ctx);
     let addon = image_addon(&w, "appuser", &tag);
     // The engine (not the image) under umask 077.
     // SAFETY: umask has no preconditions; this test's process is its own (nextest).
@@ -467,12 +454,11 @@ fn a_build_fetches_no_url_and_opens_no_store_of_the_host() {
             );
             let marker = format!("loot-{runner}-{network}-{}", std::process::id());
             let addon = w.docker_addon("loot", PURE, "echo '{}'", &marker);
-            let dockerfile = addon.join("Dockerfile");
-            let text = std::fs::read_to_string(&dockerfile).unwrap().replace(
+            edit(
+                &addon.join("Dockerfile"),
                 "COPY run.sh /run.sh",
                 &format!("ADD http://127.0.0.1:{port}/index.html /loot\nCOPY run.sh /run.sh"),
             );
-            std::fs::write(&dockerfile, text).unwrap();
             let (out, v) = w.run(&[addon.to_str().unwrap()]);
             let a = &v["addons"][0];
             assert_eq!(a["result"], "execution-failed", "{runner}/{network}: {a}");

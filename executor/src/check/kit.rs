@@ -111,6 +111,12 @@ impl Bait {
     /// Sets the bait up in `outside` (a directory of the caller's, outside the addon's).
     /// `marker`: digits, unique per bait (an earlier bait's listeners may still be bound).
     pub fn new(outside: &Path, marker: String) -> std::io::Result<Bait> {
+        Bait::with_secret(outside, marker, None)
+    }
+
+    /// [`Bait::new`], with `secret` as the secret value when given (one the engine's own
+    /// environment holds, so that it is bait too).
+    pub fn with_secret(outside: &Path, marker: String, secret: Option<String>) -> std::io::Result<Bait> {
         use std::os::linux::net::SocketAddrExt;
         use std::os::unix::process::CommandExt;
         let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -157,7 +163,7 @@ impl Bait {
         let config_bait = outside.join(format!("engine-config-{marker}.yml"));
         fs_err::write(&config_bait, "plugins: {}\n")?;
         set_mode(&config_bait, 0o600);
-        let secret_value = format!("kit-secret-{}-{marker}", std::process::id());
+        let secret_value = secret.unwrap_or_else(|| format!("kit-secret-{}-{marker}", std::process::id()));
         // A host process with the secret in its environment: an addon that can read other
         // processes' environments finds it.
         let host_process = std::process::Command::new("/bin/sh")

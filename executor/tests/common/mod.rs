@@ -183,6 +183,24 @@ impl World {
         child
     }
 
+    /// `addon ARGS --config <this world's>`, run to its end.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_addon")).args(args).arg("--config").arg(&self.config).output().unwrap()
+    }
+
+    /// `addon ARGS --json --config <this world's>`: its JSON, which it must print.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_addon"))
+            .args(args)
+            .arg("--json")
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("addon {args:?}: no JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
     /// Runs `addon run --json` with this world's config.
     pub fn run(&self, args: &[&str]) -> (Output, serde_json::Value) {
         self.run_env(args, &[])
@@ -244,6 +262,20 @@ impl World {
         std::fs::write(root.join("flake.nix"), addon_executor::check::run_sh_flake(name, marker)).unwrap();
         root
     }
+}
+
+/// Replaces `from` with `to` in the file `path` (an addon's Dockerfile or flake), which must
+/// hold it.
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} does not hold {from:?}", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+/// Builds the image `tag` of the build context `dir` in the Docker daemon (`docker build -q`).
+pub fn docker_build(tag: &str, dir: &Path) {
+    let out = Command::new("docker").args(["build", "-q", "-t", tag]).arg(dir).output().unwrap();
+    assert!(out.status.success(), "building {tag}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Containers (any state) labelled with this addon label, from the docker CLI.
@@ -424,8 +456,7 @@ pub fn debian_like_base(w: &World) -> &'static str {
          ENV PATH=/usr/local/bin:/usr/bin:/bin\n",
     )
     .unwrap();
-    let out = Command::new("docker").args(["build", "-q", "-t", TAG]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "building {TAG}: {}", String::from_utf8_lossy(&out.stderr));
+    docker_build(TAG, &dir);
     TAG
 }
 
