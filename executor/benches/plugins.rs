@@ -95,12 +95,11 @@ fn main() {
         println!("runner plugins benchmark: medians, interleaved; one engine (library), plugins kept warm");
         println!("  protocol, {runs} runs each (trivial runner in bwrap, in process vs out of process):");
         println!("    trivial, in process                   {:>8.1} ms", ms(t));
-        println!(
-            "    example plugin (same runner)          {:>8.1} ms   ratio {:.2}x   plugin overhead per run {:+.2} ms",
-            ms(x),
-            ms(x) / ms(t),
-            ms(x) - ms(t)
-        );
+        // A measurement against its baseline: time, ratio, and the difference as `what`.
+        let against = |label: &str, v: Duration, base: Duration, what: &str| {
+            println!("    {label:<38}{:>8.1} ms   ratio {:.2}x   {what} {:+.2} ms", ms(v), ms(v) / ms(base), ms(v) - ms(base))
+        };
+        against("example plugin (same runner)", x, t, "plugin overhead per run");
         println!(
             "    fastest runs: in process {:.1} ms, plugin {:.1} ms: plugin overhead per run {:+.2} ms",
             ms(tmin),
@@ -109,20 +108,10 @@ fn main() {
         );
         println!("  docker, {n2} runs each (no-op addon, cache hit):");
         println!("    docker, in process                    {:>8.1} ms", ms(d));
-        println!(
-            "    docker-plugin (addon-runner-docker)   {:>8.1} ms   ratio {:.2}x   plugin overhead per run {:+.2} ms",
-            ms(dp),
-            ms(dp) / ms(d),
-            ms(dp) - ms(d)
-        );
+        against("docker-plugin (addon-runner-docker)", dp, d, "plugin overhead per run");
         println!("  gvisor, {n2} runs each (no-op addon):");
         println!("    runsc --network=none do (bare)        {:>8.1} ms", ms(rd));
-        println!(
-            "    gvisor plugin (runsc run, limits)     {:>8.1} ms   ratio {:.2}x   difference {:+.2} ms",
-            ms(g),
-            ms(g) / ms(rd),
-            ms(g) - ms(rd)
-        );
+        against("gvisor plugin (runsc run, limits)", g, rd, "difference");
         println!(
             "  starting a plugin (process, handshake, health, Info, Configure, Probe), median of {}: {:.1} ms, once per engine",
             starts.len(),

@@ -23,34 +23,31 @@ fn malformed(field: &str, message: impl Into<String>) -> Malformed {
     Malformed { field: field.to_string(), message: message.into() }
 }
 
+/// The same fields, one by one, from one capabilities type into the other (written once, so
+/// that a capability added to both is carried both ways or neither).
+macro_rules! same_capabilities {
+    ($c:expr => $($to:ident)::+) => {
+        $($to)::+ {
+            isolates_network: $c.isolates_network,
+            isolates_filesystem: $c.isolates_filesystem,
+            builds: $c.builds,
+            needs_daemon: $c.needs_daemon,
+            uses_sandbox: $c.uses_sandbox,
+            shares_host_filesystem: $c.shares_host_filesystem,
+            enforces_limits: $c.enforces_limits,
+            measures_resources: $c.measures_resources,
+            host_root: $c.host_root,
+            ptrace_children: $c.ptrace_children,
+        }
+    };
+}
+
 pub fn capabilities_to_pb(c: &Capabilities) -> pb::Capabilities {
-    pb::Capabilities {
-        isolates_network: c.isolates_network,
-        isolates_filesystem: c.isolates_filesystem,
-        builds: c.builds,
-        needs_daemon: c.needs_daemon,
-        uses_sandbox: c.uses_sandbox,
-        shares_host_filesystem: c.shares_host_filesystem,
-        enforces_limits: c.enforces_limits,
-        measures_resources: c.measures_resources,
-        host_root: c.host_root,
-        ptrace_children: c.ptrace_children,
-    }
+    same_capabilities!(c => pb::Capabilities)
 }
 
 pub fn capabilities_from_pb(c: &pb::Capabilities) -> Capabilities {
-    Capabilities {
-        isolates_network: c.isolates_network,
-        isolates_filesystem: c.isolates_filesystem,
-        builds: c.builds,
-        needs_daemon: c.needs_daemon,
-        uses_sandbox: c.uses_sandbox,
-        shares_host_filesystem: c.shares_host_filesystem,
-        enforces_limits: c.enforces_limits,
-        measures_resources: c.measures_resources,
-        host_root: c.host_root,
-        ptrace_children: c.ptrace_children,
-    }
+    same_capabilities!(c => Capabilities)
 }
 
 pub fn info_to_pb(info: &RunnerInfo) -> pb::InfoResponse {

@@ -576,12 +576,42 @@ pub struct ServerTls {
     pub client_ca: Option<PathBuf>,
 }
 
+/// Why a plugin could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("making a staging directory: {0}")]
+    Staging(#[source] std::io::Error),
+    /// A TLS file could not be read (fs-err's error names it), or tonic refused the TLS setup.
+    #[error("{0}")]
+    TlsFile(#[source] std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error(
+        "this is an addon runner plugin: an addon engine starts it (see PLUGINS.md), or run it as a standalone \
+         server with --listen unix:///PATH or --listen HOST:PORT ({} is not set)",
+        handshake::MAGIC_COOKIE_KEY
+    )]
+    NotStartedByEngine,
+    #[error("{address} exists and is not a socket")]
+    NotASocket { address: String },
+    #[error(
+        "refusing to listen on {address} without client certificates: anyone who reaches it could run programs as \
+         this plugin; give --tls-cert, --tls-key and --tls-client-ca (mutual TLS), or listen on a loopback address \
+         or a unix socket"
+    )]
+    Exposed { address: String },
+    #[error("listening on {address}: {source}")]
+    Listen { address: String, source: std::io::Error },
+    #[error("serving: {0}")]
+    Serve(#[source] tonic::transport::Error),
+}
+
 /// Serves `plugin`: standalone at `listen`, or (None) started by an engine with the go-plugin
 /// handshake. Returns on SIGTERM or SIGINT after stopping every run (and, started by an engine,
 /// when the engine is gone).
-pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option<u32>) -> Result<(), String> {
+pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option<u32>) -> Result<(), ServeError> {
     let info = plugin.info();
-    let service = Service::new(plugin, announce).map_err(|e| format!("making a staging directory: {e}"))?;
+    let service = Service::new(plugin, announce).map_err(ServeError::Staging)?;
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<RunnerServer<Service>>().await;
     health_reporter.set_service_status("plugin", tonic_health::ServingStatus::Serving).await;
@@ -602,13 +632,13 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
     }
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = listen.as_ref().and_then(|l| l.tls.as_ref()) {
-        let read = |p: &Path| fs_err::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let read = |p: &Path| fs_err::read(p).map_err(ServeError::TlsFile);
         let mut config = tonic::transport::ServerTlsConfig::new()
             .identity(tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
         if let Some(ca) = &tls.client_ca {
             config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
         }
-        builder = builder.tls_config(config).map_err(|e| format!("TLS: {e}"))?;
+        builder = builder.tls_config(config).map_err(ServeError::Tls)?;
     }
     let router = builder.add_service(health).add_service(RunnerServer::new(service.clone()));
     // On SIGTERM: stop every run (waiting for them to end), then stop serving. Connections are
@@ -629,91 +659,75 @@ pub async fn serve(plugin: impl Plugin, listen: Option<Listen>, announce: Option
     let (network, address, _socket_dir) = match listen.as_ref().map(|l| l.address.as_str()) {
         None => {
             if std::env::var(handshake::MAGIC_COOKIE_KEY).ok().as_deref() != Some(handshake::MAGIC_COOKIE_VALUE) {
-                return Err(format!(
-                    "this is an addon runner plugin: an addon engine starts it (see PLUGINS.md), or run it as a \
-                     standalone server with --listen unix:///PATH or --listen HOST:PORT ({} is not set)",
-                    handshake::MAGIC_COOKIE_KEY
-                ));
+                return Err(ServeError::NotStartedByEngine);
             }
             let base = std::env::var_os("PLUGIN_UNIX_SOCKET_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-            let dir = tempfile::Builder::new().prefix("plugin").tempdir_in(base).map_err(|e| e.to_string())?;
+            let dir = tempfile::Builder::new().prefix("plugin").tempdir_in(base).map_err(ServeError::Staging)?;
             let path = dir.path().join("plugin.sock");
             (Network::Unix, path.display().to_string(), Some(dir))
         }
         Some(a) if a.starts_with("unix://") => (Network::Unix, a.trim_start_matches("unix://").to_string(), None),
         Some(a) => (Network::Tcp, a.trim_start_matches("tcp://").to_string(), None),
     };
-    match network {
+    let listen_error = |source| ServeError::Listen { address: address.clone(), source };
+    let announce = |at: String| {
+        let h = Handshake {
+            core_version: handshake::CORE_PROTOCOL_VERSION,
+            protocol_version: announce.unwrap_or(crate::PROTOCOL_VERSION),
+            network: network.clone(),
+            address: at,
+        };
+        print_handshake(&info, listen.is_none(), h);
+    };
+    let served = match network {
         Network::Unix => {
             // A stale socket of an earlier run is replaced; anything else at that path is not ours.
             if let Ok(m) = fs_err::symlink_metadata(&address) {
                 use std::os::unix::fs::FileTypeExt;
                 if !m.file_type().is_socket() {
-                    return Err(format!("{address} exists and is not a socket"));
+                    return Err(ServeError::NotASocket { address });
                 }
                 let _ = fs_err::remove_file(&address);
             }
-            let listener =
-                tokio::net::UnixListener::bind(&address).map_err(|e| format!("listening on {address}: {e}"))?;
+            let listener = tokio::net::UnixListener::bind(&address).map_err(listen_error)?;
             // Whoever can connect can run programs as this plugin: its owner and group only.
             use std::os::unix::fs::PermissionsExt;
-            fs_err::set_permissions(&address, std::fs::Permissions::from_mode(0o660))
-                .map_err(|e| format!("{address}: {e}"))?;
-            print_handshake(
-                &info,
-                listen.is_none(),
-                Handshake {
-                    core_version: handshake::CORE_PROTOCOL_VERSION,
-                    protocol_version: announce.unwrap_or(crate::PROTOCOL_VERSION),
-                    network,
-                    address: address.clone(),
-                },
-            );
+            fs_err::set_permissions(&address, std::fs::Permissions::from_mode(0o660)).map_err(listen_error)?;
+            announce(address.clone());
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
-            tokio::select! {
-                r = router.serve_with_incoming_shutdown(incoming, stop) => r.map_err(|e| e.to_string())?,
-                _ = drained => {}
-            }
+            let served = until_drained(router.serve_with_incoming_shutdown(incoming, stop), drained).await;
             let _ = fs_err::remove_file(&address);
+            served
         }
         Network::Tcp => {
             // Whoever reaches the port can run programs as this plugin: beyond loopback only
             // engines with a client certificate may.
             let mutual = listen.as_ref().and_then(|l| l.tls.as_ref()).is_some_and(|t| t.client_ca.is_some());
-            let loopback = tokio::net::lookup_host(&address)
-                .await
-                .map_err(|e| format!("{address}: {e}"))?
-                .all(|a| a.ip().is_loopback());
+            let loopback = tokio::net::lookup_host(&address).await.map_err(listen_error)?.all(|a| a.ip().is_loopback());
             if !loopback && !mutual {
-                return Err(format!(
-                    "refusing to listen on {address} without client certificates: anyone who reaches it could run programs as this plugin; give --tls-cert, --tls-key \
-                     and --tls-client-ca (mutual TLS), or listen on a loopback address or a unix socket"
-                ));
+                return Err(ServeError::Exposed { address });
             }
-            let listener =
-                tokio::net::TcpListener::bind(&address).await.map_err(|e| format!("listening on {address}: {e}"))?;
-            let local = listener.local_addr().map_err(|e| e.to_string())?;
-            print_handshake(
-                &info,
-                listen.is_none(),
-                Handshake {
-                    core_version: handshake::CORE_PROTOCOL_VERSION,
-                    protocol_version: announce.unwrap_or(crate::PROTOCOL_VERSION),
-                    network,
-                    address: local.to_string(),
-                },
-            );
+            let listener = tokio::net::TcpListener::bind(&address).await.map_err(listen_error)?;
+            announce(listener.local_addr().map_err(listen_error)?.to_string());
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            tokio::select! {
-                r = router.serve_with_incoming_shutdown(incoming, stop) => r.map_err(|e| e.to_string())?,
-                _ = drained => {}
-            }
+            until_drained(router.serve_with_incoming_shutdown(incoming, stop), drained).await
         }
-    }
+    };
     // The process exits without running destructors (tasks still hold the state): remove the
     // copies of runs here.
     let _ = addon_tree::remove_tree(service.state.staging.path());
-    Ok(())
+    served
+}
+
+/// Serving until it ends or the runs are drained after a stop, whichever is first.
+async fn until_drained(
+    serving: impl std::future::Future<Output = Result<(), tonic::transport::Error>>,
+    drained: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tokio::select! {
+        r = serving => r.map_err(ServeError::Serve),
+        _ = drained => Ok(()),
+    }
 }
 
 fn print_handshake(info: &RunnerInfo, handshake: bool, h: Handshake) {

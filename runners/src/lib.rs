@@ -93,9 +93,23 @@ pub fn config_sections() -> (Vec<ConfigSection>, Vec<&'static str>) {
     (sections, absent)
 }
 
-/// One registry line: a runner compiled in behind `feature`, or only its name and key without it.
+/// One registry line: a runner always compiled in (with its settings type, or `-` for none), or
+/// one behind a cargo feature (without the feature: only its name and configuration key, so
+/// that a configuration naming it still reads and says it is not built in).
 macro_rules! factory {
-    ($feature:literal, $name:expr, $serves:expr, $key:expr, $settings:ty, $make:expr) => {
+    ($name:expr, $serves:expr, -, $make:expr) => {
+        Factory { name: $name, serves: $serves, config_key: None, settings: None, make: Some($make) }
+    };
+    ($name:expr, $serves:expr, $settings:ty, $make:expr) => {
+        Factory {
+            name: $name,
+            serves: $serves,
+            config_key: Some(<$settings as ComponentSettings>::KEY),
+            settings: Some(ConfigSection::of::<$settings>()),
+            make: Some($make),
+        }
+    };
+    (feature $feature:literal, $name:expr, $serves:expr, $key:expr, $settings:ty, $make:expr) => {
         Factory {
             name: $name,
             serves: $serves,
@@ -113,38 +127,20 @@ macro_rules! factory {
 }
 
 /// The built-in runners, compiled in or not (a configuration may name one that is not; it is
-/// then reported as not built into this engine).
+/// then reported as not built into this engine). One line each.
 pub fn builtin_factories() -> Vec<Factory> {
     vec![
-        factory!("docker", "docker", &[Section::Docker], "docker-runner", docker::DockerSettings, |ctx| {
+        factory!(feature "docker", "docker", &[Section::Docker], "docker-runner", docker::DockerSettings, |ctx| {
             Arc::new(docker::DockerRunner::new(docker::DockerSettings::from_context(ctx)))
         }),
-        factory!("nix", "nix-flake", &[Section::Nix], "nix-runner", nix::NixSettings, |ctx| {
-            Arc::new(nix::NixRunner::new(
-                nix::NixSettings::from_context(ctx),
-                ctx.probes.clone(),
-                ctx.sandboxes.clone(),
-            ))
+        factory!(feature "nix", "nix-flake", &[Section::Nix], "nix-runner", nix::NixSettings, |ctx| {
+            let settings = nix::NixSettings::from_context(ctx);
+            Arc::new(nix::NixRunner::new(settings, ctx.probes.clone(), ctx.sandboxes.clone()))
         }),
-        Factory {
-            name: "oci",
-            serves: &[Section::Docker],
-            config_key: Some(<oci::OciSettings as ComponentSettings>::KEY),
-            settings: Some(ConfigSection::of::<oci::OciSettings>()),
-            make: Some(|ctx| {
-                Arc::new(oci::OciRunner::new(
-                    oci::OciSettings::from_context(ctx),
-                    ctx.probes.clone(),
-                    ctx.sandboxes.clone(),
-                ))
-            }),
-        },
-        Factory {
-            name: "trivial",
-            serves: &[Section::Trivial],
-            config_key: None,
-            settings: None,
-            make: Some(|ctx| Arc::new(trivial::TrivialRunner::new(ctx.sandboxes.clone()))),
-        },
+        factory!("oci", &[Section::Docker], oci::OciSettings, |ctx| {
+            let settings = oci::OciSettings::from_context(ctx);
+            Arc::new(oci::OciRunner::new(settings, ctx.probes.clone(), ctx.sandboxes.clone()))
+        }),
+        factory!("trivial", &[Section::Trivial], -, |ctx| Arc::new(trivial::TrivialRunner::new(ctx.sandboxes.clone()))),
     ]
 }

@@ -251,6 +251,14 @@ pub fn check_keys(text: &str, known: &[&str]) -> Result<(), serde_yaml::Error> {
     serde_yaml::Deserializer::from_str(text).deserialize_any(Keys(known))
 }
 
+/// A runner's deprecated `build-network` setting: absent, or not empty.
+pub fn check_build_network(value: Option<&str>) -> Result<(), SettingError> {
+    match value {
+        Some("") => Err(SettingError::new("build-network", "empty (and deprecated: use network.build)")),
+        _ => Ok(()),
+    }
+}
+
 /// The warning for a runner's deprecated `build-network` setting, when set.
 pub fn deprecated_build_network(key: &str, value: Option<&str>) -> Vec<String> {
     value

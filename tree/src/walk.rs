@@ -138,6 +138,24 @@ pub struct Node<'a> {
 }
 
 impl<'a> Node<'a> {
+    /// The entry at `path` below `root`, in the directory `parent` (None: the root itself, which
+    /// has no name), with its own descriptor when it is a directory.
+    fn new(
+        root: &'a Path,
+        path: &'a [CString],
+        parent: Option<(BorrowedFd<'a>, &'a CStr)>,
+        dir_fd: Option<BorrowedFd<'a>>,
+        stat: Stat,
+        depth: usize,
+        event: Event,
+    ) -> Node<'a> {
+        let (parent, name) = match parent {
+            Some((fd, name)) => (Some(fd), name),
+            None => (None, c""),
+        };
+        Node { root, parent, name, path, fd: Default::default(), dir_fd, stat, depth, event }
+    }
+
     /// The entry's name (empty for the root).
     pub fn name(&self) -> &OsStr {
         OsStr::from_bytes(self.name.to_bytes())
@@ -431,17 +449,8 @@ pub(crate) fn walk_fd(
     let mut dir = Dir::new(fd).map_err(|e| root_err("opening", e))?;
     let path: Vec<CString> = Vec::new();
     {
-        let node = Node {
-            root,
-            parent: None,
-            name: c"",
-            path: &path,
-            fd: Default::default(),
-            dir_fd: Some(dir.fd().map_err(|e| root_err("opening", e))?),
-            stat,
-            depth: 0,
-            event: Event::Enter,
-        };
+        let node =
+            Node::new(root, &path, None, Some(dir.fd().map_err(|e| root_err("opening", e))?), stat, 0, Event::Enter);
         match visit(&node)? {
             Visit::Skip => return Ok(()),
             Visit::Remove => {
@@ -460,17 +469,7 @@ pub(crate) fn walk_fd(
             // This directory is done: back up to its parent.
             let done = stack.pop().expect("non-empty");
             let Some(parent) = stack.last_mut() else {
-                let node = Node {
-                    root,
-                    parent: None,
-                    name: c"",
-                    path: &path,
-                    fd: Default::default(),
-                    dir_fd: Some(done.fd()),
-                    stat: done.stat,
-                    depth: 0,
-                    event: Event::Leave,
-                };
+                let node = Node::new(root, &path, None, Some(done.fd()), done.stat, 0, Event::Leave);
                 visit(&node)?;
                 return Ok(());
             };
@@ -486,17 +485,8 @@ pub(crate) fn walk_fd(
             }
             let parent_fd = parent.fd();
             let name = path.last().expect("a frame below the root has a name");
-            let node = Node {
-                root,
-                parent: Some(parent_fd),
-                name,
-                path: &path,
-                fd: Default::default(),
-                dir_fd: Some(done.fd()),
-                stat: done.stat,
-                depth: depth - 1,
-                event: Event::Leave,
-            };
+            let node =
+                Node::new(root, &path, Some((parent_fd, name)), Some(done.fd()), done.stat, depth - 1, Event::Leave);
             visit(&node)?;
             drop(node);
             let remove = done.remove_self;
@@ -531,17 +521,15 @@ pub(crate) fn walk_fd(
                         Err(Errno::NOTDIR) | Err(Errno::LOOP) if tries < RETRIES => continue,
                         Err(e) => return Err(err("opening a directory", e)),
                     };
-                let node = Node {
+                let node = Node::new(
                     root,
-                    parent: Some(parent_fd),
-                    name,
-                    path: &path,
-                    fd: Default::default(),
-                    dir_fd: Some(dir.fd().map_err(|e| err("opening a directory", e))?),
-                    stat: dstat,
+                    &path,
+                    Some((parent_fd, name)),
+                    Some(dir.fd().map_err(|e| err("opening a directory", e))?),
+                    dstat,
                     depth,
-                    event: Event::Enter,
-                };
+                    Event::Enter,
+                );
                 let v = visit(&node)?;
                 let v = if removing { Visit::Remove } else { v };
                 drop(node);
@@ -550,17 +538,7 @@ pub(crate) fn walk_fd(
                     Visit::Continue | Visit::Remove => break Some((dir, dstat, v == Visit::Remove)),
                 }
             }
-            let node = Node {
-                root,
-                parent: Some(parent_fd),
-                name,
-                path: &path,
-                fd: Default::default(),
-                dir_fd: None,
-                stat: st,
-                depth,
-                event: Event::Entry,
-            };
+            let node = Node::new(root, &path, Some((parent_fd, name)), None, st, depth, Event::Entry);
             // Inside a directory being removed the visitor still sees what goes (to count it).
             let v = visit(&node)?;
             let v = if removing { Visit::Remove } else { v };

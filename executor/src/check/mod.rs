@@ -303,6 +303,15 @@ impl Wrong {
         self.unless(got == Some(v), || format!("{k}: expected `{v}`, got `{}`", got.unwrap_or("nothing")));
     }
 
+    /// The run was stopped by `by`, an execution error whose message says `says`.
+    fn stopped(&mut self, ran: &Ran, by: Termination, says: &str) {
+        let a = &ran.report;
+        self.unless(
+            a.termination == Some(by) && a.result == AddonResult::ExecutionError && ran.error().contains(says),
+            || format!("expected an execution-error stopped by {by:?} saying `{says}`; got {}", ran.describe()),
+        );
+    }
+
     fn verdict(self, passed: impl FnOnce() -> String) -> Checked {
         if self.0.is_empty() {
             Ok(passed())
@@ -834,14 +843,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
             ..Default::default()
         };
         let ran = self.go(&addon, extra).await?;
-        let a = &ran.report;
         let mut wrong = Wrong::default();
-        wrong.unless(
-            a.termination == Some(Termination::Limit)
-                && a.result == AddonResult::ExecutionError
-                && ran.error().contains("process limit"),
-            || format!("expected execution-error at the process limit; got {}", ran.describe()),
-        );
+        wrong.stopped(&ran, Termination::Limit, "process limit");
         let host = std::process::Command::new("/bin/true").status().is_ok_and(|s| s.success());
         wrong.unless(host, || "the host cannot start processes after the fork bomb".into());
         wrong.verdict(|| "ended at its process limit (64)".into())
@@ -853,12 +856,7 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         let ran = self.go(&addon, Extra { user_input: "memhog".into(), limits, ..Default::default() }).await?;
         let a = &ran.report;
         let mut wrong = Wrong::default();
-        wrong.unless(
-            a.termination == Some(Termination::Oom)
-                && a.result == AddonResult::ExecutionError
-                && ran.error().contains("OOM"),
-            || format!("expected execution-error by the OOM killer; got {}", ran.describe()),
-        );
+        wrong.stopped(&ran, Termination::Oom, "OOM");
         let memory = a.limits.as_ref().and_then(|l| l.memory);
         wrong.unless(memory == Some(64 << 20), || format!("the result's memory limit is {memory:?}, not 64 MiB"));
         wrong.verdict(|| "ended by the OOM killer at its memory limit (64 MiB)".into())

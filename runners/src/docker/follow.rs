@@ -12,16 +12,13 @@ pub(super) async fn follow(
     mut output: OutputStream,
     tx: &mpsc::Sender<RunEvent>,
     limits: Limits,
-    watched: Vec<std::path::PathBuf>,
+    envelope: Result<Envelope, crate::limits::EnvelopeError>,
     unlinked: Option<settle::Report>,
 ) -> Exit {
     let held_open = || unlinked.as_ref().map_or(0, settle::Report::bytes);
     let mut layer_bytes = 0u64;
-    let only_output =
-        Limits { output_size: limits.output_size, output_entries: limits.output_entries, ..Default::default() };
-    let no_cgroup = Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
     // A run that cannot be measured does not go on unmeasured: it is stopped at once.
-    let (mut envelope, unmeasured) = match Envelope::new(id, only_output, &no_cgroup, watched) {
+    let (mut envelope, unmeasured) = match envelope {
         Ok(e) => (Some(e), None),
         Err(e) => {
             let _ = docker.stop_container(id, Some(StopContainerOptions { t: Some(0), ..Default::default() })).await;

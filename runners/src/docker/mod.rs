@@ -41,7 +41,8 @@ use crate::runner::{
     RunnerError, RunnerInfo, StartSpec, Started,
 };
 use crate::settings::{
-    deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError, DEFAULT_BUILD_TIMEOUT,
+    check_build_network, deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError,
+    DEFAULT_BUILD_TIMEOUT,
 };
 
 pub const NAME: &str = "docker";
@@ -99,10 +100,7 @@ impl ComponentSettings for DockerSettings {
     const KEY: &'static str = "docker-runner";
 
     fn check(&self) -> Result<(), SettingError> {
-        if self.build_network.as_deref() == Some("") {
-            return Err(SettingError::new("build-network", "empty (and deprecated: use network.build)"));
-        }
-        Ok(())
+        check_build_network(self.build_network.as_deref())
     }
 
     fn warnings(&self) -> Vec<String> {
@@ -731,6 +729,15 @@ impl Runner for DockerRunner {
                 return Err(setup(format!("attaching to container {id}: {e}")));
             }
         };
+        // The watcher measures the run's directories (the engine may not be able to read what
+        // the container's users made there): the engine walks only what it can. Their baseline
+        // is taken before the container starts: all it writes from its first instruction is its
+        // own, however slow the engine is to look (the VOLUMEs come filled from the image).
+        let watched = if watcher.is_some() { Vec::new() } else { watched };
+        let only_output =
+            Limits { output_size: limits.output_size, output_entries: limits.output_entries, ..Default::default() };
+        let no_cgroup = Enforcement::Rlimits { why: "the container runtime enforces the rest".into() };
+        let envelope = Envelope::new(&id, only_output, &no_cgroup, watched);
         if let Err(e) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
             remove(docker.clone(), id.clone()).await;
             return Err(setup(format!("starting container {id}: {e}")));
@@ -747,11 +754,8 @@ impl Runner for DockerRunner {
         ];
         trees.extend(volume_dirs.into_iter().map(|host| settle::Tree { host, keep_symlinks: true }));
         let unlinked = watcher.map(|w| w.report);
-        // The watcher measures the run's directories (the engine may not be able to read what
-        // the container's users made there): the engine walks only what it can.
-        let watched = if unlinked.is_some() { Vec::new() } else { watched };
         tokio::spawn(async move {
-            let exit = follow(&docker, &id, output, &tx, limits, watched, unlinked).await;
+            let exit = follow(&docker, &id, output, &tx, limits, envelope, unlinked).await;
             containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
             remove(docker.clone(), id).await;
             if let Some(helper) = settle_with {

@@ -45,7 +45,8 @@ use crate::runner::{
 use crate::sandbox::ns::{Identity, NsPlan, OverlayPlan};
 use crate::sandbox::{is_root, Sandboxes};
 use crate::settings::{
-    deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError, DEFAULT_BUILD_TIMEOUT,
+    check_build_network, deprecated_build_network, BuildNetwork, ComponentSettings, HumanDuration, SettingError,
+    DEFAULT_BUILD_TIMEOUT,
 };
 use bundle::{Binds, ImageConfig, RunConfig};
 
@@ -157,10 +158,7 @@ impl ComponentSettings for OciSettings {
                 ),
             ));
         }
-        if self.build_network_setting.as_deref() == Some("") {
-            return Err(SettingError::new("build-network", "empty (and deprecated: use network.build)"));
-        }
-        Ok(())
+        check_build_network(self.build_network_setting.as_deref())
     }
 
     fn warnings(&self) -> Vec<String> {
