@@ -58,14 +58,62 @@ impl HostRuns {
 }
 
 /// Starts `program` for `spec` in the engine's sandbox and streams its events.
-pub fn start(
+///
+/// What blocks (the walk that gives the run's directories to the addon's identity, making the
+/// control groups, building the sandbox's root, the move into the groups, which waits for an
+/// RCU grace period on cgroup v1) runs on the blocking pool, so that runs started at once do not
+/// queue on the async workers. The sandbox itself is forked here, on an async worker: its
+/// parent must be a thread that lives as long as the engine (`PR_SET_PDEATHSIG` follows the
+/// thread, and the blocking pool's threads end when idle).
+pub async fn start(
+    runner: &'static str,
+    sandboxes: Arc<Sandboxes>,
+    runs: Arc<HostRuns>,
+    spec: StartSpec,
+    program: PathBuf,
+    extra_ro: Vec<PathBuf>,
+) -> Result<Started, RunnerError> {
+    let lost = |e: tokio::task::JoinError| RunnerError::setup(runner, format!("preparing the sandbox: {e}"));
+    let (spec, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = prepare(runner, &sandboxes, &spec, &program, &extra_ro);
+        (spec, prepared)
+    })
+    .await
+    .map_err(lost)?;
+    let Prepared { sandbox, mut envelope, launch, program } = prepared?;
+    let own = sandbox.clone();
+    let noise: crate::NoiseFilter = Arc::new(move |line: &str| own.is_own_message(line));
+    let spawned = spawn(runner, &runs, &spec, launch.cmd, &program, &mut envelope, noise)?;
+    if let Some(handoff) = launch.handoff {
+        // Into the run's control groups while the sandbox sets itself up; then it goes on.
+        let pid = spawned.pid;
+        let moved = tokio::task::spawn_blocking(move || handoff.complete(pid)).await.map_err(lost)?;
+        if let Err(e) = moved {
+            runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.run_id);
+            return Err(RunnerError::setup(runner, format!("moving the sandbox into the run's control group: {e}")));
+        }
+    }
+    let events = spawned.watch(&runs, &spec, envelope);
+    Ok(Started { sandbox: sandbox.name().to_string(), events })
+}
+
+/// A run ready to be spawned: its sandbox, its envelope and the sandbox's command.
+struct Prepared {
+    sandbox: Arc<dyn crate::sandbox::Sandbox>,
+    envelope: Envelope,
+    launch: crate::sandbox::Launch,
+    program: String,
+}
+
+/// The blocking part of [`start`]: the run's directories given to the addon's identity, the
+/// envelope made, the sandbox's command built.
+fn prepare(
     runner: &str,
     sandboxes: &Sandboxes,
-    runs: &Arc<HostRuns>,
     spec: &StartSpec,
     program: &Path,
     extra_ro: &[PathBuf],
-) -> Result<Started, RunnerError> {
+) -> Result<Prepared, RunnerError> {
     let sandbox = sandboxes.get(spec.sandbox.unwrap_or(SandboxKind::None));
     let mounts = spec.mounts();
     let iso = Isolation { network: spec.network };
@@ -76,7 +124,7 @@ pub fn start(
             RunnerError::setup(runner, format!("giving the run's directories to uid {}: {e}", owner.uid))
         })?;
     }
-    let mut envelope = envelope_for(runner, spec, &sandboxes.enforcement())?;
+    let envelope = envelope_for(runner, spec, &sandboxes.enforcement())?;
     let (cgroups, rlimits) = (envelope.cgroup_procs(), envelope.rlimits());
     let env = spec.env_in(&sandbox.view(&mounts), false);
     let launch = sandbox
@@ -94,18 +142,7 @@ pub fn start(
         })
         .map_err(|e| RunnerError::sandbox(runner, &e))?;
     tracing::debug!(addon = %spec.addon.label(), sandbox = sandbox.name(), program = %program.display(), "starting");
-    let own = sandbox.clone();
-    let noise: crate::NoiseFilter = Arc::new(move |line: &str| own.is_own_message(line));
-    let spawned = spawn(runner, runs, spec, launch.cmd, &program.display().to_string(), &mut envelope, noise)?;
-    if let Some(handoff) = launch.handoff {
-        // Into the run's control groups while the sandbox sets itself up; then it goes on.
-        if let Err(e) = handoff.complete(spawned.pid) {
-            runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.run_id);
-            return Err(RunnerError::setup(runner, format!("moving the sandbox into the run's control group: {e}")));
-        }
-    }
-    let events = spawned.watch(runs, spec, envelope);
-    Ok(Started { sandbox: sandbox.name().to_string(), events })
+    Ok(Prepared { sandbox, envelope, launch, program: program.display().to_string() })
 }
 
 /// The resource envelope of a run: a control group (or rlimits), watched while it runs.

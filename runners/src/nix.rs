@@ -431,7 +431,8 @@ impl Runner for NixRunner {
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
         let program = self.program(&spec).await.map_err(|e| setup(e.to_string()))?;
-        crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[PathBuf::from(STORE)])
+        crate::host::start(NAME, self.sandboxes.clone(), self.runs.clone(), spec, program, vec![PathBuf::from(STORE)])
+            .await
     }
 
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {

@@ -49,7 +49,7 @@ impl Runner for TrivialRunner {
         // Docspell makes the program executable; zips from elsewhere often lose the bit. Only
         // inside the addon: a program that is a link to a host file is refused, not chmodded.
         addon_tree::make_executable(&spec.dirs.addon, Path::new(&rel)).map_err(|e| setup(e.to_string()))?;
-        crate::host::start(NAME, &self.sandboxes, &self.runs, &spec, &program, &[])
+        crate::host::start(NAME, self.sandboxes.clone(), self.runs.clone(), spec, program, Vec::new()).await
     }
 
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
