@@ -8,10 +8,10 @@
 
 mod common;
 
-use common::{addon_run, config_file, median, time};
+use common::{addon_run, config_file, median, print_against, time};
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
@@ -42,18 +42,15 @@ fn main() {
         b.push(time(&mut bare()));
     }
     let (e, a, b) = (median(e), median(a), median(b));
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("docker benchmark: median of {runs} runs each, interleaved");
-    println!("  engine, cache hit (addon run)                  {:>8.1} ms", ms(e));
-    println!(
-        "  (a) docker run --rm --network none, bare       {:>8.1} ms   ratio engine/(a) {:.2}x",
-        ms(b),
-        ms(e) / ms(b)
-    );
-    println!(
-        "  (b) Docspell per run: build (warm) + run       {:>8.1} ms   ratio engine/(b) {:.2}x (Docspell rebuilds every run)",
-        ms(a),
-        ms(e) / ms(a)
+    print_against(
+        ("engine, cache hit (addon run)", e),
+        &[
+            ("docker run --rm --network none, bare", b, ""),
+            ("Docspell per run: build (warm) + run", a, " (Docspell rebuilds every run)"),
+        ],
+        47,
+        8,
     );
     let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
 }

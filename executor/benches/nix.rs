@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{addon_run, config_file, median, run};
+use common::{addon_run, config_file, median, print_against, run};
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -82,17 +82,11 @@ fn main() {
         d.push(docspell());
     }
     let (e, b, d) = (median(e), median(b), median(d));
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     println!("nix benchmark: median of {runs} runs each, interleaved (input-free flake, --offline)");
-    println!("  engine, cache hit, in bwrap (addon run)      {:>7.1} ms", ms(e));
-    println!(
-        "  (a) the built program in a plain bwrap       {:>7.1} ms   ratio engine/(a) {:.2}x",
-        ms(b),
-        ms(e) / ms(b)
-    );
-    println!(
-        "  (b) Docspell: nix build + exec, bare host    {:>7.1} ms   ratio engine/(b) {:.2}x",
-        ms(d),
-        ms(e) / ms(d)
+    print_against(
+        ("engine, cache hit, in bwrap (addon run)", e),
+        &[("the built program in a plain bwrap", b, ""), ("Docspell: nix build + exec, bare host", d, "")],
+        45,
+        7,
     );
 }

@@ -21,33 +21,32 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use addon_executor::{Config, Engine};
-use common::{median, plugin, time};
+use common::{config_file, median, ms, plugin, time};
 
 /// Wall time of one run through the engine.
 async fn run_once(engine: &Engine, addon: &Path, runner: &str) -> Duration {
     common::engine_run(engine, addon, runner).await.0
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// One row of the report: `label`'s median `x` against `base`, with their ratio and `x - base`
+/// (called `what`).
+fn against(label: &str, x: Duration, base: Duration, what: &str) {
+    println!("    {label:<38}{:>8.1} ms   ratio {:.2}x   {what} {:+.2} ms", ms(x), ms(x) / ms(base), ms(x) - ms(base));
 }
 
 fn main() {
     let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     let dir = tempfile::tempdir().expect("tempdir");
-    let config_path = dir.path().join("config.yml");
-    std::fs::write(
-        &config_path,
-        format!(
-            "working-dir: {}\ncache-dir: {}\nrunner: [trivial, docker]\nplugins:\n  example: {{command: [{}], serves: [trivial]}}\n  docker-plugin: {{command: [{}], serves: [docker]}}\n  gvisor: {{command: [{}], serves: [trivial]}}\n",
-            dir.path().join("work").display(),
-            dir.path().join("cache").display(),
+    let config_path = config_file(
+        dir.path(),
+        "config",
+        &format!(
+            "runner: [trivial, docker]\nplugins:\n  example: {{command: [{}], serves: [trivial]}}\n  docker-plugin: {{command: [{}], serves: [docker]}}\n  gvisor: {{command: [{}], serves: [trivial]}}\n",
             plugin("addon-runner-example").display(),
             plugin("addon-runner-docker").display(),
             plugin("addon-runner-gvisor").display(),
         ),
-    )
-    .expect("config");
+    );
     let config = Config::load(&config_path).expect("config");
     let trivial = common::noop_addon(dir.path(), "bench-trivial", "trivial");
     let docker = common::noop_addon(dir.path(), "bench-docker", "docker");
@@ -95,10 +94,6 @@ fn main() {
         println!("runner plugins benchmark: medians, interleaved; one engine (library), plugins kept warm");
         println!("  protocol, {runs} runs each (trivial runner in bwrap, in process vs out of process):");
         println!("    trivial, in process                   {:>8.1} ms", ms(t));
-        // A measurement against its baseline: time, ratio, and the difference as `what`.
-        let against = |label: &str, v: Duration, base: Duration, what: &str| {
-            println!("    {label:<38}{:>8.1} ms   ratio {:.2}x   {what} {:+.2} ms", ms(v), ms(v) / ms(base), ms(v) - ms(base))
-        };
         against("example plugin (same runner)", x, t, "plugin overhead per run");
         println!(
             "    fastest runs: in process {:.1} ms, plugin {:.1} ms: plugin overhead per run {:+.2} ms",

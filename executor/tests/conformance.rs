@@ -278,6 +278,14 @@ const FILLS: &[&str] = &["disk-fill", "unlinked-fill", "inode-flood", "tmpfs-fil
 /// run swapping CACHE_DIR for a link to a host directory changes nothing there.
 const WALKS: &[&str] = &["nested-trees", "cache-race"];
 
+/// One test a row, `name: who, checks;`: `checks` against the module's target `T` as `who`.
+macro_rules! checks {
+    ($($test:ident: $who:ident, $checks:expr;)*) => {$(
+        #[test]
+        fn $test() { conform(T, Who::$who, $checks); }
+    )*};
+}
+
 /// One module per target, one test per check or group of checks (`_as_docker_group_user`: the
 /// engine as the kit user, where the suite holds that user to them).
 macro_rules! conformance {
@@ -285,42 +293,26 @@ macro_rules! conformance {
         mod $name {
             use super::*;
             const T: Target = $target;
-            #[test]
-            fn runtime_contract() { conform(T, Who::Root, &["contract"]); }
-            #[test]
-            fn failure_names_the_real_cause() { conform(T, Who::Root, &["failure-cause"]); }
-            #[test]
-            fn timeout_kills_the_whole_tree() { conform(T, Who::Root, &["timeout"]); }
-            #[test]
-            fn leftovers_die_with_the_addon() { conform(T, Who::Root, &["leftovers"]); }
-            #[test]
-            fn killed_engine_kills_the_sandbox() { conform(T, Who::Root, &["engine-death"]); }
-            #[test]
-            fn network_isolation() { conform(T, Who::Root, &["network-isolation"]); }
-            #[test]
-            fn hostile_kit_finds_nothing() { conform(T, Who::Root, &["hostile-kit"]); }
-            #[test]
-            fn hostile_kit_as_docker_group_user() { conform(T, Who::KitUser, &["hostile-kit"]); }
-            #[test]
-            fn fork_bomb_ends_as_limit() { conform(T, Who::Root, &["fork-bomb"]); }
-            #[test]
-            fn memory_hog_ends_as_oom() { conform(T, Who::Root, &["memory-hog"]); }
-            #[test]
-            fn double_fork_does_not_outlive_the_run() { conform(T, Who::Root, &["double-fork"]); }
-            #[test]
-            fn leaves_no_setuid_files() { conform(T, Who::Root, &["setuid-files"]); }
-            #[test]
-            fn engine_walks_hold() { conform(T, Who::Root, WALKS); }
-            #[test]
-            fn engine_walks_hold_as_docker_group_user() { conform(T, Who::KitUser, WALKS); }
-            #[test]
-            fn private_directories_are_measured() { conform(T, Who::Root, &["private-directories"]); }
-            #[test]
-            fn private_directories_are_measured_as_docker_group_user() { conform(T, Who::KitUser, &["private-directories"]); }
-            #[test]
-            fn fills_are_bounded() { conform(T, Who::Root, FILLS); }
-            #[test]
-            fn fills_are_bounded_as_docker_group_user() { conform(T, Who::KitUser, FILLS); }
+            checks! {
+                runtime_contract: Root, &["contract"];
+                failure_names_the_real_cause: Root, &["failure-cause"];
+                timeout_kills_the_whole_tree: Root, &["timeout"];
+                leftovers_die_with_the_addon: Root, &["leftovers"];
+                killed_engine_kills_the_sandbox: Root, &["engine-death"];
+                network_isolation: Root, &["network-isolation"];
+                hostile_kit_finds_nothing: Root, &["hostile-kit"];
+                hostile_kit_as_docker_group_user: KitUser, &["hostile-kit"];
+                fork_bomb_ends_as_limit: Root, &["fork-bomb"];
+                memory_hog_ends_as_oom: Root, &["memory-hog"];
+                double_fork_does_not_outlive_the_run: Root, &["double-fork"];
+                leaves_no_setuid_files: Root, &["setuid-files"];
+                engine_walks_hold: Root, WALKS;
+                engine_walks_hold_as_docker_group_user: KitUser, WALKS;
+                private_directories_are_measured: Root, &["private-directories"];
+                private_directories_are_measured_as_docker_group_user: KitUser, &["private-directories"];
+                fills_are_bounded: Root, FILLS;
+                fills_are_bounded_as_docker_group_user: KitUser, FILLS;
+            }
         }
     )*};
 }

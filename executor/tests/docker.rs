@@ -107,15 +107,10 @@ fn contract_network_and_build_once() {
 #[test]
 fn a_failing_build_is_execution_failed_with_the_step() {
     let Some(w) = docker_world("") else { return };
-    let addon = w.docker_addon("dfail", PURE, "echo '{}'", "fail");
-    edit(&addon.join("Dockerfile"), "ENV PATH=/bin", "ENV PATH=/bin\nRUN echo broken-step >&2 && exit 7");
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    let err = a["error"].as_str().unwrap();
-    assert!(err.contains("exit 7") || err.contains("non-zero code"), "{err}");
-    assert!(err.contains("Step"), "names the failing step: {err}");
+    let addon = w.docker_addon_building("dfail", "fail", "RUN echo broken-step >&2 && exit 7");
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("exit 7") || a.error.contains("non-zero code"), "{}", a.error);
+    assert!(a.error.contains("Step"), "names the failing step: {}", a.error);
     // Nothing was cached: the next run builds (and fails) again rather than claiming success.
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "execution-failed");
@@ -128,12 +123,11 @@ fn a_container_ignoring_sigterm_is_killed_at_its_timeout() {
     let addon = w.docker_addon("dstubborn", PURE, "trap '' TERM\nwhile true; do sleep 1; done\n", "stubborn");
     // The loop never ends by itself: that the engine returns at all means it was killed (a hang
     // is the test harness's timeout). What it reports must say so.
-    let (out, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "2s"]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "timeout", "{v}");
-    assert_eq!(a["termination"], "timeout", "{v}");
-    assert!(a["resources"]["wall_ms"].as_u64().unwrap() >= 2000, "stopped before its timeout: {v}");
+    let (code, a) = w.run_first(&[addon.to_str().unwrap(), "--timeout", "2s"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(a.result, "timeout", "{a}");
+    assert_eq!(a["termination"], "timeout", "{a}");
+    assert!(a["resources"]["wall_ms"].as_u64().unwrap() >= 2000, "stopped before its timeout: {a}");
     assert!(containers_of("dstubborn-1.0").is_empty(), "the container must be gone");
 }
 
@@ -332,40 +326,31 @@ fn a_named_image_is_used_as_is_and_a_missing_one_fails_clearly() {
     assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
     let addon = w.path().join("named");
     std::fs::create_dir_all(&addon).unwrap();
-    std::fs::write(
-        addon.join("docspell-addon.yml"),
-        format!(
-            "meta: {{name: dnamed, version: \"1\"}}\nrunner: {{docker: {{enable: true, image: \"{tag}\"}}}}\n{PURE}"
-        ),
-    )
-    .unwrap();
+    let use_image = |image: &str| {
+        let descriptor = format!(
+            "meta: {{name: dnamed, version: \"1\"}}\nrunner: {{docker: {{enable: true, image: \"{image}\"}}}}\n{PURE}"
+        );
+        std::fs::write(addon.join("docspell-addon.yml"), descriptor).unwrap();
+    };
+    use_image(&tag);
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
     assert_eq!(v["addons"][0]["cache"], "none", "nothing was built");
     assert!(String::from_utf8_lossy(&out.stderr).contains("named-image-ran"));
 
-    std::fs::write(
-        addon.join("docspell-addon.yml"),
-        format!("meta: {{name: dnamed, version: \"1\"}}\nrunner: {{docker: {{enable: true, image: \"addon-test-absent/none:{}\"}}}}\n{PURE}", std::process::id()),
-    )
-    .unwrap();
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    assert!(a["error"].as_str().unwrap().contains("not present here and pulling it failed"), "{a}");
+    use_image(&format!("addon-test-absent/none:{}", std::process::id()));
+    let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert_eq!(a.result, "execution-failed", "{a}");
+    assert!(a.error.contains("not present here and pulling it failed"), "{a}");
 }
 
 #[test]
 fn a_build_over_build_timeout_is_execution_failed() {
     let Some(w) = docker_world("docker-runner: {build-timeout: 2s}\n") else { return };
-    let addon = w.docker_addon("dslowbuild", PURE, "echo '{}'", &format!("slow-{}", std::process::id()));
-    edit(&addon.join("Dockerfile"), "ENV PATH=/bin", "ENV PATH=/bin\nRUN sleep 60");
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    assert!(a["error"].as_str().unwrap().contains("build-timeout"), "{a}");
+    let addon = w.docker_addon_building("dslowbuild", &format!("slow-{}", std::process::id()), "RUN sleep 60");
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("build-timeout"), "{a}");
     assert!(containers_of("dslowbuild-1.0").is_empty());
 }
 
@@ -434,10 +419,9 @@ fn the_writable_layer_is_bounded() {
     let Some(w) = docker_world("limits: {output-size: 32MiB}\n") else { return };
     let script = "for i in 1 2 3 4 5; do dd if=/dev/zero of=/fill$i bs=1M count=20 2>/dev/null; done\necho '{}'\n";
     let addon = w.docker_addon("layer", PURE, script, &format!("layer-{}", std::process::id()));
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
+    let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
     assert_eq!(a["termination"], "limit", "100 MiB into the container's root under a 32 MiB limit: {a}");
-    assert!(a["error"].as_str().unwrap_or_default().contains("output-size"), "{a}");
+    assert!(a.error.contains("output-size"), "{a}");
 }
 
 /// The second attack review: an image whose VOLUME path is a link to a host directory got that
@@ -447,9 +431,7 @@ fn the_writable_layer_is_bounded() {
 #[test]
 fn a_volume_that_is_a_link_leads_nowhere() {
     let Some(w) = docker_world("") else { return };
-    let host = w.path().join("host-dir");
-    std::fs::create_dir(&host).unwrap();
-    std::fs::write(host.join("secret"), "host secret").unwrap();
+    let host = w.host_dir_with_secret("secret");
     let script = "cat /data/secret >&2 || echo no-secret >&2\necho planted > /data/planted\necho '{}'\n";
     let addon = w.docker_addon("vollink", PURE, script, &format!("vollink-{}", std::process::id()));
     // The link reaches the image through a tar (the build context itself holds no link).

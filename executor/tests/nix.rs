@@ -21,10 +21,7 @@ fn store_path_of(w: &World) -> String {
 
 #[test]
 fn a_cached_build_is_protected_from_the_garbage_collector_until_pruned() {
-    if !require_nix() {
-        return;
-    }
-    let w = World::new("auto", &nix_config(""));
+    let Some(w) = nix_world("") else { return };
     let addon = w.nix_addon("nixgc", PURE, "echo '{}'", &format!("gc-{}", std::process::id()));
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -44,18 +41,11 @@ fn a_cached_build_is_protected_from_the_garbage_collector_until_pruned() {
 
 #[test]
 fn a_failing_flake_is_execution_failed_and_nothing_is_cached() {
-    if !require_nix() {
-        return;
-    }
-    let w = World::new("auto", &nix_config(""));
-    let addon = w.nix_addon("nixbad", PURE, "echo '{}'", &format!("bad-{}", std::process::id()));
-    edit(&addon.join("flake.nix"), "/bin/busybox mkdir", "echo build-went-wrong >&2; exit 3; /bin/busybox mkdir");
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    let err = a["error"].as_str().unwrap();
-    assert!(err.contains("nix build failed") && err.contains("build-went-wrong"), "{err}");
+    let Some(w) = nix_world("") else { return };
+    let addon =
+        w.nix_addon_building("nixbad", &format!("bad-{}", std::process::id()), "echo build-went-wrong >&2; exit 3");
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("nix build failed") && a.error.contains("build-went-wrong"), "{}", a.error);
     assert!(
         !w.path().join("cache/artifacts-v1").exists()
             || std::fs::read_dir(w.path().join("cache/artifacts-v1"))
@@ -67,21 +57,17 @@ fn a_failing_flake_is_execution_failed_and_nothing_is_cached() {
 
 #[test]
 fn a_build_over_build_timeout_is_stopped_with_everything_it_started() {
-    if !require_nix() {
-        return;
-    }
-    let w = World::new("auto", &nix_config("build-timeout: 3s, "));
+    let Some(w) = nix_world("build-timeout: 3s, ") else { return };
     let sleep = format!("{}", 600_000 + std::process::id() % 100_000);
-    let addon = w.nix_addon("nixslow", PURE, "echo '{}'", &format!("slow-{}", std::process::id()));
-    edit(&addon.join("flake.nix"), "/bin/busybox mkdir", &format!("/bin/busybox sleep {sleep}; /bin/busybox mkdir"));
+    let addon = w.nix_addon_building(
+        "nixslow",
+        &format!("slow-{}", std::process::id()),
+        &format!("/bin/busybox sleep {sleep}"),
+    );
     let started = std::time::Instant::now();
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
     let took = started.elapsed();
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    let err = a["error"].as_str().unwrap();
-    assert!(err.contains("timed out") && err.contains("nix-runner.build-timeout"), "{err}");
+    assert!(a.error.contains("timed out") && a.error.contains("nix-runner.build-timeout"), "{}", a.error);
     assert!(took < std::time::Duration::from_secs(60), "stopped at its timeout, not after the build: {took:?}");
     let left = processes_with(&format!("sleep {sleep}"));
     assert!(left.is_empty(), "the build outlived its timeout: {left:?}");
@@ -90,10 +76,7 @@ fn a_build_over_build_timeout_is_stopped_with_everything_it_started() {
 
 #[test]
 fn a_flake_utils_shaped_flake_with_only_default_package_runs() {
-    if !require_nix() {
-        return;
-    }
-    let w = World::new("auto", &nix_config(""));
+    let Some(w) = nix_world("") else { return };
     let addon = w.nix_addon("rotatepdf", PURE, "printf '{\"files\":[]}'", "x");
     std::fs::write(
         addon.join("flake.nix"),
@@ -118,11 +101,8 @@ fn addon_cmd(w: &World, args: &[&str]) -> (std::process::Output, serde_json::Val
 
 #[test]
 fn a_flake_nix_cannot_build_is_passed_over_by_plan_and_its_failed_build_is_remembered() {
-    if !require_nix() {
-        return;
-    }
+    let Some(w) = nix_world("") else { return };
     // Only a named package: `nix build` with no attribute builds nothing from it.
-    let w = World::new("auto", &nix_config(""));
     let addon = w.nix_addon("named", PURE, "printf '{}'", "x");
     let flake = flake_utils_flake("named", "run.sh", &format!("named-{}", std::process::id()));
     std::fs::write(addon.join("flake.nix"), flake.replace("defaultPackage = eachSystem addon;", "")).unwrap();

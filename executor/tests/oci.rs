@@ -255,10 +255,9 @@ fn an_image_is_pulled_only_as_the_settings_allow_and_a_local_store_serves_it() {
     ] {
         let w = World::new("auto", &format!("runner: [{runner}]\n{settings}"));
         let addon = image_addon(&w, "remote", "registry.invalid/nobody/none:1");
-        let (_, v) = w.run(&[addon.to_str().unwrap()]);
-        let a = &v["addons"][0];
-        assert_eq!(a["result"], "execution-failed", "{a}");
-        let err = a["error"].as_str().unwrap();
+        let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+        assert_eq!(a.result, "execution-failed", "{a}");
+        let err = &a.error;
         assert!(err.contains(says) && err.contains("registry.invalid/nobody/none:1"), "{runner} {settings}: {err}");
     }
     // An image in the Docker daemon's store, read once at build time.
@@ -319,11 +318,9 @@ fn builds_are_isolated_and_run_options_refused() {
         "FROM scratch AS evil\nCOPY busybox /bin/busybox\n\nFROM scratch\nCOPY busybox /bin/busybox\nRUN \\\n  --mount=type=bind,from=evil,source=/,target=/h,rw [\"/bin/busybox\", \"cat\", \"/h/etc/shadow\"]\n",
     )
     .unwrap();
-    let (_, v) = w.run(&[evil.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    let err = a["error"].as_str().unwrap();
-    assert!(err.contains("line 6") && err.contains("RUN options are refused"), "{err}");
+    let (_, a) = w.run_first(&[evil.to_str().unwrap()]);
+    assert_eq!(a.result, "execution-failed", "{a}");
+    assert!(a.error.contains("line 6") && a.error.contains("RUN options are refused"), "{}", a.error);
 }
 
 /// The attack review's two ways to smuggle `RUN --mount` past the Dockerfile check (a blank line
@@ -334,9 +331,7 @@ fn builds_are_isolated_and_run_options_refused() {
 #[test]
 fn run_options_smuggled_through_the_dockerfile_grammar_are_refused() {
     let Some(w) = oci_world("") else { return };
-    let host = w.path().join("host-dir");
-    std::fs::create_dir_all(&host).unwrap();
-    std::fs::write(host.join("secret.txt"), "host secret").unwrap();
+    let host = w.host_dir_with_secret("secret.txt");
     let steal = r#"["/bin/busybox", "sh", "-c", "cp /h/secret.txt /stolen; echo x > /h/planted"]"#;
     for (name, dockerfile) in [
         ("blank-line", format!("FROM scratch\nCOPY busybox /bin/busybox\nRUN \\\n\n  --mount=type=bind,source=hostlink,target=/h,rw {steal}\nCOPY run.sh /run.sh\nENTRYPOINT [\"/bin/busybox\", \"sh\", \"/run.sh\"]\n")),
@@ -345,10 +340,9 @@ fn run_options_smuggled_through_the_dockerfile_grammar_are_refused() {
         let addon = w.docker_addon(name, PURE, "echo '{}'", &format!("{name}-{}", std::process::id()));
         std::fs::write(addon.join("Dockerfile"), dockerfile.replace("source=hostlink", &format!("source={}", host.display())))
             .unwrap();
-        let (_, v) = w.run(&[addon.to_str().unwrap()]);
-        let a = &v["addons"][0];
-        assert_eq!(a["result"], "execution-failed", "{name}: {a}");
-        let err = a["error"].as_str().unwrap_or_default();
+        let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+        assert_eq!(a.result, "execution-failed", "{name}: {a}");
+        let err = &a.error;
         assert!(err.contains("RUN options are refused") && err.contains("--mount"), "{name}: {err}");
         assert!(!host.join("planted").exists(), "{name}: the build wrote on the host");
     }
@@ -360,10 +354,9 @@ fn a_build_context_with_a_link_out_of_it_is_refused() {
     let Some(w) = oci_world("") else { return };
     let addon = w.docker_addon("linked", PURE, "echo '{}'", &format!("linked-{}", std::process::id()));
     std::os::unix::fs::symlink("/etc", addon.join("hostlink")).unwrap();
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{a}");
-    let err = a["error"].as_str().unwrap_or_default();
+    let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert_eq!(a.result, "execution-failed", "{a}");
+    let err = &a.error;
     assert!(err.contains("build context") && err.contains("hostlink") && err.contains("outside"), "{err}");
 }
 

@@ -17,6 +17,11 @@ fn example_world(runners: &str, entry: &str) -> World {
     w
 }
 
+/// [`example_world`] where bwrap is available (None: skipped).
+fn bwrap_example_world(runners: &str, entry: &str) -> Option<World> {
+    require("bwrap").then(|| example_world(runners, entry))
+}
+
 fn runners_json(w: &World) -> serde_json::Value {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
         .args(["runners", "--json", "--config", w.config.to_str().unwrap()])
@@ -27,6 +32,26 @@ fn runners_json(w: &World) -> serde_json::Value {
 
 fn runner<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     v["runners"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {v}"))
+}
+
+/// The detail of runner `name` in `w`'s `addon runners --json`, which must say it is unavailable.
+fn unavailable_detail(w: &World, name: &str) -> String {
+    let r = runner(&runners_json(w), name).clone();
+    assert_eq!(r["available"], false, "{r}");
+    r["detail"].as_str().unwrap().to_string()
+}
+
+/// An addon script that on its first run says `started` and sleeps `marker` seconds (a process
+/// to look for), and on later runs prints `{}`.
+fn sleeps_on_first_run(marker: &str) -> String {
+    format!(
+        "if [ ! -f \"$CACHE_DIR/once\" ]; then touch \"$CACHE_DIR/once\"; echo started >&2; exec sleep {marker}; fi\necho '{{}}'"
+    )
+}
+
+/// Waits until no `sleep marker` process (an addon's) is left.
+fn wait_until_gone(what: &str, marker: &str) {
+    wait_until(what, Duration::from_secs(5), || processes_with(&format!("sleep {marker}")).is_empty());
 }
 
 /// Pids of the processes whose parent is `parent` and whose command line contains `needle`.
@@ -55,10 +80,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
 
 #[test]
 fn the_example_plugin_runs_an_addon() {
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("example", "");
+    let Some(w) = bwrap_example_world("example", "") else { return };
     let addon = w.addon("hello", PURE, "echo \"hello $*\" > \"$OUTPUT_DIR/hello.txt\"\necho '{}'");
     let out_dir = w.path().join("out");
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
@@ -76,10 +98,7 @@ fn the_example_plugin_runs_an_addon() {
 /// copies the run directory, CACHE_DIR and HOME in, and the output, CACHE_DIR and HOME back.
 #[test]
 fn a_plugin_without_the_host_filesystem_gets_copies_in_and_out() {
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("example", "    config: {copy: true}\n");
+    let Some(w) = bwrap_example_world("example", "    config: {copy: true}\n") else { return };
     let script = r#"
 n=$(cat "$CACHE_DIR/n" 2>/dev/null || echo 0); n=$((n+1)); echo $n > "$CACHE_DIR/n"
 echo "home_prev=$(cat "$HOME/seen" 2>/dev/null || echo none)" >&2
@@ -102,20 +121,26 @@ echo '{}'"#;
     }
 }
 
+/// The error of the first attempt of `v`'s addon, which must have failed on plugin `plugin` and
+/// then (a pure addon) fallen through to the next runner, `trivial`, and succeeded.
+fn fell_through_after(v: &serde_json::Value, plugin: &str) -> String {
+    let a = &v["addons"][0];
+    let first = &a["attempts"][0];
+    assert_eq!(first["runner"], plugin, "{v}");
+    assert_eq!(first["result"], "execution-failed", "{v}");
+    assert_eq!(a["result"], "success", "a pure addon falls through to the next runner: {v}");
+    assert_eq!(a["runner"], "trivial");
+    first["error"].as_str().unwrap().to_string()
+}
+
 /// SIGKILL to the plugin while an addon runs: that attempt is execution-failed naming the
 /// plugin and its stderr; the addon's processes die with it; a pure addon falls through to the
 /// next runner; the next run starts the plugin again.
 #[test]
 fn a_plugin_killed_mid_run_fails_that_run_and_is_started_again() {
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("example, trivial", "");
+    let Some(w) = bwrap_example_world("example, trivial", "") else { return };
     let marker = format!("{}", 41_000 + std::process::id() % 1000);
-    let script = format!(
-        "if [ ! -f \"$CACHE_DIR/once\" ]; then touch \"$CACHE_DIR/once\"; echo started >&2; exec sleep {marker}; fi\necho '{{}}'"
-    );
-    let addon = w.addon("victim", PURE, &script);
+    let addon = w.addon("victim", PURE, &sleeps_on_first_run(&marker));
     let mut engine = std::process::Command::new(env!("CARGO_BIN_EXE_addon"))
         .args(["run", "--json", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
@@ -143,18 +168,10 @@ fn a_plugin_killed_mid_run_fails_that_run_and_is_started_again() {
     unsafe { libc::kill(plugins[0], libc::SIGKILL) };
     let out = engine.wait_with_output().unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let a = &v["addons"][0];
-    let first = &a["attempts"][0];
-    assert_eq!(first["runner"], "example");
-    assert_eq!(first["result"], "execution-failed", "{v}");
-    let err = first["error"].as_str().unwrap();
+    let err = fell_through_after(&v, "example");
     assert!(err.contains("example") && err.contains("died (killed by signal 9)"), "{err}");
     assert!(err.contains("runner plugin example"), "the plugin's stderr tail is quoted: {err}");
-    assert_eq!(a["result"], "success", "a pure addon falls through to the next runner: {v}");
-    assert_eq!(a["runner"], "trivial");
-    wait_until("the killed plugin's addon to die", Duration::from_secs(5), || {
-        processes_with(&format!("sleep {marker}")).is_empty()
-    });
+    wait_until_gone("the killed plugin's addon to die", &marker);
     // The next engine starts the plugin afresh.
     let (_, v) = w.run(&[addon.to_str().unwrap(), "--runner", "example"]);
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
@@ -163,16 +180,11 @@ fn a_plugin_killed_mid_run_fails_that_run_and_is_started_again() {
 /// A plugin that crashes in Start: execution-failed naming it, with its last words.
 #[test]
 fn a_plugin_that_crashes_on_start_is_named_with_its_stderr() {
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("example", "    config: {fault: crash-on-start}\n");
+    let Some(w) = bwrap_example_world("example", "    config: {fault: crash-on-start}\n") else { return };
     let addon = w.addon("crashy", PURE, "echo '{}'");
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{v}");
-    let err = a["error"].as_str().unwrap();
-    assert!(err.contains("example") && err.contains("crashing on start, as configured"), "{err}");
+    let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert_eq!(a.result, "execution-failed", "{a}");
+    assert!(a.error.contains("example") && a.error.contains("crashing on start, as configured"), "{}", a.error);
 }
 
 /// A plugin whose run stops answering (no events, Stop hangs): at the run's timeout the engine
@@ -180,23 +192,19 @@ fn a_plugin_that_crashes_on_start_is_named_with_its_stderr() {
 /// the run ends as a failure naming the plugin. Nothing is left.
 #[test]
 fn a_plugin_that_hangs_mid_run_is_killed_and_named() {
-    if !require("bwrap") {
+    let Some(w) = bwrap_example_world("example", "    timeout: 1s\n    config: {fault: hang-during-run}\n") else {
         return;
-    }
-    let w = example_world("example", "    timeout: 1s\n    config: {fault: hang-during-run}\n");
+    };
     let marker = format!("{}", 42_000 + std::process::id() % 1000);
     let addon = w.addon("hung", PURE, &format!("exec sleep {marker}"));
     let t = Instant::now();
-    let (_, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "2s"]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed", "{v}");
-    let err = a["error"].as_str().unwrap();
+    let (_, a) = w.run_first(&[addon.to_str().unwrap(), "--timeout", "2s"]);
+    assert_eq!(a.result, "execution-failed", "{a}");
+    let err = &a.error;
     assert!(err.contains("example") && err.contains("the engine killed it: asked to stop run"), "{err}");
     assert!(err.contains("did not answer within 2s"), "kill-grace 1s + the plugin's timeout 1s: {err}");
     assert!(t.elapsed() < Duration::from_secs(30), "the engine did not wait forever");
-    wait_until("the hung plugin's addon to die", Duration::from_secs(5), || {
-        processes_with(&format!("sleep {marker}")).is_empty()
-    });
+    wait_until_gone("the hung plugin's addon to die", &marker);
 }
 
 /// A plugin that never answers a call is unavailable with the reason, within its timeout.
@@ -204,15 +212,13 @@ fn a_plugin_that_hangs_mid_run_is_killed_and_named() {
 fn a_plugin_that_never_answers_is_unavailable_with_the_reason() {
     let w = example_world("example", "    timeout: 1s\n    config: {fault: hang-on-probe}\n");
     let t = Instant::now();
-    let r = runner(&runners_json(&w), "example").clone();
+    let detail = unavailable_detail(&w, "example");
     assert!(t.elapsed() < Duration::from_secs(20));
-    assert_eq!(r["available"], false, "{r}");
-    assert!(r["detail"].as_str().unwrap().contains("did not answer within 1s"), "{r}");
+    assert!(detail.contains("did not answer within 1s"), "{detail}");
     let addon = w.addon("unanswered", PURE, "echo '{}'");
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = v["addons"][0]["error"].as_str().unwrap();
-    assert!(err.contains("no runner can run") && err.contains("did not answer"), "{err}");
+    let (code, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert!(a.error.contains("no runner can run") && a.error.contains("did not answer"), "{}", a.error);
 }
 
 /// A plugin of another protocol version is refused, with both versions named.
@@ -226,9 +232,7 @@ fn a_plugin_of_another_protocol_version_is_refused() {
             program.display()
         );
     std::fs::write(&w.config, config).unwrap();
-    let r = runner(&runners_json(&w), "future").clone();
-    assert_eq!(r["available"], false);
-    let detail = r["detail"].as_str().unwrap();
+    let detail = unavailable_detail(&w, "future");
     assert!(detail.contains("protocol version 2") && detail.contains("version 1"), "{detail}");
 }
 
@@ -239,23 +243,18 @@ fn a_missing_plugin_program_is_explained() {
         "bwrap",
         "runner: [ghost]\nplugins:\n  ghost:\n    command: [/nonexistent/addon-runner-ghost]\n    serves: [trivial]\n",
     );
-    let r = runner(&runners_json(&w), "ghost").clone();
-    assert_eq!(r["available"], false);
-    let detail = r["detail"].as_str().unwrap();
+    let detail = unavailable_detail(&w, "ghost");
     assert!(detail.contains("/nonexistent/addon-runner-ghost") && detail.contains("No such file"), "{detail}");
     let addon = w.addon("ghostly", PURE, "echo '{}'");
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let err = v["addons"][0]["error"].as_str().unwrap();
-    assert!(err.contains("ghost") && err.contains("No such file"), "{err}");
+    let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("ghost") && a.error.contains("No such file"), "{}", a.error);
 }
 
 /// A bad plugin configuration is refused by the plugin, naming the field.
 #[test]
 fn a_plugin_checks_its_own_configuration() {
     let w = example_world("example", "    config: {fault: sometimes}\n");
-    let r = runner(&runners_json(&w), "example").clone();
-    assert_eq!(r["available"], false);
-    let detail = r["detail"].as_str().unwrap();
+    let detail = unavailable_detail(&w, "example");
     assert!(detail.contains("plugins.example.config.fault") && detail.contains("sometimes"), "{detail}");
 }
 
@@ -312,10 +311,7 @@ fn two_engines_share_one_standalone_plugin() {
 #[tokio::test]
 async fn cancelling_a_plugin_run_stops_it() {
     use addon_executor::{CancellationToken, Config, Engine, Event, RunRequest};
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("example", "");
+    let Some(w) = bwrap_example_world("example", "") else { return };
     let marker = format!("{}", 43_000 + std::process::id() % 1000);
     let addon = w.addon("cancelled", PURE, &format!("echo starting >&2\nexec sleep {marker}"));
     let engine = Engine::new(Config::load(&w.config).unwrap());
@@ -418,6 +414,20 @@ fn python_world(runners: &str, config: &str) -> Option<World> {
     Some(w)
 }
 
+/// What a plugin in another language must show of its run of a pure addon that prints its uid
+/// and network interfaces: success through `runner`, in `sandbox`, the JSON output (without a
+/// newline) whole, and the addon as an unprivileged user seeing only lo.
+fn assert_ran_pure(out: &std::process::Output, v: &serde_json::Value, runner: &str, sandbox: &str) {
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["runner"], runner);
+    assert_eq!(a["sandbox"], sandbox);
+    assert_eq!(a["output"]["files"][0]["itemId"], "item-1", "the JSON without a newline arrived: {v}");
+    let m = stderr_map(out);
+    assert_eq!(m.get("uid").map(String::as_str), Some("65534"), "{m:?}");
+    assert_eq!(m.get("ifaces").map(String::as_str), Some("lo,"), "a pure addon sees only lo: {m:?}");
+}
+
 /// The protocol is language-neutral: a plugin written in Python with grpcio, from stubs made
 /// from our proto, runs an addon in its own bwrap sandbox, without root and without network.
 #[test]
@@ -430,14 +440,7 @@ fn a_plugin_written_in_python_runs_an_addon() {
     let addon = w.addon("pyhello", PURE, script);
     let out_dir = w.path().join("out");
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--output-dir", out_dir.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(a["runner"], "py");
-    assert_eq!(a["sandbox"], "python-bwrap");
-    assert_eq!(a["output"]["files"][0]["itemId"], "item-1", "the JSON without a newline arrived: {v}");
-    let m = stderr_map(&out);
-    assert_eq!(m.get("uid").map(String::as_str), Some("65534"), "{m:?}");
-    assert_eq!(m.get("ifaces").map(String::as_str), Some("lo,"), "a pure addon sees only lo: {m:?}");
+    assert_ran_pure(&out, &v, "py", "python-bwrap");
     let hello = std::fs::read_to_string(out_dir.join("hello.txt")).unwrap();
     assert_eq!(hello, "hello --flag second arguments/user-input\n");
     let r = runner(&runners_json(&w), "py").clone();
@@ -452,23 +455,12 @@ fn a_python_plugin_that_crashes_mid_run_is_named_with_its_stderr() {
     let Some(w) = python_world("py, trivial", "{crash-during-run: true}") else { return };
     let marker = format!("{}", 44_000 + std::process::id() % 1000);
     // The plugin dies when the addon first says something: after it marked its first run.
-    let script = format!(
-        "if [ ! -f \"$CACHE_DIR/once\" ]; then touch \"$CACHE_DIR/once\"; echo started >&2; exec sleep {marker}; fi\necho '{{}}'"
-    );
-    let addon = w.addon("pycrash", PURE, &script);
+    let addon = w.addon("pycrash", PURE, &sleeps_on_first_run(&marker));
     let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    let first = &a["attempts"][0];
-    assert_eq!(first["runner"], "py", "{v}");
-    assert_eq!(first["result"], "execution-failed", "{v}");
-    let err = first["error"].as_str().unwrap();
+    let err = fell_through_after(&v, "py");
     assert!(err.contains("py") && err.contains("exit"), "{err}");
     assert!(err.contains("crashing during the run, as configured"), "the plugin's stderr tail is quoted: {err}");
-    assert_eq!(a["result"], "success", "a pure addon falls through to the next runner: {v}");
-    assert_eq!(a["runner"], "trivial");
-    wait_until("the crashed plugin's addon to die", Duration::from_secs(5), || {
-        processes_with(&format!("sleep {marker}")).is_empty()
-    });
+    wait_until_gone("the crashed plugin's addon to die", &marker);
 }
 
 /// `addon runners check NAME --json` with its exit code.
@@ -490,22 +482,25 @@ fn check_status<'a>(v: &'a serde_json::Value, name: &str) -> &'a str {
         .unwrap()
 }
 
+/// Every check of the kit ran and passed: an empty or shortened list would pass an `all` test.
+fn assert_every_check_passed(v: &serde_json::Value) {
+    let all_checks = addon_executor::check::CHECKS.len() as u64;
+    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(all_checks), Some(0)), "{v}");
+    let checks = v["checks"].as_array().unwrap();
+    assert_eq!(checks.len() as u64, all_checks, "{v}");
+    assert!(checks.iter().all(|c| c["status"] == "pass" && c["passed"] == true), "{v}");
+}
+
 /// A plugin author's test plan as a command: every check passes for an honest plugin.
 #[test]
 fn runners_check_passes_an_honest_plugin() {
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("trivial", "");
+    let Some(w) = bwrap_example_world("trivial", "") else { return };
     let (code, v, all) = runners_check(&w, &["example", "--json"]);
     assert_eq!(code, 0, "{all}");
-    let all_checks = addon_executor::check::CHECKS.len() as u64;
-    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(all_checks), Some(0)), "{v}");
+    assert_every_check_passed(&v);
     assert_eq!(v["runner"], "example");
     assert_eq!(v["section"], "trivial");
-    let checks = v["checks"].as_array().unwrap();
-    assert_eq!(checks.len() as u64, all_checks, "{v}");
-    assert!(checks.iter().all(|c| c["status"] == "pass" && c["passed"] == true && c["detail"].is_string()), "{v}");
+    assert!(v["checks"].as_array().unwrap().iter().all(|c| c["detail"].is_string()), "{v}");
 }
 
 /// A plugin's declared isolation is not taken on trust: one that claims to isolate the network
@@ -543,12 +538,7 @@ fn runners_check_passes_the_gvisor_plugin() {
     }
     let (code, v, all) = runners_check(&w, &["gvisor", "--json"]);
     assert_eq!(code, 0, "{all}");
-    // Every check ran and passed: an empty or shortened list would pass an `all` test.
-    let all_checks = addon_executor::check::CHECKS.len() as u64;
-    assert_eq!((v["passed"].as_u64(), v["failed"].as_u64()), (Some(all_checks), Some(0)), "{v}");
-    let checks = v["checks"].as_array().unwrap();
-    assert_eq!(checks.len() as u64, all_checks, "{v}");
-    assert!(checks.iter().all(|c| c["status"] == "pass" && c["passed"] == true), "{v}");
+    assert_every_check_passed(&v);
 }
 
 /// Mistakes in the command are named.
@@ -569,10 +559,7 @@ fn runners_check_explains_unknown_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plugin_started_from_a_blocking_thread_outlives_it() {
     use addon_executor::{CancellationToken, Config, Engine, RunRequest};
-    if !require("bwrap") {
-        return;
-    }
-    let w = example_world("example", "");
+    let Some(w) = bwrap_example_world("example", "") else { return };
     let engine = std::sync::Arc::new(Engine::new(Config::load(&w.config).unwrap()));
     let runner = engine.runner("example").unwrap();
     let handle = tokio::runtime::Handle::current();
@@ -780,14 +767,7 @@ fn a_plugin_served_with_hashicorp_go_plugin_runs_an_addon() {
         printf '%s' '{\"files\": [{\"itemId\": \"item-1\", \"textFiles\": {\"att-1\": \"hi.txt\"}}]}'";
     let addon = w.addon("gohello", PURE, script);
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(a["runner"], "go");
-    assert_eq!(a["sandbox"], "go-bwrap");
-    assert_eq!(a["output"]["files"][0]["itemId"], "item-1", "{v}");
-    let m = stderr_map(&out);
-    assert_eq!(m.get("uid").map(String::as_str), Some("65534"), "{m:?}");
-    assert_eq!(m.get("ifaces").map(String::as_str), Some("lo,"), "{m:?}");
+    assert_ran_pure(&out, &v, "go", "go-bwrap");
 }
 
 /// A standalone plugin that restarts behind the same address loses its configurations: the

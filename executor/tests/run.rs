@@ -41,12 +41,11 @@ fn bad_json_is_a_decoding_error_and_files_are_set_aside() {
 fn non_zero_exit_is_an_execution_error() {
     let w = World::new(sandbox(), "");
     let addon = w.addon("fails", PURE, "echo 'something broke' >&2\nexit 3");
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-error");
+    let (code, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert_eq!(code, Some(1));
+    assert_eq!(a.result, "execution-error");
     assert_eq!(a["exit_code"], 3);
-    assert!(a["error"].as_str().unwrap().contains("something broke"), "{a}");
+    assert!(a.error.contains("something broke"), "{a}");
     assert_eq!(a["output"], serde_json::Value::Null);
 }
 
@@ -55,11 +54,8 @@ fn impure_addons_are_refused_by_policy() {
     let w = World::new(sandbox(), "allow-impure: false\n");
     let marker = w.path().join("ran");
     let addon = w.addon("impure", IMPURE, &format!("touch {}\necho '{{}}'", marker.display()));
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed");
-    assert!(a["error"].as_str().unwrap().contains("allow-impure"), "{a}");
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("allow-impure"), "{a}");
     assert_eq!(a["runner"], serde_json::Value::Null);
     assert!(!marker.exists(), "nothing may run");
 }
@@ -282,11 +278,8 @@ fn an_unusable_sandbox_is_execution_failed_never_a_downgrade() {
     let w = World::new("nspawn", "nspawn: {nspawn-binary: /nonexistent/systemd-nspawn}\n");
     let marker = w.path().join("ran");
     let addon = w.addon("careful", PURE, &format!("touch {}\necho '{{}}'", marker.display()));
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "execution-failed");
-    assert!(a["error"].as_str().unwrap().contains("nspawn"), "{a}");
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("nspawn"), "{a}");
     assert!(!marker.exists());
     // An explicit `sandbox: none` runs on the bare host and says so.
     let w = World::new("none", "");
@@ -305,10 +298,8 @@ fn invalid_descriptors_do_not_run() {
         "meta:\n  name: broken\n  version: \"1\"\nrunner:\n  trivial:\n    enable: true\n    exec: nope.sh\n",
     )
     .unwrap();
-    let (out, v) = w.run(&[addon.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(v["addons"][0]["result"], "execution-failed");
-    assert!(v["addons"][0]["error"].as_str().unwrap().contains("runner.trivial.exec"));
+    let a = w.run_execution_failed(&[addon.to_str().unwrap()]);
+    assert!(a.error.contains("runner.trivial.exec"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,10 +338,9 @@ async fn library_api_streams_events_and_cancels() {
 fn stdout_is_capped() {
     let w = World::new(sandbox(), "max-stdout: 64KiB\n");
     let addon = w.addon("chatty", PURE, "yes '{\"commands\": []}' | head -c 10000000");
-    let (_, v) = w.run(&[addon.to_str().unwrap()]);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "decoding-error", "{a}");
-    assert!(a["error"].as_str().unwrap().contains("max-stdout"), "{a}");
+    let (_, a) = w.run_first(&[addon.to_str().unwrap()]);
+    assert_eq!(a.result, "decoding-error", "{a}");
+    assert!(a.error.contains("max-stdout"), "{a}");
 }
 
 /// A zip's unpacked content is digested once, when it enters the cache; the digest is recorded in

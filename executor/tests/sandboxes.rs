@@ -3,6 +3,8 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
+
 use common::*;
 
 /// Prints the network interfaces the addon sees.
@@ -12,28 +14,36 @@ echo "ifaces=$ifaces" >&2
 echo '{}'
 "#;
 
-/// The engine as an unprivileged user: netns then needs a user namespace, and bwrap runs
-/// without privileges. Run as root, this test drops to `nobody` with runuser.
-#[test]
-fn unprivileged_engine_isolates_too() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing("this test runs the engine as another, unprivileged user: it needs root");
-        return;
-    }
+/// Sets the mode of `path`.
+fn open(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    let w = World::new("netns", "");
-    let open =
-        |p: &std::path::Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    open(w.path(), 0o777);
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A world (`sandbox`) whose folder has `mode`, with a copy of the `addon` binary and the addon
+/// `name` running `script`, both of which any user may read and run: `(world, binary, addon)`.
+fn world_for_others(sandbox: &str, mode: u32, name: &str, script: &str) -> (World, PathBuf, PathBuf) {
+    let w = World::new(sandbox, "");
+    open(w.path(), mode);
     let bin = w.path().join("addon");
     std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
     open(&bin, 0o755);
-    let addon = w.addon("unpriv", PURE, NET);
+    let addon = w.addon(name, PURE, script);
     for p in [w.path().join("addons-src"), addon.clone()] {
         open(&p, 0o755);
     }
     open(&addon.join("docspell-addon.yml"), 0o644);
+    (w, bin, addon)
+}
+
+/// The engine as an unprivileged user: netns then needs a user namespace, and bwrap runs
+/// without privileges. Run as root, this test drops to `nobody` with runuser.
+#[test]
+fn unprivileged_engine_isolates_too() {
+    if !require_root("this test runs the engine as another, unprivileged user: it needs root") {
+        return;
+    }
+    let (w, bin, addon) = world_for_others("netns", 0o777, "unpriv", NET);
     for sandbox in ["netns", "bwrap"] {
         if !require(sandbox) {
             continue;
@@ -73,26 +83,14 @@ fn unprivileged_engine_isolates_too() {
 /// refused with the setting to change, never used.
 #[test]
 fn the_default_working_directory_is_private_to_each_user() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        missing("this test acts as two users: it needs root");
+    if !require_root("this test acts as two users: it needs root") {
         return;
     }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let w = World::new("auto", "");
-    let open =
-        |p: &std::path::Path, mode: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-    open(w.path(), 0o755);
+    let (w, bin, addon) = world_for_others("auto", 0o755, "shared", "echo '{}'");
     let tmp = w.path().join("tmp");
     std::fs::create_dir(&tmp).unwrap();
     open(&tmp, 0o1777);
-    let bin = w.path().join("addon");
-    std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
-    let addon = w.addon("shared", PURE, "echo '{}'");
-    for p in [w.path().join("addons-src"), addon.clone()] {
-        open(&p, 0o755);
-    }
-    open(&addon.join("docspell-addon.yml"), 0o644);
     let run_as = |user: &str| {
         let mut c = std::process::Command::new("runuser");
         c.args(["-u", user, "--"]).arg(&bin).args(["run", "--json"]).arg(&addon);

@@ -11,6 +11,24 @@ pub fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
+/// A duration in milliseconds, for the reports.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Prints the engine's median, then each baseline's with the engine's ratio to it: baselines are
+/// `(label, median, note)`, tagged (a), (b), ... in order; labels are padded to `width` and times
+/// to `digits` characters.
+pub fn print_against(engine: (&str, Duration), baselines: &[(&str, Duration, &str)], width: usize, digits: usize) {
+    let (label, e) = engine;
+    println!("  {label:<width$}{:>digits$.1} ms", ms(e));
+    for (i, (label, t, note)) in baselines.iter().enumerate() {
+        let tag = format!("({})", char::from(b'a' + i as u8));
+        let label = format!("{tag} {label}");
+        println!("  {label:<width$}{:>digits$.1} ms   ratio engine/{tag} {:.2}x{note}", ms(*t), ms(e) / ms(*t));
+    }
+}
+
 /// Runs a command to completion (it must succeed) and returns its wall time and stdout.
 pub fn run(cmd: &mut Command) -> (Duration, Vec<u8>) {
     let t = Instant::now();

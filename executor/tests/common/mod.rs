@@ -165,6 +165,13 @@ impl World {
         root
     }
 
+    /// A docker addon (pure, printing `{}`) whose image build first runs `step`, a Dockerfile line.
+    pub fn docker_addon_building(&self, name: &str, marker: &str, step: &str) -> PathBuf {
+        let addon = self.docker_addon(name, PURE, "echo '{}'", marker);
+        edit(&addon.join("Dockerfile"), "ENV PATH=/bin", &format!("ENV PATH=/bin\n{step}"));
+        addon
+    }
+
     /// Starts `addon run` on `addon` in the background and returns once the addon has printed a
     /// stderr line containing `needle` (the rest of stderr is drained).
     pub fn spawn_until(&self, addon: &Path, needle: &str) -> std::process::Child {
@@ -206,6 +213,31 @@ impl World {
         self.run_env(args, &[])
     }
 
+    /// Runs `addon run --json` with this world's config: the command's exit code and what the
+    /// report says of its first addon.
+    pub fn run_first(&self, args: &[&str]) -> (Option<i32>, FirstAddon) {
+        let (out, v) = self.run(args);
+        (out.status.code(), FirstAddon::of(&v["addons"][0]))
+    }
+
+    /// [`World::run_first`] of a run that must exit 1 with its first addon `execution-failed`:
+    /// that addon.
+    pub fn run_execution_failed(&self, args: &[&str]) -> FirstAddon {
+        let (code, a) = self.run_first(args);
+        assert_eq!(code, Some(1), "{a}");
+        assert_eq!(a.result, "execution-failed", "{a}");
+        a
+    }
+
+    /// A directory of this world standing for one of the host's, holding `file` with the text
+    /// `host secret`: what an addon must neither read nor write.
+    pub fn host_dir_with_secret(&self, file: &str) -> PathBuf {
+        let host = self.path().join("host-dir");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join(file), "host secret").unwrap();
+        host
+    }
+
     pub fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> (Output, serde_json::Value) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_addon"));
         cmd.arg("run").arg("--json").arg("--config").arg(&self.config).args(args);
@@ -222,6 +254,45 @@ impl World {
         });
         (out, v)
     }
+}
+
+/// An addon's entry in a run's report: its `result` and `error` as text ("" when it has none),
+/// the other fields by index (`a["runner"]`); `{a}` prints the whole entry.
+pub struct FirstAddon {
+    pub result: String,
+    pub error: String,
+    pub entry: serde_json::Value,
+}
+
+impl FirstAddon {
+    pub fn of(entry: &serde_json::Value) -> FirstAddon {
+        let text = |field: &str| entry[field].as_str().unwrap_or_default().to_string();
+        FirstAddon { result: text("result"), error: text("error"), entry: entry.clone() }
+    }
+}
+
+impl std::ops::Index<&str> for FirstAddon {
+    type Output = serde_json::Value;
+    fn index(&self, field: &str) -> &serde_json::Value {
+        &self.entry[field]
+    }
+}
+
+impl std::fmt::Display for FirstAddon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.entry.fmt(f)
+    }
+}
+
+/// Whether this test runs as root; else a skip (a failure in CI) saying `why` it needs root.
+pub fn require_root(why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    (unsafe { libc::geteuid() } == 0) || missing(why)
+}
+
+/// A world whose runner is nix-flake, `settings` as in [`nix_config`] (None: skipped, no nix).
+pub fn nix_world(settings: &str) -> Option<World> {
+    require_nix().then(|| World::new("auto", &nix_config(settings)))
 }
 
 /// The config of a nix test: `settings` are more `nix-runner` keys (`"build-timeout: 3s, "`).
@@ -261,6 +332,13 @@ impl World {
         std::fs::write(root.join("run.sh"), format!("#!/bin/sh\n{script}\n")).unwrap();
         std::fs::write(root.join("flake.nix"), addon_executor::check::run_sh_flake(name, marker)).unwrap();
         root
+    }
+
+    /// A nix addon (pure, printing `{}`) whose build first runs `step`, a shell command.
+    pub fn nix_addon_building(&self, name: &str, marker: &str, step: &str) -> PathBuf {
+        let addon = self.nix_addon(name, PURE, "echo '{}'", marker);
+        edit(&addon.join("flake.nix"), "/bin/busybox mkdir", &format!("{step}; /bin/busybox mkdir"));
+        addon
     }
 }
 
