@@ -270,7 +270,11 @@ pub(crate) fn last_number(lines: &[String], prefix: &str) -> Option<u64> {
 /// may be deeper than PATH_MAX): setuid or setgid entries, fifos, sockets, devices (and links,
 /// unless `links_allowed`), and entries not owned by `owner` when one is given. Shared with the
 /// conformance suite.
-pub fn unsafe_entries(root: &Path, links_allowed: bool, owner: Option<u32>) -> Result<Vec<String>, String> {
+pub fn unsafe_entries(
+    root: &Path,
+    links_allowed: bool,
+    owner: Option<u32>,
+) -> Result<Vec<String>, addon_tree::TreeError> {
     let mut bad = Vec::new();
     if !root.exists() {
         return Ok(bad);
@@ -295,7 +299,6 @@ pub fn unsafe_entries(root: &Path, links_allowed: bool, owner: Option<u32>) -> R
             bad.push(format!("{} belongs to uid {}", n.display(), n.stat.uid));
         }
         Ok(addon_tree::Visit::Continue)
-    })
-    .map_err(|e| format!("walking {}: {e}", root.display()))?;
+    })?;
     Ok(bad)
 }

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use addon_descriptors::Section;
@@ -134,9 +135,29 @@ pub struct Setup<'a> {
 
 /// Runs every check against runner `name` of `config` (in a private working and cache
 /// directory). `only` limits the checks to some names.
-pub async fn run(setup: Setup<'_>) -> Result<CheckReport, String> {
+/// Why the checks could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error("making the checks' scratch directory: {0}")]
+    Scratch(#[source] std::io::Error),
+    #[error("no runner `{name}` here; known runners: {}", .known.join(", "))]
+    NoRunner { name: String, known: Vec<String> },
+}
+
+/// The kit's probe could not be compiled (its checks are then skipped, never passed).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProbeBuildError {
+    #[error("writing the kit's probe: {0}")]
+    Write(#[source] Arc<std::io::Error>),
+    #[error("the kit's probe is compiled with gcc -static: {0} (apt-get install gcc libc6-dev)")]
+    NoCompiler(#[source] Arc<std::io::Error>),
+    #[error("compiling the kit's probe failed: {stderr}")]
+    Compile { stderr: String },
+}
+
+pub async fn run(setup: Setup<'_>) -> Result<CheckReport, CheckError> {
     let Setup { config, config_path, name, only } = setup;
-    let root = tempfile::Builder::new().prefix("addon-check-").tempdir().map_err(|e| e.to_string())?;
+    let root = tempfile::Builder::new().prefix("addon-check-").tempdir().map_err(CheckError::Scratch)?;
     set_mode(root.path(), 0o755);
     let mut config = config.clone();
     config.working_dir = root.path().join("work");
@@ -146,8 +167,7 @@ pub async fn run(setup: Setup<'_>) -> Result<CheckReport, String> {
     config.env.entry("check-contract".into()).or_default().insert("FROM_CONFIG".into(), "configured".into());
     let engine = Engine::new(config);
     let Some(runner) = engine.runner(name) else {
-        let known: Vec<String> = engine.config().runner_names();
-        return Err(format!("no runner `{name}` here; known runners: {}", known.join(", ")));
+        return Err(CheckError::NoRunner { name: name.to_string(), known: engine.config().runner_names() });
     };
     let started = Instant::now();
     let probe = runner.probe().await;
@@ -232,7 +252,7 @@ struct Kit<'a> {
     section: Option<Section>,
     root: PathBuf,
     config_path: Option<PathBuf>,
-    probe: Option<Result<PathBuf, String>>,
+    probe: Option<Result<PathBuf, ProbeBuildError>>,
     /// The sandbox the runs named.
     sandbox: Option<String>,
     n: u32,
@@ -754,7 +774,7 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
 
     fn probe(&mut self) -> Result<PathBuf, Outcome> {
         let root = self.root.clone();
-        self.probe.get_or_insert_with(|| build_probe(&root)).clone().map_err(Outcome::Skip)
+        self.probe.get_or_insert_with(|| build_probe(&root)).clone().map_err(|e| Outcome::Skip(e.to_string()))
     }
 
     /// Runs the probe in `probe` mode with the bait set: what it found, and what the bait saw.
@@ -889,8 +909,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         if ran.report.result != AddonResult::Success || !ran.said("made") {
             return Err(fail(format!("the probe made no setuid copies: {}", ran.describe())));
         }
-        let mut bad = unsafe_entries(&out, false, None).map_err(fail)?;
-        bad.extend(unsafe_entries(&self.root.join("cache"), true, None).map_err(fail)?);
+        let mut bad = unsafe_entries(&out, false, None).map_err(|e| fail(e.to_string()))?;
+        bad.extend(unsafe_entries(&self.root.join("cache"), true, None).map_err(|e| fail(e.to_string()))?);
         Wrong(bad).verdict(|| "setuid copies in output, CACHE_DIR and HOME lost their bits".into())
     }
 
@@ -960,9 +980,9 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
             return Err(fail(format!("expected success or execution-failed; got {}", ran.describe())));
         }
         let owner = self.owner();
-        let mut bad = unsafe_entries(&out, false, owner).map_err(fail)?;
-        bad.extend(unsafe_entries(&self.root.join("cache"), true, owner).map_err(fail)?);
-        bad.extend(unsafe_entries(&self.root.join("work"), true, owner).map_err(fail)?);
+        let mut bad = unsafe_entries(&out, false, owner).map_err(|e| fail(e.to_string()))?;
+        bad.extend(unsafe_entries(&self.root.join("cache"), true, owner).map_err(|e| fail(e.to_string()))?);
+        bad.extend(unsafe_entries(&self.root.join("work"), true, owner).map_err(|e| fail(e.to_string()))?);
         if bad.is_empty() {
             Ok("1500 levels in output, CACHE_DIR and HOME; no setuid file, link or fifo left".into())
         } else {
@@ -1054,7 +1074,7 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         wrong.unless(after == before, || {
             format!("the host directory's files changed through the link: before {before:?}, after {after:?}")
         });
-        let mut bad = unsafe_entries(&self.root.join("cache"), true, self.owner()).map_err(fail)?;
+        let mut bad = unsafe_entries(&self.root.join("cache"), true, self.owner()).map_err(|e| fail(e.to_string()))?;
         bad.retain(|b| !b.contains("race/"));
         wrong.unless(bad.is_empty(), || format!("left on the host: {}", bad.join("; ")));
         wrong.verdict(|| "a directory of CACHE_DIR swapped for a link to a host directory during three runs' walks: the host's setuid files kept their owner and bits".into())
@@ -1154,16 +1174,18 @@ fn addon_program() -> Option<PathBuf> {
 }
 
 /// Compiles the kit's probe (`probe.c`) into `dir` with `gcc -static`.
-pub fn build_probe(dir: &Path) -> Result<PathBuf, String> {
+pub fn build_probe(dir: &Path) -> Result<PathBuf, ProbeBuildError> {
     let src = dir.join("probe.c");
     let out = dir.join("probe");
-    fs_err::write(&src, PROBE_C).map_err(|e| e.to_string())?;
-    let cc =
-        std::process::Command::new("gcc").args(["-static", "-O2", "-o"]).arg(&out).arg(&src).output().map_err(|e| {
-            format!("the kit's probe is compiled with gcc -static: {e} (apt-get install gcc libc6-dev)")
-        })?;
+    fs_err::write(&src, PROBE_C).map_err(|e| ProbeBuildError::Write(Arc::new(e)))?;
+    let cc = std::process::Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .output()
+        .map_err(|e| ProbeBuildError::NoCompiler(Arc::new(e)))?;
     if !cc.status.success() {
-        return Err(format!("compiling the kit's probe failed: {}", String::from_utf8_lossy(&cc.stderr)));
+        return Err(ProbeBuildError::Compile { stderr: String::from_utf8_lossy(&cc.stderr).into_owned() });
     }
     Ok(out)
 }
