@@ -106,6 +106,17 @@ pub enum CacheUse {
     None,
 }
 
+impl CacheUse {
+    /// As the JSON says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheUse::Hit => "hit",
+            CacheUse::Miss => "miss",
+            CacheUse::None => "none",
+        }
+    }
+}
+
 /// The addon a spec is about.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddonRef {
@@ -404,3 +415,15 @@ pub trait Runner: Send + Sync {
 
 /// How long to wait for a run's `Exited` after asking it to stop, beyond its grace.
 pub const STOP_SLACK: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_use_names_are_the_json_ones() {
+        for c in [CacheUse::Hit, CacheUse::Miss, CacheUse::None] {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
+    }
+}

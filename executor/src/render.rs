@@ -132,14 +132,6 @@ impl Render for RunnersReport {
     }
 }
 
-/// A unit variant's name as the JSON says it (`failed-build`, `hit`).
-fn serde_name(v: &impl serde::Serialize) -> String {
-    match serde_json::to_value(v) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => "-".into(),
-    }
-}
-
 fn render_entries(
     out: &mut dyn Write,
     verb: &str,
@@ -148,7 +140,7 @@ fn render_entries(
 ) -> io::Result<()> {
     writeln!(out, "{verb}: {}", entries.len())?;
     for e in entries {
-        writeln!(out, "  {:<13} {:>12} bytes  {}  {}", serde_name(&e.kind), e.size, e.addon, e.key)?;
+        writeln!(out, "  {:<13} {:>12} bytes  {}  {}", e.kind.as_str(), e.size, e.addon, e.key)?;
     }
     writeln!(out, "total size: {total_size} bytes")
 }
@@ -170,7 +162,7 @@ impl Render for RunReport {
     fn render(&self, out: &mut dyn Write, _: Style) -> io::Result<()> {
         for a in &self.addons {
             let how = match (&a.runner, &a.sandbox) {
-                (Some(r), Some(s)) => format!(" ({r} in {s}, cache {}, {} ms)", serde_name(&a.cache), a.duration_ms),
+                (Some(r), Some(s)) => format!(" ({r} in {s}, cache {}, {} ms)", a.cache.as_str(), a.duration_ms),
                 (Some(r), None) => format!(" ({r}, {} ms)", a.duration_ms),
                 _ => String::new(),
             };

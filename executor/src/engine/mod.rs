@@ -126,13 +126,16 @@ impl Engine {
     /// An engine with the built-in runners compiled into it and the configured plugins.
     pub fn new(config: Config) -> Engine {
         let probes = Arc::new(ProbeCache::new(Some(config.cache_dir.join("probes-v1"))));
-        let sandboxes = Arc::new(Sandboxes::new(&sandbox_settings(&config), probes.clone()));
+        // The helper is looked for once (this program, or `addon` in PATH): sandboxes and
+        // runners take the same.
+        let settings = sandbox_settings(&config);
+        let sandboxes = Arc::new(Sandboxes::new(&settings, probes.clone()));
         let ctx = addon_runners::RunnerContext {
             sandboxes: sandboxes.clone(),
             probes,
-            sections: config.components.clone(),
+            sections: settings.sections,
             build_network: config.network.build,
-            helper: config.helper(),
+            helper: settings.helper,
         };
         let mut runners: Vec<RunnerSlot> = addon_runners::builtin_factories()
             .into_iter()
