@@ -532,3 +532,42 @@ fn a_name_is_not_an_identity() {
     assert_eq!(field(&out, "token"), "unset", "{v}");
     assert!(v["addons"][0]["identity"]["note"].as_str().unwrap_or_default().contains("pins this name"), "{v}");
 }
+
+/// What a run leaves in the working directory (its run directory, the sandbox's scratch root,
+/// the sources' scratch) is gone: behind `addon run` once it exits, behind the library once the
+/// engine settles or is dropped. The addon leaves a deep tree and a symlink to fill the walk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_leave_nothing_in_the_working_directory() {
+    use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+    let w = World::new(sandbox(), "");
+    let script =
+        "d=$PWD; for i in $(seq 40); do d=$d/deep; done; mkdir -p $d && ln -s / $d/up && echo x > $d/f\necho '{}'";
+    let addon = w.addon("litter", PURE, script);
+    let work = w.path().join("work");
+    // The default output directories (output-<id>) are the caller's; nothing else may be left.
+    let left = || -> Vec<String> {
+        let names = std::fs::read_dir(&work).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+        names.filter(|n| !n.starts_with("output-")).collect()
+    };
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(left(), Vec::<String>::new(), "after `addon run`");
+
+    let engine = Engine::new(Config::load(&w.config).unwrap());
+    for n in 0..3 {
+        let req = RunRequest {
+            sources: vec![addon.display().to_string()],
+            output_dir: Some(w.path().join(format!("lib-out-{n}"))),
+            ..Default::default()
+        };
+        let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
+        assert!(report.success, "{report:?}");
+    }
+    engine.settle();
+    assert_eq!(left(), Vec::<String>::new(), "after the library's runs, settled");
+    let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+    let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
+    assert!(report.success, "{report:?}");
+    drop(engine);
+    assert_eq!(left(), Vec::<String>::new(), "after the engine is dropped");
+}

@@ -32,6 +32,7 @@ use tracing::Instrument;
 mod artifact;
 mod attempt;
 mod follow;
+mod janitor;
 mod plan;
 mod prepare;
 
@@ -106,6 +107,8 @@ pub struct Engine {
     sandboxes: Arc<Sandboxes>,
     /// Digests of addon directories this engine has read (an unchanged one is not read again).
     digests: DigestCache,
+    /// Removes finished runs' directories off the runs' path.
+    janitor: janitor::Janitor,
 }
 
 impl std::fmt::Debug for Engine {
@@ -148,7 +151,7 @@ impl Engine {
             })
             .collect();
         runners.extend(crate::plugins::slots(&config));
-        Engine { config, runners, sandboxes, digests: DigestCache::new() }
+        Engine { config, runners, sandboxes, digests: DigestCache::new(), janitor: janitor::Janitor::new() }
     }
 
     /// An engine with a chosen set of runners (tests, or embedders that compile some out).
@@ -173,11 +176,20 @@ impl Engine {
                 });
             }
         }
-        Engine { config, runners: slots, sandboxes, digests: DigestCache::new() }
+        Engine { config, runners: slots, sandboxes, digests: DigestCache::new(), janitor: janitor::Janitor::new() }
     }
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Waits (blocking) until the directories of every run that has returned are removed.
+    ///
+    /// A run returns its report before its run directory is gone: the engine removes finished
+    /// runs' directories on a thread of its own, and waits for that thread when it is dropped.
+    /// Call this where something must see the working directory empty while the engine lives.
+    pub fn settle(&self) {
+        self.janitor.settle();
     }
 
     /// The runner called `name`, when this engine has it.
@@ -307,6 +319,7 @@ impl Engine {
             reports.push(report);
         }
         let _ = fs::remove_dir(output_dir.join(STAGING));
+        self.janitor.hand(vec![janitor::Chore::Drop(Box::new(scratch))]);
         Ok(RunReport {
             success: reports.iter().all(|r| r.result == AddonResult::Success),
             output_dir,

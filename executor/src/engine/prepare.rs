@@ -130,16 +130,19 @@ impl Engine {
         env
     }
 
+    /// The run directory and the sandbox's scratch root go, on the engine's janitor (a kept run
+    /// directory is made safe to read now).
     pub(super) fn cleanup(&self, work: &Path, keep: bool) {
-        crate::settle::remove(&work.with_extension("root"));
+        let mut chores = vec![super::janitor::Chore::Remove(work.with_extension("root"))];
         if keep {
             match crate::settle::kept_work(work) {
                 Ok(_) => tracing::info!("keeping the run directory {}", work.display()),
                 Err(e) => tracing::error!("not keeping the run directory {}: {e}", work.display()),
             }
-            return;
+        } else {
+            chores.push(super::janitor::Chore::Remove(work.to_path_buf()));
         }
-        crate::settle::remove(work);
+        self.janitor.hand(chores);
     }
 }
 
