@@ -11,12 +11,14 @@
 pub mod artifact;
 pub mod limits;
 pub mod log;
+pub mod network;
 pub mod runner;
 pub mod sandbox;
 
 pub use artifact::{Artifact, ArtifactData, ArtifactDataError};
 pub use limits::{Breach, Enforcement, Limits, Usage};
 pub use log::{LogSink, LogStream};
+pub use network::{Destination, Egress, NetKind, Network};
 pub use runner::{
     AddonRef, Availability, BuildFailed, BuildSpec, CacheUse, Capabilities, Exit, ExitKind, RunDirs, RunEvent, Runner,
     RunnerError, RunnerInfo, StartSpec, Started, STOP_SLACK,

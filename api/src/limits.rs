@@ -30,6 +30,13 @@ pub struct Usage {
     pub oom_kills: u64,
     /// Forks refused because of the process limit.
     pub pids_refused: u64,
+    /// Packets its egress network refused (connections and datagrams to the host, private
+    /// ranges and other refused destinations); None without an egress network.
+    #[serde(default)]
+    pub network_refused: Option<u64>,
+    /// DNS queries the engine's resolver answered for its egress network.
+    #[serde(default)]
+    pub dns_queries: Option<u64>,
 }
 
 /// A limit the addon ran into while it ran; the run is stopped.

@@ -44,6 +44,11 @@ pub struct Capabilities {
     /// A process of the addon may trace its own children (Docker's default seccomp profile).
     #[serde(default)]
     pub ptrace_children: bool,
+    /// It gives an impure addon `network.impure: egress` itself (runners that use the engine's
+    /// sandbox get it from the sandbox). A runner without it never gets an egress run: the
+    /// engine tries the next runner or says why none can.
+    #[serde(default)]
+    pub egress: bool,
 }
 
 impl Capabilities {
@@ -60,6 +65,7 @@ impl Capabilities {
         measures_resources: true,
         host_root: false,
         ptrace_children: false,
+        egress: false,
     };
 }
 
@@ -186,8 +192,9 @@ pub struct StartSpec {
     /// Environment besides the contract's directories: PATH, locale, ITEM_*, configured, --env.
     pub env: Vec<(String, String)>,
     pub dirs: RunDirs,
-    /// The addon asked for network.
-    pub network: bool,
+    /// The run's network: none for a pure addon; for an impure one, the host's or an egress
+    /// network by `network.impure`. A runner that cannot give what this says fails the start.
+    pub network: crate::network::Network,
     pub limits: Limits,
     /// The engine's sandbox for runners that use one.
     pub sandbox: Option<SandboxKind>,

@@ -51,7 +51,7 @@ fn same_sandbox(sandboxes: &Sandboxes, kind: SandboxKind, run: &Path, script: &P
         env: &env,
         mounts: &mounts,
         extra_ro: &[] as &[PathBuf],
-        iso: Isolation { network: false },
+        iso: Isolation { network: addon_runners::egress::NetKind::None },
         scratch: &scratch,
         cgroups: &cgroups,
         rlimits: &rlimits,

@@ -29,7 +29,7 @@ pub struct Config {
     /// netns; never none), `bwrap`, `netns`, `nspawn`, or `none` (the bare host: only by
     /// explicit choice).
     pub sandbox: SandboxChoice,
-    /// What builds may reach.
+    /// What impure addons (`impure`, `allow`, `resolvers`) and builds (`build`) may reach.
     pub network: NetworkConfig,
     /// Where run directories are made.
     pub working_dir: PathBuf,
@@ -259,16 +259,29 @@ pub struct NetworkConfig {
     /// the host's own namespace; `host`: the host's network; `none`: no network (nix builds
     /// `--offline`; images must be in a local store).
     pub build: BuildNetwork,
-    /// What an impure addon (`networking: true`) reaches. Only `host` for now (the host's own
-    /// network, as Docspell gives it): the egress network of SPEC's default is not built yet, and
-    /// an engine that cannot give it says so rather than run addons with more than was meant.
+    /// What an impure addon (`networking: true`) reaches. `egress` (the default): a network of
+    /// its own with outbound TCP and UDP to public addresses and DNS through the engine's
+    /// resolver; never the host's loopback or addresses, link-local (cloud metadata), private
+    /// or shared ranges, except what `allow` names for the addon. `host`: the host's own network,
+    /// as Docspell gives it (the addon reaches everything the host reaches).
     pub impure: ImpureNetwork,
+    /// Per addon (`{ADDON_NAME: [DESTINATION, ...]}`): destinations an egress network also
+    /// reaches, as `HOST:PORT`, `ADDRESS:PORT`, `CIDR:PORT` or `[IPV6]:PORT` (`*` for every
+    /// port); names are resolved when the run starts. Like `env`, they belong to the addon the
+    /// administrator meant, not to whoever declares its name.
+    pub allow: BTreeMap<String, Vec<String>>,
+    /// The resolvers the engine's DNS forwarder asks for egress networks (`ADDRESS` or
+    /// `ADDRESS:PORT`); empty (the default): those of the host's /etc/resolv.conf.
+    pub resolvers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ImpureNetwork {
+    /// A network of the addon's own reaching public addresses only.
     #[default]
+    Egress,
+    /// The host's own network.
     Host,
 }
 
@@ -619,6 +632,20 @@ impl Config {
         }
         for (name, o) in &config.addon_limits {
             config.limits.with(o).check(&format!("addon-limits.{name}"))?;
+        }
+        for (name, list) in &config.network.allow {
+            for (i, entry) in list.iter().enumerate() {
+                crate::network::Allow::parse(entry)
+                    .map_err(|why| ConfigProblem::setting(format!("network.allow.{name}[{i}]"), why))?;
+            }
+        }
+        for (i, r) in config.network.resolvers.iter().enumerate() {
+            crate::network::parse_resolver(r).ok_or_else(|| {
+                ConfigProblem::setting(
+                    format!("network.resolvers[{i}]"),
+                    format!("`{r}` is not ADDRESS or ADDRESS:PORT"),
+                )
+            })?;
         }
         let known = config.runner_names();
         parse_runner_names(&config.runner.0, &known).map_err(|e| ConfigProblem::setting("runner", e.to_string()))?;

@@ -41,6 +41,7 @@ pub use config::Config;
 pub mod build_log;
 pub mod engine;
 pub mod identity;
+pub mod network;
 pub mod plugins;
 pub mod reference;
 pub mod render;

@@ -84,6 +84,25 @@ pub struct AddonReport {
     /// Which addon its name meant: its origin, and whether the name's settings and data are
     /// its (see docs/usage.md "Which addon a name means").
     pub identity: Option<crate::identity::Identity>,
+    /// The network it ran with (null when nothing ran).
+    pub network: Option<NetworkUse>,
+}
+
+/// The network a run had, and what its egress network saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetworkUse {
+    /// `none` (a pure addon), `egress` (a network of its own reaching public addresses) or
+    /// `host` (the host's own network).
+    pub policy: addon_runners::egress::NetKind,
+    /// Destinations `network.allow` added for it, as resolved when it started.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed: Vec<String>,
+    /// Packets the egress network refused (to the host, link-local, private ranges, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused_packets: Option<u64>,
+    /// DNS queries the engine's resolver answered for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_queries: Option<u64>,
 }
 
 /// How a run's process ended.

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use addon_descriptors::{Descriptor, Section};
+use addon_runners::egress::NetKind;
 use addon_runners::{Isolation, Runner, SandboxKind, Sandboxes};
 
 use crate::config::SandboxChoice;
@@ -79,6 +80,7 @@ pub async fn resolve(
     slots: &[RunnerSlot],
     sandboxes: &Sandboxes,
     sandbox_choice: SandboxChoice,
+    net: NetKind,
 ) -> Vec<Resolved> {
     let mut names: Vec<String> = order.to_vec();
     for slot in slots {
@@ -88,7 +90,7 @@ pub async fn resolve(
     }
     let mut out = Vec::new();
     for name in names {
-        out.push(resolve_one(descriptor, &name, order, slots, sandboxes, sandbox_choice).await);
+        out.push(resolve_one(descriptor, &name, order, slots, sandboxes, sandbox_choice, net).await);
     }
     out
 }
@@ -101,12 +103,13 @@ pub async fn resolve_one(
     slots: &[RunnerSlot],
     sandboxes: &Sandboxes,
     sandbox_choice: SandboxChoice,
+    net: NetKind,
 ) -> Resolved {
     let slot = slots.iter().find(|s| s.name == name);
     let section = slot.and_then(|s| s.section_for(descriptor));
     let enabled = section.is_some();
     let configured = order.iter().any(|n| n == name);
-    let iso = Isolation { network: descriptor.networking() };
+    let iso = Isolation { network: net };
     let mut sandbox = None;
     let (available, runnable, reason) = match slot.map(|s| (s, &s.runner)) {
         None => (false, false, format!("no runner is called `{name}`")),
@@ -146,6 +149,12 @@ pub async fn resolve_one(
                     false,
                     false,
                     format!("the {name} runner does not cut the network (isolates_network: false) and the addon is pure (networking: false)"),
+                )
+            } else if net == NetKind::Egress && !r.info().capabilities.egress {
+                (
+                    false,
+                    false,
+                    format!("the {name} runner does not make egress networks, and the addon is impure under `network.impure: egress` (`network.impure: host` gives impure addons the host's network)"),
                 )
             } else {
                 (true, true, probe.detail)

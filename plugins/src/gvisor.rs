@@ -258,7 +258,8 @@ impl GvisorRunner {
         let Process { program, args, env, extra_ro, tmpfs } = process;
         let inside = Mounts::mnt();
         let id = self.identity();
-        let view = View::host_program(mounts, &inside, network, extra_ro, Inside { uid: id.uid, gid: id.gid }, tmpfs);
+        let net = if network { addon_runners::egress::NetKind::Host } else { addon_runners::egress::NetKind::None };
+        let view = View::host_program(mounts, &inside, net, extra_ro, Inside { uid: id.uid, gid: id.gid }, tmpfs);
         let bundle = scratch.join("gvisor-bundle");
         let rootfs = bundle.join("rootfs");
         let files = bundle.join("files");
@@ -438,6 +439,7 @@ impl Runner for GvisorRunner {
             }
             other => return Err(setup(format!("serves trivial and nix addons, not {other}"))),
         };
+        let host_network = addon_runners::egress::host_or_none(&spec.network, NAME)?;
         let mounts = spec.mounts();
         addon_runners::sandbox::claim(&[&mounts.work, &mounts.output, &mounts.cache, &mounts.home], self.identity())
             .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", self.settings.uid)))?;
@@ -448,7 +450,7 @@ impl Runner for GvisorRunner {
             .bundle(
                 &spec.dirs.scratch,
                 &mounts,
-                spec.network,
+                host_network,
                 Process {
                     program: &program,
                     args: &spec.args,
@@ -462,14 +464,14 @@ impl Runner for GvisorRunner {
         let mut enveloped = spec.clone();
         enveloped.limits.pids = spec.limits.pids.map(|p| p + RUNSC_TASKS);
         let mut envelope = host::envelope_for(NAME, &enveloped, &self.enforcement)?;
-        let mut cmd = self.runsc(spec.network);
+        let mut cmd = self.runsc(host_network);
         cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
         // runsc and its sandbox join the run's control group before exec; the process dies with
         // this plugin (the sandbox follows it; Reap removes what a SIGKILL leaves).
         NsPlan::prepare_only().join_cgroups(&envelope.cgroup_procs()).install(&mut cmd);
         let noise: addon_runners::NoiseFilter = Arc::new(|_: &str| false);
         let spawned = host::spawn(NAME, &self.runs, &spec, cmd, &program.display().to_string(), &mut envelope, noise)?;
-        let mut events = spawned.watch(&self.runs, &spec, envelope);
+        let mut events = spawned.watch(&self.runs, &spec, envelope, None);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), id.clone());
         // Forward the events; once the run ended, delete its container state.
         let (tx, rx) = tokio::sync::mpsc::channel(64);

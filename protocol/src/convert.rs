@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use addon_descriptors::{Descriptor, Section};
 use addon_runner_api::{
-    AddonRef, Artifact, ArtifactData, BuildSpec, Capabilities, Exit, ExitKind, Limits, RunDirs, RunnerError,
-    RunnerInfo, SandboxKind, StartSpec, Usage,
+    AddonRef, Artifact, ArtifactData, BuildSpec, Capabilities, Destination, Egress, Exit, ExitKind, Limits, Network,
+    RunDirs, RunnerError, RunnerInfo, SandboxKind, StartSpec, Usage,
 };
 
 use crate::pb;
@@ -38,6 +38,7 @@ macro_rules! same_capabilities {
             measures_resources: $c.measures_resources,
             host_root: $c.host_root,
             ptrace_children: $c.ptrace_children,
+            egress: $c.egress,
         }
     };
 }
@@ -196,9 +197,16 @@ pub fn start_spec_to_pb(spec: &StartSpec) -> pb::StartSpec {
         args: spec.args.clone(),
         env: spec.env.iter().map(|(name, value)| pb::EnvVar { name: name.clone(), value: value.clone() }).collect(),
         dirs: Some(dirs_to_pb(&spec.dirs)),
-        network: spec.network,
+        network: spec.network.any(),
         limits: Some(limits_to_pb(&spec.limits)),
         sandbox: spec.sandbox.map(|s| s.as_str().to_string()).unwrap_or_default(),
+        egress: match &spec.network {
+            Network::Egress(e) => Some(pb::EgressPolicy {
+                allow: e.allow.iter().map(|d| d.to_pb()).collect(),
+                resolvers: e.resolvers.iter().map(|r| r.to_string()).collect(),
+            }),
+            _ => None,
+        },
     }
 }
 
@@ -225,7 +233,32 @@ pub fn start_spec_from_pb(spec: &pb::StartSpec) -> Result<StartSpec, Malformed> 
         args: spec.args.clone(),
         env: spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
         dirs: dirs_from_pb(spec.dirs.as_ref())?,
-        network: spec.network,
+        network: match (spec.network, &spec.egress) {
+            (false, _) => Network::None,
+            (true, None) => Network::Host,
+            (true, Some(e)) => Network::Egress(Egress {
+                allow: e
+                    .allow
+                    .iter()
+                    .map(|d| {
+                        Destination::from_pb(d).ok_or_else(|| {
+                            malformed(
+                                "StartSpec.egress.allow",
+                                format!("`{d}` is not ADDR/PREFIX:PORT or ADDR/PREFIX:*"),
+                            )
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+                resolvers: e
+                    .resolvers
+                    .iter()
+                    .map(|r| {
+                        r.parse()
+                            .map_err(|_| malformed("StartSpec.egress.resolvers", format!("`{r}` is not ADDR:PORT")))
+                    })
+                    .collect::<Result<_, _>>()?,
+            }),
+        },
         limits: limits_from_pb(spec.limits.as_ref()),
         sandbox,
     })
@@ -242,6 +275,8 @@ pub fn exit_to_pb(exit: &Exit) -> pb::Exit {
             cpu_ms: exit.usage.cpu_ms,
             oom_kills: exit.usage.oom_kills,
             pids_refused: exit.usage.pids_refused,
+            network_refused: exit.usage.network_refused,
+            dns_queries: exit.usage.dns_queries,
         }),
     }
 }
@@ -260,6 +295,8 @@ pub fn exit_from_pb(exit: &pb::Exit) -> Result<Exit, Malformed> {
             cpu_ms: u.cpu_ms,
             oom_kills: u.oom_kills,
             pids_refused: u.pids_refused,
+            network_refused: u.network_refused,
+            dns_queries: u.dns_queries,
         },
     })
 }
@@ -329,7 +366,13 @@ mod tests {
                 home: "/h".into(),
                 scratch: "/s".into(),
             },
-            network: false,
+            network: Network::Egress(Egress {
+                allow: vec![
+                    Destination { addr: "10.1.2.3".parse().unwrap(), prefix: 32, port: Some(7880) },
+                    Destination { addr: "fd00::".parse().unwrap(), prefix: 8, port: None },
+                ],
+                resolvers: vec!["198.51.100.53:53".parse().unwrap()],
+            }),
             limits: Limits {
                 memory: Some(1 << 30),
                 pids: Some(64),
@@ -362,7 +405,7 @@ mod tests {
                 home: "/h".into(),
                 scratch: "/s".into(),
             },
-            network: true,
+            network: Network::Host,
             limits: Limits::default(),
             sandbox: None,
         });

@@ -83,17 +83,44 @@ pub async fn start(
     let Prepared { sandbox, mut envelope, launch, program } = prepared?;
     let own = sandbox.clone();
     let noise: crate::NoiseFilter = Arc::new(move |line: &str| own.is_own_message(line));
+    let egress = match &spec.network {
+        crate::egress::Network::Egress(e) if launch.handoff.is_some() => Some(e.clone()),
+        crate::egress::Network::Egress(_) => {
+            return Err(RunnerError::setup(
+                runner,
+                format!("sandbox {} started no handoff for the egress network", sandbox.name()),
+            ));
+        }
+        _ => None,
+    };
     let spawned = spawn(runner, &runs, &spec, launch.cmd, &program, &mut envelope, noise)?;
+    let mut network = None;
     if let Some(handoff) = launch.handoff {
-        // Into the run's control groups while the sandbox sets itself up; then it goes on.
+        // Into the run's control groups (and its egress network up) while the sandbox sets
+        // itself up; then it goes on.
         let pid = spawned.pid;
-        let moved = tokio::task::spawn_blocking(move || handoff.complete(pid)).await.map_err(lost)?;
-        if let Err(e) = moved {
-            runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.run_id);
-            return Err(RunnerError::setup(runner, format!("moving the sandbox into the run's control group: {e}")));
+        let moved = tokio::task::spawn_blocking(move || {
+            handoff.complete_with(pid, |inner| match &egress {
+                Some(e) => crate::egress::EgressNet::attach(inner, e, !crate::sandbox::is_root())
+                    .map(Some)
+                    .map_err(std::io::Error::other),
+                None => Ok(None),
+            })
+        })
+        .await
+        .map_err(lost)?;
+        match moved {
+            Ok(net) => network = net,
+            Err(e) => {
+                runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.run_id);
+                return Err(RunnerError::setup(
+                    runner,
+                    format!("moving the sandbox into the run's control group or giving it its network: {e}"),
+                ));
+            }
         }
     }
-    let events = spawned.watch(&runs, &spec, envelope);
+    let events = spawned.watch(&runs, &spec, envelope, network);
     Ok(Started { sandbox: sandbox.name().to_string(), events })
 }
 
@@ -116,7 +143,7 @@ fn prepare(
 ) -> Result<Prepared, RunnerError> {
     let sandbox = sandboxes.get(spec.sandbox.unwrap_or(SandboxKind::None));
     let mounts = spec.mounts();
-    let iso = Isolation { network: spec.network };
+    let iso = Isolation { network: spec.network.kind() };
     sandbox.check(iso).map_err(|e| RunnerError::sandbox(runner, &e))?;
     if let Some(owner) = sandbox.owner() {
         let dirs = [&mounts.work, &mounts.output, &mounts.cache, &mounts.home].map(PathBuf::as_path);
@@ -229,7 +256,13 @@ impl Spawned {
     /// Waits for the process while asking the envelope about limits (a breach kills the tree
     /// without grace); sends `Exited` with the usage once its output is read out. Returns the
     /// run's events.
-    pub fn watch(self, runs: &Arc<HostRuns>, spec: &StartSpec, mut envelope: Envelope) -> mpsc::Receiver<RunEvent> {
+    pub fn watch(
+        self,
+        runs: &Arc<HostRuns>,
+        spec: &StartSpec,
+        mut envelope: Envelope,
+        network: Option<crate::egress::EgressNet>,
+    ) -> mpsc::Receiver<RunEvent> {
         let Spawned { events, tx, mut child, pid, readers } = self;
         let runs = runs.clone();
         let run_id = spec.run_id.clone();
@@ -261,7 +294,17 @@ impl Spawned {
                 let _ = r.await;
             }
             runs.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
-            let usage = tokio::task::spawn_blocking(move || envelope.finish()).await.unwrap_or_default();
+            let usage = tokio::task::spawn_blocking(move || {
+                let mut usage = envelope.finish();
+                if let Some(net) = network {
+                    let seen = net.finish();
+                    usage.network_refused = Some(seen.refused);
+                    usage.dns_queries = Some(seen.dns_queries);
+                }
+                usage
+            })
+            .await
+            .unwrap_or_default();
             let kind = match breach {
                 Some(why) => ExitKind::Limit(why),
                 None => ExitKind::Code(status.map(crate::lines::exit_code).unwrap_or(-1)),

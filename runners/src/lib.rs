@@ -14,6 +14,7 @@
 pub mod build_failure;
 #[cfg(feature = "docker")]
 pub mod docker;
+pub mod egress;
 pub mod follow;
 pub mod host;
 pub mod limits;

@@ -172,6 +172,7 @@ impl RunCgroup {
             cpu_ms: cpu_ns.map(|ns: u64| ns / 1_000_000),
             oom_kills: oom.unwrap_or(0),
             pids_refused: self.pids_refused(),
+            ..Usage::default()
         }
     }
 

@@ -40,7 +40,8 @@ impl Engine {
         let mut seen = Vec::new();
         let mut attempt_no = 0;
         for name in names {
-            let cand = resolve_one(d, &name, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
+            let net = crate::network::kind_for(d, &self.config.network);
+            let cand = resolve_one(d, &name, order, &self.runners, &self.sandboxes, self.config.sandbox, net).await;
             seen.push(cand.clone());
             if !(cand.enabled && cand.configured && cand.runnable) {
                 continue;
@@ -62,7 +63,8 @@ impl Engine {
         if attempt_no == 0 {
             if seen.is_empty() {
                 // Nothing the addon supports is configured: explain with the full picture.
-                seen = resolve(d, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
+                let net = crate::network::kind_for(d, &self.config.network);
+                seen = resolve(d, order, &self.runners, &self.sandboxes, self.config.sandbox, net).await;
             }
             report.result = AddonResult::ExecutionFailed;
             report.error = Some(no_runner_reason(&seen));
@@ -177,6 +179,17 @@ impl Engine {
     ) -> Result<(addon_runners::Supervised, String), RunnerError> {
         let (artifact, entry) = built?;
         let at = &mut run.at;
+        let network = crate::network::network_for(at.d, &self.config.network, at.ident.settings)
+            .map_err(|e| RunnerError::setup(&runner.info().name, e))?;
+        at.outcome.network = Some(crate::report::NetworkUse {
+            policy: network.kind(),
+            allowed: match &network {
+                addon_runners::egress::Network::Egress(e) => e.allow.iter().map(|d| d.to_string()).collect(),
+                _ => Vec::new(),
+            },
+            refused_packets: None,
+            dns_queries: None,
+        });
         let mut args = at.d.args.clone();
         args.push("arguments/user-input".to_string());
         let spec = StartSpec {
@@ -196,7 +209,7 @@ impl Engine {
                 home: run.home_dir.clone(),
                 scratch: at.work_dir.with_extension("root"),
             },
-            network: at.d.networking(),
+            network,
             limits: at.outcome.limits,
             sandbox: at.sandbox,
         };
@@ -245,6 +258,10 @@ impl Engine {
                 outcome.stderr_tail = supervised.stderr_tail.clone();
                 outcome.phases.run = supervised.duration.as_millis() as u64;
                 let usage = supervised.usage;
+                if let Some(net) = &mut outcome.network {
+                    net.refused_packets = usage.network_refused;
+                    net.dns_queries = usage.dns_queries;
+                }
                 outcome.resources = Resources {
                     peak_memory_bytes: usage.peak_memory_bytes,
                     cpu_ms: usage.cpu_ms,
@@ -347,6 +364,7 @@ pub(super) struct AttemptOutcome {
     resources: Resources,
     phases: Phases,
     limits: addon_runners::Limits,
+    network: Option<crate::report::NetworkUse>,
 }
 
 impl AttemptOutcome {
@@ -366,6 +384,7 @@ impl AttemptOutcome {
         report.termination = self.termination;
         report.resources = self.resources;
         report.limits = Some(self.limits);
+        report.network = self.network.clone();
         let (p, a) = (&mut report.phases_ms, &self.phases);
         (p.prepare, p.build, p.run, p.collect, p.cleanup) =
             (p.prepare + a.prepare, p.build + a.build, p.run + a.run, p.collect + a.collect, p.cleanup + a.cleanup);
@@ -393,6 +412,7 @@ impl AttemptOutcome {
             resources: Resources::default(),
             phases: Phases::default(),
             limits: addon_runners::Limits::default(),
+            network: None,
         }
     }
 }

@@ -472,6 +472,7 @@ fn failed_source(src: &str, msg: &str) -> AddonReport {
         stderr_tail: Vec::new(),
         rejected_files: None,
         log_lines_dropped: 0,
+        network: None,
         termination: None,
         resources: Resources::default(),
         phases_ms: Phases::default(),
@@ -557,6 +558,8 @@ mod tests {
         config.working_dir = dir.join("work");
         config.cache_dir = dir.join("cache");
         config.runner = crate::config::RunnerOrder(vec!["docker".into(), "trivial".into()]);
+        // The fakes give no egress network: these tests are about falling through.
+        config.network.impure = crate::config::ImpureNetwork::Host;
         (addon, config)
     }
 
@@ -592,6 +595,28 @@ mod tests {
         let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
         let calls = calls.lock().unwrap().clone();
         (report, calls)
+    }
+
+    /// Under the default `network.impure: egress`, an impure addon never goes to a runner that
+    /// cannot give it an egress network (the host's network would be a silent downgrade).
+    #[tokio::test]
+    async fn an_impure_addon_under_egress_skips_runners_without_egress() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addon, mut config) = docker_and_trivial(dir.path(), "options: {networking: true, collectOutput: true}");
+        config.network.impure = crate::config::ImpureNetwork::Egress;
+        let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let fake = |name, section| -> Arc<dyn Runner> {
+            Arc::new(Fake { name, section, exit: 0, build_fails: false, calls: calls.clone() })
+        };
+        let engine =
+            Engine::with_runners(config, vec![fake("docker", Section::Docker), fake("trivial", Section::Trivial)]);
+        let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+        let report = engine.run(req, None, CancellationToken::new()).await.unwrap();
+        assert!(calls.lock().unwrap().is_empty(), "nothing ran: {:?}", calls.lock().unwrap());
+        let a = &report.addons[0];
+        assert_eq!(a.result, AddonResult::ExecutionFailed);
+        let error = a.error.as_deref().unwrap_or_default();
+        assert!(error.contains("does not make egress networks") && error.contains("network.impure: host"), "{error}");
     }
 
     #[tokio::test]

@@ -50,7 +50,8 @@ impl Engine {
             .map_err(|error| EngineError::Source { source_arg: source.to_string(), error })?;
         let d = addon.parsed.descriptor.clone().unwrap_or_else(|| empty_descriptor(source));
         let order = runners.unwrap_or(&self.config.runner.0);
-        let resolved = resolve(&d, order, &self.runners, &self.sandboxes, self.config.sandbox).await;
+        let net = crate::network::kind_for(&d, &self.config.network);
+        let resolved = resolve(&d, order, &self.runners, &self.sandboxes, self.config.sandbox, net).await;
         let mut candidates = Vec::new();
         for r in &resolved {
             let usable = r.enabled && r.configured && r.available;

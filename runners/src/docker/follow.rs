@@ -229,6 +229,7 @@ impl Sampled {
             cpu_ms: self.cpu_ns.map(|ns| ns / 1_000_000),
             oom_kills: u64::from(oom),
             pids_refused: 0,
+            ..Default::default()
         }
     }
 }

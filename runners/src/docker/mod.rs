@@ -512,6 +512,7 @@ impl Runner for DockerRunner {
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
+        let host_network = crate::egress::host_or_none(&spec.network, "docker")?;
         let docker = self.docker().await?;
         self.reap_once(docker).await;
         let image = self.image(docker, &spec).await?;
@@ -621,7 +622,7 @@ impl Runner for DockerRunner {
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
-                network_mode: Some(if spec.network { "host" } else { "none" }.into()),
+                network_mode: Some(if host_network { "host" } else { "none" }.into()),
                 // Least privilege: no new privileges (setuid binaries stay what they are), and of
                 // Docker's default capabilities only those an addon needs to write its mounted
                 // directories as its image's user (no raw sockets, mknod, chroot, ...). The

@@ -821,7 +821,7 @@ impl Runner for OciRunner {
             env: &env,
             user: &user,
             binds: Binds { work: &mounts.work, output: &mounts.output, cache: &mounts.cache, hosts: &hosts },
-            network: spec.network,
+            network: crate::egress::host_or_none(&spec.network, "oci")?,
             id_map,
             rlimits: &rlimits,
             cgroup: cgroup.as_deref(),
@@ -847,7 +847,7 @@ impl Runner for OciRunner {
         let noise: crate::NoiseFilter = Arc::new(|_: &str| false);
         let program = argv.first().cloned().unwrap_or_default();
         let spawned = host::spawn(NAME, &self.inner.runs, &spec, cmd, &program, &mut envelope, noise)?;
-        let mut events = spawned.watch(&self.inner.runs, &spec, envelope);
+        let mut events = spawned.watch(&self.inner.runs, &spec, envelope, None);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let run_id = spec.run_id.clone();
         tokio::spawn(async move {

@@ -12,6 +12,7 @@ use tokio::process::Command;
 use super::ns::{MountPlan, NsPlan};
 use super::view::{Inside, Step, View};
 use super::{is_root, Identity, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
+use crate::egress::NetKind;
 
 #[derive(Debug)]
 pub struct Bwrap {
@@ -48,6 +49,11 @@ impl Sandbox for Bwrap {
         is_root().then_some(self.identity)
     }
 
+    /// Its network namespace gets the engine's egress network during the handoff.
+    fn egress(&self) -> Result<(), String> {
+        crate::egress::tools().map(|_| ()).map_err(|e| e.to_string())
+    }
+
     fn build(&self, spec: &Spec<'_>) -> Command {
         self.command_with(spec, None)
     }
@@ -57,10 +63,15 @@ impl Sandbox for Bwrap {
     /// moves both processes (see [`super::Handoff`]).
     fn launch(&self, spec: &Spec<'_>) -> Result<super::Launch, super::SandboxError> {
         self.check(spec.iso)?;
-        if spec.cgroups.is_empty() {
+        // An egress run waits for its network as it waits for its groups.
+        let egress = spec.iso.network == NetKind::Egress;
+        if spec.cgroups.is_empty() && !egress {
             return Ok(super::Launch { cmd: self.build(spec), handoff: None });
         }
         let (Ok((info_r, info_w)), Ok((block_r, block_w))) = (super::pipe(), super::pipe()) else {
+            if egress {
+                return Err(super::SandboxError::NoEgress { sandbox: "bwrap", why: "no pipes for the handoff".into() });
+            }
             // Without pipes, the process joins the groups itself, as before.
             return Ok(super::Launch { cmd: self.build(spec), handoff: None });
         };
@@ -154,7 +165,8 @@ impl Bwrap {
         c.args(["--remount-ro", "/"]);
         c.args(["--unshare-user", "--disable-userns", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]);
         c.args(["--unshare-cgroup-try", "--cap-drop", "ALL", "--die-with-parent", "--new-session"]);
-        if !iso.network {
+        if iso.network != NetKind::Host {
+            // None: only its own loopback; egress: a namespace the engine gives its network.
             c.arg("--unshare-net");
         }
         match super::seccomp::filters() {
@@ -255,7 +267,7 @@ impl Bwrap {
             env: &[],
             mounts: &mounts,
             extra_ro: &[],
-            iso: super::Isolation { network: false },
+            iso: super::Isolation { network: NetKind::None },
             scratch: &d,
             cgroups: &[],
             rlimits: &[],

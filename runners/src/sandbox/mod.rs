@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 use tokio::process::Command;
 
+use crate::egress::NetKind;
+
 pub use crate::probe::{Probe, ProbeCache};
 pub use addon_runner_api::sandbox::{Mounts, SandboxKind};
 pub use ns::Identity;
@@ -54,7 +56,8 @@ pub struct Spec<'a> {
 /// What the addon asks for.
 #[derive(Debug, Clone, Copy)]
 pub struct Isolation {
-    pub network: bool,
+    /// Its network: none (pure), the host's, or an egress network of its own.
+    pub network: crate::egress::NetKind,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +66,8 @@ pub enum SandboxError {
     Unavailable { sandbox: &'static str, detail: String },
     #[error("sandbox {sandbox} cannot cut the network, and the addon asks for none (set `sandbox:` to bwrap, netns or nspawn)")]
     CannotCutNetwork { sandbox: &'static str },
+    #[error("sandbox {sandbox} cannot give the egress network `network.impure: egress` asks for: {why}")]
+    NoEgress { sandbox: &'static str, why: String },
 }
 
 /// A way to wrap a host program so that it sees only what it may.
@@ -106,17 +111,26 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// Whether it can give an impure addon an egress network of its own here (see
+    /// [`crate::egress`]), or why not.
+    fn egress(&self) -> Result<(), String> {
+        Err(format!("the {} sandbox does not make egress networks yet (bwrap does)", self.name()))
+    }
+
     /// Checks that this sandbox can run an addon that asks for `iso`.
     fn check(&self, iso: Isolation) -> Result<(), SandboxError> {
         let p = self.probe();
         if !p.available {
             return Err(SandboxError::Unavailable { sandbox: self.name(), detail: p.detail });
         }
-        // `none` is the administrator's explicit choice of the bare host (SPEC): it runs.
-        if !iso.network && !self.cuts_network() && self.kind() != SandboxKind::None {
-            return Err(SandboxError::CannotCutNetwork { sandbox: self.name() });
+        match iso.network {
+            // `none` is the administrator's explicit choice of the bare host (SPEC): it runs.
+            NetKind::None if !self.cuts_network() && self.kind() != SandboxKind::None => {
+                Err(SandboxError::CannotCutNetwork { sandbox: self.name() })
+            }
+            NetKind::Egress => self.egress().map_err(|why| SandboxError::NoEgress { sandbox: self.name(), why }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Builds the command that runs `spec` in this sandbox, after checking it works here.
@@ -161,6 +175,12 @@ impl Handoff {
     /// into the control groups and releases it. On any failure, both are killed before the
     /// release end is closed (a closed end would release it too).
     pub fn complete(self, outer: i32) -> std::io::Result<()> {
+        self.complete_with(outer, |_| Ok(()))
+    }
+
+    /// [`Handoff::complete`], with `then` done on the inner process (its pid) after the move and
+    /// before the release (the egress network is attached there). Its failure kills both.
+    pub fn complete_with<T>(self, outer: i32, then: impl FnOnce(i32) -> std::io::Result<T>) -> std::io::Result<T> {
         let Handoff { info, release, cgroups } = self;
         // The inner process is not the engine's child: it is held by a process handle opened at
         // once, so that a kill reaches it and never a process that got its pid after it died.
@@ -173,10 +193,12 @@ impl Handoff {
                     fs_err::write(procs, p.to_string())?;
                 }
             }
-            Ok(())
+            then(pid)
         })();
-        let released =
-            moved.and_then(|()| std::io::Write::write_all(&mut std::fs::File::from(release.try_clone()?), b"x"));
+        let released = moved.and_then(|done| {
+            std::io::Write::write_all(&mut std::fs::File::from(release.try_clone()?), b"x")?;
+            Ok(done)
+        });
         if released.is_err() {
             if let Some(inner) = &inner {
                 inner.kill();
@@ -198,7 +220,7 @@ impl Handoff {
 }
 
 /// A pipe (read end, write end), both ends closed on exec.
-fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+pub(crate) fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills two descriptors we then own.
@@ -477,7 +499,7 @@ mod tests {
         assert!(!marker.exists(), "what the sandbox would have started never ran");
     }
 
-    pub(crate) fn argv(kind: SandboxKind, network: bool) -> Vec<String> {
+    pub(crate) fn argv(kind: SandboxKind, network: NetKind) -> Vec<String> {
         let mounts =
             Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/data".into(), home: "/c/home".into() };
         let env = vec![("OUTPUT_DIR".to_string(), "/mnt/output".to_string())];
@@ -502,7 +524,7 @@ mod tests {
 
     #[test]
     fn bwrap_cuts_the_network_only_when_asked_and_binds_the_run_dirs_at_mnt() {
-        let pure = argv(SandboxKind::Bwrap, false);
+        let pure = argv(SandboxKind::Bwrap, NetKind::None);
         assert!(pure.contains(&"--unshare-net".to_string()));
         assert!(pure.contains(&"--unshare-pid".to_string()) && pure.contains(&"--die-with-parent".to_string()));
         for (host, inside) in
@@ -519,14 +541,17 @@ mod tests {
         assert_eq!(pure.iter().filter(|a| *a == "--add-seccomp-fd").count(), 2, "both filters");
         assert!(pure.windows(4).any(|w| w == ["--chdir", "/mnt/work", "--", "/mnt/work/addons/a-1/run.sh"]));
         assert!(pure.ends_with(&["arguments/user-input".into()]));
-        let impure = argv(SandboxKind::Bwrap, true);
+        // An egress network is a namespace of the run's own too (the engine gives it its
+        // network in the handoff).
+        assert!(argv(SandboxKind::Bwrap, NetKind::Egress).contains(&"--unshare-net".to_string()));
+        let impure = argv(SandboxKind::Bwrap, NetKind::Host);
         assert!(!impure.contains(&"--unshare-net".to_string()));
         assert!(impure.contains(&"--unshare-pid".to_string()), "a PID namespace even with network");
     }
 
     #[test]
     fn nspawn_mounts_at_mnt_brings_alternatives_and_translates_the_program() {
-        let pure = argv(SandboxKind::Nspawn, false);
+        let pure = argv(SandboxKind::Nspawn, NetKind::None);
         assert!(pure.contains(&"--private-network".to_string()));
         assert!(pure.contains(&"--volatile=yes".to_string()) && pure.contains(&"--directory=/".to_string()));
         assert!(!pure.iter().any(|a| a == "--ephemeral"), "never copies a whole tree");
@@ -554,7 +579,7 @@ mod tests {
             "arguments/user-input".into()
         ]));
         assert!(pure.iter().any(|a| a.starts_with("--system-call-filter=~") && a.contains("@mount")));
-        assert!(!argv(SandboxKind::Nspawn, true).contains(&"--private-network".to_string()));
+        assert!(!argv(SandboxKind::Nspawn, NetKind::Host).contains(&"--private-network".to_string()));
     }
 
     #[test]
@@ -564,7 +589,7 @@ mod tests {
         assert!(s.get(SandboxKind::Nspawn).cuts_network());
         let none = s.get(SandboxKind::None);
         assert!(!none.cuts_network());
-        assert!(none.check(Isolation { network: false }).is_ok(), "explicit `none` runs, and says so");
+        assert!(none.check(Isolation { network: NetKind::None }).is_ok(), "explicit `none` runs, and says so");
     }
 
     #[test]

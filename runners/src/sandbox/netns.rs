@@ -13,6 +13,7 @@ use tokio::process::Command;
 use super::ns::{NsPlan, RootPlan};
 use super::view::{Inside, View};
 use super::{is_root, Identity, Isolation, Mounts, Probe, ProbeCache, Sandbox, SandboxKind, Spec};
+use crate::egress::NetKind;
 
 #[derive(Debug)]
 pub struct Netns {
@@ -33,7 +34,7 @@ impl Netns {
         let view =
             View::host_program(mounts, &inside, iso.network, extra_ro, Inside { uid: who.uid, gid: who.gid }, tmpfs);
         let filters = super::seccomp::filters()?;
-        Ok(NsPlan::new(!iso.network)
+        Ok(NsPlan::new(iso.network != NetKind::Host)
             .with_ipc_uts()
             .with_root(RootPlan::new(&view, scratch, &inside.work))
             .drop_to(Some(self.identity))
@@ -105,7 +106,7 @@ impl Netns {
             env: &[],
             mounts: &mounts,
             extra_ro: &[] as &[PathBuf],
-            iso: Isolation { network: false },
+            iso: Isolation { network: NetKind::None },
             scratch: &scratch,
             cgroups: &[],
             rlimits: &[],

@@ -216,7 +216,7 @@ impl Sandbox for Nspawn {
         let nspawn = self.path().unwrap_or_else(|| PathBuf::from(&self.binary));
         let (mut c, _) = self.launcher(&nspawn);
         c.args(BASE).args(hardening()).args(host_flags());
-        if !iso.network {
+        if iso.network != crate::egress::NetKind::Host {
             c.arg("--private-network");
         }
         for step in &view.steps {

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Mounts, HOST_ETC, HOST_ETC_NETWORK};
+use crate::egress::NetKind;
 
 /// One step in building the root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +106,7 @@ impl View {
     pub fn host_program(
         host: &Mounts,
         view: &Mounts,
-        network: bool,
+        network: NetKind,
         extra_ro: &[PathBuf],
         who: Inside,
         tmpfs: TmpfsBound,
@@ -119,8 +120,15 @@ impl View {
             }
         }
         steps.push(Step::Dir("/etc".into()));
-        let etc = HOST_ETC.iter().chain(PROGRAM_ETC.iter()).chain(if network { &HOST_ETC_NETWORK[..] } else { &[] });
+        let host_net = if network == NetKind::Host { &HOST_ETC_NETWORK[..] } else { &[] };
+        let etc = HOST_ETC.iter().chain(PROGRAM_ETC.iter()).chain(host_net);
         steps.extend(etc.map(Path::new).filter(|p| p.exists()).map(|p| Step::RoBind(p.to_path_buf())));
+        if network == NetKind::Egress {
+            // Names resolve through the engine's resolver; the host's own names stay the host's.
+            let resolv = format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER);
+            steps.push(Step::File { at: "/etc/resolv.conf".into(), contents: resolv });
+            steps.push(Step::File { at: "/etc/hosts".into(), contents: "127.0.0.1 localhost\n::1 localhost\n".into() });
+        }
         steps.push(Step::File { at: "/etc/passwd".into(), contents: passwd(who) });
         steps.push(Step::File { at: "/etc/group".into(), contents: group(who) });
         steps.push(Step::Dev);
@@ -159,14 +167,14 @@ fn group(who: Inside) -> String {
 mod tests {
     use super::*;
 
-    fn view(network: bool) -> View {
+    fn view(network: NetKind) -> View {
         let host = Mounts { work: "/w/run".into(), output: "/w/out".into(), cache: "/c/d".into(), home: "/c/h".into() };
         View::host_program(&host, &Mounts::mnt(), network, &[], Inside { uid: 1000, gid: 1000 }, TmpfsBound::default())
     }
 
     #[test]
     fn only_what_programs_need_is_there() {
-        let v = view(false);
+        let v = view(NetKind::None);
         let bound: Vec<&Path> = v
             .steps
             .iter()
@@ -183,8 +191,15 @@ mod tests {
         }
         assert!(!bound.contains(&Path::new("/etc/resolv.conf")), "no name resolution without network");
         if Path::new("/etc/resolv.conf").exists() {
-            assert!(view(true).steps.contains(&Step::RoBind("/etc/resolv.conf".into())));
+            assert!(view(NetKind::Host).steps.contains(&Step::RoBind("/etc/resolv.conf".into())));
         }
+        // An egress network resolves through the engine's resolver, and not the host's names.
+        let egress = view(NetKind::Egress);
+        assert!(!egress
+            .steps
+            .iter()
+            .any(|s| matches!(s, Step::RoBind(p) if p.starts_with("/etc/resolv.conf") || p.starts_with("/etc/hosts"))));
+        assert!(egress.steps.iter().any(|s| matches!(s, Step::File { at, contents } if at == Path::new("/etc/resolv.conf") && contents.contains("nameserver 10.0.2.3"))));
         if Path::new("/etc/alternatives").exists() {
             assert!(bound.contains(&Path::new("/etc/alternatives")));
         }

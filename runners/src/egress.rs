@@ -1,0 +1,506 @@
+//! The egress network (`network.impure: egress`): an impure addon's network namespace gets a
+//! user-mode network (slirp4netns: the addon's packets become ordinary sockets of a process on
+//! the host, so nothing is routed or forwarded by the host's kernel and the host's firewall is
+//! left alone) behind a packet filter inside the addon's own namespace, and a DNS resolver of
+//! the engine's.
+//!
+//! The filter (nftables, loaded before the addon starts) lets out TCP and UDP to public
+//! addresses and to what `network.allow` names for the addon; it refuses the host's own
+//! addresses, loopback, link-local (cloud metadata), private and shared ranges, multicast, and
+//! every other protocol. Nothing comes in. DNS queries to `10.0.2.3:53` are sent on to the
+//! engine's forwarder (through slirp's alias of the host's loopback, `10.0.2.2`, which is open
+//! for that port and nothing else), which asks the configured resolvers: the host's resolver may
+//! itself sit at a private address the addon may not reach. The addon has no capability in its
+//! namespace, so it cannot change the filter; a filter that does not load means no run.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+pub use addon_runner_api::network::{Destination, Egress, NetKind, Network, REFUSED_V4, REFUSED_V6};
+
+/// The addon's side of the user-mode network (slirp4netns's defaults).
+pub const GATEWAY: &str = "10.0.2.2";
+/// The resolver address the addon is given (`/etc/resolv.conf`).
+pub const RESOLVER: &str = "10.0.2.3";
+/// Name of the nftables table in the addon's namespace.
+const TABLE: &str = "addon_egress";
+/// How long the network may take to come up.
+const READY_WITHIN: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("egress network: {0} not found (install {1}); `network.impure: host` gives impure addons the host's network instead")]
+    Missing(&'static str, &'static str),
+    #[error("egress network: {what}: {detail}")]
+    Setup { what: &'static str, detail: String },
+}
+
+fn setup(what: &'static str) -> impl Fn(std::io::Error) -> EgressError {
+    move |e| EgressError::Setup { what, detail: e.to_string() }
+}
+
+/// The programs egress needs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub slirp4netns: PathBuf,
+    pub nft: PathBuf,
+}
+
+/// slirp4netns and nft, looked for once per process.
+pub fn tools() -> Result<&'static Tools, EgressError> {
+    static TOOLS: OnceLock<Result<Tools, (&'static str, &'static str)>> = OnceLock::new();
+    let found = TOOLS.get_or_init(|| {
+        let find = |name: &str| {
+            which::which(name).ok().or_else(|| {
+                ["/usr/sbin", "/sbin", "/usr/bin"].iter().map(|d| PathBuf::from(d).join(name)).find(|p| p.exists())
+            })
+        };
+        let slirp4netns = find("slirp4netns").ok_or(("slirp4netns", "slirp4netns"))?;
+        let nft = find("nft").ok_or(("nft", "nftables"))?;
+        Ok(Tools { slirp4netns, nft })
+    });
+    found.as_ref().map_err(|(what, package)| EgressError::Missing(what, package))
+}
+
+/// For a runner that gives no egress network: whether the run gets the host's network (else
+/// none), or the error that refuses an egress run (the engine does not send one: this is the
+/// last guard against a silent downgrade to the host's network).
+pub fn host_or_none(network: &Network, runner: &str) -> Result<bool, crate::RunnerError> {
+    match network {
+        Network::None => Ok(false),
+        Network::Host => Ok(true),
+        Network::Egress(_) => Err(crate::RunnerError::setup(
+            runner,
+            format!("the {runner} runner does not make egress networks yet: an impure addon runs on it only with `network.impure: host`"),
+        )),
+    }
+}
+
+/// Every address of this host's interfaces (an egress network never reaches the host itself).
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list` with a list we free below; we only read it meanwhile.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return out;
+    }
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs made.
+        let node = unsafe { &*at };
+        if !node.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr of the family it says.
+            match unsafe { (*node.ifa_addr).sa_family } as i32 {
+                libc::AF_INET => {
+                    // SAFETY: as above, an AF_INET address.
+                    let a = unsafe { &*(node.ifa_addr as *const libc::sockaddr_in) };
+                    out.push(IpAddr::from(u32::from_be(a.sin_addr.s_addr).to_be_bytes()));
+                }
+                libc::AF_INET6 => {
+                    // SAFETY: as above, an AF_INET6 address.
+                    let a = unsafe { &*(node.ifa_addr as *const libc::sockaddr_in6) };
+                    out.push(IpAddr::from(a.sin6_addr.s6_addr));
+                }
+                _ => {}
+            }
+        }
+        at = node.ifa_next;
+    }
+    // SAFETY: the list getifaddrs made, freed once.
+    unsafe { libc::freeifaddrs(list) };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The resolvers of the host's /etc/resolv.conf (port 53).
+pub fn host_resolvers() -> Vec<SocketAddr> {
+    let text = fs_err::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().split('%').next().and_then(|a| a.parse::<IpAddr>().ok()))
+        .map(|a| SocketAddr::new(a, 53))
+        .collect()
+}
+
+/// The nftables ruleset loaded into the addon's namespace: DNS to the engine's forwarder at
+/// `dns_port` on the host's loopback, `egress.allow`, then public addresses over TCP and UDP;
+/// `host` (the host's own addresses) and the refused ranges never.
+pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
+    let v4: Vec<String> = REFUSED_V4
+        .iter()
+        .map(|s| s.to_string())
+        .chain(host.iter().filter(|a| a.is_ipv4()).map(|a| a.to_string()))
+        .collect();
+    let v6: Vec<String> = REFUSED_V6
+        .iter()
+        .map(|s| s.to_string())
+        .chain(host.iter().filter(|a| a.is_ipv6()).map(|a| a.to_string()))
+        .collect();
+    let allow: String = egress
+        .allow
+        .iter()
+        .map(|d| {
+            let family = if d.addr.is_ipv4() { "ip" } else { "ip6" };
+            let port = d.port.map(|p| format!(" th dport {p}")).unwrap_or_default();
+            format!(
+                "    {family} daddr {}/{} meta l4proto {{ tcp, udp }}{port} counter name allowed accept\n",
+                d.addr, d.prefix
+            )
+        })
+        .collect();
+    format!(
+        "table inet {TABLE} {{
+  counter refused {{ }}
+  counter allowed {{ }}
+  counter public {{ }}
+  set refused4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {v4} }} }}
+  set refused6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {v6} }} }}
+  chain dns {{
+    type nat hook output priority -100; policy accept;
+    ip daddr {RESOLVER} udp dport 53 dnat ip to {GATEWAY}:{dns_port}
+  }}
+  chain out {{
+    type filter hook output priority 0; policy drop;
+    oif \"lo\" accept
+    ct state established,related accept
+    ip daddr {GATEWAY} udp dport {dns_port} ct status dnat accept
+{allow}    ip daddr @refused4 goto refuse
+    ip6 daddr @refused6 goto refuse
+    meta l4proto {{ tcp, udp }} counter name public accept
+    goto refuse
+  }}
+  chain refuse {{
+    counter name refused
+    meta l4proto tcp reject with tcp reset
+    reject with icmpx type admin-prohibited
+  }}
+  chain in {{
+    type filter hook input priority 0; policy drop;
+    iif \"lo\" accept
+    ct state established,related accept
+  }}
+}}
+",
+        v4 = v4.join(", "),
+        v6 = v6.join(", "),
+    )
+}
+
+/// What an egress network saw during a run (packets, not payloads).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EgressUse {
+    /// Packets the filter refused (new connections and datagrams to refused destinations).
+    pub refused: u64,
+    /// DNS queries the forwarder answered.
+    pub dns_queries: u64,
+}
+
+/// The namespaces of a run's process, held open so the filter's counters can be read after it
+/// ended.
+struct Namespaces {
+    net: OwnedFd,
+    /// The user namespace owning it, entered first when the engine is not root.
+    user: Option<OwnedFd>,
+}
+
+impl Namespaces {
+    fn of(pid: i32, join_user: bool) -> std::io::Result<Namespaces> {
+        let net = OwnedFd::from(fs_err::File::open(format!("/proc/{pid}/ns/net"))?.into_parts().0);
+        // The user namespace that owns the network namespace (not the process's own, which a
+        // sandbox may have nested below it).
+        let user = if join_user {
+            const NS_GET_USERNS: libc::c_ulong = 0xb701;
+            // SAFETY: an ioctl on a namespace descriptor we own; it returns a new descriptor.
+            let fd = unsafe { libc::ioctl(net.as_raw_fd(), NS_GET_USERNS) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor nobody else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        } else {
+            None
+        };
+        Ok(Namespaces { net, user })
+    }
+
+    /// `nft` inside the namespace, reading `stdin`.
+    fn nft(&self, args: &[&str], stdin: &str) -> Result<String, EgressError> {
+        let tools = tools()?;
+        let mut c = Command::new(&tools.nft);
+        c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).env_clear();
+        let (net, user) = (self.net.as_raw_fd(), self.user.as_ref().map(|u| u.as_raw_fd()));
+        // SAFETY: setns(2) on descriptors we hold open; async-signal-safe, no allocation.
+        unsafe {
+            c.pre_exec(move || {
+                if let Some(user) = user {
+                    if libc::setns(user, libc::CLONE_NEWUSER) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = c.spawn().map_err(setup("starting nft"))?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes()).map_err(setup("writing the filter to nft"))?;
+        }
+        let out = child.wait_with_output().map_err(setup("running nft"))?;
+        if !out.status.success() {
+            return Err(EgressError::Setup {
+                what: "loading the filter",
+                detail: format!("nft {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// A run's egress network, up while this lives: slirp4netns stops when it is dropped (its exit
+/// descriptor closes; if the engine dies, the kernel closes it), and so does the forwarder.
+pub struct EgressNet {
+    slirp: Child,
+    exit: Option<OwnedFd>,
+    ns: Namespaces,
+    dns: DnsForwarder,
+}
+
+impl std::fmt::Debug for EgressNet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EgressNet").field("slirp", &self.slirp.id()).field("dns", &self.dns.port).finish()
+    }
+}
+
+impl EgressNet {
+    /// Gives the network namespace of process `pid` (stopped before the addon runs) its egress
+    /// network: the filter loaded, the forwarder listening, slirp4netns attached and the
+    /// interface up. `join_user`: enter the process's user namespace first (an engine that is not
+    /// root has its rights in the namespace there).
+    pub fn attach(pid: i32, egress: &Egress, join_user: bool) -> Result<EgressNet, EgressError> {
+        let tools = tools()?;
+        let net_ns = Namespaces::of(pid, join_user).map_err(setup("opening the run's namespaces"))?;
+        let resolvers = if egress.resolvers.is_empty() { host_resolvers() } else { egress.resolvers.clone() };
+        let dns = DnsForwarder::start(resolvers).map_err(setup("starting the DNS forwarder"))?;
+        net_ns.nft(&["-f", "-"], &ruleset(egress, &host_addresses(), dns.port))?;
+        let (ready_r, ready_w) = crate::sandbox::pipe().map_err(setup("a pipe"))?;
+        let (exit_r, exit_w) = crate::sandbox::pipe().map_err(setup("a pipe"))?;
+        let mut c = Command::new(&tools.slirp4netns);
+        // The namespaces by descriptor (3: ready, 4: exit, 5: net, 6: user): by pid, slirp4netns
+        // would join the process's own user namespace, which may be one nested below the owner.
+        c.args(["--configure", "--mtu=65520", "--disable-dns", "--ready-fd=3", "--exit-fd=4"]);
+        if net_ns.user.is_some() {
+            c.arg("--userns-path=/proc/self/fd/6");
+        } else {
+            // As root it drops its capabilities and the host's file system once the tap is open.
+            c.args(["--enable-sandbox", "--enable-seccomp"]);
+        }
+        c.args(["--netns-type=path", "/proc/self/fd/5", "tap0"]);
+        c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).env_clear();
+        let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
+        let (net_fd, user_fd) = (net_ns.net.as_raw_fd(), net_ns.user.as_ref().map(|u| u.as_raw_fd()));
+        // SAFETY: dup2 onto 3 to 6 of descriptors we hold (dup2 clears close-on-exec);
+        // async-signal-safe. It dies with the engine's thread too.
+        unsafe {
+            c.pre_exec(move || {
+                let pairs = [(ready_fd, 3), (exit_fd, 4), (net_fd, 5), (user_fd.unwrap_or(-1), 6)];
+                // Move every source out of 3..=6 first, so that no dup2 overwrites a later source.
+                let mut moved = [0; 4];
+                for (i, (from, _)) in pairs.iter().enumerate() {
+                    moved[i] = if *from < 0 { -1 } else { libc::fcntl(*from, libc::F_DUPFD_CLOEXEC, 10) };
+                    if *from >= 0 && moved[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, (_, to)) in pairs.iter().enumerate() {
+                    if moved[i] >= 0 && libc::dup2(moved[i], *to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let slirp = c.spawn().map_err(setup("starting slirp4netns"))?;
+        drop((ready_w, exit_r));
+        let mut net = EgressNet { slirp, exit: Some(exit_w), ns: net_ns, dns };
+        if let Err(e) = wait_ready(&ready_r) {
+            let _ = net.slirp.kill();
+            let mut stderr = String::new();
+            if let Some(mut s) = net.slirp.stderr.take() {
+                let _ = s.read_to_string(&mut stderr);
+            }
+            let last = stderr.lines().last().unwrap_or("no message").to_string();
+            return Err(EgressError::Setup { what: "slirp4netns", detail: format!("{e}; {last}") });
+        }
+        Ok(net)
+    }
+
+    /// Stops the network and reports what it saw.
+    pub fn finish(self) -> EgressUse {
+        let refused = self
+            .ns
+            .nft(&["list", "counter", "inet", TABLE, "refused"], "")
+            .ok()
+            .and_then(|text| {
+                let at = text.find("packets ")? + "packets ".len();
+                text[at..].split_whitespace().next()?.parse().ok()
+            })
+            .unwrap_or(0);
+        EgressUse { refused, dns_queries: self.dns.queries.load(Ordering::Relaxed) }
+    }
+}
+
+impl Drop for EgressNet {
+    fn drop(&mut self) {
+        self.exit.take();
+        self.dns.stop.store(true, Ordering::Relaxed);
+        if !matches!(self.slirp.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(1));
+            if !matches!(self.slirp.try_wait(), Ok(Some(_))) {
+                let _ = self.slirp.kill();
+                let _ = self.slirp.wait();
+            }
+        }
+    }
+}
+
+fn wait_ready(ready: &OwnedFd) -> std::io::Result<()> {
+    let mut pfd = libc::pollfd { fd: ready.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one descriptor we own.
+    let n = unsafe { libc::poll(&mut pfd, 1, READY_WITHIN.as_millis() as i32) };
+    if n <= 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the network did not come up"));
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: a dup of our descriptor, owned by the File and closed with it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(libc::dup(ready.as_raw_fd())) };
+    match file.read(&mut byte) {
+        Ok(1) if byte[0] == b'1' => Ok(()),
+        _ => Err(std::io::Error::other("slirp4netns ended before the network was up")),
+    }
+}
+
+/// The engine's DNS forwarder for one run: UDP on the host's loopback, each query sent on to
+/// the resolvers in turn.
+struct DnsForwarder {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    queries: Arc<AtomicU64>,
+}
+
+/// Queries answered at once; more are dropped (the resolver library retries).
+const DNS_IN_FLIGHT: u64 = 32;
+
+impl DnsForwarder {
+    fn start(resolvers: Vec<SocketAddr>) -> std::io::Result<DnsForwarder> {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        let port = socket.local_addr()?.port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let queries = Arc::new(AtomicU64::new(0));
+        let (flag, count) = (stop.clone(), queries.clone());
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let socket = Arc::new(socket);
+        std::thread::Builder::new().name("addon-dns".into()).spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                if n < 12 || in_flight.load(Ordering::Relaxed) >= DNS_IN_FLIGHT {
+                    continue;
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let (query, socket, resolvers, in_flight, count) =
+                    (buf[..n].to_vec(), socket.clone(), resolvers.clone(), in_flight.clone(), count.clone());
+                std::thread::spawn(move || {
+                    if let Some(answer) = ask(&query, &resolvers) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let _ = socket.send_to(&answer, from);
+                    }
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        })?;
+        Ok(DnsForwarder { port, stop, queries })
+    }
+}
+
+/// Sends `query` to each resolver in turn until one answers with the query's id.
+fn ask(query: &[u8], resolvers: &[SocketAddr]) -> Option<Vec<u8>> {
+    for r in resolvers {
+        let bind: SocketAddr = if r.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+        let Ok(s) = UdpSocket::bind(bind) else { continue };
+        if s.set_read_timeout(Some(Duration::from_secs(2))).is_err() || s.connect(r).is_err() || s.send(query).is_err()
+        {
+            continue;
+        }
+        let mut buf = vec![0u8; 4096];
+        if let Ok(n) = s.recv(&mut buf) {
+            if n >= 12 && buf[..2] == query[..2] {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ruleset_refuses_the_host_and_private_ranges_and_allows_what_is_named() {
+        let egress = Egress {
+            allow: vec![Destination { addr: "10.1.2.3".parse().unwrap(), prefix: 32, port: Some(7880) }],
+            resolvers: vec![],
+        };
+        let host: Vec<IpAddr> = vec!["192.0.2.2".parse().unwrap(), "fd00::2".parse().unwrap()];
+        let rules = ruleset(&egress, &host, 5353);
+        for range in REFUSED_V4.iter().chain(REFUSED_V6.iter()) {
+            assert!(rules.contains(range), "{range} is not refused:\n{rules}");
+        }
+        assert!(rules.contains("192.0.2.2") && rules.contains("fd00::2"), "the host's addresses are refused");
+        let allow = rules.find("ip daddr 10.1.2.3/32 meta l4proto { tcp, udp } th dport 7880").expect("allowed");
+        assert!(allow < rules.find("@refused4").unwrap(), "an allowed destination comes before the refusals");
+        assert!(rules.contains("dnat ip to 10.0.2.2:5353"));
+        assert!(rules.contains("type filter hook output priority 0; policy drop;"));
+        assert!(rules.contains("type filter hook input priority 0; policy drop;"));
+    }
+
+    #[test]
+    fn host_addresses_include_loopback() {
+        assert!(host_addresses().contains(&"127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_forwarder_answers_from_a_resolver() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = upstream.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (n, from) = upstream.recv_from(&mut buf).unwrap();
+            let mut answer = buf[..n].to_vec();
+            answer.extend_from_slice(b"answer");
+            upstream.send_to(&answer, from).unwrap();
+        });
+        let dns = DnsForwarder::start(vec![at]).unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        client.send_to(b"\x12\x34query-bytes!", ("127.0.0.1", dns.port)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = client.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"\x12\x34query-bytes!answer");
+        assert_eq!(dns.queries.load(Ordering::Relaxed), 1);
+        dns.stop.store(true, Ordering::Relaxed);
+    }
+}
