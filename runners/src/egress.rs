@@ -69,6 +69,22 @@ pub fn tools() -> Result<&'static Tools, EgressError> {
     found.as_ref().map_err(|(what, package)| EgressError::Missing(what, package))
 }
 
+/// Whether this engine can make the user-mode network's device: slirp4netns opens
+/// `/dev/net/tun` as the engine's user (a root engine always can).
+pub fn tun_usable() -> Result<(), String> {
+    let path = c"/dev/net/tun";
+    // SAFETY: access(2) on a constant path.
+    if unsafe { libc::access(path.as_ptr(), libc::R_OK | libc::W_OK) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    Err(format!(
+        "an egress network needs /dev/net/tun readable and writable by the engine's user (uid {}), and it is not here ({err}); Debian makes it mode 0666, a root engine needs nothing",
+        // SAFETY: getuid has no preconditions.
+        unsafe { libc::getuid() }
+    ))
+}
+
 /// For a runner that gives no egress network: whether the run gets the host's network (else
 /// none), or the error that refuses an egress run (the engine does not send one: this is the
 /// last guard against a silent downgrade to the host's network).
@@ -288,6 +304,20 @@ impl EgressNet {
     /// root has its rights in the namespace there).
     pub fn attach(pid: i32, egress: &Egress, join_user: bool) -> Result<EgressNet, EgressError> {
         let tools = tools()?;
+        if join_user {
+            // The sandbox maps its user namespace's ids itself, after it reported its process:
+            // until then, entering the namespace gives no identity in it.
+            let deadline = std::time::Instant::now() + READY_WITHIN;
+            while fs_err::read_to_string(format!("/proc/{pid}/uid_map")).map(|m| m.trim().is_empty()).unwrap_or(false) {
+                if std::time::Instant::now() > deadline {
+                    return Err(EgressError::Setup {
+                        what: "the sandbox's user namespace",
+                        detail: "its ids were never mapped".into(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
         let net_ns = Namespaces::of(pid, join_user).map_err(setup("opening the run's namespaces"))?;
         let resolvers = if egress.resolvers.is_empty() { host_resolvers() } else { egress.resolvers.clone() };
         let dns = DnsForwarder::start(resolvers).map_err(setup("starting the DNS forwarder"))?;
@@ -339,7 +369,12 @@ impl EgressNet {
             if let Some(mut s) = net.slirp.stderr.take() {
                 let _ = s.read_to_string(&mut stderr);
             }
-            let last = stderr.lines().last().unwrap_or("no message").to_string();
+            let lines: Vec<&str> = stderr.lines().filter(|l| !l.starts_with("WARNING")).collect();
+            let last = if lines.is_empty() {
+                "no message".to_string()
+            } else {
+                lines[lines.len().saturating_sub(3)..].join("; ")
+            };
             return Err(EgressError::Setup { what: "slirp4netns", detail: format!("{e}; {last}") });
         }
         Ok(net)

@@ -466,6 +466,8 @@ fn copy_with_links(path: &Path, root: &Path) {
 pub struct WebHost {
     ns: String,
     server: std::process::Child,
+    /// Servers at the namespace's other addresses ([`WebHost::serve_private`]).
+    more: std::sync::Mutex<Vec<std::process::Child>>,
     /// `198.51.100.<4·slot+2>:8080`.
     pub addr: String,
 }
@@ -499,7 +501,7 @@ impl WebHost {
             .arg(dir)
             .spawn()
             .unwrap();
-        let host = WebHost { ns, server, addr };
+        let host = WebHost { ns, server, more: Default::default(), addr };
         for _ in 0..100 {
             if std::net::TcpStream::connect(&host.addr).is_ok() {
                 return Some(host);
@@ -510,10 +512,44 @@ impl WebHost {
     }
 }
 
+impl WebHost {
+    /// Serves `dir` at `ip:8080` too, an address of the test host's namespace that the host
+    /// reaches through it (a "LAN service" in a private range).
+    pub fn serve_private(&self, ip: &str, dir: &Path) {
+        let web_ip = self.addr.split(':').next().unwrap();
+        let ip_cmd = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip_cmd(&["-n", &self.ns, "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+        // The route goes with the veth pair when the namespace goes.
+        ip_cmd(&["route", "add", &format!("{ip}/32"), "via", web_ip]);
+        let addr = format!("{ip}:8080");
+        let server = Command::new("ip")
+            .args(["netns", "exec", &self.ns, "/bin/busybox", "httpd", "-f", "-p", &addr, "-h"])
+            .arg(dir)
+            .spawn()
+            .unwrap();
+        self.more.lock().unwrap().push(server);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&addr).is_ok() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("the test LAN service at {addr} did not start");
+    }
+}
+
 impl Drop for WebHost {
     fn drop(&mut self) {
-        let _ = self.server.kill();
-        let _ = self.server.wait();
+        let more = std::mem::take(&mut *self.more.lock().unwrap_or_else(|e| e.into_inner()));
+        for mut server in
+            std::iter::once(std::mem::replace(&mut self.server, Command::new("true").spawn().unwrap())).chain(more)
+        {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
         // The veth pair goes with the namespace.
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }

@@ -51,7 +51,8 @@ impl Sandbox for Bwrap {
 
     /// Its network namespace gets the engine's egress network during the handoff.
     fn egress(&self) -> Result<(), String> {
-        crate::egress::tools().map(|_| ()).map_err(|e| e.to_string())
+        crate::egress::tools().map_err(|e| e.to_string())?;
+        crate::egress::tun_usable()
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {

@@ -1,0 +1,337 @@
+//! Network policy (SPEC "Network and purity", `network:`): an impure addon under the default
+//! `network.impure: egress` reaches the "internet" and names through the engine's resolver, and
+//! nothing of the host: not its loopback, not its own addresses, not link-local, not a private
+//! LAN service, unless `network.allow` names it; `network.impure: host` gives the host's network;
+//! a pure addon reaches nothing. As root and as an unprivileged engine.
+//!
+//! No packet leaves this machine: the "internet" is a test host in a network namespace of the
+//! test's own (198.51.100.0/24, which this machine does not route), the "LAN service" sits at a
+//! private address in the same namespace, and the host's listeners are on its loopback and on
+//! all its addresses.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+/// A listener on the host answering any HTTP request with `body`.
+fn host_listener(bind: &str, body: &'static str) -> u16 {
+    let l = TcpListener::bind(bind).unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        }
+    });
+    port
+}
+
+/// A DNS server on the host's loopback (the resolver the engine's forwarder asks, through
+/// `network.resolvers`) answering A queries for `names`; other names and types get no answer.
+fn dns_server(names: Vec<(&'static str, Ipv4Addr)>) -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = s.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let q = &buf[..n];
+            if n < 17 {
+                continue;
+            }
+            // The question's name, label by label.
+            let (mut i, mut labels) = (12, Vec::new());
+            while i < n && q[i] != 0 {
+                let len = q[i] as usize;
+                labels.push(String::from_utf8_lossy(&q[i + 1..(i + 1 + len).min(n)]).to_lowercase());
+                i += 1 + len;
+            }
+            let end = i + 5; // the zero byte, type, class
+            if end > n {
+                continue;
+            }
+            let qtype = u16::from_be_bytes([q[i + 1], q[i + 2]]);
+            let name = labels.join(".");
+            let answer = names.iter().find(|(k, _)| *k == name).map(|(_, a)| *a).filter(|_| qtype == 1);
+            let mut r = q[..2].to_vec();
+            r.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(answer.is_some()), 0, 0, 0, 0]);
+            r.extend_from_slice(&q[12..end]);
+            if let Some(a) = answer {
+                r.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                r.extend_from_slice(&a.octets());
+            }
+            let _ = s.send_to(&r, from);
+        }
+    });
+    at
+}
+
+/// The addon: tries each `(label, host, port)` over TCP with an HTTP request and prints
+/// `label=ok:<body>` or `label=refused:<why>` to stderr.
+fn prober(targets: &[(&str, String, u16)]) -> String {
+    let list: Vec<String> = targets.iter().map(|(l, h, p)| format!("(\"{l}\", \"{h}\", {p})")).collect();
+    format!(
+        r#"#!/usr/bin/env python3
+import socket, sys
+for label, host, port in [{}]:
+    try:
+        s = socket.create_connection((host, port), timeout=4)
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        body = s.recv(4096).split(b"\r\n\r\n", 1)[-1].decode(errors="replace").strip()
+        print(f"{{label}}=ok:{{body}}", file=sys.stderr)
+    except Exception as e:
+        print(f"{{label}}=refused:{{e}}", file=sys.stderr)
+print("{{}}")
+"#,
+        list.join(", ")
+    )
+}
+
+/// The test's network: the "internet" web host (with a LAN service in a private range in its
+/// namespace), listeners on the host, and a DNS server naming them.
+struct Net {
+    web: WebHost,
+    web_ip: String,
+    host_ip: String,
+    lan_ip: String,
+    loopback_port: u16,
+    all_port: u16,
+    dns: SocketAddr,
+}
+
+impl Net {
+    fn new(slot: u8, www: &Path) -> Option<Net> {
+        std::fs::write(www.join("index.html"), "internet").unwrap();
+        let web = WebHost::start(slot, www)?;
+        let web_ip = web.addr.split(':').next().unwrap().to_string();
+        let host_ip = format!("198.51.100.{}", 4 * slot + 1);
+        let lan_ip = format!("10.213.{slot}.2");
+        web.serve_private(&lan_ip, www);
+        let loopback_port = host_listener("127.0.0.1:0", "host-loopback");
+        let all_port = host_listener("0.0.0.0:0", "host-address");
+        let dns = dns_server(vec![
+            ("internet.test", web_ip.parse().unwrap()),
+            ("lan.test", lan_ip.parse().unwrap()),
+            ("rebind.test", host_ip.parse().unwrap()),
+            ("metadata.test", "169.254.169.254".parse().unwrap()),
+        ]);
+        Some(Net { web, web_ip, host_ip, lan_ip, loopback_port, all_port, dns })
+    }
+
+    /// Everything an addon may try.
+    fn targets(&self) -> Vec<(&'static str, String, u16)> {
+        let mut t = vec![
+            ("internet", self.web_ip.clone(), 8080),
+            ("internet-name", "internet.test".to_string(), 8080),
+            ("lan", self.lan_ip.clone(), 8080),
+            ("lan-name", "lan.test".to_string(), 8080),
+            ("host-loopback-alias", "10.0.2.2".to_string(), self.loopback_port),
+            ("host-loopback", "127.0.0.1".to_string(), self.loopback_port),
+            ("host-veth", self.host_ip.clone(), self.all_port),
+            ("rebound-name", "rebind.test".to_string(), self.all_port),
+            ("metadata", "169.254.169.254".to_string(), 80),
+            ("metadata-name", "metadata.test".to_string(), 80),
+            ("docker-bridge", "172.17.0.1".to_string(), self.all_port),
+            ("host-v6-loopback", "::1".to_string(), self.loopback_port),
+        ];
+        // Every other address of the host (its LAN address, its public one).
+        for a in addon_runners::egress::host_addresses() {
+            if let IpAddr::V4(v4) = a {
+                if !v4.is_loopback() && v4.to_string() != self.host_ip {
+                    t.push(("host-address", v4.to_string(), self.all_port));
+                }
+            }
+        }
+        t
+    }
+
+    fn config(&self, extra: &str) -> String {
+        format!("network:\n  resolvers: [\"{}\"]\n{extra}", self.dns)
+    }
+}
+
+/// `label=...` lines the prober printed (several `host-address` lines join with `;`).
+fn results(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
+    let mut m = std::collections::BTreeMap::<String, String>::new();
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        let line = line.split_once("] ").map(|(_, rest)| rest).unwrap_or(line);
+        if let Some((k, v)) = line.split_once('=') {
+            if v.starts_with("ok:") || v.starts_with("refused:") {
+                m.entry(k.trim().to_string()).and_modify(|e| *e = format!("{e};{v}")).or_insert_with(|| v.to_string());
+            }
+        }
+    }
+    m
+}
+
+fn reached(m: &std::collections::BTreeMap<String, String>, label: &str) -> bool {
+    let v = m.get(label).unwrap_or_else(|| panic!("no result for {label}: {m:?}"));
+    v.split(';').any(|r| r.starts_with("ok:"))
+}
+
+/// The addon, readable and runnable by any user (an unprivileged engine copies it).
+fn addon(w: &World, name: &str, options: &str, script: &str) -> PathBuf {
+    let dir = w.addon_dir(
+        name,
+        &format!(
+            "meta: {{name: {name}, version: \"1\"}}\nrunner: {{trivial: {{enable: true, exec: run.py}}}}\n{options}"
+        ),
+    );
+    std::fs::write(dir.join("run.py"), script).unwrap();
+    chmod(&dir.join("run.py"), 0o755);
+    for p in [w.path().join("addons-src"), dir.clone()] {
+        chmod(&p, 0o755);
+    }
+    chmod(&dir.join("docspell-addon.yml"), 0o644);
+    dir
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Runs `addon` through `addon run --json` with `config` appended to the world's, as root or
+/// (with `user`) as that unprivileged user.
+fn run(w: &World, config: &str, addon: &Path, user: Option<&str>) -> (std::process::Output, serde_json::Value) {
+    let path = w.path().join(format!("config-{}.yml", user.unwrap_or("root")));
+    let base = std::fs::read_to_string(&w.config).unwrap();
+    let base = match user {
+        // Its own working and cache directories.
+        Some(u) => base.replace("/work\n", &format!("/work-{u}\n")).replace("/cache\n", &format!("/cache-{u}\n")),
+        None => base,
+    };
+    std::fs::write(&path, format!("{base}{config}")).unwrap();
+    chmod(&path, 0o644);
+    let mut c = match user {
+        Some(u) => {
+            let bin = w.path().join("addon");
+            if !bin.exists() {
+                std::fs::copy(env!("CARGO_BIN_EXE_addon"), &bin).unwrap();
+                chmod(&bin, 0o755);
+            }
+            let mut c = Command::new("runuser");
+            c.args(["-u", u, "--"]).arg(bin);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_addon")),
+    };
+    let out = c.arg("--config").arg(&path).args(["run", "--json"]).arg(addon).current_dir(w.path()).output().unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out, v)
+}
+
+const IMPURE_PY: &str = "options:\n  networking: true\n  collectOutput: true\n";
+const PURE_PY: &str = "options:\n  networking: false\n  collectOutput: true\n";
+
+/// Everything but the internet is refused, by address and by name.
+fn assert_only_the_internet(m: &std::collections::BTreeMap<String, String>, who: &str) {
+    assert!(reached(m, "internet"), "{who}: the internet is reachable: {m:?}");
+    assert!(reached(m, "internet-name"), "{who}: by name, through the engine's resolver: {m:?}");
+    for label in [
+        "lan",
+        "lan-name",
+        "host-loopback-alias",
+        "host-loopback",
+        "host-veth",
+        "rebound-name",
+        "metadata",
+        "metadata-name",
+        "docker-bridge",
+        "host-v6-loopback",
+    ] {
+        assert!(!reached(m, label), "{who}: {label} must be refused: {m:?}");
+    }
+    if m.contains_key("host-address") {
+        assert!(!reached(m, "host-address"), "{who}: the host's own addresses are refused: {m:?}");
+    }
+}
+
+/// The whole policy with bwrap, as root and as an unprivileged engine.
+#[test]
+fn egress_reaches_the_internet_and_nothing_of_the_host() {
+    if !require("bwrap") || !require_root("the test's internet is a network namespace: it needs root") {
+        return;
+    }
+    let w = World::new("bwrap", "");
+    // The unprivileged engine makes its own working and cache directories here.
+    chmod(w.path(), 0o777);
+    let www = w.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    chmod(&www, 0o755);
+    let Some(net) = Net::new(11, &www) else { return };
+    let prober_addon = addon(&w, "prober", IMPURE_PY, &prober(&net.targets()));
+    for user in [None, Some("nobody")] {
+        let who = user.unwrap_or("root");
+        // The default policy.
+        let (out, v) = run(&w, &net.config(""), &prober_addon, user);
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "success", "{who}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a["network"]["policy"], "egress", "{who}: {a}");
+        assert_only_the_internet(&results(&out), who);
+        assert!(a["network"]["refused_packets"].as_u64().unwrap() > 0, "{who}: refusals are counted: {a}");
+        assert!(a["network"]["dns_queries"].as_u64().unwrap() > 0, "{who}: {a}");
+
+        // network.allow: exactly the named LAN destination, and nothing else.
+        let allow = format!("  allow:\n    prober: [\"{}:8080\"]\n", net.lan_ip);
+        let (out, v) = run(&w, &net.config(&allow), &prober_addon, user);
+        assert_eq!(v["addons"][0]["network"]["allowed"][0], format!("{}:8080", net.lan_ip), "{who}: {v}");
+        let m = results(&out);
+        assert!(reached(&m, "lan") && reached(&m, "lan-name"), "{who}: the allowed LAN service: {m:?}");
+        for label in ["host-loopback-alias", "host-veth", "metadata", "rebound-name"] {
+            assert!(!reached(&m, label), "{who}: {label} stays refused with an allow: {m:?}");
+        }
+
+        // A pure addon reaches nothing, whatever the policy.
+        let pure = addon(&w, "pure-prober", PURE_PY, &prober(&net.targets()));
+        let (out, v) = run(&w, &net.config(""), &pure, user);
+        assert_eq!(v["addons"][0]["network"]["policy"], "none", "{who}: {v}");
+        let m = results(&out);
+        assert!(!reached(&m, "internet"), "{who}: a pure addon has no network: {m:?}");
+
+        // network.impure: host is Docspell's behaviour: the host's loopback too.
+        let (out, v) = run(&w, &net.config("  impure: host\n"), &prober_addon, user);
+        assert_eq!(v["addons"][0]["network"]["policy"], "host", "{who}: {v}");
+        let m = results(&out);
+        assert!(reached(&m, "internet") && reached(&m, "host-loopback"), "{who}: host network: {m:?}");
+    }
+    drop(net.web);
+}
+
+/// Another addon declaring the allowed addon's name gets none of its allowed destinations.
+#[test]
+fn an_allow_belongs_to_the_addon_meant() {
+    if !require("bwrap") || !require_root("the test's internet is a network namespace: it needs root") {
+        return;
+    }
+    let w = World::new("bwrap", "");
+    chmod(w.path(), 0o755);
+    let www = w.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    chmod(&www, 0o755);
+    let Some(net) = Net::new(12, &www) else { return };
+    let honest = addon(&w, "caller", IMPURE_PY, &prober(&net.targets()));
+    let pin = format!("addons:\n  caller: {{origins: [\"{}\"]}}\n", honest.display());
+    let allow = format!("  allow:\n    caller: [\"{}:8080\"]\n", net.lan_ip);
+    let config = format!("{pin}{}", net.config(&allow));
+    let (out, _) = run(&w, &config, &honest, None);
+    assert!(
+        reached(&results(&out), "lan"),
+        "the addon the administrator meant: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let squatter = w.path().join("elsewhere/caller");
+    std::fs::create_dir_all(squatter.parent().unwrap()).unwrap();
+    let copied = Command::new("cp").arg("-a").arg(&honest).arg(&squatter).status().unwrap();
+    assert!(copied.success());
+    let (out, v) = run(&w, &config, &squatter, None);
+    assert!(v["addons"][0]["network"].get("allowed").is_none(), "{v}");
+    assert!(!reached(&results(&out), "lan"), "a squatter on the name: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(reached(&results(&out), "internet"));
+}
