@@ -347,7 +347,8 @@ fn the_kit_sees_through_no_sandbox() {
         missing("the bare host's secrets are root's: this test needs root");
         return;
     }
-    let w = World::new("none", "runner: [trivial]\n");
+    // The bare host gives no egress network: the impure probe runs with the host's.
+    let w = World::new("none", "runner: [trivial]\nnetwork: {impure: host}\n");
     let bait = Bait::new(w.path(), format!("{}", 36_000 + std::process::id() % 1000)).unwrap();
     let addon = w.addon("seeing", IMPURE, "exit 99");
     let probe = addon_executor::check::build_probe(w.path()).unwrap_or_else(|e| panic!("{e}"));

@@ -45,7 +45,8 @@ fn contract_network_and_build_once() {
     if !require_docker() {
         return;
     }
-    let w = World::new("auto", "runner: [docker, trivial]\n");
+    // The docker runner gives no egress network yet: impure addons get the host's on request.
+    let w = World::new("auto", "runner: [docker, trivial]\nnetwork: {impure: host}\n");
     let marker = format!("contract-{}", std::process::id());
     let addon = w.docker_addon("dcontract", PURE, CONTRACT, &marker);
     let port = listener();

@@ -253,19 +253,28 @@ fn assert_only_the_internet(m: &std::collections::BTreeMap<String, String>, who:
     }
 }
 
-/// The whole policy with bwrap, as root and as an unprivileged engine.
 #[test]
-fn egress_reaches_the_internet_and_nothing_of_the_host() {
-    if !require("bwrap") || !require_root("the test's internet is a network namespace: it needs root") {
+fn egress_reaches_the_internet_and_nothing_of_the_host_bwrap() {
+    policy_holds("bwrap", 11);
+}
+
+#[test]
+fn egress_reaches_the_internet_and_nothing_of_the_host_netns() {
+    policy_holds("netns", 13);
+}
+
+/// The whole policy with `sandbox`, as root and as an unprivileged engine.
+fn policy_holds(sandbox: &str, slot: u8) {
+    if !require(sandbox) || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    let w = World::new("bwrap", "");
+    let w = World::new(sandbox, "");
     // The unprivileged engine makes its own working and cache directories here.
     chmod(w.path(), 0o777);
     let www = w.path().join("www");
     std::fs::create_dir(&www).unwrap();
     chmod(&www, 0o755);
-    let Some(net) = Net::new(11, &www) else { return };
+    let Some(net) = Net::new(slot, &www) else { return };
     let prober_addon = addon(&w, "prober", IMPURE_PY, &prober(&net.targets()));
     for user in [None, Some("nobody")] {
         let who = user.unwrap_or("root");

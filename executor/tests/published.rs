@@ -45,10 +45,14 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
     if !ready {
         return None;
     }
-    let config = match runner {
+    let mut config = match runner {
         "nix-flake" => nix_config(""),
         r => format!("runner: [{r}]\n"),
     };
+    // gVisor and nspawn give no egress network yet: the impure addon gets the host's on request.
+    if runner.starts_with("gvisor") || sandbox == "nspawn" {
+        config.push_str("network: {impure: host}\n");
+    }
     let w = World::new(sandbox, &config);
     match runner {
         "gvisor" => w.add_plugin("gvisor", "addon-runner-gvisor", "trivial", ""),

@@ -210,6 +210,42 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
     )
 }
 
+/// Makes CAP_NET_ADMIN (held in the current user namespace) inheritable and ambient, so that
+/// the program exec'd next keeps it. Async-signal-safe.
+fn keep_net_admin() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_NET_ADMIN: u32 = 12;
+    let mut header = Header { version: VERSION_3, pid: 0 };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a header and two data structs, as the version-3 ABI wants;
+    // prctl with integer arguments.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &mut header as *mut Header, data.as_mut_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        data[0].inheritable |= 1 << CAP_NET_ADMIN;
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, CAP_NET_ADMIN as libc::c_ulong, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// What an egress network saw during a run (packets, not payloads).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EgressUse {
@@ -260,6 +296,9 @@ impl Namespaces {
                     if libc::setns(user, libc::CLONE_NEWUSER) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
+                    // Entering the namespace gives every capability in it, which exec drops for
+                    // a user other than root: CAP_NET_ADMIN is kept across it as ambient.
+                    keep_net_admin()?;
                 }
                 if libc::setns(net, libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());

@@ -602,6 +602,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         wrong.unless(again.report.cache == second_cache, || {
             format!("second run: cache {:?}, expected {second_cache:?}", again.report.cache)
         });
+        // Runs hand their directories to the engine's janitor when they return.
+        self.engine.settle();
         let runs: Vec<String> = fs_err::read_dir(self.root.join("work"))
             .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
@@ -834,14 +836,55 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
             wrong.0.push(f);
         }
         wrong.unless(pure.report.pure, || "a pure addon's result says it was not pure".into());
+        let pure_said = "a pure addon reached no network: only lo, no host loopback (TCP, UDP, abstract unix), no raw or packet sockets";
+        if self.engine.config().network.impure == crate::config::ImpureNetwork::Host {
+            let (impure, found) = self.probe_with_bait("check-net-impure", IMPURE).await?;
+            wrong.unless(!impure.report.pure, || "an impure addon's result says it was pure".into());
+            wrong.unless(found.iter().any(|f| f.starts_with("host-loopback-tcp")), || {
+                "an impure addon did not reach the host's loopback (networking: true, network.impure: host)".into()
+            });
+            return wrong.verdict(|| format!("{pure_said}; an impure one reached the host (network.impure: host)"));
+        }
+        if !self.gives_egress() {
+            // No silent downgrade to the host's network: the impure addon is refused, saying why.
+            let addon = self.probe_addon("check-net-impure", IMPURE)?;
+            let ran = self.go(&addon, Extra { user_input: "probe".into(), ..Default::default() }).await?;
+            let error = ran.report.error.clone().unwrap_or_default();
+            wrong.unless(ran.report.result == AddonResult::ExecutionFailed && error.contains("egress"), || {
+                format!(
+                    "an impure addon on a runner without egress networks was not refused for it: {}",
+                    ran.describe()
+                )
+            });
+            return wrong.verdict(|| {
+                format!("{pure_said}; an impure one is refused (this runner gives no egress network; `network.impure: host` runs it with the host's)")
+            });
+        }
+        // The hostile kit in impure mode: with its egress network, the probe finds nothing of the
+        // host either (its loopback, abstract sockets, raw and packet sockets, secrets, sockets
+        // of daemons); it has an interface and a route out, which is what it asked for.
         let (impure, found) = self.probe_with_bait("check-net-impure", IMPURE).await?;
         wrong.unless(!impure.report.pure, || "an impure addon's result says it was pure".into());
-        wrong.unless(found.iter().any(|f| f.starts_with("host-loopback-tcp")), || {
-            "an impure addon did not reach the host's loopback (networking: true)".into()
+        let policy = impure.report.network.as_ref().map(|n| n.policy);
+        wrong.unless(policy == Some(addon_runners::egress::NetKind::Egress), || {
+            format!("an impure addon ran with network {policy:?}, not egress")
         });
-        wrong.verdict(|| {
-            "a pure addon reached no network: only lo, no host loopback (TCP, UDP, abstract unix), no raw or packet sockets; an impure one reached the host".into()
-        })
+        for f in found.into_iter().filter(|f| !f.starts_with("interfaces") && !f.starts_with("route-out")) {
+            wrong.0.push(format!("impure (egress): {f}"));
+        }
+        wrong.verdict(|| format!("{pure_said}; an impure one (egress network) reached nothing of the host either"))
+    }
+
+    /// Whether the target gives an impure addon an egress network here: itself, or through the
+    /// engine's sandbox.
+    fn gives_egress(&self) -> bool {
+        if self.caps.egress {
+            return true;
+        }
+        let sandboxes = self.engine.sandboxes();
+        self.caps.uses_sandbox
+            && crate::resolve::pick_sandbox(sandboxes, self.engine.config().sandbox)
+                .is_ok_and(|kind| sandboxes.get(kind).egress().is_ok())
     }
 
     /// The probe, judged whole.

@@ -280,7 +280,7 @@ fn read_child_pid(info: &std::os::fd::OwnedFd, within: std::time::Duration) -> s
 }
 
 /// `N` of `"child-pid": N` in bubblewrap's info JSON.
-fn child_pid_of(text: &str) -> Option<i32> {
+pub(crate) fn child_pid_of(text: &str) -> Option<i32> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     v.get("child-pid")?.as_i64().and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0)
 }

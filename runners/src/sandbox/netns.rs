@@ -5,6 +5,7 @@
 //! root engine runs the addon as its own unprivileged identity; otherwise a user namespace maps
 //! the engine's user.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -61,13 +62,54 @@ impl Sandbox for Netns {
         is_root().then_some(self.identity)
     }
 
+    /// Its network namespace gets the engine's egress network while it waits after unsharing.
+    fn egress(&self) -> Result<(), String> {
+        crate::egress::tools().map_err(|e| e.to_string())?;
+        crate::egress::tun_usable()
+    }
+
     fn build(&self, spec: &Spec<'_>) -> Command {
+        self.command_with(spec, None)
+    }
+
+    /// An egress run reports its process once its namespaces exist and waits for the engine
+    /// (see [`super::Handoff`]); others join their control groups themselves before exec.
+    fn launch(&self, spec: &Spec<'_>) -> Result<super::Launch, super::SandboxError> {
+        self.check(spec.iso)?;
+        if spec.iso.network != NetKind::Egress {
+            return Ok(super::Launch { cmd: self.build(spec), handoff: None });
+        }
+        let no_pipes = |e: std::io::Error| super::SandboxError::NoEgress {
+            sandbox: "netns",
+            why: format!("no pipes for the handoff: {e}"),
+        };
+        let (info_r, info_w) = super::pipe().map_err(no_pipes)?;
+        let (block_r, block_w) = super::pipe().map_err(no_pipes)?;
+        let cmd = self.command_with(spec, Some((info_w, block_r)));
+        Ok(super::Launch { cmd, handoff: Some(super::Handoff { info: info_r, release: block_w, cgroups: vec![] }) })
+    }
+}
+
+impl Netns {
+    fn command_with(&self, spec: &Spec<'_>, handoff: Option<(OwnedFd, OwnedFd)>) -> Command {
         let Spec { program, args, env, mounts, .. } = *spec;
         let inside = self.view(mounts);
         let mut c = Command::new(mounts.translate(program, &inside));
         c.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         match self.plan(spec) {
-            Ok(plan) => plan.install(&mut c),
+            Ok(mut plan) => {
+                if let Some((info, block)) = handoff {
+                    plan = plan.with_handoff(info.as_raw_fd(), block.as_raw_fd());
+                    // SAFETY: the closure does nothing; it keeps the pipe ends open until the spawn.
+                    unsafe {
+                        c.pre_exec(move || {
+                            let _keep = (&info, &block);
+                            Ok(())
+                        });
+                    }
+                }
+                plan.install(&mut c)
+            }
             Err(e) => {
                 // Never run unfiltered: a command that cannot start, saying why.
                 tracing::error!("netns: {e}");

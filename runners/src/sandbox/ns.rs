@@ -67,6 +67,10 @@ pub struct NsPlan {
     /// Descriptors above stderr that the exec'd program must still have (bwrap's memory files);
     /// every other one is closed on exec.
     keep_fds: Vec<i32>,
+    /// `(info, block)`: once its namespaces exist, report `{"child-pid": N}` on `info` and wait
+    /// on `block` (see [`super::Handoff`]): the engine gives the network namespace its egress
+    /// network meanwhile. Both are closed before the addon starts.
+    handoff: Option<(i32, i32)>,
     /// The engine's argv and environment areas (copied into the child by fork), blanked in the
     /// namespace's init so that /proc/1 of the sandbox does not show them.
     blank: [(usize, usize); 2],
@@ -97,6 +101,7 @@ impl NsPlan {
             cgroups: Vec::new(),
             rlimits: Vec::new(),
             keep_fds: Vec::new(),
+            handoff: None,
             blank: own_areas(),
             uid_map: CString::new(format!("{0} {0} 1", me.uid)).unwrap_or_default(),
             gid_map: CString::new(format!("{0} {0} 1", me.gid)).unwrap_or_default(),
@@ -189,6 +194,13 @@ impl NsPlan {
     }
 
     /// Keep these descriptors open across exec (all others above stderr are closed).
+    /// Waits for the engine once the namespaces exist (see the `handoff` field).
+    pub fn with_handoff(mut self, info: i32, block: i32) -> NsPlan {
+        debug_assert!(self.keep_fds.is_empty(), "a plan with a handoff keeps no descriptors");
+        self.handoff = Some((info, block));
+        self
+    }
+
     pub fn keep_fds(mut self, fds: &[i32]) -> NsPlan {
         self.keep_fds = fds.to_vec();
         self
@@ -343,6 +355,11 @@ impl NsPlan {
                 return Err(io::Error::last_os_error());
             }
             if init > 0 {
+                // The shim is in the new namespaces (all but the PID one): it reports itself,
+                // and the init waits for the release.
+                if let Some((info, _)) = self.handoff {
+                    report(info);
+                }
                 // Close the standard library's exec-status pipe (and anything else above
                 // stderr), or `spawn` would wait for this shim to end.
                 libc::close_range(3, u32::MAX, 0);
@@ -353,6 +370,17 @@ impl NsPlan {
             // through /proc/1: not dumpable.
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             libc::prctl(libc::PR_SET_DUMPABLE, 0);
+            if let Some((info, block)) = self.handoff {
+                libc::close(info);
+                // The standard library's spawn waits until no one but an exec'd program holds its
+                // exec-status pipe: nothing above stderr but `block` waits here (a plan with a
+                // handoff has no descriptors to keep).
+                if block > 3 {
+                    libc::close_range(3, (block - 1) as u32, 0);
+                }
+                libc::close_range((block + 1) as u32, u32::MAX, 0);
+                wait_release(block);
+            }
             for (start, end) in self.blank {
                 if start != 0 && end > start {
                     std::ptr::write_bytes(start as *mut u8, 0, end - start);
@@ -424,6 +452,47 @@ fn own_areas() -> [(usize, usize); 2] {
     // After the command name, field 3 (state) is index 0: field N is index N - 3.
     let at = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
     [(at(48), at(49)), (at(50), at(51))]
+}
+
+/// Writes `{"child-pid": N}` (this process) on `info` and closes it. Async-signal-safe: no
+/// allocation. A failed write leaves the engine waiting until it gives up and kills the run.
+unsafe fn report(info: i32) {
+    // SAFETY: raw system calls on a descriptor this process holds, buffers on the stack.
+    unsafe {
+        let mut text = *b"{\"child-pid\": 0000000000}";
+        let mut pid = libc::getpid() as u32;
+        let mut at = 23; // the last digit
+        loop {
+            text[at] = b'0' + (pid % 10) as u8;
+            pid /= 10;
+            if pid == 0 || at == 14 {
+                break;
+            }
+            at -= 1;
+        }
+        // Leading zeros are not JSON: the digits follow the prefix directly.
+        let digits = 24 - at;
+        let mut out = [0u8; 26];
+        out[..14].copy_from_slice(&text[..14]);
+        out[14..14 + digits].copy_from_slice(&text[at..24]);
+        out[14 + digits] = b'}';
+        libc::write(info, out.as_ptr().cast(), 15 + digits);
+        libc::close(info);
+    }
+}
+
+/// Waits for a byte (or the end) on `block`, then closes it.
+unsafe fn wait_release(block: i32) {
+    // SAFETY: a raw read into a stack byte, on a descriptor this process holds.
+    unsafe {
+        let mut byte = 0u8;
+        while libc::read(block, (&mut byte as *mut u8).cast(), 1) < 0 {
+            if *libc::__errno_location() != libc::EINTR {
+                break;
+            }
+        }
+        libc::close(block);
+    }
 }
 
 pub(super) fn check(r: libc::c_int) -> io::Result<()> {
@@ -529,6 +598,23 @@ mod tests {
         // bwrap's preparation: the tool makes the namespaces; here nothing is unshared.
         assert_eq!(NsPlan::prepare_only().clone_flags(), 0);
         assert!(has(NsPlan::prepare_only().with_cover(Path::new("/x")).clone_flags(), libc::CLONE_NEWNS));
+    }
+
+    #[test]
+    fn the_handoff_reports_this_process_and_waits_for_the_release() {
+        let (info_r, info_w) = crate::sandbox::pipe().unwrap();
+        let (block_r, block_w) = crate::sandbox::pipe().unwrap();
+        std::io::Write::write_all(&mut std::fs::File::from(block_w), b"x").unwrap();
+        use std::os::fd::IntoRawFd;
+        // SAFETY: descriptors this test owns; the functions close them.
+        unsafe {
+            report(info_w.into_raw_fd());
+            wait_release(block_r.into_raw_fd());
+        }
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::fs::File::from(info_r), &mut text).unwrap();
+        assert_eq!(text, format!("{{\"child-pid\": {}}}", std::process::id()));
+        assert_eq!(crate::sandbox::child_pid_of(&text), Some(std::process::id() as i32));
     }
 
     fn is_root_now() -> bool {
