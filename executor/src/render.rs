@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use crate::check::{CheckReport, Status};
 use crate::engine::{CacheListing, PruneReport};
 use crate::report::{AddonResult, PlanReport, RunReport, RunnersReport};
+use addon_runners::egress::NetKind;
 
 /// How much to say.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,6 +67,20 @@ impl Render for PlanReport {
     fn render(&self, out: &mut dyn Write, style: Style) -> io::Result<()> {
         let purity = if self.pure { "pure" } else { "impure" };
         writeln!(out, "{} {} ({purity}; {})", self.addon.name, self.addon.version, self.addon.digest)?;
+        let network = match self.network {
+            NetKind::None => "none (only its own loopback)".to_string(),
+            NetKind::Host => {
+                "host: the host's own network, everything the host reaches (network.impure: host)".to_string()
+            }
+            NetKind::Egress if self.network_allow.is_empty() => {
+                "egress: public addresses only, never the host, link-local or private ranges".to_string()
+            }
+            NetKind::Egress => format!(
+                "egress: public addresses only, never the host, link-local or private ranges, and {}",
+                self.network_allow.join(", ")
+            ),
+        };
+        writeln!(out, "network: {network}")?;
         for c in &self.candidates {
             let usable = c.enabled && c.configured && c.available && c.cannot_build.is_none();
             let mark = if usable { "+" } else { "-" };
@@ -124,6 +139,13 @@ impl Render for RunnersReport {
             let detail = if p.available { brief(&p.detail, style.verbose) } else { p.detail.clone() };
             writeln!(out, "  {} {}: {detail}", if p.available { "+" } else { "-" }, p.name)?;
             writeln!(out, "      {}", s.limits)?;
+            let networks: Vec<&str> = s.networks.iter().map(|n| n.as_str()).collect();
+            match &s.egress_detail {
+                Some(why) if p.available => {
+                    writeln!(out, "      impure addons: {} (no egress: {why})", networks.join(", "))?
+                }
+                _ => writeln!(out, "      impure addons: {}", networks.join(", "))?,
+            }
         }
         if !style.verbose {
             writeln!(out, "(-v shows every detail; --json all of it)")?;
@@ -161,9 +183,18 @@ impl Render for PruneReport {
 impl Render for RunReport {
     fn render(&self, out: &mut dyn Write, _: Style) -> io::Result<()> {
         for a in &self.addons {
+            // An impure addon's network is said; a pure one's is none.
+            let net = match a.network.as_ref().map(|n| (n.policy, n.refused_packets)) {
+                Some((NetKind::Egress, Some(refused))) if refused > 0 => {
+                    format!(", egress network, {refused} packets refused")
+                }
+                Some((NetKind::Egress, _)) => ", egress network".to_string(),
+                Some((NetKind::Host, _)) => ", host network".to_string(),
+                _ => String::new(),
+            };
             let how = match (&a.runner, &a.sandbox) {
-                (Some(r), Some(s)) => format!(" ({r} in {s}, cache {}, {} ms)", a.cache.as_str(), a.duration_ms),
-                (Some(r), None) => format!(" ({r}, {} ms)", a.duration_ms),
+                (Some(r), Some(s)) => format!(" ({r} in {s}{net}, cache {}, {} ms)", a.cache.as_str(), a.duration_ms),
+                (Some(r), None) => format!(" ({r}{net}, {} ms)", a.duration_ms),
                 _ => String::new(),
             };
             let name = if a.name.is_empty() { a.source.clone() } else { format!("{}-{}", a.name, a.version) };

@@ -164,6 +164,11 @@ pub struct PlanReport {
     pub addon: PlanAddon,
     pub pure: bool,
     pub networking: bool,
+    /// The network it would run with under `network.impure`: `none`, `egress` or `host`.
+    pub network: addon_runners::egress::NetKind,
+    /// `network.allow` entries for it (resolved when a run starts).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub network_allow: Vec<String>,
     pub candidates: Vec<Candidate>,
     pub selected: Option<Selected>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -217,6 +222,12 @@ pub struct SandboxProbe {
     pub probe: Probe,
     /// How it enforces the resource envelope here.
     pub limits: String,
+    /// The networks it gives impure addons here: `host`, and `egress` when it can make one
+    /// (see `egress_detail` when it cannot).
+    pub networks: Vec<addon_runners::egress::NetKind>,
+    /// Why it gives no egress network here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -344,3 +344,27 @@ fn an_allow_belongs_to_the_addon_meant() {
     assert!(!reached(&results(&out), "lan"), "a squatter on the name: {}", String::from_utf8_lossy(&out.stderr));
     assert!(reached(&results(&out), "internet"));
 }
+
+/// The egress network lasts as long as the run: a run that waits longer than the engine's idle
+/// worker threads live (which started the network) still reaches the internet at its end.
+#[test]
+fn a_long_run_keeps_its_egress_network() {
+    if !require("bwrap") || !require_root("the test's internet is a network namespace: it needs root") {
+        return;
+    }
+    let w = World::new("bwrap", "");
+    chmod(w.path(), 0o755);
+    let www = w.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    chmod(&www, 0o755);
+    let Some(net) = Net::new(14, &www) else { return };
+    let script = prober(&[("internet", net.web_ip.clone(), 8080)]).replacen(
+        "import socket, sys",
+        "import socket, sys, time\ntime.sleep(15)",
+        1,
+    );
+    let late = addon(&w, "late", IMPURE_PY, &script);
+    let (out, v) = run(&w, &net.config(""), &late, None);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
+    assert!(reached(&results(&out), "internet"), "after 15 s: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -378,7 +378,7 @@ impl EgressNet {
         let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
         let (net_fd, user_fd) = (net_ns.net.as_raw_fd(), net_ns.user.as_ref().map(|u| u.as_raw_fd()));
         // SAFETY: dup2 onto 3 to 6 of descriptors we hold (dup2 clears close-on-exec);
-        // async-signal-safe. It dies with the engine's thread too.
+        // async-signal-safe.
         unsafe {
             c.pre_exec(move || {
                 let pairs = [(ready_fd, 3), (exit_fd, 4), (net_fd, 5), (user_fd.unwrap_or(-1), 6)];
@@ -395,7 +395,9 @@ impl EgressNet {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                // No parent-death signal: this runs on a pool thread that may end before the
+                // run does. It ends when its exit descriptor closes: at the end of the run, or
+                // when the engine dies.
                 Ok(())
             });
         }

@@ -38,7 +38,22 @@ impl Engine {
             .sandboxes
             .all()
             .iter()
-            .map(|s| crate::report::SandboxProbe { probe: s.probe(), limits: enforcement.clone() })
+            .map(|s| {
+                let egress = s.egress();
+                let mut networks = vec![addon_runners::egress::NetKind::Host];
+                if egress.is_ok() {
+                    networks.push(addon_runners::egress::NetKind::Egress);
+                }
+                if s.kind() == SandboxKind::None {
+                    networks.retain(|n| *n == addon_runners::egress::NetKind::Host);
+                }
+                crate::report::SandboxProbe {
+                    probe: s.probe(),
+                    limits: enforcement.clone(),
+                    networks,
+                    egress_detail: egress.err(),
+                }
+            })
             .collect();
         RunnersReport { runners, sandboxes }
     }
@@ -103,6 +118,10 @@ impl Engine {
         };
         let origin = crate::identity::origin_of(source, None);
         let identity = crate::identity::resolve(&self.config, &d.meta.name, &origin, &addon.digest.to_string(), false);
+        let network_allow = match identity.settings {
+            true => self.config.network.allow.get(&d.meta.name).cloned().unwrap_or_default(),
+            false => Vec::new(),
+        };
         Ok(PlanReport {
             identity,
             addon: PlanAddon {
@@ -112,6 +131,8 @@ impl Engine {
             },
             pure: d.pure(),
             networking: d.networking(),
+            network: net,
+            network_allow,
             candidates,
             selected,
             reason,
