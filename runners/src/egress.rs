@@ -360,7 +360,7 @@ impl EgressNet {
         let net_ns = Namespaces::of(pid, join_user).map_err(setup("opening the run's namespaces"))?;
         let resolvers = if egress.resolvers.is_empty() { host_resolvers() } else { egress.resolvers.clone() };
         let dns = DnsForwarder::start(resolvers).map_err(setup("starting the DNS forwarder"))?;
-        net_ns.nft(&["-f", "-"], &ruleset(egress, &host_addresses(), dns.port))?;
+        let rules = ruleset(egress, &host_addresses(), dns.port);
         let (ready_r, ready_w) = crate::sandbox::pipe().map_err(setup("a pipe"))?;
         let (exit_r, exit_w) = crate::sandbox::pipe().map_err(setup("a pipe"))?;
         let mut c = Command::new(&tools.slirp4netns);
@@ -404,6 +404,9 @@ impl EgressNet {
         let slirp = c.spawn().map_err(setup("starting slirp4netns"))?;
         drop((ready_w, exit_r));
         let mut net = EgressNet { slirp, exit: Some(exit_w), ns: net_ns, dns };
+        // The filter loads while slirp4netns sets up; the addon waits for both (a failure drops
+        // the network and the run does not start).
+        net.ns.nft(&["-f", "-"], &rules)?;
         if let Err(e) = wait_ready(&ready_r) {
             let _ = net.slirp.kill();
             let mut stderr = String::new();
