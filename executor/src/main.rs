@@ -240,6 +240,15 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == addon_runners::docker::WATCH_COMMAND) {
         return watch_unlinked(&argv[2..]);
     }
+    // The docker runner's network holder: the init of a container whose network namespace an
+    // addon's container joins, given its egress network by the engine. It only waits.
+    #[cfg(feature = "docker")]
+    if argv.get(1).is_some_and(|a| a == addon_runners::docker::HOLD_COMMAND) {
+        loop {
+            // SAFETY: pause(2) has no preconditions; it returns on a signal, and then waits again.
+            unsafe { libc::pause() };
+        }
+    }
     let cli = Cli::parse();
     // `runners check` reports per check; the engine's own messages about its deliberately
     // failing addons would only bury that (-v shows them).

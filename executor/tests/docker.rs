@@ -45,7 +45,7 @@ fn contract_network_and_build_once() {
     if !require_docker() {
         return;
     }
-    // The docker runner gives no egress network yet: impure addons get the host's on request.
+    // `network.impure: host`: the impure addon reaches a listener on the host, as in Docspell.
     let w = World::new("auto", "runner: [docker, trivial]\nnetwork: {impure: host}\n");
     let marker = format!("contract-{}", std::process::id());
     let addon = w.docker_addon("dcontract", PURE, CONTRACT, &marker);

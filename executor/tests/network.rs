@@ -368,3 +368,57 @@ fn a_long_run_keeps_its_egress_network() {
     assert_eq!(v["addons"][0]["result"], "success", "{v}");
     assert!(reached(&results(&out), "internet"), "after 15 s: {}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A busybox prober for images: `label=ok:<last line>` or `label=refused:<why>` per target (by
+/// address: the static busybox resolves no names itself), and the engine's resolver asked for
+/// `internet.test` (`resolved=<address>`).
+fn nc_prober(targets: &[(&str, String, u16)]) -> String {
+    let mut s = String::new();
+    for (label, host, port) in targets {
+        s.push_str(&format!(
+            "r=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 4 {host} {port} 2>&1 | tail -1)\ncase \"$r\" in *\"can't\"*|\"\") echo \"{label}=refused:$r\" >&2 ;; *) echo \"{label}=ok:$r\" >&2 ;; esac\n"
+        ));
+    }
+    s.push_str("echo \"resolved=$(nslookup internet.test 2>/dev/null | grep -A1 'Name:' | grep Address | head -1)\" >&2\necho '{}'\n");
+    s
+}
+
+/// Docker addons get the same egress network (a holder container's namespace, given the network
+/// by the engine, which the addon's container joins).
+#[test]
+fn docker_egress_reaches_the_internet_and_nothing_of_the_host() {
+    if !require_docker() || !require_root("the test's internet is a network namespace: it needs root") {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    chmod(w.path(), 0o755);
+    let www = w.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    chmod(&www, 0o755);
+    let Some(net) = Net::new(15, &www) else { return };
+    // By address: names are checked through the resolver line.
+    let targets: Vec<(&str, String, u16)> =
+        net.targets().into_iter().filter(|(_, h, _)| h.parse::<IpAddr>().is_ok() && !h.contains(':')).collect();
+    let marker = format!("egress-{}", std::process::id());
+    let addon = w.docker_addon("degress", IMPURE_PY, &nc_prober(&targets), &marker);
+    let (out, v) = run(&w, &net.config(""), &addon, None);
+    let a = &v["addons"][0];
+    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(a["network"]["policy"], "egress", "{a}");
+    let m = results(&out);
+    assert!(reached(&m, "internet"), "docker: the internet: {m:?}");
+    for label in ["lan", "host-loopback-alias", "host-veth", "metadata", "docker-bridge"] {
+        assert!(!reached(&m, label), "docker: {label} must be refused: {m:?}");
+    }
+    if m.contains_key("host-address") {
+        assert!(!reached(&m, "host-address"), "docker: the host's own addresses: {m:?}");
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("resolved=Address: {}", net.web_ip))
+            || stderr.contains(&format!("resolved=Address 1: {}", net.web_ip)),
+        "the engine's resolver answers: {stderr}"
+    );
+    assert!(a["network"]["refused_packets"].as_u64().unwrap() > 0, "{a}");
+    assert!(containers_of(&marker).is_empty(), "no container is left");
+}

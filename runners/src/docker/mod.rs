@@ -15,7 +15,7 @@ pub use build::DockerImageMeta;
 use build::{build, image_tag};
 use follow::follow;
 
-pub use settle::{COMMAND as SETTLE_COMMAND, IMAGE as SETTLE_IMAGE, WATCH_COMMAND};
+pub use settle::{COMMAND as SETTLE_COMMAND, HOLD_COMMAND, IMAGE as SETTLE_IMAGE, WATCH_COMMAND};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -269,6 +269,20 @@ impl DockerRunner {
     }
 
     /// The address used: setting, then DOCKER_HOST, then the local socket.
+    /// Whether this engine gives docker addons egress networks: a root engine (it enters the
+    /// holder container's network namespace, owned by the host's root) with slirp4netns, nft and
+    /// its helper binary (the holder's init).
+    pub fn gives_egress(&self) -> Result<(), String> {
+        if !crate::sandbox::is_root() {
+            return Err("the docker runner makes egress networks only for a root engine (it enters a container's network namespace)".into());
+        }
+        crate::egress::tools().map_err(|e| e.to_string())?;
+        match &self.settings.helper {
+            Some(h) if h.is_file() => Ok(()),
+            _ => Err("the docker runner's egress network needs the engine's helper, the `addon` binary (set nspawn.helper, or put `addon` in PATH)".into()),
+        }
+    }
+
     pub fn address(&self) -> String {
         self.settings
             .host
@@ -427,6 +441,7 @@ impl Runner for DockerRunner {
             // the six capabilities above and no new privileges.
             host_root: true,
             ptrace_children: true,
+            egress: self.gives_egress().is_ok(),
             ..Capabilities::SHIPPED
         };
         RunnerInfo::shipped(NAME, &[Section::Docker], capabilities)
@@ -512,7 +527,14 @@ impl Runner for DockerRunner {
     }
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
-        let host_network = crate::egress::host_or_none(&spec.network, "docker")?;
+        let egress = match &spec.network {
+            crate::egress::Network::Egress(e) => {
+                self.gives_egress().map_err(setup)?;
+                Some(e.clone())
+            }
+            _ => None,
+        };
+        let host_network = spec.network == crate::egress::Network::Host;
         let docker = self.docker().await?;
         self.reap_once(docker).await;
         let image = self.image(docker, &spec).await?;
@@ -573,11 +595,49 @@ impl Runner for DockerRunner {
             })?;
             Some(helper)
         };
-        let binds = vec![
+        let mut binds = vec![
             bind(&spec.dirs.work, "/mnt/work"),
             bind(&spec.dirs.output, "/mnt/output"),
             bind(&spec.dirs.cache, "/mnt/cache"),
         ];
+        // An egress run's container joins the network namespace of a holder container, given its
+        // egress network before the addon's container starts; names resolve through the engine.
+        let mut network = None;
+        if let Some(e) = &egress {
+            let resolv = spec.dirs.scratch.join("resolv.conf");
+            fs_err::create_dir_all(&spec.dirs.scratch)
+                .and_then(|()| {
+                    fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))
+                })
+                .and_then(|()| fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644)))
+                .map_err(|e| setup(format!("the egress network's resolv.conf: {e}")))?;
+            binds.push(format!("{}:/etc/resolv.conf:ro", resolv.display()));
+            let helper = self.settings.helper.clone().unwrap_or_default();
+            let holder =
+                settle::hold_network(docker, &helper, labels.clone()).await.map_err(|e| setup(e.to_string()))?;
+            let (pid, e) = (holder.pid, e.clone());
+            let attached = tokio::task::spawn_blocking(move || crate::egress::EgressNet::attach(pid, &e, false)).await;
+            match attached {
+                Ok(Ok(net)) => network = Some((holder.id, net)),
+                other => {
+                    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                    let _ = docker.remove_container(&holder.id, Some(rm)).await;
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => unreachable!(),
+                    };
+                    return Err(setup(why));
+                }
+            }
+        }
+        let holder_id = network.as_ref().map(|(id, _)| id.clone());
+        let remove_holder = |docker: Docker, holder: Option<String>| async move {
+            if let Some(id) = holder {
+                let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                let _ = docker.remove_container(&id, Some(rm)).await;
+            }
+        };
         let mut watched = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache].map(|p| p.to_path_buf()).to_vec();
         // The image's VOLUMEs are directories of the run (filled from the image), never
         // anonymous volumes of the daemon that outlive the run and count against nothing.
@@ -622,7 +682,11 @@ impl Runner for DockerRunner {
             host_config: Some(HostConfig {
                 binds: Some(binds),
                 mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
-                network_mode: Some(if host_network { "host" } else { "none" }.into()),
+                network_mode: Some(match (&holder_id, host_network) {
+                    (Some(id), _) => format!("container:{id}"),
+                    (None, true) => "host".into(),
+                    (None, false) => "none".into(),
+                }),
                 // Least privilege: no new privileges (setuid binaries stay what they are), and of
                 // Docker's default capabilities only those an addon needs to write its mounted
                 // directories as its image's user (no raw sockets, mknod, chroot, ...). The
@@ -656,11 +720,15 @@ impl Runner for DockerRunner {
         // joins (so it watches from the first instruction, and whatever the addon leaves running
         // dies when the watcher is removed).
         let watcher = match &settle_with {
-            Some(helper) => {
-                Some(settle::watch(docker, helper, &watched, &limits, labels.clone()).await.map_err(|e| {
-                    setup(format!("{e}; without it the run's disk use could not be bounded, so it does not run"))
-                })?)
-            }
+            Some(helper) => match settle::watch(docker, helper, &watched, &limits, labels.clone()).await {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    remove_holder(docker.clone(), holder_id.clone()).await;
+                    return Err(setup(format!(
+                        "{e}; without it the run's disk use could not be bounded, so it does not run"
+                    )));
+                }
+            },
             None => None,
         };
         let mut body = body;
@@ -674,17 +742,19 @@ impl Runner for DockerRunner {
                     if let Some(w) = watcher {
                         w.remove(docker).await;
                     }
+                    remove_holder(docker.clone(), holder_id.clone()).await;
                     return Err(setup(format!("creating a container from {image}: {e}")));
                 }
             };
         let id = created.id;
-        let watcher_id = watcher.as_ref().map(|w| w.id.clone());
+        let watcher_id =
+            watcher.as_ref().map(|w| w.id.clone()).into_iter().chain(holder_id.clone()).collect::<Vec<_>>();
         let remove = move |docker: Docker, id: String| {
             let watcher_id = watcher_id.clone();
             async move {
                 // Removed on every path. (Not auto-remove: Podman removes such a container before
                 // its exit code can be read.) The watcher after it: its PID namespace, and what
-                // is left in it, ends then.
+                // is left in it, ends then; and the holder of its network.
                 for id in std::iter::once(id).chain(watcher_id) {
                     let opts = RemoveContainerOptions { force: true, v: true, ..Default::default() };
                     if let Err(e) = docker.remove_container(&id, Some(opts)).await {
@@ -756,7 +826,12 @@ impl Runner for DockerRunner {
         trees.extend(volume_dirs.into_iter().map(|host| settle::Tree { host, keep_symlinks: true }));
         let unlinked = watcher.map(|w| w.report);
         tokio::spawn(async move {
-            let exit = follow(&docker, &id, output, &tx, limits, envelope, unlinked).await;
+            let mut exit = follow(&docker, &id, output, &tx, limits, envelope, unlinked).await;
+            if let Some((_, net)) = network {
+                let seen = tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default();
+                exit.usage.network_refused = Some(seen.refused);
+                exit.usage.dns_queries = Some(seen.dns_queries);
+            }
             containers.lock().unwrap_or_else(|e| e.into_inner()).remove(&run_id);
             remove(docker.clone(), id).await;
             if let Some(helper) = settle_with {

@@ -32,6 +32,10 @@ pub const COMMAND: &str = "__settle";
 /// (see [`watch`]).
 pub const WATCH_COMMAND: &str = "__watch-unlinked";
 
+/// The command of the `addon` binary that only waits, as the init of the container holding an
+/// egress run's network namespace (see [`hold_network`]).
+pub const HOLD_COMMAND: &str = "__hold-network";
+
 /// One directory to settle: where it is bound in the helper's container, and whether links are
 /// kept (in `CACHE_DIR`, not in the output).
 #[derive(Debug, Clone)]
@@ -280,6 +284,60 @@ pub async fn watch(
         r.last.store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
     });
     Ok(Watcher { id, report })
+}
+
+/// A started container of the engine's image that holds a network namespace (only `lo`) for an
+/// addon's container to join (`network_mode: container:ID`): its process id, for the engine to
+/// give that namespace its egress network before the addon's container starts.
+pub struct Holder {
+    pub id: String,
+    pub pid: i32,
+}
+
+/// Starts a [`Holder`] with `helper` (the `addon` binary): no capabilities, nothing writable.
+pub async fn hold_network(
+    docker: &Docker,
+    helper: &Path,
+    labels: HashMap<String, String>,
+) -> Result<Holder, DockerError> {
+    ensure_image(docker).await?;
+    let (binds, cmd) = helper_binds(helper, HOLD_COMMAND)?;
+    let mut body = helper_body(cmd, binds, labels, &[], 16 << 20);
+    body.network_disabled = None;
+    let created = docker
+        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+        .await
+        .map_err(|source| DockerError::Helper { doing: "creating the network's container", source })?;
+    let id = created.id;
+    let started = async {
+        docker
+            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|source| DockerError::Helper { doing: "starting the network's container", source })?;
+        let inspected = docker
+            .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
+            .await
+            .map_err(|source| DockerError::Helper { doing: "inspecting the network's container", source })?;
+        Ok::<i32, DockerError>(inspected.state.and_then(|s| s.pid).unwrap_or(0) as i32)
+    }
+    .await;
+    match started {
+        Ok(pid) if pid > 0 => Ok(Holder { id, pid }),
+        other => {
+            let rm = RemoveContainerOptions { force: true, ..Default::default() };
+            let _ = docker.remove_container(&id, Some(rm)).await;
+            match other {
+                Err(e) => Err(e),
+                Ok(_) => Err(DockerError::Helper {
+                    doing: "finding the network's container's process",
+                    source: bollard::errors::Error::DockerResponseServerError {
+                        status_code: 500,
+                        message: "the container has no process".into(),
+                    },
+                }),
+            }
+        }
+    }
 }
 
 /// Settles `trees` for the engine's user (`owner`) with `helper` (the `addon` binary).

@@ -114,7 +114,7 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
     /// Whether it can give an impure addon an egress network of its own here (see
     /// [`crate::egress`]), or why not.
     fn egress(&self) -> Result<(), String> {
-        Err(format!("the {} sandbox does not make egress networks yet (bwrap does)", self.name()))
+        Err(format!("the {} sandbox does not make egress networks yet (bwrap and netns do)", self.name()))
     }
 
     /// Checks that this sandbox can run an addon that asks for `iso`.
