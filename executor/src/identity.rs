@@ -1,6 +1,6 @@
 //! Which addon a name means. An addon is its `meta.name` *and* where it comes from (its
 //! origin): a different addon that declares the same name is not given that name's settings
-//! (`env`, `addon-limits`) nor its CACHE_DIR and HOME (SPEC "Engine configuration").
+//! (`env`, `addon-limits`, `network.allow`) nor its CACHE_DIR and HOME (SPEC "Engine configuration").
 //!
 //! - The origin of a run's addon is what the job server says (`RunRequest::origins`, `--origin`),
 //!   else where it was read from: for a URL its location without the file name (so that
@@ -31,7 +31,7 @@ pub struct Identity {
     pub origin: String,
     /// The administrator pinned its name (`addons:`) and it matched.
     pub pinned: bool,
-    /// It gets its name's `env` and `addon-limits`.
+    /// It gets its name's `env`, `addon-limits` and `network.allow`.
     pub settings: bool,
     /// Why it does not (or what to do about it), for people.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -169,7 +169,7 @@ pub fn resolve(config: &Config, name: &str, origin: &str, digest: &str, record: 
             settings: false,
             note: Some(format!(
                 "the name {name} belongs to the addon from {first} (the first to run under it): this one runs with \
-                 none of the name's settings (env, addon-limits) and a CACHE_DIR and HOME of its own; pin the name \
+                 none of the name's settings (env, addon-limits, network.allow) and a CACHE_DIR and HOME of its own; pin the name \
                  under `addons:` to choose"
             )),
             key: format!("origin:{origin}"),

@@ -91,6 +91,11 @@ impl Allow {
                 Target::Net(addr, prefix)
             }
             None => match host.parse::<IpAddr>() {
+                Ok(a) if addon_runners::egress::never_allowed(a) => {
+                    return Err(format!(
+                        "`{a}` is the host's loopback or the addon's own network, which no addon may reach (a service on this host: give its LAN address)"
+                    ))
+                }
                 Ok(a) => Target::Net(a, if a.is_ipv4() { 32 } else { 128 }),
                 Err(_) if is_hostname(host) => Target::Name(host.to_ascii_lowercase()),
                 Err(_) => return Err(format!("`{host}` is neither an IP address, a network nor a host name")),
@@ -104,11 +109,26 @@ impl Allow {
         match &self.target {
             Target::Net(addr, prefix) => Ok(vec![Destination { addr: *addr, prefix: *prefix, port: self.port }]),
             Target::Name(name) => {
-                let addrs: Vec<IpAddr> = (name.as_str(), self.port.unwrap_or(1))
+                let resolved: Vec<IpAddr> = (name.as_str(), self.port.unwrap_or(1))
                     .to_socket_addrs()
                     .map_err(|e| format!("`{name}` does not resolve: {e}"))?
                     .map(|a| a.ip())
                     .collect();
+                // Whoever answers for the name does not decide what of the host the addon
+                // reaches: never its loopback, its own addresses, link-local or multicast (an
+                // administrator who means this host gives its address).
+                let host = addon_runners::egress::host_addresses();
+                let (addrs, dropped): (Vec<IpAddr>, Vec<IpAddr>) =
+                    resolved.into_iter().partition(|a| !refused_for_a_name(*a, &host));
+                if !dropped.is_empty() {
+                    tracing::warn!(
+                        "network.allow: `{name}` resolves to {} as well, which a name never opens (the host itself, loopback, link-local or multicast)",
+                        dropped.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+                    );
+                }
+                if addrs.is_empty() {
+                    return Err(format!("`{name}` resolves only to addresses a name never opens (the host itself, loopback, link-local or multicast)"));
+                }
                 let mut out: Vec<Destination> = addrs
                     .into_iter()
                     .map(|addr| Destination { addr, prefix: if addr.is_ipv4() { 32 } else { 128 }, port: self.port })
@@ -119,6 +139,15 @@ impl Allow {
             }
         }
     }
+}
+
+/// Whether a name's address is one that a name never opens (see [`Allow::resolve`]).
+fn refused_for_a_name(a: IpAddr, host: &[IpAddr]) -> bool {
+    let link_local_or_multicast = match a {
+        IpAddr::V4(v) => v.is_link_local() || v.is_multicast() || v.is_broadcast(),
+        IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80 || v.is_multicast(),
+    };
+    addon_runners::egress::never_allowed(a) || link_local_or_multicast || host.contains(&a)
 }
 
 fn is_hostname(s: &str) -> bool {
@@ -143,8 +172,15 @@ mod tests {
         assert_eq!(net[0].to_string(), "10.0.0.0/8:*");
         assert_eq!(Allow::parse("[fd00::1]:443").unwrap().resolve().unwrap()[0].to_string(), "[fd00::1]:443");
         assert_eq!(Allow::parse("docspell.lan:7880").unwrap().target, Target::Name("docspell.lan".into()));
-        let localhost = Allow::parse("localhost:80").unwrap().resolve().unwrap();
-        assert!(localhost.iter().any(|d| d.addr == "127.0.0.1".parse::<IpAddr>().unwrap()), "{localhost:?}");
+        // A name that resolves to the host's loopback opens nothing; loopback and the addon's
+        // own network cannot be named at all.
+        let localhost = Allow::parse("localhost:80").unwrap().resolve().unwrap_err();
+        assert!(localhost.contains("never opens"), "{localhost}");
+        for literal in ["127.0.0.1:80", "10.0.2.2:53", "10.0.2.3:53", "0.0.0.0:80", "[::1]:80", "[::ffff:10.0.2.2]:80"]
+        {
+            let err = Allow::parse(literal).unwrap_err();
+            assert!(err.contains("loopback"), "{literal}: {err}");
+        }
         for (bad, why) in [
             ("10.1.2.3", "give the port"),
             ("10.1.2.3:http", "is not a port"),

@@ -297,6 +297,17 @@ fn policy_holds(sandbox: &str, slot: u8) {
             assert!(!reached(&m, label), "{who}: {label} stays refused with an allow: {m:?}");
         }
 
+        // A broad allow (the whole of 10/8 and 172.16/12) opens the LAN, never the host: not its
+        // loopback behind the user-mode network's 10.0.2.2, not the host's resolver at 10.0.2.3,
+        // not the host's own addresses in those ranges (the attack review's first finding).
+        let broad = "  allow:\n    prober: [\"10.0.0.0/8:*\", \"172.16.0.0/12:*\"]\n";
+        let (out, _) = run(&w, &net.config(broad), &prober_addon, user);
+        let m = results(&out);
+        assert!(reached(&m, "lan"), "{who}: the LAN under a broad allow: {m:?}");
+        for label in ["host-loopback-alias", "host-veth", "docker-bridge", "metadata"] {
+            assert!(!reached(&m, label), "{who}: {label} stays refused under a broad allow: {m:?}");
+        }
+
         // A pure addon reaches nothing, whatever the policy.
         let pure = addon(&w, "pure-prober", PURE_PY, &prober(&net.targets()));
         let (out, v) = run(&w, &net.config(""), &pure, user);

@@ -31,6 +31,8 @@ pub const GATEWAY: &str = "10.0.2.2";
 pub const RESOLVER: &str = "10.0.2.3";
 /// Name of the nftables table in the addon's namespace.
 const TABLE: &str = "addon_egress";
+/// The open files of a run's slirp4netns (its sockets on the host for the addon's flows).
+const SLIRP_MAX_FILES: libc::rlim_t = 1024;
 /// How long the network may take to come up.
 const READY_WITHIN: Duration = Duration::from_secs(10);
 
@@ -146,23 +148,43 @@ pub fn host_resolvers() -> Vec<SocketAddr> {
         .collect()
 }
 
+/// The user-mode network's own addresses (slirp4netns): `10.0.2.2` is the host's loopback and
+/// `10.0.2.3` the host's resolver seen from the addon. Never reachable through `network.allow`:
+/// only the engine's DNS forwarder is, through the filter's own redirect.
+pub const SLIRP_NET: &str = "10.0.2.0/24";
+
+/// Whether `addr` may never be named in `network.allow`: loopback, "this" network, unspecified,
+/// or the user-mode network's own addresses (the host's loopback and resolver in disguise).
+pub fn never_allowed(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_loopback() || a.is_unspecified() || a.octets()[0] == 0 || (a.octets()[..3] == [10, 0, 2]),
+        IpAddr::V6(a) => {
+            a.is_loopback() || a.is_unspecified() || a.to_ipv4_mapped().is_some_and(|m| never_allowed(IpAddr::V4(m)))
+        }
+    }
+}
+
 /// The nftables ruleset loaded into the addon's namespace: DNS to the engine's forwarder at
-/// `dns_port` on the host's loopback, `egress.allow`, then public addresses over TCP and UDP;
-/// `host` (the host's own addresses) and the refused ranges never.
+/// `dns_port` on the host's loopback; then, before anything `network.allow` adds, the user-mode
+/// network's own addresses and the host's own addresses (`host`) are refused, except a host
+/// address that an allow entry names exactly (an administrator's explicit choice: a Docspell
+/// server on this host); then `egress.allow`, then public addresses over TCP and UDP; the
+/// refused ranges never.
 pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
-    let v4: Vec<String> = REFUSED_V4
-        .iter()
-        .map(|s| s.to_string())
-        .chain(host.iter().filter(|a| a.is_ipv4()).map(|a| a.to_string()))
-        .collect();
-    let v6: Vec<String> = REFUSED_V6
-        .iter()
-        .map(|s| s.to_string())
-        .chain(host.iter().filter(|a| a.is_ipv6()).map(|a| a.to_string()))
-        .collect();
+    let exact: Vec<IpAddr> =
+        egress.allow.iter().filter(|d| d.prefix == if d.addr.is_ipv4() { 32 } else { 128 }).map(|d| d.addr).collect();
+    let host_refused: Vec<&IpAddr> = host.iter().filter(|a| !exact.contains(a) || a.is_loopback()).collect();
+    let list = |v4: bool, extra: &[&str]| -> String {
+        let mut items: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        items.extend(host_refused.iter().filter(|a| a.is_ipv4() == v4).map(|a| a.to_string()));
+        items.join(", ")
+    };
+    let never4 = list(true, &[SLIRP_NET, "127.0.0.0/8", "0.0.0.0/8"]);
+    let never6 = list(false, &["::/127", "::ffff:0.0.0.0/104", "::ffff:10.0.2.0/120", "::ffff:127.0.0.0/104"]);
     let allow: String = egress
         .allow
         .iter()
+        .filter(|d| !never_allowed(d.addr))
         .map(|d| {
             let family = if d.addr.is_ipv4() { "ip" } else { "ip6" };
             let port = d.port.map(|p| format!(" th dport {p}")).unwrap_or_default();
@@ -177,6 +199,8 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
   counter refused {{ }}
   counter allowed {{ }}
   counter public {{ }}
+  set never4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {never4} }} }}
+  set never6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {never6} }} }}
   set refused4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {v4} }} }}
   set refused6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {v6} }} }}
   chain dns {{
@@ -188,6 +212,8 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
     oif \"lo\" accept
     ct state established,related accept
     ip daddr {GATEWAY} udp dport {dns_port} ct status dnat accept
+    ip daddr @never4 goto refuse
+    ip6 daddr @never6 goto refuse
 {allow}    ip daddr @refused4 goto refuse
     ip6 daddr @refused6 goto refuse
     meta l4proto {{ tcp, udp }} counter name public accept
@@ -205,8 +231,8 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
   }}
 }}
 ",
-        v4 = v4.join(", "),
-        v6 = v6.join(", "),
+        v4 = REFUSED_V4.join(", "),
+        v6 = REFUSED_V6.join(", "),
     )
 }
 
@@ -395,6 +421,12 @@ impl EgressNet {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
+                // Each of the addon's connections and datagram flows is a socket of slirp4netns on
+                // the host, outside the run's limits: at most this many at once.
+                let files = libc::rlimit { rlim_cur: SLIRP_MAX_FILES, rlim_max: SLIRP_MAX_FILES };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &files) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 // No parent-death signal: this runs on a pool thread that may end before the
                 // run does. It ends when its exit descriptor closes: at the end of the run, or
                 // when the engine dies.
@@ -550,7 +582,28 @@ mod tests {
         }
         assert!(rules.contains("192.0.2.2") && rules.contains("fd00::2"), "the host's addresses are refused");
         let allow = rules.find("ip daddr 10.1.2.3/32 meta l4proto { tcp, udp } th dport 7880").expect("allowed");
-        assert!(allow < rules.find("@refused4").unwrap(), "an allowed destination comes before the refusals");
+        assert!(allow < rules.find("ip daddr @refused4").unwrap(), "an allowed destination comes before the refusals");
+        // The user-mode network's own addresses (the host's loopback and resolver in disguise)
+        // and the host's addresses are refused before anything an allow opens.
+        assert!(rules.find("ip daddr @never4").unwrap() < allow, "never comes first:\n{rules}");
+        let never = &rules[rules.find("set never4").unwrap()..rules.find("set never6").unwrap()];
+        assert!(
+            never.contains("10.0.2.0/24") && never.contains("192.0.2.2") && never.contains("127.0.0.0/8"),
+            "{never}"
+        );
+        // A broad allow does not open them; naming a host address exactly does.
+        let broad = Egress {
+            allow: vec![
+                Destination { addr: "10.0.0.0".parse().unwrap(), prefix: 8, port: None },
+                Destination { addr: "192.0.2.2".parse().unwrap(), prefix: 32, port: Some(7880) },
+                Destination { addr: "10.0.2.2".parse().unwrap(), prefix: 32, port: None },
+            ],
+            resolvers: vec![],
+        };
+        let rules = ruleset(&broad, &host, 5353);
+        let never = &rules[rules.find("set never4").unwrap()..rules.find("set never6").unwrap()];
+        assert!(never.contains("10.0.2.0/24") && !never.contains("192.0.2.2"), "{never}");
+        assert!(!rules.contains("daddr 10.0.2.2/32"), "the disguised loopback is never allowed:\n{rules}");
         assert!(rules.contains("dnat ip to 10.0.2.2:5353"));
         assert!(rules.contains("type filter hook output priority 0; policy drop;"));
         assert!(rules.contains("type filter hook input priority 0; policy drop;"));
