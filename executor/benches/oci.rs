@@ -262,7 +262,7 @@ fn bare_bundles(dir: &Path, rootfs: &Path) -> (PathBuf, PathBuf) {
             cache: &same.join("cache"),
             hosts: &same.join("hosts"),
         },
-        network: false,
+        network: addon_runners::oci::bundle::Net::None,
         id_map: Some((base, addon_runners::oci::ID_RANGE)),
         rlimits: &[],
         cgroup: None,

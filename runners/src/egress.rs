@@ -17,7 +17,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -354,6 +354,9 @@ pub struct EgressNet {
     exit: Option<OwnedFd>,
     ns: Namespaces,
     dns: DnsForwarder,
+    /// The process holding the namespace, when the engine made it ([`EgressNet::hold`]), and
+    /// the file the namespace is bound on.
+    holder: Option<(Child, PathBuf)>,
 }
 
 impl std::fmt::Debug for EgressNet {
@@ -435,7 +438,7 @@ impl EgressNet {
         }
         let slirp = c.spawn().map_err(setup("starting slirp4netns"))?;
         drop((ready_w, exit_r));
-        let mut net = EgressNet { slirp, exit: Some(exit_w), ns: net_ns, dns };
+        let mut net = EgressNet { slirp, exit: Some(exit_w), ns: net_ns, dns, holder: None };
         // The filter loads while slirp4netns sets up; the addon waits for both (a failure drops
         // the network and the run does not start).
         net.ns.nft(&["-f", "-"], &rules)?;
@@ -456,6 +459,57 @@ impl EgressNet {
         Ok(net)
     }
 
+    /// A network namespace of the engine's own (root only) with the egress network, for a
+    /// runtime that joins a namespace by path ([`EgressNet::path`]): held by a process that
+    /// only waits, which ends with this (or when the engine dies: its input closes).
+    pub fn hold(egress: &Egress, at: &Path) -> Result<EgressNet, EgressError> {
+        let mut c = Command::new("/bin/cat");
+        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).env_clear();
+        // SAFETY: unshare(2) in the forked child; async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut holder = c.spawn().map_err(setup("starting the network's holder"))?;
+        // Bound on a file, as `ip netns` does: a runtime in a PID namespace of its own does not
+        // see the holder's /proc entry.
+        let bound = (|| {
+            fs_err::write(at, b"")?;
+            let (src, dst) = (cstr(&format!("/proc/{}/ns/net", holder.id()))?, cstr(&at.display().to_string())?);
+            // SAFETY: mount(2) with valid C strings.
+            if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) }
+                != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })();
+        let attached = bound
+            .map_err(setup("binding the network namespace"))
+            .and_then(|()| EgressNet::attach(holder.id() as i32, egress, false));
+        match attached {
+            Ok(mut net) => {
+                net.holder = Some((holder, at.to_path_buf()));
+                Ok(net)
+            }
+            Err(e) => {
+                unbind(at);
+                let _ = holder.kill();
+                let _ = holder.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// The network namespace's path while this lives (for a runtime's configuration).
+    pub fn path(&self) -> Option<&Path> {
+        self.holder.as_ref().map(|(_, at)| at.as_path())
+    }
+
     /// Stops the network and reports what it saw.
     pub fn finish(self) -> EgressUse {
         let refused = self
@@ -473,6 +527,11 @@ impl EgressNet {
 
 impl Drop for EgressNet {
     fn drop(&mut self) {
+        if let Some((mut holder, at)) = self.holder.take() {
+            unbind(&at);
+            let _ = holder.kill();
+            let _ = holder.wait();
+        }
         self.exit.take();
         self.dns.stop.store(true, Ordering::Relaxed);
         if !matches!(self.slirp.try_wait(), Ok(Some(_))) {
@@ -483,6 +542,19 @@ impl Drop for EgressNet {
             }
         }
     }
+}
+
+fn cstr(s: &str) -> std::io::Result<std::ffi::CString> {
+    std::ffi::CString::new(s).map_err(|_| std::io::Error::other("a path with a NUL byte"))
+}
+
+/// Unmounts and removes a namespace's file (see [`EgressNet::hold`]).
+fn unbind(at: &Path) {
+    if let Ok(c) = cstr(&at.display().to_string()) {
+        // SAFETY: umount2(2) with a valid C string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+    let _ = fs_err::remove_file(at);
 }
 
 fn wait_ready(ready: &OwnedFd) -> std::io::Result<()> {

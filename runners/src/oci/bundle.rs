@@ -211,7 +211,7 @@ pub struct RunConfig<'a> {
     pub env: &'a [String],
     pub user: &'a User,
     pub binds: Binds<'a>,
-    pub network: bool,
+    pub network: Net<'a>,
     /// `containerID:hostID:size` mappings of a user namespace the runtime makes; None when the
     /// runtime already runs in one (an engine that is not root).
     pub id_map: Option<(u32, u32)>,
@@ -220,6 +220,17 @@ pub struct RunConfig<'a> {
     /// A control group below the runtime's own (root only); the envelope around the runtime
     /// holds the run's limits.
     pub cgroup: Option<&'a str>,
+}
+
+/// The network of a run's container.
+#[derive(Debug, Clone, Copy)]
+pub enum Net<'a> {
+    /// A namespace of its own with only `lo`.
+    None,
+    /// The host's.
+    Host,
+    /// The namespace at this path (an egress network), with this `/etc/resolv.conf`.
+    Join { netns: &'a Path, resolv: &'a Path },
 }
 
 /// The runtime configuration of one run.
@@ -239,13 +250,19 @@ pub fn config_json(c: &RunConfig<'_>) -> serde_json::Value {
         bind(c.binds.cache, "/mnt/cache", false),
         bind(c.binds.hosts, "/etc/hosts", true),
     ];
-    if c.network && Path::new("/etc/resolv.conf").exists() {
-        mounts.push(bind(Path::new("/etc/resolv.conf"), "/etc/resolv.conf", true));
+    match c.network {
+        Net::Host if Path::new("/etc/resolv.conf").exists() => {
+            mounts.push(bind(Path::new("/etc/resolv.conf"), "/etc/resolv.conf", true));
+        }
+        Net::Join { resolv, .. } => mounts.push(bind(resolv, "/etc/resolv.conf", true)),
+        _ => {}
     }
     let mut namespaces =
         vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
-    if !c.network {
-        namespaces.push(json!({"type": "network"}));
+    match c.network {
+        Net::None => namespaces.push(json!({"type": "network"})),
+        Net::Join { netns, .. } => namespaces.push(json!({"type": "network", "path": netns})),
+        Net::Host => {}
     }
     let mut linux = json!({
         "namespaces": namespaces,
@@ -407,14 +424,20 @@ mod tests {
                 cgroup: Some("addon"),
             })
         };
-        let pure = mk(false);
+        let pure = mk(Net::None);
         let ns: Vec<&str> =
             pure["linux"]["namespaces"].as_array().unwrap().iter().map(|n| n["type"].as_str().unwrap()).collect();
         assert!(ns.contains(&"network") && ns.contains(&"user"), "{ns:?}");
         assert_eq!(pure["linux"]["uidMappings"][0]["hostID"], 2_147_200_000u32);
         assert_eq!(pure["process"]["noNewPrivileges"], true);
         assert!(pure["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap().iter().any(|n| n == "mount"));
-        let net = mk(true);
+        let net = mk(Net::Host);
         assert!(!net["linux"]["namespaces"].as_array().unwrap().iter().any(|n| n["type"] == "network"));
+        // An egress run joins the namespace the engine made, with the engine's resolver.
+        let joined = mk(Net::Join { netns: Path::new("/proc/7/ns/net"), resolv: Path::new("/b/resolv.conf") });
+        let ns = joined["linux"]["namespaces"].as_array().unwrap();
+        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/proc/7/ns/net"), "{ns:?}");
+        let mounts = joined["mounts"].as_array().unwrap();
+        assert!(mounts.iter().any(|m| m["destination"] == "/etc/resolv.conf" && m["source"] == "/b/resolv.conf"));
     }
 }

@@ -288,6 +288,15 @@ impl From<OciError> for BuildFailed {
 }
 
 impl OciRunner {
+    /// Whether this engine gives oci addons egress networks: a root engine (it makes the
+    /// network namespace the container joins) with slirp4netns and nft.
+    pub fn gives_egress(&self) -> Result<(), String> {
+        if !crate::sandbox::is_root() {
+            return Err("the oci runner makes egress networks only for a root engine".into());
+        }
+        crate::egress::tools().map(|_| ()).map_err(|e| e.to_string())
+    }
+
     pub fn new(settings: OciSettings, probes: Arc<ProbeCache>, sandboxes: Arc<Sandboxes>) -> OciRunner {
         OciRunner {
             inner: Arc::new(Inner { settings, probes, sandboxes, runs: Arc::default(), reaped: OnceCell::new() }),
@@ -389,7 +398,7 @@ impl OciRunner {
                 cache: &d.join("work"),
                 hosts: &d.join("hosts"),
             },
-            network: false,
+            network: bundle::Net::None,
             id_map: self.id_map(),
             rlimits: &[],
             cgroup: None,
@@ -649,8 +658,13 @@ struct Recorded {
 impl Runner for OciRunner {
     fn info(&self) -> RunnerInfo {
         // Always a user namespace: the container's root is never the host's (no `host_root`).
-        let capabilities =
-            Capabilities { isolates_network: true, isolates_filesystem: true, builds: true, ..Capabilities::SHIPPED };
+        let capabilities = Capabilities {
+            isolates_network: true,
+            isolates_filesystem: true,
+            builds: true,
+            egress: self.gives_egress().is_ok(),
+            ..Capabilities::SHIPPED
+        };
         RunnerInfo::shipped(NAME, &[Section::Docker], capabilities)
     }
 
@@ -815,13 +829,36 @@ impl Runner for OciRunner {
         // Every user of the image reads it, whatever the engine's umask.
         fs_err::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
         let cgroup = container_cgroup(&envelope.cgroup_procs(), &runtime, &spec.run_id, &id);
+        // An egress run joins a network namespace the engine made and gave its network.
+        let (network, resolv) = match &spec.network {
+            crate::egress::Network::Egress(e) => {
+                self.gives_egress().map_err(setup)?;
+                let (e, at) = (e.clone(), bundle_dir.join("netns"));
+                let net = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &at))
+                    .await
+                    .map_err(|e| setup(e.to_string()))?
+                    .map_err(|e| setup(e.to_string()))?;
+                let resolv = bundle_dir.join("resolv.conf");
+                fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))
+                    .map_err(io)?;
+                fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
+                (Some(net), Some(resolv))
+            }
+            _ => (None, None),
+        };
+        let netns = network.as_ref().and_then(|n| n.path().map(Path::to_path_buf));
+        let bundle_net = match (&netns, &resolv) {
+            (Some(netns), Some(resolv)) => bundle::Net::Join { netns, resolv },
+            _ if spec.network == crate::egress::Network::Host => bundle::Net::Host,
+            _ => bundle::Net::None,
+        };
         let config = bundle::config_json(&RunConfig {
             root: &root,
             argv: &argv,
             env: &env,
             user: &user,
             binds: Binds { work: &mounts.work, output: &mounts.output, cache: &mounts.cache, hosts: &hosts },
-            network: crate::egress::host_or_none(&spec.network, "oci")?,
+            network: bundle_net,
             id_map,
             rlimits: &rlimits,
             cgroup: cgroup.as_deref(),
@@ -847,7 +884,7 @@ impl Runner for OciRunner {
         let noise: crate::NoiseFilter = Arc::new(|_: &str| false);
         let program = argv.first().cloned().unwrap_or_default();
         let spawned = host::spawn(NAME, &self.inner.runs, &spec, cmd, &program, &mut envelope, noise)?;
-        let mut events = spawned.watch(&self.inner.runs, &spec, envelope, None);
+        let mut events = spawned.watch(&self.inner.runs, &spec, envelope, network);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let run_id = spec.run_id.clone();
         tokio::spawn(async move {
