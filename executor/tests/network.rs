@@ -265,6 +265,10 @@ fn egress_reaches_the_internet_and_nothing_of_the_host_netns() {
 
 /// The whole policy with `sandbox`, as root and as an unprivileged engine.
 fn policy_holds(sandbox: &str, slot: u8) {
+    policy_holds_for(sandbox, slot, &[None, Some("nobody")]);
+}
+
+fn policy_holds_for(sandbox: &str, slot: u8, users: &[Option<&str>]) {
     if !require(sandbox) || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
@@ -276,7 +280,7 @@ fn policy_holds(sandbox: &str, slot: u8) {
     chmod(&www, 0o755);
     let Some(net) = Net::new(slot, &www) else { return };
     let prober_addon = addon(&w, "prober", IMPURE_PY, &prober(&net.targets()));
-    for user in [None, Some("nobody")] {
+    for &user in users {
         let who = user.unwrap_or("root");
         // The default policy.
         let (out, v) = run(&w, &net.config(""), &prober_addon, user);

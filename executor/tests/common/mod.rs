@@ -489,6 +489,16 @@ impl WebHost {
             assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         };
         ip(&["netns", "add", &ns]);
+        // Gone again should a later step fail (the panic unwinds through it).
+        struct Undo(String);
+        impl Drop for Undo {
+            fn drop(&mut self) {
+                if !self.0.is_empty() {
+                    let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+                }
+            }
+        }
+        let mut undo = Undo(ns.clone());
         ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns]);
         ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &outer]);
         ip(&["link", "set", &outer, "up"]);
@@ -501,6 +511,7 @@ impl WebHost {
             .arg(dir)
             .spawn()
             .unwrap();
+        undo.0.clear();
         let host = WebHost { ns, server, more: Default::default(), addr };
         for _ in 0..100 {
             if std::net::TcpStream::connect(&host.addr).is_ok() {

@@ -207,6 +207,13 @@ impl Sandbox for Nspawn {
         is_own_message(line)
     }
 
+    /// Not yet: nspawn joins a network namespace from inside the user namespace it picks for the
+    /// container, which cannot enter one the engine made (tried: "Failed to join network
+    /// namespace: Operation not permitted").
+    fn egress(&self) -> Result<(), String> {
+        Err("nspawn does not make egress networks yet: it would join the engine's network namespace from inside its own user namespace, which the kernel refuses (bwrap and netns make them)".into())
+    }
+
     fn build(&self, spec: &Spec<'_>) -> Command {
         let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits, tmpfs } = *spec;
         let inside = self.view(mounts);
