@@ -448,6 +448,52 @@ fn container_egress(runner: &str, slot: u8) {
     assert!(answered.iter().any(|a| stderr.contains(a.as_str())), "{runner}: the engine's resolver answers: {stderr}");
     assert!(a["network"]["refused_packets"].as_u64().unwrap() > 0, "{a}");
     if runner == "docker" {
-        assert!(containers_of(&marker).is_empty(), "no container is left");
+        assert!(containers_of("cegress-1.0").is_empty(), "no container is left, the holder's neither");
+    }
+}
+
+/// An egress network leaves the host's mounts alone. slirp4netns's own sandbox (1.2.0) made
+/// only its new root mount private before detaching the old root, and its unmounts propagated
+/// to the host: every mount below a shared mount point vanished there (`ip netns` namespaces,
+/// running containers' root file systems under /var/lib/docker; on a systemd host, where
+/// everything is shared, far more). A shared mount point with a mount below it, then an egress
+/// run on each sandbox that gives one: the mount is still there.
+#[test]
+fn an_egress_run_leaves_the_hosts_mounts_alone() {
+    if !require_root("making a shared mount point needs root") || !require("bwrap") || !require("netns") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("shared");
+    let below = shared.join("below");
+    std::fs::create_dir(&shared).unwrap();
+    let sh = |cmd: &str| {
+        let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-R").arg(&self.0).status();
+        }
+    }
+    let s = shared.display();
+    sh(&format!("mount --bind {s} {s} && mount --make-shared {s}"));
+    let _undo = Unmount(shared.clone());
+    std::fs::create_dir(&below).unwrap();
+    sh(&format!("mount -t tmpfs -o size=1m below {}", below.display()));
+    let mounted = || {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        info.lines().any(|l| l.split(' ').nth(4) == Some(below.to_str().unwrap()))
+    };
+    assert!(mounted());
+    for sandbox in ["bwrap", "netns"] {
+        let w = World::new(sandbox, "");
+        let a = addon(&w, "mounts", IMPURE_PY, "#!/bin/sh\necho '{}'\n");
+        let (out, v) = run(&w, "", &a, None);
+        let r = &v["addons"][0];
+        assert_eq!(r["result"], "success", "{sandbox}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(r["network"]["policy"], "egress", "{sandbox}: {r}");
+        assert!(mounted(), "{sandbox}: the egress run unmounted {} on the host", below.display());
     }
 }

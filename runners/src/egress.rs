@@ -406,10 +406,26 @@ impl EgressNet {
         c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).env_clear();
         let (ready_fd, exit_fd) = (ready_w.as_raw_fd(), exit_r.as_raw_fd());
         let (net_fd, user_fd) = (net_ns.net.as_raw_fd(), net_ns.user.as_ref().map(|u| u.as_raw_fd()));
-        // SAFETY: dup2 onto 3 to 6 of descriptors we hold (dup2 clears close-on-exec);
-        // async-signal-safe.
+        let sandboxed = net_ns.user.is_none();
+        // SAFETY: dup2 onto 3 to 6 of descriptors we hold (dup2 clears close-on-exec), unshare
+        // and mount with static strings; async-signal-safe.
         unsafe {
             c.pre_exec(move || {
+                if sandboxed {
+                    // slirp4netns's sandbox (1.2.0) makes only its new root mount private, then
+                    // detaches the old root: the mounts below a shared mount point (under
+                    // /run/netns, /var/lib/docker, on systemd hosts nearly all) are peers of the
+                    // host's, and their unmounting propagated to the host (`ip netns`
+                    // namespaces and running containers' root file systems vanished). It starts
+                    // in a mount namespace of its own, private all the way down.
+                    if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let private = libc::MS_REC | libc::MS_PRIVATE;
+                    if libc::mount(std::ptr::null(), c"/".as_ptr(), std::ptr::null(), private, std::ptr::null()) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 let pairs = [(ready_fd, 3), (exit_fd, 4), (net_fd, 5), (user_fd.unwrap_or(-1), 6)];
                 // Move every source out of 3..=6 first, so that no dup2 overwrites a later source.
                 let mut moved = [0; 4];
