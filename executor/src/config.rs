@@ -252,12 +252,16 @@ impl Default for Config {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct NetworkConfig {
-    /// What builds reach (a Dockerfile's `RUN` steps and its base image, nix's fetches), for
-    /// every runner that builds and whatever the addon's own `networking` says: builds are not
-    /// the run, and a real Dockerfile installs packages. `egress` (the default): a network of
-    /// the build's own with outbound access (docker's bridge, buildah's private network), not
-    /// the host's own namespace; `host`: the host's network; `none`: no network (nix builds
-    /// `--offline`; images must be in a local store).
+    /// What builds reach (a Dockerfile's `RUN` steps, nix's fetches and fixed-output
+    /// derivations), for every runner that builds and whatever the addon's own `networking`
+    /// says: builds are not the run, and a real Dockerfile installs packages. `egress` (the
+    /// default): a network of the build's own, as `impure: egress` gives runs (the internet and
+    /// the engine's resolver, never the host, its loopback, its addresses or private ranges;
+    /// `allow` is for runs only); where the engine cannot make one (not root; slirp4netns or
+    /// nft missing) builds get no network and a build that fails for want of it says why; nix
+    /// builds through nix-daemon (an engine that is not root) reach what the daemon's do.
+    /// Base images and `image:` are pulled by the daemon or buildah itself. `host`: the host's
+    /// network; `none`: no network (nix builds `--offline`; images must be in a local store).
     pub build: BuildNetwork,
     /// What an impure addon (`networking: true`) reaches. `egress` (the default): a network of
     /// its own with outbound TCP and UDP to public addresses and DNS through the engine's

@@ -452,6 +452,134 @@ fn container_egress(runner: &str, slot: u8) {
     }
 }
 
+/// Builds are not the run: under the default `network.build: egress` a Dockerfile's RUN steps,
+/// on docker and on oci, reach the internet and names through the engine's resolver, and
+/// nothing of the host or its network (its addresses, its loopback behind the user-mode
+/// network's gateway, Docker's bridge, the LAN, the metadata address). The steps' results are
+/// kept in the image and printed by the (pure) addon.
+#[test]
+fn docker_and_oci_builds_reach_the_internet_and_nothing_of_the_host() {
+    if !require_docker() || !require_oci() || !require_root("the test's internet is a network namespace: it needs root")
+    {
+        return;
+    }
+    let www = tempfile::tempdir().unwrap();
+    chmod(www.path(), 0o755);
+    let Some(net) = Net::new(17, www.path()) else { return };
+    let targets: Vec<(&str, String, u16)> =
+        net.targets().into_iter().filter(|(_, h, _)| h.parse::<IpAddr>().is_ok() && !h.contains(':')).collect();
+    for runner in ["docker", "oci"] {
+        let w = World::new("auto", &format!("runner: [{runner}]\n"));
+        chmod(w.path(), 0o755);
+        let marker = format!("build-egress-{runner}-{}", std::process::id());
+        let addon = w.docker_addon("bprobe", PURE, "cat /probe >&2\necho '{}'\n", &marker);
+        std::fs::write(addon.join("probe.sh"), nc_prober(&targets)).unwrap();
+        edit(
+            &addon.join("Dockerfile"),
+            "ENV PATH=/bin",
+            "ENV PATH=/bin\nCOPY probe.sh /probe.sh\nRUN sh /probe.sh 2>/probe",
+        );
+        let (out, v) = run(&w, &net.config(""), &addon, None);
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "success", "{runner}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a["runner"], runner, "{a}");
+        let m = results(&out);
+        assert!(reached(&m, "internet"), "{runner}: a build reaches the internet: {m:?}");
+        for label in ["lan", "host-loopback-alias", "host-veth", "metadata", "docker-bridge"] {
+            assert!(!reached(&m, label), "{runner}: a build must not reach {label}: {m:?}");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let answered = [format!("resolved=Address: {}", net.web_ip), format!("resolved=Address 1: {}", net.web_ip)];
+        assert!(
+            answered.iter().any(|a| stderr.contains(a.as_str())),
+            "{runner}: a build resolves through the engine's resolver: {stderr}"
+        );
+        assert!(stderr.contains("the build's egress network refused"), "{runner}: the build log counts: {stderr}");
+        if runner == "docker" {
+            assert!(containers_of("bprobe-1.0").is_empty(), "no holder container is left");
+        }
+    }
+}
+
+/// A flake's fetches (a fixed-output derivation, which nix fetches in its own network namespace)
+/// reach the internet under `network.build: egress`, and not the host or its network: a fetch
+/// from the LAN or from the host fails the build.
+#[test]
+fn nix_builds_fetch_from_the_internet_and_not_from_the_host() {
+    if !require_root("the test's internet is a network namespace: it needs root") {
+        return;
+    }
+    let www = tempfile::tempdir().unwrap();
+    chmod(www.path(), 0o755);
+    let pid = std::process::id();
+    let tool = format!("#!/bin/sh\necho fetched-{pid} >&2\necho '{{}}'\n");
+    std::fs::write(www.path().join("tool"), &tool).unwrap();
+    let Some(net) = Net::new(18, www.path()) else { return };
+    let hash = {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(tool.as_bytes());
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let flake = |url: &str, marker: &str| {
+        format!(
+            r#"{{
+  outputs = {{ self }}:
+    let
+      system = "x86_64-linux";
+      fetched = derivation {{
+        name = "tool-{marker}";
+        system = "builtin";
+        builder = "builtin:fetchurl";
+        url = "{url}";
+        executable = false;
+        unpack = false;
+        outputHashMode = "flat";
+        outputHashAlgo = "sha256";
+        outputHash = "{hash}";
+      }};
+      addon = derivation {{
+        name = "fetching-{marker}";
+        inherit system;
+        builder = "/bin/busybox";
+        args = [ "sh" "-c" "/bin/busybox mkdir -p $out/bin && /bin/busybox cp ${{fetched}} $out/bin/fetching && /bin/busybox chmod 555 $out/bin/fetching" ];
+      }};
+    in {{ packages.${{system}}.default = addon; }};
+}}
+"#
+        )
+    };
+    let Some(w) = nix_world("") else { return };
+    let cases = [
+        ("internet", format!("http://{}:8080/tool", net.web_ip), true),
+        ("internet-name", "http://internet.test:8080/tool".to_string(), true),
+        ("lan", format!("http://{}:8080/tool", net.lan_ip), false),
+        ("host", format!("http://{}:{}/tool", net.host_ip, net.all_port), false),
+    ];
+    for (label, url, reachable) in cases {
+        // Each its own fixed output (nix would reuse a fetched one): the marker is in the name.
+        let marker = format!("{label}-{pid}");
+        let addon = w.nix_addon("fetching", PURE, "echo '{}'", &marker);
+        std::fs::write(addon.join("flake.nix"), flake(&url, &marker)).unwrap();
+        let (out, v) = run(&w, &net.config("remember-failed-builds: 0s\n"), &addon, None);
+        let a = &v["addons"][0];
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if reachable {
+            assert_eq!(a["result"], "success", "{label}: {v}\n{stderr}");
+            assert!(stderr.contains(&format!("fetched-{pid}")), "{label}: {stderr}");
+        } else {
+            assert_eq!(a["result"], "execution-failed", "{label}: a build must not fetch from {url}: {v}\n{stderr}");
+            assert!(a["error"].as_str().unwrap_or_default().contains("nix build failed"), "{label}: {a}");
+        }
+    }
+    // The same fetch from the LAN builds under `network.build: host`: the refusal above is the
+    // policy's.
+    let marker = format!("lan-host-{pid}");
+    let addon = w.nix_addon("fetching", PURE, "echo '{}'", &marker);
+    std::fs::write(addon.join("flake.nix"), flake(&format!("http://{}:8080/tool", net.lan_ip), &marker)).unwrap();
+    let (out, v) = run(&w, &net.config("  build: host\n"), &addon, None);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
 /// An egress network leaves the host's mounts alone. slirp4netns's own sandbox (1.2.0) made
 /// only its new root mount private before detaching the old root, and its unmounts propagated
 /// to the host: every mount below a shared mount point vanished there (`ip netns` namespaces,

@@ -49,6 +49,9 @@ fn settings(c: &DockerPluginConfig) -> DockerSettings {
         build_timeout: c.build_timeout,
         user: c.user.clone(),
         build_network: c.build_network.clone(),
+        // Unless the plugin's configuration names a network: builds get an egress network, as
+        // the engine's own docker runner gives them under the default `network.build: egress`.
+        build_egress: c.build_network.is_none().then(Default::default),
         // The `addon` binary beside this plugin's program (they are built and installed together).
         helper: std::env::current_exe().ok().map(|p| p.with_file_name("addon")).filter(|p| p.is_file()),
     }

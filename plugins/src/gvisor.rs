@@ -123,6 +123,9 @@ impl GvisorRunner {
                 nix_binary: settings.nix.nix_binary.clone(),
                 build_timeout: settings.nix.build_timeout,
                 extra_args: settings.nix.extra_args.clone(),
+                // Builds get an egress network where this can make one (root), as under the
+                // engine's default `network.build: egress`.
+                ..NixSettings::default()
             },
             probes.clone(),
             Arc::new(Sandboxes::new(&SandboxSettings::default(), probes)),

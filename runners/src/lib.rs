@@ -53,8 +53,21 @@ pub struct RunnerContext {
     pub sections: Sections,
     /// What builds reach (`network.build`).
     pub build_network: BuildNetwork,
+    /// The resolvers an egress network's DNS forwarder asks (`network.resolvers`; empty: the
+    /// host's).
+    pub resolvers: Vec<std::net::SocketAddr>,
     /// The engine's `addon` binary, for helpers that run inside a sandbox or container.
     pub helper: Option<std::path::PathBuf>,
+}
+
+impl RunnerContext {
+    /// The network a build gets under `network.build: egress` (None under `host` or `none`):
+    /// the internet and the engine's resolver, never the host, its loopback or its network.
+    /// No `network.allow`: that names what an addon's run may reach, not its build.
+    pub fn build_egress(&self) -> Option<egress::Egress> {
+        (self.build_network == BuildNetwork::Egress)
+            .then(|| egress::Egress { allow: Vec::new(), resolvers: self.resolvers.clone() })
+    }
 }
 
 /// A runner's constructor.

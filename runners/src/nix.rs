@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::host::HostRuns;
 use crate::probe::{Probe, ProbeCache};
-use crate::process::{run_tool, LogSink, ToolFailure};
+use crate::process::{run_tool, LogSink, LogStream, ToolFailure};
 use crate::runner::{
     Artifact, ArtifactData, Availability, BuildFailed, BuildSpec, Capabilities, Runner, RunnerError, RunnerInfo,
     StartSpec, Started,
@@ -40,11 +40,25 @@ pub struct NixSettings {
     pub build_timeout: Duration,
     /// Extra arguments for `nix build` (for example `--offline`).
     pub extra_args: Vec<String>,
+    /// Not a setting: what builds reach (`network.build`).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub build_network: BuildNetwork,
+    /// Not a setting: the egress network of builds under `network.build: egress`.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub build_egress: Option<crate::egress::Egress>,
 }
 
 impl Default for NixSettings {
     fn default() -> Self {
-        NixSettings { nix_binary: "nix".into(), build_timeout: DEFAULT_BUILD_TIMEOUT, extra_args: Vec::new() }
+        NixSettings {
+            nix_binary: "nix".into(),
+            build_timeout: DEFAULT_BUILD_TIMEOUT,
+            extra_args: Vec::new(),
+            build_network: BuildNetwork::Egress,
+            build_egress: None,
+        }
     }
 }
 
@@ -64,7 +78,54 @@ impl NixSettings {
         if ctx.build_network == BuildNetwork::None && !s.extra_args.iter().any(|a| a == "--offline") {
             s.extra_args.push("--offline".into());
         }
+        s.build_network = ctx.build_network;
+        s.build_egress = ctx.build_egress();
         s
+    }
+
+    /// What this engine's builds reach, and how.
+    fn build_net(&self) -> BuildNet {
+        if !crate::sandbox::is_root() || std::env::var("NIX_REMOTE").is_ok_and(|v| !v.is_empty()) {
+            // nix-daemon builds, fetches included, in its own network namespace.
+            return BuildNet::Daemon;
+        }
+        match (self.build_network, &self.build_egress) {
+            (BuildNetwork::Host, _) => BuildNet::Host,
+            (BuildNetwork::None, _) => BuildNet::Cut(None),
+            (BuildNetwork::Egress, egress) => match crate::egress::tools() {
+                Ok(_) => BuildNet::Egress(egress.clone().unwrap_or_default()),
+                Err(e) => BuildNet::Cut(Some(format!(
+                    "network.build: egress, and {e}; network.build: host gives builds the host's network"
+                ))),
+            },
+        }
+    }
+}
+
+/// The network of a `nix build` (fetches and fixed-output derivations run in its network
+/// namespace).
+#[derive(Debug, Clone)]
+enum BuildNet {
+    /// The host's own (`network.build: host`).
+    Host,
+    /// None: only a loopback of its own; with why, when that is not `network.build: none`.
+    Cut(Option<String>),
+    /// A network namespace of the engine's, given the egress network, with the engine's
+    /// resolver over /etc/resolv.conf.
+    Egress(crate::egress::Egress),
+    /// Through nix-daemon (an engine that is not root): the daemon's network, which the engine
+    /// cannot narrow.
+    Daemon,
+}
+
+impl BuildNet {
+    fn name(&self) -> &'static str {
+        match self {
+            BuildNet::Host => "host",
+            BuildNet::Cut(_) => "none",
+            BuildNet::Egress(_) => "egress",
+            BuildNet::Daemon => "the nix daemon's",
+        }
     }
 }
 
@@ -181,12 +242,58 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
         .args(["--no-link", "--json"])
         .args(&s.extra_args);
     // nix reads /proc/<pid> of its builders, so the namespace gets a /proc of its own.
-    NsPlan::pid_only().with_fresh_proc().install(&mut cmd);
-    let stdout = match run_tool(cmd, "nix: ", &log, s.build_timeout, Some(1 << 20)).await {
+    let net = s.build_net();
+    let mut plan = NsPlan::new(matches!(net, BuildNet::Cut(_))).with_fresh_proc();
+    // Under egress: a network namespace held by the engine, given the egress network, joined by
+    // nix (its fetches and fixed-output builds run there) with the engine's resolver.
+    let mut held = None;
+    if let BuildNet::Egress(egress) = &net {
+        let joined = (|| {
+            let dir = tempfile::Builder::new().prefix("addon-nix-build-").tempdir()?;
+            let at = dir.path().join("netns");
+            let e = egress.clone();
+            let net = crate::egress::EgressNet::hold(&e, &at).map_err(std::io::Error::other)?;
+            let resolv = dir.path().join("resolv.conf");
+            fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))?;
+            fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            let fd = fs_err::File::open(&at)?.into_parts().0;
+            Ok::<_, std::io::Error>((net, fd, resolv, dir))
+        })();
+        let (egress_net, fd, resolv, dir) = joined.map_err(|e| format!("the build's egress network: {e}"))?;
+        plan = plan.join_network(std::os::fd::AsRawFd::as_raw_fd(&fd));
+        if Path::new("/etc/resolv.conf").exists() {
+            plan = plan.with_file_over(&resolv, Path::new("/etc/resolv.conf"));
+        }
+        held = Some((egress_net, fd, dir));
+    }
+    plan.install(&mut cmd);
+    let result = run_tool(cmd, "nix: ", &log, s.build_timeout, Some(1 << 20)).await;
+    if let Some((egress_net, fd, dir)) = held {
+        let used = tokio::task::spawn_blocking(move || egress_net.finish()).await.unwrap_or_default();
+        drop((fd, dir));
+        if used.refused > 0 {
+            log(
+                LogStream::Stderr,
+                &format!(
+                    "nix: the build's egress network refused {} packets (to the host, its network or addresses \
+                     never reachable)",
+                    used.refused
+                ),
+            );
+        }
+    }
+    let offline_note = match &net {
+        BuildNet::Cut(Some(why)) => format!(" (builds have no network here: {why})"),
+        _ => String::new(),
+    };
+    let stdout = match result {
         Ok(stdout) => stdout,
         Err(ToolFailure::Start(e)) => return Err(format!("cannot start {}: {e}", s.nix_binary).into()),
         Err(ToolFailure::Exit { code, tail }) => {
-            return Err(BuildFailed::with_log(format!("nix build failed (exit code {code})"), tail.into_vec()))
+            return Err(BuildFailed::with_log(
+                format!("nix build failed (exit code {code}){offline_note}"),
+                tail.into_vec(),
+            ))
         }
         Err(ToolFailure::TimedOut { tail }) => {
             let why = format!(
@@ -401,6 +508,7 @@ impl Runner for NixRunner {
             ("digest".to_string(), spec.addon.digest.clone()),
             ("nix-binary".to_string(), s.nix_binary.clone()),
             ("extra-args".to_string(), s.extra_args.join("\u{1f}")),
+            ("build-network".to_string(), s.build_net().name().to_string()),
         ])))
     }
 

@@ -342,7 +342,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BuildNetwork {
-    /// A network of the build's own with outbound access, not the host's own namespace.
+    /// A network of the build's own: the internet and the engine's resolver, never the host,
+    /// its loopback or its network (as `network.impure: egress` for runs). Where the engine
+    /// cannot make one, builds get no network and a build that fails for want of one says why.
     #[default]
     Egress,
     /// The host's network.

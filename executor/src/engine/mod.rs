@@ -138,6 +138,7 @@ impl Engine {
             probes,
             sections: settings.sections,
             build_network: config.network.build,
+            resolvers: config.network.resolvers.iter().filter_map(|r| crate::network::parse_resolver(r)).collect(),
             helper: settings.helper,
         };
         let mut runners: Vec<RunnerSlot> = addon_runners::builtin_factories()

@@ -60,6 +60,15 @@ pub(super) fn image_tag(name: &str, short_digest: &str) -> String {
     format!("addon-{}:{short_digest}", clean.trim_matches(|c: char| !c.is_ascii_alphanumeric()))
 }
 
+/// The network of a build's RUN steps.
+pub(super) struct BuildNet {
+    /// The daemon's network mode (`none`, `host`, `container:ID`, a network's name); None: the
+    /// daemon's default.
+    pub mode: Option<String>,
+    /// Why the build has no network, when that is not `network.build: none`.
+    pub offline_why: Option<String>,
+}
+
 #[allow(clippy::too_many_arguments)] // one build, all of its inputs
 pub(super) async fn build(
     docker: &Docker,
@@ -69,16 +78,16 @@ pub(super) async fn build(
     digest: &str,
     label: &str,
     timeout: Duration,
-    network: Option<String>,
+    network: &BuildNet,
     log: &crate::process::LogSink,
 ) -> Result<DockerImageMeta, BuildFailed> {
-    let offline = network.as_deref() == Some("none");
+    let offline = network.mode.as_deref() == Some("none");
     let text = dockerfile_text(addon_dir, dockerfile).unwrap_or_default();
     // The daemon fetches an `ADD <URL>` itself, on the host's own network: refused, as are
     // images named other than by a plain reference.
     crate::oci::dockerfile::check_sources(&text).map_err(|e| format!("{dockerfile}: {e}"))?;
     let bases = &crate::oci::dockerfile::base_images(&text);
-    if offline {
+    if offline && network.offline_why.is_none() {
         // The daemon pulls a missing base image whatever the build's network: not when builds
         // have none.
         for base in bases.iter().filter(|b| addon_descriptors::image_reference(b).is_ok()) {
@@ -103,7 +112,7 @@ pub(super) async fn build(
         rm: true,
         forcerm: true,
         labels: Some(labels),
-        networkmode: network,
+        networkmode: network.mode.clone(),
         ..Default::default()
     };
     let mut tail = crate::lines::Tail::default();
@@ -143,11 +152,12 @@ pub(super) async fn build(
                  `docker load` or `docker pull` where there is a network)",
                 bases.join(", ")
             ),
-            Some(crate::build_failure::Lack::Network) if offline => {
-                " (builds have no network here: network.build: none; `egress` or `host` lets RUN steps fetch \
-                 what they need)"
-                    .to_string()
-            }
+            Some(crate::build_failure::Lack::Network) if offline => match &network.offline_why {
+                Some(why) => format!(" ({why})"),
+                None => " (builds have no network here: network.build: none; `egress` or `host` lets RUN steps \
+                          fetch what they need)"
+                    .to_string(),
+            },
             _ => String::new(),
         };
         return Err(BuildFailed::with_log(format!("docker build{at}: {e}{note}"), log));

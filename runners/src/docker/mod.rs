@@ -78,6 +78,10 @@ pub struct DockerSettings {
     /// Once the runner is made: the network of its builds (None: the daemon's default).
     #[schemars(skip)]
     pub build_network: Option<String>,
+    /// Not a setting: under `network.build: egress` (and no `build_network` above), the egress
+    /// network builds get: their RUN steps join a holder container given it.
+    #[serde(skip)]
+    pub build_egress: Option<crate::egress::Egress>,
     /// The engine's `addon` binary: an engine that is not root settles what a container wrote
     /// with it (see `settle`). Not a setting: the engine's.
     #[serde(skip)]
@@ -91,6 +95,7 @@ impl Default for DockerSettings {
             build_timeout: DEFAULT_BUILD_TIMEOUT,
             user: None,
             build_network: None,
+            build_egress: None,
             helper: None,
         }
     }
@@ -114,14 +119,17 @@ impl ComponentSettings for DockerSettings {
 
 impl DockerSettings {
     /// The settings as configured, made whole with what is the engine's: the network of builds
-    /// (egress: the daemon's default, its bridge, as Docspell's builds) and the helper.
+    /// (egress: an egress network of the build's own, see [`DockerRunner::build`]) and the helper.
     pub fn from_context(ctx: &crate::RunnerContext) -> DockerSettings {
         let mut s: DockerSettings = ctx.sections.get();
-        s.build_network = s.build_network.or(match ctx.build_network {
-            BuildNetwork::Egress => None,
-            BuildNetwork::Host => Some("host".to_string()),
-            BuildNetwork::None => Some("none".to_string()),
-        });
+        if s.build_network.is_none() {
+            s.build_network = match ctx.build_network {
+                BuildNetwork::Egress => None,
+                BuildNetwork::Host => Some("host".to_string()),
+                BuildNetwork::None => Some("none".to_string()),
+            };
+            s.build_egress = ctx.build_egress();
+        }
         s.helper = ctx.helper.clone();
         s
     }
@@ -268,7 +276,6 @@ impl DockerRunner {
         }
     }
 
-    /// The address used: setting, then DOCKER_HOST, then the local socket.
     /// Whether this engine gives docker addons egress networks: a root engine (it enters the
     /// holder container's network namespace, owned by the host's root) with slirp4netns, nft and
     /// its helper binary (the holder's init).
@@ -283,6 +290,7 @@ impl DockerRunner {
         }
     }
 
+    /// The address used: setting, then DOCKER_HOST, then the local socket.
     pub fn address(&self) -> String {
         self.settings
             .host
@@ -311,6 +319,66 @@ impl DockerRunner {
             })
             .await;
         r.as_ref().map_err(Clone::clone)
+    }
+
+    /// What this runner's builds reach: `none`, `host`, `egress` (an egress network of their
+    /// own), a network's name of the daemon, or `default` (the daemon's bridge).
+    pub fn build_network_name(&self) -> String {
+        match (&self.settings.build_network, &self.settings.build_egress) {
+            (Some(mode), _) => mode.clone(),
+            (None, Some(_)) if self.gives_egress().is_ok() => "egress".into(),
+            (None, Some(_)) => "none".into(),
+            (None, None) => "default".into(),
+        }
+    }
+
+    /// Whether the daemon is Podman's compatible service (asked once).
+    async fn is_podman(&self, docker: &Docker) -> bool {
+        *self
+            .podman
+            .get_or_init(|| async {
+                docker.version().await.ok().is_some_and(|v| {
+                    let platform = v.platform.map(|p| p.name).unwrap_or_default();
+                    let components = v.components.unwrap_or_default().into_iter().map(|c| c.name);
+                    std::iter::once(platform).chain(components).any(|n| n.to_lowercase().contains("podman"))
+                })
+            })
+            .await
+    }
+
+    /// The labels of the engine's containers for `addon` (a run's add its run id): a later
+    /// engine reaps them by these once this one is gone.
+    fn engine_labels(addon: &str) -> HashMap<String, String> {
+        let me = std::process::id() as i32;
+        HashMap::from([
+            (LABEL_MANAGED.to_string(), "true".to_string()),
+            (LABEL_ENGINE_PID.to_string(), me.to_string()),
+            (LABEL_ENGINE_START.to_string(), process_start(me).unwrap_or_default()),
+            (LABEL_ENGINE_HOST.to_string(), hostname()),
+            (LABEL_ADDON.to_string(), addon.to_string()),
+        ])
+    }
+
+    /// A holder container ([`settle::hold_network`]) given an egress network: its id and the
+    /// network (finished once the holder is removed). Nothing is left when it fails.
+    async fn egress_holder(
+        &self,
+        docker: &Docker,
+        labels: HashMap<String, String>,
+        egress: &crate::egress::Egress,
+    ) -> Result<(String, crate::egress::EgressNet), RunnerError> {
+        let helper = self.settings.helper.clone().unwrap_or_default();
+        let holder = settle::hold_network(docker, &helper, labels).await.map_err(|e| setup(e.to_string()))?;
+        let (pid, e) = (holder.pid, egress.clone());
+        let attached = tokio::task::spawn_blocking(move || crate::egress::EgressNet::attach(pid, &e, false)).await;
+        let why = match attached {
+            Ok(Ok(net)) => return Ok((holder.id, net)),
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => e.to_string(),
+        };
+        let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+        let _ = docker.remove_container(&holder.id, Some(rm)).await;
+        Err(setup(why))
     }
 
     /// Removes containers left by dead engines, once per runner instance.
@@ -470,8 +538,9 @@ impl Runner for DockerRunner {
                     version: Some(version),
                     detail: format!(
                         "Docker API at {addr}; limits through the API (memory, pids, cpus; output size watched); \
-                         no-new-privileges, capabilities {}",
-                        CAPABILITIES.join(",")
+                         no-new-privileges, capabilities {}; builds' network: {}",
+                        CAPABILITIES.join(","),
+                        self.build_network_name()
                     ),
                 }
             }
@@ -491,7 +560,7 @@ impl Runner for DockerRunner {
             ("docker-host".to_string(), self.address()),
             // What the build reached is part of what it made, and of why it failed (a failure
             // remembered under `none` is not one under another setting).
-            ("build-network".to_string(), self.settings.build_network.clone().unwrap_or_else(|| "default".into())),
+            ("build-network".to_string(), self.build_network_name()),
         ])))
     }
 
@@ -502,19 +571,59 @@ impl Runner for DockerRunner {
         let label = spec.addon.label();
         let tag = image_tag(&spec.addon.name, spec.addon.short_digest());
         let s = &self.settings;
-        let meta = build(
-            docker,
-            &spec.addon_dir,
-            &dockerfile,
-            &tag,
-            &spec.addon.digest,
-            &label,
-            s.build_timeout,
-            s.build_network.clone(),
-            &log,
-        )
-        .await
-        .map_err(|failed| failed.into_error(NAME, &label))?;
+        // Under `network.build: egress` the build's RUN steps join a holder container given an
+        // egress network (the classic builder runs each step with `network_mode: container:ID`,
+        // and with the holder's resolv.conf): the internet, never the host or its network. An
+        // engine that cannot make one builds with no network, and a build that fails for want of
+        // one says why.
+        let mut held = None;
+        let net = match (&s.build_network, &s.build_egress) {
+            (Some(mode), _) => build::BuildNet { mode: Some(mode.clone()), offline_why: None },
+            (None, Some(_)) if self.is_podman(docker).await => build::BuildNet {
+                mode: Some("none".into()),
+                offline_why: Some(
+                    "builds get no network here: network.build: egress, and Podman's compatible API builds with \
+                     buildah, whose steps cannot join the engine's egress network through it; network.build: host \
+                     gives RUN steps the host's network"
+                        .into(),
+                ),
+            },
+            (None, Some(egress)) => match self.gives_egress() {
+                Ok(()) => {
+                    let (id, net) = self.egress_holder(docker, Self::engine_labels(&label), egress).await?;
+                    let mode = format!("container:{id}");
+                    held = Some((id, net));
+                    build::BuildNet { mode: Some(mode), offline_why: None }
+                }
+                Err(why) => build::BuildNet {
+                    mode: Some("none".into()),
+                    offline_why: Some(format!(
+                        "builds get no network here: network.build: egress, and {why}; network.build: host \
+                         gives RUN steps the host's network"
+                    )),
+                },
+            },
+            (None, None) => build::BuildNet { mode: None, offline_why: None },
+        };
+        let built =
+            build(docker, &spec.addon_dir, &dockerfile, &tag, &spec.addon.digest, &label, s.build_timeout, &net, &log)
+                .await;
+        if let Some((id, net)) = held {
+            let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let _ = docker.remove_container(&id, Some(rm)).await;
+            let used = tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default();
+            if used.refused > 0 {
+                log(
+                    LogStream::Stderr,
+                    &format!(
+                        "build: the build's egress network refused {} packets (to the host, its network or \
+                         addresses never reachable)",
+                        used.refused
+                    ),
+                );
+            }
+        }
+        let meta = built.map_err(|failed| failed.into_error(NAME, &label))?;
         let data = ArtifactData::of(&Recorded { image: meta.image }).map_err(|e| setup(e.to_string()))?;
         Ok(Artifact { reference: meta.id, size: meta.size, data })
     }
@@ -553,27 +662,11 @@ impl Runner for DockerRunner {
             }
             other => other.map(str::to_string),
         };
-        let me = std::process::id() as i32;
-        let labels = HashMap::from([
-            (LABEL_MANAGED.to_string(), "true".to_string()),
-            (LABEL_ENGINE_PID.to_string(), me.to_string()),
-            (LABEL_ENGINE_START.to_string(), process_start(me).unwrap_or_default()),
-            (LABEL_ENGINE_HOST.to_string(), hostname()),
-            (LABEL_RUN.to_string(), spec.run_id.clone()),
-            (LABEL_ADDON.to_string(), spec.addon.label()),
-        ]);
+        let mut labels = Self::engine_labels(&spec.addon.label());
+        labels.insert(LABEL_RUN.to_string(), spec.run_id.clone());
         let bind = |host: &Path, inside: &str| format!("{}:{inside}", host.display());
         let limits = spec.limits;
-        let podman = *self
-            .podman
-            .get_or_init(|| async {
-                docker.version().await.ok().is_some_and(|v| {
-                    let platform = v.platform.map(|p| p.name).unwrap_or_default();
-                    let components = v.components.unwrap_or_default().into_iter().map(|c| c.name);
-                    std::iter::once(platform).chain(components).any(|n| n.to_lowercase().contains("podman"))
-                })
-            })
-            .await;
+        let podman = self.is_podman(docker).await;
         // No file may grow past the output size (RLIMIT_FSIZE, as in host sandboxes): a single
         // file fills no faster than the limit allows. Not with Podman, which then replaces its
         // configured limits with ones the host refuses.
@@ -612,24 +705,7 @@ impl Runner for DockerRunner {
                 .and_then(|()| fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644)))
                 .map_err(|e| setup(format!("the egress network's resolv.conf: {e}")))?;
             binds.push(format!("{}:/etc/resolv.conf:ro", resolv.display()));
-            let helper = self.settings.helper.clone().unwrap_or_default();
-            let holder =
-                settle::hold_network(docker, &helper, labels.clone()).await.map_err(|e| setup(e.to_string()))?;
-            let (pid, e) = (holder.pid, e.clone());
-            let attached = tokio::task::spawn_blocking(move || crate::egress::EgressNet::attach(pid, &e, false)).await;
-            match attached {
-                Ok(Ok(net)) => network = Some((holder.id, net)),
-                other => {
-                    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-                    let _ = docker.remove_container(&holder.id, Some(rm)).await;
-                    let why = match other {
-                        Ok(Err(e)) => e.to_string(),
-                        Err(e) => e.to_string(),
-                        Ok(Ok(_)) => unreachable!(),
-                    };
-                    return Err(setup(why));
-                }
-            }
+            network = Some(self.egress_holder(docker, labels.clone(), e).await?);
         }
         let holder_id = network.as_ref().map(|(id, _)| id.clone());
         let remove_holder = |docker: Docker, holder: Option<String>| async move {

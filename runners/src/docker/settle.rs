@@ -304,6 +304,10 @@ pub async fn hold_network(
     let (binds, cmd) = helper_binds(helper, HOLD_COMMAND)?;
     let mut body = helper_body(cmd, binds, labels, &[], 16 << 20);
     body.network_disabled = None;
+    // What joins it (an image build's RUN steps) resolves names through the engine's resolver.
+    if let Some(hc) = body.host_config.as_mut() {
+        hc.dns = Some(vec![crate::egress::RESOLVER.to_string()]);
+    }
     let created = docker
         .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
         .await

@@ -95,17 +95,47 @@ impl OciRunner {
         // Dockerfile installs packages), whatever the addon's `networking`. A base image found in
         // a local store is used before any registry; one is pulled only with a build network and
         // `oci-runner.pull` not `never`.
+        let mut held = None;
         let (network, offline_why) = match s.build_network.as_str() {
+            // RUN steps join a network namespace of the engine's, given the egress network, and
+            // resolve through the engine's resolver.
+            "egress" => match self.gives_egress() {
+                Ok(()) => {
+                    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let at = self.state_dir().join(format!("build-netns-{}-{n}", std::process::id()));
+                    let (e, bind) = (s.build_egress.clone().unwrap_or_default(), at.clone());
+                    fs_err::create_dir_all(self.state_dir()).map_err(|e| format!("{e}"))?;
+                    let net = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &bind))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| format!("the build's egress network: {e}"))?;
+                    held = Some(net);
+                    (format!("ns:{}", at.display()), String::new())
+                }
+                Err(why) => (
+                    "none".to_string(),
+                    format!(
+                        "network.build: egress, and {why} (buildah's own networks reach the host); \
+                         network.build: host gives RUN steps the host's network"
+                    ),
+                ),
+            },
             // buildah 1.28 gives a rootless build no network of its own (its CNI bridge needs
             // root, its slirp4netns fails here): no network rather than the host's own.
             "private" if !is_root() => (
-                "none",
+                "none".to_string(),
                 "an unprivileged engine's builds get no network of their own here (buildah's private network \
-                 needs root); network.build: host gives RUN steps the host's network",
+                 needs root); network.build: host gives RUN steps the host's network"
+                    .to_string(),
             ),
-            "none" => ("none", "network.build: none; `egress` or `host` lets RUN steps fetch what they need"),
-            n => (n, ""),
+            "none" => (
+                "none".to_string(),
+                "network.build: none; `egress` or `host` lets RUN steps fetch what they need".to_string(),
+            ),
+            n => (n.to_string(), String::new()),
         };
+        let offline_why = offline_why.as_str();
         // Base images are fetched by buildah itself, not by a RUN step.
         let online = s.build_network != "none"
             && match s.pull {
@@ -180,10 +210,29 @@ impl OciRunner {
             let map = format!("0:{}:{size}", base + size);
             cmd.arg(format!("--userns-uid-map={map}")).arg(format!("--userns-gid-map={map}")).arg("--squash");
         }
+        if held.is_some() {
+            cmd.arg(format!("--dns={}", crate::egress::RESOLVER));
+            // In their user namespace, RUN steps may not mount a sysfs for a network namespace
+            // that namespace does not own (the engine's): an empty, read-only /sys instead (with
+            // the mount point of the cgroup file system the runtime mounts).
+            cmd.arg(format!("--volume={}:/sys:ro", self.empty_sys().map_err(|e| e.to_string())?.display()));
+        }
         cmd.arg("-f").arg(&path).arg("-t").arg(&tag).arg(&spec.addon_dir);
-        image::run_tool(cmd, "buildah build", log, timeout)
-            .await
-            .map_err(|e| explain_build_failure(e, &bases, offline_why, online, s))?;
+        let built = image::run_tool(cmd, "buildah build", log, timeout).await;
+        if let Some(net) = held {
+            let used = tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default();
+            if used.refused > 0 {
+                log(
+                    crate::process::LogStream::Stderr,
+                    &format!(
+                        "build: the build's egress network refused {} packets (to the host, its network or \
+                         addresses never reachable)",
+                        used.refused
+                    ),
+                );
+            }
+        }
+        built.map_err(|e| explain_build_failure(e, &bases, offline_why, online, s))?;
         let mut push = buildah_cmd();
         push.args(["push", "--quiet", &tag]).arg(image::layout_ref(layout));
         let pushed = image::run_tool(push, "buildah push", log, timeout).await;

@@ -115,9 +115,13 @@ pub struct OciSettings {
     #[schemars(skip)]
     pub build_network_setting: Option<String>,
     /// buildah's `--network` for Dockerfile builds, whatever the addon's `networking`
-    /// (`private`, `host` or `none`, from `network.build` of the configuration).
+    /// (`egress`, `host` or `none`, from `network.build` of the configuration; `egress` is a
+    /// network namespace of the engine's, see `fetch`).
     #[serde(skip)]
     pub build_network: String,
+    /// Not a setting: the egress network of builds under `network.build: egress`.
+    #[serde(skip)]
+    pub build_egress: Option<crate::egress::Egress>,
     /// As root, container ids 0..65535 are host ids from this one up (never the host's root);
     /// Dockerfile builds use the 65536 ids after those.
     pub uid_base: u32,
@@ -137,7 +141,8 @@ impl Default for OciSettings {
             pull: Pull::Missing,
             build_timeout: DEFAULT_BUILD_TIMEOUT,
             build_network_setting: None,
-            build_network: "private".into(),
+            build_network: "egress".into(),
+            build_egress: None,
             uid_base: 2_147_200_000,
             state_dir: None,
         }
@@ -171,14 +176,15 @@ impl ComponentSettings for OciSettings {
 }
 
 impl OciSettings {
-    /// The settings as configured, made whole with the network of builds: a network of the
-    /// build's own (buildah's `private`: a CNI bridge as root, slirp4netns rootless), never the
-    /// host's own namespace unless asked for.
+    /// The settings as configured, made whole with the network of builds: an egress network of
+    /// the build's own (the internet, never the host or its network), never the host's own
+    /// namespace unless asked for.
     pub fn from_context(ctx: &crate::RunnerContext) -> OciSettings {
         let mut s: OciSettings = ctx.sections.get();
+        s.build_egress = ctx.build_egress();
         s.build_network = match (&s.build_network_setting, ctx.build_network) {
             (Some(deprecated), _) => deprecated.clone(),
-            (None, BuildNetwork::Egress) => "private".into(),
+            (None, BuildNetwork::Egress) => "egress".into(),
             (None, BuildNetwork::Host) => "host".into(),
             (None, BuildNetwork::None) => "none".into(),
         };
@@ -307,6 +313,14 @@ impl OciRunner {
     /// the container's root, in a user namespace the engine makes).
     fn id_map(&self) -> Option<(u32, u32)> {
         is_root().then_some((self.inner.settings.uid_base, ID_RANGE))
+    }
+
+    /// An empty tree (only the cgroup file system's mount point, `fs/cgroup`) that builds given
+    /// an egress network see as /sys.
+    fn empty_sys(&self) -> std::io::Result<PathBuf> {
+        let dir = self.state_dir().join("empty-sys");
+        fs_err::create_dir_all(dir.join("fs/cgroup"))?;
+        Ok(dir)
     }
 
     fn state_dir(&self) -> PathBuf {

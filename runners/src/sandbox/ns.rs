@@ -64,6 +64,11 @@ pub struct NsPlan {
     /// `cgroup.procs` files to join before anything else (while still privileged).
     cgroups: Vec<CString>,
     rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Root only: a network namespace (a descriptor open in the engine) joined before anything
+    /// else is unshared.
+    join_net: Option<i32>,
+    /// Files bound read-only over host files in the private mount namespace (`(source, over)`).
+    file_binds: Vec<(CString, CString)>,
     /// Descriptors above stderr that the exec'd program must still have (bwrap's memory files);
     /// every other one is closed on exec.
     keep_fds: Vec<i32>,
@@ -101,6 +106,8 @@ impl NsPlan {
             cgroups: Vec::new(),
             rlimits: Vec::new(),
             keep_fds: Vec::new(),
+            join_net: None,
+            file_binds: Vec::new(),
             handoff: None,
             blank: own_areas(),
             uid_map: CString::new(format!("{0} {0} 1", me.uid)).unwrap_or_default(),
@@ -193,6 +200,21 @@ impl NsPlan {
         self
     }
 
+    /// Join the network namespace open on `fd` (root only; the descriptor must stay open until
+    /// the command has started) instead of making one.
+    pub fn join_network(mut self, fd: i32) -> NsPlan {
+        self.join_net = Some(fd);
+        self.cut_network = false;
+        self
+    }
+
+    /// Also a private mount namespace where the file `source` is bound read-only over `over`
+    /// (the engine's resolv.conf over the host's, say).
+    pub fn with_file_over(mut self, source: &Path, over: &Path) -> NsPlan {
+        self.file_binds.push((cstring(source), cstring(over)));
+        self
+    }
+
     /// Keep these descriptors open across exec (all others above stderr are closed).
     /// Waits for the engine once the namespaces exist (see the `handoff` field).
     pub fn with_handoff(mut self, info: i32, block: i32) -> NsPlan {
@@ -251,6 +273,7 @@ impl NsPlan {
             || self.overlay.is_some()
             || self.cover.is_some()
             || self.fresh_proc
+            || !self.file_binds.is_empty()
     }
 
     /// Runs in the forked child: what it inherits, then namespaces and mounts, then (with a PID
@@ -308,6 +331,9 @@ impl NsPlan {
     unsafe fn unshare(&self) -> io::Result<()> {
         // SAFETY: see `enter`.
         unsafe {
+            if let Some(fd) = self.join_net {
+                check(libc::setns(fd, libc::CLONE_NEWNET))?;
+            }
             let flags = self.clone_flags();
             if flags != 0 {
                 check(libc::unshare(flags))?;
@@ -329,6 +355,11 @@ impl NsPlan {
             }
             if let Some(o) = &self.overlay {
                 mount_overlay(o)?;
+            }
+            for (source, over) in &self.file_binds {
+                check(libc::mount(source.as_ptr(), over.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                let ro = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                check(libc::mount(std::ptr::null(), over.as_ptr(), std::ptr::null(), ro, std::ptr::null()))?;
             }
             if let Some(path) = &self.cover {
                 let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
