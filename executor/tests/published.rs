@@ -49,8 +49,8 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
         "nix-flake" => nix_config(""),
         r => format!("runner: [{r}]\n"),
     };
-    // gVisor and nspawn give no egress network yet: the impure addon gets the host's on request.
-    if runner.starts_with("gvisor") || sandbox == "nspawn" {
+    // nspawn gives no egress network: the impure addon gets the host's on request.
+    if sandbox == "nspawn" {
         config.push_str("network: {impure: host}\n");
     }
     let w = World::new(sandbox, &config);

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use addon_descriptors::{normalise_relative, Section};
+use addon_runners::egress::NetKind;
 use addon_runners::host::{self, HostRuns};
 use addon_runners::limits::Enforcement;
 use addon_runners::nix::{NixRunner, NixSettings};
@@ -145,6 +146,10 @@ impl GvisorRunner {
     }
 
     /// runsc and its global flags.
+    /// With a network (the host's, or an egress one), gVisor passes the addon's socket calls to
+    /// the kernel in the sandbox's network namespace (`--network=host`, hostinet): the egress
+    /// network's filter sees them there. gVisor's own network stack would send frames through a
+    /// packet socket, which the filter does not see.
     fn runsc(&self, network: bool) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(&self.settings.runsc);
         c.arg(format!("--root={}", self.settings.state_dir.display()))
@@ -201,7 +206,7 @@ impl GvisorRunner {
                 extra_ro: &[],
                 tmpfs: Default::default(),
             };
-            let bundle = self.bundle(&dirs[4], &mounts, false, probe).map_err(|e| e.to_string())?;
+            let bundle = self.bundle(&dirs[4], &mounts, NetKind::None, None, probe).map_err(|e| e.to_string())?;
             let mut cmd = self.runsc(false);
             cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
             cmd.stdin(std::process::Stdio::null()).kill_on_drop(true);
@@ -255,13 +260,13 @@ impl GvisorRunner {
         &self,
         scratch: &Path,
         mounts: &Mounts,
-        network: bool,
+        net: NetKind,
+        netns: Option<&Path>,
         process: Process<'_>,
     ) -> Result<PathBuf, BundleError> {
         let Process { program, args, env, extra_ro, tmpfs } = process;
         let inside = Mounts::mnt();
         let id = self.identity();
-        let net = if network { addon_runners::egress::NetKind::Host } else { addon_runners::egress::NetKind::None };
         let view = View::host_program(mounts, &inside, net, extra_ro, Inside { uid: id.uid, gid: id.gid }, tmpfs);
         let bundle = scratch.join("gvisor-bundle");
         let rootfs = bundle.join("rootfs");
@@ -330,12 +335,15 @@ impl GvisorRunner {
             .chain(args.iter().cloned())
             .collect();
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        // With network, the sandbox stays in the host's network namespace (runsc --network=host);
+        // With the host's network, the sandbox stays in the host's network namespace (runsc
+        // --network=host); with an egress network it joins the one the engine made (by path);
         // without, it gets its own with only `lo` (--network=none).
         let mut namespaces =
             vec![json!({"type": "pid"}), json!({"type": "ipc"}), json!({"type": "uts"}), json!({"type": "mount"})];
-        if !network {
-            namespaces.push(json!({"type": "network"}));
+        match (net, netns) {
+            (NetKind::Host, _) => {}
+            (NetKind::Egress, Some(path)) => namespaces.push(json!({"type": "network", "path": path})),
+            _ => namespaces.push(json!({"type": "network"})),
         }
         let config = json!({
             "ociVersion": "1.0.2",
@@ -391,8 +399,14 @@ fn unavailable(detail: impl Into<String>) -> Availability {
 #[async_trait::async_trait]
 impl Runner for GvisorRunner {
     fn info(&self) -> RunnerInfo {
-        let capabilities =
-            Capabilities { builds: true, isolates_network: true, isolates_filesystem: true, ..Capabilities::SHIPPED };
+        let capabilities = Capabilities {
+            builds: true,
+            isolates_network: true,
+            isolates_filesystem: true,
+            // The plugin runs as root; the egress network needs slirp4netns and nft here.
+            egress: addon_runners::egress::tools().is_ok(),
+            ..Capabilities::SHIPPED
+        };
         RunnerInfo::shipped(NAME, &[Section::Trivial, Section::Nix], capabilities)
     }
 
@@ -442,18 +456,34 @@ impl Runner for GvisorRunner {
             }
             other => return Err(setup(format!("serves trivial and nix addons, not {other}"))),
         };
-        let host_network = addon_runners::egress::host_or_none(&spec.network, NAME)?;
+        let net = spec.network.kind();
         let mounts = spec.mounts();
         addon_runners::sandbox::claim(&[&mounts.work, &mounts.output, &mounts.cache, &mounts.home], self.identity())
             .map_err(|e| setup(format!("giving the run's directories to uid {}: {e}", self.settings.uid)))?;
         fs_err::create_dir_all(&self.settings.state_dir)
             .map_err(|e| setup(format!("{}: {e}", self.settings.state_dir.display())))?;
+        // An egress network: a namespace the plugin holds (root), given the network, which the
+        // sandbox joins by path.
+        let egress = match &spec.network {
+            addon_runners::egress::Network::Egress(e) => {
+                addon_runners::egress::tools().map_err(|e| setup(e.to_string()))?;
+                fs_err::create_dir_all(&spec.dirs.scratch).map_err(|e| setup(e.to_string()))?;
+                let (e, at) = (e.clone(), spec.dirs.scratch.join("gvisor-netns"));
+                let held = tokio::task::spawn_blocking(move || addon_runners::egress::EgressNet::hold(&e, &at))
+                    .await
+                    .map_err(|e| setup(e.to_string()))?
+                    .map_err(|e| setup(e.to_string()))?;
+                Some(held)
+            }
+            _ => None,
+        };
         let env = spec.env_in(&Mounts::mnt(), false);
         let bundle = self
             .bundle(
                 &spec.dirs.scratch,
                 &mounts,
-                host_network,
+                net,
+                egress.as_ref().and_then(|e| e.path()),
                 Process {
                     program: &program,
                     args: &spec.args,
@@ -467,14 +497,14 @@ impl Runner for GvisorRunner {
         let mut enveloped = spec.clone();
         enveloped.limits.pids = spec.limits.pids.map(|p| p + RUNSC_TASKS);
         let mut envelope = host::envelope_for(NAME, &enveloped, &self.enforcement)?;
-        let mut cmd = self.runsc(host_network);
+        let mut cmd = self.runsc(net != NetKind::None);
         cmd.arg("run").arg(format!("--bundle={}", bundle.display())).arg(&id);
         // runsc and its sandbox join the run's control group before exec; the process dies with
         // this plugin (the sandbox follows it; Reap removes what a SIGKILL leaves).
         NsPlan::prepare_only().join_cgroups(&envelope.cgroup_procs()).install(&mut cmd);
         let noise: addon_runners::NoiseFilter = Arc::new(|_: &str| false);
         let spawned = host::spawn(NAME, &self.runs, &spec, cmd, &program.display().to_string(), &mut envelope, noise)?;
-        let mut events = spawned.watch(&self.runs, &spec, envelope, None);
+        let mut events = spawned.watch(&self.runs, &spec, envelope, egress);
         self.containers.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), id.clone());
         // Forward the events; once the run ended, delete its container state.
         let (tx, rx) = tokio::sync::mpsc::channel(64);
