@@ -405,22 +405,32 @@ fn docker_egress_reaches_the_internet_and_nothing_of_the_host() {
     if !require_docker() || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    container_egress("docker", 15);
+    container_egress("docker", 15, &[None]);
 }
 
-/// So do oci addons (a network namespace the engine makes and gives the network, which the
-/// runtime's container joins by path).
+/// So do oci addons: as root, a network namespace the engine makes and gives the network, which
+/// the runtime's container joins by path; for an unprivileged engine (a user with no daemon),
+/// the runtime's own, made in the engine's user namespace and given the network while the
+/// runtime waits, which the container shares.
 #[test]
 fn oci_egress_reaches_the_internet_and_nothing_of_the_host() {
     if !require_oci() || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    container_egress("oci", 16);
+    if !Command::new("id").arg(ROOTLESS).output().unwrap().status.success() {
+        missing(&format!("user {ROOTLESS} is missing; scripts/test-all creates it"));
+        return;
+    }
+    container_egress("oci", 16, &[None, Some(ROOTLESS)]);
 }
 
-fn container_egress(runner: &str, slot: u8) {
+/// The oci runner's user without a daemon (scripts/test-all creates it with subordinate ids).
+const ROOTLESS: &str = "addon-rootless";
+
+fn container_egress(runner: &str, slot: u8, users: &[Option<&str>]) {
     let w = World::new("auto", &format!("runner: [{runner}]\n"));
-    chmod(w.path(), 0o755);
+    // An unprivileged engine makes its own working and cache directories here.
+    chmod(w.path(), 0o777);
     let www = w.path().join("www");
     std::fs::create_dir(&www).unwrap();
     chmod(&www, 0o755);
@@ -430,25 +440,31 @@ fn container_egress(runner: &str, slot: u8) {
         net.targets().into_iter().filter(|(_, h, _)| h.parse::<IpAddr>().is_ok() && !h.contains(':')).collect();
     let marker = format!("egress-{runner}-{}", std::process::id());
     let addon = w.docker_addon("cegress", IMPURE_PY, &nc_prober(&targets), &marker);
-    let (out, v) = run(&w, &net.config(""), &addon, None);
-    let a = &v["addons"][0];
-    assert_eq!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(a["runner"], runner, "{a}");
-    assert_eq!(a["network"]["policy"], "egress", "{a}");
-    let m = results(&out);
-    assert!(reached(&m, "internet"), "{runner}: the internet: {m:?}");
-    for label in ["lan", "host-loopback-alias", "host-veth", "metadata", "docker-bridge"] {
-        assert!(!reached(&m, label), "{runner}: {label} must be refused: {m:?}");
+    for p in [w.path().join("addons-src"), addon.clone()] {
+        chmod(&p, 0o755);
     }
-    if m.contains_key("host-address") {
-        assert!(!reached(&m, "host-address"), "{runner}: the host's own addresses: {m:?}");
-    }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let answered = [format!("resolved=Address: {}", net.web_ip), format!("resolved=Address 1: {}", net.web_ip)];
-    assert!(answered.iter().any(|a| stderr.contains(a.as_str())), "{runner}: the engine's resolver answers: {stderr}");
-    assert!(a["network"]["refused_packets"].as_u64().unwrap() > 0, "{a}");
-    if runner == "docker" {
-        assert!(containers_of("cegress-1.0").is_empty(), "no container is left, the holder's neither");
+    for &user in users {
+        let who = format!("{runner} as {}", user.unwrap_or("root"));
+        let (out, v) = run(&w, &net.config(""), &addon, user);
+        let a = &v["addons"][0];
+        assert_eq!(a["result"], "success", "{who}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a["runner"], runner, "{a}");
+        assert_eq!(a["network"]["policy"], "egress", "{a}");
+        let m = results(&out);
+        assert!(reached(&m, "internet"), "{who}: the internet: {m:?}");
+        for label in ["lan", "host-loopback-alias", "host-veth", "metadata", "docker-bridge"] {
+            assert!(!reached(&m, label), "{who}: {label} must be refused: {m:?}");
+        }
+        if m.contains_key("host-address") {
+            assert!(!reached(&m, "host-address"), "{who}: the host's own addresses: {m:?}");
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let answered = [format!("resolved=Address: {}", net.web_ip), format!("resolved=Address 1: {}", net.web_ip)];
+        assert!(answered.iter().any(|a| stderr.contains(a.as_str())), "{who}: the engine's resolver answers: {stderr}");
+        assert!(a["network"]["refused_packets"].as_u64().unwrap() > 0, "{a}");
+        if runner == "docker" {
+            assert!(containers_of("cegress-1.0").is_empty(), "no container is left, the holder's neither");
+        }
     }
 }
 

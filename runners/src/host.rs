@@ -34,6 +34,12 @@ impl HostRuns {
         self.pids.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).copied()
     }
 
+    /// Forgets a run whose start failed after its process was spawned (the process dies with
+    /// its handle).
+    pub fn forget(&self, run_id: &str) {
+        self.pids.lock().unwrap_or_else(|e| e.into_inner()).remove(run_id);
+    }
+
     /// SIGTERM to everything below the run's sandbox process, then after `grace` SIGKILL to all.
     pub fn stop(&self, run_id: &str, grace: Duration) {
         let Some(pid) = self.pids.lock().unwrap_or_else(|e| e.into_inner()).get(run_id).copied() else {
@@ -195,6 +201,13 @@ pub struct Spawned {
     child: tokio::process::Child,
     pid: i32,
     readers: [tokio::task::JoinHandle<()>; 2],
+}
+
+impl Spawned {
+    /// The spawned process's pid (the sandbox's outer process).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
 }
 
 /// Spawns a prepared command (which joins `envelope` before exec, see

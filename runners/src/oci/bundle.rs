@@ -231,6 +231,8 @@ pub enum Net<'a> {
     Host,
     /// The namespace at this path (an egress network), with this `/etc/resolv.conf`.
     Join { netns: &'a Path, resolv: &'a Path },
+    /// The runtime's own (an egress network the engine gave it), with this `/etc/resolv.conf`.
+    Runtime { resolv: &'a Path },
 }
 
 /// The runtime configuration of one run.
@@ -254,7 +256,7 @@ pub fn config_json(c: &RunConfig<'_>) -> serde_json::Value {
         Net::Host if Path::new("/etc/resolv.conf").exists() => {
             mounts.push(bind(Path::new("/etc/resolv.conf"), "/etc/resolv.conf", true));
         }
-        Net::Join { resolv, .. } => mounts.push(bind(resolv, "/etc/resolv.conf", true)),
+        Net::Join { resolv, .. } | Net::Runtime { resolv } => mounts.push(bind(resolv, "/etc/resolv.conf", true)),
         _ => {}
     }
     let mut namespaces =
@@ -262,7 +264,7 @@ pub fn config_json(c: &RunConfig<'_>) -> serde_json::Value {
     match c.network {
         Net::None => namespaces.push(json!({"type": "network"})),
         Net::Join { netns, .. } => namespaces.push(json!({"type": "network", "path": netns})),
-        Net::Host => {}
+        Net::Host | Net::Runtime { .. } => {}
     }
     let mut linux = json!({
         "namespaces": namespaces,

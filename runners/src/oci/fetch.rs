@@ -99,7 +99,13 @@ impl OciRunner {
         let (network, offline_why) = match s.build_network.as_str() {
             // RUN steps join a network namespace of the engine's, given the egress network, and
             // resolve through the engine's resolver.
-            "egress" => match self.gives_egress() {
+            "egress" => match self.gives_egress().and_then(|()| {
+                if is_root() {
+                    Ok(())
+                } else {
+                    Err("an unprivileged engine's buildah cannot join a network namespace of the engine's".into())
+                }
+            }) {
                 Ok(()) => {
                     static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                     let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -294,13 +294,17 @@ impl From<OciError> for BuildFailed {
 }
 
 impl OciRunner {
-    /// Whether this engine gives oci addons egress networks: a root engine (it makes the
-    /// network namespace the container joins) with slirp4netns and nft.
+    /// Whether this engine gives oci addons egress networks: slirp4netns and nft, and for an
+    /// unprivileged engine a usable /dev/net/tun. As root the container joins a network
+    /// namespace the engine made; otherwise it shares the runtime's, made in the engine's user
+    /// namespace and given the network while the runtime waits.
     pub fn gives_egress(&self) -> Result<(), String> {
-        if !crate::sandbox::is_root() {
-            return Err("the oci runner makes egress networks only for a root engine".into());
+        crate::egress::tools().map(|_| ()).map_err(|e| e.to_string())?;
+        if crate::sandbox::is_root() {
+            Ok(())
+        } else {
+            crate::egress::tun_usable()
         }
-        crate::egress::tools().map(|_| ()).map_err(|e| e.to_string())
     }
 
     pub fn new(settings: OciSettings, probes: Arc<ProbeCache>, sandboxes: Arc<Sandboxes>) -> OciRunner {
@@ -433,7 +437,7 @@ impl OciRunner {
         if let Err(e) = make_state(&state).and_then(|()| fs_err::create_dir_all(&root).map_err(OciError::io(&root))) {
             return fail(e.to_string());
         }
-        let cmd = match self.command(name, path, &state, &bundle_dir, &id, &lower, 16 << 20, &[]) {
+        let cmd = match self.command(name, path, &state, &bundle_dir, &id, &lower, 16 << 20, &[], None) {
             Ok(c) => c,
             Err(e) => return fail(e.to_string()),
         };
@@ -480,6 +484,7 @@ impl OciRunner {
         lower: &Path,
         overlay_size: u64,
         cgroups: &[PathBuf],
+        handoff: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
     ) -> Result<tokio::process::Command, OciError> {
         use std::os::unix::fs::MetadataExt;
         let meta = fs_err::metadata(lower).map_err(OciError::io(lower))?;
@@ -496,10 +501,24 @@ impl OciRunner {
         // joins the envelope first and the container inherits it.
         let cgroups = if name == "crun" { cgroups } else { &[] };
         // A /proc of the new PID namespace: the runtime finds its children there by their pids.
-        let mut plan = NsPlan::pid_only().map_root().join_cgroups(cgroups).with_overlay(overlay).with_fresh_proc();
+        // With a handoff (an unprivileged engine's egress run): a network namespace of its own,
+        // which the container shares, given the egress network while the runtime waits.
+        let mut plan =
+            NsPlan::new(handoff.is_some()).map_root().join_cgroups(cgroups).with_overlay(overlay).with_fresh_proc();
         if name == "crun" {
             if let Some(v2) = hybrid_v2_mount() {
                 plan = plan.with_cover(v2);
+            }
+        }
+        if let Some((info, block)) = handoff {
+            use std::os::fd::AsRawFd;
+            plan = plan.with_handoff(info.as_raw_fd(), block.as_raw_fd());
+            // SAFETY: the closure does nothing; it keeps the pipe ends open until the spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let _keep = (&info, &block);
+                    Ok(())
+                });
             }
         }
         plan.install(&mut cmd);
@@ -843,29 +862,46 @@ impl Runner for OciRunner {
         // Every user of the image reads it, whatever the engine's umask.
         fs_err::set_permissions(&hosts, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
         let cgroup = container_cgroup(&envelope.cgroup_procs(), &runtime, &spec.run_id, &id);
-        // An egress run joins a network namespace the engine made and gave its network.
+        // An egress run joins a network namespace the engine made and gave its network (root),
+        // or shares the runtime's, given its network while the runtime waits (unprivileged).
         let (network, resolv) = match &spec.network {
             crate::egress::Network::Egress(e) => {
                 self.gives_egress().map_err(setup)?;
-                let (e, at) = (e.clone(), bundle_dir.join("netns"));
-                let net = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &at))
-                    .await
-                    .map_err(|e| setup(e.to_string()))?
-                    .map_err(|e| setup(e.to_string()))?;
+                let net = if is_root() {
+                    let (e, at) = (e.clone(), bundle_dir.join("netns"));
+                    let held = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &at))
+                        .await
+                        .map_err(|e| setup(e.to_string()))?
+                        .map_err(|e| setup(e.to_string()))?;
+                    Some(held)
+                } else {
+                    None
+                };
                 let resolv = bundle_dir.join("resolv.conf");
                 fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))
                     .map_err(io)?;
                 fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
-                (Some(net), Some(resolv))
+                (net, Some(resolv))
             }
             _ => (None, None),
         };
         let netns = network.as_ref().and_then(|n| n.path().map(Path::to_path_buf));
         let bundle_net = match (&netns, &resolv) {
             (Some(netns), Some(resolv)) => bundle::Net::Join { netns, resolv },
+            (None, Some(resolv)) => bundle::Net::Runtime { resolv },
             _ if spec.network == crate::egress::Network::Host => bundle::Net::Host,
             _ => bundle::Net::None,
         };
+        let mut handoff = None;
+        let mut waiting = None;
+        if let (crate::egress::Network::Egress(e), None) = (&spec.network, &network) {
+            let no_pipes = |e: std::io::Error| setup(format!("no pipes for the egress network's handoff: {e}"));
+            let (info_r, info_w) = crate::sandbox::pipe().map_err(no_pipes)?;
+            let (block_r, block_w) = crate::sandbox::pipe().map_err(no_pipes)?;
+            handoff = Some((info_w, block_r));
+            waiting =
+                Some((crate::sandbox::Handoff { info: info_r, release: block_w, cgroups: Vec::new() }, e.clone()));
+        }
         let config = bundle::config_json(&RunConfig {
             root: &root,
             argv: &argv,
@@ -893,11 +929,34 @@ impl Runner for OciRunner {
                 &rootfs,
                 overlay_size,
                 &envelope.cgroup_procs(),
+                handoff,
             )
             .map_err(|e| setup(e.to_string()))?;
         let noise: crate::NoiseFilter = Arc::new(|_: &str| false);
         let program = argv.first().cloned().unwrap_or_default();
         let spawned = host::spawn(NAME, &self.inner.runs, &spec, cmd, &program, &mut envelope, noise)?;
+        let mut network = network;
+        if let Some((handoff, egress)) = waiting {
+            let pid = spawned.pid();
+            let given = tokio::task::spawn_blocking(move || {
+                handoff.complete_with(pid, |inner| {
+                    crate::egress::EgressNet::attach(inner, &egress, true).map_err(std::io::Error::other)
+                })
+            })
+            .await;
+            match given {
+                Ok(Ok(net)) => network = Some(net),
+                other => {
+                    self.inner.runs.forget(&spec.run_id);
+                    let why = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        Err(e) => e.to_string(),
+                        Ok(Ok(_)) => unreachable!(),
+                    };
+                    return Err(setup(format!("giving the container its egress network: {why}")));
+                }
+            }
+        }
         let mut events = spawned.watch(&self.inner.runs, &spec, envelope, network);
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let run_id = spec.run_id.clone();
