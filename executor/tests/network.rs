@@ -263,6 +263,13 @@ fn egress_reaches_the_internet_and_nothing_of_the_host_netns() {
     policy_holds("netns", 13);
 }
 
+/// nspawn (root only): the container's own network namespace gets the network while the addon
+/// waits at the engine's gate.
+#[test]
+fn egress_reaches_the_internet_and_nothing_of_the_host_nspawn() {
+    policy_holds_for("nspawn", 20, &[None]);
+}
+
 /// The whole policy with `sandbox`, as root and as an unprivileged engine.
 fn policy_holds(sandbox: &str, slot: u8) {
     policy_holds_for(sandbox, slot, &[None, Some("nobody")]);

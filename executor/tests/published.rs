@@ -45,14 +45,10 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
     if !ready {
         return None;
     }
-    let mut config = match runner {
+    let config = match runner {
         "nix-flake" => nix_config(""),
         r => format!("runner: [{r}]\n"),
     };
-    // nspawn gives no egress network: the impure addon gets the host's on request.
-    if sandbox == "nspawn" {
-        config.push_str("network: {impure: host}\n");
-    }
     let w = World::new(sandbox, &config);
     match runner {
         "gvisor" => w.add_plugin("gvisor", "addon-runner-gvisor", "trivial", ""),

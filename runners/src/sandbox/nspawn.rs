@@ -210,11 +210,86 @@ impl Sandbox for Nspawn {
     /// Not yet: nspawn joins a network namespace from inside the user namespace it picks for the
     /// container, which cannot enter one the engine made (tried: "Failed to join network
     /// namespace: Operation not permitted").
+    /// Its container's own network namespace (`--private-network`) gets the engine's egress
+    /// network while the addon waits at a gate (see [`Nspawn::launch`]). (Joining a namespace
+    /// of the engine's is refused: nspawn would do it from inside the container's user
+    /// namespace.)
     fn egress(&self) -> Result<(), String> {
-        Err("nspawn does not make egress networks yet: it would join the engine's network namespace from inside its own user namespace, which the kernel refuses (bwrap and netns make them)".into())
+        if !crate::sandbox::is_root() {
+            return Err("nspawn runs only for a root engine".into());
+        }
+        crate::egress::tools().map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    /// An egress run: the engine's helper inside the container connects to a unix socket bound
+    /// into it and waits; the engine learns the helper's pid from the connection (the kernel
+    /// gives it in the engine's PID namespace), gives that process's network namespace the
+    /// egress network, and then lets it go on to the addon. Anything but the go-ahead (the
+    /// engine failing or dying) and the helper does not start the addon.
+    fn launch(&self, spec: &Spec<'_>) -> Result<super::Launch, super::SandboxError> {
+        self.check(spec.iso)?;
+        if spec.iso.network != crate::egress::NetKind::Egress {
+            return Ok(super::Launch { cmd: self.build(spec), handoff: None });
+        }
+        let failed =
+            |e: std::io::Error| super::SandboxError::NoEgress { sandbox: "nspawn", why: format!("the gate: {e}") };
+        let gate = spec.scratch.join("nspawn-gate");
+        let _ = fs_err::remove_file(&gate);
+        let listener = std::os::unix::net::UnixListener::bind(&gate).map_err(failed)?;
+        // The container's root is an unprivileged host uid.
+        fs_err::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o666)).map_err(failed)?;
+        let (info_r, info_w) = super::pipe().map_err(failed)?;
+        let (block_r, block_w) = super::pipe().map_err(failed)?;
+        std::thread::spawn(move || gatekeeper(listener, info_w, block_r));
+        let cmd = self.build_with(spec, Some(&gate));
+        Ok(super::Launch { cmd, handoff: Some(super::Handoff { info: info_r, release: block_w, cgroups: vec![] }) })
     }
 
     fn build(&self, spec: &Spec<'_>) -> Command {
+        self.build_with(spec, None)
+    }
+}
+
+/// Where the gate's socket is inside the container.
+const GATE_AT: &str = "/.addon-gate";
+
+/// The engine's side of the gate (see [`Nspawn::launch`]): tells the handoff the pid of the
+/// helper that connected, then passes the release on to it. Gives up after 30 s without one.
+fn gatekeeper(listener: std::os::unix::net::UnixListener, info: std::os::fd::OwnedFd, release: std::os::fd::OwnedFd) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: poll on one valid descriptor.
+    if unsafe { libc::poll(&mut pfd, 1, 30_000) } != 1 {
+        return;
+    }
+    let Ok((mut stream, _)) = listener.accept() else { return };
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into a ucred of the given length.
+    let got = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 || cred.pid <= 0 {
+        return;
+    }
+    if std::fs::File::from(info).write_all(format!("{{\"child-pid\": {}}}", cred.pid).as_bytes()).is_err() {
+        return;
+    }
+    let mut go = [0u8; 1];
+    if std::fs::File::from(release).read_exact(&mut go).is_ok() {
+        let _ = stream.write_all(b"x");
+    }
+}
+
+impl Nspawn {
+    fn build_with(&self, spec: &Spec<'_>, gate: Option<&Path>) -> Command {
         let Spec { program, args, env, mounts, extra_ro, iso, scratch, cgroups, rlimits, tmpfs } = *spec;
         let inside = self.view(mounts);
         // Container root: uid 0 inside an unprivileged user namespace.
@@ -260,7 +335,14 @@ impl Sandbox for Nspawn {
         for (k, v) in env {
             c.arg(format!("--setenv={k}={v}"));
         }
-        c.args(["--", HELPER_AT, HELPER_COMMAND]).arg(mounts.translate(program, &inside)).args(args);
+        if let Some(gate) = gate {
+            c.arg(format!("--bind-ro={}:{GATE_AT}", gate.display()));
+        }
+        c.args(["--", HELPER_AT, HELPER_COMMAND]);
+        if gate.is_some() {
+            c.args([crate::sandbox::seccomp::GATE_FLAG, GATE_AT]);
+        }
+        c.arg(mounts.translate(program, &inside)).args(args);
         // A container outlives a killed nspawn, so nspawn itself runs in a PID namespace of ours
         // whose init dies with the engine: the kernel then kills everything in it, the
         // container's nested namespace included. nspawn writes /proc/<pid>/uid_map of its own

@@ -212,10 +212,41 @@ pub fn install(filters: &Filters) -> std::io::Result<()> {
 /// themselves (nspawn, gVisor): `PROGRAM __sandbox-exec ADDON_PROGRAM ARGS...`.
 pub const HELPER_COMMAND: &str = "__sandbox-exec";
 
+/// `__sandbox-exec --gate SOCKET PROGRAM...`: wait at the gate first (see
+/// `nspawn::Nspawn::launch`).
+pub const GATE_FLAG: &str = "--gate";
+
+/// Connects to the gate's socket and waits for the engine's go-ahead (one byte `x`); anything
+/// else (the socket closed: the engine failed or died) is an error.
+fn wait_at_gate(gate: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut stream = std::os::unix::net::UnixStream::connect(gate)?;
+    let mut go = [0u8; 1];
+    stream.read_exact(&mut go)?;
+    if go[0] != b'x' {
+        return Err(std::io::Error::other("an unexpected answer"));
+    }
+    Ok(())
+}
+
 /// The helper's body: installs the filters, then execs `rest[0]` with the rest as arguments.
 /// Returns only on failure, with the exit code to use (127 not found, 126 not executable).
 pub fn exec_filtered(rest: &[std::ffi::OsString]) -> u8 {
     use std::os::unix::process::CommandExt;
+    let rest = match rest.split_first() {
+        Some((flag, tail)) if flag == GATE_FLAG => {
+            let Some((gate, tail)) = tail.split_first() else {
+                eprintln!("{HELPER_COMMAND}: {GATE_FLAG} needs a path");
+                return 127;
+            };
+            if let Err(e) = wait_at_gate(std::path::Path::new(gate)) {
+                eprintln!("the engine did not give this run its network ({e}); not starting the addon");
+                return 125;
+            }
+            tail
+        }
+        _ => rest,
+    };
     let Some((program, args)) = rest.split_first() else {
         eprintln!("{HELPER_COMMAND}: no program given");
         return 127;
