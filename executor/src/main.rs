@@ -249,6 +249,10 @@ fn main() -> ExitCode {
             unsafe { libc::pause() };
         }
     }
+    #[cfg(feature = "docker")]
+    if argv.get(1).is_some_and(|a| a == addon_runners::docker::AGENT_COMMAND) {
+        return egress_agent(&argv[2..]);
+    }
     let cli = Cli::parse();
     // `runners check` reports per check; the engine's own messages about its deliberately
     // failing addons would only bury that (-v shows them).
@@ -261,6 +265,44 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_TROUBLE)
         }
     }
+}
+
+/// `addon __egress-agent EGRESS_JSON`, in the docker runner's network agent container (see
+/// addon_runners::docker, `egress_agent`): gives the network namespace of PID 1 (the holder
+/// container's init, whose PID namespace the agent joins) the egress network, says
+/// `egress-ready`, and on SIGTERM says what the network refused and ends.
+#[cfg(feature = "docker")]
+fn egress_agent(args: &[std::ffi::OsString]) -> ExitCode {
+    let egress: Option<addon_runners::egress::Egress> =
+        args.first().and_then(|a| serde_json::from_str(&a.to_string_lossy()).ok());
+    let Some(egress) = egress else {
+        eprintln!("usage: addon {} EGRESS_JSON", addon_runners::docker::AGENT_COMMAND);
+        return ExitCode::from(EXIT_TROUBLE);
+    };
+    // SIGTERM is waited for, not handled: blocked before any thread starts (they inherit it).
+    // SAFETY: signal-set calls on a local set.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let net = match addon_runners::egress::EgressNet::attach(1, &egress, false) {
+        Ok(net) => net,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_TROUBLE);
+        }
+    };
+    println!("{}", addon_runners::docker::AGENT_READY);
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    let mut sig = 0;
+    // SAFETY: sigwait on the set blocked above.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    let used = net.finish();
+    println!("refused={} dns-queries={}", used.refused, used.dns_queries);
+    ExitCode::SUCCESS
 }
 
 /// `addon __sandbox-exec PROGRAM ARGS...`: filter, then exec. Returns only on failure.

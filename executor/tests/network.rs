@@ -406,13 +406,18 @@ fn nc_prober(targets: &[(&str, String, u16)]) -> String {
 }
 
 /// Docker addons get the same egress network (a holder container's namespace, given the network
-/// by the engine, which the addon's container joins).
+/// by the engine, which the addon's container joins): as root, and as an unprivileged engine in
+/// group docker (through an agent container, since it cannot enter the holder's namespace).
 #[test]
 fn docker_egress_reaches_the_internet_and_nothing_of_the_host() {
     if !require_docker() || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    container_egress("docker", 15, &[None]);
+    if !Command::new("id").arg(KIT_USER).output().unwrap().status.success() {
+        missing(&format!("user {KIT_USER} is missing; scripts/test-all creates it"));
+        return;
+    }
+    container_egress("docker", 15, &[None, Some(KIT_USER)]);
 }
 
 /// So do oci addons: as root, a network namespace the engine makes and gives the network, which
@@ -430,6 +435,9 @@ fn oci_egress_reaches_the_internet_and_nothing_of_the_host() {
     }
     container_egress("oci", 16, &[None, Some(ROOTLESS)]);
 }
+
+/// An unprivileged user in group docker, as Docspell's job servers run (scripts/test-all creates it).
+const KIT_USER: &str = "addon-kit";
 
 /// The oci runner's user without a daemon (scripts/test-all creates it with subordinate ids).
 const ROOTLESS: &str = "addon-rootless";
@@ -684,4 +692,48 @@ fn gvisor_egress_reaches_the_internet_and_nothing_of_the_host() {
     for label in ["host-loopback-alias", "host-veth", "metadata"] {
         assert!(!reached(&m, label), "gvisor: {label} stays refused with an allow: {m:?}");
     }
+}
+
+/// A Dockerfile's RUN steps keep Docker's default capabilities, CAP_NET_RAW among them: frames
+/// a step makes itself go out through a packet socket, below the namespace's IP firewall, to
+/// slirp4netns, which would connect them to the host's loopback (behind 10.0.2.2). The filter
+/// on the device stops them: a raw SYN to a listener on the host's loopback never arrives.
+#[test]
+fn raw_frames_from_a_docker_build_do_not_reach_the_host() {
+    if !require_docker() || !require_root("a listener and a build as root") {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for _ in l.incoming().flatten() {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let marker = format!("rawsyn-{}", std::process::id());
+    let addon = w.docker_addon("rawsyn", PURE, "echo '{}'", &marker);
+    let cc = Command::new("gcc")
+        .args(["-static", "-O1", "-o"])
+        .arg(addon.join("rawsyn"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rawsyn.c"))
+        .output()
+        .expect("gcc (scripts/test-all installs it)");
+    assert!(cc.status.success(), "{}", String::from_utf8_lossy(&cc.stderr));
+    edit(
+        &addon.join("Dockerfile"),
+        "ENV PATH=/bin",
+        &format!("ENV PATH=/bin\nCOPY rawsyn /rawsyn\nRUN /rawsyn tap0 10.0.2.100 10.0.2.2 {port} > /rawsyn.out 2>&1; cat /rawsyn.out; true"),
+    );
+    let (out, v) = run(&w, "", &addon, None);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "a raw SYN from a build reached the host's loopback:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

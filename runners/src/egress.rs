@@ -236,6 +236,55 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
     )
 }
 
+/// The same destinations enforced again where every packet leaves the namespace: a netdev
+/// `egress` chain on the user-mode network's device, loaded once slirp4netns made it. The
+/// `inet` table above sees what goes through the IP stack; a process with CAP_NET_RAW in the
+/// namespace (an image build's RUN step keeps Docker's default capabilities) could send frames
+/// through a packet socket below it, straight to slirp4netns and so to the host's loopback or the
+/// LAN. This chain sees those too. Stateless: ARP passes (slirp4netns answers it); every frame
+/// that is not IPv4 is dropped (an egress network has no IPv6 route); IPv4 to the engine's DNS
+/// forwarder passes, to the never-reachable addresses is dropped, to what `network.allow` names
+/// passes, to refused ranges is dropped, TCP and UDP to the rest passes, other protocols drop.
+pub fn device_ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
+    let exact: Vec<IpAddr> =
+        egress.allow.iter().filter(|d| d.prefix == if d.addr.is_ipv4() { 32 } else { 128 }).map(|d| d.addr).collect();
+    let mut never4: Vec<String> = [SLIRP_NET, "127.0.0.0/8", "0.0.0.0/8"].iter().map(|s| s.to_string()).collect();
+    never4
+        .extend(host.iter().filter(|a| a.is_ipv4() && (!exact.contains(a) || a.is_loopback())).map(|a| a.to_string()));
+    let allow: String = egress
+        .allow
+        .iter()
+        .filter(|d| d.addr.is_ipv4() && !never_allowed(d.addr))
+        .map(|d| {
+            let port = d.port.map(|p| format!(" th dport {p}")).unwrap_or_default();
+            format!("    ip daddr {}/{} ip protocol {{ tcp, udp }}{port} accept\n", d.addr, d.prefix)
+        })
+        .collect();
+    format!(
+        "table netdev {TABLE}_dev {{
+  counter refused {{ }}
+  set never4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {never4} }} }}
+  set refused4 {{ type ipv4_addr; flags interval; auto-merge; elements = {{ {v4} }} }}
+  chain tap {{
+    type filter hook egress device \"{DEVICE}\" priority 0; policy drop;
+    ether type arp accept
+    ether type != ip drop
+    ip daddr {GATEWAY} udp dport {dns_port} accept
+    ip daddr @never4 counter name refused drop
+{allow}    ip daddr @refused4 counter name refused drop
+    ip protocol {{ tcp, udp }} accept
+    counter name refused drop
+  }}
+}}
+",
+        never4 = never4.join(", "),
+        v4 = REFUSED_V4.join(", "),
+    )
+}
+
+/// The user-mode network's device in the addon's namespace.
+const DEVICE: &str = "tap0";
+
 /// Makes CAP_NET_ADMIN (held in the current user namespace) inheritable and ambient, so that
 /// the program exec'd next keeps it. Async-signal-safe.
 fn keep_net_admin() -> std::io::Result<()> {
@@ -292,6 +341,20 @@ struct Namespaces {
 impl Namespaces {
     fn of(pid: i32, join_user: bool) -> std::io::Result<Namespaces> {
         let net = OwnedFd::from(fs_err::File::open(format!("/proc/{pid}/ns/net"))?.into_parts().0);
+        // Never the engine's own network namespace (the host's, as a rule): a wrong pid (one
+        // reused, or a process that is not the sandbox's) must not get the filter, which drops
+        // all but the loopback, loaded there.
+        use std::os::unix::fs::MetadataExt;
+        let inode = |f: &OwnedFd| -> std::io::Result<(u64, u64)> {
+            let m = std::fs::File::from(f.try_clone()?).metadata()?;
+            Ok((m.dev(), m.ino()))
+        };
+        let own = OwnedFd::from(fs_err::File::open("/proc/self/ns/net")?.into_parts().0);
+        if inode(&net)? == inode(&own)? {
+            return Err(std::io::Error::other(format!(
+                "process {pid} is in the engine's own network namespace, not a sandbox's: refused"
+            )));
+        }
         // The user namespace that owns the network namespace (not the process's own, which a
         // sandbox may have nested below it).
         let user = if join_user {
@@ -389,7 +452,9 @@ impl EgressNet {
         let net_ns = Namespaces::of(pid, join_user).map_err(setup("opening the run's namespaces"))?;
         let resolvers = if egress.resolvers.is_empty() { host_resolvers() } else { egress.resolvers.clone() };
         let dns = DnsForwarder::start(resolvers).map_err(setup("starting the DNS forwarder"))?;
-        let rules = ruleset(egress, &host_addresses(), dns.port);
+        let host = host_addresses();
+        let rules = ruleset(egress, &host, dns.port);
+        let device_rules = device_ruleset(egress, &host, dns.port);
         let (ready_r, ready_w) = crate::sandbox::pipe().map_err(setup("a pipe"))?;
         let (exit_r, exit_w) = crate::sandbox::pipe().map_err(setup("a pipe"))?;
         let mut c = Command::new(&tools.slirp4netns);
@@ -472,6 +537,8 @@ impl EgressNet {
             };
             return Err(EgressError::Setup { what: "slirp4netns", detail: format!("{e}; {last}") });
         }
+        // Its device exists now: the same destinations, where every frame leaves.
+        net.ns.nft(&["-f", "-"], &device_rules)?;
         Ok(net)
     }
 
@@ -528,15 +595,17 @@ impl EgressNet {
 
     /// Stops the network and reports what it saw.
     pub fn finish(self) -> EgressUse {
-        let refused = self
-            .ns
-            .nft(&["list", "counter", "inet", TABLE, "refused"], "")
-            .ok()
-            .and_then(|text| {
-                let at = text.find("packets ")? + "packets ".len();
-                text[at..].split_whitespace().next()?.parse().ok()
-            })
-            .unwrap_or(0);
+        let count = |family: &str, table: &str| -> u64 {
+            self.ns
+                .nft(&["list", "counter", family, table, "refused"], "")
+                .ok()
+                .and_then(|text| {
+                    let at = text.find("packets ")? + "packets ".len();
+                    text[at..].split_whitespace().next()?.parse().ok()
+                })
+                .unwrap_or(0)
+        };
+        let refused = count("inet", TABLE) + count("netdev", &format!("{TABLE}_dev"));
         EgressUse { refused, dns_queries: self.dns.queries.load(Ordering::Relaxed) }
     }
 }
@@ -597,6 +666,13 @@ struct DnsForwarder {
     queries: Arc<AtomicU64>,
 }
 
+impl Drop for DnsForwarder {
+    /// Its thread ends (within its read timeout) when the forwarder goes, on every path.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Queries answered at once; more are dropped (the resolver library retries).
 const DNS_IN_FLIGHT: u64 = 32;
 
@@ -655,6 +731,13 @@ fn ask(query: &[u8], resolvers: &[SocketAddr]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_engines_own_network_namespace_never_gets_the_filter() {
+        let err = Namespaces::of(std::process::id() as i32, false).err().expect("refused");
+        assert!(err.to_string().contains("the engine's own network namespace"), "{err}");
+    }
+
     use super::*;
 
     #[test]

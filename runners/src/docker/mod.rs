@@ -15,7 +15,9 @@ pub use build::DockerImageMeta;
 use build::{build, image_tag};
 use follow::follow;
 
-pub use settle::{COMMAND as SETTLE_COMMAND, HOLD_COMMAND, IMAGE as SETTLE_IMAGE, WATCH_COMMAND};
+pub use settle::{
+    AGENT_COMMAND, AGENT_READY, COMMAND as SETTLE_COMMAND, HOLD_COMMAND, IMAGE as SETTLE_IMAGE, WATCH_COMMAND,
+};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -252,6 +254,9 @@ pub enum DockerError {
     },
     #[error("the settling container did not finish within 10 minutes")]
     SettleTimeout,
+    /// The network agent (an unprivileged engine's egress network) did not come up.
+    #[error("the egress network's agent container: {0}")]
+    Agent(String),
     #[error("settling the run's directories failed (exit {code}): {said}")]
     SettleFailed { code: i64, said: String },
     #[error("{}: {source}", path.display())]
@@ -276,14 +281,14 @@ impl DockerRunner {
         }
     }
 
-    /// Whether this engine gives docker addons egress networks: a root engine (it enters the
-    /// holder container's network namespace, owned by the host's root) with slirp4netns, nft and
-    /// its helper binary (the holder's init).
+    /// Whether this engine gives docker addons egress networks: slirp4netns, nft and its helper
+    /// binary (the holder's init, and the agent of an engine that is not root, which cannot
+    /// enter the holder's network namespace itself), and /dev/net/tun for the agent.
     pub fn gives_egress(&self) -> Result<(), String> {
-        if !crate::sandbox::is_root() {
-            return Err("the docker runner makes egress networks only for a root engine (it enters a container's network namespace)".into());
-        }
         crate::egress::tools().map_err(|e| e.to_string())?;
+        if !crate::sandbox::is_root() && !Path::new("/dev/net/tun").exists() {
+            return Err("the docker runner's egress network needs /dev/net/tun on the host".into());
+        }
         match &self.settings.helper {
             Some(h) if h.is_file() => Ok(()),
             _ => Err("the docker runner's egress network needs the engine's helper, the `addon` binary (set nspawn.helper, or put `addon` in PATH)".into()),
@@ -360,21 +365,30 @@ impl DockerRunner {
     }
 
     /// A holder container ([`settle::hold_network`]) given an egress network: its id and the
-    /// network (finished once the holder is removed). Nothing is left when it fails.
+    /// network (finished once the holder is removed). A root engine gives it the network itself;
+    /// one that is not root through an agent container ([`settle::egress_agent`]). Nothing is
+    /// left when it fails.
     async fn egress_holder(
         &self,
         docker: &Docker,
         labels: HashMap<String, String>,
         egress: &crate::egress::Egress,
-    ) -> Result<(String, crate::egress::EgressNet), RunnerError> {
+    ) -> Result<(String, HeldNet), RunnerError> {
         let helper = self.settings.helper.clone().unwrap_or_default();
-        let holder = settle::hold_network(docker, &helper, labels).await.map_err(|e| setup(e.to_string()))?;
-        let (pid, e) = (holder.pid, egress.clone());
-        let attached = tokio::task::spawn_blocking(move || crate::egress::EgressNet::attach(pid, &e, false)).await;
-        let why = match attached {
-            Ok(Ok(net)) => return Ok((holder.id, net)),
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => e.to_string(),
+        let holder = settle::hold_network(docker, &helper, labels.clone()).await.map_err(|e| setup(e.to_string()))?;
+        let why = if crate::sandbox::is_root() {
+            let (pid, e) = (holder.pid, egress.clone());
+            let attached = tokio::task::spawn_blocking(move || crate::egress::EgressNet::attach(pid, &e, false)).await;
+            match attached {
+                Ok(Ok(net)) => return Ok((holder.id, HeldNet::Engine(net))),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            }
+        } else {
+            match settle::egress_agent(docker, &helper, &holder.id, egress, labels).await {
+                Ok(agent) => return Ok((holder.id, HeldNet::Agent(agent))),
+                Err(e) => e.to_string(),
+            }
         };
         let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
         let _ = docker.remove_container(&holder.id, Some(rm)).await;
@@ -490,6 +504,32 @@ async fn container_user(docker: &Docker, id: &str, spec: &str) -> Result<Option<
     let user = crate::oci::bundle::resolve_user_in(&passwd, &group, spec).map_err(DockerError::ImageUser)?;
     let engine = addon_tree::current_owner();
     Ok((user.uid != 0 && (user.uid, user.gid) != engine).then_some((user.uid, user.gid)))
+}
+
+/// What gives a holder container its egress network.
+enum HeldNet {
+    /// The engine itself (root).
+    Engine(crate::egress::EgressNet),
+    /// An agent container (an engine that is not root).
+    Agent(settle::Agent),
+}
+
+impl HeldNet {
+    /// The agent's container, if any.
+    fn agent_id(&self) -> Option<String> {
+        match self {
+            HeldNet::Engine(_) => None,
+            HeldNet::Agent(a) => Some(a.id.clone()),
+        }
+    }
+
+    /// Stops the network; what it saw.
+    async fn finish(self, docker: &Docker) -> crate::egress::EgressUse {
+        match self {
+            HeldNet::Engine(net) => tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default(),
+            HeldNet::Agent(agent) => settle::stop_agent(docker, agent).await,
+        }
+    }
 }
 
 /// Removes the images of pruned cache entries.
@@ -609,9 +649,9 @@ impl Runner for DockerRunner {
             build(docker, &spec.addon_dir, &dockerfile, &tag, &spec.addon.digest, &label, s.build_timeout, &net, &log)
                 .await;
         if let Some((id, net)) = held {
+            let used = net.finish(docker).await;
             let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
             let _ = docker.remove_container(&id, Some(rm)).await;
-            let used = tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default();
             if used.refused > 0 {
                 log(
                     LogStream::Stderr,
@@ -708,8 +748,13 @@ impl Runner for DockerRunner {
             network = Some(self.egress_holder(docker, labels.clone(), e).await?);
         }
         let holder_id = network.as_ref().map(|(id, _)| id.clone());
-        let remove_holder = |docker: Docker, holder: Option<String>| async move {
-            if let Some(id) = holder {
+        // The holder and, for an engine that is not root, its agent: removed on every path.
+        let holder_ids: Vec<String> = network
+            .as_ref()
+            .map(|(id, net)| std::iter::once(id.clone()).chain(net.agent_id()).collect())
+            .unwrap_or_default();
+        let remove_holder = |docker: Docker, ids: Vec<String>| async move {
+            for id in ids {
                 let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
                 let _ = docker.remove_container(&id, Some(rm)).await;
             }
@@ -799,7 +844,7 @@ impl Runner for DockerRunner {
             Some(helper) => match settle::watch(docker, helper, &watched, &limits, labels.clone()).await {
                 Ok(w) => Some(w),
                 Err(e) => {
-                    remove_holder(docker.clone(), holder_id.clone()).await;
+                    remove_holder(docker.clone(), holder_ids.clone()).await;
                     return Err(setup(format!(
                         "{e}; without it the run's disk use could not be bounded, so it does not run"
                     )));
@@ -818,13 +863,13 @@ impl Runner for DockerRunner {
                     if let Some(w) = watcher {
                         w.remove(docker).await;
                     }
-                    remove_holder(docker.clone(), holder_id.clone()).await;
+                    remove_holder(docker.clone(), holder_ids.clone()).await;
                     return Err(setup(format!("creating a container from {image}: {e}")));
                 }
             };
         let id = created.id;
         let watcher_id =
-            watcher.as_ref().map(|w| w.id.clone()).into_iter().chain(holder_id.clone()).collect::<Vec<_>>();
+            watcher.as_ref().map(|w| w.id.clone()).into_iter().chain(holder_ids.clone()).collect::<Vec<_>>();
         let remove = move |docker: Docker, id: String| {
             let watcher_id = watcher_id.clone();
             async move {
@@ -904,7 +949,7 @@ impl Runner for DockerRunner {
         tokio::spawn(async move {
             let mut exit = follow(&docker, &id, output, &tx, limits, envelope, unlinked).await;
             if let Some((_, net)) = network {
-                let seen = tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default();
+                let seen = net.finish(&docker).await;
                 exit.usage.network_refused = Some(seen.refused);
                 exit.usage.dns_queries = Some(seen.dns_queries);
             }

@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use super::DockerError;
 
 /// The engine's empty image the helper runs in.
-pub const IMAGE: &str = "addon-engine-settle:1";
+pub const IMAGE: &str = "addon-engine-settle:2";
 
 /// The command of the `addon` binary that does the work (see the executor's main).
 pub const COMMAND: &str = "__settle";
@@ -35,6 +35,13 @@ pub const WATCH_COMMAND: &str = "__watch-unlinked";
 /// The command of the `addon` binary that only waits, as the init of the container holding an
 /// egress run's network namespace (see [`hold_network`]).
 pub const HOLD_COMMAND: &str = "__hold-network";
+
+/// The command of the `addon` binary that gives a holder's network namespace its egress
+/// network from a container, for an engine that is not root (see [`egress_agent`]).
+pub const AGENT_COMMAND: &str = "__egress-agent";
+
+/// The line the agent prints once the network is up.
+pub const AGENT_READY: &str = "egress-ready";
 
 /// One directory to settle: where it is bound in the helper's container, and whether links are
 /// kept (in `CACHE_DIR`, not in the output).
@@ -107,7 +114,8 @@ async fn ensure_image(docker: &Docker) -> Result<(), DockerError> {
         return Ok(());
     }
     let mut b = tar::Builder::new(Vec::new());
-    for dir in ["mnt/", ".addon/", ".addon/lib/"] {
+    // tmp/, etc/ and run/: the mount points slirp4netns's own sandbox uses in the network agent.
+    for dir in ["mnt/", ".addon/", ".addon/lib/", "tmp/", "etc/", "run/"] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Directory);
         h.set_mode(0o755);
@@ -400,4 +408,128 @@ pub async fn run(
     let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
     let _ = docker.remove_container(&id, Some(rm)).await;
     result
+}
+
+/// A started network agent (see [`egress_agent`]).
+pub struct Agent {
+    pub id: String,
+}
+
+/// For an engine that is not root, which cannot enter a holder container's network namespace
+/// (the daemon's root owns it): a container of the engine's image that does it. It joins the
+/// holder's PID namespace (its PID 1 is the holder) and the host's network (its slirp4netns
+/// makes the holder's connections as sockets there, as a root engine's does; its DNS forwarder
+/// listens on the host's loopback and asks `egress.resolvers`), with CAP_SYS_ADMIN and
+/// CAP_NET_ADMIN to enter the holder's namespace and load the filter, and the host's slirp4netns
+/// and nft bound in read-only with their libraries. It prints [`AGENT_READY`] once the network
+/// is up; on SIGTERM it prints what the network refused and ends (see [`stop_agent`]).
+pub async fn egress_agent(
+    docker: &Docker,
+    helper: &Path,
+    holder: &str,
+    egress: &crate::egress::Egress,
+    labels: HashMap<String, String>,
+) -> Result<Agent, DockerError> {
+    ensure_image(docker).await?;
+    let tools = crate::egress::tools().map_err(|e| DockerError::Agent(e.to_string()))?;
+    let (mut binds, mut cmd) = helper_binds(helper, AGENT_COMMAND)?;
+    let mut egress = egress.clone();
+    if egress.resolvers.is_empty() {
+        egress.resolvers = crate::egress::host_resolvers();
+    }
+    cmd.push(serde_json::to_string(&egress).map_err(|e| DockerError::Agent(e.to_string()))?);
+    let mut seen = std::collections::BTreeSet::new();
+    for tool in [&tools.slirp4netns, &tools.nft] {
+        let (loader, libs) = runtime_files(tool)?;
+        for file in std::iter::once(tool.clone()).chain(std::iter::once(loader)).chain(libs) {
+            // Where the tool and its loader expect them: at their host paths.
+            let real = fs_err::canonicalize(&file).unwrap_or_else(|_| file.clone());
+            for (src, at) in [(&real, &file), (&real, &real)] {
+                if seen.insert(at.clone()) {
+                    binds.push(format!("{}:{}:ro", src.display(), at.display()));
+                }
+            }
+        }
+    }
+    // Entering the holder's namespace and loading the filter (SYS_ADMIN, NET_ADMIN), and what
+    // slirp4netns's own sandbox needs to shed them (SETPCAP to drop its bounding set; it keeps
+    // NET_BIND_SERVICE) once its device is open.
+    let caps = ["SYS_ADMIN", "NET_ADMIN", "SETPCAP", "NET_BIND_SERVICE"];
+    let mut body = helper_body(cmd, binds, labels, &caps, 128 << 20);
+    body.network_disabled = None;
+    body.env = Some(vec![
+        "LD_PRELOAD=".into(),
+        "LD_LIBRARY_PATH=".into(),
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    ]);
+    if let Some(hc) = body.host_config.as_mut() {
+        // slirp4netns's sandbox pivots into an empty root, which Docker's default system-call
+        // profile refuses; it installs its own filter (--enable-seccomp) after that.
+        hc.security_opt = Some(vec!["no-new-privileges:true".into(), "seccomp=unconfined".into()]);
+        // It makes /run a slave mount, which needs one there.
+        hc.tmpfs = Some(HashMap::from([("/run".to_string(), "size=64k,mode=0755".to_string())]));
+        hc.network_mode = Some("host".into());
+        hc.pid_mode = Some(format!("container:{holder}"));
+        hc.pids_limit = Some(64);
+        hc.devices = Some(vec![bollard::models::DeviceMapping {
+            path_on_host: Some("/dev/net/tun".into()),
+            path_in_container: Some("/dev/net/tun".into()),
+            cgroup_permissions: Some("rwm".into()),
+        }]);
+    }
+    let created = docker
+        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+        .await
+        .map_err(|source| DockerError::Helper { doing: "creating the network's agent container", source })?;
+    let id = created.id;
+    let ready = async {
+        docker
+            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
+            .await
+            .map_err(|source| DockerError::Helper { doing: "starting the network's agent container", source })?;
+        let opts = LogsOptions { stdout: true, stderr: true, follow: true, ..Default::default() };
+        let mut logs = docker.logs(&id, Some(opts));
+        let mut said = String::new();
+        while let Some(chunk) = logs.next().await {
+            let Ok(chunk) = chunk else { break };
+            said.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+            if said.lines().any(|l| l.trim() == AGENT_READY) {
+                return Ok(());
+            }
+        }
+        Err(DockerError::Agent(format!("it ended before the network was up: {}", said.trim())))
+    };
+    match tokio::time::timeout(Duration::from_secs(30), ready).await {
+        Ok(Ok(())) => Ok(Agent { id }),
+        other => {
+            let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+            let _ = docker.remove_container(&id, Some(rm)).await;
+            Err(match other {
+                Ok(Err(e)) => e,
+                _ => DockerError::Agent("the network was not up within 30 s".into()),
+            })
+        }
+    }
+}
+
+/// Stops an agent (SIGTERM: it reads the filter's counters and ends) and removes it; returns
+/// what its network saw.
+pub async fn stop_agent(docker: &Docker, agent: Agent) -> crate::egress::EgressUse {
+    let id = agent.id;
+    let opts = bollard::query_parameters::KillContainerOptions { signal: "TERM".into() };
+    let _ = docker.kill_container(&id, Some(opts)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>).next(),
+    )
+    .await;
+    let mut said = String::new();
+    let mut logs = docker.logs(&id, Some(LogsOptions { stdout: true, stderr: true, ..Default::default() }));
+    while let Some(Ok(chunk)) = logs.next().await {
+        said.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    let _ = docker.remove_container(&id, Some(rm)).await;
+    let field = |k: &str| said.split_whitespace().find_map(|w| w.strip_prefix(k)?.parse::<u64>().ok()).unwrap_or(0);
+    crate::egress::EgressUse { refused: field("refused="), dns_queries: field("dns-queries=") }
 }

@@ -12,6 +12,7 @@
 //! nspawn prints messages of its own on the addon's stderr; those are recognised by
 //! [`is_own_message`] so that errors name the addon's output, not nspawn's chatter.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -233,10 +234,17 @@ impl Sandbox for Nspawn {
         }
         let failed =
             |e: std::io::Error| super::SandboxError::NoEgress { sandbox: "nspawn", why: format!("the gate: {e}") };
-        let gate = spec.scratch.join("nspawn-gate");
-        let _ = fs_err::remove_file(&gate);
+        // In a directory only the engine may enter: the socket itself must be open to the
+        // container's root (an unprivileged host uid picked by nspawn), nobody else may reach it.
+        let dir = spec.scratch.join("nspawn-gate");
+        let _ = fs_err::remove_dir_all(&dir);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .and_then(|()| fs_err::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)))
+            .map_err(failed)?;
+        let gate = dir.join("gate");
         let listener = std::os::unix::net::UnixListener::bind(&gate).map_err(failed)?;
-        // The container's root is an unprivileged host uid.
         fs_err::set_permissions(&gate, std::os::unix::fs::PermissionsExt::from_mode(0o666)).map_err(failed)?;
         let (info_r, info_w) = super::pipe().map_err(failed)?;
         let (block_r, block_w) = super::pipe().map_err(failed)?;
