@@ -335,18 +335,24 @@ fn policy_holds_for(sandbox: &str, slot: u8, users: &[Option<&str>]) {
     drop(net.web);
 }
 
+/// A bwrap world, readable by anyone, with the test's network (slot `slot`) serving its `www`.
+fn bwrap_world_with_net(slot: u8) -> Option<(World, Net)> {
+    let w = World::new("bwrap", "");
+    chmod(w.path(), 0o755);
+    let www = w.path().join("www");
+    std::fs::create_dir(&www).unwrap();
+    chmod(&www, 0o755);
+    let net = Net::new(slot, &www)?;
+    Some((w, net))
+}
+
 /// Another addon declaring the allowed addon's name gets none of its allowed destinations.
 #[test]
 fn an_allow_belongs_to_the_addon_meant() {
     if !require("bwrap") || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    let w = World::new("bwrap", "");
-    chmod(w.path(), 0o755);
-    let www = w.path().join("www");
-    std::fs::create_dir(&www).unwrap();
-    chmod(&www, 0o755);
-    let Some(net) = Net::new(12, &www) else { return };
+    let Some((w, net)) = bwrap_world_with_net(12) else { return };
     let honest = addon(&w, "caller", IMPURE_PY, &prober(&net.targets()));
     let pin = format!("addons:\n  caller: {{origins: [\"{}\"]}}\n", honest.display());
     let allow = format!("  allow:\n    caller: [\"{}:8080\"]\n", net.lan_ip);
@@ -374,12 +380,7 @@ fn a_long_run_keeps_its_egress_network() {
     if !require("bwrap") || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    let w = World::new("bwrap", "");
-    chmod(w.path(), 0o755);
-    let www = w.path().join("www");
-    std::fs::create_dir(&www).unwrap();
-    chmod(&www, 0o755);
-    let Some(net) = Net::new(14, &www) else { return };
+    let Some((w, net)) = bwrap_world_with_net(14) else { return };
     let script = prober(&[("internet", net.web_ip.clone(), 8080)]).replacen(
         "import socket, sys",
         "import socket, sys, time\ntime.sleep(15)",

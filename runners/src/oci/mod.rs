@@ -510,16 +510,8 @@ impl OciRunner {
                 plan = plan.with_cover(v2);
             }
         }
-        if let Some((info, block)) = handoff {
-            use std::os::fd::AsRawFd;
-            plan = plan.with_handoff(info.as_raw_fd(), block.as_raw_fd());
-            // SAFETY: the closure does nothing; it keeps the pipe ends open until the spawn.
-            unsafe {
-                cmd.pre_exec(move || {
-                    let _keep = (&info, &block);
-                    Ok(())
-                });
-            }
+        if let Some(ends) = handoff {
+            plan = plan.with_handoff_ends(&mut cmd, ends);
         }
         plan.install(&mut cmd);
         Ok(cmd)

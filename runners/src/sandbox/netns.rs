@@ -5,7 +5,7 @@
 //! root engine runs the addon as its own unprivileged identity; otherwise a user namespace maps
 //! the engine's user.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -98,15 +98,8 @@ impl Netns {
         c.args(args).env_clear().envs(env.iter().map(|(k, v)| (k, v)));
         match self.plan(spec) {
             Ok(mut plan) => {
-                if let Some((info, block)) = handoff {
-                    plan = plan.with_handoff(info.as_raw_fd(), block.as_raw_fd());
-                    // SAFETY: the closure does nothing; it keeps the pipe ends open until the spawn.
-                    unsafe {
-                        c.pre_exec(move || {
-                            let _keep = (&info, &block);
-                            Ok(())
-                        });
-                    }
+                if let Some(ends) = handoff {
+                    plan = plan.with_handoff_ends(&mut c, ends);
                 }
                 plan.install(&mut c)
             }

@@ -223,6 +223,25 @@ impl NsPlan {
         self
     }
 
+    /// [`NsPlan::with_handoff`] with the child's ends of the handoff's pipes, which `cmd` keeps
+    /// open until it is spawned (they close in the engine then).
+    pub fn with_handoff_ends(
+        self,
+        cmd: &mut tokio::process::Command,
+        ends: (std::os::fd::OwnedFd, std::os::fd::OwnedFd),
+    ) -> NsPlan {
+        use std::os::fd::AsRawFd;
+        let plan = self.with_handoff(ends.0.as_raw_fd(), ends.1.as_raw_fd());
+        // SAFETY: the closure does nothing; it keeps the pipe ends open until the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _keep = &ends;
+                Ok(())
+            });
+        }
+        plan
+    }
+
     pub fn keep_fds(mut self, fds: &[i32]) -> NsPlan {
         self.keep_fds = fds.to_vec();
         self
