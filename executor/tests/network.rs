@@ -738,3 +738,29 @@ fn raw_frames_from_a_docker_build_do_not_reach_the_host() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// An engine killed with SIGKILL cannot unbind the network namespaces it bound on files (oci
+/// as root: the container joins one by path); the next engine that binds one unbinds them.
+#[test]
+fn namespaces_a_killed_engine_left_bound_are_unbound_by_the_next() {
+    if !require_oci() || !require_root("oci egress as root") {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\n");
+    let marker = format!("killed-{}", std::process::id());
+    let slow = w.docker_addon("slowegress", IMPURE_PY, "echo started >&2\nsleep 60\necho '{}'\n", &marker);
+    let bound_by = |pid: u32| {
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        table.lines().filter(|l| l.contains(&format!("/addon-netns-{pid}-")) && l.contains(" - nsfs ")).count()
+    };
+    let mut engine = w.spawn_until(&slow, "started");
+    let pid = engine.id();
+    assert_eq!(bound_by(pid), 1, "the running engine holds one namespace");
+    engine.kill().unwrap();
+    engine.wait().unwrap();
+    assert_eq!(bound_by(pid), 1, "a SIGKILLed engine cannot unbind it");
+    let quick = w.docker_addon("quickegress", IMPURE_PY, "echo '{}'\n", &format!("{marker}-next"));
+    let (out, v) = run(&w, "", &quick, None);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(bound_by(pid), 0, "the next engine unbound what the killed one left");
+}

@@ -468,7 +468,7 @@ impl Runner for GvisorRunner {
             addon_runners::egress::Network::Egress(e) => {
                 addon_runners::egress::tools().map_err(|e| setup(e.to_string()))?;
                 fs_err::create_dir_all(&spec.dirs.scratch).map_err(|e| setup(e.to_string()))?;
-                let (e, at) = (e.clone(), spec.dirs.scratch.join("gvisor-netns"));
+                let (e, at) = (e.clone(), spec.dirs.scratch.clone());
                 let held = tokio::task::spawn_blocking(move || addon_runners::egress::EgressNet::hold(&e, &at))
                     .await
                     .map_err(|e| setup(e.to_string()))?

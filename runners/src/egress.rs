@@ -372,6 +372,12 @@ impl Namespaces {
         Ok(Namespaces { net, user })
     }
 
+    /// The network namespace bound on the file `at` (root: no user namespace to enter).
+    fn at(at: &Path) -> std::io::Result<Namespaces> {
+        let net = OwnedFd::from(fs_err::File::open(at)?.into_parts().0);
+        Ok(Namespaces { net, user: None })
+    }
+
     /// `nft` inside the namespace, reading `stdin`.
     fn nft(&self, args: &[&str], stdin: &str) -> Result<String, EgressError> {
         let tools = tools()?;
@@ -417,9 +423,8 @@ pub struct EgressNet {
     exit: Option<OwnedFd>,
     ns: Namespaces,
     dns: DnsForwarder,
-    /// The process holding the namespace, when the engine made it ([`EgressNet::hold`]), and
-    /// the file the namespace is bound on.
-    holder: Option<(Child, PathBuf)>,
+    /// The file the namespace is bound on, when the engine made it ([`EgressNet::hold`]).
+    bound: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EgressNet {
@@ -434,7 +439,7 @@ impl EgressNet {
     /// interface up. `join_user`: enter the process's user namespace first (an engine that is not
     /// root has its rights in the namespace there).
     pub fn attach(pid: i32, egress: &Egress, join_user: bool) -> Result<EgressNet, EgressError> {
-        let tools = tools()?;
+        tools()?;
         if join_user {
             // The sandbox maps its user namespace's ids itself, after it reported its process:
             // until then, entering the namespace gives no identity in it.
@@ -450,6 +455,12 @@ impl EgressNet {
             }
         }
         let net_ns = Namespaces::of(pid, join_user).map_err(setup("opening the run's namespaces"))?;
+        EgressNet::attach_to(net_ns, egress)
+    }
+
+    /// [`EgressNet::attach`] to namespaces already open.
+    fn attach_to(net_ns: Namespaces, egress: &Egress) -> Result<EgressNet, EgressError> {
+        let tools = tools()?;
         let resolvers = if egress.resolvers.is_empty() { host_resolvers() } else { egress.resolvers.clone() };
         let dns = DnsForwarder::start(resolvers).map_err(setup("starting the DNS forwarder"))?;
         let host = host_addresses();
@@ -519,7 +530,7 @@ impl EgressNet {
         }
         let slirp = c.spawn().map_err(setup("starting slirp4netns"))?;
         drop((ready_w, exit_r));
-        let mut net = EgressNet { slirp, exit: Some(exit_w), ns: net_ns, dns, holder: None };
+        let mut net = EgressNet { slirp, exit: Some(exit_w), ns: net_ns, dns, bound: None };
         // The filter loads while slirp4netns sets up; the addon waits for both (a failure drops
         // the network and the run does not start).
         net.ns.nft(&["-f", "-"], &rules)?;
@@ -543,26 +554,25 @@ impl EgressNet {
     }
 
     /// A network namespace of the engine's own (root only) with the egress network, for a
-    /// runtime that joins a namespace by path ([`EgressNet::path`]): held by a process that
-    /// only waits, which ends with this (or when the engine dies: its input closes).
-    pub fn hold(egress: &Egress, at: &Path) -> Result<EgressNet, EgressError> {
-        let mut c = Command::new("/bin/cat");
-        c.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null()).env_clear();
-        // SAFETY: unshare(2) in the forked child; async-signal-safe.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut holder = c.spawn().map_err(setup("starting the network's holder"))?;
-        // Bound on a file, as `ip netns` does: a runtime in a PID namespace of its own does not
-        // see the holder's /proc entry.
-        let bound = (|| {
-            fs_err::write(at, b"")?;
-            let (src, dst) = (cstr(&format!("/proc/{}/ns/net", holder.id()))?, cstr(&at.display().to_string())?);
+    /// runtime that joins a namespace by path ([`EgressNet::path`]): made by a thread that
+    /// leaves at once, and bound on a file in `dir` (as `ip netns` does: a runtime in a PID
+    /// namespace of its own could not see a holder's /proc entry), which keeps it; unbound when
+    /// this goes. The file's name says which engine process bound it, so that what an engine
+    /// killed with SIGKILL left bound is unbound by the next one ([`reap_bound`]).
+    pub fn hold(egress: &Egress, dir: &Path) -> Result<EgressNet, EgressError> {
+        reap_bound();
+        static HELD: AtomicU64 = AtomicU64::new(0);
+        let me = std::process::id() as i32;
+        let start = crate::procfs::process_start(me).unwrap_or_default();
+        let at = dir.join(format!("{BOUND_PREFIX}{me}-{start}-{}", HELD.fetch_add(1, Ordering::Relaxed)));
+        let target = at.clone();
+        let bound = std::thread::spawn(move || -> std::io::Result<()> {
+            // SAFETY: unshare(2) of this thread's network namespace only; the thread ends here.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            fs_err::write(&target, b"")?;
+            let (src, dst) = (cstr("/proc/thread-self/ns/net")?, cstr(&target.display().to_string())?);
             // SAFETY: mount(2) with valid C strings.
             if unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) }
                 != 0
@@ -570,19 +580,20 @@ impl EgressNet {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
-        })();
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread making the namespace panicked")));
         let attached = bound
-            .map_err(setup("binding the network namespace"))
-            .and_then(|()| EgressNet::attach(holder.id() as i32, egress, false));
+            .and_then(|()| Namespaces::at(&at))
+            .map_err(setup("making the network namespace"))
+            .and_then(|ns| EgressNet::attach_to(ns, egress));
         match attached {
             Ok(mut net) => {
-                net.holder = Some((holder, at.to_path_buf()));
+                net.bound = Some(at);
                 Ok(net)
             }
             Err(e) => {
-                unbind(at);
-                let _ = holder.kill();
-                let _ = holder.wait();
+                unbind(&at);
                 Err(e)
             }
         }
@@ -590,7 +601,7 @@ impl EgressNet {
 
     /// The network namespace's path while this lives (for a runtime's configuration).
     pub fn path(&self) -> Option<&Path> {
-        self.holder.as_ref().map(|(_, at)| at.as_path())
+        self.bound.as_deref()
     }
 
     /// Stops the network and reports what it saw.
@@ -612,11 +623,6 @@ impl EgressNet {
 
 impl Drop for EgressNet {
     fn drop(&mut self) {
-        if let Some((mut holder, at)) = self.holder.take() {
-            unbind(&at);
-            let _ = holder.kill();
-            let _ = holder.wait();
-        }
         self.exit.take();
         self.dns.stop.store(true, Ordering::Relaxed);
         if !matches!(self.slirp.try_wait(), Ok(Some(_))) {
@@ -626,7 +632,64 @@ impl Drop for EgressNet {
                 let _ = self.slirp.wait();
             }
         }
+        if let Some(at) = self.bound.take() {
+            unbind(&at);
+        }
     }
+}
+
+/// The start of the name of a file a namespace is bound on: `addon-netns-PID-START-N`.
+const BOUND_PREFIX: &str = "addon-netns-";
+
+/// Unbinds, once per process, the namespaces that engine processes no longer alive left bound
+/// (killed with SIGKILL, they could not unbind them): found in this mount namespace's mount
+/// table by their file names (see [`EgressNet::hold`]).
+fn reap_bound() {
+    static DONE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let Ok(table) = fs_err::read_to_string("/proc/self/mountinfo") else { return };
+        for at in stale_bound(&table, |pid, start| crate::procfs::process_start(pid).as_deref() == Some(start)) {
+            tracing::warn!("unbinding the network namespace {} left by a dead engine", at.display());
+            unbind(&at);
+        }
+    });
+}
+
+/// The bound namespaces in a mount table (`/proc/self/mountinfo`) whose engine is not `alive`.
+fn stale_bound(table: &str, alive: impl Fn(i32, &str) -> bool) -> Vec<PathBuf> {
+    let mut stale = Vec::new();
+    for line in table.lines() {
+        let fstype = line.split(" - ").nth(1).and_then(|r| r.split(' ').next());
+        let Some(point) = line.split(' ').nth(4).filter(|_| fstype == Some("nsfs")) else { continue };
+        let path = PathBuf::from(unescape_mount_path(point));
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let Some(rest) = name.strip_prefix(BOUND_PREFIX) else { continue };
+        let mut parts = rest.split('-');
+        let (Some(pid), Some(start)) = (parts.next().and_then(|p| p.parse::<i32>().ok()), parts.next()) else {
+            continue;
+        };
+        if !alive(pid, start) {
+            stale.push(path);
+        }
+    }
+    stale
+}
+
+/// A path as the mount table writes it (space, tab, newline and backslash as `\ooo`).
+fn unescape_mount_path(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn cstr(s: &str) -> std::io::Result<std::ffi::CString> {
@@ -731,6 +794,20 @@ fn ask(query: &[u8], resolvers: &[SocketAddr]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn namespaces_left_bound_by_dead_engines_are_found_and_no_others() {
+        let table = "100 50 0:4 net:[4026532] /run/x/addon-netns-123-456-0 rw shared:1 - nsfs nsfs rw\n\
+                     101 50 0:4 net:[4026533] /run/x/addon-netns-77-88-1 rw - nsfs nsfs rw\n\
+                     102 50 0:4 net:[4026534] /run/with\\040space/addon-netns-9-10-2 rw - nsfs nsfs rw\n\
+                     103 50 254:0 / /run/x/addon-netns-5-6-0 rw - ext4 /dev/vda rw\n\
+                     104 50 0:4 net:[4026535] /run/netns/mine rw - nsfs nsfs rw\n";
+        let stale = stale_bound(table, |pid, start| pid == 77 && start == "88");
+        assert_eq!(
+            stale,
+            vec![PathBuf::from("/run/x/addon-netns-123-456-0"), PathBuf::from("/run/with space/addon-netns-9-10-2")]
+        );
+    }
 
     #[test]
     fn the_engines_own_network_namespace_never_gets_the_filter() {

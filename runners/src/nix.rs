@@ -250,9 +250,8 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
     if let BuildNet::Egress(egress) = &net {
         let joined = (|| {
             let dir = tempfile::Builder::new().prefix("addon-nix-build-").tempdir()?;
-            let at = dir.path().join("netns");
-            let e = egress.clone();
-            let net = crate::egress::EgressNet::hold(&e, &at).map_err(std::io::Error::other)?;
+            let net = crate::egress::EgressNet::hold(egress, dir.path()).map_err(std::io::Error::other)?;
+            let at = net.path().map(Path::to_path_buf).unwrap_or_default();
             let resolv = dir.path().join("resolv.conf");
             fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))?;
             fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;

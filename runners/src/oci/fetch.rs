@@ -107,15 +107,13 @@ impl OciRunner {
                 }
             }) {
                 Ok(()) => {
-                    static BUILDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-                    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let at = self.state_dir().join(format!("build-netns-{}-{n}", std::process::id()));
-                    let (e, bind) = (s.build_egress.clone().unwrap_or_default(), at.clone());
-                    fs_err::create_dir_all(self.state_dir()).map_err(|e| format!("{e}"))?;
-                    let net = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &bind))
+                    let (e, dir) = (s.build_egress.clone().unwrap_or_default(), self.state_dir());
+                    fs_err::create_dir_all(&dir).map_err(|e| format!("{e}"))?;
+                    let net = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &dir))
                         .await
                         .map_err(|e| e.to_string())?
                         .map_err(|e| format!("the build's egress network: {e}"))?;
+                    let at = net.path().map(Path::to_path_buf).unwrap_or_default();
                     held = Some(net);
                     (format!("ns:{}", at.display()), String::new())
                 }

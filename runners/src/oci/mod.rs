@@ -860,7 +860,7 @@ impl Runner for OciRunner {
             crate::egress::Network::Egress(e) => {
                 self.gives_egress().map_err(setup)?;
                 let net = if is_root() {
-                    let (e, at) = (e.clone(), bundle_dir.join("netns"));
+                    let (e, at) = (e.clone(), bundle_dir.clone());
                     let held = tokio::task::spawn_blocking(move || crate::egress::EgressNet::hold(&e, &at))
                         .await
                         .map_err(|e| setup(e.to_string()))?
