@@ -764,3 +764,46 @@ fn namespaces_a_killed_engine_left_bound_are_unbound_by_the_next() {
     assert_eq!(v["addons"][0]["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(bound_by(pid), 0, "the next engine unbound what the killed one left");
 }
+
+/// A docker build cancelled mid-way (the library's cancellation) leaves no holder container
+/// behind, nor the agent of an unprivileged engine.
+#[tokio::test]
+async fn a_cancelled_docker_build_leaves_no_holder() {
+    use addon_executor::{CancellationToken, Config, Engine, Event, RunRequest};
+    if !require_docker() || !require_root("egress for builds as root") {
+        return;
+    }
+    let w = World::new("auto", "runner: [docker]\n");
+    let marker = format!("cancelbuild-{}", std::process::id());
+    let addon = w.docker_addon_building("cancelbuild", &marker, "RUN echo building-now && sleep 30");
+    // The engine finds its helper (the holder's init) as `addon` in PATH.
+    let bin = Path::new(env!("CARGO_BIN_EXE_addon")).parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    std::env::set_var("PATH", path);
+    let engine = Engine::new(Config::load(&w.config).unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let cancel = CancellationToken::new();
+    let stopper = cancel.clone();
+    let req = RunRequest { sources: vec![addon.display().to_string()], ..Default::default() };
+    let run = tokio::spawn(async move { engine.run(req, Some(tx), cancel).await });
+    let mut seen = false;
+    while let Some(ev) = rx.recv().await {
+        if let Event::Log { line, .. } = ev {
+            if line.contains("building-now") && !line.contains("RUN") {
+                seen = true;
+                assert!(!containers_of("cancelbuild-1.0").is_empty(), "the build's holder runs");
+                stopper.cancel();
+            }
+        }
+    }
+    assert!(seen, "the build started");
+    let _ = run.await.unwrap();
+    // The removal runs in the background: give it a moment.
+    for _ in 0..100 {
+        if containers_of("cancelbuild-1.0").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(containers_of("cancelbuild-1.0").is_empty(), "the holder is gone: {:?}", containers_of("cancelbuild-1.0"));
+}

@@ -506,6 +506,31 @@ async fn container_user(docker: &Docker, id: &str, spec: &str) -> Result<Option<
     Ok((user.uid != 0 && (user.uid, user.gid) != engine).then_some((user.uid, user.gid)))
 }
 
+/// Containers removed when this is dropped (in the background), unless `ids` was emptied: what a
+/// cancelled future would otherwise leave until the engine ends.
+struct Leftovers {
+    docker: Docker,
+    ids: Vec<String>,
+}
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        let ids = std::mem::take(&mut self.ids);
+        if ids.is_empty() {
+            return;
+        }
+        let docker = self.docker.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                for id in ids {
+                    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+                    let _ = docker.remove_container(&id, Some(rm)).await;
+                }
+            });
+        }
+    }
+}
+
 /// What gives a holder container its egress network.
 enum HeldNet {
     /// The engine itself (root).
@@ -645,9 +670,18 @@ impl Runner for DockerRunner {
             },
             (None, None) => build::BuildNet { mode: None, offline_why: None },
         };
+        // Should the build be dropped mid-way (cancelled), its holder (and agent) go anyway.
+        let mut guard = Leftovers {
+            docker: docker.clone(),
+            ids: held
+                .as_ref()
+                .map(|(id, net): &(String, HeldNet)| std::iter::once(id.clone()).chain(net.agent_id()).collect())
+                .unwrap_or_default(),
+        };
         let built =
             build(docker, &spec.addon_dir, &dockerfile, &tag, &spec.addon.digest, &label, s.build_timeout, &net, &log)
                 .await;
+        guard.ids.clear();
         if let Some((id, net)) = held {
             let used = net.finish(docker).await;
             let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
