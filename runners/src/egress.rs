@@ -473,7 +473,8 @@ impl EgressNet {
         // would join the process's own user namespace, which may be one nested below the owner.
         c.args(["--configure", "--mtu=65520", "--disable-dns", "--ready-fd=3", "--exit-fd=4"]);
         if net_ns.user.is_some() {
-            c.arg("--userns-path=/proc/self/fd/6");
+            // Unprivileged: its own system-call filter still (its sandbox needs root).
+            c.args(["--userns-path=/proc/self/fd/6", "--enable-seccomp"]);
         } else {
             // As root it drops its capabilities and the host's file system once the tap is open.
             c.args(["--enable-sandbox", "--enable-seccomp"]);
