@@ -85,7 +85,7 @@ impl NixSettings {
 
     /// What this engine's builds reach, and how.
     fn build_net(&self) -> BuildNet {
-        if !crate::sandbox::is_root() || std::env::var("NIX_REMOTE").is_ok_and(|v| !v.is_empty()) {
+        if !crate::sandbox::is_root() || std::env::var("NIX_REMOTE").is_ok_and(|v| !v.is_empty()) || store_is_daemon() {
             // nix-daemon builds, fetches included, in its own network namespace.
             return BuildNet::Daemon;
         }
@@ -100,6 +100,15 @@ impl NixSettings {
             },
         }
     }
+}
+
+/// Whether nix's configuration (`store =` in nix.conf) sends builds to a daemon.
+fn store_is_daemon() -> bool {
+    let dir = std::env::var_os("NIX_CONF_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/etc/nix"));
+    let Ok(text) = fs_err::read_to_string(dir.join("nix.conf")) else { return false };
+    text.lines()
+        .filter_map(|l| l.split('#').next()?.split_once('='))
+        .any(|(k, v)| k.trim() == "store" && (v.trim() == "daemon" || v.trim().starts_with("unix://")))
 }
 
 /// The network of a `nix build` (fetches and fixed-output derivations run in its network
@@ -545,5 +554,23 @@ impl Runner for NixRunner {
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
         self.runs.stop(run_id, grace);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_on_the_daemon_is_read_from_nix_conf() {
+        let dir = tempfile::tempdir().unwrap();
+        std::env::set_var("NIX_CONF_DIR", dir.path());
+        assert!(!store_is_daemon(), "no nix.conf");
+        std::fs::write(dir.path().join("nix.conf"), "sandbox = true\n# store = daemon\n").unwrap();
+        assert!(!store_is_daemon(), "a comment");
+        std::fs::write(dir.path().join("nix.conf"), "store = daemon\n").unwrap();
+        assert!(store_is_daemon());
+        std::fs::write(dir.path().join("nix.conf"), "store=unix:///nix/var/nix/daemon-socket/socket\n").unwrap();
+        assert!(store_is_daemon());
     }
 }
