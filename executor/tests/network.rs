@@ -92,6 +92,32 @@ print("{{}}")
     )
 }
 
+/// [`prober`], then a name asked over DNS over TCP from the egress network's resolver
+/// (10.0.2.3 inside the addon's namespace; only for runs that have an egress network: on the
+/// host's own network that address may be this machine's real upstream resolver).
+fn prober_with_dns_over_tcp(targets: &[(&str, String, u16)]) -> String {
+    prober(targets).replace("print(\"{}\")\n", &format!("{}print(\"{{}}\")\n", DNS_OVER_TCP))
+}
+
+const DNS_OVER_TCP: &str = r#"# A name over DNS over TCP, through the engine's resolver (a truncated answer is retried so).
+try:
+    import struct
+    q = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0)
+    q += b"".join(bytes([len(p)]) + p.encode() for p in "internet.test".split(".")) + b"\0" + struct.pack("!HH", 1, 1)
+    s = socket.create_connection(("10.0.2.3", 53), timeout=4)
+    s.sendall(struct.pack("!H", len(q)) + q)
+    n = struct.unpack("!H", s.recv(2))[0]
+    data = b""
+    while len(data) < n:
+        more = s.recv(n - len(data))
+        if not more:
+            raise OSError("the answer was cut")
+        data += more
+    print("dns-tcp=ok:" + ".".join(str(b) for b in data[-4:]), file=sys.stderr)
+except Exception as e:
+    print(f"dns-tcp=refused:{e}", file=sys.stderr)
+"#;
+
 /// The test's network: the "internet" web host (with a LAN service in a private range in its
 /// namespace), listeners on the host, and a DNS server naming them.
 struct Net {
@@ -287,14 +313,17 @@ fn policy_holds_for(sandbox: &str, slot: u8, users: &[Option<&str>]) {
     chmod(&www, 0o755);
     let Some(net) = Net::new(slot, &www) else { return };
     let prober_addon = addon(&w, "prober", IMPURE_PY, &prober(&net.targets()));
+    let tcp_prober = addon(&w, "tcp-prober", IMPURE_PY, &prober_with_dns_over_tcp(&net.targets()));
     for &user in users {
         let who = user.unwrap_or("root");
-        // The default policy.
-        let (out, v) = run(&w, &net.config(""), &prober_addon, user);
+        // The default policy (with a name asked over DNS over TCP too).
+        let (out, v) = run(&w, &net.config(""), &tcp_prober, user);
         let a = &v["addons"][0];
         assert_eq!(a["result"], "success", "{who}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(a["network"]["policy"], "egress", "{who}: {a}");
-        assert_only_the_internet(&results(&out), who);
+        let m = results(&out);
+        assert_only_the_internet(&m, who);
+        assert_eq!(m.get("dns-tcp"), Some(&format!("ok:{}", net.web_ip)), "{who}: DNS over TCP: {m:?}");
         assert!(a["network"]["refused_packets"].as_u64().unwrap() > 0, "{who}: refusals are counted: {a}");
         assert!(a["network"]["dns_queries"].as_u64().unwrap() > 0, "{who}: {a}");
 

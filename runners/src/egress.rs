@@ -205,13 +205,13 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
   set refused6 {{ type ipv6_addr; flags interval; auto-merge; elements = {{ {v6} }} }}
   chain dns {{
     type nat hook output priority -100; policy accept;
-    ip daddr {RESOLVER} udp dport 53 dnat ip to {GATEWAY}:{dns_port}
+    ip daddr {RESOLVER} meta l4proto {{ tcp, udp }} th dport 53 dnat ip to {GATEWAY}:{dns_port}
   }}
   chain out {{
     type filter hook output priority 0; policy drop;
     oif \"lo\" accept
     ct state established,related accept
-    ip daddr {GATEWAY} udp dport {dns_port} ct status dnat accept
+    ip daddr {GATEWAY} meta l4proto {{ tcp, udp }} th dport {dns_port} ct status dnat accept
     ip daddr @never4 goto refuse
     ip6 daddr @never6 goto refuse
 {allow}    ip daddr @refused4 goto refuse
@@ -269,7 +269,7 @@ pub fn device_ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String
     type filter hook egress device \"{DEVICE}\" priority 0; policy drop;
     ether type arp accept
     ether type != ip drop
-    ip daddr {GATEWAY} udp dport {dns_port} accept
+    ip daddr {GATEWAY} ip protocol {{ tcp, udp }} th dport {dns_port} accept
     ip daddr @never4 counter name refused drop
 {allow}    ip daddr @refused4 counter name refused drop
     ip protocol {{ tcp, udp }} accept
@@ -741,30 +741,58 @@ impl Drop for DnsForwarder {
 const DNS_IN_FLIGHT: u64 = 32;
 
 impl DnsForwarder {
+    /// Listens on the host's loopback, UDP and TCP on one port (DNS over TCP: a resolver retries
+    /// a truncated answer there).
     fn start(resolvers: Vec<SocketAddr>) -> std::io::Result<DnsForwarder> {
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let (socket, listener) = (0..16)
+            .find_map(|_| {
+                let socket = UdpSocket::bind("127.0.0.1:0").ok()?;
+                let port = socket.local_addr().ok()?.port();
+                let listener = std::net::TcpListener::bind(("127.0.0.1", port)).ok()?;
+                Some((socket, listener))
+            })
+            .ok_or_else(|| std::io::Error::other("no port free for both UDP and TCP on the loopback"))?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
+        listener.set_nonblocking(true)?;
         let port = socket.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
         let queries = Arc::new(AtomicU64::new(0));
-        let (flag, count) = (stop.clone(), queries.clone());
         let in_flight = Arc::new(AtomicU64::new(0));
+        let (flag, count, busy, upstream) = (stop.clone(), queries.clone(), in_flight.clone(), resolvers.clone());
         let socket = Arc::new(socket);
         std::thread::Builder::new().name("addon-dns".into()).spawn(move || {
             let mut buf = [0u8; 4096];
             while !flag.load(Ordering::Relaxed) {
                 let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
-                if n < 12 || in_flight.load(Ordering::Relaxed) >= DNS_IN_FLIGHT {
+                if n < 12 || busy.load(Ordering::Relaxed) >= DNS_IN_FLIGHT {
                     continue;
                 }
-                in_flight.fetch_add(1, Ordering::Relaxed);
-                let (query, socket, resolvers, in_flight, count) =
-                    (buf[..n].to_vec(), socket.clone(), resolvers.clone(), in_flight.clone(), count.clone());
+                busy.fetch_add(1, Ordering::Relaxed);
+                let (query, socket, resolvers, busy, count) =
+                    (buf[..n].to_vec(), socket.clone(), upstream.clone(), busy.clone(), count.clone());
                 std::thread::spawn(move || {
-                    if let Some(answer) = ask(&query, &resolvers) {
+                    if let Some(answer) = ask(&query, &resolvers, false) {
                         count.fetch_add(1, Ordering::Relaxed);
                         let _ = socket.send_to(&answer, from);
                     }
+                    busy.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        })?;
+        let (flag, count) = (stop.clone(), queries.clone());
+        std::thread::Builder::new().name("addon-dns-tcp".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let Ok((conn, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                if in_flight.load(Ordering::Relaxed) >= DNS_IN_FLIGHT {
+                    continue; // closed: the resolver library tries again
+                }
+                in_flight.fetch_add(1, Ordering::Relaxed);
+                let (resolvers, in_flight, count) = (resolvers.clone(), in_flight.clone(), count.clone());
+                std::thread::spawn(move || {
+                    serve_tcp(conn, &resolvers, &count);
                     in_flight.fetch_sub(1, Ordering::Relaxed);
                 });
             }
@@ -773,8 +801,34 @@ impl DnsForwarder {
     }
 }
 
+/// One DNS-over-TCP connection: length-prefixed queries, each answered from the resolvers (over
+/// TCP when their UDP answer was truncated); at most 16 queries, 5 s idle.
+fn serve_tcp(mut conn: std::net::TcpStream, resolvers: &[SocketAddr], count: &AtomicU64) {
+    use std::io::{Read, Write};
+    if conn.set_nonblocking(false).is_err() || conn.set_read_timeout(Some(Duration::from_secs(5))).is_err() {
+        return;
+    }
+    for _ in 0..16 {
+        let mut len = [0u8; 2];
+        if conn.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut query = vec![0u8; u16::from_be_bytes(len) as usize];
+        if query.len() < 12 || conn.read_exact(&mut query).is_err() {
+            return;
+        }
+        let Some(answer) = ask(&query, resolvers, true) else { return };
+        count.fetch_add(1, Ordering::Relaxed);
+        let mut framed = (answer.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(&answer);
+        if conn.write_all(&framed).is_err() {
+            return;
+        }
+    }
+}
+
 /// Sends `query` to each resolver in turn until one answers with the query's id.
-fn ask(query: &[u8], resolvers: &[SocketAddr]) -> Option<Vec<u8>> {
+fn ask(query: &[u8], resolvers: &[SocketAddr], whole: bool) -> Option<Vec<u8>> {
     for r in resolvers {
         let bind: SocketAddr = if r.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
         let Ok(s) = UdpSocket::bind(bind) else { continue };
@@ -786,11 +840,32 @@ fn ask(query: &[u8], resolvers: &[SocketAddr]) -> Option<Vec<u8>> {
         if let Ok(n) = s.recv(&mut buf) {
             if n >= 12 && buf[..2] == query[..2] {
                 buf.truncate(n);
+                // Truncated (TC) and asked over TCP: the whole answer from the resolver over TCP.
+                if whole && buf[2] & 0x02 != 0 {
+                    if let Some(answer) = ask_tcp(query, r) {
+                        return Some(answer);
+                    }
+                }
                 return Some(buf);
             }
         }
     }
     None
+}
+
+/// `query` to the resolver `r` over TCP.
+fn ask_tcp(query: &[u8], r: &SocketAddr) -> Option<Vec<u8>> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect_timeout(r, Duration::from_secs(2)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    c.write_all(&framed).ok()?;
+    let mut len = [0u8; 2];
+    c.read_exact(&mut len).ok()?;
+    let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
+    c.read_exact(&mut answer).ok()?;
+    (answer.len() >= 12 && answer[..2] == query[..2]).then_some(answer)
 }
 
 #[cfg(test)]
