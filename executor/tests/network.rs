@@ -443,8 +443,7 @@ fn docker_egress_reaches_the_internet_and_nothing_of_the_host() {
     if !require_docker() || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    if !Command::new("id").arg(KIT_USER).output().unwrap().status.success() {
-        missing(&format!("user {KIT_USER} is missing; scripts/test-all creates it"));
+    if !require_user(KIT_USER) {
         return;
     }
     container_egress("docker", 15, &[None, Some(KIT_USER)]);
@@ -459,11 +458,16 @@ fn oci_egress_reaches_the_internet_and_nothing_of_the_host() {
     if !require_oci() || !require_root("the test's internet is a network namespace: it needs root") {
         return;
     }
-    if !Command::new("id").arg(ROOTLESS).output().unwrap().status.success() {
-        missing(&format!("user {ROOTLESS} is missing; scripts/test-all creates it"));
+    if !require_user(ROOTLESS) {
         return;
     }
     container_egress("oci", 16, &[None, Some(ROOTLESS)]);
+}
+
+/// Whether the user `name` exists (scripts/test-all creates the tests' users).
+fn require_user(name: &str) -> bool {
+    Command::new("id").arg(name).output().unwrap().status.success()
+        || missing(&format!("user {name} is missing; scripts/test-all creates it"))
 }
 
 /// An unprivileged user in group docker, as Docspell's job servers run (scripts/test-all creates it).

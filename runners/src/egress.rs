@@ -29,6 +29,17 @@ pub use addon_runner_api::network::{Destination, Egress, NetKind, Network, REFUS
 pub const GATEWAY: &str = "10.0.2.2";
 /// The resolver address the addon is given (`/etc/resolv.conf`).
 pub const RESOLVER: &str = "10.0.2.3";
+
+/// The `/etc/resolv.conf` of a run or build on an egress network: the engine's resolver.
+pub fn resolv_conf() -> String {
+    format!("nameserver {RESOLVER}\noptions edns0\n")
+}
+
+/// Writes [`resolv_conf`] at `at`, readable by every user of the run.
+pub fn write_resolv_conf(at: &Path) -> std::io::Result<()> {
+    fs_err::write(at, resolv_conf())?;
+    fs_err::set_permissions(at, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+}
 /// Name of the nftables table in the addon's namespace.
 const TABLE: &str = "addon_egress";
 /// The open files of a run's slirp4netns (its sockets on the host for the addon's flows).
@@ -164,6 +175,17 @@ pub fn never_allowed(addr: IpAddr) -> bool {
     }
 }
 
+/// IPv4 destinations never reachable: the user-mode network's own, loopback, "this network".
+const NEVER4: [&str; 3] = [SLIRP_NET, "127.0.0.0/8", "0.0.0.0/8"];
+
+/// The host's addresses the filters refuse: all but those an allow entry names exactly
+/// (loopback never).
+fn refused_host_addresses<'a>(egress: &Egress, host: &'a [IpAddr]) -> Vec<&'a IpAddr> {
+    let exact: Vec<IpAddr> =
+        egress.allow.iter().filter(|d| d.prefix == if d.addr.is_ipv4() { 32 } else { 128 }).map(|d| d.addr).collect();
+    host.iter().filter(|a| !exact.contains(a) || a.is_loopback()).collect()
+}
+
 /// The nftables ruleset loaded into the addon's namespace: DNS to the engine's forwarder at
 /// `dns_port` on the host's loopback; then, before anything `network.allow` adds, the user-mode
 /// network's own addresses and the host's own addresses (`host`) are refused, except a host
@@ -171,15 +193,13 @@ pub fn never_allowed(addr: IpAddr) -> bool {
 /// server on this host); then `egress.allow`, then public addresses over TCP and UDP; the
 /// refused ranges never.
 pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
-    let exact: Vec<IpAddr> =
-        egress.allow.iter().filter(|d| d.prefix == if d.addr.is_ipv4() { 32 } else { 128 }).map(|d| d.addr).collect();
-    let host_refused: Vec<&IpAddr> = host.iter().filter(|a| !exact.contains(a) || a.is_loopback()).collect();
+    let host_refused = refused_host_addresses(egress, host);
     let list = |v4: bool, extra: &[&str]| -> String {
         let mut items: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         items.extend(host_refused.iter().filter(|a| a.is_ipv4() == v4).map(|a| a.to_string()));
         items.join(", ")
     };
-    let never4 = list(true, &[SLIRP_NET, "127.0.0.0/8", "0.0.0.0/8"]);
+    let never4 = list(true, &NEVER4);
     let never6 = list(false, &["::/127", "::ffff:0.0.0.0/104", "::ffff:10.0.2.0/120", "::ffff:127.0.0.0/104"]);
     let allow: String = egress
         .allow
@@ -246,11 +266,8 @@ pub fn ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
 /// forwarder passes, to the never-reachable addresses is dropped, to what `network.allow` names
 /// passes, to refused ranges is dropped, TCP and UDP to the rest passes, other protocols drop.
 pub fn device_ruleset(egress: &Egress, host: &[IpAddr], dns_port: u16) -> String {
-    let exact: Vec<IpAddr> =
-        egress.allow.iter().filter(|d| d.prefix == if d.addr.is_ipv4() { 32 } else { 128 }).map(|d| d.addr).collect();
-    let mut never4: Vec<String> = [SLIRP_NET, "127.0.0.0/8", "0.0.0.0/8"].iter().map(|s| s.to_string()).collect();
-    never4
-        .extend(host.iter().filter(|a| a.is_ipv4() && (!exact.contains(a) || a.is_loopback())).map(|a| a.to_string()));
+    let mut never4: Vec<String> = NEVER4.iter().map(|s| s.to_string()).collect();
+    never4.extend(refused_host_addresses(egress, host).iter().filter(|a| a.is_ipv4()).map(|a| a.to_string()));
     let allow: String = egress
         .allow
         .iter()

@@ -262,8 +262,7 @@ async fn build(s: &NixSettings, addon_dir: &Path, log: LogSink) -> Result<PathBu
             let net = crate::egress::EgressNet::hold(egress, dir.path()).map_err(std::io::Error::other)?;
             let at = net.path().map(Path::to_path_buf).unwrap_or_default();
             let resolv = dir.path().join("resolv.conf");
-            fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))?;
-            fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            crate::egress::write_resolv_conf(&resolv)?;
             let fd = fs_err::File::open(&at)?.into_parts().0;
             Ok::<_, std::io::Error>((net, fd, resolv, dir))
         })();

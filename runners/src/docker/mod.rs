@@ -390,8 +390,7 @@ impl DockerRunner {
                 Err(e) => e.to_string(),
             }
         };
-        let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = docker.remove_container(&holder.id, Some(rm)).await;
+        settle::remove_helper(docker, &holder.id).await;
         Err(setup(why))
     }
 
@@ -523,8 +522,7 @@ impl Drop for Leftovers {
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 for id in ids {
-                    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-                    let _ = docker.remove_container(&id, Some(rm)).await;
+                    settle::remove_helper(&docker, &id).await;
                 }
             });
         }
@@ -684,8 +682,7 @@ impl Runner for DockerRunner {
         guard.ids.clear();
         if let Some((id, net)) = held {
             let used = net.finish(docker).await;
-            let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-            let _ = docker.remove_container(&id, Some(rm)).await;
+            settle::remove_helper(docker, &id).await;
             if used.refused > 0 {
                 log(
                     LogStream::Stderr,
@@ -773,10 +770,7 @@ impl Runner for DockerRunner {
         if let Some(e) = &egress {
             let resolv = spec.dirs.scratch.join("resolv.conf");
             fs_err::create_dir_all(&spec.dirs.scratch)
-                .and_then(|()| {
-                    fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))
-                })
-                .and_then(|()| fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644)))
+                .and_then(|()| crate::egress::write_resolv_conf(&resolv))
                 .map_err(|e| setup(format!("the egress network's resolv.conf: {e}")))?;
             binds.push(format!("{}:/etc/resolv.conf:ro", resolv.display()));
             network = Some(self.egress_holder(docker, labels.clone(), e).await?);
@@ -789,8 +783,7 @@ impl Runner for DockerRunner {
             .unwrap_or_default();
         let remove_holder = |docker: Docker, ids: Vec<String>| async move {
             for id in ids {
-                let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-                let _ = docker.remove_container(&id, Some(rm)).await;
+                settle::remove_helper(&docker, &id).await;
             }
         };
         let mut watched = [&spec.dirs.work, &spec.dirs.output, &spec.dirs.cache].map(|p| p.to_path_buf()).to_vec();

@@ -108,6 +108,31 @@ fn helper_body(
     }
 }
 
+/// Creates and starts a helper container (`doing`: what creating and starting it are called in
+/// errors); removes it when it does not start.
+async fn create_and_start(
+    docker: &Docker,
+    body: ContainerCreateBody,
+    doing: [&'static str; 2],
+) -> Result<String, DockerError> {
+    let created = docker
+        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
+        .await
+        .map_err(|source| DockerError::Helper { doing: doing[0], source })?;
+    let id = created.id;
+    if let Err(source) = docker.start_container(&id, None::<bollard::query_parameters::StartContainerOptions>).await {
+        remove_helper(docker, &id).await;
+        return Err(DockerError::Helper { doing: doing[1], source });
+    }
+    Ok(id)
+}
+
+/// Removes a helper container, with its anonymous volumes, whatever its state.
+pub(super) async fn remove_helper(docker: &Docker, id: &str) {
+    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
+    let _ = docker.remove_container(id, Some(rm)).await;
+}
+
 /// Makes the engine's empty image once (`docker import` of a tar with the mount points).
 async fn ensure_image(docker: &Docker) -> Result<(), DockerError> {
     if docker.inspect_image(IMAGE).await.is_ok() {
@@ -207,8 +232,7 @@ impl Report {
 
 impl Watcher {
     pub async fn remove(self, docker: &Docker) {
-        let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-        let _ = docker.remove_container(&self.id, Some(rm)).await;
+        remove_helper(docker, &self.id).await;
     }
 }
 
@@ -316,40 +340,27 @@ pub async fn hold_network(
     if let Some(hc) = body.host_config.as_mut() {
         hc.dns = Some(vec![crate::egress::RESOLVER.to_string()]);
     }
-    let created = docker
-        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
-        .await
-        .map_err(|source| DockerError::Helper { doing: "creating the network's container", source })?;
-    let id = created.id;
-    let started = async {
-        docker
-            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
-            .await
-            .map_err(|source| DockerError::Helper { doing: "starting the network's container", source })?;
-        let inspected = docker
-            .inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>)
-            .await
-            .map_err(|source| DockerError::Helper { doing: "inspecting the network's container", source })?;
-        Ok::<i32, DockerError>(inspected.state.and_then(|s| s.pid).unwrap_or(0) as i32)
-    }
-    .await;
-    match started {
-        Ok(pid) if pid > 0 => Ok(Holder { id, pid }),
-        other => {
-            let rm = RemoveContainerOptions { force: true, ..Default::default() };
-            let _ = docker.remove_container(&id, Some(rm)).await;
-            match other {
-                Err(e) => Err(e),
-                Ok(_) => Err(DockerError::Helper {
-                    doing: "finding the network's container's process",
-                    source: bollard::errors::Error::DockerResponseServerError {
-                        status_code: 500,
-                        message: "the container has no process".into(),
-                    },
-                }),
-            }
+    let id = create_and_start(docker, body, ["creating the network's container", "starting the network's container"])
+        .await?;
+    let inspected = docker.inspect_container(&id, None::<bollard::query_parameters::InspectContainerOptions>).await;
+    let pid = match inspected {
+        Ok(i) => i.state.and_then(|s| s.pid).unwrap_or(0) as i32,
+        Err(source) => {
+            remove_helper(docker, &id).await;
+            return Err(DockerError::Helper { doing: "inspecting the network's container", source });
         }
+    };
+    if pid <= 0 {
+        remove_helper(docker, &id).await;
+        return Err(DockerError::Helper {
+            doing: "finding the network's container's process",
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message: "the container has no process".into(),
+            },
+        });
     }
+    Ok(Holder { id, pid })
 }
 
 /// Settles `trees` for the engine's user (`owner`) with `helper` (the `addon` binary).
@@ -372,16 +383,9 @@ pub async fn run(
     // directories whatever their modes, remove special files and file capabilities.
     let caps = ["CHOWN", "FOWNER", "DAC_OVERRIDE", "DAC_READ_SEARCH", "SETFCAP"];
     let body = helper_body(cmd, binds, labels, &caps, 256 << 20);
-    let created = docker
-        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
-        .await
-        .map_err(|source| DockerError::Helper { doing: "creating the settling container", source })?;
-    let id = created.id;
+    let id =
+        create_and_start(docker, body, ["creating the settling container", "starting the settling container"]).await?;
     let result = async {
-        docker
-            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
-            .await
-            .map_err(|source| DockerError::Helper { doing: "starting the settling container", source })?;
         let waited = tokio::time::timeout(
             Duration::from_secs(600),
             docker.wait_container(&id, None::<bollard::query_parameters::WaitContainerOptions>).next(),
@@ -405,8 +409,7 @@ pub async fn run(
         Err(DockerError::SettleFailed { code, said: said.trim().to_string() })
     }
     .await;
-    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-    let _ = docker.remove_container(&id, Some(rm)).await;
+    remove_helper(docker, &id).await;
     result
 }
 
@@ -477,16 +480,13 @@ pub async fn egress_agent(
             cgroup_permissions: Some("rwm".into()),
         }]);
     }
-    let created = docker
-        .create_container(None::<bollard::query_parameters::CreateContainerOptions>, body)
-        .await
-        .map_err(|source| DockerError::Helper { doing: "creating the network's agent container", source })?;
-    let id = created.id;
+    let id = create_and_start(
+        docker,
+        body,
+        ["creating the network's agent container", "starting the network's agent container"],
+    )
+    .await?;
     let ready = async {
-        docker
-            .start_container(&id, None::<bollard::query_parameters::StartContainerOptions>)
-            .await
-            .map_err(|source| DockerError::Helper { doing: "starting the network's agent container", source })?;
         let opts = LogsOptions { stdout: true, stderr: true, follow: true, ..Default::default() };
         let mut logs = docker.logs(&id, Some(opts));
         let mut said = String::new();
@@ -502,8 +502,7 @@ pub async fn egress_agent(
     match tokio::time::timeout(Duration::from_secs(30), ready).await {
         Ok(Ok(())) => Ok(Agent { id }),
         other => {
-            let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-            let _ = docker.remove_container(&id, Some(rm)).await;
+            remove_helper(docker, &id).await;
             Err(match other {
                 Ok(Err(e)) => e,
                 _ => DockerError::Agent("the network was not up within 30 s".into()),
@@ -528,8 +527,7 @@ pub async fn stop_agent(docker: &Docker, agent: Agent) -> crate::egress::EgressU
     while let Some(Ok(chunk)) = logs.next().await {
         said.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
     }
-    let rm = RemoveContainerOptions { force: true, v: true, ..Default::default() };
-    let _ = docker.remove_container(&id, Some(rm)).await;
+    remove_helper(docker, &id).await;
     let field = |k: &str| said.split_whitespace().find_map(|w| w.strip_prefix(k)?.parse::<u64>().ok()).unwrap_or(0);
     crate::egress::EgressUse { refused: field("refused="), dns_queries: field("dns-queries=") }
 }

@@ -870,9 +870,7 @@ impl Runner for OciRunner {
                     None
                 };
                 let resolv = bundle_dir.join("resolv.conf");
-                fs_err::write(&resolv, format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER))
-                    .map_err(io)?;
-                fs_err::set_permissions(&resolv, std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(io)?;
+                crate::egress::write_resolv_conf(&resolv).map_err(io)?;
                 (net, Some(resolv))
             }
             _ => (None, None),

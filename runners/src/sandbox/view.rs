@@ -125,7 +125,7 @@ impl View {
         steps.extend(etc.map(Path::new).filter(|p| p.exists()).map(|p| Step::RoBind(p.to_path_buf())));
         if network == NetKind::Egress {
             // Names resolve through the engine's resolver; the host's own names stay the host's.
-            let resolv = format!("nameserver {}\noptions edns0\n", crate::egress::RESOLVER);
+            let resolv = crate::egress::resolv_conf();
             steps.push(Step::File { at: "/etc/resolv.conf".into(), contents: resolv });
             steps.push(Step::File { at: "/etc/hosts".into(), contents: "127.0.0.1 localhost\n::1 localhost\n".into() });
         }
