@@ -533,37 +533,91 @@ fn docker_and_oci_builds_reach_the_internet_and_nothing_of_the_host() {
     let Some(net) = Net::new(17, www.path()) else { return };
     let targets: Vec<(&str, String, u16)> =
         net.targets().into_iter().filter(|(_, h, _)| h.parse::<IpAddr>().is_ok() && !h.contains(':')).collect();
-    for runner in ["docker", "oci"] {
+    let mut engines = vec![("docker", None), ("oci", None)];
+    if require_user(KIT_USER) && require_user(ROOTLESS) {
+        engines.extend([("docker", Some(KIT_USER)), ("oci", Some(ROOTLESS))]);
+    }
+    for (runner, user) in engines {
         let w = World::new("auto", &format!("runner: [{runner}]\n"));
-        chmod(w.path(), 0o755);
-        let marker = format!("build-egress-{runner}-{}", std::process::id());
+        // An unprivileged engine makes its own working and cache directories here.
+        chmod(w.path(), if user.is_some() { 0o777 } else { 0o755 });
+        let marker = format!("build-egress-{runner}-{}-{}", user.unwrap_or("root"), std::process::id());
         let addon = w.docker_addon("bprobe", PURE, "cat /probe >&2\necho '{}'\n", &marker);
         std::fs::write(addon.join("probe.sh"), nc_prober(&targets)).unwrap();
         edit(
             &addon.join("Dockerfile"),
             "ENV PATH=/bin",
-            "ENV PATH=/bin\nCOPY probe.sh /probe.sh\nRUN sh /probe.sh 2>/probe",
+            // A step cannot change its network (no CAP_NET_ADMIN where the filter is); the
+            // build log shows the step's text, so the word looked for is written otherwise there.
+            "ENV PATH=/bin\nCOPY probe.sh /probe.sh\nRUN sh /probe.sh 2>/probe\n\
+             RUN if ip addr add 10.9.9.9/32 dev lo; then echo netadmin=granted; else echo netadmin=ref\"\"used; fi >>/probe",
         );
-        let (out, v) = run(&w, &net.config(""), &addon, None);
+        for p in [w.path().join("addons-src"), addon.clone(), addon.join("probe.sh")] {
+            chmod(&p, 0o755);
+        }
+        let who = format!("{runner} as {}", user.unwrap_or("root"));
+        let (out, v) = run(&w, &net.config(""), &addon, user);
         let a = &v["addons"][0];
-        assert_eq!(a["result"], "success", "{runner}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(a["result"], "success", "{who}: {v}\n{}", String::from_utf8_lossy(&out.stderr));
         assert_eq!(a["runner"], runner, "{a}");
         let m = results(&out);
-        assert!(reached(&m, "internet"), "{runner}: a build reaches the internet: {m:?}");
+        assert!(reached(&m, "internet"), "{who}: a build reaches the internet: {m:?}");
         for label in ["lan", "host-loopback-alias", "host-veth", "metadata", "docker-bridge"] {
-            assert!(!reached(&m, label), "{runner}: a build must not reach {label}: {m:?}");
+            assert!(!reached(&m, label), "{who}: a build must not reach {label}: {m:?}");
         }
         let stderr = String::from_utf8_lossy(&out.stderr);
         let answered = [format!("resolved=Address: {}", net.web_ip), format!("resolved=Address 1: {}", net.web_ip)];
         assert!(
             answered.iter().any(|a| stderr.contains(a.as_str())),
-            "{runner}: a build resolves through the engine's resolver: {stderr}"
+            "{who}: a build resolves through the engine's resolver: {stderr}"
         );
-        assert!(stderr.contains("the build's egress network refused"), "{runner}: the build log counts: {stderr}");
+        assert!(stderr.contains("the build's egress network refused"), "{who}: the build log counts: {stderr}");
+        assert!(stderr.contains("netadmin=refused"), "{who}: a step may not change its network: {stderr}");
         if runner == "docker" {
             assert!(containers_of("bprobe-1.0").is_empty(), "no holder container is left");
         }
     }
+}
+
+/// An unprivileged engine's oci build runs behind a gate in buildah's own user namespace (a
+/// holder, the build, a watcher): when the build times out, nothing of it is left running,
+/// though `buildah unshare` itself leaves its children behind when killed.
+#[test]
+fn a_rootless_oci_build_that_times_out_leaves_nothing_running() {
+    if !require_oci() || !require_user(ROOTLESS) {
+        return;
+    }
+    let w = World::new("auto", "runner: [oci]\noci-runner: {build-timeout: 8s}\n");
+    chmod(w.path(), 0o777);
+    let marker = format!("slow-build-{}", std::process::id());
+    let addon = w.docker_addon("bslow", PURE, "echo '{}'\n", &marker);
+    // A number nothing else sleeps for, to find the step's process by.
+    let nap = 7_000_000 + std::process::id() % 1_000_000;
+    edit(&addon.join("Dockerfile"), "ENV PATH=/bin", &format!("ENV PATH=/bin\nRUN sleep {nap}"));
+    for p in [w.path().join("addons-src"), addon.clone()] {
+        chmod(&p, 0o755);
+    }
+    let (out, v) = run(&w, "", &addon, Some(ROOTLESS));
+    let a = &v["addons"][0];
+    assert_ne!(a["result"], "success", "{v}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(v.to_string().contains("did not finish within"), "the build timed out: {v}");
+    let left = || -> Vec<String> {
+        let mut found = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&format!("sleep {nap}")) || cmd.contains("bslow-1.0") {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+        found
+    };
+    // Stopping takes the build a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !left().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(left().is_empty(), "left running: {:?}", left());
 }
 
 /// A flake's fetches (a fixed-output derivation, which nix fetches in its own network namespace)

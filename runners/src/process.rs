@@ -71,6 +71,8 @@ pub async fn run_tool(
 ) -> Result<Vec<u8>, ToolFailure> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(ToolFailure::Start)?;
+    // What the command held for the child alone (descriptors a pre_exec hands down) closes now.
+    drop(cmd);
     let mut out = BufReader::new(child.stdout.take().expect("piped"));
     let mut err = BufReader::new(child.stderr.take().expect("piped"));
     let mut tail = Tail::default();

@@ -96,16 +96,17 @@ impl OciRunner {
         // a local store is used before any registry; one is pulled only with a build network and
         // `oci-runner.pull` not `never`.
         let mut held = None;
+        // An unprivileged engine's build: behind a gate in buildah's own user namespace.
+        let mut rootless_egress = false;
         let (network, offline_why) = match s.build_network.as_str() {
-            // RUN steps join a network namespace of the engine's, given the egress network, and
-            // resolve through the engine's resolver.
-            "egress" => match self.gives_egress().and_then(|()| {
-                if is_root() {
-                    Ok(())
-                } else {
-                    Err("an unprivileged engine's buildah cannot join a network namespace of the engine's".into())
+            // RUN steps join a network namespace given the egress network, and resolve through
+            // the engine's resolver: one of the engine's (root), or one made inside buildah's
+            // user namespace (see `build_net`).
+            "egress" => match self.gives_egress() {
+                Ok(()) if !is_root() => {
+                    rootless_egress = true;
+                    (build_net::PLACEHOLDER.trim_start_matches("--network=").to_string(), String::new())
                 }
-            }) {
                 Ok(()) => {
                     let (e, dir) = (s.build_egress.clone().unwrap_or_default(), self.state_dir());
                     fs_err::create_dir_all(&dir).map_err(|e| format!("{e}"))?;
@@ -198,8 +199,16 @@ impl OciRunner {
             }
         }
         let mut cmd = buildah_cmd();
-        cmd.arg("build")
-            .arg(format!("--runtime={}", build_runtime.display()))
+        let gate = if rootless_egress {
+            Some(
+                build_net::wrap(&mut cmd, &buildah, &storage)
+                    .map_err(|e| format!("the build's egress network: {e}"))?,
+            )
+        } else {
+            cmd.arg("build");
+            None
+        };
+        cmd.arg(format!("--runtime={}", build_runtime.display()))
             .arg("--isolation=oci")
             .arg(format!("--network={network}"))
             // `false`: pulled only when not present (`true` asks the registry even then).
@@ -214,7 +223,7 @@ impl OciRunner {
             let map = format!("0:{}:{size}", base + size);
             cmd.arg(format!("--userns-uid-map={map}")).arg(format!("--userns-gid-map={map}")).arg("--squash");
         }
-        if held.is_some() {
+        if held.is_some() || gate.is_some() {
             cmd.arg(format!("--dns={}", crate::egress::RESOLVER));
             // In their user namespace, RUN steps may not mount a sysfs for a network namespace
             // that namespace does not own (the engine's): an empty, read-only /sys instead (with
@@ -222,7 +231,30 @@ impl OciRunner {
             cmd.arg(format!("--volume={}:/sys:ro", self.empty_sys().map_err(|e| e.to_string())?.display()));
         }
         cmd.arg("-f").arg(&path).arg("-t").arg(&tag).arg(&spec.addon_dir);
-        let built = image::run_tool(cmd, "buildah build", log, timeout).await;
+        let built = match gate {
+            None => image::run_tool(cmd, "buildah build", log, timeout).await,
+            Some(gate) => {
+                let egress = s.build_egress.clone().unwrap_or_default();
+                let within = timeout.min(Duration::from_secs(60));
+                let (built, opened) = tokio::join!(
+                    image::run_tool(cmd, "buildah build", log, timeout),
+                    build_net::open(gate, egress, within)
+                );
+                match opened {
+                    // The hold is let go now that the build has ended, and the holder with it.
+                    Ok((net, _hold)) => {
+                        held = Some(net);
+                        built
+                    }
+                    // The build's own failure says more.
+                    Err(build_net::GateError::NoReport(_)) if built.is_err() => built,
+                    Err(build_net::GateError::NoReport(e)) => Err(format!("the build's egress network: {e}").into()),
+                    Err(build_net::GateError::Network(why)) => {
+                        Err(format!("the build's egress network could not be made: {why}").into())
+                    }
+                }
+            }
+        };
         if let Some(net) = held {
             let used = tokio::task::spawn_blocking(move || net.finish()).await.unwrap_or_default();
             if used.refused > 0 {

@@ -15,6 +15,7 @@
 //! - the runtime runs inside the run's envelope (its control group, or rlimits), in a PID
 //!   namespace whose init dies with the engine, so nothing outlives a run or a killed engine.
 
+mod build_net;
 pub mod bundle;
 pub mod dockerfile;
 mod fetch;

@@ -233,7 +233,7 @@ pub(crate) fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::Owne
 
 /// The `"child-pid": N` a sandbox tool writes on its info descriptor (bubblewrap's
 /// `--info-fd`), read until the tool closes it or `within` passes.
-fn read_child_pid(info: &std::os::fd::OwnedFd, within: std::time::Duration) -> std::io::Result<i32> {
+pub(crate) fn read_child_pid(info: &std::os::fd::OwnedFd, within: std::time::Duration) -> std::io::Result<i32> {
     use std::os::fd::AsRawFd;
     let deadline = std::time::Instant::now() + within;
     let mut text = Vec::new();
