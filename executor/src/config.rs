@@ -257,9 +257,9 @@ pub struct NetworkConfig {
     /// says: builds are not the run, and a real Dockerfile installs packages. `egress` (the
     /// default): a network of the build's own, as `impure: egress` gives runs (the internet and
     /// the engine's resolver, never the host, its loopback, its addresses or private ranges;
-    /// `allow` is for runs only); where the engine cannot make one (an unprivileged engine's oci
-    /// builds, docker builds through Podman's API, slirp4netns or nft missing) builds get no
-    /// network and a build that fails for want of it says why; nix builds through nix-daemon (an
+    /// `allow` is for runs only); where the engine cannot make one (docker builds through
+    /// Podman's API, slirp4netns or nft missing, an unprivileged engine without a usable
+    /// /dev/net/tun) builds get no network and a build that fails for want of it says why; nix builds through nix-daemon (an
     /// engine that is not root, `NIX_REMOTE`, or `store = daemon`) reach what the daemon's do.
     /// Base images and `image:` are pulled by the daemon or buildah itself. `host`: the host's
     /// network; `none`: no network (nix builds `--offline`; images must be in a local store).
