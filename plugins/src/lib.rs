@@ -1,10 +1,12 @@
 //! Runner plugins shipped with the engine, built on the SDK of `addon-runner-protocol`:
 //! `addon-runner-docker` (the built-in docker runner, served out of process) and
-//! `addon-runner-gvisor` (trivial addons under gVisor's `runsc`).
+//! `addon-runner-gvisor` (trivial addons under gVisor's `runsc`) and `addon-runner-vm`
+//! (trivial addons in a QEMU micro VM).
 
 pub mod docker;
 pub mod example;
 pub mod gvisor;
+pub mod vm;
 
 use addon_runner_protocol::FieldError;
 use serde::de::DeserializeOwned;

@@ -1,0 +1,62 @@
+#!/bin/busybox sh
+# The guest's init (the VM runner's initramfs): loads the virtio and 9p modules, mounts the
+# shares the plugin's helper gave QEMU, builds the addon's root (the host sandbox's view: /usr
+# and /etc read-only, the run's directories read-write at /mnt), runs the addon as the helper's
+# uid in a control group of its own (pids.max, memory.max), reports how it ended on the `io`
+# share and powers off. Nothing of the addon outlives it: the guest ends with it.
+/bin/busybox --install -s /bin
+export PATH=/bin
+fail() {
+  echo "vm init: $*" >&2
+  [ -d /io ] && echo "init-failed $*" >/io/status
+  poweroff -f
+}
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+for m in $(cat /modules); do
+  insmod "/lib/modules/$m.ko" || fail "cannot load module $m"
+done
+o=trans=virtio,version=9p2000.L,msize=262144,cache=none
+mount -t 9p -o "$o" io /io || fail "cannot mount the io share"
+# What to run: addon_uid, addon_pids, addon_memory, addon_net, addon_start (the helper's file).
+. /io/run || fail "cannot read /io/run"
+mount -t tmpfs -o mode=755 root /root || fail "cannot make the root"
+mkdir -p /root/usr /root/etc /root/mnt/work /root/mnt/output /root/mnt/cache /root/mnt/home \
+  /root/tmp /root/var/tmp /root/proc /root/dev /root/sys
+mount -t 9p -o "$o,ro" usr /root/usr || fail "cannot mount /usr"
+mount -t 9p -o "$o,ro" etc /root/etc || fail "cannot mount /etc"
+for d in work output cache home; do
+  mount -t 9p -o "$o" "$d" "/root/mnt/$d" || fail "cannot mount /mnt/$d"
+done
+for l in bin sbin lib lib32 lib64 libx32; do
+  [ -e "/root/usr/$l" ] && ln -s "usr/$l" "/root/$l"
+done
+mount -t proc proc /root/proc
+mount -t devtmpfs dev /root/dev
+mount -t tmpfs -o mode=1777 tmp /root/tmp
+mount -t tmpfs -o mode=1777 vartmp /root/var/tmp
+ip link set lo up
+if [ "$addon_net" = 1 ]; then
+  ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
+    || fail "cannot configure the network"
+fi
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup /sys/fs/cgroup || fail "cannot mount cgroup2"
+echo "+pids +memory" >/sys/fs/cgroup/cgroup.subtree_control
+g=/sys/fs/cgroup/addon
+mkdir "$g" || fail "cannot make the addon's group"
+[ -n "$addon_pids" ] && echo "$addon_pids" >"$g/pids.max"
+[ -n "$addon_memory" ] && echo "$addon_memory" >"$g/memory.max" && echo 0 >"$g/memory.swap.max" 2>/dev/null
+(
+  echo 0 >"$g/cgroup.procs" || exit 125
+  addon_start
+) </dev/null >>/io/stdout 2>>/io/stderr
+code=$?
+# Whatever the addon left running goes now.
+echo 1 >"$g/cgroup.kill"
+oom=$(sed -n 's/^oom_kill //p' "$g/memory.events")
+pids=$(sed -n 's/^max //p' "$g/pids.events")
+echo "code=$code oom=${oom:-0} pids=${pids:-0}" >/io/status
+sync
+poweroff -f
