@@ -89,7 +89,10 @@ impl Target {
 
     /// The sandbox the results must name.
     fn sandbox_name(&self, w: &World) -> String {
-        if self.sandbox == "auto" {
+        if self.sandbox == "vm" {
+            // `vm-kvm`, or `vm-tcg` where KVM does not boot a guest.
+            vm_sandbox(w)
+        } else if self.sandbox == "auto" {
             let version = self.declared(w)["version"].as_str().unwrap_or_default().to_string();
             version.split(' ').next().unwrap_or_default().to_string()
         } else {
@@ -337,6 +340,8 @@ conformance! {
     // runsc needs root.
     gvisor_plugin => plugin("gvisor", "addon-runner-gvisor", "trivial", "gvisor").refused_as_kit_user(&["gvisor", "root"]),
     gvisor_nix_plugin => plugin("gvisor-nix", "addon-runner-gvisor", "nix", "gvisor").refused_as_kit_user(&["nix"]),
+    // QEMU runs in the engine's bwrap sandbox, as the addon's identity; the guest is the addon's own.
+    vm_plugin => plugin("vm", "addon-runner-vm", "trivial", "vm"),
 }
 
 /// The kit is not blind: on the bare host (`sandbox: none`, an explicit choice that isolates

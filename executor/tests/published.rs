@@ -32,8 +32,8 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-/// The engine configuration for `runner` (a built-in, or the gVisor plugin as `gvisor` serving
-/// trivial and `gvisor-nix` serving nix), or None (after [`missing`]) when it is not here.
+/// The engine configuration for `runner` (a built-in, the gVisor plugin as `gvisor` serving
+/// trivial and `gvisor-nix` serving nix, or the VM plugin as `vm`), or None (after [`missing`]) when it is not here.
 fn world_for(runner: &str, sandbox: &str) -> Option<World> {
     let ready = match runner {
         "trivial" => require(sandbox),
@@ -52,6 +52,7 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
     let w = World::new(sandbox, &config);
     match runner {
         "gvisor" => w.add_plugin("gvisor", "addon-runner-gvisor", "trivial", ""),
+        "vm" => w.add_plugin("vm", "addon-runner-vm", "trivial", ""),
         "gvisor-nix" => w.add_plugin(
             "gvisor-nix",
             "addon-runner-gvisor",
@@ -60,7 +61,9 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
         ),
         _ => {}
     }
-    if runner.starts_with("gvisor") && (!require_plugin(&w, runner) || (runner == "gvisor-nix" && !require_nix())) {
+    if (runner.starts_with("gvisor") || runner == "vm")
+        && (!require_plugin(&w, runner) || (runner == "gvisor-nix" && !require_nix()))
+    {
         return None;
     }
     Some(w)
@@ -154,6 +157,7 @@ each_runner! {rotate_on;
     rotate_pdf_shaped_on_oci => ("oci", "auto"),
     rotate_pdf_shaped_on_nix_flake => ("nix-flake", "auto"),
     rotate_pdf_shaped_on_gvisor_nix => ("gvisor-nix", "auto"),
+    rotate_pdf_shaped_on_vm => ("vm", "auto"),
 }
 
 /// The audio-files-shaped addon: nix and trivial sections, impure (it calls a web service while
@@ -213,6 +217,7 @@ each_runner! {audio_on;
     audio_files_shaped_on_gvisor => ("gvisor", "auto", 5),
     audio_files_shaped_on_nix_flake => ("nix-flake", "auto", 6),
     audio_files_shaped_on_gvisor_nix => ("gvisor-nix", "auto", 7),
+    audio_files_shaped_on_vm => ("vm", "auto", 8),
 }
 
 /// A pure addon whose Dockerfile starts from a Debian-like base in the Docker daemon and whose

@@ -23,7 +23,11 @@ fn guile_in(sandbox: &str) {
     if !require(sandbox) {
         return;
     }
-    let w = World::new(sandbox, "runner: [trivial]\n");
+    guile_with(World::new(sandbox, "runner: [trivial]\n"), sandbox);
+}
+
+/// The Guile addon run three times in `w`, whose results name `sandbox`.
+fn guile_with(w: World, sandbox: &str) {
     let addon = w.guile_addon(false);
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--args", "Ada"]);
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
@@ -43,6 +47,19 @@ fn guile_in(sandbox: &str) {
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--args", "Lin"]);
     check_output(&v, "Lin");
     assert!(String::from_utf8_lossy(&out.stderr).contains(COMPILING));
+}
+
+/// In a VM (the vm plugin): the guest runs the host's Guile over 9p, compiles into the kept
+/// HOME once, and the second run is warm.
+#[test]
+fn guile_addon_in_a_vm() {
+    let w = World::new("auto", "runner: [vm]\n");
+    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
+    if !require_plugin(&w, "vm") {
+        return;
+    }
+    let sandbox = vm_sandbox(&w);
+    guile_with(w, &sandbox);
 }
 
 #[test]

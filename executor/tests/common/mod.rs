@@ -59,6 +59,18 @@ pub fn require_plugin(w: &World, name: &str) -> bool {
     ok || missing(&format!("plugin {name} is not available on this host: {v} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// What results name as the sandbox of the vm plugin here: `vm-kvm`, or `vm-tcg` (software
+/// emulation) where KVM does not boot a guest.
+pub fn vm_sandbox(w: &World) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["runners", "--json", "--config", w.config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let vm = v["runners"].as_array().and_then(|a| a.iter().find(|r| r["name"] == "vm").cloned()).unwrap_or_default();
+    if vm["detail"].as_str().unwrap_or_default().contains("TCG") { "vm-tcg" } else { "vm-kvm" }.to_string()
+}
+
 /// A plugin program built beside the `addon` binary.
 pub fn plugin_binary(program: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_addon")).with_file_name(program);

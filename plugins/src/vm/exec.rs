@@ -48,6 +48,15 @@ pub struct Plan {
     pub cwd: PathBuf,
     /// A word only this run knows, that marks the helper's own report line on stderr.
     pub nonce: String,
+    /// The run's directory on the host (named here so that the run's processes name it).
+    pub run_dir: PathBuf,
+    /// Bounds of the guest's `/tmp` and `/var/tmp` (tmpfs options after `mode=`).
+    pub tmpfs: String,
+    /// This program, as the sandbox sees it. Its directory is shared read-only with the guest
+    /// (in the sandbox it holds this program alone, or is the host's read-only /usr/bin), where
+    /// it installs the engine's seccomp filter before the addon starts: the guest's kernel is
+    /// the next wall, and the filter keeps the addon off its least audited parts.
+    pub helper: PathBuf,
     pub extra_args: Vec<String>,
 }
 
@@ -100,10 +109,12 @@ pub fn run_script(plan: &Plan, uid: u32, gid: u32, env: &[(OsString, OsString)],
     let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
     s.extend_from_slice(
         format!(
-            "addon_uid={uid}\naddon_pids='{}'\naddon_memory='{}'\naddon_net={}\naddon_start() {{\n  exec /bin/env -i",
+            "addon_uid={uid}\naddon_pids='{}'\naddon_memory='{}'\naddon_net={}\naddon_tmpfs='{}'\n\
+             addon_start() {{\n  exec /bin/env -i",
             opt(plan.pids),
             opt(plan.memory),
-            u8::from(plan.net)
+            u8::from(plan.net),
+            plan.tmpfs.chars().filter(|c| c.is_ascii_alphanumeric() || ",=_".contains(*c)).collect::<String>()
         )
         .as_bytes(),
     );
@@ -117,9 +128,16 @@ pub fn run_script(plan: &Plan, uid: u32, gid: u32, env: &[(OsString, OsString)],
     s.extend_from_slice(
         format!(
             " /bin/chroot /root /usr/bin/setpriv --reuid={uid} --regid={gid} --clear-groups --no-new-privs \
-             --inh-caps=-all --bounding-set=-all -- /bin/sh -c 'cd \"$0\" && exec \"$@\"'"
+             --inh-caps=-all --bounding-set=-all -- "
         )
         .as_bytes(),
+    );
+    let mut helper = b"/.addon-helper/".to_vec();
+    helper.extend_from_slice(plan.helper.file_name().unwrap_or_default().as_bytes());
+    s.extend(quote(&helper));
+    s.extend_from_slice(
+        format!(" {} /bin/sh -c 'cd \"$0\" && exec \"$@\"'", addon_runners::sandbox::seccomp::HELPER_COMMAND)
+            .as_bytes(),
     );
     s.push(b' ');
     s.extend(quote(plan.cwd.as_os_str().as_bytes()));
@@ -131,8 +149,37 @@ pub fn run_script(plan: &Plan, uid: u32, gid: u32, env: &[(OsString, OsString)],
     s
 }
 
-/// QEMU's command line for `plan`.
-pub fn qemu_args(plan: &Plan) -> Vec<String> {
+/// Where QEMU finds what it shares with the guest, and where the guest's console goes.
+#[derive(Debug, Clone)]
+pub struct Shares {
+    pub usr: PathBuf,
+    pub etc: PathBuf,
+    pub work: PathBuf,
+    pub output: PathBuf,
+    pub cache: PathBuf,
+    pub home: PathBuf,
+    pub io: PathBuf,
+    pub console: PathBuf,
+}
+
+impl Shares {
+    /// As the host sandbox shows them to the helper.
+    pub fn in_sandbox() -> Shares {
+        Shares {
+            usr: "/usr".into(),
+            etc: "/etc".into(),
+            work: "/mnt/work".into(),
+            output: "/mnt/output".into(),
+            cache: "/mnt/cache".into(),
+            home: "/mnt/home".into(),
+            io: IO.into(),
+            console: CONSOLE.into(),
+        }
+    }
+}
+
+/// QEMU's command line for `plan`, sharing `shares`.
+pub fn qemu_args(plan: &Plan, shares: &Shares) -> Vec<String> {
     let mut a: Vec<String> = vec!["-machine".into(), "microvm".into()];
     if plan.accel == "kvm" {
         a.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]);
@@ -159,21 +206,23 @@ pub fn qemu_args(plan: &Plan) -> Vec<String> {
             plan.tsc_khz.map(|k| format!(" tsc_early_khz={k}")).unwrap_or_default()
         ),
         "-serial".into(),
-        format!("file:{CONSOLE}"),
+        format!("file:{}", shares.console.display()),
     ]);
-    let shares: [(&str, &str, bool); 7] = [
-        ("usr", "/usr", true),
-        ("etc", "/etc", true),
-        ("work", "/mnt/work", false),
-        ("output", "/mnt/output", false),
-        ("cache", "/mnt/cache", false),
-        ("home", "/mnt/home", false),
-        ("io", IO, false),
+    let list: [(&str, &Path, bool); 8] = [
+        ("usr", &shares.usr, true),
+        ("etc", &shares.etc, true),
+        ("work", &shares.work, false),
+        ("output", &shares.output, false),
+        ("cache", &shares.cache, false),
+        ("home", &shares.home, false),
+        ("io", &shares.io, false),
+        ("helper", plan.helper.parent().unwrap_or(Path::new("/")), true),
     ];
-    for (tag, path, ro) in shares {
+    for (tag, path, ro) in list {
         a.push("-fsdev".into());
         a.push(format!(
-            "local,id={tag},path={path},security_model=none,multidevs=remap{}",
+            "local,id={tag},path={},security_model=none,multidevs=remap{}",
+            path.display(),
             if ro { ",readonly=on" } else { "" }
         ));
         a.push("-device".into());
@@ -219,7 +268,7 @@ pub fn main(args: &[OsString]) -> i32 {
         Err(e) => return fail(format!("{QEMU_LOG}: {e}")),
     };
     let mut qemu = match std::process::Command::new(&plan.qemu)
-        .args(qemu_args(&plan))
+        .args(qemu_args(&plan, &Shares::in_sandbox()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log)
@@ -318,6 +367,9 @@ mod tests {
             tsc_khz: Some(2_600_000),
             cwd: "/mnt/work".into(),
             nonce: "n".into(),
+            run_dir: "/w/run-1".into(),
+            tmpfs: ",size=1048576".into(),
+            helper: "/opt/x/addon-runner-vm".into(),
             extra_args: vec![],
         }
     }
@@ -329,20 +381,22 @@ mod tests {
         let s = String::from_utf8(run_script(&plan(), 7, 8, &env, &argv)).unwrap();
         assert!(s.contains("addon_pids='64'\naddon_memory=''\naddon_net=0\n"), "{s}");
         assert!(s.contains(" 'A=it'\\''s $HOME' /bin/chroot /root"), "{s}");
+        assert!(s.contains("addon_tmpfs=',size=1048576'\n"), "{s}");
+        assert!(s.contains("-- '/.addon-helper/addon-runner-vm' __sandbox-exec /bin/sh"), "{s}");
         assert!(s.contains("--reuid=7 --regid=8"), "{s}");
         assert!(s.ends_with(" '/mnt/work' '/mnt/work/x' 'a b' ''\\'''\n}\n"), "{s}");
     }
 
     #[test]
     fn a_pure_vm_has_no_network_device_and_the_shares_are_as_the_sandbox_sees_them() {
-        let a = qemu_args(&plan()).join(" ");
+        let a = qemu_args(&plan(), &Shares::in_sandbox()).join(" ");
         assert!(!a.contains("netdev"), "{a}");
         assert!(a.contains("path=/usr,security_model=none,multidevs=remap,readonly=on"), "{a}");
         assert!(a.contains("path=/mnt/output,security_model=none,multidevs=remap -device"), "{a}");
         assert!(a.contains("tsc_early_khz=2600000"), "{a}");
         let mut p = plan();
         p.net = true;
-        assert!(qemu_args(&p).join(" ").contains("-netdev user,id=n0"));
+        assert!(qemu_args(&p, &Shares::in_sandbox()).join(" ").contains("-netdev user,id=n0"));
     }
 
     #[test]

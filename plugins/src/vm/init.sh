@@ -34,8 +34,14 @@ for l in bin sbin lib lib32 lib64 libx32; do
 done
 mount -t proc proc /root/proc
 mount -t devtmpfs dev /root/dev
-mount -t tmpfs -o mode=1777 tmp /root/tmp
-mount -t tmpfs -o mode=1777 vartmp /root/var/tmp
+# Bounded as the host sandbox bounds its own (by the run's output size and entries).
+mount -t tmpfs -o "mode=1777$addon_tmpfs" tmp /root/tmp
+mount -t tmpfs -o "mode=1777$addon_tmpfs" vartmp /root/var/tmp
+mkdir -p /root/.addon-helper
+mount -t 9p -o "$o,ro" helper /root/.addon-helper || fail "cannot mount the helper"
+# The memory limit is the control group's: allocations succeed and its OOM killer ends them, as
+# on the host (the guest's own heuristic would refuse a large mapping first).
+echo 1 >/proc/sys/vm/overcommit_memory
 ip link set lo up
 if [ "$addon_net" = 1 ]; then
   ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2 \
@@ -47,11 +53,23 @@ echo "+pids +memory" >/sys/fs/cgroup/cgroup.subtree_control
 g=/sys/fs/cgroup/addon
 mkdir "$g" || fail "cannot make the addon's group"
 [ -n "$addon_pids" ] && echo "$addon_pids" >"$g/pids.max"
-[ -n "$addon_memory" ] && echo "$addon_memory" >"$g/memory.max" && echo 0 >"$g/memory.swap.max" 2>/dev/null
+[ -n "$addon_memory" ] && echo "$addon_memory" >"$g/memory.max"
+echo 1 >"$g/memory.oom.group"
 (
   echo 0 >"$g/cgroup.procs" || exit 125
   addon_start
-) </dev/null >>/io/stdout 2>>/io/stderr
+) </dev/null >>/io/stdout 2>>/io/stderr &
+child=$!
+# A refused fork ends the run at its process limit, as the host's envelope does.
+while kill -0 "$child" 2>/dev/null; do
+  refused=$(sed -n 's/^max //p' "$g/pids.events")
+  if [ "${refused:-0}" != 0 ]; then
+    echo 1 >"$g/cgroup.kill"
+    break
+  fi
+  sleep 0.05
+done
+wait "$child"
 code=$?
 # Whatever the addon left running goes now.
 echo 1 >"$g/cgroup.kill"

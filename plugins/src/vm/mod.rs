@@ -35,6 +35,10 @@ pub const NAME: &str = "vm";
 /// process limit on the host; the addon's own limit holds inside the guest.
 const QEMU_TASKS: u64 = 256;
 
+/// Address space QEMU reserves beyond what it uses, added where memory is bounded as address
+/// space (an engine without control groups).
+const ADDRESS_SPACE_SLACK_MIB: u64 = 1536;
+
 /// Guest memory beyond the addon's own limit: the guest kernel, its init and page cache.
 const GUEST_OVERHEAD_MIB: u64 = 96;
 
@@ -69,7 +73,7 @@ impl Default for VmSettings {
             busybox: PathBuf::from("/bin/busybox"),
             accel: "auto".into(),
             memory_mib: 512,
-            qemu_overhead_mib: 256,
+            qemu_overhead_mib: 384,
             state_dir: default_state_dir(),
             extra_args: Vec::new(),
         }
@@ -301,6 +305,19 @@ impl Runner for VmRunner {
             tsc_khz: tsc_khz(),
             cwd: inside.work.clone(),
             nonce: nonce.clone(),
+            run_dir: spec.dirs.work.clone(),
+            tmpfs: {
+                let b = addon_runners::sandbox::view::TmpfsBound::of(&spec.limits);
+                let mut o = String::new();
+                if let Some(size) = b.size {
+                    o.push_str(&format!(",size={size}"));
+                }
+                if let Some(n) = b.inodes {
+                    o.push_str(&format!(",nr_inodes={n}"));
+                }
+                o
+            },
+            helper: helper.clone(),
             extra_args: self.settings.extra_args.clone(),
         };
         let plan_json = serde_json::to_string(&plan).map_err(|e| setup(e.to_string()))?;
@@ -311,7 +328,13 @@ impl Runner for VmRunner {
             .chain(spec.args.iter().cloned())
             .collect();
         // The host's envelope holds QEMU: the guest's memory and QEMU's own, its threads.
-        vm.limits.memory = Some((plan.guest_mib + self.settings.qemu_overhead_mib) << 20);
+        // Without control groups the bound is on address space, which QEMU reserves far beyond
+        // what it uses (1.5 GiB for a 1.1 GiB guest, measured; 8 MiB a thread).
+        let slack = match self.sandboxes.enforcement() {
+            addon_runners::limits::Enforcement::Rlimits { .. } => ADDRESS_SPACE_SLACK_MIB,
+            addon_runners::limits::Enforcement::Cgroups { .. } => 0,
+        };
+        vm.limits.memory = Some((plan.guest_mib + self.settings.qemu_overhead_mib + slack) << 20);
         vm.limits.pids = Some(QEMU_TASKS);
         let extra_ro = vec![helper.clone(), ready.boot.dir.clone()];
         let started = host::start(NAME, self.sandboxes.clone(), self.runs.clone(), vm, helper, extra_ro).await?;
