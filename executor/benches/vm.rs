@@ -77,6 +77,7 @@ fn main() {
         run_dir: dir.path().to_path_buf(),
         tmpfs: String::new(),
         helper: program.clone(),
+        nix_store: false,
         extra_args: Vec::new(),
     };
     let root = dir.path().join("bare");

@@ -33,7 +33,7 @@ fn fixtures() -> PathBuf {
 }
 
 /// The engine configuration for `runner` (a built-in, the gVisor plugin as `gvisor` serving
-/// trivial and `gvisor-nix` serving nix, or the VM plugin as `vm`), or None (after [`missing`]) when it is not here.
+/// trivial and `gvisor-nix` serving nix, or the VM plugin as `vm` and `vm-nix`), or None (after [`missing`]) when it is not here.
 fn world_for(runner: &str, sandbox: &str) -> Option<World> {
     let ready = match runner {
         "trivial" => require(sandbox),
@@ -53,6 +53,12 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
     match runner {
         "gvisor" => w.add_plugin("gvisor", "addon-runner-gvisor", "trivial", ""),
         "vm" => w.add_plugin("vm", "addon-runner-vm", "trivial", ""),
+        "vm-nix" => w.add_plugin(
+            "vm-nix",
+            "addon-runner-vm",
+            "nix",
+            "    config: {nix: {extra-args: [--offline, --option, extra-sandbox-paths, /bin/busybox]}}\n",
+        ),
         "gvisor-nix" => w.add_plugin(
             "gvisor-nix",
             "addon-runner-gvisor",
@@ -61,8 +67,8 @@ fn world_for(runner: &str, sandbox: &str) -> Option<World> {
         ),
         _ => {}
     }
-    if (runner.starts_with("gvisor") || runner == "vm")
-        && (!require_plugin(&w, runner) || (runner == "gvisor-nix" && !require_nix()))
+    if (runner.starts_with("gvisor") || runner.starts_with("vm"))
+        && (!require_plugin(&w, runner) || (runner.ends_with("-nix") && !require_nix()))
     {
         return None;
     }
@@ -158,6 +164,7 @@ each_runner! {rotate_on;
     rotate_pdf_shaped_on_nix_flake => ("nix-flake", "auto"),
     rotate_pdf_shaped_on_gvisor_nix => ("gvisor-nix", "auto"),
     rotate_pdf_shaped_on_vm => ("vm", "auto"),
+    rotate_pdf_shaped_on_vm_nix => ("vm-nix", "auto"),
 }
 
 /// The audio-files-shaped addon: nix and trivial sections, impure (it calls a web service while

@@ -54,15 +54,16 @@ fn qemu_runs_unprivileged_and_the_guest_writes_as_that_identity() {
         "options:\n  networking: false\n  collectOutput: true\n",
         &format!("echo written > \"$OUTPUT_DIR/{marker}\"\nsleep 4\necho '{{}}'\n"),
     );
-    let program = w.path().join("addon-runner-vm").display().to_string();
     let path = w.path().to_path_buf();
+    let world = path.display().to_string();
     let watcher = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             let mut files = Vec::new();
             files_named(&path, &marker, &mut files);
-            // The helper's command line names the plugin's program; QEMU is its child.
-            let helpers = processes_with(&format!("{program} vm-exec"));
+            // The helper's command line names the run's directory (in this world); QEMU is its child.
+            let helpers: Vec<_> =
+                processes_with(" vm-exec ").into_iter().filter(|(.., cmd)| cmd.contains(&world)).collect();
             let qemus: Vec<_> = processes_with("qemu-system")
                 .into_iter()
                 .filter(|(pid, ..)| {
@@ -94,4 +95,24 @@ fn qemu_runs_unprivileged_and_the_guest_writes_as_that_identity() {
         assert_eq!(caps.split_whitespace().nth(1), Some("0000000000000000"), "QEMU {pid} has capabilities: {caps}");
         assert_eq!(*uid, owner, "QEMU writes the shares as itself");
     }
+}
+
+/// The addon's environment is its own only once it is no longer the guest's root: a dynamic
+/// linker variable (here `LD_DEBUG`, harmless; `LD_PRELOAD` would run the addon's code) must not
+/// reach chroot or setpriv, which run as the guest's root.
+#[test]
+fn the_addons_environment_never_reaches_the_guests_root() {
+    let w = World::new("auto", "runner: [vm]\n");
+    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
+    if !require_plugin(&w, "vm") {
+        return;
+    }
+    let addon = w.addon("vmenv", "options:\n  networking: false\n  collectOutput: true\n", "echo '{}'\n");
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--env", "LD_DEBUG=libs"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{stderr}");
+    assert!(stderr.contains("calling init"), "the variable reaches the addon's own programs: {stderr}");
+    // The dynamic linker names the program it starts ("initialize program: /usr/bin/setpriv");
+    // chroot is busybox's, static.
+    assert!(!stderr.contains("/usr/bin/setpriv"), "setpriv ran with it: {stderr}");
 }

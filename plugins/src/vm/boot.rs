@@ -41,6 +41,8 @@ pub enum BootError {
     Kernel { kernel: PathBuf, why: String },
     #[error("module {name}: {why}")]
     Module { name: String, why: String },
+    #[error("the state directory {}: {why}", dir.display())]
+    NotOwn { dir: PathBuf, why: String },
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> BootError + '_ {
@@ -90,16 +92,15 @@ pub fn prepare(state: &Path, kernel: &Path, release: &str, busybox: &Path) -> Re
     }
     h.update(env!("CARGO_PKG_VERSION").as_bytes());
     let key = hex::encode(&h.finalize()[..12]);
+    own_dir(state)?;
     let root = state.join("boot");
+    own_dir(&root)?;
     let dir = root.join(&key);
     let boot =
         Boot { kernel: dir.join("vmlinux"), initrd: dir.join("initrd"), dir: dir.clone(), release: release.into() };
     if dir.join("ready").exists() {
         return Ok(boot);
     }
-    fs_err::create_dir_all(&root).map_err(io(&root))?;
-    open_to_all(state);
-    open_to_all(&root);
     // One maker at a time; the others find it made.
     let lock_path = root.join(".lock");
     let lock =
@@ -123,7 +124,88 @@ pub fn prepare(state: &Path, kernel: &Path, release: &str, busybox: &Path) -> Re
     Ok(boot)
 }
 
-/// Readable by the sandbox's user (QEMU runs as the addon's identity).
+/// Makes `dir` (mode 0755: the sandbox's user passes through it to the files bound from it)
+/// when missing and checks that it is this user's own: a directory, not a link, owned by the
+/// effective user, writable by nobody else. What is in it is trusted (a
+/// kernel and initramfs every run boots, the program that runs in the sandbox), so another
+/// local user must not have been able to put it there.
+pub fn own_dir(dir: &Path) -> Result<(), BootError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    if let Some(parent) = dir.parent() {
+        fs_err::create_dir_all(parent).map_err(io(parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io(dir)(e)),
+    }
+    let m = fs_err::symlink_metadata(dir).map_err(io(dir))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        let kind = if m.file_type().is_symlink() {
+            "link"
+        } else if m.is_dir() {
+            "directory"
+        } else {
+            "file"
+        };
+        return Err(BootError::NotOwn {
+            dir: dir.to_path_buf(),
+            why: format!(
+                "a {kind} owned by uid {} with mode {:o}; it must be a directory of uid {me} that nobody else may write",
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+        });
+    }
+    if m.mode() & 0o055 != 0o055 {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = (m.mode() | 0o755) & 0o7755;
+        fs_err::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// A copy of this program in `state/helper/<its identity>/`, a directory holding it alone: it
+/// runs in the sandbox (QEMU's helper) and is shared read-only with the guest (where it installs
+/// the seccomp filter), which must see nothing else beside it.
+pub fn helper_copy(state: &Path) -> Result<PathBuf, BootError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+    let m = fs_err::metadata(&exe).map_err(io(&exe))?;
+    let mut h = sha2::Sha256::new();
+    let when = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+    h.update(format!("{}|{}|{}|{}|{when}", exe.display(), m.dev(), m.ino(), m.size()).as_bytes());
+    let key = hex::encode(&h.finalize()[..12]);
+    own_dir(state)?;
+    let root = state.join("helper");
+    own_dir(&root)?;
+    let dir = root.join(&key);
+    let name = exe.file_name().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("addon-runner-vm"));
+    let copy = dir.join(&name);
+    if dir.join(".ready").exists() {
+        return Ok(copy);
+    }
+    let tmp = root.join(format!(".{key}.{}", std::process::id()));
+    let _ = fs_err::remove_dir_all(&tmp);
+    fs_err::create_dir(&tmp).map_err(io(&tmp))?;
+    fs_err::copy(&exe, tmp.join(&name)).map_err(io(&tmp))?;
+    open_to_all(&tmp);
+    fs_err::set_permissions(tmp.join(&name), std::fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
+    fs_err::write(tmp.join(".ready"), b"").map_err(io(&tmp))?;
+    if let Err(e) = fs_err::rename(&tmp, &dir) {
+        // Another plugin process made it first.
+        let _ = fs_err::remove_dir_all(&tmp);
+        if !dir.join(".ready").exists() {
+            return Err(io(&dir)(e));
+        }
+    }
+    Ok(copy)
+}
+
+/// Readable by the sandbox's user (QEMU runs as the addon's identity): a made directory and
+/// its files.
 fn open_to_all(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mode = if p.is_dir() { 0o755 } else { 0o644 };
@@ -290,6 +372,32 @@ mod tests {
         assert!(at("netfs") < at("fscache") && at("fscache") < at("9p") && at("9pnet") < at("9p"), "{names:?}");
         assert!(at("failover") < at("net_failover") && at("net_failover") < at("virtio_net"), "{names:?}");
         assert_eq!(names.len(), 10, "each once: {names:?}");
+    }
+
+    #[test]
+    fn the_state_directory_must_be_the_users_own() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        own_dir(&state).unwrap();
+        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o022, 0, "made closed to writers");
+        // A link (to a directory another user could have prepared) is refused.
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&state, &link).unwrap();
+        let e = own_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("a link"), "{e}");
+        // So is a directory others may write.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = own_dir(&state).unwrap_err().to_string();
+        assert!(e.contains("mode 777"), "{e}");
+        // And one of another owner.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // SAFETY: chown of a directory this test made.
+        let path = std::ffi::CString::new(state.as_os_str().as_encoded_bytes()).unwrap();
+        if unsafe { libc::geteuid() } == 0 && unsafe { libc::chown(path.as_ptr(), 65534, 65534) } == 0 {
+            let e = own_dir(&state).unwrap_err().to_string();
+            assert!(e.contains("owned by uid 65534"), "{e}");
+        }
     }
 
     #[test]

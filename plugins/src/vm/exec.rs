@@ -57,6 +57,9 @@ pub struct Plan {
     /// it installs the engine's seccomp filter before the addon starts: the guest's kernel is
     /// the next wall, and the filter keeps the addon off its least audited parts.
     pub helper: PathBuf,
+    /// `/nix/store` shared read-only (a nix addon's program is there).
+    #[serde(default)]
+    pub nix_store: bool,
     pub extra_args: Vec<String>,
 }
 
@@ -71,11 +74,11 @@ pub struct Status {
     pub pids: u64,
 }
 
-/// Reads `code=N oom=N pids=N`.
+/// Reads `code=N oom=N pids=N` (its first line).
 pub fn parse_status(text: &str) -> Option<Status> {
     let mut s = Status::default();
     let mut code = None;
-    for word in text.split_whitespace() {
+    for word in text.lines().next().unwrap_or("").split_whitespace() {
         let (k, v) = word.split_once('=')?;
         match k {
             "code" => code = v.parse().ok(),
@@ -103,17 +106,21 @@ fn quote(text: &[u8]) -> Vec<u8> {
 }
 
 /// The guest's `/io/run`: the settings the init reads and the function that starts the addon,
-/// as uid `uid`, with exactly `env`, in `cwd`.
+/// as uid `uid`, with exactly `env`, in `cwd`. The addon's environment is set only after the
+/// drop: chroot and setpriv run as the guest's root with none at all (a `LD_PRELOAD` or
+/// `LD_LIBRARY_PATH` there would run the addon's code as that root).
 pub fn run_script(plan: &Plan, uid: u32, gid: u32, env: &[(OsString, OsString)], argv: &[OsString]) -> Vec<u8> {
     let mut s = Vec::new();
     let opt = |v: Option<u64>| v.map(|n| n.to_string()).unwrap_or_default();
     s.extend_from_slice(
         format!(
-            "addon_uid={uid}\naddon_pids='{}'\naddon_memory='{}'\naddon_net={}\naddon_tmpfs='{}'\n\
-             addon_start() {{\n  exec /bin/env -i",
+            "addon_uid={uid}\naddon_pids='{}'\naddon_memory='{}'\naddon_net={}\naddon_nix={}\naddon_tmpfs='{}'\n\
+             addon_start() {{\n  exec /bin/env -i /bin/chroot /root /usr/bin/setpriv --reuid={uid} --regid={gid} \
+             --clear-groups --no-new-privs --inh-caps=-all --bounding-set=-all -- /usr/bin/env -i",
             opt(plan.pids),
             opt(plan.memory),
             u8::from(plan.net),
+            u8::from(plan.nix_store),
             plan.tmpfs.chars().filter(|c| c.is_ascii_alphanumeric() || ",=_".contains(*c)).collect::<String>()
         )
         .as_bytes(),
@@ -125,19 +132,16 @@ pub fn run_script(plan: &Plan, uid: u32, gid: u32, env: &[(OsString, OsString)],
         s.push(b' ');
         s.extend(quote(&kv));
     }
-    s.extend_from_slice(
-        format!(
-            " /bin/chroot /root /usr/bin/setpriv --reuid={uid} --regid={gid} --clear-groups --no-new-privs \
-             --inh-caps=-all --bounding-set=-all -- "
-        )
-        .as_bytes(),
-    );
+    s.push(b' ');
     let mut helper = b"/.addon-helper/".to_vec();
     helper.extend_from_slice(plan.helper.file_name().unwrap_or_default().as_bytes());
     s.extend(quote(&helper));
     s.extend_from_slice(
-        format!(" {} /bin/sh -c 'cd \"$0\" && exec \"$@\"'", addon_runners::sandbox::seccomp::HELPER_COMMAND)
-            .as_bytes(),
+        format!(
+            " {} /bin/sh -c 'cd \"$0\" && unset OLDPWD && exec \"$@\"'",
+            addon_runners::sandbox::seccomp::HELPER_COMMAND
+        )
+        .as_bytes(),
     );
     s.push(b' ');
     s.extend(quote(plan.cwd.as_os_str().as_bytes()));
@@ -196,6 +200,10 @@ pub fn qemu_args(plan: &Plan, shares: &Shares) -> Vec<String> {
         "-no-user-config".into(),
         "-nographic".into(),
         "-no-reboot".into(),
+        // QEMU's own system-call filter on top of the sandbox's: no new processes, no
+        // privilege changes, no obsolete calls, no scheduler or resource control.
+        "-sandbox".into(),
+        "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
         "-kernel".into(),
         plan.kernel.display().to_string(),
         "-initrd".into(),
@@ -218,7 +226,8 @@ pub fn qemu_args(plan: &Plan, shares: &Shares) -> Vec<String> {
         ("io", &shares.io, false),
         ("helper", plan.helper.parent().unwrap_or(Path::new("/")), true),
     ];
-    for (tag, path, ro) in list {
+    let nix = plan.nix_store.then(|| ("nix", Path::new("/nix/store"), true));
+    for (tag, path, ro) in list.into_iter().chain(nix) {
         a.push("-fsdev".into());
         a.push(format!(
             "local,id={tag},path={},security_model=none,multidevs=remap{}",
@@ -258,7 +267,10 @@ pub fn main(args: &[OsString]) -> i32 {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
     let script = run_script(&plan, uid, gid, &env, &argv);
-    for (name, data) in [("run", script.as_slice()), ("stdout", b""), ("stderr", b"")] {
+    // The status has its room before the addon can fill the sandbox's /tmp (the init writes
+    // it in place).
+    let room = vec![b' '; 256];
+    for (name, data) in [("run", script.as_slice()), ("stdout", b"".as_slice()), ("stderr", b""), ("status", &room)] {
         if let Err(e) = std::fs::write(io.join(name), data) {
             return fail(format!("{IO}/{name}: {e}"));
         }
@@ -295,7 +307,9 @@ pub fn main(args: &[OsString]) -> i32 {
     match parse_status(&status_text) {
         Some(s) => {
             if s.oom > 0 || s.pids > 0 {
-                eprintln!("{REPORT} {} oom={} pids={}", plan.nonce, s.oom, s.pids);
+                // On a line of its own, whatever the addon's last stderr line lacked.
+                let start = if err.ended_line { "" } else { "\n" };
+                eprintln!("{start}{REPORT} {} oom={} pids={}", plan.nonce, s.oom, s.pids);
             }
             s.code
         }
@@ -307,7 +321,7 @@ pub fn main(args: &[OsString]) -> i32 {
             };
             fail(format!(
                 "the virtual machine ended without the addon's exit status (QEMU {ended}){}; QEMU said: {}; the guest's console: {}",
-                status_text.strip_prefix("init-failed").map(|w| format!(", its init failed:{}", w.trim_end())).unwrap_or_default(),
+                status_text.trim_start().strip_prefix("init-failed").map(|w| format!(", its init failed:{}", w.trim_end())).unwrap_or_default(),
                 tail(QEMU_LOG),
                 tail(CONSOLE)
             ))
@@ -315,28 +329,33 @@ pub fn main(args: &[OsString]) -> i32 {
     }
 }
 
-/// A file the guest appends to, passed on from where it was last read.
+/// A file the guest appends to, passed on from where it was last read; what was passed on is
+/// freed (the sandbox's `/tmp` holds only what is on its way).
 struct Follow {
     path: PathBuf,
     at: u64,
+    /// Whether what was passed on ended a line.
+    ended_line: bool,
 }
 
 impl Follow {
     fn new(path: PathBuf) -> Follow {
-        Follow { path, at: 0 }
+        Follow { path, at: 0, ended_line: true }
     }
 
     fn pass(&mut self, to: &mut dyn Write) {
-        let Ok(mut f) = std::fs::File::open(&self.path) else { return };
+        let Ok(mut f) = std::fs::OpenOptions::new().read(true).write(true).open(&self.path) else { return };
         if f.seek(std::io::SeekFrom::Start(self.at)).is_err() {
             return;
         }
+        let from = self.at;
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match f.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     self.at += n as u64;
+                    self.ended_line = buf[n - 1] == b'\n';
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }
@@ -344,6 +363,18 @@ impl Follow {
             }
         }
         let _ = to.flush();
+        if self.at > from {
+            use std::os::fd::AsRawFd;
+            // SAFETY: fallocate on a descriptor we hold; the range was read and passed on.
+            unsafe {
+                libc::fallocate(
+                    f.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    0,
+                    self.at as libc::off_t,
+                )
+            };
+        }
     }
 }
 
@@ -370,6 +401,7 @@ mod tests {
             run_dir: "/w/run-1".into(),
             tmpfs: ",size=1048576".into(),
             helper: "/opt/x/addon-runner-vm".into(),
+            nix_store: false,
             extra_args: vec![],
         }
     }
@@ -380,9 +412,10 @@ mod tests {
         let argv = vec!["/mnt/work/x".into(), "a b".into(), "'".into()];
         let s = String::from_utf8(run_script(&plan(), 7, 8, &env, &argv)).unwrap();
         assert!(s.contains("addon_pids='64'\naddon_memory=''\naddon_net=0\n"), "{s}");
-        assert!(s.contains(" 'A=it'\\''s $HOME' /bin/chroot /root"), "{s}");
+        assert!(s.contains("exec /bin/env -i /bin/chroot /root /usr/bin/setpriv"), "{s}");
+        assert!(s.contains("--bounding-set=-all -- /usr/bin/env -i 'A=it'\\''s $HOME' '/.addon-helper/"), "{s}");
         assert!(s.contains("addon_tmpfs=',size=1048576'\n"), "{s}");
-        assert!(s.contains("-- '/.addon-helper/addon-runner-vm' __sandbox-exec /bin/sh"), "{s}");
+        assert!(s.contains(" '/.addon-helper/addon-runner-vm' __sandbox-exec /bin/sh"), "{s}");
         assert!(s.contains("--reuid=7 --regid=8"), "{s}");
         assert!(s.ends_with(" '/mnt/work' '/mnt/work/x' 'a b' ''\\'''\n}\n"), "{s}");
     }
@@ -404,5 +437,7 @@ mod tests {
         assert_eq!(parse_status("code=3 oom=1 pids=0\n"), Some(Status { code: 3, oom: 1, pids: 0 }));
         assert_eq!(parse_status("init-failed cannot mount /usr"), None);
         assert_eq!(parse_status(""), None);
+        assert_eq!(parse_status(&" ".repeat(256)), None, "the room the helper keeps, unwritten");
+        assert_eq!(parse_status("code=0 oom=0 pids=0\n        "), Some(Status::default()));
     }
 }

@@ -8,7 +8,7 @@
 export PATH=/bin
 fail() {
   echo "vm init: $*" >&2
-  [ -d /io ] && echo "init-failed $*" >/io/status
+  [ -d /io ] && echo "init-failed $*" 1<>/io/status
   poweroff -f
 }
 mount -t proc proc /proc
@@ -17,9 +17,10 @@ mount -t devtmpfs dev /dev
 for m in $(cat /modules); do
   insmod "/lib/modules/$m.ko" || fail "cannot load module $m"
 done
-o=trans=virtio,version=9p2000.L,msize=262144,cache=none
+o=trans=virtio,version=9p2000.L,msize=262144,cache=none,nosuid,nodev
 mount -t 9p -o "$o" io /io || fail "cannot mount the io share"
-# What to run: addon_uid, addon_pids, addon_memory, addon_net, addon_start (the helper's file).
+# What to run: addon_uid, addon_pids, addon_memory, addon_net, addon_nix, addon_tmpfs and
+# addon_start (the helper's file).
 . /io/run || fail "cannot read /io/run"
 mount -t tmpfs -o mode=755 root /root || fail "cannot make the root"
 mkdir -p /root/usr /root/etc /root/mnt/work /root/mnt/output /root/mnt/cache /root/mnt/home \
@@ -29,11 +30,28 @@ mount -t 9p -o "$o,ro" etc /root/etc || fail "cannot mount /etc"
 for d in work output cache home; do
   mount -t 9p -o "$o" "$d" "/root/mnt/$d" || fail "cannot mount /mnt/$d"
 done
+if [ "$addon_nix" = 1 ]; then
+  mkdir -p /root/nix/store
+  mount -t 9p -o "$o,ro" nix /root/nix/store || fail "cannot mount /nix/store"
+fi
 for l in bin sbin lib lib32 lib64 libx32; do
   [ -e "/root/usr/$l" ] && ln -s "usr/$l" "/root/$l"
 done
 mount -t proc proc /root/proc
-mount -t devtmpfs dev /root/dev
+# A minimal /dev, as the host sandbox gives (not the guest's every device).
+mount -t tmpfs -o mode=755,nosuid dev /root/dev
+mknod -m 666 /root/dev/null c 1 3
+mknod -m 666 /root/dev/zero c 1 5
+mknod -m 666 /root/dev/full c 1 7
+mknod -m 666 /root/dev/random c 1 8
+mknod -m 666 /root/dev/urandom c 1 9
+mknod -m 666 /root/dev/tty c 5 0
+mkdir -p /root/dev/pts /root/dev/shm
+mount -t tmpfs -o mode=1777,nosuid,nodev shm /root/dev/shm
+ln -s /proc/self/fd /root/dev/fd
+ln -s /proc/self/fd/0 /root/dev/stdin
+ln -s /proc/self/fd/1 /root/dev/stdout
+ln -s /proc/self/fd/2 /root/dev/stderr
 # Bounded as the host sandbox bounds its own (by the run's output size and entries).
 mount -t tmpfs -o "mode=1777$addon_tmpfs" tmp /root/tmp
 mount -t tmpfs -o "mode=1777$addon_tmpfs" vartmp /root/var/tmp
@@ -75,6 +93,7 @@ code=$?
 echo 1 >"$g/cgroup.kill"
 oom=$(sed -n 's/^oom_kill //p' "$g/memory.events")
 pids=$(sed -n 's/^max //p' "$g/pids.events")
-echo "code=$code oom=${oom:-0} pids=${pids:-0}" >/io/status
+# In place, in the room the helper kept (the addon may have filled the rest of its /tmp).
+echo "code=$code oom=${oom:-0} pids=${pids:-0}" 1<>/io/status
 sync
 poweroff -f

@@ -1,4 +1,6 @@
-//! The VM runner: trivial addons behind a kernel of their own, in a QEMU micro VM.
+//! The VM runner: trivial and nix addons behind a kernel of their own, in a QEMU micro VM. Nix
+//! addons are built as the nix-flake runner builds them (cached by the engine); the guest sees
+//! `/nix/store` read-only.
 //!
 //! QEMU runs as the engine's host sandbox would run the addon itself: as the addon's
 //! unprivileged identity, in bwrap (or the engine's netns sandbox), in the run's control group,
@@ -23,11 +25,14 @@ use std::time::Duration;
 
 use addon_descriptors::{normalise_relative, Section};
 use addon_runners::host::{self, HostRuns};
+use addon_runners::nix::{NixRunner, NixSettings};
 use addon_runners::sandbox::{SandboxKind, SandboxSettings, Sandboxes};
 use addon_runners::{
-    Availability, Capabilities, ExitKind, ProbeCache, RunEvent, Runner, RunnerError, RunnerInfo, StartSpec, Started,
+    Artifact, Availability, BuildSpec, Capabilities, ExitKind, LogSink, ProbeCache, RunEvent, Runner, RunnerError,
+    RunnerInfo, StartSpec, Started,
 };
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 pub const NAME: &str = "vm";
 
@@ -63,6 +68,9 @@ pub struct VmSettings {
     pub state_dir: PathBuf,
     /// More QEMU arguments.
     pub extra_args: Vec<String>,
+    /// How nix addons are built (as `nix-runner` of the engine's configuration): `nix-binary`,
+    /// `build-timeout`, `extra-args`.
+    pub nix: crate::gvisor::GvisorNix,
 }
 
 impl Default for VmSettings {
@@ -76,25 +84,39 @@ impl Default for VmSettings {
             qemu_overhead_mib: 384,
             state_dir: default_state_dir(),
             extra_args: Vec::new(),
+            nix: crate::gvisor::GvisorNix::default(),
         }
     }
 }
 
+/// As root `/var/lib/addon-runner-vm`; otherwise under the user's state directory
+/// (`$XDG_STATE_HOME`, `~/.local/state`), or a directory of the user's own in the temporary
+/// directory (checked: owned by the user, not a link, closed to others; see
+/// [`boot::own_dir`]).
 fn default_state_dir() -> PathBuf {
     if addon_runners::sandbox::is_root() {
-        PathBuf::from("/var/lib/addon-runner-vm")
-    } else {
+        return PathBuf::from("/var/lib/addon-runner-vm");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .filter(|p| p.is_absolute() && (p.is_dir() || p.parent().is_some_and(Path::is_dir)));
+    match state {
+        Some(s) => s.join("addon-runner-vm"),
         // SAFETY: getuid cannot fail.
-        std::env::temp_dir().join(format!("addon-runner-vm-{}", unsafe { libc::getuid() }))
+        None => std::env::temp_dir().join(format!("addon-runner-vm-{}", unsafe { libc::getuid() })),
     }
 }
 
-/// What the probe found: the boot files and the accelerator.
+/// What the probe found: the boot files, the accelerator, and this program's copy that runs in
+/// the sandbox and is shared with the guest.
 #[derive(Debug, Clone)]
 struct Ready {
     boot: boot::Boot,
     accel: String,
     qemu: PathBuf,
+    helper: PathBuf,
 }
 
 #[derive(Debug)]
@@ -105,14 +127,28 @@ pub struct VmRunner {
     probed: tokio::sync::Mutex<Option<(Availability, Option<Ready>)>>,
     /// Each run's nonce, which marks its helper's report.
     nonces: Arc<Mutex<HashMap<String, String>>>,
+    /// Builds nix addons (and finds their program), as the nix-flake runner does.
+    nix: NixRunner,
 }
 
 impl VmRunner {
     pub fn new(settings: VmSettings) -> VmRunner {
         let probes = Arc::new(ProbeCache::default());
+        let sandboxes = Arc::new(Sandboxes::new(&SandboxSettings::default(), probes.clone()));
+        let nix = NixRunner::new(
+            NixSettings {
+                nix_binary: settings.nix.nix_binary.clone(),
+                build_timeout: settings.nix.build_timeout,
+                extra_args: settings.nix.extra_args.clone(),
+                ..NixSettings::default()
+            },
+            probes,
+            sandboxes.clone(),
+        );
         VmRunner {
             settings,
-            sandboxes: Arc::new(Sandboxes::new(&SandboxSettings::default(), probes)),
+            nix,
+            sandboxes,
             runs: Arc::default(),
             probed: tokio::sync::Mutex::new(None),
             nonces: Arc::default(),
@@ -135,7 +171,7 @@ impl VmRunner {
 
     async fn probe_now(&self) -> (Availability, Option<Ready>) {
         let s = self.settings.clone();
-        let found = tokio::task::spawn_blocking(move || -> Result<(PathBuf, String, boot::Boot), String> {
+        let found = tokio::task::spawn_blocking(move || -> Result<(PathBuf, String, boot::Boot, PathBuf), String> {
             let qemu = which::which(&s.qemu).map_err(|_| {
                 format!("{} not found (apt-get install --no-install-recommends qemu-system-x86)", s.qemu)
             })?;
@@ -147,12 +183,13 @@ impl VmRunner {
                 .unwrap_or_default();
             let (kernel, release) = boot::find_kernel(s.kernel.as_deref()).map_err(|e| e.to_string())?;
             let b = boot::prepare(&s.state_dir, &kernel, &release, &s.busybox).map_err(|e| e.to_string())?;
-            Ok((qemu, version, b))
+            let helper = boot::helper_copy(&s.state_dir).map_err(|e| e.to_string())?;
+            Ok((qemu, version, b, helper))
         })
         .await
         .map_err(|e| e.to_string())
         .and_then(|r| r);
-        let (qemu, version, boot) = match found {
+        let (qemu, version, boot, helper) = match found {
             Ok(x) => x,
             Err(why) => return (unavailable(why), None),
         };
@@ -173,7 +210,7 @@ impl VmRunner {
                 let key = format!("{}|{}", qemu.display(), boot.dir.display());
                 let p = cache
                     .get_async("vm-accel", &key, Some(&qemu), async {
-                        let detail = match trial_boot(&qemu, &boot, "kvm").await {
+                        let detail = match trial_boot(&qemu, &boot, "kvm").await.and_then(|()| kvm_open_to_all()) {
                             Ok(()) => "kvm".to_string(),
                             Err(why) => format!("tcg KVM: {why}"),
                         };
@@ -195,7 +232,7 @@ impl VmRunner {
             sandbox.map(|k| k.to_string()).unwrap_or_default()
         );
         let a = Availability { available: true, version: Some(version), detail };
-        (a, Some(Ready { boot, accel, qemu }))
+        (a, Some(Ready { boot, accel, qemu, helper }))
     }
 
     /// QEMU's sandbox: bwrap where it works, else the engine's netns sandbox.
@@ -241,6 +278,22 @@ async fn trial_boot(qemu: &Path, boot: &boot::Boot, accel: &str) -> Result<(), S
     }
 }
 
+/// Whether QEMU in the sandbox may open /dev/kvm: it runs as the addon's identity, with no
+/// supplementary groups (so not in group `kvm`).
+fn kvm_open_to_all() -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let m = fs_err::metadata("/dev/kvm").map_err(|e| e.to_string())?;
+    let mode = m.permissions().mode() & 0o777;
+    if m.file_type().is_char_device() && mode & 0o006 == 0o006 {
+        Ok(())
+    } else {
+        Err(format!(
+            "a guest boots with it, but /dev/kvm (mode {mode:o}) is not open to the sandbox's user, which has no \
+             supplementary groups (chmod 0666 /dev/kvm, as some distributions ship it)"
+        ))
+    }
+}
+
 fn unavailable(detail: impl Into<String>) -> Availability {
     Availability { available: false, version: None, detail: detail.into() }
 }
@@ -256,6 +309,8 @@ fn tsc_khz() -> Option<u64> {
 impl Runner for VmRunner {
     fn info(&self) -> RunnerInfo {
         let capabilities = Capabilities {
+            // Nix addons are built first (cached by the engine).
+            builds: true,
             // QEMU runs in the engine's sandbox, which gives the network (none, or egress).
             uses_sandbox: false,
             isolates_network: true,
@@ -263,7 +318,7 @@ impl Runner for VmRunner {
             egress: self.sandboxes.get(SandboxKind::Bwrap).egress().is_ok(),
             ..Capabilities::SHIPPED
         };
-        RunnerInfo::shipped(NAME, &[Section::Trivial], capabilities)
+        RunnerInfo::shipped(NAME, &[Section::Trivial, Section::Nix], capabilities)
     }
 
     async fn probe(&self) -> Availability {
@@ -275,21 +330,25 @@ impl Runner for VmRunner {
 
     async fn start(&self, spec: StartSpec) -> Result<Started, RunnerError> {
         let setup = |m: String| RunnerError::setup(NAME, m);
-        if spec.section != Section::Trivial {
-            return Err(setup(format!("serves trivial addons, not {}", spec.section)));
-        }
         let ready = self.ready().await.map_err(setup)?;
-        let exec = spec
-            .descriptor
-            .trivial_exec()
-            .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
-        let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
-        addon_tree::make_executable(&spec.dirs.addon, Path::new(&rel)).map_err(|e| setup(e.to_string()))?;
-        let program = spec.dirs.addon.join(&rel);
+        // A nix addon's program is in the store, which the sandbox and the guest see read-only.
+        let (program, nix_store) = match spec.section {
+            Section::Nix => (self.nix.program(&spec).await.map_err(|e| setup(e.to_string()))?, true),
+            Section::Trivial => {
+                let exec = spec
+                    .descriptor
+                    .trivial_exec()
+                    .ok_or_else(|| setup(format!("{} has no runner.trivial.exec", spec.addon.label())))?;
+                let rel = normalise_relative(exec).map_err(|why| setup(format!("exec `{exec}` {why}")))?;
+                addon_tree::make_executable(&spec.dirs.addon, Path::new(&rel)).map_err(|e| setup(e.to_string()))?;
+                (spec.dirs.addon.join(&rel), false)
+            }
+            other => return Err(setup(format!("serves trivial and nix addons, not {other}"))),
+        };
         let kind = self.sandbox_kind().map_err(setup)?;
         let inside = addon_runners::Mounts::mnt();
         let guest_program = spec.mounts().translate(&program, &inside);
-        let helper = std::env::current_exe().map_err(|e| setup(format!("finding this plugin's program: {e}")))?;
+        let helper = ready.helper.clone();
         let nonce = format!("{:x}{:x}", std::process::id(), rand_u64());
         let memory_mib = spec.limits.memory.map(|m| m.div_ceil(1 << 20)).unwrap_or(self.settings.memory_mib);
         let plan = exec::Plan {
@@ -318,6 +377,7 @@ impl Runner for VmRunner {
                 o
             },
             helper: helper.clone(),
+            nix_store,
             extra_args: self.settings.extra_args.clone(),
         };
         let plan_json = serde_json::to_string(&plan).map_err(|e| setup(e.to_string()))?;
@@ -336,7 +396,14 @@ impl Runner for VmRunner {
         };
         vm.limits.memory = Some((plan.guest_mib + self.settings.qemu_overhead_mib + slack) << 20);
         vm.limits.pids = Some(QEMU_TASKS);
-        let extra_ro = vec![helper.clone(), ready.boot.dir.clone()];
+        let helper_dir = helper.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut extra_ro = vec![helper_dir, ready.boot.dir.clone()];
+        if nix_store {
+            extra_ro.push(PathBuf::from(addon_runners::nix::STORE));
+        }
+        if ready.accel == "kvm" {
+            extra_ro.push(PathBuf::from("/dev/kvm"));
+        }
         let started = host::start(NAME, self.sandboxes.clone(), self.runs.clone(), vm, helper, extra_ro).await?;
         self.nonces.lock().unwrap_or_else(|e| e.into_inner()).insert(spec.run_id.clone(), nonce.clone());
         // The helper's report (the guest's OOM kills and refused forks) becomes the run's.
@@ -382,18 +449,37 @@ impl Runner for VmRunner {
         Ok(Started { sandbox: format!("{NAME}-{}", ready.accel), events: rx })
     }
 
+    async fn cache_key(&self, spec: &BuildSpec) -> Result<Option<BTreeMap<String, String>>, RunnerError> {
+        match spec.section {
+            Section::Nix => self.nix.cache_key(spec).await,
+            _ => Ok(None),
+        }
+    }
+
+    async fn build(&self, spec: &BuildSpec, log: LogSink) -> Result<Artifact, RunnerError> {
+        self.nix.build(spec, log).await
+    }
+
+    async fn artifact_valid(&self, artifact: &Artifact) -> bool {
+        self.nix.artifact_valid(artifact).await
+    }
+
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
         self.runs.stop(run_id, grace);
         Ok(())
     }
 }
 
-/// A random number from the kernel.
+/// A random number from the kernel (or, should it fail, the clock's nanoseconds).
 fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     // SAFETY: getrandom into a buffer of its length.
-    unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
-    u64::from_ne_bytes(b)
+    let got = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    if got == 8 {
+        u64::from_ne_bytes(b)
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+    }
 }
 
 /// The plugin around [`VmRunner`].
