@@ -47,7 +47,7 @@ mknod -m 666 /root/dev/random c 1 8
 mknod -m 666 /root/dev/urandom c 1 9
 mknod -m 666 /root/dev/tty c 5 0
 mkdir -p /root/dev/pts /root/dev/shm
-mount -t tmpfs -o mode=1777,nosuid,nodev shm /root/dev/shm
+mount -t tmpfs -o "mode=1777,nosuid,nodev$addon_tmpfs" shm /root/dev/shm
 ln -s /proc/self/fd /root/dev/fd
 ln -s /proc/self/fd/0 /root/dev/stdin
 ln -s /proc/self/fd/1 /root/dev/stdout
