@@ -97,11 +97,17 @@ fn default_state_dir() -> PathBuf {
     if addon_runners::sandbox::is_root() {
         return PathBuf::from("/var/lib/addon-runner-vm");
     }
+    // Only where this user may make it (a job server's HOME may be another user's, or missing).
+    let writable = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+            // SAFETY: access with a valid C string.
+            .is_ok_and(|c| p.is_dir() && unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0)
+    };
     let state = std::env::var_os("XDG_STATE_HOME")
         .map(PathBuf::from)
         .filter(|p| p.is_absolute())
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .filter(|p| p.is_absolute() && (p.is_dir() || p.parent().is_some_and(Path::is_dir)));
+        .filter(|p| p.is_absolute() && (writable(p) || !p.exists() && p.parent().is_some_and(writable)));
     match state {
         Some(s) => s.join("addon-runner-vm"),
         // SAFETY: getuid cannot fail.
