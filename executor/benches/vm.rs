@@ -71,7 +71,7 @@ fn main() {
         net: false,
         pids: Some(512),
         memory: Some(1 << 30),
-        tsc_khz: tsc_khz(),
+        tsc_khz: addon_runner_plugins::vm::tsc_khz(),
         cwd: "/mnt/work".into(),
         nonce: "bench".into(),
         run_dir: dir.path().to_path_buf(),
@@ -114,11 +114,4 @@ fn main() {
 fn which_qemu() -> PathBuf {
     let out = Command::new("sh").args(["-c", "command -v qemu-system-x86_64"]).output().expect("sh");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-}
-
-/// The host's TSC rate in kHz, as the plugin passes it.
-fn tsc_khz() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
-    Some((mhz * 1000.0) as u64)
 }

@@ -16,11 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::unavailable;
 use addon_descriptors::{normalise_relative, Section};
 use addon_runners::egress::NetKind;
 use addon_runners::host::{self, HostRuns};
 use addon_runners::limits::Enforcement;
-use addon_runners::nix::{NixRunner, NixSettings};
+use addon_runners::nix::NixRunner;
 use addon_runners::procfs::kill_tree;
 use addon_runners::sandbox::ns::{Identity, NsPlan};
 use addon_runners::sandbox::seccomp::HELPER_COMMAND;
@@ -59,24 +60,7 @@ pub struct GvisorSettings {
     /// More runsc flags (before the command).
     pub extra_args: Vec<String>,
     /// How nix addons are built (as `nix-runner` of the engine's configuration).
-    pub nix: GvisorNix,
-}
-
-/// `nix:` of the plugin's configuration.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
-pub struct GvisorNix {
-    pub nix_binary: String,
-    #[serde(with = "crate::human_duration")]
-    pub build_timeout: Duration,
-    /// More `nix build` arguments (`--offline`, `--option NAME VALUE`).
-    pub extra_args: Vec<String>,
-}
-
-impl Default for GvisorNix {
-    fn default() -> Self {
-        GvisorNix { nix_binary: "nix".into(), build_timeout: crate::DEFAULT_BUILD_TIMEOUT, extra_args: Vec::new() }
-    }
+    pub nix: crate::PluginNix,
 }
 
 impl Default for GvisorSettings {
@@ -87,7 +71,7 @@ impl Default for GvisorSettings {
             state_dir: PathBuf::from("/run/addon-runner-gvisor"),
             uid: 2_147_000_000,
             extra_args: Vec::new(),
-            nix: GvisorNix::default(),
+            nix: crate::PluginNix::default(),
         }
     }
 }
@@ -119,18 +103,7 @@ pub struct GvisorRunner {
 impl GvisorRunner {
     pub fn new(settings: GvisorSettings) -> GvisorRunner {
         let probes = Arc::new(ProbeCache::default());
-        let nix = NixRunner::new(
-            NixSettings {
-                nix_binary: settings.nix.nix_binary.clone(),
-                build_timeout: settings.nix.build_timeout,
-                extra_args: settings.nix.extra_args.clone(),
-                // Builds get an egress network where this can make one (root), as under the
-                // engine's default `network.build: egress`.
-                ..NixSettings::default()
-            },
-            probes.clone(),
-            Arc::new(Sandboxes::new(&SandboxSettings::default(), probes)),
-        );
+        let nix = settings.nix.runner(probes.clone(), Arc::new(Sandboxes::new(&SandboxSettings::default(), probes)));
         GvisorRunner {
             nix,
             settings,
@@ -390,10 +363,6 @@ enum BundleError {
     Io(#[source] std::io::Error),
     #[error("finding this plugin's program: {0}")]
     OwnProgram(#[source] std::io::Error),
-}
-
-fn unavailable(detail: impl Into<String>) -> Availability {
-    Availability { available: false, version: None, detail: detail.into() }
 }
 
 #[async_trait::async_trait]

@@ -37,3 +37,47 @@ pub mod human_duration {
 
 /// Default build timeout of the shipped plugins (as the built-in runners').
 pub const DEFAULT_BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// `nix:` of a plugin's configuration (the gVisor and VM plugins build nix addons as the
+/// nix-flake runner does): `nix-binary`, `build-timeout`, `extra-args`.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PluginNix {
+    pub nix_binary: String,
+    #[serde(with = "crate::human_duration")]
+    pub build_timeout: Duration,
+    /// More `nix build` arguments (`--offline`, `--option NAME VALUE`).
+    pub extra_args: Vec<String>,
+}
+
+impl Default for PluginNix {
+    fn default() -> Self {
+        PluginNix { nix_binary: "nix".into(), build_timeout: DEFAULT_BUILD_TIMEOUT, extra_args: Vec::new() }
+    }
+}
+
+impl PluginNix {
+    /// The nix-flake runner's builder with these settings; builds get an egress network where
+    /// the plugin can make one (root), as under the engine's default `network.build: egress`.
+    pub fn runner(
+        &self,
+        probes: std::sync::Arc<addon_runners::ProbeCache>,
+        sandboxes: std::sync::Arc<addon_runners::Sandboxes>,
+    ) -> addon_runners::nix::NixRunner {
+        addon_runners::nix::NixRunner::new(
+            addon_runners::nix::NixSettings {
+                nix_binary: self.nix_binary.clone(),
+                build_timeout: self.build_timeout,
+                extra_args: self.extra_args.clone(),
+                ..addon_runners::nix::NixSettings::default()
+            },
+            probes,
+            sandboxes,
+        )
+    }
+}
+
+/// A runner's probe that found it unusable, saying why.
+pub fn unavailable(detail: impl Into<String>) -> addon_runner_api::Availability {
+    addon_runner_api::Availability { available: false, version: None, detail: detail.into() }
+}

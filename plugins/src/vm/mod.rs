@@ -23,9 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::unavailable;
 use addon_descriptors::{normalise_relative, Section};
 use addon_runners::host::{self, HostRuns};
-use addon_runners::nix::{NixRunner, NixSettings};
+use addon_runners::nix::NixRunner;
 use addon_runners::sandbox::{SandboxKind, SandboxSettings, Sandboxes};
 use addon_runners::{
     Artifact, Availability, BuildSpec, Capabilities, ExitKind, LogSink, ProbeCache, RunEvent, Runner, RunnerError,
@@ -70,7 +71,7 @@ pub struct VmSettings {
     pub extra_args: Vec<String>,
     /// How nix addons are built (as `nix-runner` of the engine's configuration): `nix-binary`,
     /// `build-timeout`, `extra-args`.
-    pub nix: crate::gvisor::GvisorNix,
+    pub nix: crate::PluginNix,
 }
 
 impl Default for VmSettings {
@@ -84,7 +85,7 @@ impl Default for VmSettings {
             qemu_overhead_mib: 384,
             state_dir: default_state_dir(),
             extra_args: Vec::new(),
-            nix: crate::gvisor::GvisorNix::default(),
+            nix: crate::PluginNix::default(),
         }
     }
 }
@@ -141,16 +142,7 @@ impl VmRunner {
     pub fn new(settings: VmSettings) -> VmRunner {
         let probes = Arc::new(ProbeCache::default());
         let sandboxes = Arc::new(Sandboxes::new(&SandboxSettings::default(), probes.clone()));
-        let nix = NixRunner::new(
-            NixSettings {
-                nix_binary: settings.nix.nix_binary.clone(),
-                build_timeout: settings.nix.build_timeout,
-                extra_args: settings.nix.extra_args.clone(),
-                ..NixSettings::default()
-            },
-            probes,
-            sandboxes.clone(),
-        );
+        let nix = settings.nix.runner(probes, sandboxes.clone());
         VmRunner {
             settings,
             nix,
@@ -300,12 +292,8 @@ fn kvm_open_to_all() -> Result<(), String> {
     }
 }
 
-fn unavailable(detail: impl Into<String>) -> Availability {
-    Availability { available: false, version: None, detail: detail.into() }
-}
-
 /// The host's TSC rate in kHz (`cpu MHz` of /proc/cpuinfo).
-fn tsc_khz() -> Option<u64> {
+pub fn tsc_khz() -> Option<u64> {
     let info = fs_err::read_to_string("/proc/cpuinfo").ok()?;
     let mhz: f64 = info.lines().find(|l| l.starts_with("cpu MHz"))?.split(':').nth(1)?.trim().parse().ok()?;
     Some((mhz * 1000.0) as u64)
