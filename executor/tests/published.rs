@@ -347,4 +347,5 @@ each_runner! {python_on;
     python_addon_on_trivial_in_netns => ("trivial", "netns"),
     python_addon_on_trivial_in_nspawn => ("trivial", "nspawn"),
     python_addon_on_gvisor => ("gvisor", "auto"),
+    python_addon_on_vm => ("vm", "auto"),
 }
