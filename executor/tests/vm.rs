@@ -116,3 +116,25 @@ fn the_addons_environment_never_reaches_the_guests_root() {
     // chroot is busybox's, static.
     assert!(!stderr.contains("/usr/bin/setpriv"), "setpriv ran with it: {stderr}");
 }
+
+/// A stop with grace reaches the addon in the guest as SIGTERM (the helper tells the guest's
+/// init through its share; QEMU itself would quit at once): an addon that traps it gets to say
+/// so before the run ends as a timeout.
+#[test]
+fn a_timeout_gives_the_addon_in_the_guest_its_sigterm() {
+    let w = World::new("auto", "runner: [vm]\n");
+    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
+    if !require_plugin(&w, "vm") {
+        return;
+    }
+    let addon = w.addon(
+        "vmterm",
+        "options:\n  networking: false\n  collectOutput: true\n",
+        "trap 'echo got-sigterm >&2; exit 0' TERM\necho started >&2\nsleep 1000 &\nwait\n",
+    );
+    let (out, v) = w.run(&[addon.to_str().unwrap(), "--timeout", "15s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "timeout", "{v}\n{stderr}");
+    assert!(stderr.contains("started"), "{stderr}");
+    assert!(stderr.contains("got-sigterm"), "the addon's trap ran: {stderr}");
+}

@@ -291,9 +291,17 @@ pub fn main(args: &[OsString]) -> i32 {
     };
     let mut out = Follow::new(io.join("stdout"));
     let mut err = Follow::new(io.join("stderr"));
+    // A stop with grace: the plugin sends this helper SIGTERM; the guest's init, told through
+    // the share, sends it on to the addon's processes (QEMU itself would quit at once).
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGTERM, on_term as *const () as libc::sighandler_t) };
+    let mut told = false;
     let ended = loop {
         out.pass(&mut std::io::stdout());
         err.pass(&mut std::io::stderr());
+        if !told && TERM.load(std::sync::atomic::Ordering::SeqCst) {
+            told = std::fs::write(io.join("stop"), b"").is_ok();
+        }
         match qemu.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
@@ -327,6 +335,13 @@ pub fn main(args: &[OsString]) -> i32 {
             ))
         }
     }
+}
+
+/// Set when this helper is asked to stop.
+static TERM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERM.store(true, std::sync::atomic::Ordering::SeqCst);
 }
 
 /// A file the guest appends to, passed on from where it was last read; what was passed on is

@@ -79,11 +79,17 @@ echo 1 >"$g/memory.oom.group"
 ) </dev/null >>/io/stdout 2>>/io/stderr &
 child=$!
 # A refused fork ends the run at its process limit, as the host's envelope does.
+# A stop with grace (the helper's `stop` on the share) sends SIGTERM to the addon's processes.
+stopping=
 while kill -0 "$child" 2>/dev/null; do
   refused=$(sed -n 's/^max //p' "$g/pids.events")
   if [ "${refused:-0}" != 0 ]; then
     echo 1 >"$g/cgroup.kill"
     break
+  fi
+  if [ -z "$stopping" ] && [ -e /io/stop ]; then
+    stopping=1
+    for p in $(cat "$g/cgroup.procs"); do kill -TERM "$p" 2>/dev/null; done
   fi
   sleep 0.05
 done

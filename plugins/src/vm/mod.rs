@@ -458,10 +458,51 @@ impl Runner for VmRunner {
         self.nix.artifact_valid(artifact).await
     }
 
+    /// With grace, only the helper is told (it passes the stop to the guest, whose init sends
+    /// SIGTERM to the addon's processes; QEMU would quit at once on a SIGTERM of its own); what
+    /// is still running after `grace` is killed, QEMU and the guest with it.
     async fn stop(&self, run_id: &str, grace: Duration) -> Result<(), RunnerError> {
-        self.runs.stop(run_id, grace);
+        let Some(pid) = self.runs.pid(run_id) else { return Ok(()) };
+        let helper = (!grace.is_zero()).then(|| helper_below(pid)).flatten();
+        let Some(helper) = helper else {
+            self.runs.stop(run_id, Duration::ZERO);
+            return Ok(());
+        };
+        // SAFETY: kill with a pid found below this run's sandbox process.
+        unsafe { libc::kill(helper, libc::SIGTERM) };
+        let (runs, run_id) = (self.runs.clone(), run_id.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            if runs.pid(&run_id) == Some(pid) {
+                runs.stop(&run_id, Duration::ZERO);
+            }
+        });
         Ok(())
     }
+}
+
+/// The helper (`vm-exec`) among the processes below `root`.
+fn helper_below(root: i32) -> Option<i32> {
+    let mut below = vec![root];
+    let mut i = 0;
+    while i < below.len() && i < 64 {
+        let parent = below[i];
+        i += 1;
+        for e in fs_err::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+            if ppid != Some(parent) {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if cmd.split(|b| *b == 0).nth(1) == Some(exec::COMMAND.as_bytes()) {
+                return Some(pid);
+            }
+            below.push(pid);
+        }
+    }
+    None
 }
 
 /// A random number from the kernel (or, should it fail, the clock's nanoseconds).
