@@ -75,7 +75,7 @@ fn main() {
         cwd: "/mnt/work".into(),
         nonce: "bench".into(),
         run_dir: dir.path().to_path_buf(),
-        tmpfs: String::new(),
+        tmpfs: addon_runners::sandbox::view::TmpfsBound::default().options(),
         helper: program.clone(),
         nix_store: false,
         extra_args: Vec::new(),

@@ -50,7 +50,8 @@ pub struct Plan {
     pub nonce: String,
     /// The run's directory on the host (named here so that the run's processes name it).
     pub run_dir: PathBuf,
-    /// Bounds of the guest's `/tmp` and `/var/tmp` (tmpfs options after `mode=`).
+    /// The mount options of the guest's `/tmp`, `/var/tmp` and `/dev/shm`, as the host
+    /// sandbox bounds its own ([`TmpfsBound::options`](addon_runners::sandbox::view::TmpfsBound::options)).
     pub tmpfs: String,
     /// This program, as the sandbox sees it. Its directory is shared read-only with the guest
     /// (in the sandbox it holds this program alone, or is the host's read-only /usr/bin), where
@@ -414,7 +415,7 @@ mod tests {
             cwd: "/mnt/work".into(),
             nonce: "n".into(),
             run_dir: "/w/run-1".into(),
-            tmpfs: ",size=1048576".into(),
+            tmpfs: "mode=1777,size=1048576".into(),
             helper: "/opt/x/addon-runner-vm".into(),
             nix_store: false,
             extra_args: vec![],
@@ -429,7 +430,7 @@ mod tests {
         assert!(s.contains("addon_pids='64'\naddon_memory=''\naddon_net=0\n"), "{s}");
         assert!(s.contains("exec /bin/env -i /bin/chroot /root /usr/bin/setpriv"), "{s}");
         assert!(s.contains("--bounding-set=-all -- /usr/bin/env -i 'A=it'\\''s $HOME' '/.addon-helper/"), "{s}");
-        assert!(s.contains("addon_tmpfs=',size=1048576'\n"), "{s}");
+        assert!(s.contains("addon_tmpfs='mode=1777,size=1048576'\n"), "{s}");
         assert!(s.contains(" '/.addon-helper/addon-runner-vm' __sandbox-exec /bin/sh"), "{s}");
         assert!(s.contains("--reuid=7 --regid=8"), "{s}");
         assert!(s.ends_with(" '/mnt/work' '/mnt/work/x' 'a b' ''\\'''\n}\n"), "{s}");

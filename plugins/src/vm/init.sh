@@ -47,14 +47,14 @@ mknod -m 666 /root/dev/random c 1 8
 mknod -m 666 /root/dev/urandom c 1 9
 mknod -m 666 /root/dev/tty c 5 0
 mkdir -p /root/dev/pts /root/dev/shm
-mount -t tmpfs -o "mode=1777,nosuid,nodev$addon_tmpfs" shm /root/dev/shm
+mount -t tmpfs -o "$addon_tmpfs,nosuid,nodev" shm /root/dev/shm
 ln -s /proc/self/fd /root/dev/fd
 ln -s /proc/self/fd/0 /root/dev/stdin
 ln -s /proc/self/fd/1 /root/dev/stdout
 ln -s /proc/self/fd/2 /root/dev/stderr
 # Bounded as the host sandbox bounds its own (by the run's output size and entries).
-mount -t tmpfs -o "mode=1777$addon_tmpfs" tmp /root/tmp
-mount -t tmpfs -o "mode=1777$addon_tmpfs" vartmp /root/var/tmp
+mount -t tmpfs -o "$addon_tmpfs" tmp /root/tmp
+mount -t tmpfs -o "$addon_tmpfs" vartmp /root/var/tmp
 mkdir -p /root/.addon-helper
 mount -t 9p -o "$o,ro" helper /root/.addon-helper || fail "cannot mount the helper"
 # The memory limit is the control group's: allocations succeed and its OOM killer ends them, as

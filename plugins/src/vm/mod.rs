@@ -359,17 +359,7 @@ impl Runner for VmRunner {
             cwd: inside.work.clone(),
             nonce: nonce.clone(),
             run_dir: spec.dirs.work.clone(),
-            tmpfs: {
-                let b = addon_runners::sandbox::view::TmpfsBound::of(&spec.limits);
-                let mut o = String::new();
-                if let Some(size) = b.size {
-                    o.push_str(&format!(",size={size}"));
-                }
-                if let Some(n) = b.inodes {
-                    o.push_str(&format!(",nr_inodes={n}"));
-                }
-                o
-            },
+            tmpfs: addon_runners::sandbox::view::TmpfsBound::of(&spec.limits).options(),
             helper: helper.clone(),
             nix_store,
             extra_args: self.settings.extra_args.clone(),
@@ -483,26 +473,10 @@ impl Runner for VmRunner {
 
 /// The helper (`vm-exec`) among the processes below `root`.
 fn helper_below(root: i32) -> Option<i32> {
-    let mut below = vec![root];
-    let mut i = 0;
-    while i < below.len() && i < 64 {
-        let parent = below[i];
-        i += 1;
-        for e in fs_err::read_dir("/proc").ok()?.flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
-            if ppid != Some(parent) {
-                continue;
-            }
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if cmd.split(|b| *b == 0).nth(1) == Some(exec::COMMAND.as_bytes()) {
-                return Some(pid);
-            }
-            below.push(pid);
-        }
-    }
-    None
+    addon_runners::procfs::descendants(root).into_iter().find(|pid| {
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        cmd.split(|b| *b == 0).nth(1) == Some(exec::COMMAND.as_bytes())
+    })
 }
 
 /// A random number from the kernel (or, should it fail, the clock's nanoseconds).
