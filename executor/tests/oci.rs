@@ -86,10 +86,10 @@ fn docker_addons_give_the_same_output_and_files_through_oci_as_through_docker() 
     assert_eq!(ov1["addons"][0]["runner"], "oci");
     assert_eq!(ov1["addons"][0]["sandbox"], oci_runtime());
     assert_eq!((&ov1["addons"][0]["cache"], &ov2["addons"][0]["cache"]), (&"miss".into(), &"hit".into()));
-    // The second run neither builds nor unpacks.
+    // The second run neither builds nor unpacks. (Its build phase is the cache lookup: its
+    // milliseconds are a timing, not a sign of a build, so they are not asserted.)
     let second = String::from_utf8_lossy(&o2.stderr);
     assert!(!second.contains("build:") && !second.contains("unpacked"), "{second}");
-    assert_eq!(ov2["addons"][0]["phases_ms"]["build"], 0);
     // Same collected output, same files, same world as the addon saw it.
     assert_eq!(dv1["addons"][0]["output"], ov1["addons"][0]["output"]);
     assert_eq!(dv1["output"], ov1["output"]);

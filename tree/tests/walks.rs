@@ -41,7 +41,9 @@ fn plant(fd: &OwnedFd) {
 #[test]
 fn a_tree_deeper_than_path_max_is_walked_whole() {
     let dir = tempfile::tempdir().unwrap();
-    let levels = 1500; // 3,000 bytes of "d/": past PATH_MAX (4096) with the temp dir's prefix
+    // 5,000 bytes of "d/": past PATH_MAX (4096), and deeper than the 1,024 descriptors a process
+    // may hold by default, so a walk holding one per level would fail.
+    let levels = 2500;
     let bottom = deep(dir.path(), levels);
     plant(&bottom);
     drop(bottom);

@@ -1016,7 +1016,7 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         let ran = self
             .go(&addon, Extra { user_input: "deepnest".into(), output_dir: Some(out.clone()), ..Default::default() })
             .await?;
-        if !ran.said("OUTPUT_DIR: 1500 levels; setuid copy made") {
+        if !ran.said("OUTPUT_DIR: 40 levels, 8040 bytes; setuid copy made") {
             return Err(fail(format!("the probe could not nest its directories: {}", ran.describe())));
         }
         if !matches!(ran.report.result, AddonResult::Success | AddonResult::ExecutionFailed) {
@@ -1027,7 +1027,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         bad.extend(unsafe_entries(&self.root.join("cache"), true, owner).map_err(|e| fail(e.to_string()))?);
         bad.extend(unsafe_entries(&self.root.join("work"), true, owner).map_err(|e| fail(e.to_string()))?);
         if bad.is_empty() {
-            Ok("1500 levels in output, CACHE_DIR and HOME; no setuid file, link or fifo left".into())
+            Ok("8,040 bytes deep (twice PATH_MAX) in output, CACHE_DIR and HOME; no setuid file, link or fifo left"
+                .into())
         } else {
             Err(fail(format!("left on the host: {}", bad.join("; "))))
         }

@@ -187,15 +187,17 @@ pub fn helper_copy(state: &Path) -> Result<PathBuf, BootError> {
     if dir.join(".ready").exists() {
         return Ok(copy);
     }
-    let tmp = root.join(format!(".{key}.{}", std::process::id()));
-    let _ = fs_err::remove_dir_all(&tmp);
-    fs_err::create_dir(&tmp).map_err(io(&tmp))?;
-    fs_err::copy(&exe, tmp.join(&name)).map_err(io(&tmp))?;
-    open_to_all(&tmp);
-    fs_err::set_permissions(tmp.join(&name), std::fs::Permissions::from_mode(0o755)).map_err(io(&tmp))?;
-    fs_err::write(tmp.join(".ready"), b"").map_err(io(&tmp))?;
+    // A name of its own for each maker: the runs of one plugin process (threads) and of
+    // others may make it at once (a name by pid alone let one thread's clean-up remove another's
+    // copy half made).
+    let tmp = tempfile::Builder::new().prefix(&format!(".{key}.")).tempdir_in(&root).map_err(io(&root))?;
+    fs_err::copy(&exe, tmp.path().join(&name)).map_err(io(tmp.path()))?;
+    open_to_all(tmp.path());
+    fs_err::set_permissions(tmp.path().join(&name), std::fs::Permissions::from_mode(0o755)).map_err(io(tmp.path()))?;
+    fs_err::write(tmp.path().join(".ready"), b"").map_err(io(tmp.path()))?;
+    let tmp = tmp.keep();
     if let Err(e) = fs_err::rename(&tmp, &dir) {
-        // Another plugin process made it first.
+        // Another maker was first.
         let _ = fs_err::remove_dir_all(&tmp);
         if !dir.join(".ready").exists() {
             return Err(io(&dir)(e));
@@ -349,6 +351,25 @@ fn write_initrd(to: &Path, busybox: &Path, modules: &[(String, PathBuf)]) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_making_the_helper_copy_at_once_all_get_it_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let size = std::fs::metadata(std::env::current_exe().unwrap()).unwrap().len();
+        let made: Vec<_> = (0..8)
+            .map(|_| {
+                let state = state.clone();
+                std::thread::spawn(move || helper_copy(&state))
+            })
+            .collect();
+        for t in made {
+            let copy = t.join().unwrap().unwrap_or_else(|e| panic!("a run could not have the helper: {e}"));
+            assert_eq!(std::fs::metadata(&copy).unwrap().len(), size, "{}", copy.display());
+        }
+        let left: Vec<_> = std::fs::read_dir(state.join("helper")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left.len(), 1, "one copy, no half-made ones left: {left:?}");
+    }
 
     #[test]
     fn modules_come_after_their_dependencies_and_built_ins_are_left_out() {
