@@ -328,9 +328,19 @@ impl Judge {
         root: &Path,
         bad: &mut Vec<String>,
     ) -> std::io::Result<()> {
+        // What a run's late clean-up removes while this looks is not left: a vanished entry
+        // (ENOENT) is skipped, anything else fails the judgement.
         let mut list = Vec::new();
-        for e in rustix::fs::Dir::read_from(dir)? {
-            let e = e?;
+        let entries = match rustix::fs::Dir::read_from(dir) {
+            Ok(entries) => entries,
+            Err(rustix::io::Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for e in entries {
+            let e = match e {
+                Err(rustix::io::Errno::NOENT) => return Ok(()),
+                e => e?,
+            };
             let name = e.file_name().to_owned();
             if name.as_bytes() != b"." && name.as_bytes() != b".." {
                 list.push(name);
@@ -339,18 +349,26 @@ impl Judge {
         for name in list {
             names.push(name.to_string_lossy().into_owned());
             let shown = shown_path(root, names);
-            let st = rustix::fs::statat(dir, &name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| std::io::Error::other(format!("{shown}: {e}")))?;
+            let st = match rustix::fs::statat(dir, &name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => {
+                    names.pop();
+                    continue;
+                }
+                Err(e) => return Err(std::io::Error::other(format!("{shown}: {e}"))),
+            };
             self.entry(&shown, &st, bad);
             if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
-                let sub = rustix::fs::openat(
+                match rustix::fs::openat(
                     dir,
                     &name,
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::empty(),
-                )
-                .map_err(|e| std::io::Error::other(format!("{shown}: {e}")))?;
-                self.below(&sub, names, root, bad)?;
+                ) {
+                    Ok(sub) => self.below(&sub, names, root, bad)?,
+                    Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => return Err(std::io::Error::other(format!("{shown}: {e}"))),
+                }
             }
             names.pop();
         }
