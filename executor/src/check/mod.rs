@@ -956,6 +956,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         if ran.report.result != AddonResult::Success || !ran.said("made") {
             return Err(fail(format!("the probe made no setuid copies: {}", ran.describe())));
         }
+        // Judge what is left once the janitor has removed what runs handed it.
+        self.engine.settle();
         let mut bad = unsafe_entries(&out, false, None).map_err(|e| fail(e.to_string()))?;
         bad.extend(unsafe_entries(&self.root.join("cache"), true, None).map_err(|e| fail(e.to_string()))?);
         Wrong(bad).verdict(|| "setuid copies in output, CACHE_DIR and HOME lost their bits".into())
@@ -1026,6 +1028,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         if !matches!(ran.report.result, AddonResult::Success | AddonResult::ExecutionFailed) {
             return Err(fail(format!("expected success or execution-failed; got {}", ran.describe())));
         }
+        // Judge what is left once the janitor has removed what runs handed it.
+        self.engine.settle();
         let owner = self.owner();
         let mut bad = unsafe_entries(&out, false, owner).map_err(|e| fail(e.to_string()))?;
         bad.extend(unsafe_entries(&self.root.join("cache"), true, owner).map_err(|e| fail(e.to_string()))?);
@@ -1122,6 +1126,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         wrong.unless(after == before, || {
             format!("the host directory's files changed through the link: before {before:?}, after {after:?}")
         });
+        // Judge what is left once the janitor has removed what runs handed it.
+        self.engine.settle();
         let mut bad = unsafe_entries(&self.root.join("cache"), true, self.owner()).map_err(|e| fail(e.to_string()))?;
         bad.retain(|b| !b.contains("race/"));
         wrong.unless(bad.is_empty(), || format!("left on the host: {}", bad.join("; ")));
