@@ -42,7 +42,7 @@ fn plant(fd: &OwnedFd) {
 fn a_tree_deeper_than_path_max_is_walked_whole() {
     let dir = tempfile::tempdir().unwrap();
     // 5,000 bytes of "d/": past PATH_MAX (4096), and deeper than the 1,024 descriptors a process
-    // may hold by default, so a walk holding one per level would fail.
+    // may hold under the usual soft limit, so there a walk holding one per level would fail.
     let levels = 2500;
     let bottom = deep(dir.path(), levels);
     plant(&bottom);

@@ -276,6 +276,10 @@ pub(crate) fn last_number(lines: &[String], prefix: &str) -> Option<u64> {
 /// so no path is ever longer than a name and trees deeper than PATH_MAX are seen whole. A walk
 /// sharing addon-tree's code would miss what that code misses (seen: with addon-tree's walk made
 /// to skip entries past PATH_MAX, the judge built on it found nothing either).
+///
+/// It holds one descriptor per level: made for the checks' trees (tens of levels). A tree deeper
+/// than the descriptors it may open fails the judgement (EMFILE), never passes it. It crosses
+/// mount points (the judged trees have none unless a run left one, which is worth seeing).
 pub fn unsafe_entries(root: &Path, links_allowed: bool, owner: Option<u32>) -> std::io::Result<Vec<String>> {
     let mut bad = Vec::new();
     let dir = match rustix::fs::open(
@@ -310,7 +314,7 @@ impl Judge {
             _ => true,
         };
         if special {
-            bad.push(format!("{shown} is a {kind:?}"));
+            bad.push(format!("{shown} is a {}", format!("{kind:?}").to_lowercase()));
         }
         if kind != FileType::Symlink && st.st_mode & 0o6000 != 0 {
             bad.push(format!("{shown} has mode {:o} (uid {})", st.st_mode & 0o7777, st.st_uid));
@@ -331,15 +335,16 @@ impl Judge {
         // What a run's late clean-up removes while this looks is not left: a vanished entry
         // (ENOENT) is skipped, anything else fails the judgement.
         let mut list = Vec::new();
+        let listing = |e: rustix::io::Errno| std::io::Error::other(format!("listing {}: {e}", shown_path(root, names)));
         let entries = match rustix::fs::Dir::read_from(dir) {
             Ok(entries) => entries,
             Err(rustix::io::Errno::NOENT) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(listing(e)),
         };
         for e in entries {
             let e = match e {
                 Err(rustix::io::Errno::NOENT) => return Ok(()),
-                e => e?,
+                e => e.map_err(listing)?,
             };
             let name = e.file_name().to_owned();
             if name.as_bytes() != b"." && name.as_bytes() != b".." {
@@ -378,12 +383,17 @@ impl Judge {
 
 /// `root/a/b/...`, with the middle of a deep path left out (names can be 255 bytes each).
 fn shown_path(root: &Path, names: &[String]) -> String {
+    // Names are the addon's: control characters are escaped, never sent raw to a terminal.
     let short = |n: &String| {
+        let mut out: String = n
+            .chars()
+            .take(12)
+            .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
+            .collect();
         if n.chars().count() > 12 {
-            format!("{}...", n.chars().take(12).collect::<String>())
-        } else {
-            n.clone()
+            out.push_str("...");
         }
+        out
     };
     if names.len() <= 6 {
         return format!("{}/{}", root.display(), names.iter().map(short).collect::<Vec<_>>().join("/"));

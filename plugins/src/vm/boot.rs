@@ -357,7 +357,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let state = d.path().join("state");
         let size = std::fs::metadata(std::env::current_exe().unwrap()).unwrap().len();
-        let made: Vec<_> = (0..8)
+        // Four makers, each copying this test program (about 60 MB).
+        let made: Vec<_> = (0..4)
             .map(|_| {
                 let state = state.clone();
                 std::thread::spawn(move || helper_copy(&state))
