@@ -53,11 +53,9 @@ fn guile_with(w: World, sandbox: &str) {
 /// HOME once, and the second run is warm.
 #[test]
 fn guile_addon_in_a_vm() {
-    let w = World::new("auto", "runner: [vm]\n");
-    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
-    if !require_plugin(&w, "vm") {
+    let Some(w) = vm_world() else {
         return;
-    }
+    };
     let sandbox = vm_sandbox(&w);
     guile_with(w, &sandbox);
 }

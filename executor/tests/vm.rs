@@ -43,11 +43,9 @@ fn qemu_runs_unprivileged_and_the_guest_writes_as_that_identity() {
     if !require_root("the run's processes are looked at as root") {
         return;
     }
-    let w = World::new("auto", "runner: [vm]\n");
-    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
-    if !require_plugin(&w, "vm") {
+    let Some(w) = vm_world() else {
         return;
-    }
+    };
     let marker = format!("vm-walls-{}", std::process::id());
     let addon = w.addon(
         "vmwalls",
@@ -102,11 +100,9 @@ fn qemu_runs_unprivileged_and_the_guest_writes_as_that_identity() {
 /// reach chroot or setpriv, which run as the guest's root.
 #[test]
 fn the_addons_environment_never_reaches_the_guests_root() {
-    let w = World::new("auto", "runner: [vm]\n");
-    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
-    if !require_plugin(&w, "vm") {
+    let Some(w) = vm_world() else {
         return;
-    }
+    };
     let addon = w.addon("vmenv", "options:\n  networking: false\n  collectOutput: true\n", "echo '{}'\n");
     let (out, v) = w.run(&[addon.to_str().unwrap(), "--env", "LD_DEBUG=libs"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -122,11 +118,9 @@ fn the_addons_environment_never_reaches_the_guests_root() {
 /// so before the run ends as a timeout.
 #[test]
 fn a_timeout_gives_the_addon_in_the_guest_its_sigterm() {
-    let w = World::new("auto", "runner: [vm]\n");
-    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
-    if !require_plugin(&w, "vm") {
+    let Some(w) = vm_world() else {
         return;
-    }
+    };
     let addon = w.addon(
         "vmterm",
         "options:\n  networking: false\n  collectOutput: true\n",

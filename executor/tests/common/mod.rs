@@ -59,6 +59,14 @@ pub fn require_plugin(w: &World, name: &str) -> bool {
     ok || missing(&format!("plugin {name} is not available on this host: {v} {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// A world whose only runner is the vm plugin (`runner: [vm]`, serving `trivial`), or None
+/// (after [`missing`]) where the plugin is not available.
+pub fn vm_world() -> Option<World> {
+    let w = World::new("auto", "runner: [vm]\n");
+    w.add_plugin("vm", "addon-runner-vm", "trivial", "");
+    require_plugin(&w, "vm").then_some(w)
+}
+
 /// What results name as the sandbox of the vm plugin here: `vm-kvm`, or `vm-tcg` (software
 /// emulation) where KVM does not boot a guest.
 pub fn vm_sandbox(w: &World) -> String {
