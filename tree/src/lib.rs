@@ -31,7 +31,7 @@ pub use ops::{
 };
 pub use tar::{links_stay_inside, pack_tar, Links, Packed};
 pub use untar::{replace_content, unpack_tar, UnpackPolicy, Unpacked};
-pub use walk::{walk, Event, Kind, Node, Stat, Visit};
+pub use walk::{display_path, walk, Event, Kind, Node, Stat, Visit};
 
 use std::path::{Path, PathBuf};
 

@@ -316,7 +316,9 @@ fn open_beneath_fallback(dir: BorrowedFd<'_>, name: &CStr, flags: OFlags) -> Res
     Ok(fd)
 }
 
-pub(crate) fn display_path(path: &[CString]) -> String {
+/// A path below a walk's root as messages show it: at most six names at each end (the middle
+/// counted), control characters escaped. Also for callers that walk on their own.
+pub fn display_path(path: &[CString]) -> String {
     const KEEP: usize = 6;
     // Names are the addon's: control characters in them are shown escaped, never sent raw to a
     // terminal or a log.

@@ -328,14 +328,15 @@ impl Judge {
     fn below(
         &self,
         dir: &rustix::fd::OwnedFd,
-        names: &mut Vec<String>,
+        names: &mut Vec<std::ffi::CString>,
         root: &Path,
         bad: &mut Vec<String>,
     ) -> std::io::Result<()> {
+        let shown = |names: &[std::ffi::CString]| format!("{}/{}", root.display(), addon_tree::display_path(names));
         // What a run's late clean-up removes while this looks is not left: a vanished entry
         // (ENOENT) is skipped, anything else fails the judgement.
         let mut list = Vec::new();
-        let listing = |e: rustix::io::Errno| std::io::Error::other(format!("listing {}: {e}", shown_path(root, names)));
+        let listing = |e: rustix::io::Errno| std::io::Error::other(format!("listing {}: {e}", shown(names)));
         let entries = match rustix::fs::Dir::read_from(dir) {
             Ok(entries) => entries,
             Err(rustix::io::Errno::NOENT) => return Ok(()),
@@ -352,17 +353,17 @@ impl Judge {
             }
         }
         for name in list {
-            names.push(name.to_string_lossy().into_owned());
-            let shown = shown_path(root, names);
+            names.push(name.clone());
+            let here = shown(names);
             let st = match rustix::fs::statat(dir, &name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => st,
                 Err(rustix::io::Errno::NOENT) => {
                     names.pop();
                     continue;
                 }
-                Err(e) => return Err(std::io::Error::other(format!("{shown}: {e}"))),
+                Err(e) => return Err(std::io::Error::other(format!("{here}: {e}"))),
             };
-            self.entry(&shown, &st, bad);
+            self.entry(&here, &st, bad);
             if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
                 match rustix::fs::openat(
                     dir,
@@ -372,33 +373,11 @@ impl Judge {
                 ) {
                     Ok(sub) => self.below(&sub, names, root, bad)?,
                     Err(rustix::io::Errno::NOENT) => {}
-                    Err(e) => return Err(std::io::Error::other(format!("{shown}: {e}"))),
+                    Err(e) => return Err(std::io::Error::other(format!("{here}: {e}"))),
                 }
             }
             names.pop();
         }
         Ok(())
     }
-}
-
-/// `root/a/b/...`, with the middle of a deep path left out (names can be 255 bytes each).
-fn shown_path(root: &Path, names: &[String]) -> String {
-    // Names are the addon's: control characters are escaped, never sent raw to a terminal.
-    let short = |n: &String| {
-        let mut out: String = n
-            .chars()
-            .take(12)
-            .map(|c| if c.is_control() { c.escape_unicode().to_string() } else { c.to_string() })
-            .collect();
-        if n.chars().count() > 12 {
-            out.push_str("...");
-        }
-        out
-    };
-    if names.len() <= 6 {
-        return format!("{}/{}", root.display(), names.iter().map(short).collect::<Vec<_>>().join("/"));
-    }
-    let head: Vec<String> = names[..2].iter().map(short).collect();
-    let tail: Vec<String> = names[names.len() - 2..].iter().map(short).collect();
-    format!("{}/{}/...({} more)/{}", root.display(), head.join("/"), names.len() - 4, tail.join("/"))
 }

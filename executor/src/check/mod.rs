@@ -956,10 +956,7 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         if ran.report.result != AddonResult::Success || !ran.said("made") {
             return Err(fail(format!("the probe made no setuid copies: {}", ran.describe())));
         }
-        // Judge what is left once the janitor has removed what runs handed it.
-        self.engine.settle();
-        let mut bad = unsafe_entries(&out, false, None).map_err(|e| fail(e.to_string()))?;
-        bad.extend(unsafe_entries(&self.root.join("cache"), true, None).map_err(|e| fail(e.to_string()))?);
+        let bad = self.left_unsafe(&[(&out, false), (&self.root.join("cache"), true)], None)?;
         Wrong(bad).verdict(|| "setuid copies in output, CACHE_DIR and HOME lost their bits".into())
     }
 
@@ -1013,6 +1010,17 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         (uid != 0).then_some(uid)
     }
 
+    /// What is left unsafe in `trees` (each with whether links may stay there; see
+    /// [`unsafe_entries`]), judged once the engine's janitor has removed what runs handed it.
+    fn left_unsafe(&self, trees: &[(&PathBuf, bool)], owner: Option<u32>) -> Result<Vec<String>, Outcome> {
+        self.engine.settle();
+        let mut bad = Vec::new();
+        for (tree, links_allowed) in trees {
+            bad.extend(unsafe_entries(tree, *links_allowed, owner).map_err(|e| fail(e.to_string()))?);
+        }
+        Ok(bad)
+    }
+
     /// Directories nested past PATH_MAX in the output, CACHE_DIR and HOME with a setuid copy,
     /// a link to /etc/shadow and a fifo at the bottom: nothing of that is left on the host (and
     /// for an unprivileged engine, everything left is its user's).
@@ -1030,12 +1038,8 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         if !matches!(ran.report.result, AddonResult::Success | AddonResult::ExecutionFailed) {
             return Err(fail(format!("expected success or execution-failed; got {}", ran.describe())));
         }
-        // Judge what is left once the janitor has removed what runs handed it.
-        self.engine.settle();
-        let owner = self.owner();
-        let mut bad = unsafe_entries(&out, false, owner).map_err(|e| fail(e.to_string()))?;
-        bad.extend(unsafe_entries(&self.root.join("cache"), true, owner).map_err(|e| fail(e.to_string()))?);
-        bad.extend(unsafe_entries(&self.root.join("work"), true, owner).map_err(|e| fail(e.to_string()))?);
+        let trees = [(&out, false), (&self.root.join("cache"), true), (&self.root.join("work"), true)];
+        let bad = self.left_unsafe(&trees, self.owner())?;
         if bad.is_empty() {
             Ok("8,040 bytes deep (PATH_MAX is 4,096) in output, CACHE_DIR and HOME; no setuid file, link or fifo left"
                 .into())
@@ -1128,9 +1132,7 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
         wrong.unless(after == before, || {
             format!("the host directory's files changed through the link: before {before:?}, after {after:?}")
         });
-        // Judge what is left once the janitor has removed what runs handed it.
-        self.engine.settle();
-        let mut bad = unsafe_entries(&self.root.join("cache"), true, self.owner()).map_err(|e| fail(e.to_string()))?;
+        let mut bad = self.left_unsafe(&[(&self.root.join("cache"), true)], self.owner())?;
         // The race's own tree in CACHE_DIR holds the link it swaps in: judged by the bait's
         // state above, not here. Matched below the judged root only (the root's own path may
         // hold any word).
