@@ -5,7 +5,10 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags};
 
 /// What an unpack may contain.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +69,10 @@ impl<R> EndCheck<R> {
 pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::Result<Unpacked> {
     let mut left_out = Vec::new();
     fs::create_dir_all(dest)?;
+    // Every entry is made relative to a descriptor of its parent, opened one component at a time
+    // without following links: no path longer than PATH_MAX is ever handed to the kernel, and
+    // nothing is written through a symlink (an earlier entry's, or anyone's).
+    let mut parents = Parents::open(dest)?;
     let mut archive =
         tar::Archive::new(EndCheck { inner: reader, total: 0, tail: Vec::with_capacity(1024), eof: false });
     let mut total = 0u64;
@@ -75,21 +82,28 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
         let Some(rel) = plain_relative(&raw) else {
             return Err(bad(format!("entry `{}` is not a plain relative path", raw.display())));
         };
-        if rel.as_os_str().is_empty() {
+        let Some(name) = rel.file_name().map(|n| n.to_os_string()) else {
             continue; // "." itself
-        }
-        let target = dest.join(&rel);
-        no_symlink_between(dest, &rel)?;
+        };
+        let parent = parents.of(&rel)?;
         let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("`{}`: {e}", rel.display()));
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
-                match fs::symlink_metadata(&target) {
-                    Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(bad(format!("`{}` is both a file and a directory", rel.display()))),
-                    Err(_) => fs::create_dir(&target)?,
+                match rustix::fs::mkdirat(&parent, &name, Mode::from_raw_mode(0o700)) {
+                    Ok(()) => {}
+                    Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(named(e.into())),
                 }
-                set_mode(&target, mode | 0o700)?;
-                own(&target, &entry, policy)?;
+                let dir = match rustix::fs::openat(&parent, &name, DIR_FLAGS, Mode::empty()) {
+                    Ok(fd) => fd,
+                    Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
+                        return Err(bad(format!("`{}` is both a file and a directory", rel.display())))
+                    }
+                    Err(e) => return Err(named(e.into())),
+                };
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode | 0o700)).map_err(|e| named(e.into()))?;
+                own(&parent, &name, &entry, policy).map_err(named)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.header().size()?;
@@ -102,25 +116,28 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                         ));
                     }
                 }
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&target)
-                    .map_err(|e| io::Error::new(e.kind(), format!("`{}`: {e}", rel.display())))?;
+                let fd = rustix::fs::openat(
+                    &parent,
+                    &name,
+                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(|e| named(e.into()))?;
+                let mut f = fs::File::from(fd);
                 io::copy(&mut (&mut entry).take(size), &mut f)?;
-                drop(f);
-                own(&target, &entry, policy)?;
-                set_mode(&target, mode)?;
+                own(&parent, &name, &entry, policy).map_err(named)?;
+                // After the owner: a change of owner clears setuid and setgid, and the mode never
+                // carries them anyway (0o777 above).
+                rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| named(e.into()))?;
                 if let Ok(mtime) = entry.header().mtime() {
-                    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
-                    let _ = fs::File::options().write(true).open(&target).and_then(|f| f.set_modified(t));
+                    let _ = f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
                 }
             }
             tar::EntryType::Symlink if policy.symlinks => {
                 let link =
                     entry.link_name()?.ok_or_else(|| bad(format!("symlink `{}` has no target", rel.display())))?;
-                std::os::unix::fs::symlink(link.as_ref(), &target)?;
-                own(&target, &entry, policy)?;
+                rustix::fs::symlinkat(link.as_ref(), &parent, &name).map_err(|e| named(e.into()))?;
+                own(&parent, &name, &entry, policy).map_err(named)?;
             }
             other => left_out.push(format!("`{}`: a {other:?} entry", rel.display())),
         }
@@ -136,20 +153,100 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
     Ok(Unpacked { bytes: total, left_out })
 }
 
-/// Gives `target` the owner the archive names for it, when the policy says so (the link itself,
-/// never what it points to).
-fn own<R: Read>(target: &Path, entry: &tar::Entry<'_, R>, policy: UnpackPolicy) -> io::Result<()> {
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+
+/// Descriptors of the directories above the last entry, from the destination down: entries
+/// come in walk order, so the next one mostly shares them. At most [`OPEN_PARENTS`] are held
+/// (a tree may be deeper than a process may hold descriptors); one dropped is opened again from
+/// the nearest one held when an entry needs it.
+struct Parents {
+    names: Vec<std::ffi::OsString>,
+    /// `fds[0]` is the destination; `fds[i]` the directory `names[..i]`.
+    fds: Vec<Option<OwnedFd>>,
+}
+
+/// Descriptors of parent directories held at once.
+const OPEN_PARENTS: usize = 128;
+
+impl Parents {
+    fn open(dest: &Path) -> io::Result<Parents> {
+        let root = rustix::fs::open(dest, DIR_FLAGS, Mode::empty())
+            .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", dest.display())))?;
+        Ok(Parents { names: Vec::new(), fds: vec![Some(root)] })
+    }
+
+    /// The directory `rel` is made in; missing directories on the way are made (0700, as tar
+    /// does before their own entry comes). A symlink or a file on the way is an error.
+    fn of(&mut self, rel: &Path) -> io::Result<&OwnedFd> {
+        let wanted: Vec<&std::ffi::OsStr> =
+            rel.parent().map(|p| p.components().map(|c| c.as_os_str()).collect()).unwrap_or_default();
+        let common = self.names.iter().zip(&wanted).take_while(|(a, b)| a.as_os_str() == **b).count();
+        self.names.truncate(common);
+        self.fds.truncate(common + 1);
+        // The deepest directory held, then down again by name to where the entry starts.
+        let held = self.fds.iter().rposition(Option::is_some).expect("the root is always held");
+        for i in held..common {
+            let at = self.fds[i].as_ref().expect("opened on the way down");
+            let fd = open_dir(at, &self.names[i], rel, false)?;
+            self.fds[i + 1] = Some(fd);
+        }
+        for name in &wanted[common..] {
+            let at = self.fds.last().and_then(Option::as_ref).expect("opened on the way down");
+            let fd = open_dir(at, name, rel, true)?;
+            self.names.push(name.to_os_string());
+            self.fds.push(Some(fd));
+        }
+        let open = self.fds.iter().filter(|f| f.is_some()).count();
+        if open > OPEN_PARENTS {
+            let drop_to = open - OPEN_PARENTS;
+            for f in self.fds.iter_mut().skip(1).filter(|f| f.is_some()).take(drop_to) {
+                *f = None;
+            }
+        }
+        Ok(self.fds.last().and_then(Option::as_ref).expect("opened on the way down"))
+    }
+}
+
+/// Opens the directory `name` of `at` without following a link; makes it first when `make`.
+fn open_dir(at: &OwnedFd, name: &std::ffi::OsStr, rel: &Path, make: bool) -> io::Result<OwnedFd> {
+    let opened = match rustix::fs::openat(at, name, DIR_FLAGS, Mode::empty()) {
+        Err(rustix::io::Errno::NOENT) if make => {
+            rustix::fs::mkdirat(at, name, Mode::from_raw_mode(0o700))?;
+            rustix::fs::openat(at, name, DIR_FLAGS, Mode::empty())
+        }
+        other => other,
+    };
+    match opened {
+        Ok(fd) => Ok(fd),
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            let link = rustix::fs::statat(at, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink);
+            Err(bad(if link {
+                format!("`{}` would be written through a symlink", rel.display())
+            } else {
+                format!("`{}` is below a file", rel.display())
+            }))
+        }
+        Err(e) => Err(io::Error::new(io::Error::from(e).kind(), format!("`{}`: {e}", rel.display()))),
+    }
+}
+
+/// Gives the entry `name` of `parent` the owner the archive names for it, when the policy says
+/// so (the link itself, never what it points to).
+fn own<R: Read>(
+    parent: &OwnedFd,
+    name: &std::ffi::OsStr,
+    entry: &tar::Entry<'_, R>,
+    policy: UnpackPolicy,
+) -> io::Result<()> {
     if !policy.owners {
         return Ok(());
     }
     let (uid, gid) = (entry.header().uid()?, entry.header().gid()?);
-    let id = |v: u64| u32::try_from(v).map_err(|_| bad(format!("`{}`: owner {v} out of range", target.display())));
-    std::os::unix::fs::lchown(target, Some(id(uid)?), Some(id(gid)?))
-}
-
-fn set_mode(p: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+    let id = |v: u64| u32::try_from(v).map_err(|_| bad(format!("owner {v} out of range")));
+    let (uid, gid) = (rustix::fs::Uid::from_raw(id(uid)?), rustix::fs::Gid::from_raw(id(gid)?));
+    rustix::fs::chownat(parent, name, Some(uid), Some(gid), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
 }
 
 fn bad(message: String) -> io::Error {
@@ -167,24 +264,6 @@ fn plain_relative(p: &Path) -> Option<PathBuf> {
         }
     }
     Some(out)
-}
-
-/// Refuses a path whose parent directories include a symlink (inside `dest`).
-fn no_symlink_between(dest: &Path, rel: &Path) -> io::Result<()> {
-    let mut at = dest.to_path_buf();
-    let parents: Vec<_> = rel.parent().map(|p| p.components().collect()).unwrap_or_default();
-    for c in parents {
-        at.push(c);
-        match fs::symlink_metadata(&at) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(bad(format!("`{}` would be written through a symlink", rel.display())))
-            }
-            Ok(m) if !m.is_dir() => return Err(bad(format!("`{}` is below a file", rel.display()))),
-            Ok(_) => {}
-            Err(_) => fs::create_dir(&at)?,
-        }
-    }
-    Ok(())
 }
 
 /// Puts the content of `fresh` (a directory on the same filesystem) in the place of `dir` in one

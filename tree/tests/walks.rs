@@ -322,3 +322,47 @@ fn a_program_linked_to_a_host_file_is_not_made_executable() {
     assert_eq!(std::fs::metadata(&host).unwrap().permissions().mode() & 0o7777, 0o640, "the host file is untouched");
     assert_eq!(addon_tree::make_executable(&addon, Path::new("inside")).unwrap(), 0o755, "a link inside is fine");
 }
+
+#[test]
+fn a_tar_of_a_tree_deeper_than_path_max_unpacks_whole_and_defused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 2,500 levels: past PATH_MAX, and past the descriptors a process may hold (1,024).
+    let levels = 2500;
+    let bottom = deep(&src, levels);
+    let f = rustix::fs::openat(&bottom, c"suid", OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o755)).unwrap();
+    rustix::io::write(&f, b"#!/bin/sh\n").unwrap();
+    rustix::fs::fchmod(&f, Mode::from_raw_mode(0o6755)).unwrap();
+    rustix::fs::symlinkat(c"/etc", &bottom, c"etc").unwrap();
+    drop((f, bottom));
+    std::fs::write(src.join("top.txt"), "top").unwrap();
+    let (tar, _) = addon_tree::pack_tar(&src, Vec::new(), addon_tree::Links::Keep).unwrap();
+    let dst = dir.path().join("dst");
+    let policy = addon_tree::UnpackPolicy { symlinks: true, max_bytes: None, owners: false };
+    let done = addon_tree::unpack_tar(&tar[..], &dst, policy).unwrap();
+    assert_eq!(done.bytes, 13);
+    assert_eq!(measure(&dst).unwrap().entries, measure(&src).unwrap().entries, "every entry arrived");
+    let mut fd = rustix::fs::open(&dst, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    for _ in 0..levels {
+        fd = rustix::fs::openat(&fd, c"d", OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    }
+    let st = rustix::fs::statat(&fd, c"suid", rustix::fs::AtFlags::empty()).unwrap();
+    assert_eq!(st.st_mode & 0o7777, 0o755, "the setuid and setgid bits did not come along");
+    assert_eq!(rustix::fs::readlinkat(&fd, c"etc", Vec::new()).unwrap().as_bytes(), b"/etc", "a link, as a link");
+    // A later entry below that link is refused, not written into /etc.
+    let mut evil = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    evil.append_link(&mut h, "a", "/tmp").unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    evil.append_data(&mut h, "a/escaped", &b"x"[..]).unwrap();
+    let e = addon_tree::unpack_tar(&evil.into_inner().unwrap()[..], &dir.path().join("evil"), policy).unwrap_err();
+    assert!(e.to_string().contains("through a symlink"), "{e}");
+    assert!(!Path::new("/tmp/escaped").exists());
+    remove_tree(&dst).unwrap();
+    remove_tree(&src).unwrap();
+}
