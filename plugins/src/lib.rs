@@ -1,11 +1,13 @@
 //! Runner plugins shipped with the engine, built on the SDK of `addon-runner-protocol`:
 //! `addon-runner-docker` (the built-in docker runner, served out of process) and
 //! `addon-runner-gvisor` (trivial addons under gVisor's `runsc`) and `addon-runner-vm`
-//! (trivial addons in a QEMU micro VM).
+//! (trivial addons in a QEMU micro VM) and `addon-runner-swarm` (docker addons as Docker Swarm
+//! jobs, with their task helper `addon-swarm-task`).
 
 pub mod docker;
 pub mod example;
 pub mod gvisor;
+pub mod swarm;
 pub mod vm;
 
 use addon_runner_protocol::FieldError;

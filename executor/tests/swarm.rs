@@ -1,0 +1,292 @@
+//! The swarm plugin (`addon-runner-swarm`) on the single-node swarm and the registries
+//! scripts/test-all starts (`docker swarm init --advertise-addr 127.0.0.1`; Debian's
+//! docker-registry on 127.0.0.1:5000 without authentication and on 127.0.0.1:5001 with htpasswd
+//! authentication, the user and password in /var/tmp/addon-test-registry/). The conformance
+//! checks and the hostile kit run through it in conformance.rs; here: many runs at once leave
+//! nothing behind, a killed engine's services are reaped, a second engine with an empty cache
+//! finds the image in the registry, registry authentication, and the errors of a daemon that is
+//! no swarm manager and of a registry that is not there.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+/// The registry with authentication, and its credentials (scripts/test-all writes them).
+const AUTH_REGISTRY: &str = "127.0.0.1:5001";
+const AUTH_DIR: &str = "/var/tmp/addon-test-registry";
+
+/// A world whose only runner is the swarm plugin with `config` (YAML flow mapping), or None
+/// (after [`missing`]) where it is not available.
+fn swarm_world(config: &str) -> Option<World> {
+    let w = World::new("auto", "runner: [swarm]\n");
+    w.add_plugin("swarm", "addon-runner-swarm", "docker", &format!("    config: {config}\n"));
+    require_plugin(&w, "swarm").then_some(w)
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Services, containers, volumes and networks of the daemon.
+fn daemon_things() -> BTreeSet<String> {
+    let mut all = BTreeSet::new();
+    for (kind, args) in [
+        ("service", &["service", "ls", "-q"][..]),
+        ("container", &["ps", "-aq"][..]),
+        ("volume", &["volume", "ls", "-q"][..]),
+        ("network", &["network", "ls", "-q"][..]),
+    ] {
+        all.extend(docker(args).lines().map(|l| format!("{kind} {l}")));
+    }
+    all
+}
+
+/// What the swarm plugin made and left: services and containers with its label.
+fn swarm_leftovers(addon: &str) -> Vec<String> {
+    let label = format!("label=org.addon-engine.swarm.addon={addon}");
+    let mut left: Vec<String> =
+        docker(&["service", "ls", "-q", "--filter", &label]).lines().map(|l| format!("service {l}")).collect();
+    left.extend(docker(&["ps", "-aq", "--filter", &label]).lines().map(|l| format!("container {l}")));
+    left
+}
+
+/// Waits (up to `secs`) until `f` holds.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 4 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    f()
+}
+
+/// Twenty runs at once, through one engine: all succeed with their own output, the image is
+/// built once, and no service, container, volume or network is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_concurrent_runs_all_pass_and_leave_nothing() {
+    use addon_executor::{CancellationToken, Config, Engine, RunRequest};
+    let Some(w) = swarm_world("{}") else { return };
+    let marker = format!("swarm-twenty-{}", std::process::id());
+    let addon = w.docker_addon(
+        "swarm-twenty",
+        PURE,
+        "#!/bin/sh\nn=$(cat $ADDON_DIR/../../arguments/user-input 2>/dev/null || echo none)\necho \"$n\" > $OUTPUT_DIR/n.txt\nprintf '{\"files\":[]}'\n",
+        &marker,
+    );
+    // The VOLUME of many real images: it must not become an anonymous volume left behind.
+    edit(&addon.join("Dockerfile"), "COPY run.sh /run.sh", "COPY run.sh /run.sh\nVOLUME /data");
+    let before = daemon_things();
+    let engine = std::sync::Arc::new(Engine::new(Config::load(&w.config).unwrap()));
+    let mut runs = Vec::new();
+    for i in 0..20 {
+        let (engine, addon) = (engine.clone(), addon.clone());
+        let out = w.path().join(format!("out-{i}"));
+        runs.push(tokio::spawn(async move {
+            let req = RunRequest {
+                sources: vec![addon.display().to_string()],
+                user_input: Some(format!("run-{i}")),
+                output_dir: Some(out.clone()),
+                ..Default::default()
+            };
+            (i, out, engine.run(req, None, CancellationToken::new()).await)
+        }));
+    }
+    let mut misses = 0;
+    for r in runs {
+        let (i, out, report) = r.await.unwrap();
+        let report = report.unwrap_or_else(|e| panic!("run {i}: {e}"));
+        let a = &report.addons[0];
+        assert!(report.success, "run {i}: {:?} {:?}", a.result, a.error);
+        assert_eq!(a.sandbox.as_deref(), Some("swarm"));
+        misses += usize::from(a.cache.as_deref() == Some("miss"));
+        let n = std::fs::read_to_string(out.join("n.txt")).unwrap_or_else(|e| panic!("run {i}: n.txt: {e}"));
+        assert_eq!(n.trim(), format!("run-{i}"), "run {i} got its own input and output");
+    }
+    assert_eq!(misses, 1, "one build for twenty runs");
+    drop(engine);
+    assert!(
+        eventually(20, || swarm_leftovers(&format!("swarm-twenty-1.0")).is_empty()),
+        "{:?}",
+        swarm_leftovers("swarm-twenty-1.0")
+    );
+    let after = daemon_things();
+    let new: Vec<_> = after.difference(&before).collect();
+    assert!(new.is_empty(), "left behind: {new:?}");
+}
+
+/// An engine killed with its plugin (SIGKILL, both: nothing of them can clean up) leaves its
+/// service running; the next engine's plugin removes it, and its task's container, when it
+/// first looks at the swarm.
+#[test]
+fn a_killed_engines_services_are_reaped_by_the_next() {
+    let Some(w) = swarm_world("{}") else { return };
+    let marker = format!("swarm-reap-{}", std::process::id());
+    let addon = w.docker_addon("swarm-reap", PURE, "#!/bin/sh\necho started >&2\nsleep 600\n", &marker);
+    let mut engine = w.spawn_until(&addon, "started");
+    let label = "label=org.addon-engine.swarm.addon=swarm-reap-1.0";
+    let services = docker(&["service", "ls", "-q", "--filter", label]);
+    assert_eq!(services.lines().count(), 1, "the run's service: {services}");
+    // The plugin is the engine's child: kill both at once.
+    let plugins = Command::new("pgrep").args(["-P", &engine.id().to_string()]).output().unwrap();
+    engine.kill().unwrap();
+    for pid in String::from_utf8_lossy(&plugins.stdout).lines() {
+        let _ = Command::new("kill").args(["-9", pid]).status();
+    }
+    let _ = engine.wait();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        docker(&["service", "ls", "-q", "--filter", label]).lines().count(),
+        1,
+        "with engine and plugin killed, nothing removed the service"
+    );
+    let v = w.cli_json(&["runners", "check", "swarm", "--only", "available"]);
+    assert_eq!(v["checks"][0]["status"], "pass", "{v}");
+    assert!(
+        eventually(20, || swarm_leftovers("swarm-reap-1.0").is_empty()),
+        "the next engine reaped the service and its container: {:?}",
+        swarm_leftovers("swarm-reap-1.0")
+    );
+    assert!(processes_with("sleep 600").is_empty(), "the addon's process is gone");
+}
+
+/// Two engines on two hosts share the registry: the second, with an empty cache, finds the
+/// image there and does not build.
+#[test]
+fn a_second_engine_with_an_empty_cache_does_not_build_again() {
+    let Some(first) = swarm_world("{}") else { return };
+    let marker = format!("swarm-once-{}", std::process::id());
+    let addon = first.docker_addon("swarm-once", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
+    let (out, v) = first.run(&["run", addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Step 1/"), "the first engine built: {log}");
+    assert!(log.contains("pushed 127.0.0.1:5000/"), "and pushed: {log}");
+    let second = swarm_world("{}").unwrap();
+    let (out, v) = second.run(&["run", addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
+    assert!(!log.contains("Step 1/"), "the second engine did not build: {log}");
+    assert!(log.contains("is in the registry already"), "it says where the image came from: {log}");
+}
+
+/// The registry that asks for a password: a plugin given it pushes and runs; one given a wrong
+/// one fails the build and says the registry refused it.
+#[test]
+fn a_registry_with_authentication() {
+    let password = Path::new(AUTH_DIR).join("password");
+    let user = std::fs::read_to_string(Path::new(AUTH_DIR).join("user")).unwrap_or_default();
+    if user.trim().is_empty() || !password.exists() {
+        missing(&format!(
+            "the authenticating test registry's credentials in {AUTH_DIR} (scripts/test-all writes them)"
+        ));
+        return;
+    }
+    let user = user.trim();
+    let Some(w) = swarm_world(&format!(
+        "{{registry: \"{AUTH_REGISTRY}\", registry-username: {user}, registry-password-file: {}}}",
+        password.display()
+    )) else {
+        return;
+    };
+    let marker = format!("swarm-auth-{}", std::process::id());
+    let addon = w.docker_addon("swarm-auth", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
+    let (out, v) = w.run(&["run", addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
+    assert!(log.contains(&format!("pushed {AUTH_REGISTRY}/")), "{log}");
+
+    let wrong = w.path().join("wrong-password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    let bad = World::new("auto", "runner: [swarm]\n");
+    bad.add_plugin(
+        "swarm",
+        "addon-runner-swarm",
+        "docker",
+        &format!(
+            "    config: {{registry: \"{AUTH_REGISTRY}\", registry-username: {user}, registry-password-file: {}}}\n",
+            wrong.display()
+        ),
+    );
+    let other = bad.docker_addon("swarm-auth-bad", PURE, "#!/bin/sh\nprintf '{}'\n", &format!("{marker}-bad"));
+    let a = bad.run_execution_failed(&["run", other.to_str().unwrap()]);
+    let err = a.error.to_lowercase();
+    assert!(err.contains("push") && err.contains(AUTH_REGISTRY), "the error names the push and the registry: {err}");
+    assert!(err.contains("unauthorized") || err.contains("authentication"), "and why: {err}");
+}
+
+/// A registry nobody serves: the plugin is unavailable and says which registry and what to do.
+#[test]
+fn an_unreachable_registry_is_said_plainly() {
+    if !require_docker() {
+        return;
+    }
+    let w = World::new("auto", "runner: [swarm]\n");
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    w.add_plugin("swarm", "addon-runner-swarm", "docker", &format!("    config: {{registry: \"127.0.0.1:{port}\"}}\n"));
+    let v = w.cli_json(&["runners", "check", "swarm", "--only", "available"]);
+    let detail = v["checks"][0]["detail"].as_str().unwrap_or_default().to_string();
+    assert_ne!(v["checks"][0]["status"], "pass", "{v}");
+    assert!(detail.contains(&format!("registry 127.0.0.1:{port} cannot be reached")), "{detail}");
+    assert!(detail.contains("set registry"), "it says what to do: {detail}");
+}
+
+/// A Docker daemon that is no swarm manager (a second daemon, started here on a socket of its
+/// own, in no swarm): the plugin is unavailable and says how to make one.
+#[test]
+fn a_daemon_that_is_no_swarm_manager_is_said_plainly() {
+    if !require_root("a second Docker daemon needs root") || !require_docker() {
+        return;
+    }
+    let dir = tempfile::Builder::new().prefix("addon-dockerd-").tempdir_in("/var/tmp").unwrap();
+    let sock = dir.path().join("docker.sock");
+    let mut daemon = Command::new("dockerd")
+        .arg("--host")
+        .arg(format!("unix://{}", sock.display()))
+        .arg("--data-root")
+        .arg(dir.path().join("data"))
+        .arg("--exec-root")
+        .arg(dir.path().join("exec"))
+        .arg("--pidfile")
+        .arg(dir.path().join("dockerd.pid"))
+        .args(["--bridge", "none", "--iptables=false", "--ip-masq=false"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("dockerd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let up = eventually(30, || {
+        Command::new("docker")
+            .arg("--host")
+            .arg(format!("unix://{}", sock.display()))
+            .arg("info")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let w = World::new("auto", "runner: [swarm]\n");
+    w.add_plugin(
+        "swarm",
+        "addon-runner-swarm",
+        "docker",
+        &format!("    config: {{host: \"unix://{}\"}}\n", sock.display()),
+    );
+    let v = up.then(|| w.cli_json(&["runners", "check", "swarm", "--only", "available"]));
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+    assert!(
+        up,
+        "the second daemon did not start: {}",
+        std::fs::read_to_string(dir.path().join("dockerd.log")).unwrap_or_default()
+    );
+    let v = v.unwrap();
+    let detail = v["checks"][0]["detail"].as_str().unwrap_or_default().to_string();
+    assert_ne!(v["checks"][0]["status"], "pass", "{v}");
+    assert!(detail.contains("is not a swarm manager") && detail.contains("inactive"), "{detail}");
+    assert!(detail.contains("docker swarm init"), "it says how: {detail}");
+}

@@ -1,0 +1,178 @@
+//! The task helper as it goes into an addon's image: `addon-swarm-task` (installed beside this
+//! plugin's program) with the dynamic loader and the libraries it was linked against, copied
+//! from this host, under `/.addon-swarm/`. The task starts it through that loader
+//! (`/.addon-swarm/ld.so --library-path /.addon-swarm/lib ...`), so it runs in any image of the
+//! same architecture, with or without a C library of its own; the addon's program, started by
+//! exec, uses its image's own.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use bollard::Docker;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+
+use super::wire::HELPER_DIR;
+
+pub const HELPER_NAME: &str = "addon-swarm-task";
+
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub helper: PathBuf,
+    pub loader: PathBuf,
+    pub libs: Vec<PathBuf>,
+    /// SHA-256 of all of it: part of the cache key (a new helper makes new images).
+    pub digest: String,
+}
+
+impl Bundle {
+    /// The helper beside this program, and what it needs (read once).
+    pub fn find() -> Result<Bundle, String> {
+        static FOUND: OnceLock<Result<Bundle, String>> = OnceLock::new();
+        FOUND
+            .get_or_init(|| {
+                let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+                let helper = exe.with_file_name(HELPER_NAME);
+                if !helper.is_file() {
+                    return Err(format!(
+                        "the task helper {} is missing (it is built and installed with addon-runner-swarm)",
+                        helper.display()
+                    ));
+                }
+                Bundle::of(&helper)
+            })
+            .clone()
+    }
+
+    /// `helper` and the loader and libraries `ldd` names for it.
+    pub fn of(helper: &Path) -> Result<Bundle, String> {
+        let out = std::process::Command::new("ldd")
+            .arg(helper)
+            .output()
+            .map_err(|e| format!("ldd {}: {e} (ldd comes with the C library, package libc-bin)", helper.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (loader, libs) = parse_ldd(&text);
+        let loader = loader.ok_or_else(|| format!("ldd names no dynamic loader for {}: {text}", helper.display()))?;
+        let mut h = Sha256::new();
+        for p in
+            std::iter::once(helper).chain(std::iter::once(loader.as_path())).chain(libs.iter().map(PathBuf::as_path))
+        {
+            let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            h.update(p.as_os_str().as_encoded_bytes());
+            h.update(Sha256::digest(&bytes));
+        }
+        Ok(Bundle { helper: helper.to_path_buf(), loader, libs, digest: hex::encode(h.finalize()) })
+    }
+
+    /// The task's command: the helper through its own loader.
+    pub fn command() -> Vec<String> {
+        vec![
+            format!("{HELPER_DIR}/ld.so"),
+            "--library-path".into(),
+            format!("{HELPER_DIR}/lib"),
+            format!("{HELPER_DIR}/{HELPER_NAME}"),
+        ]
+    }
+
+    /// A build context: a Dockerfile that adds the bundle to `base`, and the bundle.
+    fn context(&self, base: &str) -> std::io::Result<Vec<u8>> {
+        let mut tar = tar::Builder::new(Vec::new());
+        let dir = HELPER_DIR.trim_start_matches('/');
+        let dockerfile = format!("FROM {base}\nCOPY {dir} {HELPER_DIR}\n");
+        add(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
+        add(&mut tar, &format!("{dir}/{HELPER_NAME}"), &std::fs::read(&self.helper)?, 0o755)?;
+        add(&mut tar, &format!("{dir}/ld.so"), &std::fs::read(&self.loader)?, 0o755)?;
+        for lib in &self.libs {
+            let name = lib.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            add(&mut tar, &format!("{dir}/lib/{name}"), &std::fs::read(lib)?, 0o755)?;
+        }
+        tar.into_inner()
+    }
+}
+
+fn add(tar: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let mut h = tar::Header::new_gnu();
+    h.set_size(data.len() as u64);
+    h.set_mode(mode);
+    h.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut h, path, data)
+}
+
+/// The loader and the libraries of `ldd`'s output.
+fn parse_ldd(text: &str) -> (Option<PathBuf>, Vec<PathBuf>) {
+    let mut loader = None;
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some((_, rest)) = line.split_once("=> ") {
+            if let Some(path) = rest.split(" (").next().filter(|p| p.starts_with('/')) {
+                libs.push(PathBuf::from(path));
+            }
+        } else if line.starts_with('/') {
+            loader = line.split(" (").next().map(PathBuf::from);
+        }
+    }
+    (loader, libs)
+}
+
+/// Builds `repo:tag` from `base` with the bundle added, and returns it.
+pub async fn layer(
+    docker: &Docker,
+    base: &str,
+    bundle: &Bundle,
+    repo: &str,
+    tag: &str,
+    labels: &HashMap<String, String>,
+) -> Result<String, String> {
+    // The classic builder takes a base by name: the base is tagged for the build.
+    let base_tag = format!("{tag}-base");
+    let tag_opts = bollard::query_parameters::TagImageOptions { repo: Some(repo.into()), tag: Some(base_tag.clone()) };
+    docker.tag_image(base, Some(tag_opts)).await.map_err(|e| format!("tagging {base}: {e}"))?;
+    let based = format!("{repo}:{base_tag}");
+    let context = bundle.context(&based).map_err(|e| format!("packing the task helper: {e}"))?;
+    let target = format!("{repo}:{tag}");
+    let opts = bollard::query_parameters::BuildImageOptions {
+        dockerfile: "Dockerfile".into(),
+        t: Some(target.clone()),
+        rm: true,
+        forcerm: true,
+        labels: Some(labels.clone()),
+        networkmode: Some("none".into()),
+        ..Default::default()
+    };
+    let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context.into())));
+    let mut failed = None;
+    while let Some(step) = stream.next().await {
+        match step {
+            Ok(info) => {
+                if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                    failed = Some(e);
+                }
+            }
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    let untag = bollard::query_parameters::RemoveImageOptions { noprune: true, ..Default::default() };
+    let _ = docker.remove_image(&based, Some(untag), None).await;
+    match failed {
+        Some(e) => Err(format!("adding the task helper to {base}: {e}")),
+        None => Ok(target),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldd_output_is_read() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\
+                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
+        let (loader, libs) = parse_ldd(text);
+        assert_eq!(loader.unwrap(), Path::new("/lib64/ld-linux-x86-64.so.2"));
+        assert_eq!(
+            libs,
+            [Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"), Path::new("/lib/x86_64-linux-gnu/libc.so.6")]
+        );
+    }
+}
