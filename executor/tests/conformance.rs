@@ -342,6 +342,8 @@ conformance! {
     gvisor_nix_plugin => plugin("gvisor-nix", "addon-runner-gvisor", "nix", "gvisor").refused_as_kit_user(&["nix"]),
     // QEMU runs in the engine's bwrap sandbox, as the addon's identity; the guest is the addon's own.
     vm_plugin => plugin("vm", "addon-runner-vm", "trivial", "vm"),
+    // Docker addons as swarm jobs, on the single-node swarm and registry scripts/test-all starts.
+    swarm_plugin => plugin("swarm", "addon-runner-swarm", "docker", "swarm"),
 }
 
 /// The kit is not blind: on the bare host (`sandbox: none`, an explicit choice that isolates

@@ -77,7 +77,7 @@ async fn twenty_concurrent_runs_all_pass_and_leave_nothing() {
     let addon = w.docker_addon(
         "swarm-twenty",
         PURE,
-        "#!/bin/sh\nn=$(cat $ADDON_DIR/../../arguments/user-input 2>/dev/null || echo none)\necho \"$n\" > $OUTPUT_DIR/n.txt\nprintf '{\"files\":[]}'\n",
+        "#!/bin/sh\ncat arguments/user-input > $OUTPUT_DIR/n.txt\nprintf '{\"files\":[]}'\n",
         &marker,
     );
     // The VOLUME of many real images: it must not become an anonymous volume left behind.
@@ -91,7 +91,7 @@ async fn twenty_concurrent_runs_all_pass_and_leave_nothing() {
         runs.push(tokio::spawn(async move {
             let req = RunRequest {
                 sources: vec![addon.display().to_string()],
-                user_input: Some(format!("run-{i}")),
+                user_input: format!("run-{i}"),
                 output_dir: Some(out.clone()),
                 ..Default::default()
             };
@@ -105,14 +105,14 @@ async fn twenty_concurrent_runs_all_pass_and_leave_nothing() {
         let a = &report.addons[0];
         assert!(report.success, "run {i}: {:?} {:?}", a.result, a.error);
         assert_eq!(a.sandbox.as_deref(), Some("swarm"));
-        misses += usize::from(a.cache.as_deref() == Some("miss"));
+        misses += usize::from(a.cache == addon_runners::CacheUse::Miss);
         let n = std::fs::read_to_string(out.join("n.txt")).unwrap_or_else(|e| panic!("run {i}: n.txt: {e}"));
         assert_eq!(n.trim(), format!("run-{i}"), "run {i} got its own input and output");
     }
     assert_eq!(misses, 1, "one build for twenty runs");
     drop(engine);
     assert!(
-        eventually(20, || swarm_leftovers(&format!("swarm-twenty-1.0")).is_empty()),
+        eventually(20, || swarm_leftovers("swarm-twenty-1.0").is_empty()),
         "{:?}",
         swarm_leftovers("swarm-twenty-1.0")
     );
@@ -163,13 +163,13 @@ fn a_second_engine_with_an_empty_cache_does_not_build_again() {
     let Some(first) = swarm_world("{}") else { return };
     let marker = format!("swarm-once-{}", std::process::id());
     let addon = first.docker_addon("swarm-once", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
-    let (out, v) = first.run(&["run", addon.to_str().unwrap()]);
+    let (out, v) = first.run(&[addon.to_str().unwrap()]);
     assert_eq!(v["addons"][0]["result"], "success", "{v} {}", String::from_utf8_lossy(&out.stderr));
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(log.contains("Step 1/"), "the first engine built: {log}");
     assert!(log.contains("pushed 127.0.0.1:5000/"), "and pushed: {log}");
     let second = swarm_world("{}").unwrap();
-    let (out, v) = second.run(&["run", addon.to_str().unwrap()]);
+    let (out, v) = second.run(&[addon.to_str().unwrap()]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
     assert!(!log.contains("Step 1/"), "the second engine did not build: {log}");
@@ -197,7 +197,7 @@ fn a_registry_with_authentication() {
     };
     let marker = format!("swarm-auth-{}", std::process::id());
     let addon = w.docker_addon("swarm-auth", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
-    let (out, v) = w.run(&["run", addon.to_str().unwrap()]);
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
     assert!(log.contains(&format!("pushed {AUTH_REGISTRY}/")), "{log}");
@@ -215,7 +215,7 @@ fn a_registry_with_authentication() {
         ),
     );
     let other = bad.docker_addon("swarm-auth-bad", PURE, "#!/bin/sh\nprintf '{}'\n", &format!("{marker}-bad"));
-    let a = bad.run_execution_failed(&["run", other.to_str().unwrap()]);
+    let a = bad.run_execution_failed(&[other.to_str().unwrap()]);
     let err = a.error.to_lowercase();
     assert!(err.contains("push") && err.contains(AUTH_REGISTRY), "the error names the push and the registry: {err}");
     assert!(err.contains("unauthorized") || err.contains("authentication"), "and why: {err}");

@@ -138,6 +138,10 @@ impl World {
         if !copy.exists() {
             std::fs::copy(plugin_binary(program), &copy).unwrap();
         }
+        // The swarm plugin puts its task helper, installed beside it, into the images it runs.
+        if program == "addon-runner-swarm" && !self.path().join("addon-swarm-task").exists() {
+            std::fs::copy(plugin_binary("addon-swarm-task"), self.path().join("addon-swarm-task")).unwrap();
+        }
         let mut config = std::fs::read_to_string(&self.config).unwrap();
         if !config.contains("\nplugins:\n") {
             config.push_str("plugins:\n");

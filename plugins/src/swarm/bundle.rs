@@ -59,7 +59,9 @@ impl Bundle {
             std::iter::once(helper).chain(std::iter::once(loader.as_path())).chain(libs.iter().map(PathBuf::as_path))
         {
             let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            h.update(p.as_os_str().as_encoded_bytes());
+            // Names and content, not where this host keeps them: another engine's copy of the
+            // same helper makes the same images.
+            h.update(p.file_name().map(|n| n.as_encoded_bytes()).unwrap_or_default());
             h.update(Sha256::digest(&bytes));
         }
         Ok(Bundle { helper: helper.to_path_buf(), loader, libs, digest: hex::encode(h.finalize()) })

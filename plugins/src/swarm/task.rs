@@ -115,35 +115,31 @@ fn run() -> io::Result<()> {
     let use_before = dir_use(&dirs);
     let writer = Arc::new(Mutex::new(conn.try_clone()?));
     let filters = addon_runners::sandbox::seccomp::filters().map_err(io::Error::other)?;
-    let mut child = spawn(&spec, who, filters)?;
-    let pid = child.id() as i32;
-    CHILD.store(pid, Ordering::SeqCst);
-    // SAFETY: installing a handler that only calls kill.
-    unsafe { libc::signal(libc::SIGTERM, forward_term as *const () as libc::sighandler_t) };
-    let pumps: Vec<_> = [
-        (child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>), wire::STDOUT),
-        (child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>), wire::STDERR),
-    ]
-    .into_iter()
-    .filter_map(|(r, kind)| r.map(|r| (r, kind)))
-    .map(|(mut r, kind)| {
-        let w = writer.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
-                        if wire::write_frame(&mut *w, kind, &buf[..n]).is_err() {
-                            break;
+    // Every thread of the helper runs before the addon starts: a fork bomb must not leave the
+    // helper unable to start the threads that report and bound it.
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (err_r, err_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let pumps: Vec<_> = [(out_r, wire::STDOUT), (err_r, wire::STDERR)]
+        .into_iter()
+        .map(|(r, kind)| {
+            let w = writer.clone();
+            let mut r = std::fs::File::from(r);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let mut w = w.lock().unwrap_or_else(|e| e.into_inner());
+                            if wire::write_frame(&mut *w, kind, &buf[..n]).is_err() {
+                                break;
+                            }
                         }
                     }
                 }
-            }
+            })
         })
-    })
-    .collect();
+        .collect();
     // The plugin may ask to stop the run; should it go away, nothing of the run stays.
     let mut control = conn.try_clone()?;
     let (acked, ack) = std::sync::mpsc::channel::<()>();
@@ -151,8 +147,11 @@ fn run() -> io::Result<()> {
         match wire::read_frame(&mut control) {
             Ok(Some((wire::STOP, grace))) => {
                 let ms = grace.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default())).unwrap_or(0);
-                // SAFETY: signals to the addon's process group.
-                unsafe { libc::kill(-pid, libc::SIGTERM) };
+                let pid = CHILD.load(Ordering::SeqCst);
+                if pid > 0 {
+                    // SAFETY: signals to the addon's process group.
+                    unsafe { libc::kill(-pid, libc::SIGTERM) };
+                }
                 std::thread::sleep(Duration::from_millis(ms));
                 kill_all();
             }
@@ -195,6 +194,11 @@ fn run() -> io::Result<()> {
             }
         })
     };
+    // SAFETY: installing a handler that only calls kill.
+    unsafe { libc::signal(libc::SIGTERM, forward_term as *const () as libc::sighandler_t) };
+    let child = spawn(&spec, who, filters, out_w, err_w)?;
+    let pid = child.id() as i32;
+    CHILD.store(pid, Ordering::SeqCst);
     // PID 1 reaps every process; the addon's own status is the run's.
     let status = reap_until(pid);
     watching.store(false, Ordering::SeqCst);
@@ -322,6 +326,8 @@ fn spawn(
     spec: &TaskSpec,
     who: Option<(u32, u32, Vec<u32>)>,
     filters: &'static addon_runners::sandbox::seccomp::Filters,
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
 ) -> io::Result<std::process::Child> {
     let (program, args) = spec.argv.split_first().ok_or_else(|| wire::invalid("nothing to run".into()))?;
     let isolate = spec.isolate_network;
@@ -332,8 +338,8 @@ fn spawn(
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&spec.workdir)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
     // SAFETY: between fork and exec only system calls, on memory prepared before the fork.
     let oom = CString::new("/proc/self/oom_score_adj").expect("no NUL");
     unsafe {
