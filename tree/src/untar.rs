@@ -90,12 +90,12 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
         let named = |e: io::Error| io::Error::new(e.kind(), format!("`{}`: {e}", rel.display()));
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
-                match rustix::fs::mkdirat(&parent, &name, Mode::from_raw_mode(0o700)) {
+                match rustix::fs::mkdirat(parent, &name, Mode::from_raw_mode(0o700)) {
                     Ok(()) => {}
                     Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(named(e.into())),
                 }
-                let dir = match rustix::fs::openat(&parent, &name, DIR_FLAGS, Mode::empty()) {
+                let dir = match rustix::fs::openat(parent, &name, DIR_FLAGS, Mode::empty()) {
                     Ok(fd) => fd,
                     Err(rustix::io::Errno::NOTDIR | rustix::io::Errno::LOOP) => {
                         return Err(bad(format!("`{}` is both a file and a directory", rel.display())))
@@ -103,7 +103,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                     Err(e) => return Err(named(e.into())),
                 };
                 rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode | 0o700)).map_err(|e| named(e.into()))?;
-                own(&parent, &name, &entry, policy).map_err(named)?;
+                own(parent, &name, &entry, policy).map_err(named)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.header().size()?;
@@ -117,7 +117,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                     }
                 }
                 let fd = rustix::fs::openat(
-                    &parent,
+                    parent,
                     &name,
                     OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
@@ -125,7 +125,7 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
                 .map_err(|e| named(e.into()))?;
                 let mut f = fs::File::from(fd);
                 io::copy(&mut (&mut entry).take(size), &mut f)?;
-                own(&parent, &name, &entry, policy).map_err(named)?;
+                own(parent, &name, &entry, policy).map_err(named)?;
                 // After the owner: a change of owner clears setuid and setgid, and the mode never
                 // carries them anyway (0o777 above).
                 rustix::fs::fchmod(&f, Mode::from_raw_mode(mode)).map_err(|e| named(e.into()))?;
@@ -136,8 +136,8 @@ pub fn unpack_tar(reader: impl Read, dest: &Path, policy: UnpackPolicy) -> io::R
             tar::EntryType::Symlink if policy.symlinks => {
                 let link =
                     entry.link_name()?.ok_or_else(|| bad(format!("symlink `{}` has no target", rel.display())))?;
-                rustix::fs::symlinkat(link.as_ref(), &parent, &name).map_err(|e| named(e.into()))?;
-                own(&parent, &name, &entry, policy).map_err(named)?;
+                rustix::fs::symlinkat(link.as_ref(), parent, &name).map_err(|e| named(e.into()))?;
+                own(parent, &name, &entry, policy).map_err(named)?;
             }
             other => left_out.push(format!("`{}`: a {other:?} entry", rel.display())),
         }

@@ -1116,13 +1116,18 @@ printf '%s' '{{"files": [{{"itemId": "item-1", "textFiles": {{"att-1": "result.t
             (started, said, results)
         };
         let (b, (started, said, results)) = tokio::join!(b_run, a_runs);
-        b.map_err(|e| fail(e.to_string()))?;
+        let b = b.map_err(|e| fail(e.to_string()))?;
+        let swapping = b.addons.first().map(|a| format!("{:?}: {}", a.result, a.error.clone().unwrap_or_default()));
         if !started {
             return Err(fail(format!("the swapping run never started: {}", said.join("\n"))));
         }
         let mut wrong = Wrong::default();
         wrong.unless(said.iter().any(|l| l.contains("kit-swaprace swaps=")), || {
-            format!("the swapping run did not report its swaps: {}", said.join("\n"))
+            format!(
+                "the swapping run ({}) did not report its swaps: {}",
+                swapping.clone().unwrap_or_default(),
+                said.join("\n")
+            )
         });
         for r in &results {
             wrong.unless(r.as_ref().is_ok_and(|n| *n == 1), || format!("a walking run reported no result: {r:?}"));

@@ -637,3 +637,42 @@ fn service_error(e: &bollard::errors::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(dir: &Path) -> Vec<u8> {
+        addon_tree::pack_tar(dir, Vec::new(), addon_tree::Links::Keep).unwrap().0
+    }
+
+    async fn receive(bytes: &[u8], announced: Option<&str>, staging: PathBuf, limit: Option<u64>) -> Received {
+        let mut r = Receiving::start(staging, limit).unwrap();
+        for c in bytes.chunks(1000) {
+            r.data(c.to_vec()).await;
+        }
+        let digest = hex::encode(Sha256::digest(bytes));
+        r.end(announced.unwrap_or(&digest)).await
+    }
+
+    #[tokio::test]
+    async fn a_tree_is_kept_only_with_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::write(src.join("a/f"), vec![1u8; 5000]).unwrap();
+        let tar = tar_of(&src);
+        let ok = receive(&tar, None, dir.path().join("ok"), None).await;
+        assert!(matches!(ok.outcome, Ok(5000)), "a whole tree arrives");
+        assert_eq!(std::fs::read(ok.staging.join("a/f")).unwrap().len(), 5000);
+        let bad = receive(&tar, Some(&"0".repeat(64)), dir.path().join("bad"), None).await;
+        assert!(
+            matches!(&bad.outcome, Err(TreeFailure::Other(e)) if e.contains("digest")),
+            "a changed tree is refused"
+        );
+        let cut = receive(&tar[..tar.len() / 2], None, dir.path().join("cut"), None).await;
+        assert!(matches!(cut.outcome, Err(TreeFailure::Other(_))), "a cut tree is refused, whatever its digest");
+        let big = receive(&tar, None, dir.path().join("big"), Some(100)).await;
+        assert!(matches!(big.outcome, Err(TreeFailure::TooBig)), "a tree past the output size is a limit");
+    }
+}
