@@ -239,7 +239,8 @@ fn an_unreachable_registry_is_said_plainly() {
 }
 
 /// A Docker daemon that is no swarm manager (a second daemon, started here on a socket of its
-/// own, in no swarm): the plugin is unavailable and says how to make one.
+/// own and in a network namespace of its own, in no swarm): the plugin is unavailable and says
+/// how to make one; the host's daemon keeps its bridge.
 #[test]
 fn a_daemon_that_is_no_swarm_manager_is_said_plainly() {
     if !require_root("a second Docker daemon needs root") || !require_docker() {
@@ -247,7 +248,10 @@ fn a_daemon_that_is_no_swarm_manager_is_said_plainly() {
     }
     let dir = tempfile::Builder::new().prefix("addon-dockerd-").tempdir_in("/var/tmp").unwrap();
     let sock = dir.path().join("docker.sock");
-    let mut daemon = Command::new("dockerd")
+    // In a network namespace of its own: a second daemon in the host's would take the host
+    // daemon's docker0 bridge away (seen: `--bridge none` removed it).
+    let mut daemon = Command::new("unshare")
+        .args(["--net", "--", "dockerd"])
         .arg("--host")
         .arg(format!("unix://{}", sock.display()))
         .arg("--data-root")
@@ -277,8 +281,11 @@ fn a_daemon_that_is_no_swarm_manager_is_said_plainly() {
         &format!("    config: {{host: \"unix://{}\"}}\n", sock.display()),
     );
     let v = up.then(|| w.cli_json(&["runners", "check", "swarm", "--only", "available"]));
+    // (unshare execs dockerd: the child is the daemon.)
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     let _ = daemon.wait();
+    let bridge = Command::new("ip").args(["link", "show", "docker0"]).output().unwrap();
+    assert!(bridge.status.success(), "the host daemon's docker0 bridge is still there");
     assert!(
         up,
         "the second daemon did not start: {}",
