@@ -623,7 +623,7 @@ pub async fn remove_service(docker: &Docker, id: &str) -> bool {
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     removed
 }
