@@ -156,45 +156,63 @@ fn a_killed_engines_services_are_reaped_by_the_next() {
     assert!(processes_with("sleep 600").is_empty(), "the addon's process is gone");
 }
 
-/// Two engines on two hosts share the registry: the second, with an empty cache, finds the
-/// image there and does not build.
-#[test]
-fn a_second_engine_with_an_empty_cache_does_not_build_again() {
-    let Some(first) = swarm_world("{}") else { return };
-    let marker = format!("swarm-once-{}", std::process::id());
-    let addon = first.docker_addon("swarm-once", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
-    let (out, v) = first.run(&[addon.to_str().unwrap()]);
-    assert_eq!(v["addons"][0]["result"], "success", "{v} {}", String::from_utf8_lossy(&out.stderr));
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(log.contains("Step 1/"), "the first engine built: {log}");
-    assert!(log.contains("pushed 127.0.0.1:5000/"), "and pushed: {log}");
-    let second = swarm_world("{}").unwrap();
-    let (out, v) = second.run(&[addon.to_str().unwrap()]);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
-    assert!(!log.contains("Step 1/"), "the second engine did not build: {log}");
-    assert!(log.contains("is in the registry already"), "it says where the image came from: {log}");
-}
-
-/// The registry that asks for a password: a plugin given it pushes and runs; one given a wrong
-/// one fails the build and says the registry refused it.
-#[test]
-fn a_registry_with_authentication() {
+/// The authenticating registry's plugin configuration, or None (after [`missing`]).
+fn auth_config() -> Option<String> {
     let password = Path::new(AUTH_DIR).join("password");
     let user = std::fs::read_to_string(Path::new(AUTH_DIR).join("user")).unwrap_or_default();
     if user.trim().is_empty() || !password.exists() {
         missing(&format!(
             "the authenticating test registry's credentials in {AUTH_DIR} (scripts/test-all writes them)"
         ));
-        return;
+        return None;
     }
-    let user = user.trim();
-    let Some(w) = swarm_world(&format!(
-        "{{registry: \"{AUTH_REGISTRY}\", registry-username: {user}, registry-password-file: {}}}",
+    Some(format!(
+        "{{registry: \"{AUTH_REGISTRY}\", registry-username: {}, registry-password-file: {}}}",
+        user.trim(),
         password.display()
-    )) else {
-        return;
-    };
+    ))
+}
+
+/// Two engines on two hosts share a registry that asks for a password: the second, with an
+/// empty cache, finds the image there and does not build. With an open registry it builds: a tag
+/// there may have been pushed by anyone who reaches it (an addon with the host's network).
+#[test]
+fn a_second_engine_with_an_empty_cache_does_not_build_again() {
+    let Some(auth) = auth_config() else { return };
+    let Some(first) = swarm_world(&auth) else { return };
+    let marker = format!("swarm-once-{}", std::process::id());
+    let addon = first.docker_addon("swarm-once", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
+    let (out, v) = first.run(&[addon.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("Step 1/"), "the first engine built: {log}");
+    assert!(log.contains(&format!("pushed {AUTH_REGISTRY}/")), "and pushed: {log}");
+    let second = swarm_world(&auth).unwrap();
+    let (out, v) = second.run(&[addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
+    assert!(!log.contains("Step 1/"), "the second engine did not build: {log}");
+    assert!(log.contains("is in the registry already"), "it says where the image came from: {log}");
+
+    let open = swarm_world("{}").unwrap();
+    let (out, _) = open.run(&[addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let open_again = swarm_world("{}").unwrap();
+    let (out2, v) = open_again.run(&[addon.to_str().unwrap()]);
+    let log2 = String::from_utf8_lossy(&out2.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log2}");
+    assert!(log.contains("pushed 127.0.0.1:5000/") && log2.contains("pushed 127.0.0.1:5000/"), "{log2}");
+    assert!(!log2.contains("is in the registry already"), "an open registry's tag is not trusted: {log2}");
+}
+
+/// The registry that asks for a password: a plugin given it pushes and runs; one given a wrong
+/// one fails the build and says the registry refused it.
+#[test]
+fn a_registry_with_authentication() {
+    let Some(auth) = auth_config() else { return };
+    let Some(w) = swarm_world(&auth) else { return };
+    let user = std::fs::read_to_string(Path::new(AUTH_DIR).join("user")).unwrap_or_default();
+    let user = user.trim();
     let marker = format!("swarm-auth-{}", std::process::id());
     let addon = w.docker_addon("swarm-auth", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
     let (out, v) = w.run(&[addon.to_str().unwrap()]);
@@ -296,4 +314,40 @@ fn a_daemon_that_is_no_swarm_manager_is_said_plainly() {
     assert_ne!(v["checks"][0]["status"], "pass", "{v}");
     assert!(detail.contains("is not a swarm manager") && detail.contains("inactive"), "{detail}");
     assert!(detail.contains("docker swarm init"), "it says how: {detail}");
+}
+
+/// An image that asks the dynamic loader to preload its own library, through `LD_PRELOAD` in
+/// its environment and through its `/etc/ld.so.preload`: the helper (which starts through a
+/// loader, with capabilities the addon never gets) loads neither. The library, were it loaded,
+/// would leave a file in the run's output.
+#[test]
+fn an_image_cannot_preload_a_library_into_the_helper() {
+    let Some(w) = swarm_world("{}") else { return };
+    let marker = format!("swarm-preload-{}", std::process::id());
+    let addon = w.docker_addon("swarm-preload", PURE, "#!/bin/sh\nprintf '{}'\n", &marker);
+    std::fs::write(
+        addon.join("evil.c"),
+        "#include <fcntl.h>\n#include <unistd.h>\n__attribute__((constructor)) static void evil(void) {\n\
+         int f = open(\"/mnt/output/hijacked\", O_WRONLY | O_CREAT, 0644);\n\
+         if (f >= 0) { write(f, \"helper\\n\", 7); close(f); }\n}\n",
+    )
+    .unwrap();
+    let built = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(addon.join("evil.so"))
+        .arg(addon.join("evil.c"))
+        .status()
+        .unwrap();
+    assert!(built.success(), "gcc");
+    std::fs::write(addon.join("ld.so.preload"), "/evil.so\n").unwrap();
+    edit(
+        &addon.join("Dockerfile"),
+        "COPY run.sh /run.sh",
+        "COPY run.sh /run.sh\nCOPY evil.so /evil.so\nCOPY ld.so.preload /etc/ld.so.preload\nENV LD_PRELOAD=/evil.so",
+    );
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&["--output-dir", out_dir.to_str().unwrap(), addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
+    assert!(!out_dir.join("hijacked").exists(), "the image's library ran in the helper");
 }

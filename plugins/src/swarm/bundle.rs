@@ -13,9 +13,17 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::wire::HELPER_DIR;
-
 pub const HELPER_NAME: &str = "addon-swarm-task";
+
+/// The image label naming the helper's directory.
+pub const LABEL_HELPER_DIR: &str = "org.addon-engine.swarm.helper-dir";
+
+/// A directory for the helper no earlier layer of the image can have made: a layer adds files to
+/// a directory and never takes away what lower layers put there (a `glibc-hwcaps/` of their own
+/// libraries, which the loader would prefer to the helper's).
+pub fn helper_dir() -> std::io::Result<String> {
+    Ok(format!("/.addon-swarm-{}", &super::wire::token()?[..24]))
+}
 
 #[derive(Debug, Clone)]
 pub struct Bundle {
@@ -67,21 +75,27 @@ impl Bundle {
         Ok(Bundle { helper: helper.to_path_buf(), loader, libs, digest: hex::encode(h.finalize()) })
     }
 
-    /// The task's command: the helper through its own loader.
-    pub fn command() -> Vec<String> {
+    /// The task's command: the helper in `dir` through its own loader, which reads no library
+    /// cache of the image and finds every library in `dir/lib`.
+    pub fn command(dir: &str) -> Vec<String> {
         vec![
-            format!("{HELPER_DIR}/ld.so"),
+            format!("{dir}/ld.so"),
+            "--inhibit-cache".into(),
             "--library-path".into(),
-            format!("{HELPER_DIR}/lib"),
-            format!("{HELPER_DIR}/{HELPER_NAME}"),
+            format!("{dir}/lib"),
+            format!("{dir}/{HELPER_NAME}"),
         ]
     }
 
     /// A build context: a Dockerfile that adds the bundle to `base`, and the bundle.
-    fn context(&self, base: &str) -> std::io::Result<Vec<u8>> {
+    fn context(&self, base: &str, helper_dir: &str) -> std::io::Result<Vec<u8>> {
         let mut tar = tar::Builder::new(Vec::new());
-        let dir = HELPER_DIR.trim_start_matches('/');
-        let dockerfile = format!("FROM {base}\nCOPY {dir} {HELPER_DIR}\n");
+        let dir = helper_dir.trim_start_matches('/');
+        // The base's `org.addon-engine.managed=true` (the docker runner's image label) would make
+        // the task containers look like the docker runner's own.
+        let dockerfile = format!(
+            "FROM {base}\nCOPY {dir} {helper_dir}\nLABEL {LABEL_HELPER_DIR}={helper_dir} org.addon-engine.managed=swarm\n"
+        );
         add(&mut tar, "Dockerfile", dockerfile.as_bytes(), 0o644)?;
         add(&mut tar, &format!("{dir}/{HELPER_NAME}"), &std::fs::read(&self.helper)?, 0o755)?;
         add(&mut tar, &format!("{dir}/ld.so"), &std::fs::read(&self.loader)?, 0o755)?;
@@ -131,7 +145,8 @@ pub async fn layer(
     let tag_opts = bollard::query_parameters::TagImageOptions { repo: Some(repo.into()), tag: Some(base_tag.clone()) };
     docker.tag_image(base, Some(tag_opts)).await.map_err(|e| format!("tagging {base}: {e}"))?;
     let based = format!("{repo}:{base_tag}");
-    let context = bundle.context(&based).map_err(|e| format!("packing the task helper: {e}"))?;
+    let dir = helper_dir().map_err(|e| format!("naming the helper's directory: {e}"))?;
+    let context = bundle.context(&based, &dir).map_err(|e| format!("packing the task helper: {e}"))?;
     let target = format!("{repo}:{tag}");
     let opts = bollard::query_parameters::BuildImageOptions {
         dockerfile: "Dockerfile".into(),

@@ -115,6 +115,14 @@ impl Plugin for SwarmPlugin {
         if c.listen.parse::<std::net::SocketAddr>().is_err() {
             errors.push(FieldError::new("listen", format!("`{}` is not an address:port", c.listen)));
         }
+        // An address, never a name: resolving a name in the task would load the image's NSS
+        // modules into the helper, which holds capabilities the addon never gets.
+        if let Some(a) = c.advertise.as_ref().filter(|a| a.parse::<std::net::SocketAddr>().is_err()) {
+            errors.push(FieldError::new(
+                "advertise",
+                format!("`{a}` is not an IP address:port (names are not resolved in tasks)"),
+            ));
+        }
         if let Some(f) = &c.registry_password_file {
             if c.registry_username.is_none() {
                 errors.push(FieldError::new("registry-password-file", "needs registry-username"));
@@ -159,6 +167,9 @@ pub struct Recorded {
     /// the run on whichever node ran it).
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Where the helper is in the image (its label).
+    #[serde(default)]
+    pub helper_dir: String,
 }
 
 pub struct SwarmRunner {
@@ -293,7 +304,12 @@ impl SwarmRunner {
         }
         let image = docker.inspect_image(reference).await.map_err(|e| format!("inspecting {reference}: {e}"))?;
         let c = image.config.unwrap_or_default();
+        let helper_dir = c.labels.as_ref().and_then(|l| l.get(bundle::LABEL_HELPER_DIR)).cloned().unwrap_or_default();
+        if !helper_dir.starts_with("/.addon-swarm-") {
+            return Err(format!("{reference} has no task helper (label {})", bundle::LABEL_HELPER_DIR));
+        }
         Ok(Recorded {
+            helper_dir,
             entrypoint: c.entrypoint.unwrap_or_default(),
             cmd: c.cmd.unwrap_or_default(),
             env: c.env.unwrap_or_default(),
@@ -305,6 +321,13 @@ impl SwarmRunner {
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// `sha256:...` of a push's last status line (`TAG: digest: sha256:HEX size: N`).
+fn pushed_digest(status: &str) -> Option<String> {
+    let d = status.split_once("digest: ")?.1.split_whitespace().next()?;
+    let hex = d.strip_prefix("sha256:")?;
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| d.to_string())
 }
 
 /// The digest that names a build's image in the registry: what went into it.
@@ -378,8 +401,15 @@ impl Runner for SwarmRunner {
         let tagged = format!("{repo}:{tag}");
         let creds = self.credentials()?;
         let label = spec.addon.label();
-        // Built once per cluster: another engine sharing the registry may have pushed it.
-        if let Ok(found) = docker.inspect_registry_image(&tagged, creds.clone()).await {
+        // Built once per cluster: another engine sharing the registry may have pushed it. A tag
+        // is trusted only in a registry that asks for a password (which addons never get): in
+        // an open one, anything that reaches it (an addon with the host's network) could have
+        // pushed its own image under that tag.
+        let found = match &creds {
+            Some(_) => docker.inspect_registry_image(&tagged, creds.clone()).await.ok(),
+            None => None,
+        };
+        if let Some(found) = found {
             let reference = format!("{repo}@{}", found.descriptor.digest.clone().unwrap_or_default());
             log(LogStream::Stdout, &format!("{tagged} is in the registry already ({reference}); not building"));
             let recorded = self.recorded(docker, &reference).await.map_err(setup)?;
@@ -409,17 +439,24 @@ impl Runner for SwarmRunner {
         log(LogStream::Stdout, &format!("pushing {tagged}"));
         let push = bollard::query_parameters::PushImageOptions { tag: Some(tag.clone()), ..Default::default() };
         let mut pushed = docker.push_image(&repo, Some(push), creds.clone());
+        // The digest the daemon pushed (`TAG: digest: sha256:... size: N`), never what the tag
+        // names by the time we would ask: someone else may push to it in between.
+        let mut digest = None;
         while let Some(step) = pushed.next().await {
-            step.map_err(|e| RunnerError::build(NAME, &label, &format!("pushing {tagged} to the registry: {e}")))?;
+            let step =
+                step.map_err(|e| RunnerError::build(NAME, &label, &format!("pushing {tagged} to the registry: {e}")))?;
+            if let Some(d) = step.status.as_deref().and_then(pushed_digest) {
+                digest = Some(d);
+            }
         }
-        let found = docker.inspect_registry_image(&tagged, creds).await.map_err(|e| {
-            RunnerError::build(NAME, &label, &format!("the registry does not show {tagged} after the push: {e}"))
-        })?;
-        let reference = format!("{repo}@{}", found.descriptor.digest.clone().unwrap_or_default());
+        let digest = digest
+            .ok_or_else(|| RunnerError::build(NAME, &label, &format!("the push of {tagged} reported no digest")))?;
+        let reference = format!("{repo}@{digest}");
         log(LogStream::Stdout, &format!("pushed {reference}"));
         let recorded = self.recorded(docker, &image).await.map_err(setup)?;
         let data = ArtifactData::of(&recorded).map_err(|e| setup(e.to_string()))?;
-        Ok(Artifact { reference, size: found.descriptor.size.unwrap_or(0).max(0) as u64, data })
+        let size = docker.inspect_image(&image).await.ok().and_then(|i| i.size).unwrap_or(0).max(0) as u64;
+        Ok(Artifact { reference, size, data })
     }
 
     async fn artifact_valid(&self, artifact: &Artifact) -> bool {
@@ -544,6 +581,14 @@ async fn reap(docker: &Docker) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_push_names_its_digest() {
+        let hex = "a".repeat(64);
+        assert_eq!(pushed_digest(&format!("abc: digest: sha256:{hex} size: 527")), Some(format!("sha256:{hex}")));
+        assert_eq!(pushed_digest("Pushing"), None);
+        assert_eq!(pushed_digest("x: digest: sha256:short size: 1"), None);
+    }
 
     #[test]
     fn image_tags_follow_what_went_in() {

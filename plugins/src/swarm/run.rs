@@ -39,6 +39,25 @@ const TASK_CAPABILITIES: [&str; 9] = [
     "CAP_SETPCAP",
 ];
 
+/// The helper's environment: every variable of the image emptied (the image's `LD_PRELOAD`,
+/// `LD_AUDIT`, `GLIBC_TUNABLES`... must not reach the helper's loader; Docker merges the image's
+/// environment into the task's, and a task's variable replaces the image's of the same name),
+/// then where the plugin is and the run's token. The addon gets the image's environment back
+/// from the run's spec.
+fn helper_env(image_env: &[String], advertise: &str, token: &str) -> Vec<String> {
+    let mut env: Vec<String> = image_env
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+        .chain(["LD_PRELOAD", "LD_AUDIT", "LD_LIBRARY_PATH", "GLIBC_TUNABLES"])
+        .map(|k| format!("{k}="))
+        .collect();
+    env.sort();
+    env.dedup();
+    env.push(format!("{}={advertise}", wire::ENV_ENDPOINT));
+    env.push(format!("{}={token}", wire::ENV_TOKEN));
+    env
+}
+
 /// Processes the helper itself uses (its threads): added to the run's process limit.
 pub const HELPER_PIDS: u64 = 8;
 
@@ -65,12 +84,26 @@ impl Listener {
         let table = waiting.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((mut conn, peer)) = listener.accept().await else { continue };
+                let (mut conn, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors, say: wait, never spin.
+                        tracing::warn!("accepting a task's connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let table = table.clone();
                 tokio::spawn(async move {
-                    let hello = tokio::time::timeout(Duration::from_secs(10), read_frame(&mut conn)).await;
+                    // A hello is a token: a frame of 64 bytes, read before anything is kept.
+                    let hello = tokio::time::timeout(Duration::from_secs(10), async {
+                        let mut frame = [0u8; 5 + 64];
+                        conn.read_exact(&mut frame).await.ok()?;
+                        (frame[0] == wire::HELLO && frame[1..5] == 64u32.to_be_bytes()).then(|| frame[5..].to_vec())
+                    })
+                    .await;
                     let token = match hello {
-                        Ok(Ok(Some((wire::HELLO, token)))) => token,
+                        Ok(Some(token)) => token,
                         _ => {
                             tracing::warn!("a connection from {peer} did not say hello");
                             return;
@@ -216,12 +249,9 @@ impl Run {
                 container_spec: Some(TaskSpecContainerSpec {
                     image: Some(self.artifact.reference.clone()),
                     labels: Some(self.labels.clone()),
-                    command: Some(Bundle::command()),
+                    command: Some(Bundle::command(&self.recorded.helper_dir)),
                     args: Some(Vec::new()),
-                    env: Some(vec![
-                        format!("{}={advertise}", wire::ENV_ENDPOINT),
-                        format!("{}={token}", wire::ENV_TOKEN),
-                    ]),
+                    env: Some(helper_env(&self.recorded.env, advertise, token)),
                     dir: Some("/".into()),
                     user: Some("0:0".into()),
                     mounts: Some(
@@ -229,6 +259,15 @@ impl Run {
                             .into_iter()
                             .chain(self.recorded.volumes.iter().map(String::as_str))
                             .map(tmpfs)
+                            .chain(std::iter::once(Mount {
+                                // The image's /etc/ld.so.preload would be loaded into the helper
+                                // (its loader reads it whatever the environment): empty.
+                                target: Some("/etc/ld.so.preload".into()),
+                                source: Some("/dev/null".into()),
+                                typ: Some(MountType::BIND),
+                                read_only: Some(true),
+                                ..Default::default()
+                            }))
                             .collect(),
                     ),
                     capability_drop: Some(vec!["ALL".into()]),
@@ -341,13 +380,26 @@ impl Run {
         let mut trees: Vec<Received> = Vec::new();
         let mut current: Option<Receiving> = None;
         let limit = self.spec.limits.output_size;
+        // What a tree may carry beyond the output size: tar's headers and padding.
+        let tree_bound = limit.map(|l| l.saturating_add(l / 8).saturating_add(64 << 20));
+        let mut tree_bytes = 0u64;
+        // A stop the task does not obey within its grace (and the slack) ends the run here.
+        let mut stop_by: Option<tokio::time::Instant> = None;
         loop {
             let frame = tokio::select! {
                 f = frames.recv() => f,
                 Some(grace) = stops.recv() => {
                     let ms = grace.as_millis().min(u64::MAX as u128) as u64;
                     let _ = write_frame(&mut writer, wire::STOP, &ms.to_be_bytes()).await;
+                    let by = tokio::time::Instant::now() + grace + addon_runner_api::STOP_SLACK;
+                    stop_by = Some(stop_by.map_or(by, |s| s.min(by)));
                     continue;
+                }
+                _ = tokio::time::sleep_until(stop_by.unwrap_or_else(tokio::time::Instant::now)), if stop_by.is_some() => {
+                    return Err(format!(
+                        "the run's task did not end when it was stopped (task: {}); its service was removed",
+                        task_state(&self.docker, service).await
+                    ));
                 }
             };
             let (kind, payload) = match frame {
@@ -367,6 +419,19 @@ impl Run {
                         Some(serde_json::from_slice(&payload).map_err(|e| format!("the helper's exit report: {e}"))?);
                 }
                 wire::DATA if exit.is_some() && trees.len() < back.len() => {
+                    tree_bytes += payload.len() as u64;
+                    if tree_bound.is_some_and(|b| tree_bytes > b) {
+                        // Sparse files cost the task nothing and the transfer everything: the
+                        // run ends here, nothing of it kept.
+                        let exit = exit.unwrap_or_default();
+                        let written = tree_bytes;
+                        return Ok(Exit {
+                            kind: ExitKind::Limit(
+                                addon_runner_api::Breach::OutputSize { limit: limit.unwrap_or(0), written }.to_string(),
+                            ),
+                            usage: Usage { oom_kills: exit.oom_kills, cpu_ms: exit.cpu_ms, ..Usage::default() },
+                        });
+                    }
                     if current.is_none() {
                         let staging = self.spec.dirs.scratch.join(format!("returned-{}", trees.len()));
                         current = Some(Receiving::start(staging, limit).map_err(|e| e.to_string())?);
@@ -384,6 +449,7 @@ impl Run {
                         }
                     };
                     trees.push(r.end(&String::from_utf8_lossy(&payload)).await);
+                    tree_bytes = 0;
                 }
                 wire::DONE if exit.is_some() && trees.len() == back.len() => break,
                 wire::ERROR => {
@@ -674,5 +740,16 @@ mod tests {
         assert!(matches!(cut.outcome, Err(TreeFailure::Other(_))), "a cut tree is refused, whatever its digest");
         let big = receive(&tar, None, dir.path().join("big"), Some(100)).await;
         assert!(matches!(big.outcome, Err(TreeFailure::TooBig)), "a tree past the output size is a limit");
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    #[test]
+    fn the_images_variables_never_reach_the_helper() {
+        let env = super::helper_env(&["LD_PRELOAD=/evil.so".into(), "PATH=/bin".into()], "127.0.0.1:1", "t");
+        assert!(env.contains(&"LD_PRELOAD=".to_string()) && env.contains(&"PATH=".to_string()), "{env:?}");
+        assert!(env.contains(&"LD_AUDIT=".to_string()));
+        assert!(!env.iter().any(|e| e.contains("evil")));
     }
 }

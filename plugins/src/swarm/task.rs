@@ -46,9 +46,35 @@ pub fn main() -> i32 {
         Err(e) => {
             eprintln!("addon-swarm-task: {e}");
             kill_all();
+            // The plugin hears why (it would only see the connection close).
+            if let Some(conn) = CONN.get() {
+                let mut w = conn.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = wire::write_frame(&mut *w, wire::ERROR, format!("addon-swarm-task: {e}").as_bytes());
+            }
             3
         }
     }
+}
+
+/// The connection to the plugin, for the last word of a helper that fails.
+static CONN: std::sync::OnceLock<Mutex<TcpStream>> = std::sync::OnceLock::new();
+
+/// A stop that came before the addon was started.
+static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Reads a small configuration file of the image (`/etc/passwd`, `/etc/group`): a regular file
+/// of at most 1 MiB, opened without blocking (the image may have put a fifo there), else empty.
+fn read_image_file(path: &str) -> String {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path) else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = f.take(1 << 20).read_to_string(&mut text);
+    text
 }
 
 fn run() -> io::Result<()> {
@@ -59,6 +85,7 @@ fn run() -> io::Result<()> {
     std::env::remove_var(wire::ENV_ENDPOINT);
     let mut conn = connect(&endpoint)?;
     conn.set_nodelay(true)?;
+    let _ = CONN.set(Mutex::new(conn.try_clone()?));
     wire::write_frame(&mut conn, wire::HELLO, token.as_bytes())?;
     let spec: TaskSpec = match wire::read_frame(&mut conn)? {
         Some((wire::SPEC, json)) => {
@@ -147,6 +174,7 @@ fn run() -> io::Result<()> {
         match wire::read_frame(&mut control) {
             Ok(Some((wire::STOP, grace))) => {
                 let ms = grace.get(..8).map(|b| u64::from_be_bytes(b.try_into().unwrap_or_default())).unwrap_or(0);
+                STOPPED.store(true, Ordering::SeqCst);
                 let pid = CHILD.load(Ordering::SeqCst);
                 if pid > 0 {
                     // SAFETY: signals to the addon's process group.
@@ -199,6 +227,10 @@ fn run() -> io::Result<()> {
     let child = spawn(&spec, who, filters, out_w, err_w)?;
     let pid = child.id() as i32;
     CHILD.store(pid, Ordering::SeqCst);
+    if STOPPED.load(Ordering::SeqCst) {
+        // Stopped while it was being started: it does not run on.
+        kill_all();
+    }
     // PID 1 reaps every process; the addon's own status is the run's.
     let status = reap_until(pid);
     watching.store(false, Ordering::SeqCst);
@@ -264,8 +296,8 @@ fn user_of(spec: &str) -> io::Result<Option<(u32, u32, Vec<u32>)>> {
         Some((u, g)) => (u, Some(g)),
         None => (spec, None),
     };
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let groups = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = read_image_file("/etc/passwd");
+    let groups = read_image_file("/etc/group");
     let entry = passwd
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
@@ -302,7 +334,7 @@ fn user_of(spec: &str) -> io::Result<Option<(u32, u32, Vec<u32>)>> {
 
 /// The home directory of `uid` in the task's `/etc/passwd`, else `/`.
 fn home_of(uid: u32) -> String {
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let passwd = read_image_file("/etc/passwd");
     passwd
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
@@ -374,7 +406,8 @@ fn spawn(
                 }
             }
             libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0);
-            let mut keep = 0u32;
+            // Root (whatever its group) keeps the docker runner's six; another user none.
+            let mut keep = KEEP.iter().fold(0, |acc, c| acc | (1 << c));
             if let Some((uid, gid, groups)) = &who {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setresgid(*gid, *gid, *gid) != 0
@@ -382,8 +415,9 @@ fn spawn(
                 {
                     return Err(io::Error::last_os_error());
                 }
-            } else {
-                keep = KEEP.iter().fold(0, |acc, c| acc | (1 << c));
+                if *uid != 0 {
+                    keep = 0;
+                }
             }
             capset(keep)?;
             if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {

@@ -38,9 +38,6 @@ pub const MAX_FRAME: usize = 1 << 20;
 pub const ENV_ENDPOINT: &str = "ADDON_SWARM_ENDPOINT";
 pub const ENV_TOKEN: &str = "ADDON_SWARM_TOKEN";
 
-/// Where the helper and the libraries it needs live inside the task's image.
-pub const HELPER_DIR: &str = "/.addon-swarm";
-
 /// What the helper runs, sent in `Spec`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskSpec {

@@ -462,6 +462,12 @@ async fn reap(docker: &Docker) -> u64 {
     let mut removed = 0;
     for c in list {
         let labels = c.labels.unwrap_or_default();
+        // Only what an engine started names its engine: a container of someone else's made
+        // from one of the engine's images inherits the image's `managed` label but no pid (the
+        // swarm plugin's task containers are such; removing them killed their runs).
+        if !labels.contains_key(LABEL_ENGINE_PID) {
+            continue;
+        }
         // A daemon may serve engines on other hosts; their pids mean nothing here.
         if labels.get(LABEL_ENGINE_HOST).is_some_and(|h| *h != hostname()) {
             continue;
