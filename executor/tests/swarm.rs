@@ -351,3 +351,25 @@ fn an_image_cannot_preload_a_library_into_the_helper() {
     assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
     assert!(!out_dir.join("hijacked").exists(), "the image's library ran in the helper");
 }
+
+/// An `image:` addon (no Dockerfile) is mirrored: the image the manager's daemon has is given
+/// the helper and pushed, and the run pulls it by digest like a built one.
+#[test]
+fn an_image_addon_is_mirrored_to_the_registry() {
+    let Some(w) = swarm_world("{}") else { return };
+    let marker = format!("swarm-image-{}", std::process::id());
+    let src = w.docker_addon("swarm-image-src", PURE, "#!/bin/sh\necho image-addon >&2\nprintf '{}'\n", &marker);
+    let tag = format!("addon-test-swarm-image:{}", std::process::id());
+    docker_build(&tag, &src);
+    let addon = w.addon_dir(
+        "swarm-image",
+        &format!("meta:\n  name: swarm-image\n  version: \"1.0\"\nrunner:\n  docker:\n    enable: true\n    image: {tag}\n{PURE}"),
+    );
+    let (out, v) = w.run(&[addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
+    assert!(log.contains(&format!("mirroring {tag} to 127.0.0.1:5000")), "{log}");
+    assert!(log.contains("pushed 127.0.0.1:5000/addon-engine/swarm-image@sha256:"), "{log}");
+    assert!(log.contains("image-addon"), "the image's own program ran: {log}");
+}
