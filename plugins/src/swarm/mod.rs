@@ -59,9 +59,10 @@ pub struct SwarmConfig {
     pub registry_username: Option<String>,
     /// File holding the registry password (not the password: configuration is often shown).
     pub registry_password_file: Option<PathBuf>,
-    /// Where the plugin listens for its tasks' helpers (`127.0.0.1:0`: a free port on loopback,
-    /// enough for a single-node swarm).
-    pub listen: String,
+    /// Where the plugin listens for its tasks' helpers (`address:port`, port 0 for a free one);
+    /// null: the gateway of the manager's default bridge network (`172.17.0.1:0` usually), which
+    /// a pure run's task reaches from that bridge, enough for a single-node swarm.
+    pub listen: Option<String>,
     /// The address tasks connect to (`host:port`); null: the listening address.
     pub advertise: Option<String>,
     /// How long a task may take to be scheduled, pull its image and connect.
@@ -82,7 +83,7 @@ impl Default for SwarmConfig {
             repository: "addon-engine".into(),
             registry_username: None,
             registry_password_file: None,
-            listen: "127.0.0.1:0".into(),
+            listen: None,
             advertise: None,
             start_timeout: Duration::from_secs(300),
             build_timeout: crate::DEFAULT_BUILD_TIMEOUT,
@@ -112,8 +113,8 @@ impl Plugin for SwarmPlugin {
                 format!("`{}` is not a repository name (lower case letters, digits, - _ . /)", c.repository),
             ));
         }
-        if c.listen.parse::<std::net::SocketAddr>().is_err() {
-            errors.push(FieldError::new("listen", format!("`{}` is not an address:port", c.listen)));
+        if let Some(l) = c.listen.as_ref().filter(|l| l.parse::<std::net::SocketAddr>().is_err()) {
+            errors.push(FieldError::new("listen", format!("`{l}` is not an address:port")));
         }
         // An address, never a name: resolving a name in the task would load the image's NSS
         // modules into the helper, which holds capabilities the addon never gets.
@@ -277,12 +278,30 @@ impl SwarmRunner {
         let l = self
             .listener
             .get_or_init(|| async {
-                run::Listener::bind(&self.config.listen, self.config.advertise.clone())
+                let listen = match &self.config.listen {
+                    Some(l) => l.clone(),
+                    None => format!("{}:0", self.bridge_gateway().await?),
+                };
+                run::Listener::bind(&listen, self.config.advertise.clone())
                     .await
-                    .map_err(|e| format!("listening for the tasks' helpers on {}: {e}", self.config.listen))
+                    .map_err(|e| format!("listening for the tasks' helpers on {listen}: {e}"))
             })
             .await;
         l.as_ref().map_err(|e| setup(e.clone()))
+    }
+
+    /// The gateway address of the daemon's default bridge network (where its containers reach
+    /// the host).
+    async fn bridge_gateway(&self) -> Result<String, String> {
+        let docker = self.docker.client().await.map_err(|e| e.to_string())?;
+        let net =
+            docker.inspect_network("bridge", None::<bollard::query_parameters::InspectNetworkOptions>).await.map_err(
+                |e| format!("the default bridge network (for the tasks to reach the plugin; or set listen): {e}"),
+            )?;
+        net.ipam
+            .and_then(|i| i.config)
+            .and_then(|c| c.into_iter().find_map(|c| c.gateway.filter(|g| g.parse::<std::net::Ipv4Addr>().is_ok())))
+            .ok_or_else(|| "the default bridge network has no IPv4 gateway; set listen".to_string())
     }
 
     async fn reap_once(&self, docker: &Docker) -> u64 {
@@ -374,7 +393,10 @@ impl Runner for SwarmRunner {
                  namespace)",
                 self.docker.address(),
                 self.config.registry,
-                self.config.advertise.clone().unwrap_or_else(|| self.config.listen.clone())
+                match self.listener().await {
+                    Ok(l) => l.advertise.clone(),
+                    Err(e) => return crate::unavailable(e.to_string()),
+                }
             ),
         }
     }

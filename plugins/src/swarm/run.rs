@@ -226,10 +226,19 @@ impl Run {
             tmpfs_options: Some(MountTmpfsOptions { mode: Some(0o755), ..Default::default() }),
             ..Default::default()
         };
-        // The network the helper uses to reach the plugin. A pure addon never sees it: the
-        // helper gives the addon a namespace of its own with only `lo`.
-        let host = self.docker.inspect_network("host", None::<bollard::query_parameters::InspectNetworkOptions>).await;
-        let host_id = host.ok().and_then(|n| n.id).unwrap_or_else(|| "host".into());
+        // The task's network: the node's default bridge (swarm's choice for a task given none),
+        // which the helper uses to reach the plugin and which a pure addon never sees (the
+        // helper gives it a namespace of its own with only `lo`); the node's own network only
+        // when the policy gives an impure addon the host's (`network.impure: host`). So the
+        // helper's NET_ADMIN is the task's, never the node's.
+        let networks = if self.host_network {
+            let host =
+                self.docker.inspect_network("host", None::<bollard::query_parameters::InspectNetworkOptions>).await;
+            let host_id = host.ok().and_then(|n| n.id).unwrap_or_else(|| "host".into());
+            Some(vec![NetworkAttachmentConfig { target: Some(host_id), ..Default::default() }])
+        } else {
+            None
+        };
         let name = format!(
             "addon-{}-{}",
             self.spec.run_id.chars().filter(|c| c.is_ascii_alphanumeric()).take(24).collect::<String>(),
@@ -288,7 +297,7 @@ impl Run {
                     max_attempts: Some(0),
                     ..Default::default()
                 }),
-                networks: Some(vec![NetworkAttachmentConfig { target: Some(host_id), ..Default::default() }]),
+                networks,
                 ..Default::default()
             }),
             ..Default::default()
