@@ -301,8 +301,14 @@ fn containers_of_a_dead_engine_are_reaped_by_the_next() {
     let mut engine = w.spawn_until(&addon, "started");
     engine.kill().unwrap();
     engine.wait().unwrap();
-    assert_eq!(containers_of("dorphan-1.0").len(), 1, "the daemon keeps the container of a killed engine");
-    // The next engine that talks to docker removes it.
+    // The daemon keeps the container of a killed engine until an engine reaps it: the next
+    // one here, or any other engine of this host that talks to docker first (tests run side
+    // by side, and every probe of the docker runner reaps).
+    let left = containers_of("dorphan-1.0").len();
+    assert!(left <= 1, "one container: {left}");
+    if left == 0 {
+        eprintln!("another engine of this host reaped it first");
+    }
     assert!(w.cli(&["runners"]).status.success());
     assert!(containers_of("dorphan-1.0").is_empty(), "reaped");
 }

@@ -55,13 +55,8 @@ impl Bundle {
 
     /// `helper` and the loader and libraries `ldd` names for it.
     pub fn of(helper: &Path) -> Result<Bundle, String> {
-        let out = std::process::Command::new("ldd")
-            .arg(helper)
-            .output()
-            .map_err(|e| format!("ldd {}: {e} (ldd comes with the C library, package libc-bin)", helper.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (loader, libs) = parse_ldd(&text);
-        let loader = loader.ok_or_else(|| format!("ldd names no dynamic loader for {}: {text}", helper.display()))?;
+        // What the docker runner's own helper containers are given, read the same way.
+        let (loader, libs) = addon_runners::docker::runtime_files(helper).map_err(|e| e.to_string())?;
         let mut h = Sha256::new();
         for p in
             std::iter::once(helper).chain(std::iter::once(loader.as_path())).chain(libs.iter().map(PathBuf::as_path))
@@ -115,22 +110,6 @@ fn add(tar: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8], mode: u32) -> s
     tar.append_data(&mut h, path, data)
 }
 
-/// The loader and the libraries of `ldd`'s output.
-fn parse_ldd(text: &str) -> (Option<PathBuf>, Vec<PathBuf>) {
-    let mut loader = None;
-    let mut libs = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if let Some((_, rest)) = line.split_once("=> ") {
-            if let Some(path) = rest.split(" (").next().filter(|p| p.starts_with('/')) {
-                libs.push(PathBuf::from(path));
-            }
-        } else if line.starts_with('/') {
-            loader = line.split(" (").next().map(PathBuf::from);
-        }
-    }
-    (loader, libs)
-}
-
 /// Builds `repo:tag` from `base` with the bundle added, and returns it.
 pub async fn layer(
     docker: &Docker,
@@ -174,22 +153,5 @@ pub async fn layer(
     match failed {
         Some(e) => Err(format!("adding the task helper to {base}: {e}")),
         None => Ok(target),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ldd_output_is_read() {
-        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibgcc_s.so.1 => /lib/x86_64-linux-gnu/libgcc_s.so.1 (0x1)\n\
-                    \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x2)\n\t/lib64/ld-linux-x86-64.so.2 (0x3)\n";
-        let (loader, libs) = parse_ldd(text);
-        assert_eq!(loader.unwrap(), Path::new("/lib64/ld-linux-x86-64.so.2"));
-        assert_eq!(
-            libs,
-            [Path::new("/lib/x86_64-linux-gnu/libgcc_s.so.1"), Path::new("/lib/x86_64-linux-gnu/libc.so.6")]
-        );
     }
 }

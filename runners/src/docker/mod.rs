@@ -9,6 +9,7 @@
 mod build;
 mod follow;
 mod settle;
+pub use settle::runtime_files;
 mod volumes;
 
 pub use build::DockerImageMeta;

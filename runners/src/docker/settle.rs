@@ -53,7 +53,7 @@ pub struct Tree {
 
 /// The helper's program and the files the dynamic loader needs for it, as host paths:
 /// `(loader, libraries)`. Read from `ldd` once per helper.
-fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), DockerError> {
+pub fn runtime_files(helper: &Path) -> Result<(PathBuf, Vec<PathBuf>), DockerError> {
     let out = std::process::Command::new("ldd")
         .arg(helper)
         .output()
