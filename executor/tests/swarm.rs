@@ -373,3 +373,33 @@ fn an_image_addon_is_mirrored_to_the_registry() {
     assert!(log.contains("pushed 127.0.0.1:5000/addon-engine/swarm-image@sha256:"), "{log}");
     assert!(log.contains("image-addon"), "the image's own program ran: {log}");
 }
+
+/// An image with a user of its own (`USER app`, named in its /etc/passwd), as real images are:
+/// the addon runs as that user with no capabilities and no new privileges, HOME is the user's
+/// home as Docker gives it, and it writes its output, CACHE_DIR and TMPDIR.
+#[test]
+fn an_image_with_a_user_of_its_own_runs_as_that_user() {
+    let Some(w) = swarm_world("{}") else { return };
+    let marker = format!("swarm-user-{}", std::process::id());
+    let script = "#!/bin/sh\nexec 3>&1 1>&2\nid\necho home=$HOME\ngrep -E 'CapEff|NoNewPrivs' /proc/self/status\n\
+                  echo hi > $OUTPUT_DIR/out.txt && echo c > $CACHE_DIR/c.txt && touch $TMPDIR/t && echo wrote-all\n\
+                  printf '{\"files\":[]}' >&3\n";
+    let addon = w.docker_addon("swarm-user", PURE, script, &marker);
+    std::fs::write(addon.join("passwd"), "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
+        .unwrap();
+    std::fs::write(addon.join("group"), "root:x:0:\napp:x:1000:\n").unwrap();
+    edit(
+        &addon.join("Dockerfile"),
+        "COPY run.sh /run.sh",
+        "COPY run.sh /run.sh\nCOPY passwd /etc/passwd\nCOPY group /etc/group\nUSER app",
+    );
+    let out_dir = w.path().join("out");
+    let (out, v) = w.run(&["--output-dir", out_dir.to_str().unwrap(), addon.to_str().unwrap()]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(v["addons"][0]["result"], "success", "{v} {log}");
+    assert!(log.contains("uid=1000(app) gid=1000(app)"), "{log}");
+    assert!(log.contains("home=/home/app"), "{log}");
+    assert!(log.contains("CapEff:\t0000000000000000") && log.contains("NoNewPrivs:\t1"), "{log}");
+    assert!(log.contains("wrote-all"), "{log}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("out.txt")).unwrap(), "hi\n");
+}
