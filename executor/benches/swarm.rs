@@ -53,12 +53,7 @@ async fn run(engine: &Engine, addon: &Path, runner: &str, input: Option<&Path>) 
         inputs: input.map(|p| vec![("input.bin".to_string(), p.to_path_buf())]).unwrap_or_default(),
         ..Default::default()
     };
-    let t = Instant::now();
-    let report = engine.run(req, None, addon_executor::CancellationToken::new()).await.expect("engine run");
-    let d = t.elapsed();
-    let a = &report.addons[0];
-    assert!(report.success, "{runner}: {:?} {:?}", a.result, a.error);
-    d
+    common::run_request(engine, req, runner).await.0
 }
 
 fn main() {

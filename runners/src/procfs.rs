@@ -104,3 +104,9 @@ impl PidFd {
         }
     }
 }
+
+/// This host's name (`/proc/sys/kernel/hostname`), as labels name the host of an engine or
+/// plugin; empty when it cannot be read.
+pub fn hostname() -> String {
+    fs_err::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}

@@ -99,6 +99,16 @@ pub async fn engine_run(
         fail_fast: Some(true),
         ..Default::default()
     };
+    run_request(engine, req, runner).await
+}
+
+/// One run of `req` (on `runner`, for the message) through a library engine (it must succeed):
+/// its wall time and the report.
+pub async fn run_request(
+    engine: &addon_executor::Engine,
+    req: addon_executor::RunRequest,
+    runner: &str,
+) -> (Duration, addon_executor::RunReport) {
     let t = Instant::now();
     let report = engine.run(req, None, addon_executor::CancellationToken::new()).await.expect("engine run");
     let d = t.elapsed();

@@ -338,9 +338,7 @@ impl SwarmRunner {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-}
+use addon_runners::procfs::hostname;
 
 /// `sha256:...` of a push's last status line (`TAG: digest: sha256:HEX size: N`).
 fn pushed_digest(status: &str) -> Option<String> {

@@ -489,9 +489,7 @@ async fn reap(docker: &Docker) -> u64 {
     removed
 }
 
-fn hostname() -> String {
-    fs_err::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
-}
+use crate::procfs::hostname;
 
 /// The start time of a process (field 22 of /proc/PID/stat), to tell a reused pid apart.
 use crate::procfs::process_start;
