@@ -361,6 +361,80 @@ fn a_build_over_build_timeout_is_execution_failed() {
     assert!(containers_of("dslowbuild-1.0").is_empty());
 }
 
+/// A build goes on when an image it took from the daemon's cache is removed under it. Removing
+/// an image (another engine's prune, `docker image prune`) removes its untagged parents, the
+/// classic builder's cache of earlier steps, and a build that has just taken one of them from
+/// the cache, and made no child of it yet, lost it ("unable to find image": seen when the
+/// suite's tests built and pruned side by side). Here the build takes a step from the cache,
+/// and while it reads a large file for its next step, the only other image made from that step
+/// is removed, and the step's image with it.
+#[test]
+fn a_build_whose_cached_step_is_removed_under_it_builds_again() {
+    let Some(w) = docker_world("") else { return };
+    let pid = std::process::id();
+    let shared = format!("ENV CHURN={pid}");
+    let other = w.docker_addon_building("dother", "other", &shared);
+    let tag = format!("addon-test-other:{pid}");
+    let built = Command::new("docker")
+        .env("DOCKER_BUILDKIT", "0")
+        .args(["build", "-q", "-t", &tag])
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    // The image of the shared step.
+    let history = Command::new("docker")
+        .args(["history", "--no-trunc", "--format", "{{.ID}} {{.CreatedBy}}", &tag])
+        .output()
+        .unwrap();
+    let history = String::from_utf8_lossy(&history.stdout).to_string();
+    let step = history
+        .lines()
+        .find(|l| l.contains(&shared))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_else(|| panic!("no step `{shared}` in the history of {tag}: {history}"))
+        .to_string();
+    assert!(step.starts_with("sha256:"), "{history}");
+    let short = &step[7..19];
+    let addon = w.docker_addon_building("dlosing", &format!("losing-{pid}"), &format!("{shared}\nCOPY big /big"));
+    // The classic builder hashes a COPY's source before it looks for the step's parent.
+    std::fs::write(addon.join("big"), vec![7u8; 96 << 20]).unwrap();
+    let mut engine = Command::new(env!("CARGO_BIN_EXE_addon"))
+        .args(["run", "--json", "--config", w.config.to_str().unwrap(), addon.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(engine.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    // The step's line, then the cache's image for it.
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0
+        && !(seen.contains(&shared) && line.contains(&format!("---> {short}")))
+    {
+        seen.push_str(&line);
+        line.clear();
+    }
+    assert!(!line.is_empty(), "the build took the shared step from the cache: {seen}");
+    let rmi = Command::new("docker").args(["rmi", &tag]).output().unwrap();
+    let rmi = String::from_utf8_lossy(&rmi.stdout);
+    assert!(
+        rmi.contains(&step),
+        "the shared step's image {step} went with the other image: {rmi}\n{history}\n{seen}{line}"
+    );
+    let rest = std::thread::spawn(move || {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+        rest
+    });
+    let out = engine.wait_with_output().unwrap();
+    let stderr = rest.join().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["addons"][0]["result"], "success", "{v}\n{stderr}");
+    assert!(stderr.contains("was removed meanwhile") && stderr.contains("building again"), "{stderr}");
+    let _ = w.cli(&["cache", "prune", "--max-size", "0"]);
+}
+
 /// A prune during a run keeps the image that the run's container uses (its cache entry is held
 /// for the whole run, not only while the image is looked up).
 #[test]
@@ -369,7 +443,8 @@ fn a_prune_during_a_run_keeps_its_image() {
     // An image no run holds, which the prune must remove: a prune that removed nothing would
     // otherwise pass.
     let idle = w.docker_addon("didle", PURE, "echo '{}'\n", &format!("idle-{}", std::process::id()));
-    assert_eq!(w.run(&[idle.to_str().unwrap()]).1["addons"][0]["result"], "success");
+    let (_, v) = w.run(&[idle.to_str().unwrap()]);
+    assert_eq!(v["addons"][0]["result"], "success", "{v}");
     let marker = format!("inuse-{}", std::process::id());
     let addon = w.docker_addon("dinuse", PURE, "echo started >&2\nsleep 3\necho '{}'\n", &marker);
     let engine = w.spawn_until(&addon, "started");

@@ -115,33 +115,30 @@ pub(super) async fn build(
         networkmode: network.mode.clone(),
         ..Default::default()
     };
+    let context = bytes::Bytes::from(context);
     let mut tail = crate::lines::Tail::default();
     let mut step = String::new();
     let started = Instant::now();
-    let run = async {
-        let mut stream = docker.build_image(opts, None, Some(bollard::body_full(bytes::Bytes::from(context))));
-        while let Some(item) = stream.next().await {
-            let info = item.map_err(|e| e.to_string())?;
-            if let Some(text) = info.stream.as_deref() {
-                let text = without_colours(text);
-                for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                    if line.starts_with("Step ") || line.starts_with("STEP ") {
-                        step = line.to_string();
-                    }
-                    // The engine shows them (a progress line on a terminal) and keeps them.
-                    log(LogStream::Stderr, &format!("build: {line}"));
-                    tail.push(line);
-                }
-            }
-            if let Some(err) = info.error_detail.and_then(|d| d.message) {
-                return Err(err);
-            }
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut attempts = 0;
+    let result = loop {
+        attempts += 1;
+        step.clear();
+        let run = stream_build(docker, opts.clone(), context.clone(), &mut step, &mut tail, log);
+        let result = match tokio::time::timeout_at(deadline, run).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("did not finish within {timeout:?} (setting docker-runner.build-timeout)")),
+        };
+        match result {
+            Err(e) if lost_a_cached_image(&e) && attempts <= CACHE_LOSSES_RETRIED => log(
+                LogStream::Stderr,
+                &format!(
+                    "build: {e}: an image the build took from the daemon's cache was removed meanwhile (another \
+                     engine's prune, or `docker image prune`); building again"
+                ),
+            ),
+            result => break result,
         }
-        Ok(())
-    };
-    let result = match tokio::time::timeout(timeout, run).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("did not finish within {timeout:?} (setting docker-runner.build-timeout)")),
     };
     if let Err(e) = result {
         let at = if step.is_empty() { String::new() } else { format!(" at `{step}`") };
@@ -171,6 +168,54 @@ pub(super) async fn build(
     })
 }
 
+/// How many times a build that lost an image of the daemon's cache under it is started again.
+const CACHE_LOSSES_RETRIED: usize = 2;
+
+/// Whether a build failed because an image it took from the daemon's build cache was removed
+/// while it ran. The classic builder reuses the images of earlier builds' steps; removing an
+/// image (an engine's prune, `docker rmi`, `docker image prune`) removes its untagged parents
+/// that have no other child, and a build that has just taken one of them from the cache, but not
+/// yet made a child of it, then fails with "unable to find image" or "unknown parent image ID"
+/// (seen when two engines of one host build and prune side by side). Building again makes the
+/// lost steps anew.
+pub(super) fn lost_a_cached_image(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    ["unable to find image \"sha256:", "no such image: sha256:", "unknown parent image id sha256:"]
+        .iter()
+        .any(|lost| error.contains(lost))
+}
+
+/// One build through the daemon's stream: its step lines are logged and kept in `tail`, the
+/// step it is at in `step`.
+async fn stream_build(
+    docker: &Docker,
+    opts: BuildImageOptions,
+    context: bytes::Bytes,
+    step: &mut String,
+    tail: &mut crate::lines::Tail,
+    log: &crate::process::LogSink,
+) -> Result<(), String> {
+    let mut stream = docker.build_image(opts, None, Some(bollard::body_full(context)));
+    while let Some(item) = stream.next().await {
+        let info = item.map_err(|e| e.to_string())?;
+        if let Some(text) = info.stream.as_deref() {
+            let text = without_colours(text);
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                if line.starts_with("Step ") || line.starts_with("STEP ") {
+                    *step = line.to_string();
+                }
+                // The engine shows them (a progress line on a terminal) and keeps them.
+                log(LogStream::Stderr, &format!("build: {line}"));
+                tail.push(line);
+            }
+        }
+        if let Some(err) = info.error_detail.and_then(|d| d.message) {
+            return Err(err);
+        }
+    }
+    Ok(())
+}
+
 /// The build context: the addon's files, read by the walk that follows nothing; a symlink that
 /// leads out of the context is refused (the builder would copy what it points to).
 pub(super) fn tar_dir(dir: &Path) -> Result<Vec<u8>, addon_tree::TreeError> {
@@ -185,5 +230,21 @@ mod tests {
     fn colours_are_taken_out_of_build_lines() {
         assert_eq!(without_colours("\u{1b}[91mwget: failed\n\u{1b}[0m"), "wget: failed\n");
         assert_eq!(without_colours("a \u{1b}[1;31mb\u{1b}[0m c \u{1b}[x"), "a b c \u{1b}[x");
+    }
+
+    #[test]
+    fn a_build_that_lost_a_cached_image_is_told_from_other_failures() {
+        // As the daemon (20.10) said it when another engine's prune took a cached step's image.
+        assert!(lost_a_cached_image(
+            "unable to find image \"sha256:17ec850768013631ee3a228c99a53c58cc1a83503f019933142cc4fdbfdfe0fe\""
+        ));
+        assert!(lost_a_cached_image("Error response from daemon: No such image: sha256:17ec8507680136"));
+        assert!(lost_a_cached_image(
+            "failed to export image: failed to set parent sha256:dafdb3c3c9af40f78f9b5eeee16a5a7dffc3e72778aaca205f82f46aed738488: \
+             unknown parent image ID sha256:dafdb3c3c9af40f78f9b5eeee16a5a7dffc3e72778aaca205f82f46aed738488"
+        ));
+        assert!(!lost_a_cached_image("pull access denied for nosuch, repository does not exist"));
+        assert!(!lost_a_cached_image("unable to find image \"debian:bookworm\" locally"));
+        assert!(!lost_a_cached_image("The command '/bin/sh -c false' returned a non-zero code: 1"));
     }
 }
