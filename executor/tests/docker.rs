@@ -324,13 +324,7 @@ fn a_named_image_is_used_as_is_and_a_missing_one_fails_clearly() {
         &format!("named-{}", std::process::id()),
     );
     let tag = format!("addon-test-named:{}", std::process::id());
-    let built = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", &tag])
-        .arg(&src)
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    docker_build(&tag, &src);
     let addon = w.path().join("named");
     std::fs::create_dir_all(&addon).unwrap();
     let use_image = |image: &str| {
@@ -375,13 +369,7 @@ fn a_build_whose_cached_step_is_removed_under_it_builds_again() {
     let shared = format!("ENV CHURN={pid}");
     let other = w.docker_addon_building("dother", "other", &shared);
     let tag = format!("addon-test-other:{pid}");
-    let built = Command::new("docker")
-        .env("DOCKER_BUILDKIT", "0")
-        .args(["build", "-q", "-t", &tag])
-        .arg(&other)
-        .output()
-        .unwrap();
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    docker_build(&tag, &other);
     // The image of the shared step.
     let history = Command::new("docker")
         .args(["history", "--no-trunc", "--format", "{{.ID}} {{.CreatedBy}}", &tag])
